@@ -1,0 +1,280 @@
+"""Command line: ``run`` (the sidecar), ``check`` (validate a config), ``demo`` (zero-setup tour).
+
+Exit codes: 0 success; 1 a provider or exporter failed (``run --once``) or the receiver could not start;
+2 the configuration is invalid (one line per problem on stderr, each naming its key path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from . import __version__
+from .config import Config, load_config, parse_config
+from .durations import parse_duration
+from .emitter import MetricExporterLike, build_exporter
+from .errors import ConfigError, ReceiverError
+from .health import HealthServer
+from .logs import redact, setup_logging
+from .scheduler import Receiver
+
+log = logging.getLogger("otel_llm_receiver.cli")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+#: The configuration ``demo`` runs: the demo provider with a 7-day backfill, OTLP to a local Collector.
+DEMO_CONFIG = """\
+collection_interval: 10s
+export_interval: 10s
+storage:
+  path: ./otel-llm-data/demo-ledger.db
+health:
+  endpoint: ""
+exporters:
+  otlp:
+    endpoint: localhost:4317
+    tls:
+      insecure: true
+providers:
+  demo:
+    backfill: 168h
+    seed: 42
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_CONFIG
+    handler = {"run": _cmd_run, "check": _cmd_check, "demo": _cmd_demo}[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:  # a second Ctrl-C: leave now (the ledger is transactional, nothing half-written)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="otel-llm-receiver",
+        description="Poll LLM providers' usage and cost APIs and export exact llm.usage.* metrics over OTLP.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="run the receiver (the long-running sidecar)")
+    run.add_argument("--config", required=True, help="YAML config file")
+    run.add_argument("--once", action="store_true",
+                     help="poll every provider instance once, export once, and exit (non-zero on failure)")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    check = sub.add_parser("check", help="validate a config and print what would run (secrets redacted)")
+    check.add_argument("--config", required=True, help="YAML config file")
+    demo = sub.add_parser("demo", help="run the synthetic demo provider with a live terminal summary")
+    demo.add_argument("--duration", help="stop after this long (e.g. 30s, 5m); default: until Ctrl-C")
+    demo.add_argument("--storage", help="ledger file (default ./otel-llm-data/demo-ledger.db)")
+    demo.add_argument("--otlp-endpoint", default="localhost:4317",
+                      help="OTLP gRPC endpoint to export to when something listens there")
+    demo.add_argument("--refresh", default="5s", help="how often the summary is redrawn")
+    demo.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    print(config.describe())
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    setup_logging(args.log_level)
+    redact.set(config.secrets)
+    if not config.exporters:
+        print("exporters: none configured; `run` needs at least one otlp or otlphttp exporter "
+              "(see docs/configuration.md)", file=sys.stderr)
+        return EXIT_CONFIG
+    if not any(p.enabled for p in config.providers):
+        print("providers: every provider instance is disabled; nothing to run", file=sys.stderr)
+        return EXIT_CONFIG
+    return _serve(config, once=args.once)
+
+
+def _serve(
+    config: Config,
+    *,
+    once: bool = False,
+    duration: float | None = None,
+    exporters: list[tuple[Any, MetricExporterLike]] | None = None,
+    summary_every: float | None = None,
+    health_required: bool = True,
+) -> int:
+    try:
+        receiver = Receiver(config, exporters=exporters)
+    except ReceiverError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_FAILURE
+    health: HealthServer | None = None
+    if config.health.endpoint and not once:
+        try:
+            health = HealthServer(config.health.endpoint, receiver.health_report).start()
+        except OSError as exc:
+            message = f"health.endpoint {config.health.endpoint}: cannot listen: {exc.strerror or exc}"
+            if health_required:
+                log.error("cannot start: %s", message)
+                return EXIT_FAILURE
+            log.warning("%s; continuing without /health", message)
+    try:
+        return asyncio.run(_main(receiver, once=once, duration=duration, summary_every=summary_every))
+    finally:
+        if health is not None:
+            health.stop()
+
+
+async def _main(receiver: Receiver, *, once: bool, duration: float | None, summary_every: float | None) -> int:
+    try:
+        if once:
+            return await receiver.run_once()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        signals_seen = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            if signals_seen > 1:
+                raise KeyboardInterrupt
+            log.info("received %s; stopping", signal.Signals(signum).name)
+            stop.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        extra: list[asyncio.Task[None]] = []
+        if duration is not None:
+            extra.append(asyncio.create_task(_stop_after(stop, duration)))
+        if summary_every is not None:
+            extra.append(asyncio.create_task(_summary_loop(receiver, stop, summary_every)))
+        code = await receiver.run_forever(stop)
+        for task in extra:
+            task.cancel()
+        await asyncio.gather(*extra, return_exceptions=True)
+        if summary_every is not None:
+            _print_summary(receiver)
+        return code
+    finally:
+        await receiver.aclose()
+
+
+async def _stop_after(stop: asyncio.Event, seconds: float) -> None:
+    await asyncio.sleep(seconds)  # the requested run time itself, not a stand-in for synchronisation
+    stop.set()
+
+
+async def _summary_loop(receiver: Receiver, stop: asyncio.Event, every: float) -> None:
+    while not stop.is_set():
+        await asyncio.to_thread(_print_summary, receiver)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=every)
+        except TimeoutError:
+            pass
+
+
+def _print_summary(receiver: Receiver) -> None:
+    from .ledger import Ledger
+    from .summary import render_summary
+
+    with Ledger(receiver.config.storage.path, readonly=True) as reader:
+        table = render_summary(reader, int(time.time()))
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    health = receiver.health.statuses()
+    status = ", ".join(
+        f"{s.name}: {s.polls} polls" + (f", last error {s.last_error_type}" if s.consecutive_failures else "")
+        for s in health
+    )
+    out = f"otel-llm-receiver demo - {stamp} - {status}\n{table}\n"
+    if sys.stdout.isatty():
+        out = "\x1b[H\x1b[2J" + out
+    sys.stdout.write(out + "\n")
+    sys.stdout.flush()
+
+
+class ProbingExporter:
+    """Wraps an exporter for ``demo``: exports only while something listens on the endpoint, warns once."""
+
+    def __init__(self, inner: MetricExporterLike, host: str, port: int) -> None:
+        self.inner, self.host, self.port = inner, host, port
+        self.warned = False
+
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> Any:
+        from opentelemetry.sdk.metrics.export import MetricExportResult
+
+        if not self._listening():
+            if not self.warned:
+                log.warning("nothing listens on %s:%d; the demo runs without exporting until a Collector "
+                            "starts there (see collector-config/)", self.host, self.port)
+                self.warned = True
+            return MetricExportResult.SUCCESS
+        return self.inner.export(metrics_data, timeout_millis, **kwargs)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self.inner.shutdown(timeout_millis, **kwargs)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    raw = yaml.safe_load(DEMO_CONFIG)
+    if args.storage:
+        raw["storage"]["path"] = args.storage
+    raw["exporters"]["otlp"]["endpoint"] = args.otlp_endpoint
+    try:
+        config = parse_config(raw)
+        duration = parse_duration(args.duration) if args.duration else None
+        refresh = parse_duration(args.refresh)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    except ValueError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    exporter_cfg = config.exporters[0]
+    host, _, port = exporter_cfg.endpoint.removeprefix("http://").rpartition(":")
+    probing = ProbingExporter(build_exporter(exporter_cfg), host or "localhost", int(port))
+    print(f"otel-llm-receiver demo: 7-day synthetic backfill into {config.storage.path}, "
+          f"OTLP to {exporter_cfg.endpoint} when a Collector listens there. Ctrl-C stops.", flush=True)
+    return _serve(config, duration=duration, exporters=[(exporter_cfg, probing)],
+                  summary_every=refresh, health_required=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

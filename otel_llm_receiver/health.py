@@ -1,0 +1,72 @@
+"""``GET /health``: is every provider instance succeeding, how stale is the data, how is the ledger.
+
+200 while every instance has succeeded within 3 of its intervals, 503 otherwise, so a Kubernetes liveness or
+readiness probe (or the Collector's health aggregation) can act on it. Served on a loopback address by
+default; errors shown here were already redacted when logged and are redacted again on the way out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from .logs import redact
+
+log = logging.getLogger(__name__)
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    return (host.strip("[]") or "127.0.0.1"), int(port)
+
+
+class HealthServer:
+    """A tiny HTTP server on its own thread; ``report()`` returns (healthy, document)."""
+
+    def __init__(self, endpoint: str, report: Callable[[], tuple[bool, dict[str, Any]]]) -> None:
+        host, port = parse_endpoint(endpoint)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                if self.path.split("?")[0] not in ("/health", "/"):
+                    self.send_error(404, "only /health is served here")
+                    return
+                try:
+                    healthy, doc = outer.report()
+                    body = redact(json.dumps(doc, indent=2, sort_keys=True)).encode()
+                    status = 200 if healthy else 503
+                except Exception as exc:  # a health check must answer, even about itself
+                    body = json.dumps({"status": "error", "error": type(exc).__name__}).encode()
+                    status = 503
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("health: " + format, *args)
+
+        self.report = report
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="health", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> HealthServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)

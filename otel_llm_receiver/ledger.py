@@ -1,0 +1,702 @@
+"""The ledger: the receiver's persistent memory, where every token and cent is counted exactly once.
+
+Providers re-report the same buckets on every poll (overlapping windows), revise recent buckets (growing as a
+partial bucket fills in, shrinking on a correction) and deliver them late. The ledger keeps, per series and
+bucket, the last value seen, and turns each poll into differences against it:
+
+* a bucket seen for the first time adds its value to the series' cumulative ``total``;
+* a bucket that grew adds only the growth; an unchanged one adds nothing;
+* a bucket that shrank adds nothing to ``total`` (counters never go down) and the shrink to ``adjustments``,
+  so ``total - adjustments`` is exactly the sum of the latest bucket values (DESIGN.md invariant 1).
+
+One poll is one ``BEGIN IMMEDIATE ... COMMIT`` holding its records, names and cursor (invariant 2), and every
+total and start time lives here (invariant 3). Every SQL statement is a named constant below, next to the schema;
+SQLite-specific pieces (PRAGMAs, ``WITHOUT ROWID``, temp tables) stay inside this module.
+
+A "point" below is one value of one series in one bucket: one ``UsageRecord`` yields a point per token type
+plus one for requests. Money is stored as integer nano-units (see ``model.to_nanos``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from .errors import LedgerError
+from .model import PollResult, to_nanos
+
+log = logging.getLogger(__name__)
+
+METRIC_TOKENS: Final = "llm.usage.tokens"
+METRIC_REQUESTS: Final = "llm.usage.requests"
+METRIC_COST: Final = "llm.usage.cost"
+#: What ``llm.measure`` says for a shrink of each metric.
+MEASURE_OF_METRIC: Final = {METRIC_TOKENS: "tokens", METRIC_REQUESTS: "requests", METRIC_COST: "cost"}
+
+OUTCOMES: Final = ("new", "grown", "unchanged", "shrunk", "rejected")
+
+SCHEMA_VERSION: Final = 1
+
+# --------------------------------------------------------------------------------------------------- schema
+# Migrations are numbered; each runs in one transaction together with the row that records it.
+MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
+    (
+        1,
+        "initial schema",
+        """
+        CREATE TABLE meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        -- One row per series: a metric with a fixed attribute set, fed by one provider instance.
+        CREATE TABLE series (
+            id            INTEGER PRIMARY KEY,
+            instance      TEXT NOT NULL,
+            metric        TEXT NOT NULL,
+            attrs         TEXT NOT NULL,             -- canonical JSON object, sorted keys
+            total         INTEGER NOT NULL DEFAULT 0, -- cumulative growth (tokens, requests, or nano-units)
+            adjustments   INTEGER NOT NULL DEFAULT 0, -- cumulative shrink
+            start_time_ns INTEGER NOT NULL,           -- first seen: the counter's OTLP start time forever
+            updated_ns    INTEGER NOT NULL,
+            UNIQUE (instance, metric, attrs)
+        );
+        -- The last value seen for every (series, bucket) still inside the provider's revision horizon.
+        CREATE TABLE buckets (
+            series_id    INTEGER NOT NULL,
+            bucket_start INTEGER NOT NULL,
+            bucket_width INTEGER NOT NULL,
+            value        INTEGER NOT NULL,
+            PRIMARY KEY (series_id, bucket_start, bucket_width)
+        ) WITHOUT ROWID;
+        -- Coarser buckets that finer ones have since refined (a bucket-width change): the region they cover
+        -- counts max(coarse value, sum of the finer buckets inside it).
+        CREATE TABLE refined (
+            series_id    INTEGER NOT NULL,
+            bucket_start INTEGER NOT NULL,
+            bucket_width INTEGER NOT NULL,
+            value        INTEGER NOT NULL,
+            PRIMARY KEY (series_id, bucket_start, bucket_width)
+        ) WITHOUT ROWID;
+        -- Per-hour sums of the latest bucket values, kept for storage.retention (budgets, baselines).
+        CREATE TABLE rollups (
+            series_id  INTEGER NOT NULL,
+            hour_start INTEGER NOT NULL,
+            value      INTEGER NOT NULL,
+            PRIMARY KEY (series_id, hour_start)
+        ) WITHOUT ROWID;
+        CREATE TABLE cursors (
+            instance   TEXT NOT NULL,
+            source     TEXT NOT NULL,
+            value      TEXT NOT NULL,
+            updated_ns INTEGER NOT NULL,
+            PRIMARY KEY (instance, source)
+        );
+        -- Buckets starting before pruned_before were dropped: records for them are rejected, never re-counted.
+        CREATE TABLE horizons (
+            instance      TEXT PRIMARY KEY,
+            pruned_before INTEGER NOT NULL
+        );
+        CREATE TABLE names (
+            instance   TEXT NOT NULL,
+            kind       TEXT NOT NULL,
+            id         TEXT NOT NULL,
+            name       TEXT NOT NULL,
+            updated_ns INTEGER NOT NULL,
+            PRIMARY KEY (instance, kind, id)
+        );
+        """,
+    ),
+)
+
+SQL_CREATE_MIGRATIONS = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_ns INTEGER NOT NULL
+)"""
+SQL_APPLIED_VERSIONS = "SELECT version FROM schema_migrations"
+SQL_RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, applied_ns) VALUES (?, ?, ?)"
+SQL_GET_META = "SELECT value FROM meta WHERE key = ?"
+SQL_PUT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
+
+SQL_SERIES_OF_INSTANCE = "SELECT id, metric, attrs FROM series WHERE instance = ?"
+SQL_INSERT_SERIES = """
+INSERT INTO series (instance, metric, attrs, start_time_ns, updated_ns) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (instance, metric, attrs) DO NOTHING"""
+
+SQL_CREATE_INCOMING = """
+CREATE TEMP TABLE IF NOT EXISTS incoming (
+    series_id    INTEGER NOT NULL,
+    bucket_start INTEGER NOT NULL,
+    bucket_width INTEGER NOT NULL,
+    value        INTEGER NOT NULL,
+    prior        INTEGER,               -- the bucket's last value in the ledger, NULL when new
+    slow         INTEGER NOT NULL DEFAULT 0,  -- overlaps buckets of another width: handled one by one
+    PRIMARY KEY (series_id, bucket_start, bucket_width)
+) WITHOUT ROWID"""
+SQL_CLEAR_INCOMING = "DELETE FROM incoming"
+# Points of one poll that land in the same series and bucket are parts of it: they add up.
+SQL_STAGE_POINT = """
+INSERT INTO incoming (series_id, bucket_start, bucket_width, value) VALUES (?, ?, ?, ?)
+ON CONFLICT (series_id, bucket_start, bucket_width) DO UPDATE SET value = value + excluded.value"""
+SQL_FILL_PRIOR = """
+UPDATE incoming SET prior = b.value
+FROM buckets AS b
+WHERE b.series_id = incoming.series_id AND b.bucket_start = incoming.bucket_start
+  AND b.bucket_width = incoming.bucket_width"""
+SQL_MAX_WIDTH = "SELECT max(w) FROM (SELECT max(bucket_width) AS w FROM buckets UNION ALL SELECT max(bucket_width) FROM refined)"
+# A new bucket that overlaps a bucket of another width (or a refined region) is a bucket-width change.
+SQL_MARK_SLOW = """
+UPDATE incoming SET slow = 1
+WHERE prior IS NULL AND (
+    EXISTS (SELECT 1 FROM buckets AS b
+            WHERE b.series_id = incoming.series_id
+              AND b.bucket_start > incoming.bucket_start - :max_width
+              AND b.bucket_start < incoming.bucket_start + incoming.bucket_width
+              AND b.bucket_start + b.bucket_width > incoming.bucket_start)
+    OR EXISTS (SELECT 1 FROM refined AS r
+            WHERE r.series_id = incoming.series_id
+              AND r.bucket_start > incoming.bucket_start - :max_width
+              AND r.bucket_start < incoming.bucket_start + incoming.bucket_width
+              AND r.bucket_start + r.bucket_width > incoming.bucket_start))"""
+# Exact re-reads of a bucket inside a refined region also go the slow way (the max rule applies).
+SQL_MARK_SLOW_REFINED = """
+UPDATE incoming SET slow = 1
+WHERE prior IS NOT NULL AND EXISTS (
+    SELECT 1 FROM refined AS r
+    WHERE r.series_id = incoming.series_id
+      AND r.bucket_start > incoming.bucket_start - :max_width
+      AND r.bucket_start <= incoming.bucket_start
+      AND r.bucket_start + r.bucket_width >= incoming.bucket_start + incoming.bucket_width)"""
+SQL_FIND_INVALID = """
+SELECT s.metric, s.attrs, i.bucket_start, i.bucket_width, i.value
+FROM incoming AS i JOIN series AS s ON s.id = i.series_id
+WHERE i.bucket_width <= 0 OR i.bucket_start < 0 OR i.value < 0 LIMIT 1"""
+SQL_SHRUNK = """
+SELECT s.metric, s.attrs, count(*), sum(i.prior - i.value)
+FROM incoming AS i JOIN series AS s ON s.id = i.series_id
+WHERE i.slow = 0 AND i.value < i.prior
+GROUP BY s.id ORDER BY sum(i.prior - i.value) DESC LIMIT 5"""
+SQL_REJECT_PRUNED = """
+DELETE FROM incoming WHERE bucket_start < :pruned_before"""
+SQL_COUNT_OUTCOMES = """
+SELECT CASE WHEN prior IS NULL THEN 'new'
+            WHEN value > prior THEN 'grown'
+            WHEN value < prior THEN 'shrunk'
+            ELSE 'unchanged' END AS outcome,
+       count(*)
+FROM incoming WHERE slow = 0 GROUP BY outcome"""
+SQL_APPLY_TOTALS = """
+UPDATE series SET total = total + d.grow, adjustments = adjustments + d.shrink, updated_ns = :now
+FROM (SELECT series_id,
+             sum(max(value - coalesce(prior, 0), 0)) AS grow,
+             sum(max(coalesce(prior, 0) - value, 0)) AS shrink
+      FROM incoming WHERE slow = 0 AND (prior IS NULL OR prior <> value)
+      GROUP BY series_id) AS d
+WHERE series.id = d.series_id"""
+SQL_APPLY_ROLLUPS = """
+INSERT INTO rollups (series_id, hour_start, value)
+SELECT series_id, bucket_start - bucket_start % 3600, sum(value - coalesce(prior, 0))
+FROM incoming WHERE slow = 0 AND (prior IS NULL OR prior <> value)
+GROUP BY series_id, bucket_start - bucket_start % 3600
+ON CONFLICT (series_id, hour_start) DO UPDATE SET value = value + excluded.value"""
+SQL_APPLY_BUCKETS = """
+INSERT INTO buckets (series_id, bucket_start, bucket_width, value)
+SELECT series_id, bucket_start, bucket_width, value
+FROM incoming WHERE slow = 0 AND (prior IS NULL OR prior <> value)
+ON CONFLICT (series_id, bucket_start, bucket_width) DO UPDATE SET value = excluded.value"""
+SQL_SLOW_POINTS = """
+SELECT series_id, bucket_start, bucket_width, value, prior FROM incoming WHERE slow = 1
+ORDER BY series_id, bucket_width DESC, bucket_start"""
+
+SQL_OVERLAPPING_BUCKETS = """
+SELECT bucket_start, bucket_width, value FROM buckets
+WHERE series_id = ? AND bucket_start > ? AND bucket_start < ? AND bucket_start + bucket_width > ?"""
+SQL_CONTAINING_REFINED = """
+SELECT bucket_start, bucket_width, value FROM refined
+WHERE series_id = ? AND bucket_start > ? AND bucket_start <= ? AND bucket_start + bucket_width >= ?"""
+SQL_SUM_INSIDE = """
+SELECT coalesce(sum(value), 0) FROM buckets
+WHERE series_id = ? AND bucket_start >= ? AND bucket_start + bucket_width <= ?"""
+SQL_DELETE_BUCKET = "DELETE FROM buckets WHERE series_id = ? AND bucket_start = ? AND bucket_width = ?"
+SQL_MOVE_TO_REFINED = """
+INSERT INTO refined (series_id, bucket_start, bucket_width, value) VALUES (?, ?, ?, ?)
+ON CONFLICT (series_id, bucket_start, bucket_width) DO UPDATE SET value = excluded.value"""
+SQL_UPSERT_BUCKET = """
+INSERT INTO buckets (series_id, bucket_start, bucket_width, value) VALUES (?, ?, ?, ?)
+ON CONFLICT (series_id, bucket_start, bucket_width) DO UPDATE SET value = excluded.value"""
+SQL_ADD_TOTALS = "UPDATE series SET total = total + ?, adjustments = adjustments + ?, updated_ns = ? WHERE id = ?"
+SQL_ADD_ROLLUP = """
+INSERT INTO rollups (series_id, hour_start, value) VALUES (?, ?, ?)
+ON CONFLICT (series_id, hour_start) DO UPDATE SET value = value + excluded.value"""
+
+SQL_UPSERT_NAME = """
+INSERT INTO names (instance, kind, id, name, updated_ns) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (instance, kind, id) DO UPDATE SET name = excluded.name, updated_ns = excluded.updated_ns"""
+SQL_UPSERT_CURSOR = """
+INSERT INTO cursors (instance, source, value, updated_ns) VALUES (?, ?, ?, ?)
+ON CONFLICT (instance, source) DO UPDATE SET value = excluded.value, updated_ns = excluded.updated_ns"""
+SQL_GET_CURSOR = "SELECT value FROM cursors WHERE instance = ? AND source = ?"
+SQL_GET_HORIZON = "SELECT pruned_before FROM horizons WHERE instance = ?"
+SQL_SET_HORIZON = """
+INSERT INTO horizons (instance, pruned_before) VALUES (?, ?)
+ON CONFLICT (instance) DO UPDATE SET pruned_before = max(pruned_before, excluded.pruned_before)"""
+SQL_PRUNE_BUCKETS = """
+DELETE FROM buckets WHERE bucket_start < :before
+  AND series_id IN (SELECT id FROM series WHERE instance = :instance)"""
+SQL_PRUNE_REFINED = """
+DELETE FROM refined WHERE bucket_start < :before
+  AND series_id IN (SELECT id FROM series WHERE instance = :instance)"""
+SQL_PRUNE_ROLLUPS = "DELETE FROM rollups WHERE hour_start < ?"
+
+SQL_SNAPSHOT = """
+SELECT s.id, s.instance, s.metric, s.attrs, s.total, s.adjustments, s.start_time_ns
+FROM series AS s ORDER BY s.id"""
+SQL_NAMES = "SELECT instance, kind, id, name FROM names"
+SQL_SERIES_COUNT = "SELECT count(*) FROM series"
+SQL_BUCKET_COUNT = "SELECT count(*) FROM buckets"
+SQL_BUCKET_SUMS_BETWEEN = """
+SELECT s.instance, s.metric, s.attrs, sum(b.value)
+FROM buckets AS b JOIN series AS s ON s.id = b.series_id
+WHERE b.bucket_start >= ? AND b.bucket_start + b.bucket_width <= ?
+GROUP BY s.id"""
+SQL_ROLLUPS_SINCE = """
+SELECT s.instance, s.metric, s.attrs, sum(r.value)
+FROM rollups AS r JOIN series AS s ON s.id = r.series_id
+WHERE r.hour_start >= ?
+GROUP BY s.id"""
+
+
+# ------------------------------------------------------------------------------------------------- results
+@dataclass(frozen=True, slots=True)
+class SeriesTotal:
+    """One series as the emitter sees it: cumulative values and the start time they count from."""
+
+    id: int
+    instance: str
+    metric: str
+    attrs: str  # canonical JSON; parse with ``json.loads`` (the emitter caches the parse per id)
+    total: int
+    adjustments: int
+    start_time_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A consistent read of every series total and name, taken in one read transaction."""
+
+    series: tuple[SeriesTotal, ...]
+    names: dict[tuple[str, str, str], str]  # (instance, kind, id) -> name
+    taken_ns: int
+
+
+@dataclass(slots=True)
+class ApplyStats:
+    """What one ``apply`` did, for the ``llm.receiver.records`` counter and the poll's log line."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    series_created: int = 0
+
+    @property
+    def points(self) -> int:
+        return sum(self.outcomes.values())
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def canonical_attrs(attrs: dict[str, str]) -> str:
+    """The series identity of an attribute set: compact JSON with sorted keys (stable across versions)."""
+    return json.dumps(attrs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _points(
+    result: PollResult, tenant: str
+) -> Iterator[tuple[tuple[str, str], int, int, int]]:
+    """Expand records into ``((metric, attrs_json), bucket_start, bucket_width, value)``.
+
+    Attribute JSON is built once per distinct record identity, not once per point: providers return many
+    buckets of few series, so this cache is what keeps the per-point cost to a dict lookup.
+    """
+    usage_keys: dict[tuple[object, ...], tuple[list[tuple[str, str, str]], str]] = {}
+    for r in result.usage:
+        dims = tuple(sorted(r.dimensions.items())) if r.dimensions else ()
+        ident = (r.provider, r.model, r.operation, r.tenancy_id, r.tenant or tenant, dims)
+        cached = usage_keys.get(ident)
+        if cached is None:
+            base = {
+                "gen_ai.provider.name": r.provider,
+                "gen_ai.request.model": r.model,
+                "gen_ai.operation.name": r.operation,
+                "llm.tenancy.id": r.tenancy_id,
+                "llm.tenant": r.tenant or tenant,
+                **dict(dims),
+            }
+            by_type = [
+                (t, METRIC_TOKENS, canonical_attrs({**base, "gen_ai.token.type": t}))
+                for t in ("input", "cache_read", "cache_write", "output")
+            ]
+            cached = (by_type, canonical_attrs(base))
+            usage_keys[ident] = cached
+        by_type, req_attrs = cached
+        start, width, tokens = r.bucket_start, r.bucket_width, r.tokens
+        for token_type, metric, attrs in by_type:
+            value = tokens.get(token_type)
+            if value is not None:
+                yield (metric, attrs), start, width, value
+        if r.requests is not None:
+            yield (METRIC_REQUESTS, req_attrs), start, width, r.requests
+    cost_keys: dict[tuple[object, ...], str] = {}
+    for c in result.costs:
+        dims = tuple(sorted(c.dimensions.items())) if c.dimensions else ()
+        ident = (c.provider, c.tenancy_id, c.tenant or tenant, c.model, c.line_item, c.currency.upper(), dims)
+        attrs = cost_keys.get(ident)
+        if attrs is None:
+            base = {
+                "gen_ai.provider.name": c.provider,
+                "llm.tenancy.id": c.tenancy_id,
+                "llm.tenant": c.tenant or tenant,
+                **dict(dims),
+            }
+            if c.model:
+                base["gen_ai.request.model"] = c.model
+            if c.line_item:
+                base["llm.cost.line_item"] = c.line_item
+            if c.currency.upper() != "USD":
+                base["currency"] = c.currency.upper()
+            attrs = canonical_attrs(base)
+            cost_keys[ident] = attrs
+        yield (METRIC_COST, attrs), c.bucket_start, c.bucket_width, to_nanos(c.amount)
+
+
+# -------------------------------------------------------------------------------------------------- ledger
+class Ledger:
+    """One connection to the ledger file. Use one ``Ledger`` per thread (sqlite3 connections are not shared).
+
+    The scheduler owns the only writer; the emitter and the terminal summary open their own readers, which
+    WAL lets run beside the writer without blocking it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        try:
+            if not readonly:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                str(self.path), isolation_level=None, timeout=30.0, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA busy_timeout = 30000")
+            if not readonly:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+                self._migrate()
+            else:
+                self._conn.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
+        except OSError as exc:
+            raise LedgerError(f"cannot open ledger {self.path}: {exc.strerror or exc}") from exc
+        self._series_ids: dict[str, dict[tuple[str, str], int]] = {}
+        self._lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger {self.path}: cannot begin a transaction: {exc}") from exc
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise LedgerError(f"ledger {self.path}: {exc}") from exc
+            raise
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        conn.execute(SQL_CREATE_MIGRATIONS)
+        applied = {row[0] for row in conn.execute(SQL_APPLIED_VERSIONS)}
+        newest = max((v for v, _, _ in MIGRATIONS), default=0)
+        if applied and max(applied) > newest:
+            raise LedgerError(
+                f"ledger {self.path} has schema version {max(applied)}, newer than this release "
+                f"understands ({newest}); upgrade otel-llm-receiver or point storage.path elsewhere"
+            )
+        for version, name, script in MIGRATIONS:
+            if version in applied:
+                continue
+            with self._transaction() as tx:
+                for statement in _split_sql(script):
+                    tx.execute(statement)
+                tx.execute(SQL_RECORD_MIGRATION, (version, name, time.time_ns()))
+        with self._transaction() as tx:
+            tx.execute(SQL_PUT_META, ("service.instance.id", str(uuid.uuid4())))
+
+    # -- reads ---------------------------------------------------------------------------------------------
+    @property
+    def instance_id(self) -> str:
+        """The receiver's ``service.instance.id``: made once per ledger, so it survives restarts."""
+        row = self._conn.execute(SQL_GET_META, ("service.instance.id",)).fetchone()
+        if row is None:
+            raise LedgerError(f"ledger {self.path} has no service.instance.id (not initialised)")
+        return str(row[0])
+
+    @property
+    def schema_version(self) -> int:
+        row = self._conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    def cursor(self, instance: str, source: str = "poll") -> str | None:
+        row = self._conn.execute(SQL_GET_CURSOR, (instance, source)).fetchone()
+        return None if row is None else str(row[0])
+
+    def pruned_before(self, instance: str) -> int:
+        row = self._conn.execute(SQL_GET_HORIZON, (instance,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def snapshot(self) -> Snapshot:
+        """Every series total and every name, read in one transaction so they are mutually consistent."""
+        conn = self._conn
+        with self._lock:
+            try:
+                conn.execute("BEGIN")
+                try:
+                    rows = conn.execute(SQL_SNAPSHOT).fetchall()
+                    names = {(i, k, d): n for i, k, d, n in conn.execute(SQL_NAMES)}
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise LedgerError(f"ledger {self.path}: cannot read a snapshot: {exc}") from exc
+        return Snapshot(
+            series=tuple(SeriesTotal(*row) for row in rows), names=names, taken_ns=time.time_ns()
+        )
+
+    def rollup_totals_since(self, since: int) -> list[tuple[str, str, dict[str, str], int]]:
+        """Per series: the sum of its hourly rollups from ``since`` on, as (instance, metric, attrs, value)."""
+        return [
+            (instance, metric, json.loads(attrs), int(value))
+            for instance, metric, attrs, value in self._conn.execute(SQL_ROLLUPS_SINCE, (since,))
+        ]
+
+    def bucket_sums_between(self, start: int, end: int) -> list[tuple[str, str, dict[str, str], int]]:
+        """Per series: the sum of the latest values of buckets lying inside ``[start, end)``."""
+        return [
+            (instance, metric, json.loads(attrs), int(value))
+            for instance, metric, attrs, value in self._conn.execute(SQL_BUCKET_SUMS_BETWEEN, (start, end))
+        ]
+
+    def counts(self) -> dict[str, int]:
+        """Sizes for the health endpoint and logs."""
+        return {
+            "series": int(self._conn.execute(SQL_SERIES_COUNT).fetchone()[0]),
+            "buckets": int(self._conn.execute(SQL_BUCKET_COUNT).fetchone()[0]),
+        }
+
+    # -- the write path ------------------------------------------------------------------------------------
+    def apply(
+        self,
+        instance: str,
+        result: PollResult,
+        *,
+        tenant: str = "default",
+        cursor: str | None = None,
+        prune_before: int | None = None,
+        now_ns: int | None = None,
+    ) -> ApplyStats:
+        """Apply one poll's records, names and cursor in one transaction; return what each point did.
+
+        ``cursor`` is saved as the instance's ``poll`` cursor, ``result.cursors`` under their own sources.
+        ``prune_before`` (Unix seconds) drops bucket rows that start before it, once the provider can no
+        longer revise them; records for such buckets arriving later are rejected, so they are never counted
+        twice.
+        """
+        if self.readonly:
+            raise LedgerError(f"ledger {self.path} is open read-only")
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        stats = ApplyStats()
+        with self._lock, self._transaction() as tx:
+            tx.execute(SQL_CREATE_INCOMING)
+            tx.execute(SQL_CLEAR_INCOMING)
+            ids = self._ids_for(tx, instance)
+            rows: list[tuple[int, int, int, int]] = []
+            missing: dict[tuple[str, str], None] = {}
+            staged: list[tuple[tuple[str, str], int, int, int]] = []
+            for key, start, width, value in _points(result, tenant):
+                sid = ids.get(key)
+                if sid is None:
+                    missing[key] = None
+                    staged.append((key, start, width, value))
+                else:
+                    rows.append((sid, start, width, value))
+            if missing:
+                tx.executemany(
+                    SQL_INSERT_SERIES, [(instance, m, a, now_ns, now_ns) for m, a in missing]
+                )
+                stats.series_created = len(missing)
+                ids = self._ids_for(tx, instance, refresh=True)
+                rows.extend((ids[key], start, width, value) for key, start, width, value in staged)
+            tx.executemany(SQL_STAGE_POINT, rows)
+            bad = tx.execute(SQL_FIND_INVALID).fetchone()
+            if bad is not None:
+                raise LedgerError(
+                    f"{instance}: {bad[0]} {bad[1]} has an invalid point: bucket start {bad[2]}, "
+                    f"width {bad[3]}s, value {bad[4]}; the poll was not applied"
+                )
+
+            horizon = self.pruned_before(instance)
+            if horizon:
+                rejected = tx.execute(SQL_REJECT_PRUNED, {"pruned_before": horizon}).rowcount
+                if rejected:
+                    stats.outcomes["rejected"] += rejected
+                    log.info(
+                        "%s: %d points for buckets before the pruned horizon %d were rejected "
+                        "(already counted, no longer revisable)", instance, rejected, horizon,
+                    )
+            tx.execute(SQL_FILL_PRIOR)
+            max_width = tx.execute(SQL_MAX_WIDTH).fetchone()[0]
+            if max_width:
+                tx.execute(SQL_MARK_SLOW, {"max_width": max_width})
+                tx.execute(SQL_MARK_SLOW_REFINED, {"max_width": max_width})
+            for outcome, count in tx.execute(SQL_COUNT_OUTCOMES):
+                stats.outcomes[outcome] += count
+            if stats.outcomes["shrunk"]:
+                for metric, attrs, shrunk_points, amount in tx.execute(SQL_SHRUNK):
+                    log.warning(
+                        "%s: %d bucket(s) of %s %s shrank by %d in total (counted in llm.usage.adjustments)",
+                        instance, shrunk_points, metric, attrs, amount,
+                    )
+            tx.execute(SQL_APPLY_TOTALS, {"now": now_ns})
+            tx.execute(SQL_APPLY_ROLLUPS)
+            tx.execute(SQL_APPLY_BUCKETS)
+            slow = tx.execute(SQL_SLOW_POINTS).fetchall()
+            for sid, start, width, value, prior in slow:
+                stats.outcomes[self._apply_width_change(tx, instance, sid, start, width, value, prior, now_ns)] += 1
+            tx.execute(SQL_CLEAR_INCOMING)
+
+            if result.names:
+                tx.executemany(
+                    SQL_UPSERT_NAME,
+                    [(instance, kind, ident, name, now_ns) for (kind, ident), name in result.names.items()],
+                )
+            cursors = dict(result.cursors)
+            if cursor is not None:
+                cursors["poll"] = cursor
+            if cursors:
+                tx.executemany(
+                    SQL_UPSERT_CURSOR, [(instance, s, v, now_ns) for s, v in cursors.items()]
+                )
+            if prune_before is not None and prune_before > horizon:
+                tx.execute(SQL_PRUNE_BUCKETS, {"before": prune_before, "instance": instance})
+                tx.execute(SQL_PRUNE_REFINED, {"before": prune_before, "instance": instance})
+                tx.execute(SQL_SET_HORIZON, (instance, prune_before))
+        return stats
+
+    def prune_rollups(self, before: int) -> int:
+        """Drop hourly rollups older than ``before`` (storage.retention); returns rows removed."""
+        with self._lock, self._transaction() as tx:
+            return int(tx.execute(SQL_PRUNE_ROLLUPS, (before,)).rowcount)
+
+    def _ids_for(
+        self, tx: sqlite3.Connection, instance: str, *, refresh: bool = False
+    ) -> dict[tuple[str, str], int]:
+        ids = self._series_ids.get(instance)
+        if ids is None or refresh:
+            ids = {(m, a): i for i, m, a in tx.execute(SQL_SERIES_OF_INSTANCE, (instance,))}
+            self._series_ids[instance] = ids
+        return ids
+
+    def _apply_width_change(
+        self,
+        tx: sqlite3.Connection,
+        instance: str,
+        sid: int,
+        start: int,
+        width: int,
+        value: int,
+        prior: int | None,
+        now_ns: int,
+    ) -> str:
+        """Apply one point whose bucket overlaps buckets of another width (rare: a bucket-width change).
+
+        A coarser bucket replaces the finer ones it covers, counting only its difference from their sum.
+        A finer bucket inside an already counted coarser one refines it: that region counts
+        ``max(coarse value, sum of the finer buckets)``, so tokens are neither lost nor counted twice.
+        """
+        end = start + width
+        max_width = int(tx.execute(SQL_MAX_WIDTH).fetchone()[0] or width)
+        lower = start - max(max_width, width)
+        containing = tx.execute(SQL_CONTAINING_REFINED, (sid, lower, start, end)).fetchone()
+        if containing is None:
+            containing_bucket = [
+                (s, w, v) for s, w, v in tx.execute(SQL_OVERLAPPING_BUCKETS, (sid, lower, end, start))
+                if s <= start and s + w >= end and w != width
+            ]
+            if containing_bucket:
+                # Refine: move the coarse bucket aside; it keeps counting until the fine ones exceed it.
+                cs, cw, cv = containing_bucket[0]
+                tx.execute(SQL_DELETE_BUCKET, (sid, cs, cw))
+                tx.execute(SQL_MOVE_TO_REFINED, (sid, cs, cw, cv))
+                containing = (cs, cw, cv)
+        if containing is not None:
+            cs, cw, cv = containing
+            inside_before = int(tx.execute(SQL_SUM_INSIDE, (sid, cs, cs + cw)).fetchone()[0])
+            own_before = prior or 0
+            inside_after = inside_before - own_before + value
+            delta = max(cv, inside_after) - max(cv, inside_before)
+            tx.execute(SQL_UPSERT_BUCKET, (sid, start, width, value))
+            outcome = "new" if prior is None else ("grown" if value > prior else "shrunk" if value < prior else "unchanged")
+        else:
+            overlapped = tx.execute(SQL_OVERLAPPING_BUCKETS, (sid, lower, end, start)).fetchall()
+            if any(s < start or s + w > end for s, w, _ in overlapped):
+                log.warning(
+                    "%s: bucket [%d, +%ds) partly overlaps buckets of another width; rejected",
+                    instance, start, width,
+                )
+                return "rejected"
+            covered = sum(v for _, _, v in overlapped)
+            for s, w, v in overlapped:
+                tx.execute(SQL_DELETE_BUCKET, (sid, s, w))
+                tx.execute(SQL_ADD_ROLLUP, (sid, s - s % 3600, -v))
+            tx.execute(SQL_UPSERT_BUCKET, (sid, start, width, value))
+            tx.execute(SQL_ADD_ROLLUP, (sid, start - start % 3600, value))
+            delta = value - covered
+            outcome = "grown" if delta > 0 else "shrunk" if delta < 0 else "unchanged"
+            if prior is None and not overlapped:
+                outcome = "new"
+        if containing is not None:
+            tx.execute(SQL_ADD_ROLLUP, (sid, start - start % 3600, delta))
+        grow, shrink = max(delta, 0), max(-delta, 0)
+        if grow or shrink:
+            tx.execute(SQL_ADD_TOTALS, (grow, shrink, now_ns, sid))
+        if shrink:
+            log.warning("%s: series %d shrank by %d at bucket %d (bucket-width change)", instance, sid, shrink, start)
+        return outcome
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration script into statements (no statement in our schema has ';' inside a literal)."""
+    return [statement.strip() for statement in script.split(";") if statement.strip()]

@@ -1,0 +1,106 @@
+"""Canonical records: the one shape every provider normalizes into and the ledger accepts.
+
+Times are integer Unix seconds (UTC) and bucket widths integer seconds, so bucket identity never depends on
+float rounding. Token counts are integers; money is ``Decimal`` here and integer nano-units in the ledger, so a
+year of cents still adds up to the cent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Literal
+
+TokenType = Literal["input", "cache_read", "cache_write", "output"]
+#: The token types partition all tokens: summing over them gives every token once (DESIGN.md).
+TOKEN_TYPES: tuple[TokenType, ...] = ("input", "cache_read", "cache_write", "output")
+
+CostSource = Literal["reported", "estimated"]
+
+#: Money is kept as integer nano-units of its currency (1e-9): exact, and 9.2 billion units fit in 64 bits.
+NANOS_PER_UNIT = 1_000_000_000
+_NANO = Decimal(1).scaleb(-9)
+
+
+def to_nanos(amount: Decimal | int | str) -> int:
+    """Convert an amount of money to integer nano-units, rounding half-even past the ninth decimal."""
+    return int((Decimal(amount) * NANOS_PER_UNIT).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def from_nanos(nanos: int) -> Decimal:
+    """The exact ``Decimal`` for an amount of nano-units."""
+    return (Decimal(nanos) * _NANO).normalize() if nanos else Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A half-open time range ``[start, end)`` in Unix seconds that a poll asks a provider for."""
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if self.end < self.start:
+            raise ValueError(f"window end {self.end} is before its start {self.start}")
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """Usage of one model by one tenancy in one time bucket, as the provider reported it at poll time.
+
+    ``tokens`` maps token types (``TOKEN_TYPES``) to counts; a type that is absent was not reported, which is
+    different from a reported zero only in that no series is created for it. ``dimensions`` holds extra bounded
+    attributes (e.g. ``llm.cache.ttl``) that split the series further.
+    """
+
+    provider: str
+    model: str
+    operation: str
+    tenancy_id: str
+    bucket_start: int
+    bucket_width: int
+    tokens: Mapping[str, int] = field(default_factory=dict)
+    requests: int | None = None
+    tenant: str | None = None
+    dimensions: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CostRecord:
+    """Money spent by one tenancy (and line item / model, when the provider says) in one time bucket."""
+
+    provider: str
+    tenancy_id: str
+    bucket_start: int
+    bucket_width: int
+    amount: Decimal
+    currency: str = "USD"
+    model: str | None = None
+    line_item: str | None = None
+    source: CostSource = "reported"
+    tenant: str | None = None
+    dimensions: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    """What one poll of one provider instance produced; applied to the ledger in one transaction.
+
+    ``names`` resolves ids to display names, keyed by ``(kind, id)`` (kind ``tenancy`` for now).
+    ``complete_until`` is the end of the newest bucket the provider considers complete: the next poll
+    re-reads ``lookback`` before it. ``cursors`` are extra per-source cursors saved in the same transaction.
+    """
+
+    usage: Sequence[UsageRecord] = ()
+    costs: Sequence[CostRecord] = ()
+    names: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    complete_until: int | None = None
+    cursors: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def newest_bucket_end(self) -> int | None:
+        """End of the newest bucket in this result (for the data-lag gauge), or None when it is empty."""
+        ends = [r.bucket_start + r.bucket_width for r in self.usage]
+        ends += [c.bucket_start + c.bucket_width for c in self.costs]
+        return max(ends) if ends else None

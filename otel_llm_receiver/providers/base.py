@@ -1,0 +1,60 @@
+"""The provider contract (DESIGN.md, "The provider contract").
+
+A provider turns a time window into canonical records: HTTP (or SDK) calls, paging, retries and the API's shape
+live in its module; no OpenTelemetry, no SQL, no global state. The scheduler owns windows, cursors, timeouts
+and the ledger, so adding a provider is filling in this form:
+
+* ``TYPE`` — the config key (``openai`` in ``providers: {openai/prod: ...}``);
+* ``OPTIONS`` — its own config keys beside the common ones, as ``config.Option`` schemas;
+* ``DEFAULT_LOOKBACK`` / ``DEFAULT_BACKFILL`` / ``MAX_BACKFILL`` — how far each poll re-reads, how far the first
+  poll reaches back, and what the API allows at most;
+* ``REVISION_HORIZON`` — how old a bucket can be and still change (older bucket rows are pruned);
+* ``fetch(window)`` — the records for every complete or partial bucket that overlaps ``window``.
+
+Failures are raised as ``ProviderError`` with an ``error_type``; anything else a provider raises is a bug that
+the scheduler still contains (counted as ``bad_response``), never a crash of the receiver.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import ClassVar
+
+from ..config import Option, ProviderConfig
+from ..model import PollResult, Window
+
+HOUR = 3600
+DAY = 86400
+
+
+class Provider(ABC):
+    """Base class of every provider module's provider."""
+
+    TYPE: ClassVar[str]
+    OPTIONS: ClassVar[Mapping[str, Option]] = {}
+    DEFAULT_LOOKBACK: ClassVar[float] = 2 * HOUR
+    DEFAULT_BACKFILL: ClassVar[float] = DAY
+    MAX_BACKFILL: ClassVar[float | None] = None
+    REVISION_HORIZON: ClassVar[float] = 2 * DAY
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+        self.name = config.name
+
+    @property
+    def lookback(self) -> float:
+        return self.config.lookback if self.config.lookback is not None else self.DEFAULT_LOOKBACK
+
+    @property
+    def backfill(self) -> float:
+        backfill = self.config.backfill if self.config.backfill is not None else self.DEFAULT_BACKFILL
+        return min(backfill, self.MAX_BACKFILL) if self.MAX_BACKFILL is not None else backfill
+
+    @abstractmethod
+    async def fetch(self, window: Window) -> PollResult:
+        """Records for every bucket overlapping ``window`` (``window.end`` is "now" for this poll)."""
+
+    async def aclose(self) -> None:
+        """Release connections; called once when the receiver stops."""
+        return None

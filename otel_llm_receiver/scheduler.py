@@ -1,0 +1,286 @@
+"""The scheduler: one asyncio task per provider instance, the export loop, and a clean stop.
+
+Data flows one way (DESIGN.md): provider.fetch(window) -> ledger.apply (one transaction, on the single writer
+thread) -> emitter (its own reader connection and threads). No lock is held across a network call, so a
+provider that hangs or fails only delays itself (invariant 5): its failure is classified, counted, logged in
+one line, and retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .config import Config, ExporterConfig
+from .emitter import Emitter, MetricExporterLike, MetricsBuilder, build_exporter, make_resource
+from .errors import LedgerError, ProviderError, ReceiverError
+from .ledger import ApplyStats, Ledger
+from .model import PollResult, Window
+from .providers import create_provider
+from .providers.base import DAY, Provider
+from .retry import backoff_delay
+from .selfhealth import SelfHealth
+
+log = logging.getLogger(__name__)
+
+JITTER = 0.1  # +-10% on every interval, so instances started together drift apart
+
+
+def poll_window(provider: Provider, cursor: str | None, now: int) -> Window:
+    """The window of the next poll: the backfill on the first poll, else ``lookback`` before the cursor."""
+    if cursor is None:
+        start = now - int(provider.backfill)
+    else:
+        start = min(int(cursor), now) - int(provider.lookback)
+    if provider.MAX_BACKFILL is not None:
+        start = max(start, now - int(provider.MAX_BACKFILL))
+    return Window(start, now)
+
+
+def prune_horizon(provider: Provider, window: Window) -> int:
+    """Bucket rows starting before this can no longer change at the provider: prune them (day-aligned)."""
+    before = min(window.start, window.end - int(provider.REVISION_HORIZON))
+    return before - before % DAY
+
+
+@dataclass(frozen=True)
+class PollOutcome:
+    instance: str
+    ok: bool
+    error_type: str | None = None
+    retry_after: float | None = None
+
+
+class Receiver:
+    """Everything ``run`` needs, wired once: ledger, providers, emitter, self-health."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        exporters: Sequence[tuple[ExporterConfig | str, MetricExporterLike]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.ledger = Ledger(config.storage.path)
+        self.health = SelfHealth(clock=clock)
+        self.provider_configs = [p for p in config.providers if p.enabled]
+        for p in self.provider_configs:
+            self.health.register(p.name, p.collection_interval)
+        self.providers: dict[str, Provider] = {}
+        if exporters is None:
+            exporters = [(cfg, build_exporter(cfg)) for cfg in config.exporters]
+        self.emitter = Emitter(exporters, clock=clock)
+        self.builder = MetricsBuilder(
+            make_resource(self.ledger.instance_id),
+            labels={p.name: dict(p.labels) for p in config.providers},
+        )
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="ledger-writer")
+        self._reader: Ledger | None = None
+        self._export_lock = threading.Lock()
+        self.last_export_ok: bool | None = None
+
+    # -- polling -------------------------------------------------------------------------------------------
+    def _provider(self, name: str) -> Provider:
+        provider = self.providers.get(name)
+        if provider is None:
+            cfg = next(p for p in self.provider_configs if p.name == name)
+            provider = self.providers[name] = create_provider(cfg)
+        return provider
+
+    async def poll(self, name: str) -> PollOutcome:
+        """One poll of one instance: fetch, apply atomically, record self-health. Never raises."""
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        cfg = next(p for p in self.provider_configs if p.name == name)
+        window: Window | None = None
+        try:
+            provider = self._provider(name)
+            cursor = await loop.run_in_executor(self._writer, self.ledger.cursor, name)
+            window = poll_window(provider, cursor, int(self.clock()))
+            deadline = max(cfg.collection_interval, 5 * cfg.timeout)
+            try:
+                result: PollResult = await asyncio.wait_for(provider.fetch(window), timeout=deadline)
+            except TimeoutError as exc:
+                raise ProviderError(
+                    f"poll did not finish within {deadline:g}s", provider=name, error_type="timeout"
+                ) from exc
+            if not isinstance(result, PollResult):
+                raise ProviderError(
+                    f"provider returned {type(result).__name__}, not a PollResult", provider=name
+                )
+            cursor_value = str(result.complete_until if result.complete_until is not None else window.end)
+            stats: ApplyStats = await loop.run_in_executor(
+                self._writer,
+                lambda: self.ledger.apply(
+                    name, result, tenant=cfg.tenant, cursor=cursor_value,
+                    prune_before=prune_horizon(provider, window),  # type: ignore[arg-type]
+                ),
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error_type, message, retry_after = _classify(exc)
+            elapsed = time.monotonic() - t0
+            self.health.poll_failed(name, elapsed, error_type, message)
+            log.warning(
+                "%s: poll failed (%s): %s", name, error_type, message,
+                extra={"instance": name, "error_type": error_type, "duration_s": round(elapsed, 3)},
+            )
+            return PollOutcome(name, False, error_type, retry_after)
+        elapsed = time.monotonic() - t0
+        self.health.poll_succeeded(name, elapsed, stats.outcomes, result.newest_bucket_end)
+        log.info(
+            "%s: poll ok, %d points (%s) in %.2fs", name, stats.points,
+            ", ".join(f"{k} {v}" for k, v in sorted(stats.outcomes.items())) or "none", elapsed,
+            extra={"instance": name, "window_start": window.start, "window_end": window.end,
+                   "cursor": cursor_value, "duration_s": round(elapsed, 3)},
+        )
+        return PollOutcome(name, True)
+
+    async def _poll_loop(self, name: str, stop: asyncio.Event) -> None:
+        cfg = next(p for p in self.provider_configs if p.name == name)
+        failures = 0
+        while not stop.is_set():
+            outcome = await self.poll(name)
+            interval = cfg.collection_interval
+            if outcome.ok:
+                failures = 0
+                delay = interval * random.uniform(1 - JITTER, 1 + JITTER)
+            else:
+                failures += 1
+                delay = backoff_delay(
+                    failures, base=min(5.0, interval), cap=interval, retry_after=outcome.retry_after
+                )
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+
+    # -- exporting -----------------------------------------------------------------------------------------
+    def export_now(self, *, wait: bool = True) -> bool:
+        """Build one export from a fresh ledger snapshot and send it (to all exporters, in parallel)."""
+        with self._export_lock:
+            if self._reader is None:
+                self._reader = Ledger(self.config.storage.path, readonly=True)
+            snapshot = self._reader.snapshot()
+            data = self.builder.build(snapshot, self.health.reading(), time.time_ns())
+        if not len(self.emitter):
+            return True
+        ok = self.emitter.send(data, wait_for_all=wait)
+        if wait:
+            self.last_export_ok = ok
+        return ok
+
+    async def _export_loop(self, stop: asyncio.Event) -> None:
+        interval = self.config.export_interval
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+            if stop.is_set():
+                return
+            try:
+                await asyncio.to_thread(self.export_now, wait=False)
+            except ReceiverError as exc:
+                log.warning("export skipped: %s", exc)
+
+    # -- running -------------------------------------------------------------------------------------------
+    async def run_once(self) -> int:
+        """One poll of every instance, one export: 0 when all succeeded, 1 otherwise."""
+        outcomes = await asyncio.gather(*(self.poll(p.name) for p in self.provider_configs))
+        exported = await asyncio.to_thread(self.export_now, wait=True)
+        failed = [o.instance for o in outcomes if not o.ok]
+        if failed:
+            log.error("run --once: %d of %d provider instance(s) failed: %s",
+                      len(failed), len(outcomes), ", ".join(failed))
+        if not exported:
+            log.error("run --once: the export failed on at least one exporter")
+        return 0 if not failed and exported else 1
+
+    async def run_forever(self, stop: asyncio.Event) -> int:
+        """Poll and export until ``stop`` is set; then let the poll in flight land or abandon it, export once
+        more, and return 0."""
+        tasks = [asyncio.create_task(self._poll_loop(p.name, stop), name=p.name) for p in self.provider_configs]
+        exporter = asyncio.create_task(self._export_loop(stop), name="export")
+        await stop.wait()
+        log.info("stopping: abandoning polls in flight (a poll already writing to the ledger completes)")
+        for task in [*tasks, exporter]:
+            task.cancel()
+        await asyncio.gather(*tasks, exporter, return_exceptions=True)
+        # A transaction already handed to the writer finishes (or never starts): wait for it, never cut it.
+        await asyncio.to_thread(self._writer.shutdown, wait=True)
+        ok = await asyncio.to_thread(self.export_now, wait=True)
+        log.info("stopped; final export %s", "succeeded" if ok else "failed")
+        return 0
+
+    def health_report(self) -> tuple[bool, dict[str, object]]:
+        """(healthy, document) for ``GET /health``."""
+        now = self.clock()
+        instances: dict[str, object] = {}
+        healthy = True
+        for st in self.health.statuses():
+            ok = self.health.healthy(st.name)
+            healthy = healthy and ok
+            instances[st.name] = {
+                "healthy": ok,
+                "interval_s": st.interval,
+                "polls": st.polls,
+                "last_success_unix": st.last_success_unix,
+                "last_error": st.last_error,
+                "last_error_type": st.last_error_type,
+                "last_error_unix": st.last_error_unix,
+                "consecutive_failures": st.consecutive_failures,
+                "data_lag_s": None if st.newest_bucket_end is None else max(0.0, now - st.newest_bucket_end),
+            }
+        ledger: dict[str, object] = {"path": str(self.config.storage.path)}
+        try:
+            with Ledger(self.config.storage.path, readonly=True) as reader:
+                ledger.update(reader.counts(), schema_version=reader.schema_version, ok=True)
+        except (LedgerError, OSError) as exc:
+            ledger.update(ok=False, error=str(exc))
+            healthy = False
+        exporters = [
+            {"name": s.name, "endpoint": s.endpoint, "exports": s.exports, "failures": s.failures,
+             "consecutive_failures": s.consecutive_failures, "last_success_unix": s.last_success_unix,
+             "last_error": s.last_error}
+            for s in self.emitter.states
+        ]
+        return healthy, {
+            "status": "ok" if healthy else "unhealthy",
+            "instances": instances,
+            "ledger": ledger,
+            "exporters": exporters,
+        }
+
+    async def aclose(self) -> None:
+        for provider in self.providers.values():
+            try:
+                await provider.aclose()
+            except Exception as exc:  # closing must not fail the stop
+                log.debug("%s: close failed: %s", provider.name, exc)
+        self._writer.shutdown(wait=True)
+        self.emitter.shutdown()
+        if self._reader is not None:
+            self._reader.close()
+        self.ledger.close()
+
+
+def _classify(exc: BaseException) -> tuple[str, str, float | None]:
+    """(error.type, one-line message, retry_after) for any exception a poll can end with."""
+    if isinstance(exc, ProviderError):
+        return exc.error_type, str(exc), exc.retry_after
+    if isinstance(exc, LedgerError):
+        return "storage", str(exc), None
+    if isinstance(exc, TimeoutError):
+        return "timeout", "timed out", None
+    # Not one of ours: a provider bug or an unexpected shape. Contained, counted, one line.
+    return "bad_response", f"unexpected {type(exc).__name__}: {exc}", None

@@ -1,0 +1,132 @@
+"""Self-health bookkeeping: how each provider instance's polls went, for metrics, logs and ``/health``.
+
+Counters here are process-local (their start time is the process start): they describe this process's work,
+not usage, so restarting them at zero is correct, unlike the ledger's usage totals.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+#: Bucket bounds (seconds) of the ``llm.receiver.poll.duration`` histogram.
+DURATION_BOUNDS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+@dataclass
+class DurationHistogram:
+    bounds: tuple[float, ...] = DURATION_BOUNDS
+    bucket_counts: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BOUNDS) + 1))
+    count: int = 0
+    sum: float = 0.0
+    min: float = float("inf")
+    max: float = float("-inf")
+
+    def record(self, seconds: float) -> None:
+        self.bucket_counts[bisect_left(self.bounds, seconds)] += 1
+        self.count += 1
+        self.sum += seconds
+        self.min = min(self.min, seconds)
+        self.max = max(self.max, seconds)
+
+
+@dataclass
+class InstanceStatus:
+    """One provider instance's state as ``/health`` shows it."""
+
+    name: str
+    interval: float
+    last_success_unix: float | None = None
+    last_error: str | None = None
+    last_error_type: str | None = None
+    last_error_unix: float | None = None
+    consecutive_failures: int = 0
+    newest_bucket_end: int | None = None
+    polls: int = 0
+
+
+@dataclass(frozen=True)
+class SelfHealthReading:
+    """A copy of every self-health value, taken under the lock, for one export."""
+
+    started_ns: int
+    polls: dict[tuple[str, str, str], int]
+    records: dict[tuple[str, str], int]
+    durations: dict[str, DurationHistogram]
+    last_success: dict[str, float]
+    data_lag: dict[str, float]
+
+
+class SelfHealth:
+    """Thread-safe: the scheduler writes from the event loop, the emitter and health server read."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self.started_ns = time.time_ns()
+        self.started_unix = clock()
+        self._lock = threading.Lock()
+        self._polls: Counter[tuple[str, str, str]] = Counter()
+        self._records: Counter[tuple[str, str]] = Counter()
+        self._durations: dict[str, DurationHistogram] = {}
+        self.instances: dict[str, InstanceStatus] = {}
+
+    def register(self, name: str, interval: float) -> None:
+        with self._lock:
+            self.instances.setdefault(name, InstanceStatus(name, interval))
+
+    def poll_succeeded(
+        self, name: str, seconds: float, outcomes: Counter[str], newest_bucket_end: int | None
+    ) -> None:
+        with self._lock:
+            st = self.instances[name]
+            st.polls += 1
+            st.last_success_unix = self._clock()
+            st.consecutive_failures = 0
+            if newest_bucket_end is not None:
+                st.newest_bucket_end = max(st.newest_bucket_end or 0, newest_bucket_end)
+            self._polls[(name, "success", "")] += 1
+            self._durations.setdefault(name, DurationHistogram()).record(seconds)
+            for outcome, n in outcomes.items():
+                self._records[(name, outcome)] += n
+
+    def poll_failed(self, name: str, seconds: float, error_type: str, message: str) -> None:
+        with self._lock:
+            st = self.instances[name]
+            st.polls += 1
+            st.consecutive_failures += 1
+            st.last_error, st.last_error_type, st.last_error_unix = message, error_type, self._clock()
+            self._polls[(name, "failure", error_type)] += 1
+            self._durations.setdefault(name, DurationHistogram()).record(seconds)
+
+    def reading(self) -> SelfHealthReading:
+        now = self._clock()
+        with self._lock:
+            return SelfHealthReading(
+                started_ns=self.started_ns,
+                polls=dict(self._polls),
+                records=dict(self._records),
+                durations={k: replace(v, bucket_counts=list(v.bucket_counts)) for k, v in self._durations.items()},
+                last_success={n: s.last_success_unix for n, s in self.instances.items() if s.last_success_unix},
+                data_lag={
+                    n: max(0.0, now - s.newest_bucket_end)
+                    for n, s in self.instances.items() if s.newest_bucket_end is not None
+                },
+            )
+
+    def healthy(self, name: str) -> bool:
+        """Succeeded within 3 intervals (or started less than 3 intervals ago and not failing yet)."""
+        now = self._clock()
+        with self._lock:
+            st = self.instances[name]
+            since = st.last_success_unix if st.last_success_unix is not None else self.started_unix
+            return now - since <= 3 * st.interval and not (
+                st.last_success_unix is None and st.consecutive_failures >= 3
+            )
+
+    def statuses(self) -> list[InstanceStatus]:
+        with self._lock:
+            return [replace(s) for s in self.instances.values()]
