@@ -133,6 +133,7 @@ _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 
 _REDACTED = "<redacted>"
+_MIN_SUBSTRING_SECRET = 4
 _DEFAULT_COLLECTION_INTERVAL = 60.0
 _DEFAULT_EXPORT_INTERVAL = 30.0
 _DEFAULT_EXPORTER_TIMEOUT = 10.0
@@ -285,7 +286,9 @@ class Config:
                 f"  {show(p.name)} (type {p.type}): {state}, every {format_duration(p.collection_interval)},"
                 f" timeout {format_duration(p.timeout)}, tenant {show(p.tenant)}"
             )
-            lines.append(f"    endpoint: {show(p.endpoint) if p.endpoint is not None else '(provider default)'}")
+            lines.append(
+                f"    endpoint: {show(p.endpoint) if p.endpoint is not None else '(provider default)'}"
+            )
             lines.append(f"    lookback: {_describe_optional_duration(p.lookback)}")
             lines.append(f"    backfill: {_describe_optional_duration(p.backfill)}")
             if p.labels:
@@ -307,10 +310,19 @@ class Config:
             if e.headers:
                 lines.append("    headers: " + ", ".join(f"{k}={_REDACTED}" for k in e.headers))
             tls = [f"insecure={'true' if e.tls.insecure else 'false'}"]
-            tls += [f"{k}={v}" for k, v in (("ca_file", e.tls.ca_file), ("cert_file", e.tls.cert_file),
-                                             ("key_file", e.tls.key_file)) if v is not None]
+            tls += [
+                f"{k}={v}"
+                for k, v in (
+                    ("ca_file", e.tls.ca_file),
+                    ("cert_file", e.tls.cert_file),
+                    ("key_file", e.tls.key_file),
+                )
+                if v is not None
+            ]
             lines.append("    tls: " + ", ".join(show(t) for t in tls))
-        lines.append(f"storage: path {show(self.storage.path)}, retention {format_duration(self.storage.retention)}")
+        lines.append(
+            f"storage: path {show(self.storage.path)}, retention {format_duration(self.storage.retention)}"
+        )
         health = show(self.health.endpoint) if self.health.endpoint else "(disabled)"
         lines.append(f"health: endpoint {health}")
         return "\n".join(lines)
@@ -320,10 +332,12 @@ class _Shower:
     """Renders a string for ``describe()``, redacting secrets and anything that contains one."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets = [s for s in secrets if s]
+        self._exact = frozenset(secrets)
+        # Substring matches only for secrets long enough not to hit innocent text by chance.
+        self._long = [s for s in self._exact if len(s) >= _MIN_SUBSTRING_SECRET]
 
     def __call__(self, value: str) -> str:
-        if isinstance(value, Secret) or any(s in value for s in self._secrets):
+        if isinstance(value, Secret) or value in self._exact or any(s in value for s in self._long):
             return _REDACTED
         return value
 
@@ -547,7 +561,9 @@ def _url_problem(text: str, *, require_port: bool, allow_path: bool) -> bool:
 
 
 class _Parser:
-    def __init__(self, *, base_dir: str, environ: Mapping[str, str], schemas: Mapping[str, Mapping[str, Option]]):
+    def __init__(
+        self, *, base_dir: str, environ: Mapping[str, str], schemas: Mapping[str, Mapping[str, Option]]
+    ):
         self.base_dir = base_dir
         self.environ = environ
         self.schemas = schemas
@@ -639,9 +655,13 @@ class _Parser:
             self.problem(path, f"${{{reference}}}: not a valid environment variable name")
             return None
         if scheme is not None:
-            self.problem(path, f"${{{reference}}}: unsupported substitution {scheme.group(1)!r} (use env or file)")
+            self.problem(
+                path, f"${{{reference}}}: unsupported substitution {scheme.group(1)!r} (use env or file)"
+            )
             return None
-        self.problem(path, f"${{{reference}}} is not a substitution (use ${{env:NAME}}, ${{file:PATH}}, or $$ for $)")
+        self.problem(
+            path, f"${{{reference}}} is not a substitution (use ${{env:NAME}}, ${{file:PATH}}, or $$ for $)"
+        )
         return None
 
     def _read_file(self, name: str, path: str) -> str | None:
@@ -676,8 +696,8 @@ class _Parser:
     ) -> str | _Invalid:
         """A string (integers are accepted as their digits; with ``coerce`` numbers and booleans too)."""
         value = self.substitute(raw, path)
-        if value is _INVALID:
-            return _INVALID
+        if isinstance(value, _Invalid):
+            return value
         if isinstance(value, bool):
             if not coerce:
                 return self.problem(path, f"must be a string, got {_a(value)} (quote it)")
@@ -696,7 +716,9 @@ class _Parser:
             return self.problem(path, f"{_show_value(value)} is not one of {', '.join(choices)}{hint}")
         if secret:
             if not isinstance(value, _Substituted):
-                self.warn(path, "secret written literally in the config file; prefer ${env:NAME} or ${file:PATH}")
+                self.warn(
+                    path, "secret written literally in the config file; prefer ${env:NAME} or ${file:PATH}"
+                )
             return self.secret(value)
         if _is_hidden(value):
             return Secret(value)
@@ -704,8 +726,8 @@ class _Parser:
 
     def integer(self, raw: Any, path: str) -> int | _Invalid:
         value = self.substitute(raw, path)
-        if value is _INVALID:
-            return _INVALID
+        if isinstance(value, _Invalid):
+            return value
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, _Substituted):
@@ -713,13 +735,17 @@ class _Parser:
                 return int(value.strip())
             except ValueError:
                 return self.problem(path, f"{_show_value(value)} is not an integer")
-        hint = " (remove the quotes)" if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value) else ""
+        hint = (
+            " (remove the quotes)"
+            if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value)
+            else ""
+        )
         return self.problem(path, f"must be an integer, got {_a(value)}{hint}")
 
     def boolean(self, raw: Any, path: str) -> bool | _Invalid:
         value = self.substitute(raw, path)
-        if value is _INVALID:
-            return _INVALID
+        if isinstance(value, _Invalid):
+            return value
         if isinstance(value, bool):
             return value
         if isinstance(value, _Substituted):
@@ -729,13 +755,17 @@ class _Parser:
             if word in _FALSE:
                 return False
             return self.problem(path, f"{_show_value(value)} is not a boolean (use true or false)")
-        hint = " (remove the quotes)" if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE else ""
+        hint = (
+            " (remove the quotes)"
+            if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE
+            else ""
+        )
         return self.problem(path, f"must be true or false, got {_a(value)}{hint}")
 
     def duration(self, raw: Any, path: str, *, positive: bool = False) -> float | _Invalid:
         value = self.substitute(raw, path)
-        if value is _INVALID:
-            return _INVALID
+        if isinstance(value, _Invalid):
+            return value
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             return self.problem(path, f"must be a duration such as 30s, got {_a(value)}")
         try:
@@ -748,7 +778,9 @@ class _Parser:
             return self.problem(path, "must be greater than 0")
         return seconds
 
-    def string_list(self, raw: Any, path: str, *, choices: tuple[str, ...] | None = None) -> tuple[str, ...] | _Invalid:
+    def string_list(
+        self, raw: Any, path: str, *, choices: tuple[str, ...] | None = None
+    ) -> tuple[str, ...] | _Invalid:
         if not isinstance(raw, list):
             return self.problem(path, f"must be a list of strings, got {_a(raw)}")
         items: list[str] = []
@@ -762,7 +794,12 @@ class _Parser:
         return tuple(items) if ok else _INVALID
 
     def string_map(
-        self, raw: Any, path: str, *, key_check: Callable[[str, str], bool] | None = None, secret: bool = False
+        self,
+        raw: Any,
+        path: str,
+        *,
+        key_check: Callable[[str, str], bool] | None = None,
+        secret: bool = False,
     ) -> dict[str, str] | _Invalid:
         """A mapping of strings to strings; numbers and booleans are coerced (except secret values)."""
         mapping = self.mapping(raw, path)
@@ -781,7 +818,7 @@ class _Parser:
                 continue
             if secret:
                 value = self.substitute(item, item_path)
-                if value is _INVALID:
+                if isinstance(value, _Invalid):
                     ok = False
                     continue
                 if isinstance(value, int) and not isinstance(value, bool):
@@ -815,7 +852,7 @@ class _Parser:
             out[key] = value
         return out
 
-    def file_path(self, raw: Any, path: str) -> str | None | _Invalid:
+    def file_path(self, raw: Any, path: str) -> str | _Invalid | None:
         if raw is None:
             return None
         name = self.text(raw, path, nonempty=True)
@@ -952,7 +989,8 @@ class _Parser:
                     continue
                 if text and _split_host_port(text) is None:
                     self.problem(
-                        key_path, f"{_show_value(text)} must be host:port such as 127.0.0.1:13133 (or \"\" to disable)"
+                        key_path,
+                        f'{_show_value(text)} must be host:port such as 127.0.0.1:13133 (or "" to disable)',
                     )
                     continue
                 endpoint = text
@@ -990,9 +1028,7 @@ class _Parser:
                 if value is None:
                     continue
                 text = self.text(value, key_path, nonempty=True)
-                if isinstance(text, _Invalid):
-                    ok = False
-                elif not self.check_exporter_endpoint(text, protocol, key_path):
+                if isinstance(text, _Invalid) or not self.check_exporter_endpoint(text, protocol, key_path):
                     ok = False
                 else:
                     endpoint = text
@@ -1025,7 +1061,9 @@ class _Parser:
                 else:
                     tls = parsed_tls
             else:
-                self.problem(key_path, _unknown_key_message(key, _EXPORTER_KEYS, _COLLECTOR_ONLY_KEYS["exporter"]))
+                self.problem(
+                    key_path, _unknown_key_message(key, _EXPORTER_KEYS, _COLLECTOR_ONLY_KEYS["exporter"])
+                )
                 ok = False
         if "endpoint" not in section or (section["endpoint"] is None):
             example = "collector:4317" if protocol == "grpc" else "http://collector:4318"
@@ -1067,7 +1105,9 @@ class _Parser:
             )
             return False
         if endpoint.rstrip("/").endswith("/v1/metrics"):
-            self.warn(path, "ends with /v1/metrics, which is appended to the endpoint (as the Collector does)")
+            self.warn(
+                path, "ends with /v1/metrics, which is appended to the endpoint (as the Collector does)"
+            )
         return True
 
     def check_header_name(self, name: str, path: str) -> bool:
@@ -1118,10 +1158,14 @@ class _Parser:
             known = sorted(self.schemas)
             close = difflib.get_close_matches(type_, known, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
-            self.problem(path, f"unknown provider type {_quoted(type_)} (known: {', '.join(known) or 'none'}){hint}")
+            self.problem(
+                path, f"unknown provider type {_quoted(type_)} (known: {', '.join(known) or 'none'}){hint}"
+            )
             ok = False
         if slash and not _INSTANCE_NAME.fullmatch(instance):
-            self.problem(path, f"instance name {_quoted(instance)} must match [A-Za-z0-9_.-]+ (as in openai/prod)")
+            self.problem(
+                path, f"instance name {_quoted(instance)} must match [A-Za-z0-9_.-]+ (as in openai/prod)"
+            )
             ok = False
         section = self.mapping(raw, path)
         if section is None:
@@ -1170,7 +1214,7 @@ class _Parser:
             if key in COMMON_PROVIDER_KEYS:
                 options[key] = common[key]
             elif key not in options:
-                if option.required:
+                if option.required and section.get(key) is None:
                     self.problem(_join(path, key), f"is required ({option.kind} option of {type_})")
                     ok = False
                 else:
@@ -1217,10 +1261,14 @@ class _Parser:
 
     def check_label_name(self, name: str, path: str) -> bool:
         if not _LABEL_NAME.fullmatch(name):
-            self.problem(path, "is not a valid attribute name (letters, digits, _ and ., not starting with a digit)")
+            self.problem(
+                path, "is not a valid attribute name (letters, digits, _ and ., not starting with a digit)"
+            )
             return False
         if name.startswith(_RESERVED_LABEL_PREFIXES) or name in _RESERVED_LABEL_NAMES:
-            self.problem(path, "is reserved: gen_ai.*, llm.*, error.type and currency are set by the receiver")
+            self.problem(
+                path, "is reserved: gen_ai.*, llm.*, error.type and currency are set by the receiver"
+            )
             return False
         return True
 

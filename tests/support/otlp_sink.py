@@ -29,9 +29,9 @@ from types import TracebackType
 from typing import Any, Literal, cast
 
 import grpc
-from google.protobuf.message import DecodeError
-from google.rpc import status_pb2
-from google.rpc.error_details_pb2 import RetryInfo
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+from google.rpc import status_pb2  # type: ignore[import-untyped]
+from google.rpc.error_details_pb2 import RetryInfo  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.common.v1 import common_pb2
 
@@ -39,9 +39,11 @@ __all__ = [
     "Attributes",
     "HistogramPoint",
     "MetricInfo",
+    "MetricKind",
     "OTLPSink",
     "Point",
     "ReceivedRequest",
+    "Transport",
     "attr_key",
 ]
 
@@ -273,7 +275,7 @@ def _decode(request: metrics_service_pb2.ExportMetricsServiceRequest) -> _Decode
     return _Decoded(resource_attributes, infos, series, len(series))
 
 
-class _MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc]
+class _MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
     """gRPC side: the same ``Export`` RPC a collector implements."""
 
     def __init__(self, sink: OTLPSink) -> None:
@@ -357,7 +359,9 @@ class _MetricsHandler(BaseHTTPRequestHandler):
             extra = {} if verdict.retry_after is None else {"Retry-After": f"{verdict.retry_after:g}"}
             self._reply(verdict.http_status, _status_body("failure injected by OTLPSink.fail_next"), extra)
             return
-        self._reply(HTTPStatus.OK.value, metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString())
+        self._reply(
+            HTTPStatus.OK.value, metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
+        )
 
     def _reply(self, status: int, body: bytes, extra_headers: Mapping[str, str] | None = None) -> None:
         self.send_response(status)
@@ -433,7 +437,9 @@ class OTLPSink:
                 ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
             ],
         )
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsServicer(self), server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            _MetricsServicer(self), server
+        )
         try:
             # Recent grpcio raises on a bind failure; older versions returned 0.
             port = server.add_insecure_port(f"{_HOST}:{self._grpc_port}")

@@ -1,0 +1,218 @@
+"""The ledger's accounting: exactly once across overlapping, growing, shrinking and re-shaped buckets."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from otel_llm_receiver.errors import LedgerError
+from otel_llm_receiver.ledger import METRIC_COST, METRIC_REQUESTS, METRIC_TOKENS, Ledger
+from otel_llm_receiver.model import CostRecord, PollResult, UsageRecord, from_nanos
+
+H = 3600
+D = 86400
+
+
+def usage(start: int, width: int = H, *, inp: int = 0, out: int = 0, req: int | None = None,
+          model: str = "m1", tenancy: str = "t1", **tokens: int) -> UsageRecord:
+    return UsageRecord(
+        provider="demo", model=model, operation="chat", tenancy_id=tenancy, bucket_start=start,
+        bucket_width=width, tokens={"input": inp, "output": out, **tokens}, requests=req,
+    )
+
+
+def totals(ledger: Ledger) -> dict[tuple[str, str], tuple[int, int]]:
+    """(metric, token type or '') -> (total, adjustments), summed over series."""
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    for s in ledger.snapshot().series:
+        key = (s.metric, json.loads(s.attrs).get("gen_ai.token.type", ""))
+        t, a = out.get(key, (0, 0))
+        out[key] = (t + s.total, a + s.adjustments)
+    return out
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    with Ledger(tmp_path / "ledger.db") as led:
+        yield led  # type: ignore[misc]
+
+
+def test_overlapping_windows_count_each_bucket_once(ledger: Ledger) -> None:
+    first = PollResult(usage=[usage(0, inp=10, out=1, req=2), usage(H, inp=20, out=2, req=3)])
+    second = PollResult(usage=[usage(H, inp=20, out=2, req=3), usage(2 * H, inp=5, out=1, req=1)])
+    assert ledger.apply("demo", first).outcomes == {"new": 6}
+    stats = ledger.apply("demo", second)
+    assert stats.outcomes == {"unchanged": 3, "new": 3}
+    t = totals(ledger)
+    assert t[(METRIC_TOKENS, "input")] == (35, 0)
+    assert t[(METRIC_TOKENS, "output")] == (4, 0)
+    assert t[(METRIC_REQUESTS, "")] == (6, 0)
+    # Re-applying everything changes nothing.
+    ledger.apply("demo", first)
+    ledger.apply("demo", second)
+    assert totals(ledger)[(METRIC_TOKENS, "input")] == (35, 0)
+
+
+def test_growing_bucket_adds_only_the_growth(ledger: Ledger) -> None:
+    for value in (3, 7, 7, 12):
+        ledger.apply("demo", PollResult(usage=[usage(0, inp=value)]))
+    assert totals(ledger)[(METRIC_TOKENS, "input")] == (12, 0)
+
+
+def test_shrunk_bucket_never_lowers_the_counter(ledger: Ledger, caplog: pytest.LogCaptureFixture) -> None:
+    ledger.apply("demo", PollResult(usage=[usage(0, inp=100), usage(H, inp=50)]))
+    stats = ledger.apply("demo", PollResult(usage=[usage(0, inp=80), usage(H, inp=50)]))
+    assert stats.outcomes["shrunk"] == 1
+    total, adjustments = totals(ledger)[(METRIC_TOKENS, "input")]
+    assert (total, adjustments) == (150, 20)
+    assert total - adjustments == 80 + 50
+    assert any("shrank by 20" in r.getMessage() for r in caplog.records)
+    # Growing back after a shrink counts the growth again: total - adjustments stays exact.
+    ledger.apply("demo", PollResult(usage=[usage(0, inp=95)]))
+    total, adjustments = totals(ledger)[(METRIC_TOKENS, "input")]
+    assert total - adjustments == 95 + 50
+    assert total == 165
+
+
+def test_parts_of_one_bucket_in_one_poll_add_up(ledger: Ledger) -> None:
+    """Two rows that normalize to the same series and bucket (e.g. a dimension we do not keep) are summed."""
+    ledger.apply("demo", PollResult(usage=[usage(0, inp=4), usage(0, inp=6)]))
+    assert totals(ledger)[(METRIC_TOKENS, "input")] == (10, 0)
+    ledger.apply("demo", PollResult(usage=[usage(0, inp=4), usage(0, inp=6)]))
+    assert totals(ledger)[(METRIC_TOKENS, "input")] == (10, 0)
+
+
+def test_coarser_buckets_replace_finer_ones_without_double_counting(ledger: Ledger) -> None:
+    hourly = [usage(h * H, inp=10 + h) for h in range(24)]
+    ledger.apply("demo", PollResult(usage=hourly))
+    hourly_sum = sum(10 + h for h in range(24))
+    # The provider is reconfigured to daily buckets: the day bucket covers the 24 hourly ones.
+    ledger.apply("demo", PollResult(usage=[usage(0, D, inp=hourly_sum + 5)]))
+    assert totals(ledger)[(METRIC_TOKENS, "input")] == (hourly_sum + 5, 0)
+    ledger.apply("demo", PollResult(usage=[usage(0, D, inp=hourly_sum + 5)]))
+    assert totals(ledger)[(METRIC_TOKENS, "input")] == (hourly_sum + 5, 0)
+
+
+def test_finer_buckets_refine_a_coarser_one(ledger: Ledger) -> None:
+    ledger.apply("demo", PollResult(usage=[usage(0, D, inp=100)]))
+    # Switched to hourly: the first hours are already inside the counted 100.
+    ledger.apply("demo", PollResult(usage=[usage(0, inp=60), usage(H, inp=30)]))
+    assert totals(ledger)[(METRIC_TOKENS, "input")] == (100, 0)
+    # The day keeps filling in, hour by hour: only what goes beyond the day's 100 is new.
+    ledger.apply("demo", PollResult(usage=[usage(0, inp=60), usage(H, inp=30), usage(2 * H, inp=25)]))
+    assert totals(ledger)[(METRIC_TOKENS, "input")] == (115, 0)
+    ledger.apply("demo", PollResult(usage=[usage(2 * H, inp=25), usage(3 * H, inp=5)]))
+    assert totals(ledger)[(METRIC_TOKENS, "input")] == (120, 0)
+    # Hours after the refined day are ordinary buckets again.
+    ledger.apply("demo", PollResult(usage=[usage(D, inp=7)]))
+    assert totals(ledger)[(METRIC_TOKENS, "input")] == (127, 0)
+
+
+def test_money_is_exact_over_a_year_of_cents(ledger: Ledger) -> None:
+    costs = [
+        CostRecord(provider="demo", tenancy_id="t1", bucket_start=d * D, bucket_width=D, amount=Decimal("0.01"))
+        for d in range(365)
+    ]
+    ledger.apply("demo", PollResult(costs=costs))
+    ledger.apply("demo", PollResult(costs=costs[-30:]))  # overlapping re-read
+    (series,) = [s for s in ledger.snapshot().series if s.metric == METRIC_COST]
+    assert from_nanos(series.total) == Decimal("3.65")
+    # Float accumulation would not be exact here; integer nano-units are.
+    assert sum([0.01] * 365) != 3.65
+
+
+def test_costs_in_other_currencies_are_separate_series(ledger: Ledger) -> None:
+    ledger.apply("demo", PollResult(costs=[
+        CostRecord("demo", "t1", 0, D, Decimal("1.5"), currency="usd"),
+        CostRecord("demo", "t1", 0, D, Decimal("2"), currency="EUR"),
+    ]))
+    by_currency = {
+        json.loads(s.attrs).get("currency", "USD"): from_nanos(s.total)
+        for s in ledger.snapshot().series if s.metric == METRIC_COST
+    }
+    assert by_currency == {"USD": Decimal("1.5"), "EUR": Decimal("2")}
+
+
+def test_names_cursor_and_records_commit_together(ledger: Ledger) -> None:
+    result = PollResult(usage=[usage(0, inp=1)], names={("tenancy", "t1"): "Search"}, cursors={"costs": "c-1"})
+    ledger.apply("demo", result, cursor="3600")
+    assert ledger.cursor("demo") == "3600"
+    assert ledger.cursor("demo", "costs") == "c-1"
+    assert ledger.snapshot().names == {("demo", "tenancy", "t1"): "Search"}
+
+
+def test_invalid_point_rejects_the_whole_poll(ledger: Ledger) -> None:
+    ledger.apply("demo", PollResult(usage=[usage(0, inp=5)]), cursor="1")
+    bad = PollResult(usage=[usage(0, inp=9), usage(H, inp=-1)])
+    with pytest.raises(LedgerError, match="invalid point"):
+        ledger.apply("demo", bad, cursor="2")
+    assert totals(ledger)[(METRIC_TOKENS, "input")] == (5, 0)
+    assert ledger.cursor("demo") == "1"
+
+
+def test_pruned_buckets_are_never_counted_again(ledger: Ledger, tmp_path: Path) -> None:
+    ledger.apply("demo", PollResult(usage=[usage(0, inp=10), usage(D, inp=20)]))
+    ledger.apply("demo", PollResult(usage=[usage(D, inp=20)]), prune_before=D)
+    assert ledger.counts()["buckets"] == 2  # input + output of the second day
+    assert ledger.pruned_before("demo") == D
+    stats = ledger.apply("demo", PollResult(usage=[usage(0, inp=11), usage(D, inp=20)]))
+    assert stats.outcomes["rejected"] == 2
+    assert totals(ledger)[(METRIC_TOKENS, "input")] == (30, 0)
+
+
+def test_instances_are_separate(ledger: Ledger) -> None:
+    ledger.apply("openai/a", PollResult(usage=[usage(0, inp=1)]), tenant="org-a")
+    ledger.apply("openai/b", PollResult(usage=[usage(0, inp=2)]), tenant="org-b")
+    tenants = {json.loads(s.attrs)["llm.tenant"]: s.total for s in ledger.snapshot().series
+               if s.metric == METRIC_TOKENS and json.loads(s.attrs)["gen_ai.token.type"] == "input"}
+    assert tenants == {"org-a": 1, "org-b": 2}
+
+
+def test_totals_and_start_times_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with Ledger(path) as led:
+        led.apply("demo", PollResult(usage=[usage(0, inp=10)]))
+        before = led.snapshot().series
+        instance_id = led.instance_id
+    with Ledger(path) as led:
+        led.apply("demo", PollResult(usage=[usage(0, inp=10), usage(H, inp=1)]))
+        after = {s.id: s for s in led.snapshot().series}
+        assert led.instance_id == instance_id
+    for s in before:
+        assert after[s.id].start_time_ns == s.start_time_ns
+    assert sum(s.total for s in after.values() if json.loads(s.attrs).get("gen_ai.token.type") == "input") == 11
+
+
+def test_schema_is_versioned_and_newer_files_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with Ledger(path) as led:
+        assert led.schema_version == 1
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO schema_migrations VALUES (99, 'from the future', 0)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(LedgerError, match="newer than this release"):
+        Ledger(path)
+
+
+def test_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(LedgerError, match="cannot open ledger"):
+        Ledger(blocker / "ledger.db")
+
+
+def test_rollups_follow_the_latest_values(ledger: Ledger) -> None:
+    ledger.apply("demo", PollResult(usage=[usage(0, 60, inp=5), usage(60, 60, inp=5), usage(H, 60, inp=1)]))
+    ledger.apply("demo", PollResult(usage=[usage(60, 60, inp=2)]))  # shrink inside the first hour
+    rows = {(m, a.get("gen_ai.token.type")): v for _, m, a, v in ledger.rollup_totals_since(0)}
+    assert rows[(METRIC_TOKENS, "input")] == 5 + 2 + 1
+    hour_rows = {(m, a.get("gen_ai.token.type")): v for _, m, a, v in ledger.rollup_totals_since(H)}
+    assert hour_rows[(METRIC_TOKENS, "input")] == 1
+    assert ledger.prune_rollups(H) > 0
+    rows = {(m, a.get("gen_ai.token.type")): v for _, m, a, v in ledger.rollup_totals_since(0)}
+    assert rows[(METRIC_TOKENS, "input")] == 1
