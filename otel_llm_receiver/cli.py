@@ -25,7 +25,7 @@ from .emitter import MetricExporterLike, build_exporter
 from .errors import ConfigError, ReceiverError
 from .health import HealthServer
 from .logs import redact, setup_logging
-from .scheduler import Receiver
+from .scheduler import Receiver, wait_for_stop
 
 log = logging.getLogger("otel_llm_receiver.cli")
 
@@ -194,12 +194,10 @@ async def _stop_after(stop: asyncio.Event, seconds: float) -> None:
 
 
 async def _summary_loop(receiver: Receiver, stop: asyncio.Event, every: float) -> None:
-    while not stop.is_set():
+    while True:
         await asyncio.to_thread(_print_summary, receiver)
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=every)
-        except TimeoutError:
-            pass
+        if await wait_for_stop(stop, every):
+            return
 
 
 def _print_summary(receiver: Receiver) -> None:

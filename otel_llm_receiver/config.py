@@ -133,6 +133,7 @@ _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 
 _REDACTED = "<redacted>"
+_HINT_CUTOFF = 0.7  # difflib similarity above which "did you mean" names the close key
 _MIN_SUBSTRING_SECRET = 4
 _DEFAULT_COLLECTION_INTERVAL = 60.0
 _DEFAULT_EXPORT_INTERVAL = 30.0
@@ -529,7 +530,7 @@ def _unknown_key_message(key: str, valid: Iterable[str], collector_only: frozens
     if key in collector_only:
         return "unknown key: a Collector option this receiver does not support"
     choices = sorted(valid)
-    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=_HINT_CUTOFF)
     if close:
         return f"unknown key (did you mean {close[0]}?)"
     return f"unknown key (valid keys: {', '.join(choices)})" if choices else "unknown key"
@@ -612,7 +613,8 @@ class _Parser:
                 continue
             end = value.find("}", i + 2)
             if end < 0:
-                self.problem(path, f"unterminated ${{ in {_quoted(value)} (write $$ for a literal $)")
+                # The value is not quoted: it may be a literal secret that happens to contain "${".
+                self.problem(path, "unterminated ${ (write $$ for a literal $)")
                 return _INVALID
             reference = value[i + 2 : end]
             i = end + 1
@@ -638,7 +640,7 @@ class _Parser:
         return result
 
     def _resolve_reference(self, reference: str, path: str) -> tuple[str, bool] | None:
-        env = _ENV_REFERENCE.fullmatch(reference)
+        env = None if reference.startswith("file:") else _ENV_REFERENCE.fullmatch(reference)
         if env is not None:
             name, default = env.group(1), env.group(2)
             if name in self.environ:
@@ -711,7 +713,7 @@ class _Parser:
         if nonempty and not value.strip():
             return self.problem(path, "must not be empty")
         if choices is not None and value not in choices:
-            close = difflib.get_close_matches(value, choices, n=1)
+            close = difflib.get_close_matches(value, choices, n=1, cutoff=_HINT_CUTOFF)
             hint = f"; did you mean {close[0]}?" if close and not _is_hidden(value) else ""
             return self.problem(path, f"{_show_value(value)} is not one of {', '.join(choices)}{hint}")
         if secret:
@@ -1156,7 +1158,7 @@ class _Parser:
         schema = self.schemas.get(type_)
         if schema is None:
             known = sorted(self.schemas)
-            close = difflib.get_close_matches(type_, known, n=1)
+            close = difflib.get_close_matches(type_, known, n=1, cutoff=_HINT_CUTOFF)
             hint = f"; did you mean {close[0]}?" if close else ""
             self.problem(
                 path, f"unknown provider type {_quoted(type_)} (known: {', '.join(known) or 'none'}){hint}"

@@ -223,7 +223,7 @@ def build_exporter(cfg: ExporterConfig) -> MetricExporterLike:
                     private_key=_read(cfg.tls.key_file),
                     certificate_chain=_read(cfg.tls.cert_file),
                 )
-            return GrpcExporter(  # type: ignore[no-any-return]
+            return GrpcExporter(
                 endpoint=endpoint, insecure=insecure, credentials=credentials, headers=headers or None,
                 timeout=cfg.timeout,
                 compression=grpc.Compression.Gzip if cfg.compression == "gzip" else grpc.Compression.NoCompression,
@@ -235,7 +235,7 @@ def build_exporter(cfg: ExporterConfig) -> MetricExporterLike:
         url = cfg.endpoint.rstrip("/")
         if not url.endswith("/v1/metrics"):
             url += "/v1/metrics"
-        return HttpExporter(  # type: ignore[no-any-return]
+        return HttpExporter(
             endpoint=url, certificate_file=cfg.tls.ca_file, client_key_file=cfg.tls.key_file,
             client_certificate_file=cfg.tls.cert_file, headers=headers, timeout=cfg.timeout,
             compression=Compression.Gzip if cfg.compression == "gzip" else Compression.NoCompression,

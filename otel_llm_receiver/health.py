@@ -32,7 +32,7 @@ class HealthServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 if self.path.split("?")[0] not in ("/health", "/"):
                     self.send_error(404, "only /health is served here")
                     return

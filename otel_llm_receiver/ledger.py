@@ -328,6 +328,7 @@ def _points(
     buckets of few series, so this cache is what keeps the per-point cost to a dict lookup.
     """
     usage_keys: dict[tuple[object, ...], tuple[list[tuple[str, str, str]], str]] = {}
+    cost_keys: dict[tuple[object, ...], str] = {}
     for r in result.usage:
         dims = tuple(sorted(r.dimensions.items())) if r.dimensions else ()
         ident = (r.provider, r.model, r.operation, r.tenancy_id, r.tenant or tenant, dims)
@@ -355,12 +356,11 @@ def _points(
                 yield (metric, attrs), start, width, value
         if r.requests is not None:
             yield (METRIC_REQUESTS, req_attrs), start, width, r.requests
-    cost_keys: dict[tuple[object, ...], str] = {}
     for c in result.costs:
         dims = tuple(sorted(c.dimensions.items())) if c.dimensions else ()
-        ident = (c.provider, c.tenancy_id, c.tenant or tenant, c.model, c.line_item, c.currency.upper(), dims)
-        attrs = cost_keys.get(ident)
-        if attrs is None:
+        cost_ident = (c.provider, c.tenancy_id, c.tenant or tenant, c.model, c.line_item, c.currency.upper(), dims)
+        cost_attrs = cost_keys.get(cost_ident)
+        if cost_attrs is None:
             base = {
                 "gen_ai.provider.name": c.provider,
                 "llm.tenancy.id": c.tenancy_id,
@@ -373,9 +373,9 @@ def _points(
                 base["llm.cost.line_item"] = c.line_item
             if c.currency.upper() != "USD":
                 base["currency"] = c.currency.upper()
-            attrs = canonical_attrs(base)
-            cost_keys[ident] = attrs
-        yield (METRIC_COST, attrs), c.bucket_start, c.bucket_width, to_nanos(c.amount)
+            cost_attrs = canonical_attrs(base)
+            cost_keys[cost_ident] = cost_attrs
+        yield (METRIC_COST, cost_attrs), c.bucket_start, c.bucket_width, to_nanos(c.amount)
 
 
 # -------------------------------------------------------------------------------------------------- ledger

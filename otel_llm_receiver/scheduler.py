@@ -21,6 +21,7 @@ from .config import Config, ExporterConfig
 from .emitter import Emitter, MetricExporterLike, MetricsBuilder, build_exporter, make_resource
 from .errors import LedgerError, ProviderError, ReceiverError
 from .ledger import ApplyStats, Ledger
+from .logs import redact
 from .model import PollResult, Window
 from .providers import create_provider
 from .providers.base import DAY, Provider
@@ -32,12 +33,18 @@ log = logging.getLogger(__name__)
 JITTER = 0.1  # +-10% on every interval, so instances started together drift apart
 
 
+async def wait_for_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait until ``stop`` is set or ``seconds`` pass; True when stopping."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
 def poll_window(provider: Provider, cursor: str | None, now: int) -> Window:
     """The window of the next poll: the backfill on the first poll, else ``lookback`` before the cursor."""
-    if cursor is None:
-        start = now - int(provider.backfill)
-    else:
-        start = min(int(cursor), now) - int(provider.lookback)
+    start = now - int(provider.backfill) if cursor is None else min(int(cursor), now) - int(provider.lookback)
     if provider.MAX_BACKFILL is not None:
         start = max(start, now - int(provider.MAX_BACKFILL))
     return Window(start, now)
@@ -121,13 +128,14 @@ class Receiver:
                 self._writer,
                 lambda: self.ledger.apply(
                     name, result, tenant=cfg.tenant, cursor=cursor_value,
-                    prune_before=prune_horizon(provider, window),  # type: ignore[arg-type]
+                    prune_before=prune_horizon(provider, window),
                 ),
             )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             error_type, message, retry_after = _classify(exc)
+            message = redact(message)  # kept for /health: never hold a secret where it can be shown
             elapsed = time.monotonic() - t0
             self.health.poll_failed(name, elapsed, error_type, message)
             log.warning(
@@ -159,10 +167,7 @@ class Receiver:
                 delay = backoff_delay(
                     failures, base=min(5.0, interval), cap=interval, retry_after=outcome.retry_after
                 )
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-            except TimeoutError:
-                pass
+            await wait_for_stop(stop, delay)
 
     # -- exporting -----------------------------------------------------------------------------------------
     def export_now(self, *, wait: bool = True) -> bool:
@@ -181,13 +186,7 @@ class Receiver:
 
     async def _export_loop(self, stop: asyncio.Event) -> None:
         interval = self.config.export_interval
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-            except TimeoutError:
-                pass
-            if stop.is_set():
-                return
+        while not await wait_for_stop(stop, interval):
             try:
                 await asyncio.to_thread(self.export_now, wait=False)
             except ReceiverError as exc:

@@ -118,14 +118,14 @@ class SelfHealth:
             )
 
     def healthy(self, name: str) -> bool:
-        """Succeeded within 3 intervals (or started less than 3 intervals ago and not failing yet)."""
+        """Succeeded within its last 3 intervals. Before the first success an instance gets 3 intervals
+        of grace to start up, unless it has already failed."""
         now = self._clock()
         with self._lock:
             st = self.instances[name]
-            since = st.last_success_unix if st.last_success_unix is not None else self.started_unix
-            return now - since <= 3 * st.interval and not (
-                st.last_success_unix is None and st.consecutive_failures >= 3
-            )
+            if st.last_success_unix is None:
+                return st.consecutive_failures == 0 and now - self.started_unix <= 3 * st.interval
+            return now - st.last_success_unix <= 3 * st.interval
 
     def statuses(self) -> list[InstanceStatus]:
         with self._lock:

@@ -21,9 +21,9 @@ def render_summary(reader: Ledger, now: int) -> str:
     """A compact table, one row per (provider, model), sorted by token rate."""
     end = now - SETTLE
     recent: dict[tuple[str, str], int] = defaultdict(int)
-    for _, metric, attrs, value in reader.bucket_sums_between(end - RATE_WINDOW, end):
+    for _, metric, bucket_attrs, value in reader.bucket_sums_between(end - RATE_WINDOW, end):
         if metric == METRIC_TOKENS:
-            recent[(attrs["gen_ai.provider.name"], attrs["gen_ai.request.model"])] += value
+            recent[(bucket_attrs["gen_ai.provider.name"], bucket_attrs["gen_ai.request.model"])] += value
     tokens: dict[tuple[str, str], int] = defaultdict(int)
     cost: dict[tuple[str, str], int] = defaultdict(int)
     for s in reader.snapshot().series:

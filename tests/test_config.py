@@ -142,9 +142,10 @@ def test_parse_duration_rejects_with_a_clear_message(text: Any, message: str) ->
 
 
 def test_parse_duration_rejects_other_types() -> None:
-    for value in (None, [], {}):
+    values: list[Any] = [None, [], {}]
+    for value in values:
         with pytest.raises(ValueError, match="is not a duration"):
-            parse_duration(value)  # type: ignore[arg-type]
+            parse_duration(value)
 
 
 @pytest.mark.parametrize(
@@ -195,7 +196,9 @@ def test_whole_seconds_round_trip(whole: int) -> None:
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6}
 
 
-@given(st.lists(st.tuples(st.integers(0, 500), st.sampled_from(sorted(_UNIT_SECONDS))), min_size=1, max_size=6))
+@given(
+    st.lists(st.tuples(st.integers(0, 500), st.sampled_from(sorted(_UNIT_SECONDS))), min_size=1, max_size=6)
+)
 def test_any_spelling_formats_canonically_and_reads_back(parts: list[tuple[int, str]]) -> None:
     text = "".join(f"{count}{unit}" for count, unit in parts)
     seconds = parse_duration(text)
@@ -311,7 +314,12 @@ def test_full_config(tmp_path: Path) -> None:
             key_file=str(tmp_path / "client.key"),
         ),
     )
-    assert (http.name, http.protocol, http.compression, http.timeout) == ("otlphttp/grafana", "http", "gzip", 10.0)
+    assert (http.name, http.protocol, http.compression, http.timeout) == (
+        "otlphttp/grafana",
+        "http",
+        "gzip",
+        10.0,
+    )
     assert http.tls == TLSConfig()
     assert dict(http.headers) == {}
     demo, openai = config.providers
@@ -327,7 +335,12 @@ def test_full_config(tmp_path: Path) -> None:
         "extra": {"a": "b"},
     }
     assert (openai.name, openai.type, openai.tenant) == ("openai/prod", "openai", "acme")
-    assert (openai.collection_interval, openai.timeout, openai.lookback, openai.backfill) == (300, 45, 7200, 604800)
+    assert (openai.collection_interval, openai.timeout, openai.lookback, openai.backfill) == (
+        300,
+        45,
+        7200,
+        604800,
+    )
     assert openai.endpoint == "http://127.0.0.1:8080/v1"
     assert openai.options["api_key"] == ADMIN_KEY
     assert openai.options["project_ids"] == ("proj_1",)
@@ -369,7 +382,8 @@ def test_exporter_types_and_aliases(tmp_path: Path, name: str, protocol: str) ->
 
 
 @pytest.mark.parametrize(
-    "endpoint", ["collector:4317", "127.0.0.1:4317", "[::1]:4317", "http://collector:4317", "https://otel.example:443"]
+    "endpoint",
+    ["collector:4317", "127.0.0.1:4317", "[::1]:4317", "http://collector:4317", "https://otel.example:443"],
 )
 def test_grpc_endpoints_accepted(tmp_path: Path, endpoint: str) -> None:
     config = load(tmp_path, f"exporters:\n  otlp:\n    endpoint: '{endpoint}'\nproviders:\n  demo:\n")
@@ -377,7 +391,8 @@ def test_grpc_endpoints_accepted(tmp_path: Path, endpoint: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "endpoint", ["http://collector:4318", "https://otlp-gateway-prod-eu-west-0.grafana.net/otlp", "http://[::1]"]
+    "endpoint",
+    ["http://collector:4318", "https://otlp-gateway-prod-eu-west-0.grafana.net/otlp", "http://[::1]"],
 )
 def test_http_endpoints_accepted(tmp_path: Path, endpoint: str) -> None:
     config = load(tmp_path, f"exporters:\n  otlphttp:\n    endpoint: '{endpoint}'\nproviders:\n  demo:\n")
@@ -386,7 +401,9 @@ def test_http_endpoints_accepted(tmp_path: Path, endpoint: str) -> None:
 
 
 def test_http_endpoint_with_v1_metrics_warns(tmp_path: Path) -> None:
-    config = load(tmp_path, "exporters:\n  otlphttp:\n    endpoint: http://c:4318/v1/metrics\nproviders:\n  demo:\n")
+    config = load(
+        tmp_path, "exporters:\n  otlphttp:\n    endpoint: http://c:4318/v1/metrics\nproviders:\n  demo:\n"
+    )
     assert config.warnings == (
         "exporters.otlphttp.endpoint: ends with /v1/metrics, which is appended to the endpoint"
         " (as the Collector does)",
@@ -417,9 +434,21 @@ def test_schema_can_give_a_common_key_a_provider_default(tmp_path: Path) -> None
 
 
 def test_common_provider_keys() -> None:
-    assert frozenset(
-        {"collection_interval", "timeout", "tenant", "endpoint", "lookback", "backfill", "labels", "enabled"}
-    ) == COMMON_PROVIDER_KEYS
+    assert (
+        frozenset(
+            {
+                "collection_interval",
+                "timeout",
+                "tenant",
+                "endpoint",
+                "lookback",
+                "backfill",
+                "labels",
+                "enabled",
+            }
+        )
+        == COMMON_PROVIDER_KEYS
+    )
 
 
 def test_lookback_and_backfill_may_be_zero(tmp_path: Path) -> None:
@@ -450,7 +479,9 @@ def test_parse_config_takes_a_parsed_document(tmp_path: Path) -> None:
     assert config.providers[0].options["api_key"] == ADMIN_KEY
 
 
-def test_default_schemas_come_from_the_providers_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_default_schemas_come_from_the_providers_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     fake = types.ModuleType("otel_llm_receiver.providers")
     fake.provider_options = lambda: {"fake": {"level": Option("int", 3)}}  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "otel_llm_receiver.providers", fake)
@@ -563,14 +594,23 @@ def test_substitution_is_not_applied_to_keys(tmp_path: Path) -> None:
     ("text", "expected"),
     [
         # unknown keys, at every depth, with a hint when one is close
-        ("colection_interval: 1m\nproviders: {demo: }", "colection_interval: unknown key (did you mean collection_interval?)"),
+        (
+            "colection_interval: 1m\nproviders: {demo: }",
+            "colection_interval: unknown key (did you mean collection_interval?)",
+        ),
         (
             "whatever: 1\nproviders: {demo: }",
             "whatever: unknown key (valid keys: collection_interval, export_interval, exporters, health, providers,"
             " storage)",
         ),
-        ("storage: {retension: 1d}\nproviders: {demo: }", "storage.retension: unknown key (did you mean retention?)"),
-        ("health: {endpont: ':1'}\nproviders: {demo: }", "health.endpont: unknown key (did you mean endpoint?)"),
+        (
+            "storage: {retension: 1d}\nproviders: {demo: }",
+            "storage.retension: unknown key (did you mean retention?)",
+        ),
+        (
+            "health: {endpont: ':1'}\nproviders: {demo: }",
+            "health.endpont: unknown key (did you mean endpoint?)",
+        ),
         (
             "exporters: {otlp: {endpoint: 'c:1', endpiont: x}}\nproviders: {demo: }",
             "exporters.otlp.endpiont: unknown key (did you mean endpoint?)",
@@ -596,32 +636,59 @@ def test_substitution_is_not_applied_to_keys(tmp_path: Path) -> None:
         ("- a\n- b", "(top level): must be a mapping, got a list"),
         # durations
         (
-            "providers:\n  openai/prod:\n    api_key: ${env:OPENAI_ADMIN_KEY}\n    collection_interval: 5 minutes",
+            "providers:\n  openai/prod:\n    api_key: sk-literal\n    collection_interval: 5 minutes",
             'providers.openai/prod.collection_interval: "5 minutes" is not a duration (use e.g. 500ms, 30s, 5m, 1h, 7d)',
         ),
-        ("collection_interval: 60\nproviders: {demo: }", "collection_interval: 60 is not a duration: it needs a unit, e.g. 60s or 60m"),
+        (
+            "collection_interval: 60\nproviders: {demo: }",
+            "collection_interval: 60 is not a duration: it needs a unit, e.g. 60s or 60m",
+        ),
         ("collection_interval: 0s\nproviders: {demo: }", "collection_interval: must be greater than 0"),
         ("export_interval: 0\nproviders: {demo: }", "export_interval: must be greater than 0"),
-        ("export_interval: -1s\nproviders: {demo: }", 'export_interval: "-1s" is not a duration: durations must not be negative'),
+        (
+            "export_interval: -1s\nproviders: {demo: }",
+            'export_interval: "-1s" is not a duration: durations must not be negative',
+        ),
         ("storage: {retention: 0s}\nproviders: {demo: }", "storage.retention: must be greater than 0"),
         ("providers: {demo: {timeout: 0s}}", "providers.demo.timeout: must be greater than 0"),
-        ("providers: {demo: {lookback: [1]}}", "providers.demo.lookback: must be a duration such as 30s, got a list"),
-        ("providers: {demo: {bucket_width: 1y}}", 'providers.demo.bucket_width: "1y" is not a duration (use e.g. 500ms, 30s, 5m, 1h, 7d)'),
+        (
+            "providers: {demo: {lookback: [1]}}",
+            "providers.demo.lookback: must be a duration such as 30s, got a list",
+        ),
+        (
+            "providers: {demo: {bucket_width: 1y}}",
+            'providers.demo.bucket_width: "1y" is not a duration (use e.g. 500ms, 30s, 5m, 1h, 7d)',
+        ),
         # types
         ("providers: {demo: {seed: abc}}", "providers.demo.seed: must be an integer, got a string"),
-        ("providers: {demo: {seed: '42'}}", "providers.demo.seed: must be an integer, got a string (remove the quotes)"),
+        (
+            "providers: {demo: {seed: '42'}}",
+            "providers.demo.seed: must be an integer, got a string (remove the quotes)",
+        ),
         ("providers: {demo: {seed: true}}", "providers.demo.seed: must be an integer, got a boolean"),
         ("providers: {demo: {verbose: 1}}", "providers.demo.verbose: must be true or false, got an integer"),
-        ("providers: {demo: {enabled: 'false'}}", "providers.demo.enabled: must be true or false, got a string (remove the quotes)"),
-        ("providers: {demo: {models: gpt-4o}}", "providers.demo.models: must be a list of strings, got a string"),
+        (
+            "providers: {demo: {enabled: 'false'}}",
+            "providers.demo.enabled: must be true or false, got a string (remove the quotes)",
+        ),
+        (
+            "providers: {demo: {models: gpt-4o}}",
+            "providers.demo.models: must be a list of strings, got a string",
+        ),
         ("providers: {demo: {models: [a, [b]]}}", "providers.demo.models[1]: must be a string, got a list"),
         ("providers: {demo: {models: [a, '']}}", "providers.demo.models[1]: must not be empty"),
         ("providers: {demo: {extra: [a]}}", "providers.demo.extra: must be a mapping, got a list"),
         ("providers: {demo: {extra: {a: [1]}}}", "providers.demo.extra.a: must be a string, got a list"),
-        ("providers: {demo: {mode: bursti}}", 'providers.demo.mode: "bursti" is not one of steady, bursty; did you mean bursty?'),
+        (
+            "providers: {demo: {mode: bursti}}",
+            'providers.demo.mode: "bursti" is not one of steady, bursty; did you mean bursty?',
+        ),
         ("providers: {demo: {tenant: ''}}", "providers.demo.tenant: must not be empty"),
         ("providers: {demo: {tenant: }}", "providers.demo.tenant: must not be empty"),
-        ("providers: {demo: {tenant: 1.5}}", "providers.demo.tenant: must be a string, got a number (quote it)"),
+        (
+            "providers: {demo: {tenant: 1.5}}",
+            "providers.demo.tenant: must be a string, got a number (quote it)",
+        ),
         ("providers: {demo: {tenant: 2024-01-01}}", "providers.demo.tenant: must be a string, got a date"),
         ("providers: {demo: [1]}", "providers.demo: must be a mapping, got a list"),
         ("providers: [demo]", "providers: must be a mapping, got a list"),
@@ -629,22 +696,61 @@ def test_substitution_is_not_applied_to_keys(tmp_path: Path) -> None:
         ("storage: {path: ''}\nproviders: {demo: }", "storage.path: must not be empty"),
         ("providers: {demo: {extra: {1: a}}}", "providers.demo.extra: key 1 must be a string (quote it)"),
         ("providers: {demo: {extra: {on: a}}}", "providers.demo.extra: key true must be a string (quote it)"),
-        ("providers: {demo: {endpoint: 'ftp://x'}}", 'providers.demo.endpoint: "ftp://x" must be a URL http(s)://host[:port][/path]'),
-        ("providers: {demo: {endpoint: 'localhost:8080'}}", 'providers.demo.endpoint: "localhost:8080" must be a URL http(s)://host[:port][/path]'),
+        (
+            "providers: {demo: {endpoint: 'ftp://x'}}",
+            'providers.demo.endpoint: "ftp://x" must be a URL http(s)://host[:port][/path]',
+        ),
+        (
+            "providers: {demo: {endpoint: 'localhost:8080'}}",
+            'providers.demo.endpoint: "localhost:8080" must be a URL http(s)://host[:port][/path]',
+        ),
         # provider types and names
-        ("providers: {opneai: {}}", 'providers.opneai: unknown provider type "opneai" (known: demo, openai); did you mean openai?'),
-        ("providers: {bedrock/x: {}}", 'providers.bedrock/x: unknown provider type "bedrock" (known: demo, openai)'),
-        ("providers: {demo/: {}}", 'providers.demo/: instance name "" must match [A-Za-z0-9_.-]+ (as in openai/prod)'),
-        ("providers: {demo/a b: {}}", 'providers.demo/a b: instance name "a b" must match [A-Za-z0-9_.-]+ (as in openai/prod)'),
-        ("providers: {demo/a/b: {}}", 'providers.demo/a/b: instance name "a/b" must match [A-Za-z0-9_.-]+ (as in openai/prod)'),
+        (
+            "providers: {opneai: {}}",
+            'providers.opneai: unknown provider type "opneai" (known: demo, openai); did you mean openai?',
+        ),
+        (
+            "providers: {bedrock/x: {}}",
+            'providers.bedrock/x: unknown provider type "bedrock" (known: demo, openai)',
+        ),
+        (
+            "providers: {demo/: {}}",
+            'providers.demo/: instance name "" must match [A-Za-z0-9_.-]+ (as in openai/prod)',
+        ),
+        (
+            "providers: {demo/a b: {}}",
+            'providers.demo/a b: instance name "a b" must match [A-Za-z0-9_.-]+ (as in openai/prod)',
+        ),
+        (
+            "providers: {demo/a/b: {}}",
+            'providers.demo/a/b: instance name "a/b" must match [A-Za-z0-9_.-]+ (as in openai/prod)',
+        ),
         ("providers: {openai: {}}", "providers.openai.api_key: is required (secret option of openai)"),
-        ("providers: {openai: {api_key: }}", "providers.openai.api_key: is required (secret option of openai)"),
+        (
+            "providers: {openai: {api_key: }}",
+            "providers.openai.api_key: is required (secret option of openai)",
+        ),
         # labels
-        ("providers: {demo: {labels: {gen_ai.request.model: x}}}", "providers.demo.labels.gen_ai.request.model: is reserved: gen_ai.*, llm.*, error.type and currency are set by the receiver"),
-        ("providers: {demo: {labels: {llm.tenant: x}}}", "providers.demo.labels.llm.tenant: is reserved: gen_ai.*, llm.*, error.type and currency are set by the receiver"),
-        ("providers: {demo: {labels: {currency: EUR}}}", "providers.demo.labels.currency: is reserved: gen_ai.*, llm.*, error.type and currency are set by the receiver"),
-        ("providers: {demo: {labels: {9lives: x}}}", "providers.demo.labels.9lives: is not a valid attribute name (letters, digits, _ and ., not starting with a digit)"),
-        ("providers: {demo: {labels: {team-name: x}}}", "providers.demo.labels.team-name: is not a valid attribute name (letters, digits, _ and ., not starting with a digit)"),
+        (
+            "providers: {demo: {labels: {gen_ai.request.model: x}}}",
+            "providers.demo.labels.gen_ai.request.model: is reserved: gen_ai.*, llm.*, error.type and currency are set by the receiver",
+        ),
+        (
+            "providers: {demo: {labels: {llm.tenant: x}}}",
+            "providers.demo.labels.llm.tenant: is reserved: gen_ai.*, llm.*, error.type and currency are set by the receiver",
+        ),
+        (
+            "providers: {demo: {labels: {currency: EUR}}}",
+            "providers.demo.labels.currency: is reserved: gen_ai.*, llm.*, error.type and currency are set by the receiver",
+        ),
+        (
+            "providers: {demo: {labels: {9lives: x}}}",
+            "providers.demo.labels.9lives: is not a valid attribute name (letters, digits, _ and ., not starting with a digit)",
+        ),
+        (
+            "providers: {demo: {labels: {team-name: x}}}",
+            "providers.demo.labels.team-name: is not a valid attribute name (letters, digits, _ and ., not starting with a digit)",
+        ),
         ("providers: {demo: {labels: {team: }}}", "providers.demo.labels.team: must be a string, got null"),
         ("providers: {demo: {labels: [a]}}", "providers.demo.labels: must be a mapping, got a list"),
         # exporters
@@ -658,10 +764,22 @@ def test_substitution_is_not_applied_to_keys(tmp_path: Path) -> None:
             'exporters.otlpgrpc: unknown exporter type "otlpgrpc" (valid: otlp, otlp_grpc, otlphttp, otlp_http);'
             " did you mean otlp_grpc?",
         ),
-        ("exporters: {otlp/: {endpoint: 'c:1'}}\nproviders: {demo: }", 'exporters.otlp/: exporter name "" must match [A-Za-z0-9_.-]+'),
-        ("exporters: {otlp: {}}\nproviders: {demo: }", "exporters.otlp.endpoint: is required (e.g. collector:4317)"),
-        ("exporters: {otlp: }\nproviders: {demo: }", "exporters.otlp.endpoint: is required (e.g. collector:4317)"),
-        ("exporters: {otlphttp: {compression: gzip}}\nproviders: {demo: }", "exporters.otlphttp.endpoint: is required (e.g. http://collector:4318)"),
+        (
+            "exporters: {otlp/: {endpoint: 'c:1'}}\nproviders: {demo: }",
+            'exporters.otlp/: exporter name "" must match [A-Za-z0-9_.-]+',
+        ),
+        (
+            "exporters: {otlp: {}}\nproviders: {demo: }",
+            "exporters.otlp.endpoint: is required (e.g. collector:4317)",
+        ),
+        (
+            "exporters: {otlp: }\nproviders: {demo: }",
+            "exporters.otlp.endpoint: is required (e.g. collector:4317)",
+        ),
+        (
+            "exporters: {otlphttp: {compression: gzip}}\nproviders: {demo: }",
+            "exporters.otlphttp.endpoint: is required (e.g. http://collector:4318)",
+        ),
         (
             "exporters: {otlp: {endpoint: 'c:1', compression: zstd}}\nproviders: {demo: }",
             'exporters.otlp.compression: "zstd" is not one of gzip, none',
@@ -682,24 +800,66 @@ def test_substitution_is_not_applied_to_keys(tmp_path: Path) -> None:
             "exporters: {otlphttp: {endpoint: 'collector:4318'}}\nproviders: {demo: }",
             'exporters.otlphttp.endpoint: "collector:4318" must be a URL http(s)://host[:port][/path] for OTLP/HTTP (e.g. http://collector:4318)',
         ),
-        ("exporters: {otlp: {endpoint: 'c:1', timeout: 10}}\nproviders: {demo: }", "exporters.otlp.timeout: 10 is not a duration: it needs a unit, e.g. 10s or 10m"),
-        ("exporters: {otlp: {endpoint: 'c:1', headers: [a]}}\nproviders: {demo: }", "exporters.otlp.headers: must be a mapping, got a list"),
-        ("exporters: {otlp: {endpoint: 'c:1', headers: {a: [1]}}}\nproviders: {demo: }", "exporters.otlp.headers.a: must be a string, got a list"),
-        ("exporters: {otlp: {endpoint: 'c:1', headers: {'bad name': x}}}\nproviders: {demo: }", "exporters.otlp.headers.bad name: is not a valid header name"),
-        ("exporters: {otlp: {endpoint: 'c:1', tls: {insecure: 'yes'}}}\nproviders: {demo: }", "exporters.otlp.tls.insecure: must be true or false, got a string (remove the quotes)"),
+        (
+            "exporters: {otlp: {endpoint: 'c:1', timeout: 10}}\nproviders: {demo: }",
+            "exporters.otlp.timeout: 10 is not a duration: it needs a unit, e.g. 10s or 10m",
+        ),
+        (
+            "exporters: {otlp: {endpoint: 'c:1', headers: [a]}}\nproviders: {demo: }",
+            "exporters.otlp.headers: must be a mapping, got a list",
+        ),
+        (
+            "exporters: {otlp: {endpoint: 'c:1', headers: {a: [1]}}}\nproviders: {demo: }",
+            "exporters.otlp.headers.a: must be a string, got a list",
+        ),
+        (
+            "exporters: {otlp: {endpoint: 'c:1', headers: {'bad name': x}}}\nproviders: {demo: }",
+            "exporters.otlp.headers.bad name: is not a valid header name",
+        ),
+        (
+            "exporters: {otlp: {endpoint: 'c:1', tls: {insecure: 'yes'}}}\nproviders: {demo: }",
+            "exporters.otlp.tls.insecure: must be true or false, got a string (remove the quotes)",
+        ),
         ("exporters: [otlp]\nproviders: {demo: }", "exporters: must be a mapping, got a list"),
         # health
-        ("health: {endpoint: localhost}\nproviders: {demo: }", 'health.endpoint: "localhost" must be host:port such as 127.0.0.1:13133 (or "" to disable)'),
-        ("health: {endpoint: 'http://x:1'}\nproviders: {demo: }", 'health.endpoint: "http://x:1" must be host:port such as 127.0.0.1:13133 (or "" to disable)'),
+        (
+            "health: {endpoint: localhost}\nproviders: {demo: }",
+            'health.endpoint: "localhost" must be host:port such as 127.0.0.1:13133 (or "" to disable)',
+        ),
+        (
+            "health: {endpoint: 'http://x:1'}\nproviders: {demo: }",
+            'health.endpoint: "http://x:1" must be host:port such as 127.0.0.1:13133 (or "" to disable)',
+        ),
         # substitution
-        ("providers:\n  openai/prod:\n    api_key: ${env:OPENAI_ADMIN_KEY}", "providers.openai/prod.api_key: environment variable OPENAI_ADMIN_KEY is not set"),
-        ("providers: {demo: {tenant: '${TENANT}'}}", "providers.demo.tenant: environment variable TENANT is not set"),
-        ("providers: {demo: {tenant: 'a${env:X'}}", 'providers.demo.tenant: unterminated ${ in "a${env:X" (write $$ for a literal $)'),
-        ("providers: {demo: {tenant: '${vault:x}'}}", "providers.demo.tenant: ${vault:x}: unsupported substitution 'vault' (use env or file)"),
-        ("providers: {demo: {tenant: '${env:1X}'}}", "providers.demo.tenant: ${env:1X}: not a valid environment variable name"),
-        ("providers: {demo: {tenant: '${}'}}", "providers.demo.tenant: ${} is not a substitution (use ${env:NAME}, ${file:PATH}, or $$ for $)"),
+        (
+            "providers:\n  openai/prod:\n    api_key: ${env:OPENAI_ADMIN_KEY}",
+            "providers.openai/prod.api_key: environment variable OPENAI_ADMIN_KEY is not set",
+        ),
+        (
+            "providers: {demo: {tenant: '${TENANT}'}}",
+            "providers.demo.tenant: environment variable TENANT is not set",
+        ),
+        (
+            "providers: {demo: {tenant: 'a${env:X'}}",
+            'providers.demo.tenant: unterminated ${ (write $$ for a literal $)',
+        ),
+        (
+            "providers: {demo: {tenant: '${vault:x}'}}",
+            "providers.demo.tenant: ${vault:x}: unsupported substitution 'vault' (use env or file)",
+        ),
+        (
+            "providers: {demo: {tenant: '${env:1X}'}}",
+            "providers.demo.tenant: ${env:1X}: not a valid environment variable name",
+        ),
+        (
+            "providers: {demo: {tenant: '${}'}}",
+            "providers.demo.tenant: ${} is not a substitution (use ${env:NAME}, ${file:PATH}, or $$ for $)",
+        ),
         ("providers: {demo: {tenant: '${file:}'}}", "providers.demo.tenant: ${file:} needs a path"),
-        ("providers: {demo: {seed: '${env:SEED}'}}", "providers.demo.seed: environment variable SEED is not set"),
+        (
+            "providers: {demo: {seed: '${env:SEED}'}}",
+            "providers.demo.seed: environment variable SEED is not set",
+        ),
     ],
 )
 def test_each_problem_names_its_key_path(tmp_path: Path, text: str, expected: str) -> None:
@@ -708,7 +868,9 @@ def test_each_problem_names_its_key_path(tmp_path: Path, text: str, expected: st
 
 def test_substituted_values_of_the_wrong_type(tmp_path: Path) -> None:
     env = {"SEED": "many", "VERBOSE": "maybe", "EVERY": "soon"}
-    text = "collection_interval: ${env:EVERY}\nproviders: {demo: {seed: '${SEED}', verbose: '${env:VERBOSE}'}}\n"
+    text = (
+        "collection_interval: ${env:EVERY}\nproviders: {demo: {seed: '${SEED}', verbose: '${env:VERBOSE}'}}\n"
+    )
     assert problems(tmp_path, text, env) == [
         'collection_interval: "soon" is not a duration (use e.g. 500ms, 30s, 5m, 1h, 7d)',
         'providers.demo.seed: "many" is not an integer',
@@ -718,7 +880,10 @@ def test_substituted_values_of_the_wrong_type(tmp_path: Path) -> None:
 
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
     found = one_problem(tmp_path, "providers:\n  openai/prod:\n    api_key: ${file:keys/openai}\n")
-    assert found == f"providers.openai/prod.api_key: cannot read file {tmp_path / 'keys' / 'openai'}: No such file or directory"
+    assert (
+        found
+        == f"providers.openai/prod.api_key: cannot read file {tmp_path / 'keys' / 'openai'}: No such file or directory"
+    )
 
 
 def test_tls_files_must_exist(tmp_path: Path) -> None:
@@ -811,7 +976,9 @@ def test_duplicate_keys_are_problems(tmp_path: Path) -> None:
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "nope.yaml", environ={}, provider_options=SCHEMAS)
-    assert info.value.problems == [f"{tmp_path / 'nope.yaml'}: cannot read the config file: No such file or directory"]
+    assert info.value.problems == [
+        f"{tmp_path / 'nope.yaml'}: cannot read the config file: No such file or directory"
+    ]
 
 
 def test_invalid_yaml_gives_the_position_but_not_the_line(tmp_path: Path) -> None:
@@ -824,7 +991,9 @@ def test_invalid_yaml_gives_the_position_but_not_the_line(tmp_path: Path) -> Non
 
 
 def test_export_interval_at_or_over_five_minutes_warns(tmp_path: Path) -> None:
-    config = load(tmp_path, "export_interval: 5m\nexporters: {otlp: {endpoint: 'c:1'}}\nproviders: {demo: }\n")
+    config = load(
+        tmp_path, "export_interval: 5m\nexporters: {otlp: {endpoint: 'c:1'}}\nproviders: {demo: }\n"
+    )
     assert config.warnings == (
         "export_interval: 5m is not under 5m, the Collector prometheus exporter's default metric_expiration:"
         " series would go stale between exports",
@@ -833,9 +1002,12 @@ def test_export_interval_at_or_over_five_minutes_warns(tmp_path: Path) -> None:
 
 def test_insecure_with_https_warns(tmp_path: Path) -> None:
     config = load(
-        tmp_path, "exporters: {otlp: {endpoint: 'https://c:4317', tls: {insecure: true}}}\nproviders: {demo: }\n"
+        tmp_path,
+        "exporters: {otlp: {endpoint: 'https://c:4317', tls: {insecure: true}}}\nproviders: {demo: }\n",
     )
-    assert config.warnings == ("exporters.otlp.tls.insecure: is true but the endpoint says https://; https:// wins",)
+    assert config.warnings == (
+        "exporters.otlp.tls.insecure: is true but the endpoint says https://; https:// wins",
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -933,13 +1105,18 @@ def test_secret_wrapper() -> None:
 
 
 def test_constructed_exporter_headers_are_redacted_too() -> None:
-    exporter = ExporterConfig(name="otlp", protocol="grpc", endpoint="c:1", headers={"authorization": ADMIN_KEY})
+    exporter = ExporterConfig(
+        name="otlp", protocol="grpc", endpoint="c:1", headers={"authorization": ADMIN_KEY}
+    )
     assert ADMIN_KEY not in repr(exporter)
     assert exporter.headers["authorization"] == ADMIN_KEY
 
 
 def test_literal_secret_is_allowed_with_a_warning(tmp_path: Path) -> None:
-    config = load(tmp_path, f"exporters: {{otlp: {{endpoint: 'c:1'}}}}\nproviders:\n  openai:\n    api_key: {ADMIN_KEY}\n")
+    config = load(
+        tmp_path,
+        f"exporters: {{otlp: {{endpoint: 'c:1'}}}}\nproviders:\n  openai:\n    api_key: {ADMIN_KEY}\n",
+    )
     assert config.providers[0].options["api_key"] == ADMIN_KEY
     assert ADMIN_KEY in config.secrets
     assert config.warnings == (
@@ -975,5 +1152,8 @@ def test_problems_never_quote_values_read_from_files(tmp_path: Path) -> None:
 
 
 def test_secret_pieces_are_collected_from_mixed_header_values(tmp_path: Path) -> None:
-    config = load(tmp_path, "exporters: {otlp: {endpoint: 'c:1', headers: {a: 'x ${env:TOKEN} y'}}}\nproviders: {demo: }\n")
+    config = load(
+        tmp_path,
+        "exporters: {otlp: {endpoint: 'c:1', headers: {a: 'x ${env:TOKEN} y'}}}\nproviders: {demo: }\n",
+    )
     assert {HEADER_TOKEN, f"x {HEADER_TOKEN} y"} <= config.secrets

@@ -60,7 +60,7 @@ def test_token_types_partition_the_input() -> None:
 
 
 def test_the_documented_spike_is_there() -> None:
-    weekday, hour, tenancy, model, factor = SPIKE
+    _, hour, tenancy, model, _ = SPIKE
     w = next(w for w in WORKLOADS if w.tenancy == tenancy and w.model == model)
     spike_start = WED_2026_11_25 + hour * 3600
     in_spike = sum(full_bucket(42, w, spike_start, 3600)[0].values())

@@ -72,10 +72,10 @@ def test_crash_between_any_two_statements_leaves_before_or_after(tmp_path: Path)
                 ledger = Ledger(trial)
                 count = 0
 
-                def crash_at_n(_statement: str) -> None:
+                def crash_at_n(_statement: str, crash_before: int = n) -> None:
                     nonlocal count
                     count += 1
-                    if count == n:
+                    if count == crash_before:
                         os._exit(17)
 
                 ledger._conn.set_trace_callback(crash_at_n)
