@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Final
 
 from .errors import LedgerError
-from .model import PollResult, to_nanos
+from .model import TOKEN_TYPES, PollResult, to_nanos
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
             adjustments   INTEGER NOT NULL DEFAULT 0, -- cumulative shrink
             start_time_ns INTEGER NOT NULL,           -- first seen: the counter's OTLP start time forever
             updated_ns    INTEGER NOT NULL,
+            bucket_width  INTEGER,                    -- width of all its buckets, 0 once widths were mixed
             UNIQUE (instance, metric, attrs)
         );
         -- The last value seen for every (series, bucket) still inside the provider's revision horizon.
@@ -138,47 +139,71 @@ ON CONFLICT (instance, metric, attrs) DO NOTHING"""
 SQL_CREATE_INCOMING = """
 CREATE TEMP TABLE IF NOT EXISTS incoming (
     series_id    INTEGER NOT NULL,
+    hour_start   INTEGER NOT NULL,
     bucket_start INTEGER NOT NULL,
     bucket_width INTEGER NOT NULL,
     value        INTEGER NOT NULL,
-    prior        INTEGER,               -- the bucket's last value in the ledger, NULL when new
+    prior        INTEGER,                     -- the bucket's last value in the ledger, NULL when new
     slow         INTEGER NOT NULL DEFAULT 0,  -- overlaps buckets of another width: handled one by one
-    PRIMARY KEY (series_id, bucket_start, bucket_width)
+    -- In this order the per-(series, hour) aggregation and the bucket upsert read it without sorting.
+    PRIMARY KEY (series_id, hour_start, bucket_start, bucket_width)
 ) WITHOUT ROWID"""
+SQL_CREATE_STAGED = """
+CREATE TEMP TABLE IF NOT EXISTS staged (
+    series_id    INTEGER NOT NULL,
+    bucket_start INTEGER NOT NULL,
+    bucket_width INTEGER NOT NULL,
+    value        INTEGER NOT NULL
+)"""
 SQL_CLEAR_INCOMING = "DELETE FROM incoming"
-# Points of one poll that land in the same series and bucket are parts of it: they add up.
-SQL_STAGE_POINT = """
-INSERT INTO incoming (series_id, bucket_start, bucket_width, value) VALUES (?, ?, ?, ?)
-ON CONFLICT (series_id, bucket_start, bucket_width) DO UPDATE SET value = value + excluded.value"""
-SQL_FILL_PRIOR = """
-UPDATE incoming SET prior = b.value
-FROM buckets AS b
-WHERE b.series_id = incoming.series_id AND b.bucket_start = incoming.bucket_start
-  AND b.bucket_width = incoming.bucket_width"""
+SQL_CLEAR_STAGED = "DELETE FROM staged"
+# Points of series created by this very poll have no prior value: they go straight to incoming.
+SQL_STAGE_NEW_SERIES_POINT = """
+INSERT INTO incoming (series_id, hour_start, bucket_start, bucket_width, value, prior)
+VALUES (?1, ?2 - ?2 % 3600, ?2, ?3, ?4, NULL)"""
+SQL_STAGE_NEW_SERIES_POINT_SUMMED = SQL_STAGE_NEW_SERIES_POINT + """
+ON CONFLICT (series_id, hour_start, bucket_start, bucket_width) DO UPDATE SET value = value + excluded.value"""
+SQL_COUNT_STAGED = "SELECT count(*) FROM (SELECT 1 FROM staged GROUP BY series_id, bucket_start, bucket_width)"
+SQL_STAGE_POINT = "INSERT INTO staged (series_id, bucket_start, bucket_width, value) VALUES (?, ?, ?, ?)"
+# Keep only the points that changed, each with its prior value: an unchanged re-read (most of every poll)
+# costs one primary-key lookup and writes nothing further.
+SQL_KEEP_CHANGED = """
+INSERT INTO incoming (series_id, hour_start, bucket_start, bucket_width, value, prior)
+SELECT s.series_id, s.bucket_start - s.bucket_start % 3600, s.bucket_start, s.bucket_width, s.value, b.value
+FROM staged AS s LEFT JOIN buckets AS b
+  ON b.series_id = s.series_id AND b.bucket_start = s.bucket_start AND b.bucket_width = s.bucket_width
+WHERE b.value IS NOT s.value"""
+# The same when some records of the poll are parts of one bucket (rows that normalize to the same series
+# and bucket): their values add up first.
+SQL_KEEP_CHANGED_SUMMED = """
+INSERT INTO incoming (series_id, hour_start, bucket_start, bucket_width, value, prior)
+SELECT s.series_id, s.bucket_start - s.bucket_start % 3600, s.bucket_start, s.bucket_width, s.value, b.value
+FROM (SELECT series_id, bucket_start, bucket_width, sum(value) AS value FROM staged
+      GROUP BY series_id, bucket_start, bucket_width) AS s
+LEFT JOIN buckets AS b
+  ON b.series_id = s.series_id AND b.bucket_start = s.bucket_start AND b.bucket_width = s.bucket_width
+WHERE b.value IS NOT s.value"""
 SQL_MAX_WIDTH = "SELECT max(w) FROM (SELECT max(bucket_width) AS w FROM buckets UNION ALL SELECT max(bucket_width) FROM refined)"
 # A new bucket that overlaps a bucket of another width (or a refined region) is a bucket-width change.
+# Only points of series whose bucket width changed (or was ever mixed) can overlap buckets of another
+# width; for those, look for the overlap precisely. Every other point takes the set-based fast path.
 SQL_MARK_SLOW = """
 UPDATE incoming SET slow = 1
-WHERE prior IS NULL AND (
+WHERE incoming.series_id IN (
+    SELECT s.id FROM series AS s
+    WHERE s.id = incoming.series_id AND s.bucket_width IS NOT NULL AND s.bucket_width <> incoming.bucket_width)
+AND (
     EXISTS (SELECT 1 FROM buckets AS b
             WHERE b.series_id = incoming.series_id
               AND b.bucket_start > incoming.bucket_start - :max_width
               AND b.bucket_start < incoming.bucket_start + incoming.bucket_width
-              AND b.bucket_start + b.bucket_width > incoming.bucket_start)
+              AND b.bucket_start + b.bucket_width > incoming.bucket_start
+              AND (b.bucket_start <> incoming.bucket_start OR b.bucket_width <> incoming.bucket_width))
     OR EXISTS (SELECT 1 FROM refined AS r
             WHERE r.series_id = incoming.series_id
               AND r.bucket_start > incoming.bucket_start - :max_width
               AND r.bucket_start < incoming.bucket_start + incoming.bucket_width
               AND r.bucket_start + r.bucket_width > incoming.bucket_start))"""
-# Exact re-reads of a bucket inside a refined region also go the slow way (the max rule applies).
-SQL_MARK_SLOW_REFINED = """
-UPDATE incoming SET slow = 1
-WHERE prior IS NOT NULL AND EXISTS (
-    SELECT 1 FROM refined AS r
-    WHERE r.series_id = incoming.series_id
-      AND r.bucket_start > incoming.bucket_start - :max_width
-      AND r.bucket_start <= incoming.bucket_start
-      AND r.bucket_start + r.bucket_width >= incoming.bucket_start + incoming.bucket_width)"""
 SQL_FIND_INVALID = """
 SELECT s.metric, s.attrs, i.bucket_start, i.bucket_width, i.value
 FROM incoming AS i JOIN series AS s ON s.id = i.series_id
@@ -188,34 +213,50 @@ SELECT s.metric, s.attrs, count(*), sum(i.prior - i.value)
 FROM incoming AS i JOIN series AS s ON s.id = i.series_id
 WHERE i.slow = 0 AND i.value < i.prior
 GROUP BY s.id ORDER BY sum(i.prior - i.value) DESC LIMIT 5"""
-SQL_REJECT_PRUNED = """
-DELETE FROM incoming WHERE bucket_start < :pruned_before"""
-SQL_COUNT_OUTCOMES = """
-SELECT CASE WHEN prior IS NULL THEN 'new'
-            WHEN value > prior THEN 'grown'
-            WHEN value < prior THEN 'shrunk'
-            ELSE 'unchanged' END AS outcome,
-       count(*)
-FROM incoming WHERE slow = 0 GROUP BY outcome"""
+# One pass over the changed points, grouped by (series, hour): what the totals, the hourly rollups and the
+# outcome counts need, so each of those reads a small table instead of scanning every point again.
+SQL_CREATE_DELTAS = """
+CREATE TEMP TABLE IF NOT EXISTS deltas (
+    series_id INTEGER NOT NULL, hour_start INTEGER NOT NULL,
+    grow INTEGER NOT NULL, shrink INTEGER NOT NULL, net INTEGER NOT NULL,
+    n_new INTEGER NOT NULL, n_grown INTEGER NOT NULL, n_shrunk INTEGER NOT NULL,
+    min_width INTEGER NOT NULL, max_width INTEGER NOT NULL
+)"""
+SQL_CLEAR_DELTAS = "DELETE FROM deltas"
+SQL_FILL_DELTAS = """
+INSERT INTO deltas
+SELECT series_id, hour_start,
+       sum(max(value - coalesce(prior, 0), 0)), sum(max(coalesce(prior, 0) - value, 0)),
+       sum(value - coalesce(prior, 0)),
+       sum(prior IS NULL), sum(prior IS NOT NULL AND prior < value), sum(prior IS NOT NULL AND prior > value),
+       min(bucket_width), max(bucket_width)
+FROM incoming WHERE slow = 0
+GROUP BY series_id, hour_start"""
+SQL_COUNT_OUTCOMES = "SELECT coalesce(sum(n_new), 0), coalesce(sum(n_grown), 0), coalesce(sum(n_shrunk), 0) FROM deltas"
+# The series' bucket width is recorded on the way (0 = mixed widths: its later points get the overlap check).
 SQL_APPLY_TOTALS = """
-UPDATE series SET total = total + d.grow, adjustments = adjustments + d.shrink, updated_ns = :now
-FROM (SELECT series_id,
-             sum(max(value - coalesce(prior, 0), 0)) AS grow,
-             sum(max(coalesce(prior, 0) - value, 0)) AS shrink
-      FROM incoming WHERE slow = 0 AND (prior IS NULL OR prior <> value)
-      GROUP BY series_id) AS d
+UPDATE series SET
+    total = total + d.grow,
+    adjustments = adjustments + d.shrink,
+    updated_ns = :now,
+    bucket_width = CASE WHEN d.min_width <> d.max_width THEN 0
+                        WHEN series.bucket_width IS NULL THEN d.min_width
+                        WHEN series.bucket_width = d.min_width THEN d.min_width
+                        ELSE 0 END
+FROM (SELECT series_id, sum(grow) AS grow, sum(shrink) AS shrink,
+             min(min_width) AS min_width, max(max_width) AS max_width
+      FROM deltas GROUP BY series_id) AS d
 WHERE series.id = d.series_id"""
 SQL_APPLY_ROLLUPS = """
 INSERT INTO rollups (series_id, hour_start, value)
-SELECT series_id, bucket_start - bucket_start % 3600, sum(value - coalesce(prior, 0))
-FROM incoming WHERE slow = 0 AND (prior IS NULL OR prior <> value)
-GROUP BY series_id, bucket_start - bucket_start % 3600
+SELECT series_id, hour_start, net FROM deltas WHERE net <> 0
 ON CONFLICT (series_id, hour_start) DO UPDATE SET value = value + excluded.value"""
 SQL_APPLY_BUCKETS = """
 INSERT INTO buckets (series_id, bucket_start, bucket_width, value)
 SELECT series_id, bucket_start, bucket_width, value
-FROM incoming WHERE slow = 0 AND (prior IS NULL OR prior <> value)
+FROM incoming WHERE slow = 0
 ON CONFLICT (series_id, bucket_start, bucket_width) DO UPDATE SET value = excluded.value"""
+SQL_MARK_MIXED = "UPDATE series SET bucket_width = 0 WHERE id = ?"
 SQL_SLOW_POINTS = """
 SELECT series_id, bucket_start, bucket_width, value, prior FROM incoming WHERE slow = 1
 ORDER BY series_id, bucket_width DESC, bucket_start"""
@@ -319,21 +360,28 @@ def canonical_attrs(attrs: dict[str, str]) -> str:
     return json.dumps(attrs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _points(
-    result: PollResult, tenant: str
-) -> Iterator[tuple[tuple[str, str], int, int, int]]:
-    """Expand records into ``((metric, attrs_json), bucket_start, bucket_width, value)``.
+@dataclass(slots=True)
+class _Expansion:
+    """Records -> series keys -> rows, with attribute JSON built once per distinct record identity.
 
-    Attribute JSON is built once per distinct record identity, not once per point: providers return many
-    buckets of few series, so this cache is what keeps the per-point cost to a dict lookup.
+    Providers return many buckets of few series, so the per-point work is a dict lookup and a tuple; the
+    JSON encoding and the series lookup happen once per identity, not once per point.
     """
-    usage_keys: dict[tuple[object, ...], tuple[list[tuple[str, str, str]], str]] = {}
-    cost_keys: dict[tuple[object, ...], str] = {}
+
+    usage_idents: list[tuple[object, ...]] = field(default_factory=list)  # one per usage record, in order
+    cost_idents: list[tuple[object, ...]] = field(default_factory=list)  # one per cost record, in order
+    usage_keys: dict[tuple[object, ...], tuple[list[tuple[str, tuple[str, str]]], tuple[str, str]]] = field(
+        default_factory=dict)
+    cost_keys: dict[tuple[object, ...], tuple[str, str]] = field(default_factory=dict)
+
+
+def _expand(result: PollResult, tenant: str) -> _Expansion:
+    ex = _Expansion()
     for r in result.usage:
         dims = tuple(sorted(r.dimensions.items())) if r.dimensions else ()
         ident = (r.provider, r.model, r.operation, r.tenancy_id, r.tenant or tenant, dims)
-        cached = usage_keys.get(ident)
-        if cached is None:
+        ex.usage_idents.append(ident)
+        if ident not in ex.usage_keys:
             base = {
                 "gen_ai.provider.name": r.provider,
                 "gen_ai.request.model": r.model,
@@ -342,25 +390,16 @@ def _points(
                 "llm.tenant": r.tenant or tenant,
                 **dict(dims),
             }
-            by_type = [
-                (t, METRIC_TOKENS, canonical_attrs({**base, "gen_ai.token.type": t}))
-                for t in ("input", "cache_read", "cache_write", "output")
+            by_type: list[tuple[str, tuple[str, str]]] = [
+                (t, (METRIC_TOKENS, canonical_attrs({**base, "gen_ai.token.type": t}))) for t in TOKEN_TYPES
             ]
-            cached = (by_type, canonical_attrs(base))
-            usage_keys[ident] = cached
-        by_type, req_attrs = cached
-        start, width, tokens = r.bucket_start, r.bucket_width, r.tokens
-        for token_type, metric, attrs in by_type:
-            value = tokens.get(token_type)
-            if value is not None:
-                yield (metric, attrs), start, width, value
-        if r.requests is not None:
-            yield (METRIC_REQUESTS, req_attrs), start, width, r.requests
+            ex.usage_keys[ident] = (by_type, (METRIC_REQUESTS, canonical_attrs(base)))
     for c in result.costs:
         dims = tuple(sorted(c.dimensions.items())) if c.dimensions else ()
-        cost_ident = (c.provider, c.tenancy_id, c.tenant or tenant, c.model, c.line_item, c.currency.upper(), dims)
-        cost_attrs = cost_keys.get(cost_ident)
-        if cost_attrs is None:
+        currency = c.currency.upper()
+        cost_ident = (c.provider, c.tenancy_id, c.tenant or tenant, c.model, c.line_item, currency, dims)
+        ex.cost_idents.append(cost_ident)
+        if cost_ident not in ex.cost_keys:
             base = {
                 "gen_ai.provider.name": c.provider,
                 "llm.tenancy.id": c.tenancy_id,
@@ -371,11 +410,69 @@ def _points(
                 base["gen_ai.request.model"] = c.model
             if c.line_item:
                 base["llm.cost.line_item"] = c.line_item
-            if c.currency.upper() != "USD":
-                base["currency"] = c.currency.upper()
-            cost_attrs = canonical_attrs(base)
-            cost_keys[cost_ident] = cost_attrs
-        yield (METRIC_COST, cost_attrs), c.bucket_start, c.bucket_width, to_nanos(c.amount)
+            if currency != "USD":
+                base["currency"] = currency
+            ex.cost_keys[cost_ident] = (METRIC_COST, canonical_attrs(base))
+    return ex
+
+
+@dataclass(slots=True)
+class _Rows:
+    rows: list[tuple[int, int, int, int]]  # (series_id, bucket_start, bucket_width, value)
+    pending: list[tuple[tuple[str, str], int, int, int]]  # points of series not in the ledger yet
+    rejected: int  # points before the pruned horizon
+    repeats: bool  # some record identity and bucket came twice (parts of one bucket to add up)
+
+
+def _rows(result: PollResult, ex: _Expansion, ids: dict[tuple[str, str], int], horizon: int) -> _Rows:
+    rows: list[tuple[int, int, int, int]] = []
+    pending: list[tuple[tuple[str, str], int, int, int]] = []
+    append = rows.append
+    rejected = 0
+    seen: set[tuple[int, int, int]] = set()
+    repeats = False
+    usage_sids = {
+        ident: ([(t, key, ids.get(key)) for t, key in by_type], req, ids.get(req))
+        for ident, (by_type, req) in ex.usage_keys.items()
+    }
+    for r, ident in zip(result.usage, ex.usage_idents, strict=True):
+        start, width, tokens = r.bucket_start, r.bucket_width, r.tokens
+        if start < horizon:
+            rejected += len(tokens) + (r.requests is not None)
+            continue
+        entry = usage_sids[ident]
+        bucket = (id(entry), start, width)
+        if bucket in seen:
+            repeats = True
+        seen.add(bucket)
+        by_type_sids, req_key, req_sid = entry
+        for token_type, key, sid in by_type_sids:
+            value = tokens.get(token_type)
+            if value is not None:
+                if sid is None:
+                    pending.append((key, start, width, value))
+                else:
+                    append((sid, start, width, value))
+        if r.requests is not None:
+            if req_sid is None:
+                pending.append((req_key, start, width, r.requests))
+            else:
+                append((req_sid, start, width, r.requests))
+    for c, ident in zip(result.costs, ex.cost_idents, strict=True):
+        if c.bucket_start < horizon:
+            rejected += 1
+            continue
+        key = ex.cost_keys[ident]
+        cost_bucket = (id(key), c.bucket_start, c.bucket_width)
+        if cost_bucket in seen:
+            repeats = True
+        seen.add(cost_bucket)
+        sid = ids.get(key)
+        if sid is None:
+            pending.append((key, c.bucket_start, c.bucket_width, to_nanos(c.amount)))
+        else:
+            append((sid, c.bucket_start, c.bucket_width, to_nanos(c.amount)))
+    return _Rows(rows, pending, rejected, repeats)
 
 
 # -------------------------------------------------------------------------------------------------- ledger
@@ -399,6 +496,7 @@ class Ledger:
             if not readonly:
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 self._conn.execute("PRAGMA synchronous = NORMAL")
+                self._conn.execute("PRAGMA temp_store = MEMORY")  # the per-poll staging tables
                 self._migrate()
             else:
                 self._conn.execute("PRAGMA query_only = ON")
@@ -540,49 +638,54 @@ class Ledger:
         stats = ApplyStats()
         with self._lock, self._transaction() as tx:
             tx.execute(SQL_CREATE_INCOMING)
+            tx.execute(SQL_CREATE_STAGED)
             tx.execute(SQL_CLEAR_INCOMING)
             ids = self._ids_for(tx, instance)
-            rows: list[tuple[int, int, int, int]] = []
-            missing: dict[tuple[str, str], None] = {}
-            staged: list[tuple[tuple[str, str], int, int, int]] = []
-            for key, start, width, value in _points(result, tenant):
-                sid = ids.get(key)
-                if sid is None:
-                    missing[key] = None
-                    staged.append((key, start, width, value))
-                else:
-                    rows.append((sid, start, width, value))
-            if missing:
-                tx.executemany(
-                    SQL_INSERT_SERIES, [(instance, m, a, now_ns, now_ns) for m, a in missing]
+            horizon = self.pruned_before(instance)
+            staged = _rows(result, _expand(result, tenant), ids, horizon)
+            rows, pending, rejected = staged.rows, staged.pending, staged.rejected
+            if rejected:
+                stats.outcomes["rejected"] = rejected
+                log.info(
+                    "%s: %d points for buckets before the pruned horizon %d were rejected "
+                    "(already counted, no longer revisable)", instance, rejected, horizon,
                 )
+            if rows:  # points of known series: keep those that changed, with their prior values
+                tx.executemany(SQL_STAGE_POINT, rows)
+                if staged.repeats:  # parts of one bucket in one poll add up
+                    changed = tx.execute(SQL_KEEP_CHANGED_SUMMED).rowcount
+                    distinct = tx.execute(SQL_COUNT_STAGED).fetchone()[0]
+                else:
+                    changed = tx.execute(SQL_KEEP_CHANGED).rowcount
+                    distinct = len(rows)
+                tx.execute(SQL_CLEAR_STAGED)
+                if distinct > changed:
+                    stats.outcomes["unchanged"] = distinct - changed
+            if pending:  # first points of new series: create the series, then stage the points as new
+                missing = dict.fromkeys(key for key, _, _, _ in pending)
+                tx.executemany(SQL_INSERT_SERIES, [(instance, m, a, now_ns, now_ns) for m, a in missing])
                 stats.series_created = len(missing)
                 ids = self._ids_for(tx, instance, refresh=True)
-                rows.extend((ids[key], start, width, value) for key, start, width, value in staged)
-            tx.executemany(SQL_STAGE_POINT, rows)
+                tx.executemany(
+                    SQL_STAGE_NEW_SERIES_POINT_SUMMED if staged.repeats else SQL_STAGE_NEW_SERIES_POINT,
+                    [(ids[key], start, width, value) for key, start, width, value in pending],
+                )
             bad = tx.execute(SQL_FIND_INVALID).fetchone()
             if bad is not None:
                 raise LedgerError(
                     f"{instance}: {bad[0]} {bad[1]} has an invalid point: bucket start {bad[2]}, "
                     f"width {bad[3]}s, value {bad[4]}; the poll was not applied"
                 )
-
-            horizon = self.pruned_before(instance)
-            if horizon:
-                rejected = tx.execute(SQL_REJECT_PRUNED, {"pruned_before": horizon}).rowcount
-                if rejected:
-                    stats.outcomes["rejected"] += rejected
-                    log.info(
-                        "%s: %d points for buckets before the pruned horizon %d were rejected "
-                        "(already counted, no longer revisable)", instance, rejected, horizon,
-                    )
-            tx.execute(SQL_FILL_PRIOR)
             max_width = tx.execute(SQL_MAX_WIDTH).fetchone()[0]
             if max_width:
                 tx.execute(SQL_MARK_SLOW, {"max_width": max_width})
-                tx.execute(SQL_MARK_SLOW_REFINED, {"max_width": max_width})
-            for outcome, count in tx.execute(SQL_COUNT_OUTCOMES):
-                stats.outcomes[outcome] += count
+            tx.execute(SQL_CREATE_DELTAS)
+            tx.execute(SQL_CLEAR_DELTAS)
+            tx.execute(SQL_FILL_DELTAS)
+            counts = tx.execute(SQL_COUNT_OUTCOMES).fetchone()
+            for outcome, count in zip(("new", "grown", "shrunk"), counts, strict=True):
+                if count:
+                    stats.outcomes[outcome] += count
             if stats.outcomes["shrunk"]:
                 for metric, attrs, shrunk_points, amount in tx.execute(SQL_SHRUNK):
                     log.warning(
@@ -596,6 +699,7 @@ class Ledger:
             for sid, start, width, value, prior in slow:
                 stats.outcomes[self._apply_width_change(tx, instance, sid, start, width, value, prior, now_ns)] += 1
             tx.execute(SQL_CLEAR_INCOMING)
+            tx.execute(SQL_CLEAR_DELTAS)
 
             if result.names:
                 tx.executemany(
@@ -647,6 +751,7 @@ class Ledger:
         ``max(coarse value, sum of the finer buckets)``, so tokens are neither lost nor counted twice.
         """
         end = start + width
+        tx.execute(SQL_MARK_MIXED, (sid,))
         max_width = int(tx.execute(SQL_MAX_WIDTH).fetchone()[0] or width)
         lower = start - max(max_width, width)
         containing = tx.execute(SQL_CONTAINING_REFINED, (sid, lower, start, end)).fetchone()

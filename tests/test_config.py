@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import sys
 import textwrap
 import types
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -841,7 +843,7 @@ def test_substitution_is_not_applied_to_keys(tmp_path: Path) -> None:
         ),
         (
             "providers: {demo: {tenant: 'a${env:X'}}",
-            'providers.demo.tenant: unterminated ${ (write $$ for a literal $)',
+            "providers.demo.tenant: unterminated ${ (write $$ for a literal $)",
         ),
         (
             "providers: {demo: {tenant: '${vault:x}'}}",
@@ -1157,3 +1159,42 @@ def test_secret_pieces_are_collected_from_mixed_header_values(tmp_path: Path) ->
         "exporters: {otlp: {endpoint: 'c:1', headers: {a: 'x ${env:TOKEN} y'}}}\nproviders: {demo: }\n",
     )
     assert {HEADER_TOKEN, f"x {HEADER_TOKEN} y"} <= config.secrets
+
+
+# ------------------------------------------------------------------------------------------------------------
+# docs/configuration.md stays true
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+
+
+def _doc_yaml_blocks() -> list[str]:
+    return re.findall(r"```yaml\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.DOTALL)
+
+
+def test_docs_examples_are_valid_configs() -> None:
+    blocks = _doc_yaml_blocks()
+    assert len(blocks) >= 4
+    env = {"OPENAI_ADMIN_KEY": ADMIN_KEY, "OTEL_TOKEN": HEADER_TOKEN, "POLL_STAGING": "true"}
+    for block in blocks:
+        raw = yaml.safe_load(block)
+        raw.setdefault("providers", {"demo": None})
+        try:
+            parse_config(raw, environ=env, provider_options=SCHEMAS)
+        except ConfigError as e:
+            # The examples point at secret and certificate files that do not exist here; nothing else may fail.
+            other = [p for p in e.problems if "cannot read file" not in p and "does not exist" not in p]
+            assert other == [], block
+
+
+def test_docs_name_every_key() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    keys = [
+        *("collection_interval", "export_interval", "storage", "health", "exporters", "providers"),
+        *("path", "retention", "endpoint", "headers", "compression", "timeout"),
+        *("tls.insecure", "tls.ca_file", "tls.cert_file", "tls.key_file"),
+        *sorted(COMMON_PROVIDER_KEYS),
+        *("otlp", "otlp_grpc", "otlphttp", "otlp_http", "gzip", "none"),
+        *("${env:NAME}", "${NAME}", "${env:NAME:-default}", "${file:PATH}", "$$"),
+    ]
+    missing = [key for key in keys if f"`{key}`" not in text]
+    assert missing == []

@@ -1,0 +1,41 @@
+# Everything a fresh machine (Python 3.11+, pip, make) needs: `make demo`, `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint types unit docs bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## The zero-setup tour: synthetic usage, a 7-day backfill, a live summary; OTLP to localhost:4317 if a Collector listens.
+demo: install
+	$(BIN)/otel-llm-receiver demo
+
+## The whole check CI runs: lint, types, and every test.
+test: install lint types unit
+
+lint: install
+	$(BIN)/ruff check .
+
+types: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/python -m pytest
+
+## Regenerate docs/metrics.md from the metric catalog.
+docs: install
+	$(BIN)/python -m otel_llm_receiver.catalog > docs/metrics.md
+
+bench: install
+	$(BIN)/python benchmarks/ledger_apply.py
+	$(BIN)/python benchmarks/export.py
+
+clean:
+	rm -rf $(VENV) otel-llm-data .pytest_cache .mypy_cache .ruff_cache .hypothesis
