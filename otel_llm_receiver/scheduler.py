@@ -92,6 +92,7 @@ class Receiver:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ledger-writer")
         self._reader: Ledger | None = None
         self._export_lock = threading.Lock()
+        self._rollups_pruned_at = float("-inf")
         self.last_export_ok: bool | None = None
 
     # -- polling -------------------------------------------------------------------------------------------
@@ -144,6 +145,7 @@ class Receiver:
             )
             return PollOutcome(name, False, error_type, retry_after)
         elapsed = time.monotonic() - t0
+        await self._prune_rollups_hourly(loop)
         self.health.poll_succeeded(name, elapsed, stats.outcomes, result.newest_bucket_end)
         log.info(
             "%s: poll ok, %d points (%s) in %.2fs", name, stats.points,
@@ -152,6 +154,21 @@ class Receiver:
                    "cursor": cursor_value, "duration_s": round(elapsed, 3)},
         )
         return PollOutcome(name, True)
+
+    async def _prune_rollups_hourly(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Drop hourly rollups older than storage.retention, at most once an hour (on the writer thread)."""
+        now = self.clock()
+        if now - self._rollups_pruned_at < 3600:
+            return
+        self._rollups_pruned_at = now
+        before = int(now - self.config.storage.retention)
+        try:
+            removed = await loop.run_in_executor(self._writer, self.ledger.prune_rollups, before)
+        except LedgerError as exc:
+            log.warning("could not prune rollups older than storage.retention: %s", exc)
+            return
+        if removed:
+            log.info("pruned %d hourly rollups older than storage.retention", removed)
 
     async def _poll_loop(self, name: str, stop: asyncio.Event) -> None:
         cfg = next(p for p in self.provider_configs if p.name == name)

@@ -210,3 +210,24 @@ def test_health_turns_unhealthy_after_three_missed_intervals(tmp_path: Path) -> 
             assert not healthy and doc["instances"]["demo"]["healthy"] is False  # type: ignore[index]
         finally:
             asyncio.run(receiver.aclose())
+
+
+def test_rollups_older_than_retention_are_pruned(tmp_path: Path) -> None:
+    now = [1_795_000_000.0]
+    with OTLPSink() as sink:
+        config = make_config(tmp_path, sink, {"demo": {"backfill": "3d", "seed": 1}},
+                             storage={"path": str(tmp_path / "ledger.db"), "retention": "1d"})
+        receiver = Receiver(config, clock=lambda: now[0])
+        try:
+            asyncio.run(receiver.poll("demo"))
+            with Ledger(config.storage.path, readonly=True) as reader:
+                kept = reader.rollup_totals_since(0)
+                old = reader.rollup_totals_since(int(now[0]) - 86400)
+            # The 3-day backfill was applied, then everything older than 1 day was pruned from the rollups.
+            assert kept and sorted(kept) == sorted(old)
+            with Ledger(config.storage.path, readonly=True) as reader:
+                totals = sum(s.total for s in reader.snapshot().series if s.metric == "llm.usage.tokens")
+                rolled = sum(v for _, m, _, v in reader.rollup_totals_since(0) if m == "llm.usage.tokens")
+            assert 0 < rolled < totals  # totals keep everything; only the hourly history was trimmed
+        finally:
+            asyncio.run(receiver.aclose())

@@ -1,0 +1,110 @@
+"""The command line as users run it: `check`, `run` refusals, and `demo`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.otlp_sink import OTLPSink
+
+SECRET = "sk-admin-test-cli-0123456789"
+
+
+def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "otel_llm_receiver", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=timeout)
+
+
+def test_check_prints_what_would_run_with_secrets_redacted(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("""
+exporters:
+  otlphttp/grafana:
+    endpoint: https://otlp.example.com/otlp
+    headers: {Authorization: "Bearer ${env:OTLP_TOKEN}"}
+providers:
+  demo/eu:
+    seed: 3
+    collection_interval: 5m
+""")
+    proc = cli("check", "--config", str(config), env={"OTLP_TOKEN": SECRET})
+    assert proc.returncode == 0, proc.stderr
+    assert "demo/eu" in proc.stdout and "otlphttp/grafana" in proc.stdout
+    assert SECRET not in proc.stdout + proc.stderr
+
+
+def test_bad_config_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("""
+collection_interval: 5 minutes
+exporters:
+  otlp: {endpiont: localhost:4317}
+providers:
+  demo/prod:
+    collection_interval: "5 minutes"
+    seeed: 1
+""")
+    proc = cli("check", "--config", str(config))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) >= 4
+    assert any(line.startswith('providers.demo/prod.collection_interval: "5 minutes" is not a duration')
+               for line in lines)
+    assert any(line.startswith("providers.demo/prod.seeed:") for line in lines)
+    assert any(line.startswith("exporters.otlp.endpiont:") for line in lines)
+    assert any(line.startswith("collection_interval:") for line in lines)
+    assert "Traceback" not in proc.stderr
+    assert cli("run", "--config", str(config), "--once").returncode == 2
+
+
+def test_run_refuses_to_start_without_an_exporter(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"storage: {{path: {tmp_path / 'l.db'}}}\nproviders:\n  demo: {{}}\n")
+    proc = cli("run", "--config", str(config), "--once")
+    assert proc.returncode == 2
+    assert "exporters: none configured" in proc.stderr
+
+
+def test_unwritable_ledger_is_one_clear_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""
+storage: {{path: {blocker / 'ledger.db'}}}
+exporters: {{otlp: {{endpoint: 127.0.0.1:4317, tls: {{insecure: true}}}}}}
+providers: {{demo: {{}}}}
+""")
+    proc = cli("run", "--config", str(config), "--once")
+    assert proc.returncode == 1
+    assert "cannot open ledger" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_demo_without_a_collector_warns_once_and_summarises(tmp_path: Path) -> None:
+    port = _closed_port()
+    proc = cli("demo", "--duration", "2s", "--refresh", "1s", "--otlp-endpoint", f"127.0.0.1:{port}",
+               "--storage", str(tmp_path / "demo.db"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("nothing listens on") == 1
+    assert "gpt-4o-mini" in proc.stdout and "tokens/min" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_demo_exports_to_a_listening_collector(tmp_path: Path) -> None:
+    with OTLPSink() as sink:
+        proc = cli("demo", "--duration", "2s", "--otlp-endpoint", sink.grpc_endpoint,
+                   "--storage", str(tmp_path / "demo.db"))
+        assert proc.returncode == 0, proc.stderr
+        assert "nothing listens" not in proc.stderr
+        providers = {dict(k)["gen_ai.provider.name"] for k in sink.number_points("llm.usage.tokens")}
+        assert providers == {"demo"}
