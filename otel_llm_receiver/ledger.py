@@ -44,7 +44,6 @@ METRIC_COST: Final = "llm.usage.cost"
 #: What ``llm.measure`` says for a shrink of each metric.
 MEASURE_OF_METRIC: Final = {METRIC_TOKENS: "tokens", METRIC_REQUESTS: "requests", METRIC_COST: "cost"}
 
-OUTCOMES: Final = ("new", "grown", "unchanged", "shrunk", "rejected")
 
 SCHEMA_VERSION: Final = 1
 
@@ -635,8 +634,20 @@ class Ledger:
         if self.readonly:
             raise LedgerError(f"ledger {self.path} is open read-only")
         now_ns = time.time_ns() if now_ns is None else now_ns
+        with self._lock:
+            try:
+                return self._apply(instance, result, tenant, cursor, prune_before, now_ns)
+            except BaseException:
+                # Series created by a rolled-back poll do not exist: forget the ids cached for them.
+                self._series_ids.pop(instance, None)
+                raise
+
+    def _apply(
+        self, instance: str, result: PollResult, tenant: str, cursor: str | None, prune_before: int | None,
+        now_ns: int,
+    ) -> ApplyStats:
         stats = ApplyStats()
-        with self._lock, self._transaction() as tx:
+        with self._transaction() as tx:
             tx.execute(SQL_CREATE_INCOMING)
             tx.execute(SQL_CREATE_STAGED)
             tx.execute(SQL_CLEAR_INCOMING)

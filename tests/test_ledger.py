@@ -154,6 +154,17 @@ def test_invalid_point_rejects_the_whole_poll(ledger: Ledger) -> None:
     assert ledger.cursor("demo") == "1"
 
 
+def test_a_rolled_back_poll_leaves_no_trace_of_its_new_series(ledger: Ledger) -> None:
+    bad = PollResult(usage=[usage(0, inp=3, model="new-model"), usage(H, inp=-1, model="new-model")])
+    with pytest.raises(LedgerError):
+        ledger.apply("demo", bad)
+    assert ledger.snapshot().series == ()
+    ledger.apply("demo", PollResult(usage=[usage(0, inp=3, model="other"), usage(0, inp=4, model="new-model")]))
+    by_model = {json.loads(s.attrs)["gen_ai.request.model"]: s.total for s in ledger.snapshot().series
+                if s.metric == METRIC_TOKENS and json.loads(s.attrs)["gen_ai.token.type"] == "input"}
+    assert by_model == {"other": 3, "new-model": 4}
+
+
 def test_pruned_buckets_are_never_counted_again(ledger: Ledger, tmp_path: Path) -> None:
     ledger.apply("demo", PollResult(usage=[usage(0, inp=10), usage(D, inp=20)]))
     ledger.apply("demo", PollResult(usage=[usage(D, inp=20)]), prune_before=D)
