@@ -160,15 +160,17 @@ async def _main(receiver: Receiver, *, once: bool, duration: float | None, summa
             return await receiver.run_once()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        signals_seen = 0
+        first_signal: float | None = None
 
         def on_signal(signum: int) -> None:
-            nonlocal signals_seen
-            signals_seen += 1
-            if signals_seen > 1:
+            nonlocal first_signal
+            now = time.monotonic()
+            if first_signal is None:
+                first_signal = now
+                log.info("received %s; stopping", signal.Signals(signum).name)
+                stop.set()
+            elif now - first_signal > 1.0:  # a second, deliberate Ctrl-C (not the same one delivered twice)
                 raise KeyboardInterrupt
-            log.info("received %s; stopping", signal.Signals(signum).name)
-            stop.set()
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
@@ -239,7 +241,7 @@ class ProbingExporter:
         if not self._listening():
             if not self.warned:
                 log.warning("nothing listens on %s:%d; the demo runs without exporting until a Collector "
-                            "starts there (see collector-config/)", self.host, self.port)
+                            "starts there (an OpenTelemetry Collector with an otlp receiver)", self.host, self.port)
                 self.warned = True
             return MetricExportResult.SUCCESS
         return self.inner.export(metrics_data, timeout_millis, **kwargs)
