@@ -297,11 +297,10 @@ class Emitter:
         with self._lock:
             for i, (_, exporter) in enumerate(self._exporters):
                 busy = self._busy[i]
-                if busy is not None and not busy.done():
-                    if not wait_for_all:
-                        log.debug("exporter %s is still busy; skipping this export", self.states[i].name)
-                        continue
-                    busy.result()
+                if busy is not None and not busy.done() and not wait_for_all:
+                    log.debug("exporter %s is still busy; skipping this export", self.states[i].name)
+                    continue
+                # Each exporter's pool has one thread: a waited-for export queues behind a busy one.
                 future = self._pools[i].submit(self._export_one, i, exporter, data)
                 self._busy[i] = future
                 futures.append(future)
