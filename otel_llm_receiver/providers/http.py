@@ -1,0 +1,169 @@
+"""The JSON-over-HTTPS client every REST provider shares: retries, ``Retry-After``, and error classification.
+
+Providers differ in paths, headers and paging; they do not differ in what a 429 or a 503 means. Keeping that
+here gives every provider the same behaviour (and the same tests): retryable statuses (``retry.RETRYABLE_STATUSES``,
+including Anthropic's 529) and transport errors are retried with jittered exponential backoff, never sooner than
+the API's ``Retry-After``; a ``Retry-After`` longer than ``max_retry_wait`` ends the poll at once as
+``rate_limited`` so that the scheduler, not a sleeping request, waits it out. Every other failure becomes one
+``ProviderError`` whose message names the method, path and status, never a header (keys live there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from .. import __version__
+from ..config import Option
+from ..errors import ErrorType, ProviderError
+from ..retry import RETRYABLE_STATUSES, backoff_delay, parse_retry_after
+
+log = logging.getLogger(__name__)
+
+#: Options every HTTP provider accepts besides the common keys (merged into its ``OPTIONS``).
+HTTP_OPTIONS: Mapping[str, Option] = {
+    "max_retries": Option(
+        "int", default=4, description="Retries of one request after a 429, 5xx, timeout or connection error."
+    ),
+    "retry_initial_interval": Option(
+        "duration", default="1s",
+        description="First backoff between retries; doubles per retry (with jitter), capped at 30s.",
+    ),
+}
+
+Params = Mapping[str, Any] | Sequence[tuple[str, Any]] | None
+
+_MAX_BACKOFF = 30.0
+_BODY_EXCERPT = 200
+
+
+class ApiClient:
+    """An ``httpx.AsyncClient`` for one provider instance that returns parsed JSON or raises ``ProviderError``."""
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        base_url: str,
+        headers: Mapping[str, str],
+        timeout: float,
+        max_retries: int = 4,
+        retry_initial_interval: float = 1.0,
+        max_retry_wait: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.provider = provider
+        self.max_retries = max(0, max_retries)
+        self.retry_initial_interval = retry_initial_interval
+        self.max_retry_wait = max_retry_wait
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"user-agent": f"otel-llm-receiver/{__version__}", "accept": "application/json", **headers},
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    async def get_json(self, path: str, params: Params = None) -> Any:
+        """GET ``path`` and return its decoded JSON body, retrying what is worth retrying."""
+        return await self.request_json("GET", path, params=params)
+
+    async def request_json(self, method: str, path: str, *, params: Params = None, json_body: Any = None) -> Any:
+        """One API call: ``method path`` with ``params`` (and a JSON body), decoded, or one ``ProviderError``."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await self._client.request(method, path, params=params, json=json_body)
+            except httpx.TimeoutException as exc:
+                error = self._error(f"{method} {path}: timed out ({type(exc).__name__})", "timeout")
+            except httpx.TransportError as exc:
+                error = self._error(f"{method} {path}: {type(exc).__name__}: {exc}", "server_error")
+            else:
+                if response.status_code < 300:
+                    return self._decode(method, path, response)
+                error = self._status_error(method, path, response)
+                if response.status_code not in RETRYABLE_STATUSES:
+                    raise error
+            if attempt > self.max_retries:
+                raise error
+            if error.retry_after is not None and error.retry_after > self.max_retry_wait:
+                raise error
+            delay = backoff_delay(
+                attempt, base=self.retry_initial_interval, cap=_MAX_BACKOFF, retry_after=error.retry_after
+            )
+            log.debug("%s: %s; retry %d/%d in %.2fs", self.provider, error, attempt, self.max_retries, delay)
+            await asyncio.sleep(delay)
+
+    def _error(self, message: str, error_type: ErrorType, retry_after: float | None = None) -> ProviderError:
+        return ProviderError(message, provider=self.provider, error_type=error_type, retry_after=retry_after)
+
+    def _status_error(self, method: str, path: str, response: httpx.Response) -> ProviderError:
+        status = response.status_code
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        error_type: ErrorType
+        if status in (401, 403):
+            error_type = "auth"
+        elif status == 429:
+            error_type = "rate_limited"
+        elif status in RETRYABLE_STATUSES:
+            error_type = "timeout" if status in (408, 504) else "server_error"
+        elif 400 <= status < 500:
+            error_type = "config"
+        else:
+            error_type = "bad_response"
+        detail = _error_detail(response)
+        message = f"{method} {path}: HTTP {status}" + (f": {detail}" if detail else "")
+        return self._error(message, error_type, retry_after)
+
+    def _decode(self, method: str, path: str, response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise self._error(
+                f"{method} {path}: HTTP {response.status_code} body is not JSON ({exc.__class__.__name__}): "
+                f"{response.text[:_BODY_EXCERPT]!r}",
+                "bad_response",
+            ) from None
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """The API's own error message, when the body carries one (``{"error": {"message": ...}}`` and kin)."""
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return response.text[:_BODY_EXCERPT].strip()
+    if isinstance(body, Mapping):
+        err = body.get("error", body)
+        if isinstance(err, Mapping):
+            for key in ("message", "detail", "code", "type"):
+                if isinstance(err.get(key), str):
+                    return str(err[key])[:_BODY_EXCERPT]
+        elif isinstance(err, str):
+            return err[:_BODY_EXCERPT]
+    return ""
+
+
+def client_from_config(
+    *, provider: str, base_url: str, headers: Mapping[str, str], timeout: float, options: Mapping[str, Any]
+) -> ApiClient:
+    """An ``ApiClient`` with the retry settings of a provider section (``HTTP_OPTIONS``)."""
+    return ApiClient(
+        provider=provider,
+        base_url=base_url,
+        headers=headers,
+        timeout=timeout,
+        max_retries=int(options.get("max_retries", 4)),
+        retry_initial_interval=float(options.get("retry_initial_interval", 1.0)),
+    )
+
+
+__all__ = ["HTTP_OPTIONS", "ApiClient", "client_from_config"]
