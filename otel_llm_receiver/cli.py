@@ -21,7 +21,7 @@ import yaml
 from . import __version__
 from .config import Config, load_config, parse_config
 from .durations import parse_duration
-from .emitter import MetricExporterLike, build_exporter
+from .emitter import BatchExporter, build_exporter
 from .errors import ConfigError, ReceiverError
 from .health import HealthServer
 from .logs import redact, setup_logging
@@ -128,7 +128,7 @@ def _serve(
     *,
     once: bool = False,
     duration: float | None = None,
-    exporters: list[tuple[Any, MetricExporterLike]] | None = None,
+    exporters: list[tuple[Any, BatchExporter]] | None = None,
     summary_every: float | None = None,
     health_required: bool = True,
 ) -> int:
@@ -224,7 +224,7 @@ def _print_summary(receiver: Receiver) -> None:
 class ProbingExporter:
     """Wraps an exporter for ``demo``: exports only while something listens on the endpoint, warns once."""
 
-    def __init__(self, inner: MetricExporterLike, host: str, port: int) -> None:
+    def __init__(self, inner: BatchExporter, host: str, port: int) -> None:
         self.inner, self.host, self.port = inner, host, port
         self.warned = False
 
@@ -235,19 +235,17 @@ class ProbingExporter:
         except OSError:
             return False
 
-    def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> Any:
-        from opentelemetry.sdk.metrics.export import MetricExportResult
-
+    def export_request(self, request: Any, points: int) -> bool:
         if not self._listening():
             if not self.warned:
                 log.warning("nothing listens on %s:%d; the demo runs without exporting until a Collector "
                             "starts there (an OpenTelemetry Collector with an otlp receiver)", self.host, self.port)
                 self.warned = True
-            return MetricExportResult.SUCCESS
-        return self.inner.export(metrics_data, timeout_millis, **kwargs)
+            return True
+        return self.inner.export_request(request, points)
 
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        self.inner.shutdown(timeout_millis, **kwargs)
+    def shutdown(self) -> None:
+        self.inner.shutdown()
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

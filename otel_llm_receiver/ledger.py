@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,6 +304,8 @@ SQL_SNAPSHOT = """
 SELECT s.id, s.instance, s.metric, s.attrs, s.total, s.adjustments, s.start_time_ns
 FROM series AS s ORDER BY s.id"""
 SQL_NAMES = "SELECT instance, kind, id, name FROM names"
+SQL_EXPORT_TOTALS = "SELECT id, total, adjustments, start_time_ns FROM series ORDER BY id"
+SQL_SERIES_AFTER = "SELECT id, instance, metric, attrs FROM series WHERE id > ? ORDER BY id LIMIT ?"
 SQL_SERIES_COUNT = "SELECT count(*) FROM series"
 SQL_BUCKET_COUNT = "SELECT count(*) FROM buckets"
 SQL_BUCKET_SUMS_BETWEEN = """
@@ -339,6 +341,19 @@ class Snapshot:
     series: tuple[SeriesTotal, ...]
     names: dict[tuple[str, str, str], str]  # (instance, kind, id) -> name
     taken_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRows:
+    """What one export reads: every series' totals, the series the reader has not seen yet, and names.
+
+    A series' instance, metric and attributes never change once created (they are its identity) and series are
+    never deleted, so an emitter needs them once per series; only the totals are read on every export.
+    """
+
+    totals: list[tuple[int, int, int, int]]  # (series id, total, adjustments, start_time_ns)
+    new_series: Iterable[tuple[int, str, str, str]]  # (series id, instance, metric, canonical attrs JSON)
+    names: dict[tuple[str, str, str], str]  # (instance, kind, id) -> name
 
 
 @dataclass(slots=True)
@@ -591,6 +606,38 @@ class Ledger:
         return Snapshot(
             series=tuple(SeriesTotal(*row) for row in rows), names=names, taken_ns=time.time_ns()
         )
+
+    def export_rows(self, known_series: int = 0, *, page: int = 10_000) -> ExportRows:
+        """Every series' totals and the names (one read), and the series with an id above ``known_series``.
+
+        The new series are read lazily, ``page`` at a time, so that describing 100,000 series to a fresh
+        emitter never holds all their attributes in memory at once. They need not be in the totals' read:
+        a series' identity never changes, and one created after the totals were read is simply described early.
+        """
+        conn = self._conn
+        with self._lock:
+            try:
+                conn.execute("BEGIN")
+                try:
+                    totals = conn.execute(SQL_EXPORT_TOTALS).fetchall()
+                    names = {(i, k, d): n for i, k, d, n in conn.execute(SQL_NAMES)}
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise LedgerError(f"ledger {self.path}: cannot read the totals: {exc}") from exc
+        return ExportRows(totals, self._series_after(known_series, page), names)
+
+    def _series_after(self, after: int, page: int) -> Iterator[tuple[int, str, str, str]]:
+        while True:
+            with self._lock:
+                try:
+                    rows = self._conn.execute(SQL_SERIES_AFTER, (after, page)).fetchall()
+                except sqlite3.Error as exc:
+                    raise LedgerError(f"ledger {self.path}: cannot read the series: {exc}") from exc
+            yield from rows
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
 
     def rollup_totals_since(self, since: int) -> list[tuple[str, str, dict[str, str], int]]:
         """Per series: the sum of its hourly rollups from ``since`` on, as (instance, metric, attrs, value)."""

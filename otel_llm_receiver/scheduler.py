@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from .builder import MetricsBuilder, make_resource
 from .config import Config, ExporterConfig
-from .emitter import Emitter, MetricExporterLike, MetricsBuilder, build_exporter, make_resource
+from .emitter import BatchExporter, Emitter, build_exporter
 from .errors import LedgerError, ProviderError, ReceiverError
 from .ledger import ApplyStats, Ledger
 from .logs import redact
@@ -71,7 +72,7 @@ class Receiver:
         self,
         config: Config,
         *,
-        exporters: Sequence[tuple[ExporterConfig | str, MetricExporterLike]] | None = None,
+        exporters: Sequence[tuple[ExporterConfig | str, BatchExporter]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -192,8 +193,8 @@ class Receiver:
         with self._export_lock:
             if self._reader is None:
                 self._reader = Ledger(self.config.storage.path, readonly=True)
-            snapshot = self._reader.snapshot()
-            data = self.builder.build(snapshot, self.health.reading(), time.time_ns())
+            rows = self._reader.export_rows(self.builder.known_series)
+            data = self.builder.build(rows, self.health.reading(), time.time_ns())
         if not len(self.emitter):
             return True
         ok = self.emitter.send(data, wait_for_all=wait)

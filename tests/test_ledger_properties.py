@@ -15,9 +15,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from otel_llm_receiver.emitter import MetricsBuilder, make_resource
+from otel_llm_receiver.builder import MetricsBuilder, make_resource
 from otel_llm_receiver.ledger import Ledger
 from otel_llm_receiver.model import PollResult, UsageRecord
+from tests.support.otlp_sink import Point, merge_requests
 
 MODELS = ("m1", "m2")
 STARTS = tuple(range(0, 6 * 3600, 3600))
@@ -62,16 +63,15 @@ def test_emitted_totals_equal_the_sum_of_latest_bucket_values(polls: list[list[t
                 latest[key] = value
             ledger.apply("demo", PollResult(usage=_records(poll)))
 
-            data = builder.build(ledger.snapshot(), None, 1)
-            metrics = {m.name: m for m in data.resource_metrics[0].scope_metrics[0].metrics}
+            export = builder.build(ledger.export_rows(builder.known_series), None, 1)
+            metrics = merge_requests(export.requests())
             emitted = {
-                p.attributes["gen_ai.request.model"]: p.value
-                for p in (metrics["llm.usage.tokens"].data.data_points if "llm.usage.tokens" in metrics else [])
+                dict(key)["gen_ai.request.model"]: p.value
+                for key, p in metrics.get("llm.usage.tokens", {}).items()
             }
             adjusted = {
-                p.attributes["gen_ai.request.model"]: p.value
-                for p in (metrics["llm.usage.adjustments"].data.data_points
-                          if "llm.usage.adjustments" in metrics else [])
+                dict(key)["gen_ai.request.model"]: p.value
+                for key, p in metrics.get("llm.usage.adjustments", {}).items()
             }
             for model in MODELS:
                 seen = any(k[0] == model for k in latest)
@@ -80,7 +80,8 @@ def test_emitted_totals_equal_the_sum_of_latest_bucket_values(polls: list[list[t
                 assert emitted.get(model, 0) - adjusted.get(model, 0) == sum(
                     v for (m, _), v in latest.items() if m == model
                 )
-            # Counters are cumulative and monotonic on the wire.
-            for p in metrics.get("llm.usage.tokens").data.data_points if "llm.usage.tokens" in metrics else []:
+            # Counters are cumulative and monotonic on the wire, with the series' persisted start time.
+            for key, p in metrics.get("llm.usage.tokens", {}).items():
+                assert isinstance(p, Point) and p.is_monotonic and p.temporality == 2
                 assert p.start_time_unix_nano > 0
-                assert json.dumps(dict(p.attributes))  # plain, serialisable attributes
+                assert json.dumps(dict(key))  # plain, serialisable attributes
