@@ -80,7 +80,10 @@ EXPORTER_TYPES: Mapping[str, Literal["grpc", "http"]] = MappingProxyType(
     {"otlp": "grpc", "otlp_grpc": "grpc", "otlphttp": "http", "otlp_http": "http"}
 )
 
-_TOP_LEVEL_KEYS = ("collection_interval", "export_interval", "storage", "health", "exporters", "providers")
+_TOP_LEVEL_KEYS = (
+    "collection_interval", "export_interval", "storage", "health", "metrics", "exporters", "providers",
+)
+_METRIC_KEYS = ("enabled",)
 _STORAGE_KEYS = ("path", "retention")
 _HEALTH_KEYS = ("endpoint",)
 _EXPORTER_KEYS = ("endpoint", "headers", "compression", "timeout", "tls")
@@ -267,6 +270,8 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     exporters: tuple[ExporterConfig, ...] = ()
     providers: tuple[ProviderConfig, ...] = ()
+    #: ``metrics: {NAME: {enabled: false}}``, as in the Collector's receivers; absent: the catalog's default.
+    metrics: Mapping[str, bool] = field(default_factory=dict, hash=False)
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
     warnings: tuple[str, ...] = ()
     provider_options: Mapping[str, Mapping[str, Option]] = field(
@@ -326,6 +331,10 @@ class Config:
         )
         health = show(self.health.endpoint) if self.health.endpoint else "(disabled)"
         lines.append(f"health: endpoint {health}")
+        if self.metrics:
+            lines.append("metrics: " + ", ".join(
+                f"{name} {'enabled' if on else 'disabled'}" for name, on in sorted(self.metrics.items())
+            ))
         return "\n".join(lines)
 
 
@@ -905,6 +914,7 @@ class _Parser:
         export_interval = _DEFAULT_EXPORT_INTERVAL
         storage = StorageConfig()
         health = HealthConfig()
+        metrics: dict[str, bool] = {}
         exporters: list[ExporterConfig] = []
         providers: list[ProviderConfig] = []
         saw_exporters = saw_providers = False
@@ -920,6 +930,8 @@ class _Parser:
                 storage = self.storage(value)
             elif key == "health":
                 health = self.health(value)
+            elif key == "metrics":
+                metrics = self.metrics(value)
             elif key == "exporters":
                 section = self.mapping(value, key)
                 saw_exporters = bool(section) or section is None
@@ -952,6 +964,7 @@ class _Parser:
             export_interval=export_interval,
             storage=storage,
             health=health,
+            metrics=MappingProxyType(metrics),
             exporters=tuple(exporters),
             providers=tuple(providers),
             secrets=frozenset(self.secrets),
@@ -979,6 +992,26 @@ class _Parser:
             else:
                 self.problem(key_path, _unknown_key_message(key, _STORAGE_KEYS))
         return StorageConfig(path=path, retention=retention)
+
+    def metrics(self, raw: Any) -> dict[str, bool]:
+        from otel_llm_receiver.catalog import CATALOG  # the catalog is data; imported late like providers
+
+        out: dict[str, bool] = {}
+        for name, body in (self.mapping(raw, "metrics") or {}).items():
+            path = _join("metrics", name)
+            if name not in CATALOG.metrics:
+                close = difflib.get_close_matches(str(name), list(CATALOG.metrics), n=1)
+                hint = f"; did you mean {close[0]}?" if close else " (see docs/metrics.md)"
+                self.problem(path, f"unknown metric{hint}")
+                continue
+            for key, value in (self.mapping(body, path) or {}).items():
+                if key == "enabled":
+                    flag = self.boolean(value, _join(path, key))
+                    if not isinstance(flag, _Invalid):
+                        out[name] = flag
+                else:
+                    self.problem(_join(path, key), _unknown_key_message(key, _METRIC_KEYS))
+        return out
 
     def health(self, raw: Any) -> HealthConfig:
         section = self.mapping(raw, "health")

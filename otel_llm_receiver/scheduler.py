@@ -89,6 +89,7 @@ class Receiver:
         self.builder = MetricsBuilder(
             make_resource(self.ledger.instance_id),
             labels={p.name: dict(p.labels) for p in config.providers},
+            enabled=config.metrics,
         )
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ledger-writer")
         self._reader: Ledger | None = None

@@ -946,7 +946,7 @@ def test_every_problem_is_reported_at_once_in_file_order(tmp_path: Path) -> None
         " receiver",
         'providers.nope: unknown provider type "nope" (known: demo, openai)',
         "collection_interval: must be greater than 0",
-        "bogus: unknown key (valid keys: collection_interval, export_interval, exporters, health, providers, storage)",
+        "bogus: unknown key (valid keys: collection_interval, export_interval, exporters, health, metrics, providers, storage)",
     ]
 
 
@@ -1198,3 +1198,21 @@ def test_docs_name_every_key() -> None:
     ]
     missing = [key for key in keys if f"`{key}`" not in text]
     assert missing == []
+
+
+def test_metrics_section_switches_catalog_metrics_off_and_rejects_unknown_names() -> None:
+    config = parse_config({"providers": {"demo": {}}, "metrics": {"llm.usage.requests": {"enabled": False}}})
+    assert dict(config.metrics) == {"llm.usage.requests": False}
+    assert "metrics: llm.usage.requests disabled" in config.describe()
+    with pytest.raises(ConfigError) as info:
+        parse_config({"providers": {"demo": {}}, "metrics": {
+            "llm.usage.request": {"enabled": False},
+            "llm.usage.tokens": {"enable": True},
+            "llm.usage.cost": {"enabled": "maybe"},
+        }})
+    problems = info.value.problems
+    assert any(p.startswith("metrics.llm.usage.request:") and "did you mean llm.usage.requests" in p
+               for p in problems)
+    assert any(p.startswith("metrics.llm.usage.tokens.enable:") for p in problems)
+    assert any(p.startswith("metrics.llm.usage.cost.enabled:") for p in problems)
+    assert len(problems) == 3
