@@ -602,8 +602,8 @@ def test_substitution_is_not_applied_to_keys(tmp_path: Path) -> None:
         ),
         (
             "whatever: 1\nproviders: {demo: }",
-            "whatever: unknown key (valid keys: collection_interval, export_interval, exporters, health, providers,"
-            " storage)",
+            "whatever: unknown key (valid keys: collection_interval, export_interval, exporters, health, metrics,"
+            " providers, storage)",
         ),
         (
             "storage: {retension: 1d}\nproviders: {demo: }",
