@@ -100,6 +100,10 @@ class Export:
 
 
 def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -261,13 +265,7 @@ class MetricsBuilder:
     def _group(self, metric: str, attributes: dict[str, str], kind: ValueKind) -> _Group:
         """The wire series for ``attributes``; equal attribute sets (sorted) encode to equal bytes."""
         pairs = self._pairs
-        parts = []
-        for item in sorted(attributes.items()):
-            encoded = pairs.get(item)
-            if encoded is None:
-                kv = KeyValue(key=item[0], value=_any_value(item[1])).SerializeToString()
-                encoded = pairs[item] = _TAG_ATTRIBUTE + _varint(len(kv)) + kv
-            parts.append(encoded)
+        parts = [pairs.get(item) or self._pair(item) for item in sorted(attributes.items())]
         attrs = b"".join(parts)
         head = _TAG_DATA_POINT + _varint(len(attrs) + _TAIL_SIZE) + attrs
         groups = self._groups.setdefault(metric, {})
@@ -275,6 +273,12 @@ class MetricsBuilder:
         if group is None:
             group = groups[head] = _Group(metric, kind, head)
         return group
+
+    def _pair(self, item: tuple[str, str]) -> bytes:
+        """One attribute, encoded as a framed ``NumberDataPoint.attributes`` entry (cached: values repeat)."""
+        kv: bytes = KeyValue(key=item[0], value=_any_value(item[1])).SerializeToString()
+        encoded = self._pairs[item] = _TAG_ATTRIBUTE + _varint(len(kv)) + kv
+        return encoded
 
     # -- requests -----------------------------------------------------------------------------------------
     def _batches(

@@ -177,3 +177,12 @@ def test_the_official_exporters_send_built_requests_unchanged(ledger: Ledger, pr
             exporter.shutdown()
         assert [r.data_point_count for r in sink.requests] == [5, 5, 2]
         assert sink.number_points("llm.usage.tokens") == merge_requests(export.requests())["llm.usage.tokens"]
+
+
+def test_long_attribute_values_frame_correctly(ledger: Ledger) -> None:
+    """Lengths past one and two varint bytes (128 and 16,384) must still decode exactly."""
+    for size in (100, 200, 20_000):
+        ledger.apply("openai/prod", PollResult(usage=[usage("m" * size, "p", 0, {"input": size})]))
+    merged = merge_requests(MetricsBuilder(make_resource("x")).build(ledger.export_rows(0), None, NOW).requests())
+    by_model = {dict(k)["gen_ai.request.model"]: p.value for k, p in merged["llm.usage.tokens"].items()}
+    assert by_model == {"m" * 100: 100, "m" * 200: 200, "m" * 20_000: 20_000}
