@@ -360,6 +360,7 @@ class MetricsBuilder:
         ]
         last = [number({"llm.source": s}, float(v)) for s, v in sorted(h.last_success.items())]
         lag = [number({"llm.source": s}, float(v)) for s, v in sorted(h.data_lag.items())]
+        api = [number({"llm.source": src, "llm.api.operation": op}, n) for (src, op), n in sorted(h.api_requests.items())]
         out: list[pb.Metric] = []
         c = CATALOG.metrics
         if polls:
@@ -375,6 +376,9 @@ class MetricsBuilder:
         if records:
             out.append(_metric(c["llm.receiver.records"], sum=pb.Sum(
                 data_points=records, aggregation_temporality=CUMULATIVE, is_monotonic=True)))
+        if api:
+            out.append(_metric(c["llm.receiver.provider_requests"], sum=pb.Sum(
+                data_points=api, aggregation_temporality=CUMULATIVE, is_monotonic=True)))
         return [m for m in out if self.is_enabled(m.name)]
 
 

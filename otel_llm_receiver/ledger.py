@@ -288,6 +288,7 @@ SQL_UPSERT_CURSOR = """
 INSERT INTO cursors (instance, source, value, updated_ns) VALUES (?, ?, ?, ?)
 ON CONFLICT (instance, source) DO UPDATE SET value = excluded.value, updated_ns = excluded.updated_ns"""
 SQL_GET_CURSOR = "SELECT value FROM cursors WHERE instance = ? AND source = ?"
+SQL_GET_CURSORS = "SELECT source, value FROM cursors WHERE instance = ?"
 SQL_GET_HORIZON = "SELECT pruned_before FROM horizons WHERE instance = ?"
 SQL_SET_HORIZON = """
 INSERT INTO horizons (instance, pruned_before) VALUES (?, ?)
@@ -585,6 +586,10 @@ class Ledger:
     def cursor(self, instance: str, source: str = "poll") -> str | None:
         row = self._conn.execute(SQL_GET_CURSOR, (instance, source)).fetchone()
         return None if row is None else str(row[0])
+
+    def cursors(self, instance: str) -> dict[str, str]:
+        """Every cursor of one instance, by source."""
+        return {str(k): str(v) for k, v in self._conn.execute(SQL_GET_CURSORS, (instance,))}
 
     def pruned_before(self, instance: str) -> int:
         row = self._conn.execute(SQL_GET_HORIZON, (instance,)).fetchone()

@@ -83,6 +83,7 @@ class Receiver:
         for p in self.provider_configs:
             self.health.register(p.name, p.collection_interval)
         self.providers: dict[str, Provider] = {}
+        self._restored: set[str] = set()  # instances whose saved cursors were handed back
         if exporters is None:
             exporters = [(cfg, build_exporter(cfg)) for cfg in config.exporters]
         self.emitter = Emitter(exporters, clock=clock)
@@ -111,8 +112,13 @@ class Receiver:
         t0 = time.monotonic()
         cfg = next(p for p in self.provider_configs if p.name == name)
         window: Window | None = None
+        provider: Provider | None = None
         try:
             provider = self._provider(name)
+            if name not in self._restored:
+                cursors = await loop.run_in_executor(self._writer, self.ledger.cursors, name)
+                provider.restore(cursors)
+                self._restored.add(name)
             cursor = await loop.run_in_executor(self._writer, self.ledger.cursor, name)
             window = poll_window(provider, cursor, int(self.clock()))
             deadline = max(cfg.collection_interval, 5 * cfg.timeout)
@@ -137,6 +143,7 @@ class Receiver:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self._count_requests(name, provider)
             error_type, message, retry_after = _classify(exc)
             message = redact(message)  # kept for /health: never hold a secret where it can be shown
             elapsed = time.monotonic() - t0
@@ -146,6 +153,7 @@ class Receiver:
                 extra={"instance": name, "error_type": error_type, "duration_s": round(elapsed, 3)},
             )
             return PollOutcome(name, False, error_type, retry_after)
+        self._count_requests(name, provider)
         elapsed = time.monotonic() - t0
         await self._prune_rollups_hourly(loop)
         self.health.poll_succeeded(name, elapsed, stats.outcomes, result.newest_bucket_end)
@@ -156,6 +164,11 @@ class Receiver:
                    "cursor": cursor_value, "duration_s": round(elapsed, 3)},
         )
         return PollOutcome(name, True)
+
+    def _count_requests(self, name: str, provider: Provider | None) -> None:
+        if provider is not None and provider.api_requests:
+            self.health.api_requests(name, provider.api_requests)
+            provider.api_requests.clear()
 
     async def _prune_rollups_hourly(self, loop: asyncio.AbstractEventLoop) -> None:
         """Drop hourly rollups older than storage.retention, at most once an hour (on the writer thread)."""

@@ -59,6 +59,7 @@ class SelfHealthReading:
     durations: dict[str, DurationHistogram]
     last_success: dict[str, float]
     data_lag: dict[str, float]
+    api_requests: dict[tuple[str, str], int] = field(default_factory=dict)  # (instance, operation) -> count
 
 
 class SelfHealth:
@@ -72,6 +73,7 @@ class SelfHealth:
         self._polls: Counter[tuple[str, str, str]] = Counter()
         self._records: Counter[tuple[str, str]] = Counter()
         self._durations: dict[str, DurationHistogram] = {}
+        self._api_requests: Counter[tuple[str, str]] = Counter()
         self.instances: dict[str, InstanceStatus] = {}
 
     def register(self, name: str, interval: float) -> None:
@@ -102,6 +104,12 @@ class SelfHealth:
             self._polls[(name, "failure", error_type)] += 1
             self._durations.setdefault(name, DurationHistogram()).record(seconds)
 
+    def api_requests(self, name: str, requests: Counter[str]) -> None:
+        """Add a poll's API requests by operation (``Provider.api_requests``, drained by the caller)."""
+        with self._lock:
+            for operation, n in requests.items():
+                self._api_requests[(name, operation)] += n
+
     def reading(self) -> SelfHealthReading:
         now = self._clock()
         with self._lock:
@@ -115,6 +123,7 @@ class SelfHealth:
                     n: max(0.0, now - s.newest_bucket_end)
                     for n, s in self.instances.items() if s.newest_bucket_end is not None
                 },
+                api_requests=dict(self._api_requests),
             )
 
     def healthy(self, name: str) -> bool:

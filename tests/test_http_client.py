@@ -149,3 +149,22 @@ def test_request_log_keeps_repeated_params(api: FakeApi) -> None:
 
     asyncio.run(go())
     assert seen[0].params("group_by") == ["a", "b"]
+
+
+def test_every_attempt_is_counted_by_operation(api: FakeApi) -> None:
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    api.fail_next("/v1/things", 503, count=1)
+
+    async def go() -> None:
+        c = ApiClient(provider="t", base_url=api.base_url, headers={"authorization": f"Bearer {KEY}"},
+                      timeout=5, retry_initial_interval=0.01, requests=counts)
+        try:
+            await c.get_json("/v1/things")
+            await c.get_json("/v1/things", operation="things")
+        finally:
+            await c.aclose()
+
+    asyncio.run(go())
+    assert counts == {"/v1/things": 2, "things": 1}  # the 503 and its retry, then one named call

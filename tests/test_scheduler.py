@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,7 +19,7 @@ from otel_llm_receiver.config import Config, Option, parse_config
 from otel_llm_receiver.errors import ProviderError
 from otel_llm_receiver.health import HealthServer
 from otel_llm_receiver.ledger import Ledger
-from otel_llm_receiver.model import PollResult, Window
+from otel_llm_receiver.model import CostRecord, PollResult, UsageRecord, Window
 from otel_llm_receiver.providers import PROVIDER_TYPES
 from otel_llm_receiver.providers.base import Provider
 from otel_llm_receiver.scheduler import Receiver
@@ -49,10 +50,37 @@ class GarbageProvider(Provider):
         return {"data": "not a poll result"}  # type: ignore[return-value]
 
 
+class DailyCostProvider(Provider):
+    """Usage every poll; a daily "cost" source only when its own cursor says a day is due, like a cost API
+    with its own interval. Counts its API calls like a real provider."""
+
+    TYPE: ClassVar[str] = "dailycost"
+    restored: ClassVar[list[dict[str, str]]] = []
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.cost_until: int | None = None
+
+    def restore(self, cursors: Any) -> None:
+        DailyCostProvider.restored.append(dict(cursors))
+        if "cost" in cursors:
+            self.cost_until = int(cursors["cost"])
+
+    async def fetch(self, window: Window) -> PollResult:
+        self.api_requests["usage"] += 1
+        usage = [UsageRecord("test", "m", "chat", "t", 0, 3600, {"input": 5})]
+        if self.cost_until is not None and self.cost_until >= window.end - 86400:
+            return PollResult(usage=usage)  # cost is not due: the cursor says so, even after a restart
+        self.api_requests["cost"] += 2  # two pages
+        self.cost_until = window.end
+        return PollResult(usage=usage, costs=[CostRecord("test", "t", 0, 86400, Decimal("1.5"))],
+                          cursors={"cost": str(window.end)})
+
+
 @pytest.fixture(autouse=True)
 def _register_test_providers() -> Iterator[None]:
     added = {"hangs": f"{__name__}:HangingProvider", "fails": f"{__name__}:FailingProvider",
-             "garbage": f"{__name__}:GarbageProvider"}
+             "garbage": f"{__name__}:GarbageProvider", "dailycost": f"{__name__}:DailyCostProvider"}
     PROVIDER_TYPES.update(added)
     yield
     for k in added:
@@ -231,3 +259,27 @@ def test_rollups_older_than_retention_are_pruned(tmp_path: Path) -> None:
             assert 0 < rolled < totals  # totals keep everything; only the hourly history was trimmed
         finally:
             asyncio.run(receiver.aclose())
+
+
+def test_source_cursors_survive_a_restart_and_api_requests_are_counted(tmp_path: Path) -> None:
+    DailyCostProvider.restored.clear()
+    with OTLPSink() as sink:
+        config = make_config(tmp_path, sink, {"dailycost/x": {}})
+        for run in range(2):  # two processes, one ledger
+            receiver = Receiver(config)
+            try:
+                assert asyncio.run(receiver.run_once()) == 0
+                asyncio.run(receiver.poll("dailycost/x"))
+                assert receiver.export_now() is True
+            finally:
+                asyncio.run(receiver.aclose())
+            requests = {dict(k)["llm.api.operation"]: p.value
+                        for k, p in sink.number_points("llm.receiver.provider_requests").items()}
+            # first process: cost fetched once (2 pages) over two polls; second: not again, the cursor says so
+            assert requests == ({"usage": 2, "cost": 2} if run == 0 else {"usage": 2})
+            sink.clear()
+    assert "cost" not in DailyCostProvider.restored[0]
+    assert set(DailyCostProvider.restored[1]) == {"poll", "cost"}
+    with Ledger(config.storage.path, readonly=True) as reader:
+        costs = [s.total for s in reader.snapshot().series if s.metric == "llm.usage.cost"]
+    assert costs == [1_500_000_000]

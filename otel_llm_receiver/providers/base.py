@@ -11,6 +11,12 @@ and the ledger, so adding a provider is filling in this form:
 * ``REVISION_HORIZON`` — how old a bucket can be and still change (older bucket rows are pruned);
 * ``fetch(window)`` — the records for every complete or partial bucket that overlaps ``window``.
 
+Optional: a provider with sources of their own rhythm (a daily cost API polled every 6 h beside hourly usage)
+keeps their cursors in ``PollResult.cursors``, saved in the poll's transaction, and gets them back through
+``restore(cursors)`` once before its first poll, so a restart neither loses nor repeats that work. Every API
+request it makes is counted in ``api_requests`` by operation (``llm.receiver.provider_requests``): some APIs
+bill per request, and users should see what polling costs.
+
 Failures are raised as ``ProviderError`` with an ``error_type``; anything else a provider raises is a bug that
 the scheduler still contains (counted as ``bad_response``), never a crash of the receiver.
 """
@@ -18,6 +24,7 @@ the scheduler still contains (counted as ``bad_response``), never a crash of the
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -41,6 +48,13 @@ class Provider(ABC):
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
         self.name = config.name
+        #: API requests made, by operation (bounded: operation names come from code, never from data);
+        #: drained by the scheduler after every poll, successful or not.
+        self.api_requests: Counter[str] = Counter()
+
+    def restore(self, cursors: Mapping[str, str]) -> None:
+        """The cursors this instance saved (``PollResult.cursors``, plus ``poll``), once before the first poll."""
+        return None
 
     @property
     def lookback(self) -> float:

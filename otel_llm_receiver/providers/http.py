@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -56,8 +57,11 @@ class ApiClient:
         retry_initial_interval: float = 1.0,
         max_retry_wait: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        requests: Counter[str] | None = None,
     ) -> None:
         self.provider = provider
+        #: every attempt is counted here by operation (pass ``Provider.api_requests``)
+        self.requests: Counter[str] = requests if requests is not None else Counter()
         self.max_retries = max(0, max_retries)
         self.retry_initial_interval = retry_initial_interval
         self.max_retry_wait = max_retry_wait
@@ -69,15 +73,22 @@ class ApiClient:
             follow_redirects=False,
         )
 
-    async def get_json(self, path: str, params: Params = None) -> Any:
+    async def get_json(self, path: str, params: Params = None, *, operation: str | None = None) -> Any:
         """GET ``path`` and return its decoded JSON body, retrying what is worth retrying."""
-        return await self.request_json("GET", path, params=params)
+        return await self.request_json("GET", path, params=params, operation=operation)
 
-    async def request_json(self, method: str, path: str, *, params: Params = None, json_body: Any = None) -> Any:
-        """One API call: ``method path`` with ``params`` (and a JSON body), decoded, or one ``ProviderError``."""
+    async def request_json(
+        self, method: str, path: str, *, params: Params = None, json_body: Any = None, operation: str | None = None
+    ) -> Any:
+        """One API call: ``method path`` with ``params`` (and a JSON body), decoded, or one ``ProviderError``.
+
+        ``operation`` names the call in ``llm.receiver.provider_requests``; it defaults to ``path``, so pass a
+        fixed name when the path holds an id.
+        """
         attempt = 0
         while True:
             attempt += 1
+            self.requests[operation or path] += 1
             try:
                 response = await self._client.request(method, path, params=cast(Any, params), json=json_body)
             except httpx.TimeoutException as exc:
@@ -153,7 +164,13 @@ def _error_detail(response: httpx.Response) -> str:
 
 
 def client_from_config(
-    *, provider: str, base_url: str, headers: Mapping[str, str], timeout: float, options: Mapping[str, Any]
+    *,
+    provider: str,
+    base_url: str,
+    headers: Mapping[str, str],
+    timeout: float,
+    options: Mapping[str, Any],
+    requests: Counter[str] | None = None,
 ) -> ApiClient:
     """An ``ApiClient`` with the retry settings of a provider section (``HTTP_OPTIONS``)."""
     return ApiClient(
@@ -161,6 +178,7 @@ def client_from_config(
         base_url=base_url,
         headers=headers,
         timeout=timeout,
+        requests=requests,
         max_retries=int(options.get("max_retries", 4)),
         retry_initial_interval=float(options.get("retry_initial_interval", 1.0)),
     )
