@@ -30,7 +30,7 @@ from opentelemetry.sdk.resources import Resource
 
 from . import __version__
 from .catalog import CATALOG, MetricDef
-from .ledger import MEASURE_OF_METRIC, METRIC_COST, ExportRows
+from .ledger import LEVEL_METRICS, MEASURE_OF_METRIC, NANO_METRICS, ExportRows
 from .model import NANOS_PER_UNIT
 from .selfhealth import SelfHealthReading
 
@@ -51,6 +51,7 @@ _TAIL_SIZE = _TAIL_INT.size
 _TAG_DATA_POINT = b"\x0a"  # Sum.data_points (1, length-delimited)
 _TAG_ATTRIBUTE = b"\x3a"  # NumberDataPoint.attributes (7, length-delimited KeyValue)
 _TAG_METRIC_SUM = b"\x3a"  # Metric.sum (7, length-delimited)
+_TAG_METRIC_GAUGE = b"\x2a"  # Metric.gauge (5, length-delimited); its data points are field 1 as in Sum
 _TAG_FIELD_1 = b"\x0a"  # ExportMetricsServiceRequest.resource_metrics
 _TAG_FIELD_2 = b"\x12"  # ResourceMetrics.scope_metrics, ScopeMetrics.metrics
 # Sum.aggregation_temporality and Sum.is_monotonic, appended after the data points.
@@ -152,8 +153,9 @@ class _View:
     metric: str
     tenancy_key: tuple[str, str, str] | None
     tenancy_name: str | None
-    group: _Group | None  # None: the metric is disabled
+    group: _Group | None  # None: the metric is disabled, or a level (see ``level``)
     adjustment: _Group | None = None  # built on the first shrink only
+    level: _Group | None = None  # a level metric's (gauge) wire series: the newest bucket's value, not a total
 
 
 @dataclass
@@ -231,6 +233,16 @@ class MetricsBuilder:
                     slot[1] = min(slot[1], start)
         if adjustments:
             sums["llm.usage.adjustments"] = adjustments
+        for sid, value in rows.levels.items():  # gauges: several instances' levels of one set add up
+            view = views.get(sid)
+            if view is None or view.level is None:
+                continue
+            metric_levels = sums.setdefault(view.level.metric, {})
+            slot = metric_levels.get(view.level)
+            if slot is None:
+                metric_levels[view.level] = [value, 0]
+            else:
+                slot[0] += value
         extra = self._self_health(health, now_ns) if health is not None else []
         return Export(self._batches(sums, extra, now_ns))
 
@@ -238,10 +250,11 @@ class MetricsBuilder:
     def _attach(self, view: _View, tenancy_name: str | None, raw: dict[str, str] | None = None) -> None:
         """(Re)build the view's wire series; ``raw`` is given for a new series, else read back from the wire."""
         if raw is None:  # a rename: the encoded attributes are the only copy kept (memory: one per series)
-            if view.group is None:
+            wire = view.group or view.level
+            if wire is None:
                 view.tenancy_name = tenancy_name
                 return
-            attributes = _decode_attributes(view.group.head)
+            attributes = _decode_attributes(wire.head)
             attributes.pop("llm.tenancy.name", None)
         else:
             attributes = {**self.labels.get(view.instance, {}), **raw}
@@ -252,11 +265,16 @@ class MetricsBuilder:
             return
         if tenancy_name:
             attributes["llm.tenancy.name"] = tenancy_name
-        view.group = self._group(view.metric, attributes, _value_kind(view.metric))
+        group = self._group(view.metric, attributes, _value_kind(view.metric))
+        if view.metric in LEVEL_METRICS:
+            view.group, view.level = None, group
+        else:
+            view.group = group
 
     def _adjustment_group(self, view: _View) -> _Group:
         assert view.group is not None
-        attributes = {"llm.measure": MEASURE_OF_METRIC[view.metric], **_decode_attributes(view.group.head)}
+        measure = MEASURE_OF_METRIC.get(view.metric, view.metric)
+        attributes = {"llm.measure": measure, **_decode_attributes(view.group.head)}
         # Adjustments are doubles on the wire; money ones are nano-units in the ledger like the money totals.
         kind: ValueKind = "money" if _value_kind(view.metric) == "money" else "double"
         group = view.adjustment = self._group("llm.usage.adjustments", attributes, kind)
@@ -291,6 +309,8 @@ class MetricsBuilder:
         points = 0
         for name, groups in sums.items():
             header = self._metric_header(name)
+            gauge = name in LEVEL_METRICS
+            data_tag, data_fields = (_TAG_METRIC_GAUGE, b"") if gauge else (_TAG_METRIC_SUM, _SUM_FIELDS)
             items = iter(groups.items())
             remaining = len(groups)
             while remaining:
@@ -307,8 +327,8 @@ class MetricsBuilder:
                         tail = _TAIL_DOUBLE.pack(_TAG_START, start, _TAG_TIME, now_ns, _TAG_DOUBLE, amount)
                     framed.append(group.head)
                     framed.append(tail)
-                body = b"".join(framed) + _SUM_FIELDS
-                metrics.append(header + _TAG_METRIC_SUM + _varint(len(body)) + body)
+                body = b"".join(framed) + data_fields
+                metrics.append(header + data_tag + _varint(len(body)) + body)
                 points += take
                 remaining -= take
         for metric in extra:
@@ -383,8 +403,9 @@ class MetricsBuilder:
 
 
 def _value_kind(metric: str) -> ValueKind:
-    """Ledger totals are integers; money is kept in nano-units and sent as a double of whole units."""
-    if metric == METRIC_COST:
+    """Ledger totals are integers; money (and fractional billed quantities) are kept in nano-units and sent
+    as a double of whole units."""
+    if metric in NANO_METRICS:
         return "money"
     return "double" if CATALOG.metrics[metric].value_type == "double" else "int"
 

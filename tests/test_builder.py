@@ -186,3 +186,26 @@ def test_long_attribute_values_frame_correctly(ledger: Ledger) -> None:
     merged = merge_requests(MetricsBuilder(make_resource("x")).build(ledger.export_rows(0), None, NOW).requests())
     by_model = {dict(k)["gen_ai.request.model"]: p.value for k, p in merged["llm.usage.tokens"].items()}
     assert by_model == {"m" * 100: 100, "m" * 200: 200, "m" * 20_000: 20_000}
+
+
+def test_measures_levels_and_billed_quantities_go_out_with_their_own_instruments(ledger: Ledger) -> None:
+    storage = "llm.usage.storage"
+    ledger.apply("openai/prod", PollResult(
+        usage=[UsageRecord("openai", "vs", "vector_store", "p", 0, HOUR, measures={storage: 1000}),
+               UsageRecord("openai", "vs", "vector_store", "p", HOUR, HOUR, measures={storage: 1500}),
+               UsageRecord("openai", "gpt-image-1", "image", "p", 0, HOUR, measures={"llm.usage.images": 3})],
+        costs=[CostRecord("openai", "p", 0, 86400, Decimal("1.25"), line_item="image",
+                          quantity=Decimal("2.5"), quantity_unit="images")],
+    ))
+    # the storage level falls: a gauge follows it down, and no adjustment is sent for a level
+    ledger.apply("openai/prod", PollResult(
+        usage=[UsageRecord("openai", "vs", "vector_store", "p", 2 * HOUR, HOUR, measures={storage: 700})]))
+    export = MetricsBuilder(make_resource("x")).build(ledger.export_rows(0), None, NOW)
+    metrics = {m.name: m for r in export.requests() for m in r.resource_metrics[0].scope_metrics[0].metrics}
+    assert metrics[storage].WhichOneof("data") == "gauge"
+    (level,) = metrics[storage].gauge.data_points
+    assert level.as_int == 700
+    assert metrics["llm.usage.images"].sum.data_points[0].as_int == 3
+    (quantity,) = metrics["llm.usage.billed_quantity"].sum.data_points
+    assert quantity.as_double == 2.5
+    assert "llm.usage.adjustments" not in metrics
