@@ -41,8 +41,11 @@ log = logging.getLogger(__name__)
 METRIC_TOKENS: Final = "llm.usage.tokens"
 METRIC_REQUESTS: Final = "llm.usage.requests"
 METRIC_COST: Final = "llm.usage.cost"
-#: What ``llm.measure`` says for a shrink of each metric.
-MEASURE_OF_METRIC: Final = {METRIC_TOKENS: "tokens", METRIC_REQUESTS: "requests", METRIC_COST: "cost"}
+METRIC_TOOL_REQUESTS: Final = "llm.usage.tool_requests"
+#: What ``llm.measure`` says for a shrink of each metric (``UsageRecord.measures`` may only name these).
+MEASURE_OF_METRIC: Final = {
+    METRIC_TOKENS: "tokens", METRIC_REQUESTS: "requests", METRIC_COST: "cost", METRIC_TOOL_REQUESTS: "tool_requests",
+}
 
 
 SCHEMA_VERSION: Final = 1
@@ -437,7 +440,7 @@ def _rows(result: PollResult, ex: _Expansion, ids: dict[tuple[str, str], int], h
     for r, ident in zip(result.usage, ex.usage_idents, strict=True):
         start, width, tokens = r.bucket_start, r.bucket_width, r.tokens
         if start < horizon:
-            rejected += len(tokens) + (r.requests is not None)
+            rejected += len(tokens) + (r.requests is not None) + len(r.measures)
             continue
         entry = usage_sids[ident]
         bucket = (id(entry), start, width)
@@ -457,6 +460,15 @@ def _rows(result: PollResult, ex: _Expansion, ids: dict[tuple[str, str], int], h
                 pending.append((req_key, start, width, r.requests))
             else:
                 append((req_sid, start, width, r.requests))
+        for metric, value in r.measures.items():  # other counters: the record's attributes, their own metric
+            if metric not in MEASURE_OF_METRIC:
+                raise LedgerError(f"unknown measure {metric!r} in a usage record (not a usage counter)")
+            measure_key = (metric, req_key[1])
+            measure_sid = ids.get(measure_key)
+            if measure_sid is None:
+                pending.append((measure_key, start, width, value))
+            else:
+                append((measure_sid, start, width, value))
     for c, ident in zip(result.costs, ex.cost_idents, strict=True):
         if c.bucket_start < horizon:
             rejected += 1
