@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -79,7 +79,7 @@ class ApiClient:
         while True:
             attempt += 1
             try:
-                response = await self._client.request(method, path, params=params, json=json_body)
+                response = await self._client.request(method, path, params=cast(Any, params), json=json_body)
             except httpx.TimeoutException as exc:
                 error = self._error(f"{method} {path}: timed out ({type(exc).__name__})", "timeout")
             except httpx.TransportError as exc:

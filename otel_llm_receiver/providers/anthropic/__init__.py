@@ -1,0 +1,268 @@
+"""The ``anthropic`` provider: the Claude API's Admin usage report, cost report and workspace names.
+
+Each poll reads, in this order and through one shared ``ApiClient`` (retries, ``Retry-After``, 529 as a 503):
+
+* ``GET /v1/organizations/usage_report/messages`` for ``[window.start, window.end)`` in ``bucket_width`` buckets
+  (always sent: the API's own default is ``1d``), grouped by the configured dimensions, every page;
+* ``GET /v1/organizations/cost_report`` in daily buckets for ``cost_lookback`` (``cost_backfill`` on a first
+  poll), grouped by workspace and description so each row keeps its model and token or cost type;
+* ``GET /v1/organizations/workspaces`` (archived included) for names, at most once per ``names_ttl``; a failed
+  lookup is logged and the poll goes on with the names it has.
+
+Every page of every report is checked against the documented shape before any record is built, so a bad page
+fails the whole poll as ``bad_response`` and nothing from it reaches the ledger. The mapping itself lives in
+``reports.py``; docs/providers/anthropic.md has the table and the API facts it rests on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import ClassVar
+
+from ...config import Option, ProviderConfig
+from ...errors import ProviderError
+from ...model import CostRecord, PollResult, UsageRecord, Window
+from ..base import DAY, HOUR, Provider
+from ..http import HTTP_OPTIONS, ApiClient
+from .reports import (
+    DEFAULT_WORKSPACE,
+    DIMENSIONS,
+    Bucket,
+    ShapeError,
+    cost_record,
+    parse_report_page,
+    parse_workspaces_page,
+    usage_records,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "https://api.anthropic.com"
+USAGE_PATH = "/v1/organizations/usage_report/messages"
+COST_PATH = "/v1/organizations/cost_report"
+WORKSPACES_PATH = "/v1/organizations/workspaces"
+API_VERSION = "2023-06-01"
+FAST_MODE_BETA = "fast-mode-2026-02-01"  # the docs: needed to group the usage report by `speed`
+
+#: ``bucket_width`` -> (seconds, the most buckets one page may hold, per the API reference).
+BUCKET_WIDTHS: Mapping[str, tuple[int, int]] = {"1m": (60, 1440), "1h": (HOUR, 168), "1d": (DAY, 31)}
+COST_PAGE_LIMIT = 31  # cost_report: daily buckets only, limit 1..31
+WORKSPACES_PAGE_LIMIT = 1000  # workspaces: limit 1..1000
+DATA_DELAY = 5 * 60  # "typically appears within 5 minutes": buckets older than this count as complete
+MAX_PAGES = 500  # a runaway pager (the same token forever) ends the poll instead of looping
+REVISION_HORIZON_DAYS = 8
+MAX_COST_WINDOW = (REVISION_HORIZON_DAYS - 1) * DAY  # cost is re-read within the ledger's revision horizon
+DEFAULT_DIMENSIONS = ("workspace", "model", "service_tier", "context_window", "inference_geo")
+REQUIRED_DIMENSIONS = ("workspace", "model")
+SOURCES = ("messages", "cost")
+DEFAULT_WORKSPACE_NAME = "Default Workspace"
+
+
+def _rfc3339(t: int) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _floor(t: int, width: int) -> int:
+    return t - t % width
+
+
+def _ceil(t: int, width: int) -> int:
+    return -(-t // width) * width
+
+
+class AnthropicProvider(Provider):
+    """Claude API usage (tokens by type, cache TTL, server tools) and reported cost, by workspace and model."""
+
+    TYPE: ClassVar[str] = "anthropic"
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        "admin_key": Option(
+            "secret", required=True,
+            description="Admin API key (sk-ant-admin...), sent as x-api-key. Workspace API keys are refused.",
+        ),
+        "anthropic_version": Option("str", default=API_VERSION, description="The anthropic-version header."),
+        "bucket_width": Option(
+            "str", default="1h", choices=tuple(BUCKET_WIDTHS),
+            description="Usage bucket width (the API's own default is 1d, so it is always sent).",
+        ),
+        "cost_lookback": Option(
+            "duration", default="72h", description="Cost days re-read every poll (Anthropic restates recent days)."
+        ),
+        "cost_backfill": Option("duration", default="7d", description="Cost days read on a first poll."),
+        "names_ttl": Option("duration", default="1h", description="How long workspace names are cached."),
+        "dimensions": Option(
+            "list[str]", default=DEFAULT_DIMENSIONS, choices=tuple(DIMENSIONS),
+            description="Usage group_by[] dimensions; workspace and model are required; api_key and speed opt in.",
+        ),
+        "sources": Option(
+            "list[str]", default=SOURCES, choices=SOURCES, description="Which reports to poll."
+        ),
+        **HTTP_OPTIONS,
+    }
+    DEFAULT_LOOKBACK: ClassVar[float] = 2 * HOUR
+    DEFAULT_BACKFILL: ClassVar[float] = DAY
+    REVISION_HORIZON: ClassVar[float] = REVISION_HORIZON_DAYS * DAY
+
+    def __init__(self, config: ProviderConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(config)
+        opts = config.options
+        self.width, self.page_limit = BUCKET_WIDTHS[str(opts.get("bucket_width") or "1h")]
+        self.dimensions: tuple[str, ...] = tuple(opts.get("dimensions") or DEFAULT_DIMENSIONS)
+        self.sources: tuple[str, ...] = tuple(opts.get("sources") or SOURCES)
+        self.cost_lookback = float(opts.get("cost_lookback") or 72 * HOUR)
+        self.cost_backfill = float(opts.get("cost_backfill") or 7 * DAY)
+        names_ttl = opts.get("names_ttl")
+        self.names_ttl = float(names_ttl) if names_ttl is not None else float(HOUR)
+        problems = [f"dimensions must include {d}" for d in REQUIRED_DIMENSIONS if d not in self.dimensions]
+        problems += [
+            f"{key} must be at most {MAX_COST_WINDOW // DAY}d (the ledger's revision horizon for cost days)"
+            for key, value in (("cost_lookback", self.cost_lookback), ("cost_backfill", self.cost_backfill))
+            if value > MAX_COST_WINDOW
+        ]
+        if problems:
+            raise ProviderError(f"{self.name}: " + "; ".join(problems), provider=self.name, error_type="config")
+        headers = {"x-api-key": str(opts["admin_key"]), "anthropic-version": str(opts.get("anthropic_version")
+                                                                                 or API_VERSION)}
+        if "speed" in self.dimensions:
+            headers["anthropic-beta"] = FAST_MODE_BETA
+        base_url = config.endpoint or DEFAULT_ENDPOINT
+        retries = int(opts.get("max_retries", 4))
+        initial = float(opts.get("retry_initial_interval", 1.0))
+        self.client = ApiClient(
+            provider=self.name, base_url=base_url, headers=headers, timeout=config.timeout,
+            max_retries=retries, retry_initial_interval=initial,
+        )
+        # Names are a nicety: one quick retry, never a long Retry-After wait that would delay usage.
+        self.names_client = ApiClient(
+            provider=self.name, base_url=base_url, headers=headers, timeout=config.timeout,
+            max_retries=min(retries, 1), retry_initial_interval=initial, max_retry_wait=5.0,
+        )
+        self._clock = clock
+        self._names: dict[str, str] = {}
+        self._names_at: float | None = None
+
+    # -- the poll -------------------------------------------------------------------------------------------------
+    async def fetch(self, window: Window) -> PollResult:
+        usage: list[UsageRecord] = []
+        costs: list[CostRecord] = []
+        try:
+            if "messages" in self.sources:
+                usage = await self._usage(window)
+            if "cost" in self.sources:
+                costs = await self._costs(window)
+        except ShapeError as exc:
+            raise ProviderError(
+                f"{self.name}: response does not match the documented shape: {exc}",
+                provider=self.name, error_type="bad_response",
+            ) from None
+        except ProviderError as exc:
+            if exc.error_type == "auth":
+                raise ProviderError(
+                    f"{exc} (the reports need an Admin API key, sk-ant-admin...; workspace keys are refused)",
+                    provider=self.name, error_type="auth", retry_after=exc.retry_after,
+                ) from None
+            raise
+        names = {("tenancy", ident): name for ident, name in (await self._workspace_names()).items()}
+        settled = window.end - DATA_DELAY
+        return PollResult(
+            usage=usage, costs=costs, names=names,
+            complete_until=max(window.start, min(_floor(settled, self.width), window.end)),
+        )
+
+    def usage_params(self, window: Window) -> list[tuple[str, str]]:
+        """Query of the usage report: aligned bucket bounds, so the growing last bucket is one key, not two."""
+        params = [
+            ("starting_at", _rfc3339(_floor(window.start, self.width))),
+            ("ending_at", _rfc3339(_ceil(window.end, self.width))),
+            ("bucket_width", next(k for k, (w, _) in BUCKET_WIDTHS.items() if w == self.width)),
+            ("limit", str(self.page_limit)),
+        ]
+        params += [("group_by[]", DIMENSIONS[d][0]) for d in self.dimensions]
+        return params
+
+    def cost_params(self, window: Window) -> list[tuple[str, str]]:
+        """Query of the cost report: whole UTC days back to ``cost_lookback`` (``cost_backfill`` on a first poll)."""
+        first_poll = window.end - window.start >= self.backfill
+        reach = self.cost_backfill if first_poll else self.cost_lookback
+        start = _floor(min(window.start, window.end - int(reach)), DAY)
+        return [
+            ("starting_at", _rfc3339(start)),
+            ("ending_at", _rfc3339(_ceil(window.end, DAY))),
+            ("bucket_width", "1d"),
+            ("limit", str(COST_PAGE_LIMIT)),
+            ("group_by[]", "workspace_id"),
+            ("group_by[]", "description"),
+        ]
+
+    async def _usage(self, window: Window) -> list[UsageRecord]:
+        records: list[UsageRecord] = []
+        for bucket in await self._report(USAGE_PATH, self.usage_params(window), self.width, "usage_report"):
+            for i, row in enumerate(bucket.results):
+                records += usage_records(bucket, row, f"{bucket.path}.results[{i}]", self.dimensions)
+        return records
+
+    async def _costs(self, window: Window) -> list[CostRecord]:
+        return [
+            cost_record(bucket, row, f"{bucket.path}.results[{i}]", self.dimensions)
+            for bucket in await self._report(COST_PATH, self.cost_params(window), DAY, "cost_report")
+            for i, row in enumerate(bucket.results)
+        ]
+
+    async def _report(self, path: str, params: Sequence[tuple[str, str]], width: int, what: str) -> list[Bucket]:
+        """Every bucket of a report, following ``has_more`` / ``next_page`` to the last page."""
+        buckets: list[Bucket] = []
+        starts: set[int] = set()
+        tokens: set[str] = set()
+        page: str | None = None
+        for number in range(1, MAX_PAGES + 1):
+            query = [*params, ("page", page)] if page else list(params)
+            parsed = parse_report_page(await self.client.get_json(path, query), f"{what}(page {number})", width)
+            for bucket in parsed.buckets:
+                if bucket.start in starts:  # the same bucket twice would be counted twice
+                    raise ShapeError(f"{bucket.path}: bucket {_rfc3339(bucket.start)} came on two pages")
+                starts.add(bucket.start)
+            buckets += parsed.buckets
+            if not parsed.has_more:
+                return buckets
+            assert parsed.next_page is not None  # parse_report_page guarantees it
+            if parsed.next_page in tokens:
+                raise ShapeError(f"{what}.next_page: the token {parsed.next_page[:40]!r} repeated")
+            tokens.add(parsed.next_page)
+            page = parsed.next_page
+        raise ShapeError(f"{what}: still has_more after {MAX_PAGES} pages")
+
+    # -- names ----------------------------------------------------------------------------------------------------
+    async def _workspace_names(self) -> dict[str, str]:
+        """Workspace id -> name, cached for ``names_ttl``; on failure the last good names (and one log line)."""
+        now = self._clock()
+        if self._names_at is not None and now - self._names_at < self.names_ttl:
+            return self._names
+        names: dict[str, str] = {DEFAULT_WORKSPACE: DEFAULT_WORKSPACE_NAME}
+        after: str | None = None
+        try:
+            for _ in range(MAX_PAGES):
+                query = [("limit", str(WORKSPACES_PAGE_LIMIT)), ("include_archived", "true")]
+                if after:
+                    query.append(("after_id", after))
+                page, has_more, last_id = parse_workspaces_page(
+                    await self.names_client.get_json(WORKSPACES_PATH, query)
+                )
+                names.update(page)
+                if not has_more or last_id is None or last_id == after:
+                    break
+                after = last_id
+        except (ProviderError, ShapeError) as exc:
+            log.warning("%s: workspace names not refreshed (usage goes on with the %d known): %s",
+                        self.name, len(self._names), exc)
+            return self._names or {DEFAULT_WORKSPACE: DEFAULT_WORKSPACE_NAME}
+        self._names, self._names_at = names, now
+        return names
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        await self.names_client.aclose()
+
+
+__all__ = ["AnthropicProvider"]
