@@ -40,7 +40,7 @@ PROD = Group("wrkspc_01Prod", SONNET)
 @pytest.fixture
 def fake() -> Iterator[FakeAnthropic]:
     with FakeAnthropic() as api:
-        api.populate(NOW - 20 * HOUR, NOW - 2 * MINUTE, seed=11)
+        api.populate(NOW - 20 * HOUR, NOW - 2 * MINUTE, seed=11, every=20 * MINUTE)
         yield api
 
 

@@ -59,7 +59,8 @@ PRICES_CENTS: dict[str, dict[str, Decimal]] = {
     "claude-opus-4-1-20250805": {"input": Decimal("0.0015"), "output": Decimal("0.0075")},
     "claude-3-5-haiku-20241022": {"input": Decimal("0.00008"), "output": Decimal("0.0004")},
 }
-WEB_SEARCH_CENTS = Decimal(1)  # $10 per 1,000 searches
+WEB_SEARCH_CENTS = Decimal(1)
+CENT_PRECISION = Decimal("0.00001")  # $10 per 1,000 searches
 TOKEN_FIELDS = ("uncached_input_tokens", "cache_read_input_tokens", "ephemeral_5m_input_tokens",
                 "ephemeral_1h_input_tokens", "output_tokens", "web_search_requests")
 
@@ -257,6 +258,9 @@ class FakeAnthropic:
         for day, factor in self.cost_factor.items():
             for key in days.get(day, {}):
                 days[day][key] *= factor
+        for rows in days.values():  # the API's amounts carry at most 5 decimals of a cent ("123.78912")
+            for key in rows:
+                rows[key] = rows[key].quantize(CENT_PRECISION)
         return days
 
     # -- handlers ---------------------------------------------------------------------------------------------------
