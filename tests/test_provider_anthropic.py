@@ -374,3 +374,13 @@ def test_required_dimensions_and_cost_window_limits_fail_the_poll_as_config(
 
     run(tmp_path, fake, scenario, dimensions=["workspace"], cost_lookback="30d")
     assert fake.api.requests == []
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    from otel_llm_receiver.config import load_config
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "config" / "anthropic.yaml"
+    config = load_config(str(example), environ={"ANTHROPIC_ADMIN_KEY": ADMIN_KEY})
+    (provider,) = config.providers
+    assert provider.type == "anthropic" and provider.options["bucket_width"] == "1h"
+    assert ADMIN_KEY not in config.describe()
