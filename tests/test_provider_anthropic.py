@@ -16,6 +16,7 @@ import pytest
 
 from otel_llm_receiver.config import parse_config
 from otel_llm_receiver.errors import ConfigError
+from otel_llm_receiver.providers.anthropic import AnthropicProvider
 from tests.support.anthropic_harness import Harness, nonzero
 from tests.support.fake_anthropic import (
     ADMIN_KEY,
@@ -31,6 +32,7 @@ from tests.support.fake_anthropic import (
     Group,
     counts,
 )
+from tests.support.fake_api import Request, Response
 
 NOW = int(datetime(2026, 11, 20, 10, 17, tzinfo=UTC).timestamp())
 SONNET = "claude-sonnet-4-20250514"
@@ -281,7 +283,7 @@ def test_a_bad_poll_writes_nothing(
         fake.api.fail_next(path, status, count=5, body=body)
         outcome = await h.poll()
         assert not outcome.ok and outcome.error_type == error_type
-        assert says in h.receiver.health.statuses()[0].last_error
+        assert says in (h.receiver.health.statuses()[0].last_error or "")
         assert (h.series("llm.usage.tokens"), h.series("llm.usage.cost")) == before
         fake.api.clear()
         assert (await h.poll()).ok  # the next good poll catches up exactly
@@ -296,7 +298,7 @@ def test_a_bad_second_page_discards_the_good_first_page(tmp_path: Path) -> None:
         original = fake.api._routes[("GET", USAGE_PATH)]
         calls: list[int] = []
 
-        def flaky(request):  # type: ignore[no-untyped-def]
+        def flaky(request: Request) -> Response:
             calls.append(1)
             response = original(request)
             if len(calls) == 2:
@@ -345,7 +347,8 @@ def test_names_are_cached_for_names_ttl(tmp_path: Path, fake: FakeAnthropic) -> 
             assert (await h.poll()).ok
         fake.workspaces[0]["name"] = "Production (renamed)"
         provider = h.receiver.providers["anthropic/test"]
-        provider._names_at = -1e12  # type: ignore[attr-defined]  # the TTL ran out
+        assert isinstance(provider, AnthropicProvider)
+        provider._names_at = -1e12  # the TTL ran out
         assert (await h.poll()).ok
         assert h.names()["wrkspc_01Prod"] == "Production (renamed)"
 

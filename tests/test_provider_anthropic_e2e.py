@@ -52,8 +52,8 @@ def run_once(config: Path) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def sink_totals(sink: OTLPSink) -> tuple[dict[tuple[str, ...], int], dict[tuple[str, str], int], dict[str, Decimal]]:
-    tokens: dict[tuple[str, ...], int] = defaultdict(int)
+def sink_totals(sink: OTLPSink) -> tuple[dict[tuple[str, str, str, str | None], int], dict[tuple[str, str], int], dict[str, Decimal]]:
+    tokens: dict[tuple[str, str, str, str | None], int] = defaultdict(int)
     for key, point in sink.number_points("llm.usage.tokens").items():
         a = dict(key)
         tokens[(a["llm.tenancy.id"], a["gen_ai.request.model"], a["gen_ai.token.type"],
@@ -69,7 +69,7 @@ def sink_totals(sink: OTLPSink) -> tuple[dict[tuple[str, ...], int], dict[tuple[
             {k: v for k, v in cost.items() if v})
 
 
-def truth(fake: FakeAnthropic) -> tuple[dict[tuple[str, ...], int], dict[tuple[str, str], int], dict[str, Decimal]]:
+def truth(fake: FakeAnthropic) -> tuple[dict[tuple[str, str, str, str | None], int], dict[tuple[str, str], int], dict[str, Decimal]]:
     return ({k: v for k, v in fake.truth_tokens().items() if v},
             {k: v for k, v in fake.truth_tool_requests().items() if v},
             {k: v for k, v in fake.truth_cost_usd().items() if v})

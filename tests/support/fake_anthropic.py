@@ -247,6 +247,7 @@ class FakeAnthropic:
                 ("Cache Write 1h", "cache_creation.ephemeral_1h_input_tokens", c.ephemeral_1h_input_tokens * base * 2),
                 ("Output Tokens", "output_tokens", c.output_tokens * price["output"]),
             )
+            key: tuple[Any, ...]
             for label, token_type, cents in parts:
                 if cents:
                     key = (g.workspace_id, f"{g.model} Usage - {label}", g.model, "tokens", token_type,
@@ -278,7 +279,8 @@ class FakeAnthropic:
             return error(400, "invalid_request_error", "starting_at: Field required")
         try:
             start = parse_rfc3339(raw_start)
-            end = parse_rfc3339(request.param("ending_at")) if request.param("ending_at") else None
+            raw_end = request.param("ending_at")
+            end = parse_rfc3339(raw_end) if raw_end else None
         except ValueError:
             return error(400, "invalid_request_error", "starting_at/ending_at: invalid datetime")
         raw_limit = request.param("limit")
