@@ -42,9 +42,19 @@ METRIC_TOKENS: Final = "llm.usage.tokens"
 METRIC_REQUESTS: Final = "llm.usage.requests"
 METRIC_COST: Final = "llm.usage.cost"
 METRIC_TOOL_REQUESTS: Final = "llm.usage.tool_requests"
+#: Claude Code analytics (Anthropic): counters of their own, never added into llm.usage.tokens.
+METRIC_CODE_SESSIONS: Final = "llm.usage.code.sessions"
+METRIC_CODE_LINES: Final = "llm.usage.code.lines"
+METRIC_CODE_COMMITS: Final = "llm.usage.code.commits"
+METRIC_CODE_PULL_REQUESTS: Final = "llm.usage.code.pull_requests"
+METRIC_CODE_TOOL_ACTIONS: Final = "llm.usage.code.tool_actions"
+METRIC_CODE_TOKENS: Final = "llm.usage.code.tokens"
 #: What ``llm.measure`` says for a shrink of each metric (``UsageRecord.measures`` may only name these).
 MEASURE_OF_METRIC: Final = {
     METRIC_TOKENS: "tokens", METRIC_REQUESTS: "requests", METRIC_COST: "cost", METRIC_TOOL_REQUESTS: "tool_requests",
+    METRIC_CODE_SESSIONS: "code.sessions", METRIC_CODE_LINES: "code.lines", METRIC_CODE_COMMITS: "code.commits",
+    METRIC_CODE_PULL_REQUESTS: "code.pull_requests", METRIC_CODE_TOOL_ACTIONS: "code.tool_actions",
+    METRIC_CODE_TOKENS: "code.tokens",
 }
 
 
@@ -386,12 +396,14 @@ def _expand(result: PollResult, tenant: str) -> _Expansion:
         if ident not in ex.usage_keys:
             base = {
                 "gen_ai.provider.name": r.provider,
-                "gen_ai.request.model": r.model,
-                "gen_ai.operation.name": r.operation,
                 "llm.tenancy.id": r.tenancy_id,
                 "llm.tenant": r.tenant or tenant,
                 **dict(dims),
             }
+            if r.model:  # measures that belong to no model (e.g. Claude Code sessions) leave these out
+                base["gen_ai.request.model"] = r.model
+            if r.operation:
+                base["gen_ai.operation.name"] = r.operation
             by_type: list[tuple[str, tuple[str, str]]] = [
                 (t, (METRIC_TOKENS, canonical_attrs({**base, "gen_ai.token.type": t}))) for t in TOKEN_TYPES
             ]

@@ -151,3 +151,58 @@ def test_report_envelope_checks() -> None:
     with pytest.raises(ShapeError, match="no UTC offset"):
         parse_time("2025-08-01T00:00:00", "t")
     assert parse_time("2025-08-01T02:00:00+02:00", "t") == DAY_BUCKET.start
+
+
+def docs_code_row(**overrides: Any) -> dict[str, Any]:
+    """A Claude Code report record shaped like the reference's example."""
+    row: dict[str, Any] = {
+        "date": "2025-09-01", "actor": {"type": "user_actor", "email_address": "developer@company.com"},
+        "organization_id": "dc9f6c26-b22c-4831-8d01-0446bada88f1", "customer_type": "api", "terminal_type": "vscode",
+        "core_metrics": {"num_sessions": 5, "lines_of_code": {"added": 1543, "removed": 892},
+                         "commits_by_claude_code": 12, "pull_requests_by_claude_code": 2},
+        "tool_actions": {"edit_tool": {"accepted": 45, "rejected": 5}, "write_tool": {"accepted": 8, "rejected": 1}},
+        "model_breakdown": [{"model": "claude-sonnet-4-5-20250929",
+                             "tokens": {"input": 100000, "output": 35000, "cache_read": 10000, "cache_creation": 5000},
+                             "estimated_cost": {"currency": "USD", "amount": 1025}}],
+    }
+    row.update(overrides)
+    return row
+
+
+CODE_DAY = 1756684800  # 2025-09-01
+
+
+def test_a_claude_code_record_maps_to_code_counters() -> None:
+    from otel_llm_receiver.providers.anthropic.claude_code import code_records
+
+    records = code_records(docs_code_row(), "row", CODE_DAY, with_actor=False)
+    by_metric: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
+    for r in records:
+        ((metric, value),) = r.measures.items()
+        extra = tuple(sorted((k, v) for k, v in r.dimensions.items() if not k.startswith("llm.code.customer")
+                             and k != "llm.code.terminal_type"))
+        by_metric[(metric, extra)] = value
+        assert r.bucket_start == CODE_DAY and r.bucket_width == 86400 and not r.tokens
+        assert r.dimensions["llm.code.customer_type"] == "api" and "llm.code.actor" not in r.dimensions
+    assert by_metric[("llm.usage.code.sessions", ())] == 5
+    assert by_metric[("llm.usage.code.lines", (("llm.code.change", "removed"),))] == 892
+    assert by_metric[("llm.usage.code.tool_actions", (("gen_ai.tool.name", "edit_tool"),
+                                                      ("llm.code.decision", "rejected")))] == 5
+    assert by_metric[("llm.usage.code.tokens", (("gen_ai.token.type", "cache_write"),))] == 5000
+    assert sum(v for (m, _), v in by_metric.items() if m == "llm.usage.code.tokens") == 150000
+    with_actor = code_records(docs_code_row(actor={"type": "api_actor", "api_key_name": "ci"}), "row", CODE_DAY,
+                              with_actor=True)
+    assert {r.dimensions["llm.code.actor"] for r in with_actor} == {"ci"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [({"date": "2025-09-02"}, "row.date"), ({"actor": {"type": "user_actor"}}, "row.actor.email_address"),
+     ({"core_metrics": {"num_sessions": 1}}, "row.core_metrics.lines_of_code"),
+     ({"tool_actions": {"edit_tool": {"accepted": "1", "rejected": 0}}}, "row.tool_actions.edit_tool.accepted")],
+)
+def test_bad_claude_code_records_are_rejected_with_their_path(overrides: dict[str, Any], says: str) -> None:
+    from otel_llm_receiver.providers.anthropic.claude_code import code_records
+
+    with pytest.raises(ShapeError, match="^" + says.replace(".", r"\.")):
+        code_records(docs_code_row(**overrides), "row", CODE_DAY, with_actor=False)

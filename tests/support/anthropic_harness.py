@@ -82,3 +82,20 @@ class Harness:
 
 def nonzero(d: dict[Any, Any]) -> dict[Any, Any]:
     return {k: v for k, v in d.items() if v}
+
+
+def code_totals(h: Harness) -> dict[str, dict[tuple[str, ...], int]]:
+    """Claude Code counters from the ledger, keyed like ``FakeAnthropic.truth_code``."""
+    out: dict[str, dict[tuple[str, ...], int]] = defaultdict(lambda: defaultdict(int))
+    for metric in ("llm.usage.code.sessions", "llm.usage.code.commits", "llm.usage.code.pull_requests",
+                   "llm.usage.code.lines", "llm.usage.code.tool_actions", "llm.usage.code.tokens"):
+        for a, total, adj in h.series(metric):
+            key: tuple[str, ...] = (a["llm.code.customer_type"],)
+            if metric == "llm.usage.code.lines":
+                key += (a["llm.code.change"],)
+            elif metric == "llm.usage.code.tool_actions":
+                key += (a["gen_ai.tool.name"], a["llm.code.decision"])
+            elif metric == "llm.usage.code.tokens":
+                key += (a["gen_ai.request.model"], a["gen_ai.token.type"])
+            out[metric][key] += total - adj
+    return {m: {k: v for k, v in d.items() if v} for m, d in out.items()}

@@ -29,7 +29,7 @@ import base64
 import random
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -40,6 +40,9 @@ ADMIN_KEY = "sk-ant-admin01-test-0123456789abcdef"
 USAGE_PATH = "/v1/organizations/usage_report/messages"
 COST_PATH = "/v1/organizations/cost_report"
 WORKSPACES_PATH = "/v1/organizations/workspaces"
+CLAUDE_CODE_PATH = "/v1/organizations/usage_report/claude_code"
+ORGANIZATION_ID = "12345678-1234-5678-1234-567812345678"
+CODE_TOOLS = ("edit_tool", "multi_edit_tool", "write_tool", "notebook_edit_tool")
 FAST_MODE_BETA = "fast-mode-2026-02-01"
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
@@ -96,6 +99,19 @@ class Counts:
         return Counts(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(Counts)))
 
 
+@dataclass
+class CodeActivity:
+    """One Claude Code actor's day, in the report's own fields (accumulated as tests add activity)."""
+
+    sessions: int = 0
+    added: int = 0
+    removed: int = 0
+    commits: int = 0
+    pull_requests: int = 0
+    tools: dict[str, list[int]] = field(default_factory=dict)  # tool -> [accepted, rejected]
+    models: dict[str, list[int]] = field(default_factory=dict)  # model -> [input, output, cache_read, cache_creation]
+
+
 def rfc3339(t: int) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -145,10 +161,14 @@ class FakeAnthropic:
         self.usage: dict[int, dict[Group, Counts]] = defaultdict(dict)  # minute start -> group -> counts
         self.cost_factor: dict[int, Decimal] = {}  # day start -> restatement factor
         self.workspaces: list[dict[str, Any]] = [dict(w) for w in WORKSPACES]
+        #: Claude Code analytics: (day, actor type, actor, customer type, terminal type) -> CodeActivity
+        self.code: dict[tuple[int, str, str, str, str], CodeActivity] = {}
+        self.max_page_code_records = max_page_buckets
         self.api = FakeApi()
         self.api.route("GET", USAGE_PATH, self._usage_report)
         self.api.route("GET", COST_PATH, self._cost_report)
         self.api.route("GET", WORKSPACES_PATH, self._workspaces)
+        self.api.route("GET", CLAUDE_CODE_PATH, self._claude_code)
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
     @property
@@ -192,6 +212,62 @@ class FakeAnthropic:
     def restate_cost(self, day: int, factor: str) -> None:
         """Anthropic restates a cost day: every amount of that UTC day is multiplied by ``factor``."""
         self.cost_factor[day - day % DAY] = Decimal(factor)
+
+    def add_code(
+        self, day: int, actor: str, *, api_key: bool = False, customer_type: str = "api",
+        terminal_type: str = "vscode", sessions: int = 0, added: int = 0, removed: int = 0, commits: int = 0,
+        pull_requests: int = 0, tools: dict[str, tuple[int, int]] | None = None,
+        models: dict[str, tuple[int, int, int, int]] | None = None,
+    ) -> None:
+        """Claude Code activity of ``actor`` (an email, or a key name with ``api_key``) on the UTC day of ``day``."""
+        key = (day - day % DAY, "api_actor" if api_key else "user_actor", actor, customer_type, terminal_type)
+        a = self.code.setdefault(key, CodeActivity())
+        a.sessions += sessions
+        a.added += added
+        a.removed += removed
+        a.commits += commits
+        a.pull_requests += pull_requests
+        for tool, (accepted, rejected) in (tools or {}).items():
+            counts_ = a.tools.setdefault(tool, [0, 0])
+            counts_[0] += accepted
+            counts_[1] += rejected
+        for model, tokens in (models or {}).items():
+            totals = a.models.setdefault(model, [0, 0, 0, 0])
+            for i, n in enumerate(tokens):
+                totals[i] += n
+
+    def populate_code(self, first_day: int, days: int, *, seed: int = 1) -> None:
+        """Seeded Claude Code activity: three people and one CI key over ``days`` UTC days from ``first_day``."""
+        rng = random.Random(seed)
+        actors = (("ada@example.com", False, "api", "vscode"), ("grace@example.com", False, "subscription", "iTerm.app"),
+                  ("linus@example.com", False, "api", "vscode"), ("ci-bot", True, "api", "non-interactive"))
+        for d in range(days):
+            for actor, key, customer, terminal in actors:
+                self.add_code(
+                    first_day + d * DAY, actor, api_key=key, customer_type=customer, terminal_type=terminal,
+                    sessions=rng.randint(1, 9), added=rng.randint(0, 900), removed=rng.randint(0, 300),
+                    commits=rng.randint(0, 6), pull_requests=rng.randint(0, 2),
+                    tools={t: (rng.randint(0, 40), rng.randint(0, 8)) for t in CODE_TOOLS[:rng.randint(1, 4)]},
+                    models={"claude-sonnet-4-20250514": (rng.randint(0, 10**6), rng.randint(0, 10**5),
+                                                         rng.randint(0, 10**6), rng.randint(0, 10**5))},
+                )
+
+    def truth_code(self) -> dict[str, dict[tuple[str, ...], int]]:
+        """Claude Code ground truth: metric -> (breakdown) -> count, summed over actors and days."""
+        out: dict[str, dict[tuple[str, ...], int]] = defaultdict(lambda: defaultdict(int))
+        for (_, _, _, customer, _), a in self.code.items():
+            out["llm.usage.code.sessions"][(customer,)] += a.sessions
+            out["llm.usage.code.commits"][(customer,)] += a.commits
+            out["llm.usage.code.pull_requests"][(customer,)] += a.pull_requests
+            out["llm.usage.code.lines"][(customer, "added")] += a.added
+            out["llm.usage.code.lines"][(customer, "removed")] += a.removed
+            for tool, (accepted, rejected) in a.tools.items():
+                out["llm.usage.code.tool_actions"][(customer, tool, "accepted")] += accepted
+                out["llm.usage.code.tool_actions"][(customer, tool, "rejected")] += rejected
+            for model, tokens in a.models.items():
+                for token_type, n in zip(("input", "output", "cache_read", "cache_write"), tokens, strict=True):
+                    out["llm.usage.code.tokens"][(customer, model, token_type)] += n
+        return {m: {k: v for k, v in d.items() if v} for m, d in out.items()}
 
     def events(self) -> Iterable[tuple[int, Group, Counts]]:
         for minute in sorted(self.usage):
@@ -352,11 +428,11 @@ class FakeAnthropic:
             "output_tokens": c.output_tokens,
             "server_tool_use": {"web_search_requests": c.web_search_requests},
         }
-        for field, value in zip(USAGE_GROUPS, key, strict=True):
-            if field == "speed" and field not in group_by:
+        for name, value in zip(USAGE_GROUPS, key, strict=True):
+            if name == "speed" and name not in group_by:
                 continue  # only reported with the fast-mode beta
-            if field in group_by or not self.omit_ungrouped:
-                row[field] = value
+            if name in group_by or not self.omit_ungrouped:
+                row[name] = value
         return row
 
     def _cost_report(self, request: Request) -> Response:
@@ -393,6 +469,47 @@ class FakeAnthropic:
                 })
             buckets.append({"starting_at": rfc3339(day), "ending_at": rfc3339(day + DAY), "results": rows})
         return self._page(request, buckets, limit)
+
+    def _claude_code(self, request: Request) -> Response:
+        bad = self._check_headers(request)
+        if bad is not None:
+            return bad
+        raw = request.param("starting_at") or ""
+        try:
+            day = int(datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=UTC).timestamp())
+        except ValueError:
+            return error(400, "invalid_request_error", "starting_at: expected a UTC date YYYY-MM-DD")
+        limit = int(request.param("limit") or 20)
+        if not 1 <= limit <= 1000:
+            return error(400, "invalid_request_error", "limit: must be between 1 and 1000")
+        rows = []
+        for (d, actor_type, actor, customer, terminal), a in sorted(self.code.items()):
+            if d != day:
+                continue
+            who = {"type": actor_type, ("email_address" if actor_type == "user_actor" else "api_key_name"): actor}
+            rows.append({
+                "date": raw, "actor": who, "organization_id": ORGANIZATION_ID, "customer_type": customer,
+                "terminal_type": terminal,
+                "core_metrics": {"num_sessions": a.sessions, "lines_of_code": {"added": a.added, "removed": a.removed},
+                                 "commits_by_claude_code": a.commits, "pull_requests_by_claude_code": a.pull_requests},
+                "tool_actions": {t: {"accepted": acc, "rejected": rej} for t, (acc, rej) in a.tools.items()},
+                "model_breakdown": [
+                    {"model": m, "tokens": {"input": i, "output": o, "cache_read": r, "cache_creation": c},
+                     "estimated_cost": {"currency": "USD", "amount": (i * 3 + o * 15) // 10000}}
+                    for m, (i, o, r, c) in a.models.items()
+                ],
+            })
+        offset = 0
+        token = request.param("page")
+        if token:
+            try:
+                offset = int(base64.b64decode(token.removeprefix("cc_")).decode())
+            except ValueError:
+                return error(400, "invalid_request_error", "page: invalid token")
+        size = min(limit, self.max_page_code_records or limit)
+        more = offset + size < len(rows)
+        next_page = "cc_" + base64.b64encode(str(offset + size).encode()).decode() if more else None
+        return Response(200, {"data": rows[offset:offset + size], "has_more": more, "next_page": next_page})
 
     def _workspaces(self, request: Request) -> Response:
         bad = self._check_headers(request)

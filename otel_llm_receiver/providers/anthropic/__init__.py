@@ -7,7 +7,9 @@ Each poll reads, in this order and through one shared ``ApiClient`` (retries, ``
 * ``GET /v1/organizations/cost_report`` in daily buckets for ``cost_lookback`` (``cost_backfill`` on a first
   poll), grouped by workspace and description so each row keeps its model and token or cost type;
 * ``GET /v1/organizations/workspaces`` (archived included) for names, at most once per ``names_ttl``; a failed
-  lookup is logged and the poll goes on with the names it has.
+  lookup is logged and the poll goes on with the names it has;
+* optionally (``sources: [..., claude_code]``) ``GET /v1/organizations/usage_report/claude_code``, one UTC day per
+  request, for the same days as the cost report (``claude_code.py``).
 
 Every page of every report is checked against the documented shape before any record is built, so a bad page
 fails the whole poll as ``bad_response`` and nothing from it reaches the ledger. The mapping itself lives in
@@ -27,6 +29,7 @@ from ...errors import ProviderError
 from ...model import CostRecord, PollResult, UsageRecord, Window
 from ..base import DAY, HOUR, Provider
 from ..http import HTTP_OPTIONS, ApiClient
+from .claude_code import code_records, day_param, parse_code_page
 from .reports import (
     DEFAULT_WORKSPACE,
     DIMENSIONS,
@@ -44,6 +47,8 @@ DEFAULT_ENDPOINT = "https://api.anthropic.com"
 USAGE_PATH = "/v1/organizations/usage_report/messages"
 COST_PATH = "/v1/organizations/cost_report"
 WORKSPACES_PATH = "/v1/organizations/workspaces"
+CLAUDE_CODE_PATH = "/v1/organizations/usage_report/claude_code"
+CLAUDE_CODE_PAGE_LIMIT = 1000  # claude_code: limit 1..1000 records a page
 API_VERSION = "2023-06-01"
 FAST_MODE_BETA = "fast-mode-2026-02-01"  # the docs: needed to group the usage report by `speed`
 
@@ -57,7 +62,10 @@ REVISION_HORIZON_DAYS = 8
 MAX_COST_WINDOW = (REVISION_HORIZON_DAYS - 1) * DAY  # cost is re-read within the ledger's revision horizon
 DEFAULT_DIMENSIONS = ("workspace", "model", "service_tier", "context_window", "inference_geo")
 REQUIRED_DIMENSIONS = ("workspace", "model")
-SOURCES = ("messages", "cost")
+SOURCES = ("messages", "cost", "claude_code")
+DEFAULT_SOURCES = ("messages", "cost")
+#: Dimensions of the Claude Code report only (not a usage report group_by[]).
+CODE_DIMENSIONS = ("actor",)
 DEFAULT_WORKSPACE_NAME = "Default Workspace"
 
 
@@ -93,11 +101,12 @@ class AnthropicProvider(Provider):
         "cost_backfill": Option("duration", default="7d", description="Cost days read on a first poll."),
         "names_ttl": Option("duration", default="1h", description="How long workspace names are cached."),
         "dimensions": Option(
-            "list[str]", default=DEFAULT_DIMENSIONS, choices=tuple(DIMENSIONS),
-            description="Usage group_by[] dimensions; workspace and model are required; api_key and speed opt in.",
+            "list[str]", default=DEFAULT_DIMENSIONS, choices=(*DIMENSIONS, *CODE_DIMENSIONS),
+            description="Usage group_by[] dimensions; workspace and model are required; api_key, speed and actor "
+            "(Claude Code) opt in.",
         ),
         "sources": Option(
-            "list[str]", default=SOURCES, choices=SOURCES, description="Which reports to poll."
+            "list[str]", default=DEFAULT_SOURCES, choices=SOURCES, description="Which reports to poll."
         ),
         **HTTP_OPTIONS,
     }
@@ -110,7 +119,7 @@ class AnthropicProvider(Provider):
         opts = config.options
         self.width, self.page_limit = BUCKET_WIDTHS[str(opts.get("bucket_width") or "1h")]
         self.dimensions: tuple[str, ...] = tuple(opts.get("dimensions") or DEFAULT_DIMENSIONS)
-        self.sources: tuple[str, ...] = tuple(opts.get("sources") or SOURCES)
+        self.sources: tuple[str, ...] = tuple(opts.get("sources") or DEFAULT_SOURCES)
         self.cost_lookback = float(opts.get("cost_lookback") or 72 * HOUR)
         self.cost_backfill = float(opts.get("cost_backfill") or 7 * DAY)
         names_ttl = opts.get("names_ttl")
@@ -152,6 +161,8 @@ class AnthropicProvider(Provider):
                 usage = await self._usage(window)
             if "cost" in self.sources:
                 costs = await self._costs(window)
+            if "claude_code" in self.sources:
+                usage += await self._claude_code(window)
         except ShapeError as exc:
             raise ProviderError(
                 f"{self.name}: response does not match the documented shape: {exc}",
@@ -179,16 +190,19 @@ class AnthropicProvider(Provider):
             ("bucket_width", next(k for k, (w, _) in BUCKET_WIDTHS.items() if w == self.width)),
             ("limit", str(self.page_limit)),
         ]
-        params += [("group_by[]", DIMENSIONS[d][0]) for d in self.dimensions]
+        params += [("group_by[]", DIMENSIONS[d][0]) for d in self.dimensions if d in DIMENSIONS]
         return params
 
-    def cost_params(self, window: Window) -> list[tuple[str, str]]:
-        """Query of the cost report: whole UTC days back to ``cost_lookback`` (``cost_backfill`` on a first poll)."""
+    def daily_start(self, window: Window) -> int:
+        """First UTC day the daily reports re-read: ``cost_lookback`` back (``cost_backfill`` on a first poll)."""
         first_poll = window.end - window.start >= self.backfill
         reach = self.cost_backfill if first_poll else self.cost_lookback
-        start = _floor(min(window.start, window.end - int(reach)), DAY)
+        return _floor(min(window.start, window.end - int(reach)), DAY)
+
+    def cost_params(self, window: Window) -> list[tuple[str, str]]:
+        """Query of the cost report: whole UTC days from ``daily_start`` through today."""
         return [
-            ("starting_at", _rfc3339(start)),
+            ("starting_at", _rfc3339(self.daily_start(window))),
             ("ending_at", _rfc3339(_ceil(window.end, DAY))),
             ("bucket_width", "1d"),
             ("limit", str(COST_PAGE_LIMIT)),
@@ -209,6 +223,31 @@ class AnthropicProvider(Provider):
             for bucket in await self._report(COST_PATH, self.cost_params(window), DAY, "cost_report")
             for i, row in enumerate(bucket.results)
         ]
+
+    async def _claude_code(self, window: Window) -> list[UsageRecord]:
+        """Claude Code analytics for every UTC day the cost report covers: one request (and its pages) a day."""
+        records: list[UsageRecord] = []
+        with_actor = "actor" in self.dimensions
+        for day in range(self.daily_start(window), window.end, DAY):
+            page: str | None = None
+            tokens: set[str] = set()
+            for number in range(1, MAX_PAGES + 1):
+                query = [("starting_at", day_param(day)), ("limit", str(CLAUDE_CODE_PAGE_LIMIT))]
+                if page:
+                    query.append(("page", page))
+                what = f"claude_code({day_param(day)}, page {number})"
+                rows, has_more, page = parse_code_page(await self.client.get_json(CLAUDE_CODE_PATH, query), what)
+                for i, row in enumerate(rows):
+                    records += code_records(row, f"{what}.data[{i}]", day, with_actor=with_actor)
+                if not has_more:
+                    break
+                assert page is not None
+                if page in tokens:
+                    raise ShapeError(f"{what}.next_page: the token {page[:40]!r} repeated")
+                tokens.add(page)
+            else:
+                raise ShapeError(f"claude_code({day_param(day)}): still has_more after {MAX_PAGES} pages")
+        return records
 
     async def _report(self, path: str, params: Sequence[tuple[str, str]], width: int, what: str) -> list[Bucket]:
         """Every bucket of a report, following ``has_more`` / ``next_page`` to the last page."""

@@ -185,7 +185,7 @@ def _attributes(row: Mapping[str, Any], path: str, dimensions: Sequence[str]) ->
     """The bounded attributes of a row: each configured dimension the row carries (null = not grouped)."""
     attrs: dict[str, str] = {}
     for dim in dimensions:
-        field, attribute = DIMENSIONS[dim]
+        field, attribute = DIMENSIONS.get(dim, ("", None))  # e.g. `actor` belongs to the Claude Code report
         if attribute is None:
             continue
         value = _optional_text(row, field, path)
