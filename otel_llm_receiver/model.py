@@ -100,10 +100,14 @@ class PollResult:
     names: Mapping[tuple[str, str], str] = field(default_factory=dict)
     complete_until: int | None = None
     cursors: Mapping[str, str] = field(default_factory=dict)
+    #: How far the provider's data reach, when bucket ends overstate it (a daily cost bucket "ends" tomorrow).
+    data_until: int | None = None
 
     @property
     def newest_bucket_end(self) -> int | None:
         """End of the newest bucket in this result (for the data-lag gauge), or None when it is empty."""
+        if self.data_until is not None:
+            return self.data_until
         ends = [r.bucket_start + r.bucket_width for r in self.usage]
         ends += [c.bucket_start + c.bucket_width for c in self.costs]
         return max(ends) if ends else None

@@ -387,3 +387,19 @@ def test_the_shipped_example_config_is_valid() -> None:
     (provider,) = config.providers
     assert provider.type == "anthropic" and provider.options["bucket_width"] == "1h"
     assert ADMIN_KEY not in config.describe()
+
+
+def test_data_lag_comes_from_the_newest_usage_bucket_with_rows(tmp_path: Path) -> None:
+    with FakeAnthropic() as fake:
+        fake.add(NOW - 3 * HOUR - 10 * MINUTE, PROD, counts(uncached_input_tokens=5))  # newest data: 07:07
+
+        async def scenario(h: Harness) -> None:
+            assert (await h.poll()).ok
+            (status,) = h.receiver.health.statuses()
+            # The 07:00-08:00 bucket, not the empty current hour nor today's cost day (which "ends" tomorrow).
+            assert status.newest_bucket_end == NOW - NOW % HOUR - 2 * HOUR
+            fake.add(NOW - MINUTE, PROD, counts(uncached_input_tokens=5))
+            assert (await h.poll()).ok
+            assert h.receiver.health.statuses()[0].newest_bucket_end == NOW  # a growing bucket: capped at now
+
+        run(tmp_path, fake, scenario)

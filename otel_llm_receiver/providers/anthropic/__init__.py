@@ -156,13 +156,14 @@ class AnthropicProvider(Provider):
     async def fetch(self, window: Window) -> PollResult:
         usage: list[UsageRecord] = []
         costs: list[CostRecord] = []
+        code: list[UsageRecord] = []
         try:
             if "messages" in self.sources:
                 usage = await self._usage(window)
             if "cost" in self.sources:
                 costs = await self._costs(window)
             if "claude_code" in self.sources:
-                usage += await self._claude_code(window)
+                code = await self._claude_code(window)
         except ShapeError as exc:
             raise ProviderError(
                 f"{self.name}: response does not match the documented shape: {exc}",
@@ -178,9 +179,20 @@ class AnthropicProvider(Provider):
         names = {("tenancy", ident): name for ident, name in (await self._workspace_names()).items()}
         settled = window.end - DATA_DELAY
         return PollResult(
-            usage=usage, costs=costs, names=names,
+            usage=usage + code, costs=costs, names=names,
             complete_until=max(window.start, min(_floor(settled, self.width), window.end)),
+            data_until=self._data_until(window, usage, costs),
         )
+
+    def _data_until(self, window: Window, usage: Sequence[UsageRecord], costs: Sequence[CostRecord]) -> int | None:
+        """How current the data are, for ``llm.receiver.data.lag``: the end of the newest bucket that had rows in
+        the main report (the usage report when polled, else the cost report), capped at now, since the growing
+        current bucket (and any daily bucket) ends in the future."""
+        if "messages" in self.sources:
+            ends = [r.bucket_start + r.bucket_width for r in usage]
+        else:
+            ends = [c.bucket_start + c.bucket_width for c in costs]
+        return min(max(ends), window.end) if ends else None
 
     def usage_params(self, window: Window) -> list[tuple[str, str]]:
         """Query of the usage report: aligned bucket bounds, so the growing last bucket is one key, not two."""
