@@ -7,6 +7,7 @@ tokens by type and cache TTL, web-search requests, and reported cost to the last
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -403,3 +404,19 @@ def test_data_lag_comes_from_the_newest_usage_bucket_with_rows(tmp_path: Path) -
             assert h.receiver.health.statuses()[0].newest_bucket_end == NOW  # a growing bucket: capped at now
 
         run(tmp_path, fake, scenario)
+
+
+def test_a_stalled_api_times_out_and_is_retried_then_classified(tmp_path: Path, fake: FakeAnthropic) -> None:
+    stall = threading.Event()
+    fake.api.fail_next(USAGE_PATH, 200, count=2, hang=stall)
+
+    async def scenario(h: Harness) -> None:
+        try:
+            outcome = await h.poll()
+        finally:
+            stall.set()
+        assert not outcome.ok and outcome.error_type == "timeout"
+        assert h.series("llm.usage.tokens") == []
+
+    run(tmp_path, fake, scenario, timeout="200ms", max_retries=1)
+    assert len(fake.api.requests_to(USAGE_PATH)) == 2  # the first try and one retry

@@ -25,7 +25,6 @@ change it between polls: ``add`` (a bucket grows, or a late row lands in an old 
 
 from __future__ import annotations
 
-import base64
 import random
 from collections import defaultdict
 from collections.abc import Iterable
@@ -34,7 +33,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from tests.support.fake_api import FakeApi, Request, Response
+from tests.support.fake_api import FakeApi, Request, Response, paginate
 
 ADMIN_KEY = "sk-ant-admin01-test-0123456789abcdef"
 USAGE_PATH = "/v1/organizations/usage_report/messages"
@@ -370,21 +369,11 @@ class FakeAnthropic:
 
     def _page(self, request: Request, buckets: list[dict[str, Any]], limit: int) -> Response:
         """Slice a report's buckets into the page the ``page`` token points at."""
-        token = request.param("page")
-        offset = 0
-        if token:
-            try:
-                offset = int(base64.b64decode(token.removeprefix("page_")).decode().split("|")[1])
-            except (ValueError, IndexError):
-                return error(400, "invalid_request_error", "page: invalid token")
-        size = min(limit, self.max_page_buckets or limit)
-        page = buckets[offset:offset + size]
-        more = offset + size < len(buckets)
-        next_page = None
-        if more:
-            next_start = buckets[offset + size]["starting_at"]
-            next_page = "page_" + base64.b64encode(f"{next_start}|{offset + size}".encode()).decode()
-        return Response(200, {"data": page, "has_more": more, "next_page": next_page})
+        try:
+            page = paginate(buckets, request.param("page"), min(limit, self.max_page_buckets or limit))
+        except ValueError:
+            return error(400, "invalid_request_error", "page: invalid token")
+        return Response(200, {"data": page.items, "has_more": page.has_more, "next_page": page.next_page})
 
     def _usage_report(self, request: Request) -> Response:
         bad = self._check_headers(request)
@@ -499,17 +488,11 @@ class FakeAnthropic:
                     for m, (i, o, r, c) in a.models.items()
                 ],
             })
-        offset = 0
-        token = request.param("page")
-        if token:
-            try:
-                offset = int(base64.b64decode(token.removeprefix("cc_")).decode())
-            except ValueError:
-                return error(400, "invalid_request_error", "page: invalid token")
-        size = min(limit, self.max_page_code_records or limit)
-        more = offset + size < len(rows)
-        next_page = "cc_" + base64.b64encode(str(offset + size).encode()).decode() if more else None
-        return Response(200, {"data": rows[offset:offset + size], "has_more": more, "next_page": next_page})
+        try:
+            page = paginate(rows, request.param("page"), min(limit, self.max_page_code_records or limit))
+        except ValueError:
+            return error(400, "invalid_request_error", "page: invalid token")
+        return Response(200, {"data": page.items, "has_more": page.has_more, "next_page": page.next_page})
 
     def _workspaces(self, request: Request) -> Response:
         bad = self._check_headers(request)
