@@ -16,11 +16,14 @@ This module owns the Anthropic specifics, each from the API reference (docs/prov
   the model, ``cost_type``, ``token_type``, ``service_tier``, ``context_window``; Priority Tier usage has no cost
   row (the docs say it is not in the cost report);
 * workspaces: ``after_id`` cursor paging, ``limit`` 1..1000, ``include_archived``; the default workspace is never
-  listed (it has no id in the reports).
+  listed (it has no id in the reports);
+* Claude Code analytics: ``starting_at`` one UTC date (``YYYY-MM-DD``), ``limit`` 1..1000 (default 20), one record
+  per actor and day with ``core_metrics``, ``tool_actions`` and ``model_breakdown``, ``next_page`` paging.
 
 The data are a seeded model held at one-minute resolution, so every bucket width sums the same events, and tests
 change it between polls: ``add`` (a bucket grows, or a late row lands in an old bucket), ``remove`` (a shrink),
-``restate_cost`` (a cost day changes). ``truth_*`` give the exact totals a receiver must end up with.
+``restate_cost`` (a cost day changes), ``add_code`` (a Claude Code day grows). ``truth_*`` give the exact totals a
+receiver must end up with. Paging uses the base's ``paginate`` (opaque ``next_page`` tokens).
 """
 
 from __future__ import annotations

@@ -81,6 +81,11 @@ def _ceil(t: int, width: int) -> int:
     return -(-t // width) * width
 
 
+def _seconds(value: object, default: float) -> float:
+    """A duration option's seconds; ``0`` is a value, only None takes the default."""
+    return float(value) if isinstance(value, int | float) else float(default)
+
+
 class AnthropicProvider(Provider):
     """Claude API usage (tokens by type, cache TTL, server tools) and reported cost, by workspace and model."""
 
@@ -120,10 +125,9 @@ class AnthropicProvider(Provider):
         self.width, self.page_limit = BUCKET_WIDTHS[str(opts.get("bucket_width") or "1h")]
         self.dimensions: tuple[str, ...] = tuple(opts.get("dimensions") or DEFAULT_DIMENSIONS)
         self.sources: tuple[str, ...] = tuple(opts.get("sources") or DEFAULT_SOURCES)
-        self.cost_lookback = float(opts.get("cost_lookback") or 72 * HOUR)
-        self.cost_backfill = float(opts.get("cost_backfill") or 7 * DAY)
-        names_ttl = opts.get("names_ttl")
-        self.names_ttl = float(names_ttl) if names_ttl is not None else float(HOUR)
+        self.cost_lookback = _seconds(opts.get("cost_lookback"), 72 * HOUR)
+        self.cost_backfill = _seconds(opts.get("cost_backfill"), 7 * DAY)
+        self.names_ttl = _seconds(opts.get("names_ttl"), HOUR)
         problems = [f"dimensions must include {d}" for d in REQUIRED_DIMENSIONS if d not in self.dimensions]
         problems += [
             f"{key} must be at most {MAX_COST_WINDOW // DAY}d (the ledger's revision horizon for cost days)"
@@ -131,7 +135,7 @@ class AnthropicProvider(Provider):
             if value > MAX_COST_WINDOW
         ]
         if problems:
-            raise ProviderError(f"{self.name}: " + "; ".join(problems), provider=self.name, error_type="config")
+            raise ProviderError("; ".join(problems), provider=self.name, error_type="config")
         headers = {"x-api-key": str(opts["admin_key"]), "anthropic-version": str(opts.get("anthropic_version")
                                                                                  or API_VERSION)}
         if "speed" in self.dimensions:
@@ -166,7 +170,7 @@ class AnthropicProvider(Provider):
                 code = await self._claude_code(window)
         except ShapeError as exc:
             raise ProviderError(
-                f"{self.name}: response does not match the documented shape: {exc}",
+                f"response does not match the documented shape: {exc}",
                 provider=self.name, error_type="bad_response",
             ) from None
         except ProviderError as exc:
@@ -207,7 +211,7 @@ class AnthropicProvider(Provider):
 
     def daily_start(self, window: Window) -> int:
         """First UTC day the daily reports re-read: ``cost_lookback`` back (``cost_backfill`` on a first poll)."""
-        first_poll = window.end - window.start >= self.backfill
+        first_poll = self.backfill > 0 and window.end - window.start >= self.backfill
         reach = self.cost_backfill if first_poll else self.cost_lookback
         return _floor(min(window.start, window.end - int(reach)), DAY)
 
