@@ -2,7 +2,8 @@
 
 Each run is a fresh process on the same ledger, so run 2 is a restart after buckets grew, a row arrived late and
 a cost day was restated, and run 3 is a restart with nothing new. After every run the OTLP sink must hold exactly
-the fake's ground truth, and no counter's value or start time may move without a reason.
+the fake's ground truth (tokens, web searches, cost, Claude Code sessions), every metric on the wire must match
+the catalog, and no counter's value or start time may move without a reason.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
 
-from tests.support.fake_anthropic import ADMIN_KEY, MINUTE, FakeAnthropic, Group, counts
+from otel_llm_receiver.catalog import CATALOG
+from tests.support.fake_anthropic import ADMIN_KEY, DAY, MINUTE, FakeAnthropic, Group, counts
 from tests.support.otlp_sink import OTLPSink
 
 ENV = {**os.environ, "ANTHROPIC_ADMIN_KEY": ADMIN_KEY, "LOG_FORMAT": "json"}
@@ -40,6 +42,7 @@ providers:
     tenant: acme
     timeout: 5s
     retry_initial_interval: 10ms
+    sources: [messages, cost, claude_code]
 """)
     return path
 
@@ -69,6 +72,21 @@ def sink_totals(sink: OTLPSink) -> tuple[dict[tuple[str, str, str, str | None], 
             {k: v for k, v in cost.items() if v})
 
 
+def code_sessions(sink: OTLPSink) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for key, point in sink.number_points("llm.usage.code.sessions").items():
+        out[dict(key)["llm.code.customer_type"]] += int(point.value)
+    return dict(out)
+
+
+def assert_catalog_shape(sink: OTLPSink) -> None:
+    """Every metric on the wire is in the catalog and carries only the attributes it declares."""
+    for name in sink.metric_names():
+        allowed = set(CATALOG.metrics[name].attributes)
+        for key in sink.points(name):
+            assert set(dict(key)) <= allowed, (name, set(dict(key)) - allowed)
+
+
 def truth(fake: FakeAnthropic) -> tuple[dict[tuple[str, str, str, str | None], int], dict[tuple[str, str], int], dict[str, Decimal]]:
     return ({k: v for k, v in fake.truth_tokens().items() if v},
             {k: v for k, v in fake.truth_tool_requests().items() if v},
@@ -79,10 +97,15 @@ def test_run_once_then_restarts_export_exactly_the_fakes_truth(tmp_path: Path) -
     now = int(time.time())
     with FakeAnthropic() as fake, OTLPSink() as sink:
         fake.populate(now - 5 * 3600, now - 10 * MINUTE, seed=21)
+        fake.populate_code(now - now % DAY - DAY, 2, seed=21)
         config = write_config(tmp_path, fake, sink)
 
         run_once(config)
         assert sink_totals(sink) == truth(fake)
+        assert code_sessions(sink) == {k[0]: v for k, v in fake.truth_code()["llm.usage.code.sessions"].items()}
+        assert_catalog_shape(sink)
+        assert {"llm.usage.tool_requests", "llm.usage.code.tokens", "llm.usage.code.tool_actions",
+                "llm.receiver.data.lag"} <= sink.metric_names()
         names = {dict(k).get("llm.tenancy.name") for k in sink.number_points("llm.usage.tokens")}
         assert {"Default Workspace", "Production", "Research", "Old Experiments"} <= names
         starts = {k: p.start_time_unix_nano for k, p in sink.number_points("llm.usage.tokens").items()}
@@ -92,11 +115,13 @@ def test_run_once_then_restarts_export_exactly_the_fakes_truth(tmp_path: Path) -
         fake.add(now - 2 * MINUTE, prod, counts(uncached_input_tokens=4321, ephemeral_5m_input_tokens=99))
         fake.add(now - 80 * MINUTE, prod, counts(output_tokens=777, web_search_requests=5))
         fake.restate_cost(now, "1.25")
+        fake.add_code(now, "ada@example.com", sessions=3)
         grown = truth(fake)
         assert grown != sink_totals(sink)
 
         run_once(config)  # a restart after the data changed
         assert sink_totals(sink) == grown
+        assert code_sessions(sink) == {k[0]: v for k, v in fake.truth_code()["llm.usage.code.sessions"].items()}
         after = sink.number_points("llm.usage.tokens")
         assert all(after[k].start_time_unix_nano == s for k, s in starts.items()), "a start time moved"
 
