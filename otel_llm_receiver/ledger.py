@@ -45,12 +45,23 @@ METRIC_TOKENS: Final = "llm.usage.tokens"
 METRIC_REQUESTS: Final = "llm.usage.requests"
 METRIC_COST: Final = "llm.usage.cost"
 METRIC_BILLED_QUANTITY: Final = "llm.usage.billed_quantity"
-#: What ``llm.measure`` says for a shrink of each metric.
+METRIC_TOOL_REQUESTS: Final = "llm.usage.tool_requests"
+#: Claude Code analytics (Anthropic): counters of their own, never added into llm.usage.tokens.
+METRIC_CODE_SESSIONS: Final = "llm.usage.code.sessions"
+METRIC_CODE_LINES: Final = "llm.usage.code.lines"
+METRIC_CODE_COMMITS: Final = "llm.usage.code.commits"
+METRIC_CODE_PULL_REQUESTS: Final = "llm.usage.code.pull_requests"
+METRIC_CODE_TOOL_ACTIONS: Final = "llm.usage.code.tool_actions"
+METRIC_CODE_TOKENS: Final = "llm.usage.code.tokens"
+#: What ``llm.measure`` says for a shrink of each metric (``UsageRecord.measures`` may name these, or a level).
 MEASURE_OF_METRIC: Final = {
     METRIC_TOKENS: "tokens", METRIC_REQUESTS: "requests", METRIC_COST: "cost",
     "llm.usage.images": "images", "llm.usage.characters": "characters",
     "llm.usage.audio.duration": "audio_duration", "llm.usage.sessions": "sessions",
-    "llm.usage.tool_requests": "tool_requests", METRIC_BILLED_QUANTITY: "billed_quantity",
+    METRIC_TOOL_REQUESTS: "tool_requests", METRIC_BILLED_QUANTITY: "billed_quantity",
+    METRIC_CODE_SESSIONS: "code.sessions", METRIC_CODE_LINES: "code.lines", METRIC_CODE_COMMITS: "code.commits",
+    METRIC_CODE_PULL_REQUESTS: "code.pull_requests", METRIC_CODE_TOOL_ACTIONS: "code.tool_actions",
+    METRIC_CODE_TOKENS: "code.tokens",
 }
 #: Metrics whose values are integer nano-units (money, fractional billed quantities).
 NANO_METRICS: Final = frozenset({METRIC_COST, METRIC_BILLED_QUANTITY})
@@ -424,18 +435,23 @@ def _expand(result: PollResult, tenant: str) -> _Expansion:
         if ident not in ex.usage_keys:
             base = {
                 "gen_ai.provider.name": r.provider,
-                "gen_ai.request.model": r.model,
-                "gen_ai.operation.name": r.operation,
                 "llm.tenancy.id": r.tenancy_id,
                 "llm.tenant": r.tenant or tenant,
                 **dict(dims),
             }
+            if r.model:  # measures that belong to no model (e.g. Claude Code sessions) leave these out
+                base["gen_ai.request.model"] = r.model
+            if r.operation:
+                base["gen_ai.operation.name"] = r.operation
             by_type: list[tuple[str, tuple[str, str]]] = [
                 (t, (METRIC_TOKENS, canonical_attrs({**base, "gen_ai.token.type": t}))) for t in TOKEN_TYPES
             ]
             ex.usage_keys[ident] = (by_type, (METRIC_REQUESTS, canonical_attrs(base)))
             ex.usage_bases[ident] = base
         for metric in r.measures:
+            if metric not in MEASURE_OF_METRIC and metric not in LEVEL_METRICS:
+                # a provider bug, not a storage failure: the scheduler counts it as bad_response
+                raise ValueError(f"unknown measure {metric!r} in a usage record (not a usage counter or level)")
             if (ident, metric) not in ex.measure_keys:
                 ex.measure_keys[(ident, metric)] = (metric, canonical_attrs(ex.usage_bases[ident]))
     for c in result.costs:
@@ -488,7 +504,7 @@ def _rows(result: PollResult, ex: _Expansion, ids: dict[tuple[str, str], int], h
     for r, ident in zip(result.usage, ex.usage_idents, strict=True):
         start, width, tokens = r.bucket_start, r.bucket_width, r.tokens
         if start < horizon:
-            rejected += len(tokens) + (r.requests is not None)
+            rejected += len(tokens) + (r.requests is not None) + len(r.measures)
             continue
         entry = usage_sids[ident]
         bucket = (id(entry), start, width)

@@ -52,8 +52,9 @@ class UsageRecord:
     ``tokens`` maps token types (``TOKEN_TYPES``) to counts; a type that is absent was not reported, which is
     different from a reported zero only in that no series is created for it. ``dimensions`` holds extra bounded
     attributes (e.g. ``llm.cache.ttl``) that split the series further. ``measures`` holds other integer
-    usage measures by catalog metric name (``llm.usage.images``, ``llm.usage.storage``, ...), in the
-    metric's unit; they get the record's attributes, like ``requests``.
+    usage measures by catalog metric name (``llm.usage.images``, ``llm.usage.tool_requests``,
+    ``llm.usage.storage``, ...), in the metric's unit: each becomes a series with the record's attributes, so a
+    provider adds a billed unit without a new record type.
     """
 
     provider: str
@@ -106,10 +107,14 @@ class PollResult:
     names: Mapping[tuple[str, str], str] = field(default_factory=dict)
     complete_until: int | None = None
     cursors: Mapping[str, str] = field(default_factory=dict)
+    #: How far the provider's data reach, when bucket ends overstate it (a daily cost bucket "ends" tomorrow).
+    data_until: int | None = None
 
     @property
     def newest_bucket_end(self) -> int | None:
         """End of the newest bucket in this result (for the data-lag gauge), or None when it is empty."""
+        if self.data_until is not None:
+            return self.data_until
         ends = [r.bucket_start + r.bucket_width for r in self.usage]
         ends += [c.bucket_start + c.bucket_width for c in self.costs]
         return max(ends) if ends else None

@@ -9,16 +9,18 @@ malformed body or a stalled response, so retry and error paths are exercised ove
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
-__all__ = ["FakeApi", "Fault", "Request", "Response"]
+__all__ = ["FakeApi", "Fault", "Page", "Request", "Response", "paginate"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,35 @@ class Fault:
 
 
 Handler = Callable[[Request], Response]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a list endpoint: its items, whether more follow, and the opaque token of the next page."""
+
+    items: list[T]
+    has_more: bool
+    next_page: str | None
+
+
+def paginate(items: Sequence[T], token: str | None, size: int, *, prefix: str = "page_") -> Page[T]:
+    """The page of ``items`` that ``token`` points at (None: the first), ``size`` items long.
+
+    Tokens are opaque to clients (``prefix`` + base64 of an offset), as the providers' ``next_page`` cursors are;
+    a token this fake did not issue raises ``ValueError`` (answer it with the API's 400).
+    """
+    offset = 0
+    if token:
+        try:
+            offset = int(base64.b64decode(token.removeprefix(prefix), validate=True).decode())
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            raise ValueError(f"invalid page token {token!r}") from None
+    end = offset + size
+    more = end < len(items)
+    next_page = prefix + base64.b64encode(str(end).encode()).decode() if more else None
+    return Page(list(items[offset:end]), more, next_page)
 
 
 class FakeApi:
@@ -169,6 +200,7 @@ class FakeApi:
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
 
             def _serve(self) -> None:
                 url = urlsplit(self.path)

@@ -1,0 +1,324 @@
+"""The ``anthropic`` provider: the Claude API's Admin usage report, cost report and workspace names.
+
+Each poll reads, in this order and through one shared ``ApiClient`` (retries, ``Retry-After``, 529 as a 503):
+
+* ``GET /v1/organizations/usage_report/messages`` for ``[window.start, window.end)`` in ``bucket_width`` buckets
+  (always sent: the API's own default is ``1d``), grouped by the configured dimensions, every page;
+* ``GET /v1/organizations/cost_report`` in daily buckets for ``cost_lookback`` (``cost_backfill`` on a first
+  poll), grouped by workspace and description so each row keeps its model and token or cost type;
+* ``GET /v1/organizations/workspaces`` (archived included) for names, at most once per ``names_ttl``; a failed
+  lookup is logged and the poll goes on with the names it has;
+* optionally (``sources: [..., claude_code]``) ``GET /v1/organizations/usage_report/claude_code``, one UTC day per
+  request, for the same days as the cost report (``claude_code.py``).
+
+Every page of every report is checked against the documented shape before any record is built, so a bad page
+fails the whole poll as ``bad_response`` and nothing from it reaches the ledger. The mapping itself lives in
+``reports.py``; docs/providers/anthropic.md has the table and the API facts it rests on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import ClassVar
+
+from ...config import Option, ProviderConfig
+from ...errors import ProviderError
+from ...model import CostRecord, PollResult, UsageRecord, Window
+from ..base import DAY, HOUR, Provider
+from ..http import HTTP_OPTIONS, ApiClient
+from .claude_code import code_records, day_param, parse_code_page
+from .reports import (
+    DEFAULT_WORKSPACE,
+    DIMENSIONS,
+    Bucket,
+    ShapeError,
+    cost_record,
+    parse_report_page,
+    parse_workspaces_page,
+    usage_records,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "https://api.anthropic.com"
+USAGE_PATH = "/v1/organizations/usage_report/messages"
+COST_PATH = "/v1/organizations/cost_report"
+WORKSPACES_PATH = "/v1/organizations/workspaces"
+CLAUDE_CODE_PATH = "/v1/organizations/usage_report/claude_code"
+CLAUDE_CODE_PAGE_LIMIT = 1000  # claude_code: limit 1..1000 records a page
+API_VERSION = "2023-06-01"
+FAST_MODE_BETA = "fast-mode-2026-02-01"  # the docs: needed to group the usage report by `speed`
+
+#: ``bucket_width`` -> (seconds, the most buckets one page may hold, per the API reference).
+BUCKET_WIDTHS: Mapping[str, tuple[int, int]] = {"1m": (60, 1440), "1h": (HOUR, 168), "1d": (DAY, 31)}
+COST_PAGE_LIMIT = 31  # cost_report: daily buckets only, limit 1..31
+WORKSPACES_PAGE_LIMIT = 1000  # workspaces: limit 1..1000
+DATA_DELAY = 5 * 60  # "typically appears within 5 minutes": buckets older than this count as complete
+MAX_PAGES = 500  # a runaway pager (the same token forever) ends the poll instead of looping
+REVISION_HORIZON_DAYS = 8
+MAX_COST_WINDOW = (REVISION_HORIZON_DAYS - 1) * DAY  # cost is re-read within the ledger's revision horizon
+DEFAULT_DIMENSIONS = ("workspace", "model", "service_tier", "context_window", "inference_geo")
+REQUIRED_DIMENSIONS = ("workspace", "model")
+SOURCES = ("messages", "cost", "claude_code")
+DEFAULT_SOURCES = ("messages", "cost")
+#: Dimensions of the Claude Code report only (not a usage report group_by[]).
+CODE_DIMENSIONS = ("actor",)
+DEFAULT_WORKSPACE_NAME = "Default Workspace"
+
+
+def _rfc3339(t: int) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _floor(t: int, width: int) -> int:
+    return t - t % width
+
+
+def _ceil(t: int, width: int) -> int:
+    return -(-t // width) * width
+
+
+def _seconds(value: object, default: float) -> float:
+    """A duration option's seconds; ``0`` is a value, only None takes the default."""
+    return float(value) if isinstance(value, int | float) else float(default)
+
+
+class AnthropicProvider(Provider):
+    """Claude API usage (tokens by type, cache TTL, server tools) and reported cost, by workspace and model."""
+
+    TYPE: ClassVar[str] = "anthropic"
+    OPTIONS: ClassVar[Mapping[str, Option]] = {
+        "admin_key": Option(
+            "secret", required=True,
+            description="Admin API key (sk-ant-admin...), sent as x-api-key. Workspace API keys are refused.",
+        ),
+        "anthropic_version": Option("str", default=API_VERSION, description="The anthropic-version header."),
+        "bucket_width": Option(
+            "str", default="1h", choices=tuple(BUCKET_WIDTHS),
+            description="Usage bucket width (the API's own default is 1d, so it is always sent).",
+        ),
+        "cost_lookback": Option(
+            "duration", default="72h", description="Cost days re-read every poll (Anthropic restates recent days)."
+        ),
+        "cost_backfill": Option("duration", default="7d", description="Cost days read on a first poll."),
+        "names_ttl": Option("duration", default="1h", description="How long workspace names are cached."),
+        "dimensions": Option(
+            "list[str]", default=DEFAULT_DIMENSIONS, choices=(*DIMENSIONS, *CODE_DIMENSIONS),
+            description="Usage group_by[] dimensions; workspace and model are required; api_key, speed and actor "
+            "(Claude Code) opt in.",
+        ),
+        "sources": Option(
+            "list[str]", default=DEFAULT_SOURCES, choices=SOURCES, description="Which reports to poll."
+        ),
+        **HTTP_OPTIONS,
+    }
+    DEFAULT_LOOKBACK: ClassVar[float] = 2 * HOUR
+    DEFAULT_BACKFILL: ClassVar[float] = DAY
+    REVISION_HORIZON: ClassVar[float] = REVISION_HORIZON_DAYS * DAY
+
+    def __init__(self, config: ProviderConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(config)
+        opts = config.options
+        self.width, self.page_limit = BUCKET_WIDTHS[str(opts.get("bucket_width") or "1h")]
+        self.dimensions: tuple[str, ...] = tuple(opts.get("dimensions") or DEFAULT_DIMENSIONS)
+        self.sources: tuple[str, ...] = tuple(opts.get("sources") or DEFAULT_SOURCES)
+        self.cost_lookback = _seconds(opts.get("cost_lookback"), 72 * HOUR)
+        self.cost_backfill = _seconds(opts.get("cost_backfill"), 7 * DAY)
+        self.names_ttl = _seconds(opts.get("names_ttl"), HOUR)
+        problems = [f"dimensions must include {d}" for d in REQUIRED_DIMENSIONS if d not in self.dimensions]
+        problems += [
+            f"{key} must be at most {MAX_COST_WINDOW // DAY}d (the ledger's revision horizon for cost days)"
+            for key, value in (("cost_lookback", self.cost_lookback), ("cost_backfill", self.cost_backfill))
+            if value > MAX_COST_WINDOW
+        ]
+        if problems:
+            raise ProviderError("; ".join(problems), provider=self.name, error_type="config")
+        headers = {"x-api-key": str(opts["admin_key"]), "anthropic-version": str(opts.get("anthropic_version")
+                                                                                 or API_VERSION)}
+        if "speed" in self.dimensions:
+            headers["anthropic-beta"] = FAST_MODE_BETA
+        base_url = config.endpoint or DEFAULT_ENDPOINT
+        retries = int(opts.get("max_retries", 4))
+        initial = float(opts.get("retry_initial_interval", 1.0))
+        self.client = ApiClient(
+            provider=self.name, base_url=base_url, headers=headers, timeout=config.timeout,
+            max_retries=retries, retry_initial_interval=initial, requests=self.api_requests,
+        )
+        # Names are a nicety: one quick retry, never a long Retry-After wait that would delay usage.
+        self.names_client = ApiClient(
+            provider=self.name, base_url=base_url, headers=headers, timeout=config.timeout,
+            max_retries=min(retries, 1), retry_initial_interval=initial, max_retry_wait=5.0,
+            requests=self.api_requests,
+        )
+        self._clock = clock
+        self._names: dict[str, str] = {}
+        self._names_at: float | None = None
+
+    # -- the poll -------------------------------------------------------------------------------------------------
+    async def fetch(self, window: Window) -> PollResult:
+        usage: list[UsageRecord] = []
+        costs: list[CostRecord] = []
+        code: list[UsageRecord] = []
+        try:
+            if "messages" in self.sources:
+                usage = await self._usage(window)
+            if "cost" in self.sources:
+                costs = await self._costs(window)
+            if "claude_code" in self.sources:
+                code = await self._claude_code(window)
+        except ShapeError as exc:
+            raise ProviderError(
+                f"response does not match the documented shape: {exc}",
+                provider=self.name, error_type="bad_response",
+            ) from None
+        except ProviderError as exc:
+            if exc.error_type == "auth":
+                raise ProviderError(
+                    f"{exc} (the reports need an Admin API key, sk-ant-admin...; workspace keys are refused)",
+                    provider=self.name, error_type="auth", retry_after=exc.retry_after,
+                ) from None
+            raise
+        names = {("tenancy", ident): name for ident, name in (await self._workspace_names()).items()}
+        settled = window.end - DATA_DELAY
+        return PollResult(
+            usage=usage + code, costs=costs, names=names,
+            complete_until=max(window.start, min(_floor(settled, self.width), window.end)),
+            data_until=self._data_until(window, usage, costs),
+        )
+
+    def _data_until(self, window: Window, usage: Sequence[UsageRecord], costs: Sequence[CostRecord]) -> int | None:
+        """How current the data are, for ``llm.receiver.data.lag``: the end of the newest bucket that had rows in
+        the main report (the usage report when polled, else the cost report), capped at now, since the growing
+        current bucket (and any daily bucket) ends in the future."""
+        if "messages" in self.sources:
+            ends = [r.bucket_start + r.bucket_width for r in usage]
+        else:
+            ends = [c.bucket_start + c.bucket_width for c in costs]
+        return min(max(ends), window.end) if ends else None
+
+    def usage_params(self, window: Window) -> list[tuple[str, str]]:
+        """Query of the usage report: aligned bucket bounds, so the growing last bucket is one key, not two."""
+        params = [
+            ("starting_at", _rfc3339(_floor(window.start, self.width))),
+            ("ending_at", _rfc3339(_ceil(window.end, self.width))),
+            ("bucket_width", next(k for k, (w, _) in BUCKET_WIDTHS.items() if w == self.width)),
+            ("limit", str(self.page_limit)),
+        ]
+        params += [("group_by[]", DIMENSIONS[d][0]) for d in self.dimensions if d in DIMENSIONS]
+        return params
+
+    def daily_start(self, window: Window) -> int:
+        """First UTC day the daily reports re-read: ``cost_lookback`` back (``cost_backfill`` on a first poll)."""
+        first_poll = self.backfill > 0 and window.end - window.start >= self.backfill
+        reach = self.cost_backfill if first_poll else self.cost_lookback
+        return _floor(min(window.start, window.end - int(reach)), DAY)
+
+    def cost_params(self, window: Window) -> list[tuple[str, str]]:
+        """Query of the cost report: whole UTC days from ``daily_start`` through today."""
+        return [
+            ("starting_at", _rfc3339(self.daily_start(window))),
+            ("ending_at", _rfc3339(_ceil(window.end, DAY))),
+            ("bucket_width", "1d"),
+            ("limit", str(COST_PAGE_LIMIT)),
+            ("group_by[]", "workspace_id"),
+            ("group_by[]", "description"),
+        ]
+
+    async def _usage(self, window: Window) -> list[UsageRecord]:
+        records: list[UsageRecord] = []
+        for bucket in await self._report(USAGE_PATH, self.usage_params(window), self.width, "usage_report"):
+            for i, row in enumerate(bucket.results):
+                records += usage_records(bucket, row, f"{bucket.path}.results[{i}]", self.dimensions)
+        return records
+
+    async def _costs(self, window: Window) -> list[CostRecord]:
+        return [
+            cost_record(bucket, row, f"{bucket.path}.results[{i}]", self.dimensions)
+            for bucket in await self._report(COST_PATH, self.cost_params(window), DAY, "cost_report")
+            for i, row in enumerate(bucket.results)
+        ]
+
+    async def _claude_code(self, window: Window) -> list[UsageRecord]:
+        """Claude Code analytics for every UTC day the cost report covers: one request (and its pages) a day."""
+        records: list[UsageRecord] = []
+        with_actor = "actor" in self.dimensions
+        for day in range(self.daily_start(window), window.end, DAY):
+            page: str | None = None
+            tokens: set[str] = set()
+            for number in range(1, MAX_PAGES + 1):
+                query = [("starting_at", day_param(day)), ("limit", str(CLAUDE_CODE_PAGE_LIMIT))]
+                if page:
+                    query.append(("page", page))
+                what = f"claude_code({day_param(day)}, page {number})"
+                rows, has_more, page = parse_code_page(await self.client.get_json(CLAUDE_CODE_PATH, query), what)
+                for i, row in enumerate(rows):
+                    records += code_records(row, f"{what}.data[{i}]", day, with_actor=with_actor)
+                if not has_more:
+                    break
+                assert page is not None
+                if page in tokens:
+                    raise ShapeError(f"{what}.next_page: the token {page[:40]!r} repeated")
+                tokens.add(page)
+            else:
+                raise ShapeError(f"claude_code({day_param(day)}): still has_more after {MAX_PAGES} pages")
+        return records
+
+    async def _report(self, path: str, params: Sequence[tuple[str, str]], width: int, what: str) -> list[Bucket]:
+        """Every bucket of a report, following ``has_more`` / ``next_page`` to the last page."""
+        buckets: list[Bucket] = []
+        starts: set[int] = set()
+        tokens: set[str] = set()
+        page: str | None = None
+        for number in range(1, MAX_PAGES + 1):
+            query = [*params, ("page", page)] if page else list(params)
+            parsed = parse_report_page(await self.client.get_json(path, query), f"{what}(page {number})", width)
+            for bucket in parsed.buckets:
+                if bucket.start in starts:  # the same bucket twice would be counted twice
+                    raise ShapeError(f"{bucket.path}: bucket {_rfc3339(bucket.start)} came on two pages")
+                starts.add(bucket.start)
+            buckets += parsed.buckets
+            if not parsed.has_more:
+                return buckets
+            assert parsed.next_page is not None  # parse_report_page guarantees it
+            if parsed.next_page in tokens:
+                raise ShapeError(f"{what}.next_page: the token {parsed.next_page[:40]!r} repeated")
+            tokens.add(parsed.next_page)
+            page = parsed.next_page
+        raise ShapeError(f"{what}: still has_more after {MAX_PAGES} pages")
+
+    # -- names ----------------------------------------------------------------------------------------------------
+    async def _workspace_names(self) -> dict[str, str]:
+        """Workspace id -> name, cached for ``names_ttl``; on failure the last good names (and one log line)."""
+        now = self._clock()
+        if self._names_at is not None and now - self._names_at < self.names_ttl:
+            return self._names
+        names: dict[str, str] = {DEFAULT_WORKSPACE: DEFAULT_WORKSPACE_NAME}
+        after: str | None = None
+        try:
+            for _ in range(MAX_PAGES):
+                query = [("limit", str(WORKSPACES_PAGE_LIMIT)), ("include_archived", "true")]
+                if after:
+                    query.append(("after_id", after))
+                page, has_more, last_id = parse_workspaces_page(
+                    await self.names_client.get_json(WORKSPACES_PATH, query)
+                )
+                names.update(page)
+                if not has_more or last_id is None or last_id == after:
+                    break
+                after = last_id
+        except (ProviderError, ShapeError) as exc:
+            log.warning("%s: workspace names not refreshed (usage goes on with the %d known): %s",
+                        self.name, len(self._names), exc)
+            return self._names or {DEFAULT_WORKSPACE: DEFAULT_WORKSPACE_NAME}
+        self._names, self._names_at = names, now
+        return names
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        await self.names_client.aclose()
+
+
+__all__ = ["AnthropicProvider"]
