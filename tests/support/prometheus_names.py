@@ -116,3 +116,37 @@ def unknown_metrics(exprs: Iterable[str], known: Iterable[str]) -> set[str]:
     """Metric names used in ``exprs`` that are neither catalog series nor in ``known`` (e.g. recorded rules)."""
     allowed = set(catalog_series_names()) | set(known)
     return {n for e in exprs for n in metric_names_in(e) if n not in allowed}
+
+
+# ------------------------------------------------------------------------------------------------ docs table
+def render_names_table(catalog: Catalog = CATALOG) -> str:
+    """The generated part of docs/collector.md: every catalog metric and attribute in its Prometheus form."""
+    out = [
+        "| OTLP metric | Instrument | Unit | Prometheus series | Labels |",
+        "|---|---|---|---|---|",
+    ]
+    for m in catalog.metrics.values():
+        kind = metric_kind(m)
+        series = ", ".join(f"`{n}`" for n in series_names(m))
+        labels = ", ".join(f"`{prometheus_label_name(a)}`" for a in m.attributes)
+        out.append(f"| `{m.name}` | {m.instrument} ({kind}) | `{m.unit}` | {series} | {labels} |")
+    out += ["", "| Attribute (OTLP) | Label (Prometheus) |", "|---|---|"]
+    out += [f"| `{a}` | `{prometheus_label_name(a)}` |" for a in catalog.attributes]
+    return "\n".join(out) + "\n"
+
+
+def rewrite_doc(path: str) -> None:
+    """Replace the generated table in ``path`` (between its BEGIN/END markers) with the current one."""
+    begin, end = "<!-- BEGIN generated: prometheus names -->\n", "<!-- END generated: prometheus names -->"
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(head + begin + render_names_table() + end + tail)
+
+
+if __name__ == "__main__":
+    import sys
+
+    rewrite_doc(sys.argv[1] if len(sys.argv) > 1 else "docs/collector.md")
