@@ -104,10 +104,11 @@ def test_panels_use_only_catalog_attribute_labels() -> None:
 
 # ------------------------------------------------------------------------------------------------ the data set
 def test_demo_data_set_ends_at_the_demo_ground_truth() -> None:
-    end = 1_795_000_000 // 60 * 60
-    times = sample_times(end)
-    tokens, requests, cost = usage_series(SEED, end - 7 * DAY, times)
-    want_tokens, want_requests, want_cost = demo_truth(SEED, end - 7 * DAY, end)
+    # Two days rather than the week: the same code path, a quarter of the work.
+    end, days = 1_795_000_000 // 60 * 60, 2
+    times = sample_times(end, days)
+    tokens, requests, cost = usage_series(SEED, end - days * DAY, times)
+    want_tokens, want_requests, want_cost = demo_truth(SEED, end - days * DAY, end)
     assert {(w.tenancy, w.model, t): v[-1] for (w, t), v in tokens.items()} == want_tokens
     assert {(w.tenancy, w.model): v[-1] for w, v in requests.items()} == want_requests
     assert {(w.tenancy, w.model): v[-1] for w, v in cost.items()} == {k: Decimal(v) for k, v in want_cost.items()}

@@ -44,15 +44,19 @@ SOURCE = "demo"
 TENANT = "default"
 
 
-def sample_times(end: int, days: int = 7, step: int = 1800, fine_tail: int = 1800) -> list[int]:
-    """Every ``step`` over the days, every minute over the last ``fine_tail`` seconds (for 5m rates).
+def sample_times(end: int, days: int = 7) -> list[int]:
+    """When the data set has samples: every 12 hours over the week, every 30 minutes over the last 26 hours,
+    every minute over the last 30 minutes.
 
-    Sparse on purpose: ``promtool tsdb create-blocks-from openmetrics`` re-reads the whole input once per
-    2-hour block (84 of them for a week), so its run time grows with the number of lines.
+    The queries under test run at "now" and reach back at most a day at full detail (``[1d]`` windows, 1h and
+    5m rates) and a week for weekly totals, which a few samples serve exactly. Sparse on purpose:
+    ``promtool tsdb create-blocks-from openmetrics`` writes one block per 2-hour range that has samples, at a
+    fixed cost each, so a week sampled densely (84 blocks) would take seconds to load.
     """
     start = end - days * DAY
-    coarse = list(range(start, end - fine_tail, step))
-    return coarse + list(range(end - fine_tail, end + 1, 60))
+    recent, tail = end - 26 * 3600, end - 1800
+    times = set(range(start, recent, 12 * 3600)) | set(range(recent, tail, 1800)) | set(range(tail, end + 1, 60))
+    return sorted(t for t in times if start <= t <= end)
 
 
 class _Family:
