@@ -182,7 +182,7 @@ def one(objects: dict[tuple[str, str], dict[str, Any]], kind: str) -> dict[str, 
 
 def receiver_container(pod: dict[str, Any]) -> dict[str, Any]:
     (c,) = [c for c in pod["containers"] if c["name"] == "receiver"]
-    return c
+    return dict(c)
 
 
 SECRET = yaml.safe_load((K8S / "secret.example.yaml").read_text(encoding="utf-8"))

@@ -17,7 +17,7 @@ label is checked against the metric's catalog attributes, so the data set cannot
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from itertools import accumulate
 
@@ -70,7 +70,7 @@ class _Family:
         self.allowed = {prometheus_label_name(a) for a in self.m.attributes} | {"job", "instance", "le"}
         self.lines: list[str] = []
 
-    def add(self, suffix: str, labels: dict[str, str], points: list[tuple[int, float | int]]) -> None:
+    def add(self, suffix: str, labels: dict[str, str], points: Sequence[tuple[int, float | int]]) -> None:
         unknown = set(labels) - self.allowed
         if unknown:
             raise ValueError(f"{self.m.name}: labels {sorted(unknown)} are not catalog attributes of it")

@@ -45,7 +45,7 @@ class Rule:
 
 
 def load_rules(files: tuple[Path, ...] = RULE_FILES) -> list[Rule]:
-    rules = []
+    rules: list[Rule] = []
     for path in files:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
         for group in doc["groups"]:
