@@ -11,6 +11,7 @@ catalog does not have fails by that name.
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -31,9 +32,16 @@ from tests.support.dashboards import (
 )
 from tests.support.demo_openmetrics import DAY, demo_openmetrics, sample_times, usage_series
 from tests.support.demo_truth import demo_truth
+from tests.support.otlp_sink import OTLPSink
 from tests.support.prometheus_files import RULE_FILES, load_rules
-from tests.support.prometheus_names import catalog_series_names, metric_names_in, prometheus_label_name
+from tests.support.prometheus_names import (
+    catalog_series_names,
+    metric_names_in,
+    prometheus_label_name,
+    prometheus_metric_name,
+)
 from tests.support.prometheus_server import PrometheusServer
+from tests.test_e2e import ENV, cli
 
 FILES = dashboard_files()
 QUERIES = [q for f in FILES for q in panel_queries(f)]
@@ -159,3 +167,48 @@ def test_the_data_shows_the_demo_organisation(prometheus: PrometheusServer) -> N
     assert models == {"gpt-4o-mini", "text-embedding-3-small", "gpt-4o", "claude-sonnet-4", "claude-opus-4"}
     (ratio,) = prometheus.query('sum(llm:cache_hit_ratio:rate1h{gen_ai_request_model="claude-sonnet-4"})')
     assert 0.4 < float(ratio["value"][1]) < 0.6  # the demo's claude-sonnet-4 reads half its input from cache
+
+
+def _data_set_label_sets(text: str) -> dict[str, set[frozenset[str]]]:
+    """Prometheus sample name -> the label-key sets its series have (job, instance and le left out)."""
+    out: dict[str, set[frozenset[str]]] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        name, _, rest = line.partition("{")
+        keys = frozenset(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="', rest.partition("}")[0])) - {"job", "instance", "le"}
+        out.setdefault(name, set()).add(keys)
+    return out
+
+
+def test_data_set_has_the_names_and_labels_the_receiver_really_sends(tmp_path: Path) -> None:
+    # The receiver's real export of the demo, translated with the Collector's rules from what is on the wire
+    # (name, unit, type), must name the same Prometheus series with the same label sets as the data set.
+    with OTLPSink() as sink:
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            f"storage: {{path: {tmp_path / 'ledger.db'}}}\nhealth: {{endpoint: \"\"}}\n"
+            f"exporters:\n  otlp:\n    endpoint: {sink.grpc_endpoint}\n    tls: {{insecure: true}}\n"
+            "providers:\n  demo:\n    seed: 42\n    backfill: 2d\n"
+        )
+        proc = subprocess.run(cli("run", "--config", str(config), "--once"), env=ENV, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        wire: dict[str, set[frozenset[str]]] = {}
+        for name in sink.metric_names():
+            info = sink.metric_info(name)
+            points = sink.points(name)
+            first = next(iter(points.values()))
+            kind = ("histogram" if info.kind == "histogram"
+                    else "counter" if info.kind == "sum" and getattr(first, "is_monotonic", False) else "gauge")
+            base = prometheus_metric_name(name, info.unit, kind)
+            suffixes = ("_bucket", "_sum", "_count") if kind == "histogram" else ("",)
+            label_sets = {frozenset(prometheus_label_name(k) for k, _ in key) for key in points}
+            for suffix in suffixes:
+                wire[base + suffix] = label_sets
+    data = _data_set_label_sets(demo_openmetrics(1_795_000_000 // 60 * 60, days=2))
+    assert set(data) == set(wire), "the data set and the receiver's export name different series"
+    # Failed polls add error.type (emitter: only on failures); the demo run here has none to show it.
+    wire["llm_receiver_polls_total"] |= {s | {"error_type"} for s in wire["llm_receiver_polls_total"]}
+    for name, label_sets in data.items():
+        assert label_sets <= wire[name], f"{name}: label sets the receiver does not send: {label_sets - wire[name]}"

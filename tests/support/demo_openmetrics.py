@@ -17,7 +17,8 @@ label is checked against the metric's catalog attributes, so the data set cannot
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from itertools import accumulate
 
@@ -143,26 +144,50 @@ def usage_series(
     return tokens, requests, cost
 
 
+@dataclass(frozen=True)
+class DataSet:
+    """What every family builder gets: the seed, the sample times and the window the backfill covers."""
+
+    seed: int
+    times: list[int]
+    first_start: int
+
+
+def usage_families(ds: DataSet) -> list[_Family]:
+    """``llm.usage.tokens`` / ``requests`` / ``cost``: the ledger's exact totals at each sample time."""
+    tokens, requests, cost = usage_series(ds.seed, ds.first_start, ds.times)
+    fam_tokens, fam_requests, fam_cost = (_Family(n) for n in ("llm.usage.tokens", "llm.usage.requests", "llm.usage.cost"))
+    for (w, t), values in tokens.items():
+        fam_tokens.add("", {**_usage_labels(w), prometheus_label_name("gen_ai.token.type"): t},
+                       list(zip(ds.times, values, strict=True)))
+    for w, req in requests.items():
+        fam_requests.add("", _usage_labels(w), list(zip(ds.times, req, strict=True)))
+    for w, amounts in cost.items():
+        labels = {k: v for k, v in _usage_labels(w).items() if k != "gen_ai_operation_name"}
+        labels[prometheus_label_name("llm.cost.line_item")] = "tokens"
+        fam_cost.add("", labels, [(t, float(a)) for t, a in zip(ds.times, amounts, strict=True)])
+    return [fam_tokens, fam_requests, fam_cost]
+
+
+def self_health_families(ds: DataSet) -> list[_Family]:
+    return _self_health(ds.times)
+
+
+#: The data set's metric families, one builder per group of metrics. A new group of metrics (issue 7's
+#: ``llm.usage.cost.estimated``, ``llm.budget.*``, ``llm.anomaly.score``, ...) is one more builder here, so that
+#: its rules and panels have data to run on in tests/test_dashboards.py.
+FAMILY_BUILDERS: tuple[Callable[[DataSet], list[_Family]], ...] = (usage_families, self_health_families)
+
+
 def demo_openmetrics(end: int, seed: int = 42, days: int = 7) -> str:
     """The whole data set, ending at ``end`` (Unix seconds, a multiple of 60)."""
     if end % 60:
         raise ValueError("end must be a whole minute")
-    times = sample_times(end, days)
-    first_start = end - days * DAY
-    tokens, requests, cost = usage_series(seed, first_start, times)
-
-    fam_tokens, fam_requests, fam_cost = (_Family(n) for n in ("llm.usage.tokens", "llm.usage.requests", "llm.usage.cost"))
-    for (w, t), values in tokens.items():
-        fam_tokens.add("", {**_usage_labels(w), prometheus_label_name("gen_ai.token.type"): t},
-                       list(zip(times, values, strict=True)))
-    for w, req in requests.items():
-        fam_requests.add("", _usage_labels(w), list(zip(times, req, strict=True)))
-    for w, amounts in cost.items():
-        labels = {k: v for k, v in _usage_labels(w).items() if k != "gen_ai_operation_name"}
-        labels[prometheus_label_name("llm.cost.line_item")] = "tokens"
-        fam_cost.add("", labels, [(t, float(a)) for t, a in zip(times, amounts, strict=True)])
-
-    families = [fam_tokens, fam_requests, fam_cost, *_self_health(times)]
+    ds = DataSet(seed, sample_times(end, days), end - days * DAY)
+    families = [f for build in FAMILY_BUILDERS for f in build(ds)]
+    names = [f.family for f in families]
+    if len(names) != len(set(names)):
+        raise ValueError("a metric family is built twice")  # OpenMetrics needs each family in one block
     return "\n".join(line for f in families for line in f.render()) + "\n# EOF\n"
 
 
