@@ -29,9 +29,10 @@ types: install
 unit: install
 	$(BIN)/python -m pytest
 
-## Regenerate docs/metrics.md from the metric catalog.
+## Regenerate docs/metrics.md and docs/collector.md's Prometheus-name table from the metric catalog.
 docs: install
 	$(BIN)/python -m otel_llm_receiver.catalog > docs/metrics.md
+	$(BIN)/python -m tests.support.prometheus_names docs/collector.md
 
 bench: install
 	$(BIN)/python benchmarks/ledger_apply.py

@@ -1,0 +1,232 @@
+"""The 7-day demo data set as the Collector's Prometheus exporter would expose it, in OpenMetrics text.
+
+Why: dashboards and recording rules must be checked against a real Prometheus holding the series our stack
+really produces. ``promtool tsdb create-blocks-from openmetrics`` turns this text into TSDB blocks.
+
+* Usage series (``llm_usage_tokens_total``, ``llm_usage_requests_total``, ``llm_usage_cost_USD_total``) carry
+  the exact cumulative totals the ledger holds after a poll at each sample time: per bucket, the latest value
+  the demo API reports as of that time (``bucket_as_of`` / ``daily_cost``, the demo's own pure functions),
+  summed over buckets since the 7-day backfill started. The last sample equals ``demo_truth`` (a test checks).
+* Self-health series (polls, poll durations, last success, data lag, records) describe a process polling every
+  minute; their numbers are synthetic (every 40th poll rate-limited, every 150th a timeout) because the demo
+  provider never fails, but their names, types and labels are the catalog's.
+
+Names come from the catalog (``prometheus_name``; attribute keys through ``prometheus_label_name``), and every
+label is checked against the metric's catalog attributes, so the data set cannot drift from the catalog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from itertools import accumulate
+
+from otel_llm_receiver.catalog import CATALOG, MetricDef
+from otel_llm_receiver.providers.demo import (
+    COST_DELAY,
+    COST_LOOKBACK,
+    PROVIDER_NAME,
+    TENANCIES,
+    WORKLOADS,
+    Workload,
+    bucket_as_of,
+    daily_cost,
+    full_bucket,
+)
+from otel_llm_receiver.selfhealth import DURATION_BOUNDS
+from tests.support.prometheus_names import prometheus_label_name
+
+DAY = 86_400
+WIDTH = 60  # the demo's default bucket width
+#: Resource attributes the Collector's prometheus exporter turns into job / instance.
+JOB, INSTANCE = "otel-llm-receiver", "demo-receiver-0"
+SOURCE = "demo"
+TENANT = "default"
+
+
+def sample_times(end: int, days: int = 7) -> list[int]:
+    """When the data set has samples: every 12 hours over the week, every 30 minutes over the last 26 hours,
+    every minute over the last 30 minutes.
+
+    The queries under test run at "now" and reach back at most a day at full detail (``[1d]`` windows, 1h and
+    5m rates) and a week for weekly totals, which a few samples serve exactly. Sparse on purpose:
+    ``promtool tsdb create-blocks-from openmetrics`` writes one block per 2-hour range that has samples, at a
+    fixed cost each, so a week sampled densely (84 blocks) would take seconds to load.
+    """
+    start = end - days * DAY
+    recent, tail = end - 26 * 3600, end - 1800
+    times = set(range(start, recent, 12 * 3600)) | set(range(recent, tail, 1800)) | set(range(tail, end + 1, 60))
+    return sorted(t for t in times if start <= t <= end)
+
+
+class _Family:
+    """One metric family's lines, with every label checked against the catalog."""
+
+    def __init__(self, metric: str) -> None:
+        self.m: MetricDef = CATALOG.metrics[metric]
+        kinds = {"histogram": "histogram", "gauge": "gauge"}
+        self.kind = kinds.get(self.m.instrument, "counter" if self.m.monotonic else "gauge")
+        self.family = self.m.prometheus_name.removesuffix("_total") if self.kind == "counter" else self.m.prometheus_name
+        self.allowed = {prometheus_label_name(a) for a in self.m.attributes} | {"job", "instance", "le"}
+        self.lines: list[str] = []
+
+    def add(self, suffix: str, labels: dict[str, str], points: Sequence[tuple[int, float | int]]) -> None:
+        unknown = set(labels) - self.allowed
+        if unknown:
+            raise ValueError(f"{self.m.name}: labels {sorted(unknown)} are not catalog attributes of it")
+        body = ",".join(f'{k}="{v}"' for k, v in {"job": JOB, "instance": INSTANCE, **labels}.items())
+        name = self.m.prometheus_name + suffix
+        self.lines.extend(f"{name}{{{body}}} {_num(v)} {t}" for t, v in points)
+
+    def render(self) -> Iterator[str]:
+        yield f"# HELP {self.family} {self.m.description}"
+        yield f"# TYPE {self.family} {self.kind}"
+        yield from self.lines
+
+
+def _num(v: float | int) -> str:
+    return str(v) if isinstance(v, int) else repr(float(v))
+
+
+def _usage_labels(w: Workload) -> dict[str, str]:
+    return {
+        prometheus_label_name("gen_ai.provider.name"): PROVIDER_NAME,
+        prometheus_label_name("gen_ai.request.model"): w.model,
+        prometheus_label_name("gen_ai.operation.name"): w.operation,
+        prometheus_label_name("llm.tenant"): TENANT,
+        prometheus_label_name("llm.tenancy.id"): w.tenancy,
+        prometheus_label_name("llm.tenancy.name"): TENANCIES[w.tenancy],
+    }
+
+
+def usage_series(
+    seed: int, first_start: int, times: list[int]
+) -> tuple[dict[tuple[Workload, str], list[int]], dict[Workload, list[int]], dict[Workload, list[Decimal]]]:
+    """Cumulative tokens (by workload and token type), requests and cost at each sample time."""
+    end = times[-1]
+    first = first_start - first_start % WIDTH
+    starts = list(range(first, end, WIDTH))
+    tokens: dict[tuple[Workload, str], list[int]] = {}
+    requests: dict[Workload, list[int]] = {}
+    cost: dict[Workload, list[Decimal]] = {}
+    cost_start = first_start - COST_LOOKBACK
+    days = list(range(cost_start - cost_start % DAY, end, DAY))
+    for w in WORKLOADS:
+        finals = [full_bucket(seed, w, s, WIDTH) for s in starts]
+        types = sorted(finals[0][0])
+        settled_tokens = {t: [0, *accumulate(f[0][t] for f in finals)] for t in types}
+        settled_requests = [0, *accumulate(f[1] for f in finals)]
+        for t in types:
+            tokens[(w, t)] = []
+        requests[w] = []
+        for at in times:
+            # Buckets that started at least 2 widths before `at` are final; the last ones are filling in.
+            n_final = max(0, min(len(starts), (at - 2 * WIDTH - first) // WIDTH + 1))
+            partial_tokens = dict.fromkeys(types, 0)
+            partial_requests = 0
+            for i in range(n_final, len(starts)):
+                if starts[i] >= at:
+                    break
+                values = bucket_as_of(seed, w, starts[i], WIDTH, at)
+                if values is not None:
+                    for t in types:
+                        partial_tokens[t] += values[0].get(t, 0)
+                    partial_requests += values[1]
+            for t in types:
+                tokens[(w, t)].append(settled_tokens[t][n_final] + partial_tokens[t])
+            requests[w].append(settled_requests[n_final] + partial_requests)
+        day_costs = [daily_cost(seed, w, d) for d in days]
+        cost[w] = [
+            sum((c for d, c in zip(days, day_costs, strict=True) if d + DAY + COST_DELAY <= at), Decimal(0))
+            for at in times
+        ]
+    return tokens, requests, cost
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """What every family builder gets: the seed, the sample times and the window the backfill covers."""
+
+    seed: int
+    times: list[int]
+    first_start: int
+
+
+def usage_families(ds: DataSet) -> list[_Family]:
+    """``llm.usage.tokens`` / ``requests`` / ``cost``: the ledger's exact totals at each sample time."""
+    tokens, requests, cost = usage_series(ds.seed, ds.first_start, ds.times)
+    fam_tokens, fam_requests, fam_cost = (_Family(n) for n in ("llm.usage.tokens", "llm.usage.requests", "llm.usage.cost"))
+    for (w, t), values in tokens.items():
+        fam_tokens.add("", {**_usage_labels(w), prometheus_label_name("gen_ai.token.type"): t},
+                       list(zip(ds.times, values, strict=True)))
+    for w, req in requests.items():
+        fam_requests.add("", _usage_labels(w), list(zip(ds.times, req, strict=True)))
+    for w, amounts in cost.items():
+        labels = {k: v for k, v in _usage_labels(w).items() if k != "gen_ai_operation_name"}
+        labels[prometheus_label_name("llm.cost.line_item")] = "tokens"
+        fam_cost.add("", labels, [(t, float(a)) for t, a in zip(ds.times, amounts, strict=True)])
+    return [fam_tokens, fam_requests, fam_cost]
+
+
+def self_health_families(ds: DataSet) -> list[_Family]:
+    return _self_health(ds.times)
+
+
+#: The data set's metric families, one builder per group of metrics. A new group of metrics (issue 7's
+#: ``llm.usage.cost.estimated``, ``llm.budget.*``, ``llm.anomaly.score``, ...) is one more builder here, so that
+#: its rules and panels have data to run on in tests/test_dashboards.py.
+FAMILY_BUILDERS: tuple[Callable[[DataSet], list[_Family]], ...] = (usage_families, self_health_families)
+
+
+def demo_openmetrics(end: int, seed: int = 42, days: int = 7) -> str:
+    """The whole data set, ending at ``end`` (Unix seconds, a multiple of 60)."""
+    if end % 60:
+        raise ValueError("end must be a whole minute")
+    ds = DataSet(seed, sample_times(end, days), end - days * DAY)
+    families = [f for build in FAMILY_BUILDERS for f in build(ds)]
+    names = [f.family for f in families]
+    if len(names) != len(set(names)):
+        raise ValueError("a metric family is built twice")  # OpenMetrics needs each family in one block
+    return "\n".join(line for f in families for line in f.render()) + "\n# EOF\n"
+
+
+def _self_health(times: list[int]) -> list[_Family]:
+    start = times[0]
+    polls, durations = _Family("llm.receiver.polls"), _Family("llm.receiver.poll.duration")
+    last, lag, records = (_Family(n) for n in ("llm.receiver.last_success", "llm.receiver.data.lag",
+                                              "llm.receiver.records"))
+    src = {"llm_source": SOURCE}
+
+    def n_polls(at: int) -> int:
+        return (at - start) // 60 + 1
+
+    def failures(at: int, every: int) -> int:
+        return n_polls(at) // every
+
+    limited = [(t, failures(t, 40)) for t in times]
+    timeouts = [(t, failures(t, 150)) for t in times]
+    polls.add("", {**src, "llm_outcome": "success"},
+              [(t, n_polls(t) - failures(t, 40) - failures(t, 150)) for t in times])
+    polls.add("", {**src, "llm_outcome": "failure", "error_type": "rate_limited"}, limited)
+    polls.add("", {**src, "llm_outcome": "failure", "error_type": "timeout"}, timeouts)
+
+    # Poll k takes 0.04 + (k mod 25) * 0.05 seconds: a spread over the histogram's lower buckets.
+    cycle = [0.04 + k * 0.05 for k in range(25)]
+
+    def observed(n: int, limit: float) -> int:  # how many of the first n polls took <= limit seconds
+        full, rest = divmod(n, 25)
+        return full * sum(1 for d in cycle if d <= limit) + sum(1 for d in cycle[:rest] if d <= limit)
+
+    for i, le in enumerate([*map(str, DURATION_BOUNDS), "+Inf"]):
+        limit = DURATION_BOUNDS[i] if i < len(DURATION_BOUNDS) else float("inf")
+        durations.add("_bucket", {**src, "le": le}, [(t, observed(n_polls(t), limit)) for t in times])
+    durations.add("_sum", src, [(t, round(sum(cycle) * (n_polls(t) // 25) + sum(cycle[: n_polls(t) % 25]), 6))
+                                for t in times])
+    durations.add("_count", src, [(t, n_polls(t)) for t in times])
+
+    last.add("", src, [(t, float(t - 5)) for t in times])
+    lag.add("", src, [(t, 90.0 + (t // 60) % 30) for t in times])
+    for outcome, per_poll in (("new", 6), ("grown", 12), ("unchanged", 300)):
+        records.add("", {**src, "llm_outcome": outcome}, [(t, n_polls(t) * per_poll) for t in times])
+    return [polls, durations, last, lag, records]
