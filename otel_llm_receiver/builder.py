@@ -30,7 +30,7 @@ from opentelemetry.sdk.resources import Resource
 
 from . import __version__
 from .catalog import CATALOG, MetricDef
-from .ledger import MEASURE_OF_METRIC, METRIC_COST, ExportRows
+from .ledger import MEASURE_OF_METRIC, MONEY_METRICS, ExportRows
 from .model import NANOS_PER_UNIT
 from .selfhealth import SelfHealthReading
 
@@ -384,7 +384,7 @@ class MetricsBuilder:
 
 def _value_kind(metric: str) -> ValueKind:
     """Ledger totals are integers; money is kept in nano-units and sent as a double of whole units."""
-    if metric == METRIC_COST:
+    if metric in MONEY_METRICS:
         return "money"
     return "double" if CATALOG.metrics[metric].value_type == "double" else "int"
 

@@ -41,8 +41,14 @@ log = logging.getLogger(__name__)
 METRIC_TOKENS: Final = "llm.usage.tokens"
 METRIC_REQUESTS: Final = "llm.usage.requests"
 METRIC_COST: Final = "llm.usage.cost"
+#: Spend billed in any currency but USD (Azure bills EUR, GBP, ...): a metric of its own, never summed into USD.
+METRIC_COST_NON_USD: Final = "llm.usage.cost.non_usd"
 #: What ``llm.measure`` says for a shrink of each metric.
-MEASURE_OF_METRIC: Final = {METRIC_TOKENS: "tokens", METRIC_REQUESTS: "requests", METRIC_COST: "cost"}
+MEASURE_OF_METRIC: Final = {
+    METRIC_TOKENS: "tokens", METRIC_REQUESTS: "requests", METRIC_COST: "cost", METRIC_COST_NON_USD: "cost",
+}
+#: Metrics whose ledger values are money (integer nano-units of their currency).
+MONEY_METRICS: Final = frozenset({METRIC_COST, METRIC_COST_NON_USD})
 
 
 SCHEMA_VERSION: Final = 1
@@ -427,7 +433,8 @@ def _expand(result: PollResult, tenant: str) -> _Expansion:
                 base["llm.cost.line_item"] = c.line_item
             if currency != "USD":
                 base["currency"] = currency
-            ex.cost_keys[cost_ident] = (METRIC_COST, canonical_attrs(base))
+            metric = METRIC_COST if currency == "USD" else METRIC_COST_NON_USD
+            ex.cost_keys[cost_ident] = (metric, canonical_attrs(base))
     return ex
 
 

@@ -58,6 +58,7 @@ class ApiClient:
         max_retry_wait: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
         requests: Counter[str] | None = None,
+        auth: httpx.Auth | None = None,
     ) -> None:
         self.provider = provider
         #: every attempt is counted here by operation (pass ``Provider.api_requests``)
@@ -71,6 +72,7 @@ class ApiClient:
             timeout=timeout,
             transport=transport,
             follow_redirects=False,
+            auth=auth,  # per-request credentials that expire (Azure AD bearer tokens); None: headers only
         )
 
     async def get_json(self, path: str, params: Params = None, *, operation: str | None = None) -> Any:
@@ -116,7 +118,7 @@ class ApiClient:
 
     def _status_error(self, method: str, path: str, response: httpx.Response) -> ProviderError:
         status = response.status_code
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        retry_after = _retry_after(response.headers)
         error_type: ErrorType
         if status in (401, 403):
             error_type = "auth"
@@ -133,6 +135,8 @@ class ApiClient:
         return self._error(message, error_type, retry_after)
 
     def _decode(self, method: str, path: str, response: httpx.Response) -> Any:
+        if response.status_code == 204:  # No Content: "no data" (Azure Cost Management), not a bad body
+            return None
         try:
             return response.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -144,6 +148,22 @@ class ApiClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """The longest wait the API asked for: ``Retry-After`` and Azure's ``x-ms-ratelimit-*-retry-after``.
+
+    Azure Cost Management answers 429 with ``x-ms-ratelimit-microsoft.costmanagement-{qpu,entity,tenant}-
+    retry-after`` (seconds) and may omit ``Retry-After``; waiting less than any of them only earns another 429.
+    """
+    waits = [parse_retry_after(headers.get("retry-after"))]
+    waits += [
+        parse_retry_after(value)
+        for key, value in headers.items()
+        if key.startswith("x-ms-ratelimit-") and key.endswith("-retry-after")
+    ]
+    known = [w for w in waits if w is not None]
+    return max(known) if known else None
 
 
 def _error_detail(response: httpx.Response) -> str:
@@ -171,6 +191,7 @@ def client_from_config(
     timeout: float,
     options: Mapping[str, Any],
     requests: Counter[str] | None = None,
+    auth: httpx.Auth | None = None,
 ) -> ApiClient:
     """An ``ApiClient`` with the retry settings of a provider section (``HTTP_OPTIONS``)."""
     return ApiClient(
@@ -179,6 +200,7 @@ def client_from_config(
         headers=headers,
         timeout=timeout,
         requests=requests,
+        auth=auth,
         max_retries=int(options.get("max_retries", 4)),
         retry_initial_interval=float(options.get("retry_initial_interval", 1.0)),
     )
