@@ -61,6 +61,7 @@ class ApiClient:
         auth: httpx.Auth | None = None,
     ) -> None:
         self.provider = provider
+        self.base_url = base_url.rstrip("/")
         #: every attempt is counted here by operation (pass ``Provider.api_requests``)
         self.requests: Counter[str] = requests if requests is not None else Counter()
         self.max_retries = max(0, max_retries)
