@@ -112,8 +112,8 @@ class AzureOpenAIProvider(Provider):
             except ValueError as exc:
                 problems.append(f"resources: {exc}")
         self.cost_enabled = bool(opts.get("cost", True))
-        self.cost_interval = float(opts.get("cost_interval") or 6 * HOUR)
-        self.cost_lookback = float(opts.get("cost_lookback") or 72 * HOUR)
+        self.cost_interval = _duration(opts.get("cost_interval"), 6 * HOUR)
+        self.cost_lookback = _duration(opts.get("cost_lookback"), 72 * HOUR)
         if self.cost_lookback > self.MAX_COST_LOOKBACK:
             problems.append("cost_lookback is at most 7d (older spend is final)")
         max_series = int(opts.get("max_series") or 1000)
@@ -131,7 +131,7 @@ class AzureOpenAIProvider(Provider):
         )
         self.discovery = Discovery(
             self.client, provider=self.name, subscriptions=subscriptions, resources=resources,
-            ttl=float(opts.get("discovery_interval") or HOUR),
+            ttl=_duration(opts.get("discovery_interval"), HOUR),
         )
         self.metrics = MetricsReader(
             self.client, provider=self.name, metric_set=METRIC_SETS[str(opts.get("metric_set") or "models")],
@@ -139,7 +139,7 @@ class AzureOpenAIProvider(Provider):
         )
         self.cost_reader = CostReader(
             self.client, provider=self.name, scopes=tuple(opts.get("cost_scopes") or ()),
-            pacer=Pacer(float(opts.get("cost_query_spacing", 15.0) or 0.0), sleep=sleep),
+            pacer=Pacer(_duration(opts.get("cost_query_spacing"), 15.0), sleep=sleep),
         )
         self._cost_polled_at: int | None = None
 
@@ -204,6 +204,11 @@ class AzureOpenAIProvider(Provider):
         close: Any = getattr(self.credential, "close", None)
         if callable(close):
             close()
+
+
+def _duration(value: object, default: float) -> float:
+    """A duration option in seconds; ``0s`` is a valid value, not "unset"."""
+    return default if value is None else float(value)  # type: ignore[arg-type]
 
 
 __all__ = ["AzureOpenAIProvider"]
