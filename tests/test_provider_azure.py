@@ -491,3 +491,41 @@ def test_pacer_spaces_queries_per_scope() -> None:
     asyncio.run(go())
     assert slept == [11.0]
 
+
+
+@pytest.mark.parametrize(("width", "subscriptions", "expected"), [
+    # accounts lists + deployments lists + metrics (2 calls x chunks) + cost queries (1 page per scope)
+    ("1h", 1, 1 + 10 + 10 * 2 * 1 + 1),
+    ("5m", 1, 1 + 10 + 10 * 2 * 2 + 1),  # 7 days of 5-minute grains is 2016 buckets, over the 2000 per call: two chunks per account
+    ("1h", 10, 10 + 10 + 10 * 2 * 1 + 10),
+])
+def test_requests_of_a_seven_day_backfill_of_ten_accounts(
+    fake: FakeAzure, width: str, subscriptions: int, expected: int
+) -> None:
+    subs = [f"00000000-0000-0000-0000-{i:012d}" for i in range(subscriptions)]
+    for i in range(10):
+        acct = gpt_account(fake, subs[i % subscriptions], f"aoai-{i}")
+        for day in range(8):
+            fake.add_cost(acct, NOW - NOW % D - day * D, "gpt-4o-1120 Inp glbl Tokens", "1.5")
+        fake.set_point(acct, "InputTokens", dims("chat", "gpt-4o", "2024-11-20"), NOW - 7 * D + H, 10)
+    provider = make(fake, subscriptions=subs, backfill="7d", bucket_width=width)
+    result = fetch(provider, Window(NOW - 7 * D, NOW))
+    assert sum(provider.api_requests.values()) == len(fake.api.requests) == expected
+    assert sum(r.tokens.get("input", 0) for r in result.usage) == 100
+    assert len(result.costs) == 10 * 8  # the first cost query reaches back the whole backfill
+
+
+def test_example_config_is_valid_and_builds_the_provider() -> None:
+    from pathlib import Path
+
+    from azure.identity import DefaultAzureCredential
+
+    from otel_llm_receiver.config import load_config
+
+    path = Path(__file__).parent.parent / "examples" / "config" / "azure_openai.yaml"
+    plain = load_config(path, environ={})
+    assert [p.type for p in plain.providers] == ["azure_openai"]
+    provider = AzureOpenAIProvider(plain.providers[0])
+    assert isinstance(provider.credential, DefaultAzureCredential)
+    assert provider.backfill == 7 * D and provider.lookback == 3 * H and provider.width == H
+    assert provider.cost_interval == 6 * H and provider.cost_lookback == 72 * H
