@@ -124,7 +124,7 @@ def test_usage_by_deployment_model_and_token_type(fake: FakeAzure) -> None:
     assert {r.provider for r in result.usage} == {"azure.ai.openai"}
     ops = {r.model: r.operation for r in result.usage}
     assert ops["text-embedding-3-small-1"] == "embeddings" and ops["gpt-4o-2024-11-20"] == "chat"
-    requests = {r.dimensions["http.response.status_code"]: r.requests for r in result.usage if r.requests}
+    requests = {r.dimensions["llm.request.status_code"]: r.requests for r in result.usage if r.requests}
     assert requests == {"200": 17, "429": 3}
     assert result.names == {("tenancy", f"{SUB}/rg-ai/aoai-prod"): "aoai-prod",
                             ("tenancy", f"{SUB}/rg-foundry/foundry-1"): "foundry-1"}

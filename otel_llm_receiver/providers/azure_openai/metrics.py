@@ -290,7 +290,7 @@ class MetricsReader:
             records.append(UsageRecord(
                 provider=PROVIDER_NAME, model=model, operation=operation_of(model), tenancy_id=account.tenancy_id,
                 bucket_start=start, bucket_width=self.width, requests=count,
-                dimensions={"llm.deployment": deployment, "http.response.status_code": status},
+                dimensions={"llm.deployment": deployment, "llm.request.status_code": status},
             ))
         return records
 
