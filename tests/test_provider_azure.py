@@ -529,3 +529,46 @@ def test_example_config_is_valid_and_builds_the_provider() -> None:
     assert isinstance(provider.credential, DefaultAzureCredential)
     assert provider.backfill == 7 * D and provider.lookback == 3 * H and provider.width == H
     assert provider.cost_interval == 6 * H and provider.cost_lookback == 72 * H
+
+
+def test_5xx_is_retried_and_malformed_json_rejects_the_poll(fake: FakeAzure) -> None:
+    gpt = gpt_account(fake)
+    fake.set_point(gpt, "InputTokens", dims("chat", "gpt-4o", "2024-11-20"), NOW - H, 12)
+    fake.api.fail_next(f"{gpt.id}/deployments", 503)
+    provider = make(fake, cost=False)
+    assert [r.tokens for r in fetch(provider, Window(NOW - H, NOW)).usage] == [{"input": 12}]
+    assert provider.api_requests["arm.deployments.list"] == 2
+    fake.api.fail_next(f"{gpt.id}{METRICS}", 200, body=b'{"value": [')
+    with pytest.raises(ProviderError, match="not JSON") as info:
+        fetch(make(fake, cost=False), Window(NOW - H, NOW))
+    assert info.value.error_type == "bad_response"
+
+
+def test_api_client_extensions_204_and_azure_retry_after_headers() -> None:
+    """The shared client's additions for Azure: 204 is "no data", and x-ms-ratelimit-*-retry-after is obeyed."""
+    from otel_llm_receiver.providers.http import ApiClient
+    from tests.support.fake_api import FakeApi
+
+    throttled = [2]
+
+    def handler(request: Any) -> Response:
+        if throttled[0]:
+            throttled[0] -= 1
+            return Response(429, {"error": {"code": "429", "message": "slow down"}}, headers={
+                "retry-after": "0", "x-ms-ratelimit-microsoft.costmanagement-entity-retry-after": "0.1",
+                "x-ms-ratelimit-microsoft.costmanagement-tenant-retry-after": "0.2"})
+        return Response(204, raw=b"")
+
+    with FakeApi() as api:
+        api.route("POST", "/q", handler)
+        client = ApiClient(provider="p", base_url=api.base_url, headers={}, timeout=5, retry_initial_interval=0.001)
+
+        async def go() -> tuple[Any, float]:
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            try:
+                return await client.request_json("POST", "/q", json_body={}), loop.time() - t0
+            finally:
+                await client.aclose()
+        body, elapsed = asyncio.run(go())
+    assert body is None and elapsed >= 0.4 and client.requests["/q"] == 3
