@@ -572,3 +572,22 @@ def test_api_client_extensions_204_and_azure_retry_after_headers() -> None:
                 await client.aclose()
         body, elapsed = asyncio.run(go())
     assert body is None and elapsed >= 0.4 and client.requests["/q"] == 3
+
+
+def test_an_account_without_the_cache_metrics_is_read_without_them(fake: FakeAzure) -> None:
+    plain = fake.add_account(FakeAccount(SUB, "rg", "old-aoai", "OpenAI", {"chat": ("gpt-4o", "2024-11-20")},
+                                         metrics={"InputTokens", "OutputTokens", "ModelRequests"}))
+    claude = claude_account(fake)
+    fake.set_point(plain, "InputTokens", dims("chat", "gpt-4o", "2024-11-20"), NOW - H, 40)
+    fake.set_point(claude, "cacheReadInputTokens", dims("claude", "claude-sonnet-4-5", "1"), NOW - H, 900)
+    provider = make(fake, cost=False)
+    results = fetch_many(provider, [Window(NOW - H, NOW), Window(NOW - H, NOW + 60)])
+    for result in results:
+        assert sorted((r.model, t, n) for r in result.usage for t, n in r.tokens.items()) == [
+            ("claude-sonnet-4-5-1", "cache_read", 900), ("gpt-4o-2024-11-20", "input", 40)]
+    calls = [r.param("metricnames") for r in fake.api.requests if r.path == f"{plain.id}{METRICS}"]
+    assert calls == [
+        "InputTokens,OutputTokens,cacheReadInputTokens,ephemeral5mInputTokens,ephemeral1hInputTokens",
+        "InputTokens,OutputTokens", "ModelRequests",  # first poll: refused once, then without them
+        "InputTokens,OutputTokens", "ModelRequests",  # later polls remember it
+    ]

@@ -44,6 +44,8 @@ class FakeAccount:
     kind: str = "OpenAI"
     #: deployment name -> (model name, version)
     deployments: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: the metric definitions of the account (None: every metric); asking for another one is a 400, as in Azure
+    metrics: set[str] | None = None
 
     @property
     def id(self) -> str:
@@ -157,6 +159,11 @@ class FakeAzure:
             if clause.strip() and not clause.strip().endswith("eq '*'"):
                 return _error(400, "BadRequest", f"this fake splits only: {clause}")
         top = int(request.param("top") or 10)
+        unknown = [n for n in names if account.metrics is not None and n not in account.metrics]
+        if unknown:
+            return _error(400, "BadRequest", (
+                "Failed to find metric configuration for provider: Microsoft.CognitiveServices, resource Type: "
+                f"accounts, metric: {unknown[0]}, Valid metrics: {', '.join(sorted(account.metrics or ()))}"))
         value = []
         for name in names:
             grouped: dict[tuple[str, ...], dict[int, float]] = defaultdict(lambda: defaultdict(float))

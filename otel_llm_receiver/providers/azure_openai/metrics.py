@@ -24,6 +24,7 @@ Azure reports no cached-token count for OpenAI models, so their prompt tokens ar
 from __future__ import annotations
 
 import datetime
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,8 @@ from ...errors import ProviderError
 from ...model import UsageRecord, Window
 from ..http import ApiClient
 from .discovery import Account, Deployment, model_label
+
+log = logging.getLogger(__name__)
 
 PROVIDER_NAME = "azure.ai.openai"
 METRICS_API_VERSION = "2023-10-01"
@@ -69,6 +72,9 @@ class MetricSet:
     token_dimensions: tuple[str, ...]
     requests: str
     request_dimensions: tuple[str, ...]
+    #: Token metrics only some accounts define (Anthropic's cache metrics on Foundry): an account whose metric
+    #: definitions lack them answers 400 for the whole call, so it is asked again without them.
+    optional: frozenset[str] = frozenset()
 
 
 METRIC_SETS: Mapping[str, MetricSet] = {
@@ -83,6 +89,7 @@ METRIC_SETS: Mapping[str, MetricSet] = {
         token_dimensions=("ModelDeploymentName", "ModelName", "ModelVersion"),
         requests="ModelRequests",
         request_dimensions=("ModelDeploymentName", "ModelName", "ModelVersion", "StatusCode"),
+        optional=frozenset({"cacheReadInputTokens", "ephemeral5mInputTokens", "ephemeral1hInputTokens"}),
     ),
     "azure_openai": MetricSet(
         tokens={"ProcessedPromptTokens": TokenMetric("input"), "GeneratedTokens": TokenMetric("output")},
@@ -207,18 +214,33 @@ class MetricsReader:
         self.width = width
         self.interval = INTERVALS[width]
         self.top = top
+        self._core_only: set[str] = set()  # accounts (keys) whose metric definitions lack the optional metrics
 
     async def usage(
         self, account: Account, deployments: Mapping[str, Deployment], window: Window
     ) -> list[UsageRecord]:
         records: list[UsageRecord] = []
         for chunk in chunks(window, self.width):
-            tokens = await self._query(account, list(self.metric_set.tokens), self.metric_set.token_dimensions,
-                                       chunk)
+            tokens = await self._tokens(account, chunk)
             requests = await self._query(account, [self.metric_set.requests], self.metric_set.request_dimensions,
                                          chunk)
             records += self._records(account, deployments, chunk, tokens, requests)
         return records
+
+    async def _tokens(self, account: Account, chunk: Window) -> list[Point]:
+        """The token metrics; without the optional ones for an account that does not define them."""
+        names = [n for n in self.metric_set.tokens if account.key not in self._core_only
+                 or n not in self.metric_set.optional]
+        try:
+            return await self._query(account, names, self.metric_set.token_dimensions, chunk)
+        except ProviderError as exc:
+            if exc.error_type != "config" or not self.metric_set.optional.intersection(names):
+                raise
+        log.info("%s: %s does not define %s; reading its other token metrics", self.provider, account.name,
+                 ", ".join(sorted(self.metric_set.optional)))
+        self._core_only.add(account.key)
+        names = [n for n in names if n not in self.metric_set.optional]
+        return await self._query(account, names, self.metric_set.token_dimensions, chunk)
 
     async def _query(
         self, account: Account, names: list[str], dimensions: tuple[str, ...], chunk: Window
