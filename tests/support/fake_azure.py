@@ -207,7 +207,9 @@ class FakeAzure:
                                 headers={"x-ms-ratelimit-microsoft.costmanagement-qpu-retry-after":
                                          self.cost_retry_after})
         body = json.loads(request.body or b"{}")
-        dataset = body.get("dataset", {})
+        dataset = body.get("dataset")
+        if not isinstance(dataset, dict):  # e.g. a nextLink POSTed without the query (azure-rest-api-specs#12276)
+            return _error(400, "BadRequest", "Invalid query definition, Dataset is invalid or not supplied.")
         grouping = [g["name"] for g in dataset.get("grouping", [])]
         if len(grouping) > 2:
             return _error(400, "BadRequest", "Invalid query: at most 2 groupings are allowed.")
