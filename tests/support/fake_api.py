@@ -169,6 +169,9 @@ class FakeApi:
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; with Nagle on, each keep-alive answer waits ~40 ms for the
+            # client's delayed ACK.
+            disable_nagle_algorithm = True
 
             def _serve(self) -> None:
                 url = urlsplit(self.path)
