@@ -591,3 +591,13 @@ def test_an_account_without_the_cache_metrics_is_read_without_them(fake: FakeAzu
         "InputTokens,OutputTokens", "ModelRequests",  # first poll: refused once, then without them
         "InputTokens,OutputTokens", "ModelRequests",  # later polls remember it
     ]
+
+
+def test_forbidden_metrics_name_the_monitoring_reader_role(fake: FakeAzure) -> None:
+    gpt = gpt_account(fake)
+    fake.api.fail_next(f"{gpt.id}{METRICS}", 403, body=json.dumps({"error": {
+        "code": "AuthorizationFailed", "message": "does not have authorization to perform action "
+        "'microsoft.insights/metrics/read'"}}).encode())
+    with pytest.raises(ProviderError, match="needs Monitoring Reader on account aoai-prod") as info:
+        fetch(make(fake, cost=False), Window(NOW - H, NOW))
+    assert info.value.error_type == "auth" and "microsoft.insights/metrics/read" in str(info.value)
