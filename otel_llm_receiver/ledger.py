@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 METRIC_TOKENS: Final = "llm.usage.tokens"
 METRIC_REQUESTS: Final = "llm.usage.requests"
 METRIC_COST: Final = "llm.usage.cost"
+#: Spend billed in any currency but USD (Azure bills EUR, GBP, ...): a metric of its own, never summed into USD.
+METRIC_COST_NON_USD: Final = "llm.usage.cost.non_usd"
 METRIC_BILLED_QUANTITY: Final = "llm.usage.billed_quantity"
 METRIC_TOOL_REQUESTS: Final = "llm.usage.tool_requests"
 #: Claude Code analytics (Anthropic): counters of their own, never added into llm.usage.tokens.
@@ -55,7 +57,7 @@ METRIC_CODE_TOOL_ACTIONS: Final = "llm.usage.code.tool_actions"
 METRIC_CODE_TOKENS: Final = "llm.usage.code.tokens"
 #: What ``llm.measure`` says for a shrink of each metric (``UsageRecord.measures`` may name these, or a level).
 MEASURE_OF_METRIC: Final = {
-    METRIC_TOKENS: "tokens", METRIC_REQUESTS: "requests", METRIC_COST: "cost",
+    METRIC_TOKENS: "tokens", METRIC_REQUESTS: "requests", METRIC_COST: "cost", METRIC_COST_NON_USD: "cost",
     "llm.usage.images": "images", "llm.usage.characters": "characters",
     "llm.usage.audio.duration": "audio_duration", "llm.usage.sessions": "sessions",
     METRIC_TOOL_REQUESTS: "tool_requests", METRIC_BILLED_QUANTITY: "billed_quantity",
@@ -63,8 +65,10 @@ MEASURE_OF_METRIC: Final = {
     METRIC_CODE_PULL_REQUESTS: "code.pull_requests", METRIC_CODE_TOOL_ACTIONS: "code.tool_actions",
     METRIC_CODE_TOKENS: "code.tokens",
 }
+#: Metrics whose ledger values are money (integer nano-units of their currency).
+MONEY_METRICS: Final = frozenset({METRIC_COST, METRIC_COST_NON_USD})
 #: Metrics whose values are integer nano-units (money, fractional billed quantities).
-NANO_METRICS: Final = frozenset({METRIC_COST, METRIC_BILLED_QUANTITY})
+NANO_METRICS: Final = MONEY_METRICS | {METRIC_BILLED_QUANTITY}
 #: Metrics that are levels (a gauge: the newest bucket's value), not flows summed over buckets.
 LEVEL_METRICS: Final = frozenset({"llm.usage.storage"})
 
@@ -472,7 +476,8 @@ def _expand(result: PollResult, tenant: str) -> _Expansion:
                 base["llm.cost.line_item"] = c.line_item
             if currency != "USD":
                 base["currency"] = currency
-            ex.cost_keys[cost_ident] = (METRIC_COST, canonical_attrs(base))
+            metric = METRIC_COST if currency == "USD" else METRIC_COST_NON_USD
+            ex.cost_keys[cost_ident] = (metric, canonical_attrs(base))
         if c.quantity is not None and (cost_ident, c.quantity_unit or "") not in ex.quantity_keys:
             # What was billed for the money, per unit: the cost series' attributes (less currency) and the unit.
             quantity_attrs = {k: v for k, v in json.loads(ex.cost_keys[cost_ident][1]).items() if k != "currency"}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from otel_llm_receiver.errors import LedgerError
-from otel_llm_receiver.ledger import METRIC_COST, METRIC_REQUESTS, METRIC_TOKENS, Ledger
+from otel_llm_receiver.ledger import METRIC_COST, METRIC_COST_NON_USD, METRIC_REQUESTS, METRIC_TOKENS, Ledger
 from otel_llm_receiver.model import CostRecord, PollResult, UsageRecord, from_nanos
 
 H = 3600
@@ -131,10 +131,11 @@ def test_costs_in_other_currencies_are_separate_series(ledger: Ledger) -> None:
         CostRecord("demo", "t1", 0, D, Decimal("2"), currency="EUR"),
     ]))
     by_currency = {
-        json.loads(s.attrs).get("currency", "USD"): from_nanos(s.total)
-        for s in ledger.snapshot().series if s.metric == METRIC_COST
+        (s.metric, json.loads(s.attrs).get("currency", "USD")): from_nanos(s.total)
+        for s in ledger.snapshot().series
     }
-    assert by_currency == {"USD": Decimal("1.5"), "EUR": Decimal("2")}
+    # EUR is kept, in a metric of its own: never in llm.usage.cost, whose unit is USD.
+    assert by_currency == {(METRIC_COST, "USD"): Decimal("1.5"), (METRIC_COST_NON_USD, "EUR"): Decimal("2")}
 
 
 def test_names_cursor_and_records_commit_together(ledger: Ledger) -> None:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 PROVIDER_TYPES: dict[str, str] = {
     "demo": "otel_llm_receiver.providers.demo:DemoProvider",
     "anthropic": "otel_llm_receiver.providers.anthropic:AnthropicProvider",
+    "azure_openai": "otel_llm_receiver.providers.azure_openai:AzureOpenAIProvider",
 }
 
 

@@ -59,8 +59,10 @@ class ApiClient:
         max_retry_wait: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
         requests: Counter[str] | None = None,
+        auth: httpx.Auth | None = None,
     ) -> None:
         self.provider = provider
+        self.base_url = base_url.rstrip("/")
         #: every attempt is counted here by operation (pass ``Provider.api_requests``)
         self.requests: Counter[str] = requests if requests is not None else Counter()
         self.max_retries = max(0, max_retries)
@@ -72,6 +74,7 @@ class ApiClient:
             timeout=timeout,
             transport=transport,
             follow_redirects=False,
+            auth=auth,  # per-request credentials that expire (Azure AD bearer tokens); None: headers only
         )
 
     async def get_json(
@@ -130,7 +133,7 @@ class ApiClient:
 
     def _status_error(self, method: str, path: str, response: httpx.Response) -> ProviderError:
         status = response.status_code
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        retry_after = _retry_after(response.headers)
         error_type: ErrorType
         if status in (401, 403):
             error_type = "auth"
@@ -147,6 +150,8 @@ class ApiClient:
         return self._error(message, error_type, retry_after)
 
     def _decode(self, method: str, path: str, response: httpx.Response, decimals: bool = False) -> Any:
+        if response.status_code == 204:  # No Content: "no data" (Azure Cost Management), not a bad body
+            return None
         try:
             return json.loads(response.content, parse_float=Decimal) if decimals else response.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -158,6 +163,22 @@ class ApiClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """The longest wait the API asked for: ``Retry-After`` and Azure's ``x-ms-ratelimit-*-retry-after``.
+
+    Azure Cost Management answers 429 with ``x-ms-ratelimit-microsoft.costmanagement-{qpu,entity,tenant}-
+    retry-after`` (seconds) and may omit ``Retry-After``; waiting less than any of them only earns another 429.
+    """
+    waits = [parse_retry_after(headers.get("retry-after"))]
+    waits += [
+        parse_retry_after(value)
+        for key, value in headers.items()
+        if key.startswith("x-ms-ratelimit-") and key.endswith("-retry-after")
+    ]
+    known = [w for w in waits if w is not None]
+    return max(known) if known else None
 
 
 def _error_detail(response: httpx.Response) -> str:
@@ -185,6 +206,7 @@ def client_from_config(
     timeout: float,
     options: Mapping[str, Any],
     requests: Counter[str] | None = None,
+    auth: httpx.Auth | None = None,
 ) -> ApiClient:
     """An ``ApiClient`` with the retry settings of a provider section (``HTTP_OPTIONS``)."""
     return ApiClient(
@@ -193,6 +215,7 @@ def client_from_config(
         headers=headers,
         timeout=timeout,
         requests=requests,
+        auth=auth,
         max_retries=int(options.get("max_retries", 4)),
         retry_initial_interval=float(options.get("retry_initial_interval", 1.0)),
     )

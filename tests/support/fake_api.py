@@ -200,7 +200,9 @@ class FakeApi:
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+            # Headers and body go out in two writes; with Nagle on, each keep-alive answer waits ~40 ms for the
+            # client's delayed ACK.
+            disable_nagle_algorithm = True
 
             def _serve(self) -> None:
                 url = urlsplit(self.path)
