@@ -64,6 +64,8 @@ class UsageRecord:
     requests: int | None = None
     tenant: str | None = None
     dimensions: Mapping[str, str] = field(default_factory=dict)
+    #: Requests the provider refused for rate or quota limits (``llm.usage.throttled_requests``), when it says.
+    throttled_requests: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
