@@ -52,7 +52,7 @@ class MotoServer:
     """A moto server process on 127.0.0.1; ``url`` is its endpoint for every AWS service."""
 
     def __init__(self, *, start_timeout: float = 30.0) -> None:
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - the child's stderr, kept until stop()
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         self._proc = subprocess.Popen(
             [sys.executable, "-c", _BOOT], stdout=subprocess.PIPE, stderr=self._log, env=env, text=True
