@@ -99,6 +99,7 @@ class FakeAws:
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
         self.signers: list[tuple[str, str]] = []
         self._faults: list[_Fault] = []
+        self._overrides: dict[str, list[Response]] = defaultdict(list)
         self._hangs: dict[str, threading.Event] = {}
 
     @property
@@ -125,6 +126,11 @@ class FakeAws:
         """Answer the next ``count`` calls of ``operation`` with an AWS JSON error."""
         with self._lock:
             self._faults.append(_Fault(operation, status, code, message, count))
+
+    def respond(self, operation: str, response: Response) -> None:
+        """Answer the next call of ``operation`` with ``response`` (a malformed body, a wrong shape)."""
+        with self._lock:
+            self._overrides[operation].append(response)
 
     def hang(self, operation: str) -> threading.Event:
         """Stall every call of ``operation`` until the returned event is set (or the fake closes)."""
@@ -155,6 +161,9 @@ class FakeAws:
             fault = next((f for f in self._faults if f.operation == operation and f.count > 0), None)
             if fault is not None:
                 fault.count -= 1
+            override = self._overrides[operation].pop(0) if self._overrides.get(operation) else None
+        if override is not None:
+            return override
         hang = self._hangs.get(operation)
         if hang is not None:
             hang.wait(timeout=30)

@@ -43,6 +43,22 @@ _BAD_CREDENTIALS = frozenset({
     "InvalidSignatureException", "IncompleteSignature", "MissingAuthenticationToken", "InvalidAccessKeyId",
 })
 _SERVICE_OF_OPERATION = {"AssumeRole": "sts", "GetCallerIdentity": "sts"}
+_LOADER_LOCK = threading.Lock()
+_LOADER: Any = None  # botocore's service-model loader, shared: each session would re-read the same JSON
+
+
+def _botocore_session() -> Any:
+    """A new botocore session (own credentials and config) that shares the read-only service models."""
+    global _LOADER
+    import botocore.loaders
+    import botocore.session
+
+    with _LOADER_LOCK:
+        if _LOADER is None:
+            _LOADER = botocore.loaders.create_loader()
+        core = botocore.session.get_session()
+        core.register_component("data_loader", _LOADER)
+    return core
 
 
 def iam_action(service: str, operation: str) -> str:
@@ -54,6 +70,7 @@ def iam_action(service: str, operation: str) -> str:
 def translate(exc: BaseException, *, provider: str, service: str, operation: str, timeout: float) -> ProviderError:
     """One ``ProviderError`` (one clear line, the right ``error_type``) for anything a boto3 call raised."""
     from botocore import exceptions as bx
+    from botocore.parsers import ResponseParserError
 
     def error(message: str, error_type: ErrorType) -> ProviderError:
         return ProviderError(f"{provider}: {message}", provider=provider, error_type=error_type)
@@ -90,6 +107,8 @@ def translate(exc: BaseException, *, provider: str, service: str, operation: str
         return error(f"{operation} timed out after {timeout:g}s", "timeout")
     if isinstance(exc, bx.EndpointConnectionError | bx.ConnectionClosedError):
         return error(f"{operation}: could not reach the AWS endpoint ({type(exc).__name__})", "server_error")
+    if isinstance(exc, ResponseParserError):
+        return error(f"{operation}: the response could not be parsed ({type(exc).__name__})", "bad_response")
     if isinstance(exc, bx.ParamValidationError):
         return error(f"{operation}: invalid request parameters: {exc}", "bad_response")
     if isinstance(exc, bx.NoRegionError):
@@ -174,7 +193,8 @@ class AwsApi:
         config = Config(
             connect_timeout=self.timeout,
             read_timeout=self.timeout,
-            retries={"mode": "standard", "max_attempts": self.max_attempts},
+            # total_max_attempts counts the first attempt too (botocore's max_attempts counts only retries)
+            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
             user_agent_extra="otel-llm-receiver",
         )
         client = session.client(service, region_name=region, endpoint_url=self.endpoint_for(service), config=config)
@@ -189,14 +209,13 @@ class AwsApi:
         if self._session is None:
             import boto3
 
-            base = boto3.session.Session()
+            base = boto3.session.Session(botocore_session=_botocore_session())
             self._session = base if not self._role_arn else self._assumed(base, self._role_arn)
         return self._session
 
     def _assumed(self, base: Any, role_arn: str) -> Any:
         """A session whose credentials are ``role_arn``'s, assumed lazily and refreshed before they expire."""
         import boto3
-        import botocore.session
         from botocore.credentials import DeferredRefreshableCredentials
 
         sts = self._new_client(base, "sts", base.region_name or CE_REGION)
@@ -210,7 +229,7 @@ class AwsApi:
                 "expiry_time": creds["Expiration"].isoformat(),
             }
 
-        core = botocore.session.get_session()
+        core = _botocore_session()
         # botocore has no public setter for a session's credentials: set the one attribute it reads them from.
         core._credentials = DeferredRefreshableCredentials(refresh_using=refresh, method="sts-assume-role")
         return boto3.session.Session(botocore_session=core)
