@@ -13,8 +13,8 @@ One poll is one ``BEGIN IMMEDIATE ... COMMIT`` holding its records, names and cu
 total and start time lives here (invariant 3). Every SQL statement is a named constant below, next to the schema;
 SQLite-specific pieces (PRAGMAs, ``WITHOUT ROWID``, temp tables) stay inside this module.
 
-A "point" below is one value of one series in one bucket: one ``UsageRecord`` yields a point per token type
-plus one for requests (and one for throttled requests, when the provider reports them). Money is stored as integer nano-units (see ``model.to_nanos``).
+A "point" below is one value of one series in one bucket: one ``UsageRecord`` yields a point per token type,
+one for requests and one per other measure (``UsageRecord.measures``). Money is stored as integer nano-units (see ``model.to_nanos``).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ METRIC_TOKENS: Final = "llm.usage.tokens"
 METRIC_REQUESTS: Final = "llm.usage.requests"
 METRIC_COST: Final = "llm.usage.cost"
 METRIC_THROTTLED: Final = "llm.usage.throttled_requests"
-#: What ``llm.measure`` says for a shrink of each metric.
+#: What ``llm.measure`` says for a shrink of each metric (``UsageRecord.measures`` may name these).
 MEASURE_OF_METRIC: Final = {
     METRIC_TOKENS: "tokens", METRIC_REQUESTS: "requests", METRIC_COST: "cost", METRIC_THROTTLED: "requests",
 }
@@ -388,11 +388,11 @@ class _Expansion:
 
     usage_idents: list[tuple[object, ...]] = field(default_factory=list)  # one per usage record, in order
     cost_idents: list[tuple[object, ...]] = field(default_factory=list)  # one per cost record, in order
-    #: identity -> (token series keys by type, requests key, throttled-requests key)
-    usage_keys: dict[
-        tuple[object, ...], tuple[list[tuple[str, tuple[str, str]]], tuple[str, str], tuple[str, str]]
-    ] = field(default_factory=dict)
+    usage_keys: dict[tuple[object, ...], tuple[list[tuple[str, tuple[str, str]]], tuple[str, str]]] = field(
+        default_factory=dict)
     cost_keys: dict[tuple[object, ...], tuple[str, str]] = field(default_factory=dict)
+    usage_bases: dict[tuple[object, ...], dict[str, str]] = field(default_factory=dict)
+    measure_keys: dict[tuple[tuple[object, ...], str], tuple[str, str]] = field(default_factory=dict)
 
 
 def _expand(result: PollResult, tenant: str) -> _Expansion:
@@ -413,8 +413,14 @@ def _expand(result: PollResult, tenant: str) -> _Expansion:
             by_type: list[tuple[str, tuple[str, str]]] = [
                 (t, (METRIC_TOKENS, canonical_attrs({**base, "gen_ai.token.type": t}))) for t in TOKEN_TYPES
             ]
-            requests_attrs = canonical_attrs(base)
-            ex.usage_keys[ident] = (by_type, (METRIC_REQUESTS, requests_attrs), (METRIC_THROTTLED, requests_attrs))
+            ex.usage_keys[ident] = (by_type, (METRIC_REQUESTS, canonical_attrs(base)))
+            ex.usage_bases[ident] = base
+        for metric in r.measures:
+            if metric not in MEASURE_OF_METRIC:
+                # a provider bug, not a storage failure: the scheduler counts it as bad_response
+                raise ValueError(f"unknown measure {metric!r} in a usage record (not a usage counter)")
+            if (ident, metric) not in ex.measure_keys:
+                ex.measure_keys[(ident, metric)] = (metric, canonical_attrs(ex.usage_bases[ident]))
     for c in result.costs:
         dims = tuple(sorted(c.dimensions.items())) if c.dimensions else ()
         currency = c.currency.upper()
@@ -453,20 +459,20 @@ def _rows(result: PollResult, ex: _Expansion, ids: dict[tuple[str, str], int], h
     seen: set[tuple[int, int, int]] = set()
     repeats = False
     usage_sids = {
-        ident: ([(t, key, ids.get(key)) for t, key in by_type], req, ids.get(req), thr, ids.get(thr))
-        for ident, (by_type, req, thr) in ex.usage_keys.items()
+        ident: ([(t, key, ids.get(key)) for t, key in by_type], req, ids.get(req))
+        for ident, (by_type, req) in ex.usage_keys.items()
     }
     for r, ident in zip(result.usage, ex.usage_idents, strict=True):
         start, width, tokens = r.bucket_start, r.bucket_width, r.tokens
         if start < horizon:
-            rejected += len(tokens) + (r.requests is not None) + (r.throttled_requests is not None)
+            rejected += len(tokens) + (r.requests is not None) + len(r.measures)
             continue
         entry = usage_sids[ident]
         bucket = (id(entry), start, width)
         if bucket in seen:
             repeats = True
         seen.add(bucket)
-        by_type_sids, req_key, req_sid, thr_key, thr_sid = entry
+        by_type_sids, req_key, req_sid = entry
         for token_type, key, sid in by_type_sids:
             value = tokens.get(token_type)
             if value is not None:
@@ -479,11 +485,13 @@ def _rows(result: PollResult, ex: _Expansion, ids: dict[tuple[str, str], int], h
                 pending.append((req_key, start, width, r.requests))
             else:
                 append((req_sid, start, width, r.requests))
-        if r.throttled_requests is not None:
-            if thr_sid is None:
-                pending.append((thr_key, start, width, r.throttled_requests))
+        for metric, value in r.measures.items():
+            key = ex.measure_keys[(ident, metric)]
+            sid = ids.get(key)
+            if sid is None:
+                pending.append((key, start, width, value))
             else:
-                append((thr_sid, start, width, r.throttled_requests))
+                append((sid, start, width, value))
     for c, ident in zip(result.costs, ex.cost_idents, strict=True):
         if c.bucket_start < horizon:
             rejected += 1

@@ -51,7 +51,9 @@ class UsageRecord:
 
     ``tokens`` maps token types (``TOKEN_TYPES``) to counts; a type that is absent was not reported, which is
     different from a reported zero only in that no series is created for it. ``dimensions`` holds extra bounded
-    attributes (e.g. ``llm.cache.ttl``) that split the series further.
+    attributes (e.g. ``llm.cache.ttl``) that split the series further. ``measures`` holds other integer
+    usage measures by catalog metric name (``llm.usage.throttled_requests``, ...): each becomes a series with
+    the record's attributes, so a provider adds a measure without a new record type.
     """
 
     provider: str
@@ -64,8 +66,7 @@ class UsageRecord:
     requests: int | None = None
     tenant: str | None = None
     dimensions: Mapping[str, str] = field(default_factory=dict)
-    #: Requests the provider refused for rate or quota limits (``llm.usage.throttled_requests``), when it says.
-    throttled_requests: int | None = None
+    measures: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

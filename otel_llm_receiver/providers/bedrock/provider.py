@@ -39,6 +39,7 @@ _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]")
 COST_CHECKED = "cost_checked"
 COST_FINAL_UNTIL = "cost_final_until"
 MAX_COST_LOOKBACK = 14 * DAY
+THROTTLED = "llm.usage.throttled_requests"
 
 
 def _operation(model: str) -> str:
@@ -195,7 +196,8 @@ class BedrockProvider(Provider):
                     provider=PROVIDER, model=model, operation=_operation(model), tenancy_id=tenancy,
                     bucket_start=bucket, bucket_width=self.width,
                     tokens={t: m[t] for t in ("input", "cache_read", "cache_write", "output") if t in m},
-                    requests=m.get("requests"), throttled_requests=m.get("throttled"), dimensions=dimensions,
+                    requests=m.get("requests"), dimensions=dimensions,
+                    measures={THROTTLED: m["throttled"]} if "throttled" in m else {},
                 ))
         return records
 
