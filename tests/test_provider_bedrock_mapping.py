@@ -87,3 +87,16 @@ def test_every_botocore_error_class_is_translated() -> None:
              for e in samples]
     assert types == ["auth", "auth", "config", "config", "timeout", "timeout", "server_error", "bad_response",
                      "bad_response"]
+
+
+def test_the_example_config_is_valid_and_builds_a_provider() -> None:
+    from pathlib import Path
+
+    from otel_llm_receiver.config import load_config
+    from otel_llm_receiver.providers import create_provider
+
+    config = load_config(Path(__file__).parent.parent / "examples" / "config" / "bedrock.yaml")
+    (section,) = config.providers
+    provider = create_provider(section)
+    assert section.type == "bedrock" and provider.lookback == 3 * 3600 and provider.backfill == 7 * 86400
+    assert section.options["regions"] == ("us-east-1", "eu-central-1")
