@@ -73,7 +73,8 @@ def translate(exc: BaseException, *, provider: str, service: str, operation: str
     from botocore.parsers import ResponseParserError
 
     def error(message: str, error_type: ErrorType) -> ProviderError:
-        return ProviderError(f"{provider}: {message}", provider=provider, error_type=error_type)
+        # No instance name in the message: the scheduler's log line starts with it already.
+        return ProviderError(message, provider=provider, error_type=error_type)
 
     if isinstance(exc, ProviderError):
         return exc

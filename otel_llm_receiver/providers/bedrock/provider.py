@@ -102,7 +102,7 @@ class BedrockProvider(Provider):
         if max_attempts < 1:
             problems.append("max_attempts must be at least 1")
         if problems:
-            raise ProviderError(f"{self.name}: " + "; ".join(problems), provider=self.name, error_type="config")
+            raise ProviderError("; ".join(problems), provider=self.name, error_type="config")
         self.namespaces: tuple[Namespace, ...] = (RUNTIME, MANTLE) if opts.get("mantle", True) else (RUNTIME,)
         self.costs_enabled = bool(opts.get("costs", True))
         self.cost_metric = str(opts.get("cost_metric") or "UnblendedCost")
@@ -158,7 +158,7 @@ class BedrockProvider(Provider):
             identity = await self.api.call("sts", self.regions[0], "GetCallerIdentity")
             account = identity.get("Account")
             if not isinstance(account, str) or not account:
-                raise ProviderError(f"{self.name}: GetCallerIdentity returned no Account", provider=self.name)
+                raise ProviderError("GetCallerIdentity returned no Account", provider=self.name)
             self._account = account
         return self._account
 
