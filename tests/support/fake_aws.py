@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -343,9 +342,3 @@ def _next_day(day: str) -> str:
 
     return (date.fromisoformat(day) + timedelta(days=1)).isoformat()
 
-
-def iter_days(start: datetime, n: int) -> Iterator[str]:
-    from datetime import timedelta
-
-    for i in range(n):
-        yield (start + timedelta(days=i)).date().isoformat()
