@@ -100,3 +100,17 @@ def test_the_example_config_is_valid_and_builds_a_provider() -> None:
     provider = create_provider(section)
     assert section.type == "bedrock" and provider.lookback == 3 * 3600 and provider.backfill == 7 * 86400
     assert section.options["regions"] == ("us-east-1", "eu-central-1")
+
+
+def test_without_boto3_the_instance_fails_with_one_config_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from otel_llm_receiver.config import parse_config
+    from otel_llm_receiver.errors import ProviderError
+    from otel_llm_receiver.providers import create_provider
+
+    monkeypatch.setitem(sys.modules, "boto3", None)  # what an install without the [bedrock] extra looks like
+    section = parse_config({"providers": {"bedrock": {}}}).providers[0]  # the config itself stays valid
+    with pytest.raises(ProviderError) as info:
+        create_provider(section)
+    assert info.value.error_type == "config" and "otel-llm-receiver[bedrock]" in str(info.value)

@@ -101,6 +101,10 @@ class BedrockProvider(Provider):
         max_attempts = int(opts.get("max_attempts") or 3)
         if max_attempts < 1:
             problems.append("max_attempts must be at least 1")
+        try:  # an extra, not a base dependency: say how to get it rather than fail on first use
+            import boto3  # noqa: F401
+        except ImportError:
+            problems.append("needs the AWS SDK: pip install 'otel-llm-receiver[bedrock]'")
         if problems:
             raise ProviderError("; ".join(problems), provider=self.name, error_type="config")
         self.namespaces: tuple[Namespace, ...] = (RUNTIME, MANTLE) if opts.get("mantle", True) else (RUNTIME,)
