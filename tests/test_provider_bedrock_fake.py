@@ -431,3 +431,33 @@ def test_cost_tag_value_owns_the_spend_and_untagged_spend_stays_with_the_payer(f
     result = fetch(provider(fake, costs=True, cost_tag="team", backfill="2d"))
     assert {(c.tenancy_id, c.amount) for c in result.costs} == {("search", Decimal("1.5")), (ACCOUNT, Decimal("0.75"))}
     assert fake.calls_of("GetCostAndUsage")[1]["GroupBy"][1] == {"Type": "TAG", "Key": "team"}
+
+
+@pytest.mark.parametrize(
+    ("operation", "status", "code", "phrase"),
+    [
+        ("GetMetricData", 403, "AccessDenied", "the IAM policy must allow cloudwatch:GetMetricData"),
+        ("GetCallerIdentity", 403, "ExpiredToken", "AWS credentials expired (ExpiredToken) calling GetCallerIdentity"),
+    ],
+)
+def test_denied_or_expired_is_one_log_line_and_other_providers_go_on(
+    fake: FakeAws, tmp_path: Path, caplog: pytest.LogCaptureFixture, operation: str, status: int, code: str,
+    phrase: str,
+) -> None:
+    fake.put("us-east-1", "AWS/Bedrock", "InputTokenCount", NOVA, H + 1, 8)
+    fake.fail(operation, status, code)
+    config = parse_config({"storage": {"path": str(tmp_path / "ledger.db")}, "providers": {
+        "demo": {"backfill": "1h", "seed": 1},
+        "bedrock/prod": {"regions": ["us-east-1"], "endpoint": fake.url, "max_attempts": 1},
+    }})
+    receiver = Receiver(config, exporters=[])
+    try:
+        with caplog.at_level(logging.WARNING):
+            outcomes = {name: asyncio.run(receiver.poll(name)) for name in ("demo", "bedrock/prod")}
+    finally:
+        asyncio.run(receiver.aclose())
+    assert outcomes["demo"].ok
+    assert not outcomes["bedrock/prod"].ok and outcomes["bedrock/prod"].error_type == "auth"
+    lines = [r.getMessage() for r in caplog.records if "poll failed" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("bedrock/prod: poll failed (auth): ")
+    assert phrase in lines[0] and "\n" not in lines[0] and all(r.exc_info is None for r in caplog.records)
