@@ -48,6 +48,7 @@ METRIC_COST: Final = "llm.usage.cost"
 METRIC_COST_NON_USD: Final = "llm.usage.cost.non_usd"
 METRIC_BILLED_QUANTITY: Final = "llm.usage.billed_quantity"
 METRIC_TOOL_REQUESTS: Final = "llm.usage.tool_requests"
+METRIC_THROTTLED: Final = "llm.usage.throttled_requests"
 #: Claude Code analytics (Anthropic): counters of their own, never added into llm.usage.tokens.
 METRIC_CODE_SESSIONS: Final = "llm.usage.code.sessions"
 METRIC_CODE_LINES: Final = "llm.usage.code.lines"
@@ -60,7 +61,7 @@ MEASURE_OF_METRIC: Final = {
     METRIC_TOKENS: "tokens", METRIC_REQUESTS: "requests", METRIC_COST: "cost", METRIC_COST_NON_USD: "cost",
     "llm.usage.images": "images", "llm.usage.characters": "characters",
     "llm.usage.audio.duration": "audio_duration", "llm.usage.sessions": "sessions",
-    METRIC_TOOL_REQUESTS: "tool_requests", METRIC_BILLED_QUANTITY: "billed_quantity",
+    METRIC_TOOL_REQUESTS: "tool_requests", METRIC_BILLED_QUANTITY: "billed_quantity", METRIC_THROTTLED: "requests",
     METRIC_CODE_SESSIONS: "code.sessions", METRIC_CODE_LINES: "code.lines", METRIC_CODE_COMMITS: "code.commits",
     METRIC_CODE_PULL_REQUESTS: "code.pull_requests", METRIC_CODE_TOOL_ACTIONS: "code.tool_actions",
     METRIC_CODE_TOKENS: "code.tokens",

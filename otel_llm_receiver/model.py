@@ -53,8 +53,8 @@ class UsageRecord:
     different from a reported zero only in that no series is created for it. ``dimensions`` holds extra bounded
     attributes (e.g. ``llm.cache.ttl``) that split the series further. ``measures`` holds other integer
     usage measures by catalog metric name (``llm.usage.images``, ``llm.usage.tool_requests``,
-    ``llm.usage.storage``, ...), in the metric's unit: each becomes a series with the record's attributes, so a
-    provider adds a billed unit without a new record type.
+    ``llm.usage.throttled_requests``, ``llm.usage.storage``, ...), in the metric's unit: each becomes a series
+    with the record's attributes, so a provider adds a measure without a new record type.
     """
 
     provider: str

@@ -19,6 +19,7 @@ PROVIDER_TYPES: dict[str, str] = {
     "demo": "otel_llm_receiver.providers.demo:DemoProvider",
     "anthropic": "otel_llm_receiver.providers.anthropic:AnthropicProvider",
     "azure_openai": "otel_llm_receiver.providers.azure_openai:AzureOpenAIProvider",
+    "bedrock": "otel_llm_receiver.providers.bedrock:BedrockProvider",
 }
 
 

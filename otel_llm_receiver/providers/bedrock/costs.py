@@ -1,0 +1,183 @@
+"""Bedrock spend from Cost Explorer: ``GetCostAndUsage``, daily, grouped by service and usage type.
+
+Which services are Bedrock: first-party models bill under the service ``Amazon Bedrock``, but Anthropic and
+other third-party models bill through AWS Marketplace under their own service names, such as
+``Claude 3 Haiku (Amazon Bedrock Edition)``, so a filter on ``Amazon Bedrock`` alone misses most Claude
+spend. The rule: a service is Bedrock when its name matches one of ``cost_services`` (shell patterns,
+case-insensitive; default ``*Bedrock*``). Cost Explorer cannot filter a dimension by pattern, so the first
+query groups by ``SERVICE`` and ``USAGE_TYPE`` over all services and the selection happens here.
+
+Usage types carry a region prefix, the model and the token kind, sometimes with suffixes
+(``USE1-Claude4Sonnet-input-tokens-cross-region-global``, ``USW2-Nova2.0Lite-cache-read-input-token-count``);
+Marketplace ones name no model (``USW2-MP:USW2_InputTokenCount-Units``), the service name does. Token kinds
+are matched by "contains", the model is parsed where the pattern allows, and the raw usage type is always
+the line item (``llm.cost.line_item``). Amounts are decimal strings and stay ``Decimal``.
+
+Cost Explorer allows two ``GroupBy`` keys. With ``linked_accounts`` (or ``cost_tag``) the owner needs a third,
+so after the first query each selected service is asked again, filtered to it and grouped by ``USAGE_TYPE``
+and ``LINKED_ACCOUNT`` (or the tag). Every page of every query is a billed request ($0.01).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from ...errors import ProviderError
+from ...model import CostRecord
+from .aws import CE_REGION
+
+__all__ = ["CostQuery", "model_of", "service_selected", "token_kind"]
+
+DAY = 86400
+PROVIDER = "aws.bedrock"
+Call = Callable[..., Awaitable[dict[str, Any]]]
+
+# Most specific first: "cache-read-input-token-count" also contains "input".
+_KINDS = (("cacheread", "cache_read"), ("cachewrite", "cache_write"), ("input", "input"), ("output", "output"))
+_REGION_PREFIX = re.compile(r"^[A-Z]{2,4}[0-9]?-")
+_KIND_AT = re.compile(r"-(?:mantle-)?(?:cache-read|cache-write|input|output)(?:-|_|$)", re.IGNORECASE)
+_MARKETPLACE_SUFFIX = re.compile(r"\s*\(Amazon Bedrock Edition\)\s*$", re.IGNORECASE)
+
+
+def token_kind(usage_type: str) -> str | None:
+    """The token type a usage type bills (``gen_ai.token.type``), matched by "contains"; None if not tokens."""
+    flat = re.sub(r"[-_\s]", "", usage_type.lower())
+    if "token" not in flat:
+        return None
+    return next((kind for marker, kind in _KINDS if marker in flat), None)
+
+
+def model_of(service: str, usage_type: str) -> str | None:
+    """The model a row bills: from a first-party usage type, or a Marketplace service's name; else None."""
+    if "MP:" in usage_type:
+        name = _MARKETPLACE_SUFFIX.sub("", service)
+        return name if name != service else None
+    body = _REGION_PREFIX.sub("", usage_type, count=1)
+    match = _KIND_AT.search(body)
+    return body[:match.start()] if match and match.start() > 0 else None
+
+
+def service_selected(service: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(service.lower(), p.lower()) for p in patterns)
+
+
+def _day(start: int) -> str:
+    return datetime.fromtimestamp(start, UTC).date().isoformat()
+
+
+def _epoch_day(text: Any) -> int:
+    try:
+        return int(datetime.combine(date.fromisoformat(str(text)), datetime.min.time(), UTC).timestamp())
+    except ValueError as exc:
+        raise ProviderError(f"GetCostAndUsage: TimePeriod.Start {text!r} is not a date",
+                            error_type="bad_response") from exc
+
+
+class CostQuery:
+    """One cost read: the days ``[start, end)`` (UTC midnights) and how to group and select them."""
+
+    def __init__(
+        self,
+        *,
+        metric: str,
+        services: Sequence[str],
+        account: str,
+        linked_accounts: bool = False,
+        tag: str | None = None,
+    ) -> None:
+        self.metric = metric
+        self.services = tuple(services)
+        self.account = account
+        self.linked_accounts = linked_accounts
+        self.tag = tag
+
+    async def read(self, call: Call, start: int, end: int) -> list[CostRecord]:
+        period = {"Start": _day(start), "End": _day(end)}
+        by_service = [{"Type": "DIMENSION", "Key": "SERVICE"}, {"Type": "DIMENSION", "Key": "USAGE_TYPE"}]
+        rows = [r async for r in self._rows(call, period, by_service, None)]
+        selected = [(day, keys, amount, unit) for day, keys, amount, unit in rows
+                    if service_selected(keys[0], self.services)]
+        if not self.linked_accounts and not self.tag:
+            return [self._record(day, self.account, keys[0], keys[1], amount, unit)
+                    for day, keys, amount, unit in selected]
+        owner = ({"Type": "TAG", "Key": self.tag} if self.tag
+                 else {"Type": "DIMENSION", "Key": "LINKED_ACCOUNT"})
+        records: list[CostRecord] = []
+        for service in sorted({keys[0] for _, keys, _, _ in selected}):
+            only = {"Dimensions": {"Key": "SERVICE", "Values": [service]}}
+            group = [{"Type": "DIMENSION", "Key": "USAGE_TYPE"}, owner]
+            async for day, keys, amount, unit in self._rows(call, period, group, only):
+                records.append(self._record(day, self._owner(keys[1]), service, keys[0], amount, unit))
+        return records
+
+    def _owner(self, key: str) -> str:
+        """The tenancy of a row: the linked account id, or the tag's value (``key$value``; untagged: payer)."""
+        if self.tag:
+            value = key.partition("$")[2]
+            return value or self.account
+        return key or self.account
+
+    def _record(self, day: int, owner: str, service: str, usage_type: str, amount: Decimal, unit: str) -> CostRecord:
+        kind = token_kind(usage_type)
+        return CostRecord(
+            provider=PROVIDER, tenancy_id=owner, bucket_start=day, bucket_width=DAY, amount=amount,
+            currency=unit, model=model_of(service, usage_type), line_item=usage_type,
+            dimensions={"gen_ai.token.type": kind} if kind else {},
+        )
+
+    async def _rows(
+        self, call: Call, period: dict[str, str], group: list[dict[str, str]], flt: dict[str, Any] | None
+    ) -> AsyncIterator[tuple[int, tuple[str, ...], Decimal, str]]:
+        """(day, keys, amount, unit) of every group of every page, pages followed to the end."""
+        seen: set[tuple[int, tuple[str, ...]]] = set()
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {
+                "TimePeriod": period, "Granularity": "DAILY", "Metrics": [self.metric], "GroupBy": group,
+            }
+            if flt is not None:
+                params["Filter"] = flt
+            if token:
+                params["NextPageToken"] = token
+            page = await call("ce", CE_REGION, "GetCostAndUsage", **params)
+            for day, keys, amount, unit in _page_rows(page, self.metric, len(group)):
+                if (day, keys) in seen:
+                    raise ProviderError(f"GetCostAndUsage: group {list(keys)} of {_day(day)} came twice",
+                                        error_type="bad_response")
+                seen.add((day, keys))
+                yield day, keys, amount, unit
+            token = page.get("NextPageToken")
+            if not token:
+                return
+
+
+def _page_rows(page: Any, metric: str, n_keys: int) -> Iterator[tuple[int, tuple[str, ...], Decimal, str]]:
+    """The rows of one page, validated whole before any is used (a bad field rejects the poll)."""
+    results = page.get("ResultsByTime") if isinstance(page, dict) else None
+    if not isinstance(results, list):
+        raise ProviderError("GetCostAndUsage: the response has no ResultsByTime list", error_type="bad_response")
+    out: list[tuple[int, tuple[str, ...], Decimal, str]] = []
+    for result in results:
+        try:
+            day = _epoch_day(result["TimePeriod"]["Start"])
+            groups = result.get("Groups") or []
+            for g in groups:
+                keys = tuple(str(k) for k in g["Keys"])
+                if len(keys) != n_keys:
+                    raise ProviderError(f"GetCostAndUsage: group keys {list(keys)} are not {n_keys}",
+                                        error_type="bad_response")
+                value = g["Metrics"][metric]
+                amount = Decimal(str(value["Amount"]))
+                if not amount.is_finite():
+                    raise InvalidOperation(value["Amount"])
+                out.append((day, keys, amount, str(value.get("Unit") or "USD")))
+        except (KeyError, TypeError) as exc:
+            raise ProviderError(f"GetCostAndUsage: a result lacks {exc}", error_type="bad_response") from exc
+        except InvalidOperation as exc:
+            raise ProviderError(f"GetCostAndUsage: amount {exc} is not a decimal", error_type="bad_response") from exc
+    return iter(out)

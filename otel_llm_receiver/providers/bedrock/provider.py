@@ -1,0 +1,228 @@
+"""The ``bedrock`` provider: AWS Bedrock tokens from CloudWatch, spend from Cost Explorer, teams from profiles.
+
+Bedrock has no usage API like OpenAI's: tokens live in CloudWatch (a few minutes late, revised as late data
+points land: ``lookback`` 3h) and money in Cost Explorer (daily, a day late, restated for days:
+``cost_lookback`` 72h). Each poll reads every configured region's usage; the cost source has its own rhythm
+(``cost_interval``, default 6h, because every Cost Explorer page costs $0.01) and never re-asks for a day that
+is already final (older than ``cost_lookback``). Its two cursors (``cost_checked``, ``cost_final_until``) are
+returned in ``PollResult.cursors`` and come back through ``restore`` after a restart.
+
+Mapping (docs/providers/bedrock.md has the table): ``gen_ai.provider.name`` ``aws.bedrock``; the model id
+without its inference-profile prefix as ``gen_ai.request.model`` and the prefix as ``llm.inference_profile``;
+``cloud.region``; application inference profiles as ``llm.tenancy.id`` / ``llm.tenancy.name`` (their tags are
+saved as names of kind ``tag:<key>`` for attribution rules); everything else under the account id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+from collections.abc import Mapping
+from typing import ClassVar
+
+from ...config import Option, ProviderConfig
+from ...errors import ProviderError
+from ...model import CostRecord, PollResult, UsageRecord, Window
+from ..base import DAY, HOUR, Provider
+from .aws import SERVICES, AwsApi
+from .cloudwatch import MANTLE, RUNTIME, Namespace, read_usage
+from .costs import PROVIDER, CostQuery
+from .models import ModelRef, ProfileCache, looks_like_application_profile, parse_model_id
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BedrockProvider"]
+
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]")
+COST_CHECKED = "cost_checked"
+COST_FINAL_UNTIL = "cost_final_until"
+MAX_COST_LOOKBACK = 14 * DAY
+THROTTLED = "llm.usage.throttled_requests"
+
+
+def _operation(model: str) -> str:
+    """Bedrock's metrics do not say the operation: embedding models embed, the rest is taken as chat."""
+    return "embeddings" if "embed" in model.lower() else "chat"
+
+
+class BedrockProvider(Provider):
+    """AWS Bedrock usage (CloudWatch ``AWS/Bedrock`` and ``AWS/BedrockMantle``) and cost (Cost Explorer)."""
+
+    TYPE: ClassVar[str] = "bedrock"
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        "regions": Option("list[str]", default=["us-east-1"], description="Regions whose CloudWatch to read."),
+        "bucket_width": Option("duration", default="1h", description="CloudWatch period: 5m .. 1d, dividing a day."),
+        "mantle": Option("bool", default=True, description="Also read AWS/BedrockMantle (bedrock-mantle endpoint)."),
+        "costs": Option("bool", default=True, description="Read spend from Cost Explorer ($0.01 a request)."),
+        "cost_interval": Option("duration", default="6h", description="How often to ask Cost Explorer."),
+        "cost_lookback": Option("duration", default="72h", description="Recent days re-read (restated); at most 14d."),
+        "cost_metric": Option("str", default="UnblendedCost", choices=("UnblendedCost", "NetUnblendedCost")),
+        "cost_services": Option("list[str]", default=["*Bedrock*"],
+                                description="Services that are Bedrock spend (shell patterns, case-insensitive)."),
+        "cost_tag": Option("str", description="Cost-allocation tag whose value owns the spend (llm.tenancy.id)."),
+        "linked_accounts": Option("bool", default=False, description="Spend per linked account (payer view)."),
+        "role_arn": Option("str", description="IAM role to assume with the default credential chain."),
+        "endpoint_url": Option("map[str,str]", description="URL per service: cloudwatch, ce, bedrock, sts."),
+        "profile_ttl": Option("duration", default="1h", description="How long inference profiles are cached."),
+        "max_attempts": Option("int", default=3, description="botocore attempts per call (throttling, 5xx)."),
+    }
+    DEFAULT_LOOKBACK: ClassVar[float] = 3 * HOUR
+    DEFAULT_BACKFILL: ClassVar[float] = 7 * DAY
+    #: 5-minute CloudWatch data is kept 63 days (1-hour data 455 days).
+    MAX_BACKFILL: ClassVar[float | None] = 63 * DAY
+    #: Cost days are re-read up to cost_lookback (at most 14 days) back.
+    REVISION_HORIZON: ClassVar[float] = MAX_COST_LOOKBACK + DAY
+
+    def __init__(self, config: ProviderConfig) -> None:
+        super().__init__(config)
+        opts = config.options
+        problems: list[str] = []
+        self.regions: tuple[str, ...] = tuple(opts.get("regions") or ())
+        if not self.regions:
+            problems.append("regions must list at least one region")
+        problems += [f"region {r!r} is not an AWS region name" for r in self.regions if not _REGION.fullmatch(r)]
+        self.width = int(opts.get("bucket_width") or HOUR)
+        if self.width < 300 or self.width % 60 or DAY % self.width:
+            problems.append(f"bucket_width must divide a day and be at least 5m, not {self.width}s")
+        self.cost_interval = float(opts.get("cost_interval") or 6 * HOUR)
+        lookback = opts.get("cost_lookback")
+        self.cost_lookback = int(lookback) if lookback is not None else 3 * DAY
+        if self.cost_lookback > MAX_COST_LOOKBACK:
+            problems.append("cost_lookback must be at most 14d")
+        self.cost_tag: str | None = opts.get("cost_tag") or None
+        self.linked_accounts = bool(opts.get("linked_accounts"))
+        if self.cost_tag and self.linked_accounts:
+            problems.append("cost_tag and linked_accounts cannot be used together "
+                            "(Cost Explorer groups by two keys at most)")
+        endpoints: Mapping[str, str] = opts.get("endpoint_url") or {}
+        problems += [f"endpoint_url.{k} is not one of {', '.join(SERVICES)}" for k in endpoints if k not in SERVICES]
+        max_attempts = int(opts.get("max_attempts") or 3)
+        if max_attempts < 1:
+            problems.append("max_attempts must be at least 1")
+        try:  # an extra, not a base dependency: say how to get it rather than fail on first use
+            import boto3  # noqa: F401
+        except ImportError:
+            problems.append("needs the AWS SDK: pip install 'otel-llm-receiver[bedrock]'")
+        if problems:
+            raise ProviderError("; ".join(problems), provider=self.name, error_type="config")
+        self.namespaces: tuple[Namespace, ...] = (RUNTIME, MANTLE) if opts.get("mantle", True) else (RUNTIME,)
+        self.costs_enabled = bool(opts.get("costs", True))
+        self.cost_metric = str(opts.get("cost_metric") or "UnblendedCost")
+        self.cost_services = tuple(opts.get("cost_services") or ("*Bedrock*",))
+        self._count_lock = threading.Lock()
+        self.api = AwsApi(
+            provider=self.name, timeout=config.timeout, max_attempts=max_attempts, count=self._count,
+            endpoints=endpoints, endpoint=config.endpoint, role_arn=opts.get("role_arn") or None,
+        )
+        self.profiles = ProfileCache(self.api.call, ttl=float(opts.get("profile_ttl") or HOUR), provider=self.name)
+        self._account: str | None = None
+        self._cost_checked: int | None = None
+        self._cost_final_until: int | None = None
+
+    def _count(self, operation: str) -> None:
+        with self._count_lock:  # botocore calls this from worker threads
+            self.api_requests[operation] += 1
+
+    # -- cursors --------------------------------------------------------------------------------------------
+    def restore(self, cursors: Mapping[str, str]) -> None:
+        for key in (COST_CHECKED, COST_FINAL_UNTIL):
+            raw = cursors.get(key)
+            if raw is None:
+                continue
+            try:
+                value = int(raw)
+            except ValueError:
+                log.warning("%s: ignoring unreadable cursor %s=%r", self.name, key, raw)
+                continue
+            setattr(self, f"_{key}", value)
+
+    def _cursors(self) -> dict[str, str]:
+        cursors = {}
+        if self._cost_checked is not None:
+            cursors[COST_CHECKED] = str(self._cost_checked)
+        if self._cost_final_until is not None:
+            cursors[COST_FINAL_UNTIL] = str(self._cost_final_until)
+        return cursors
+
+    # -- polling --------------------------------------------------------------------------------------------
+    async def fetch(self, window: Window) -> PollResult:
+        account = await self._account_id()
+        names: dict[tuple[str, str], str] = {}
+        per_region = await asyncio.gather(*(self._usage(region, window, account, names) for region in self.regions))
+        usage = [record for records in per_region for record in records]
+        costs, cursors = await self._costs(window, account)
+        current = window.end - window.end % self.width  # the bucket still filling in starts here
+        return PollResult(usage=usage, costs=costs, names=names, complete_until=current, cursors=cursors)
+
+    async def _account_id(self) -> str:
+        """The account the credentials belong to: the tenancy of usage and spend not owned by a profile."""
+        if self._account is None:
+            identity = await self.api.call("sts", self.regions[0], "GetCallerIdentity")
+            account = identity.get("Account")
+            if not isinstance(account, str) or not account:
+                raise ProviderError("GetCallerIdentity returned no Account", provider=self.name)
+            self._account = account
+        return self._account
+
+    async def _usage(
+        self, region: str, window: Window, account: str, names: dict[tuple[str, str], str]
+    ) -> list[UsageRecord]:
+        raw = await read_usage(self.api.call, region, self.namespaces, window, self.width)
+        merged: dict[tuple[str, str, str | None], dict[int, dict[str, int]]] = {}
+        for (_namespace, model_id), buckets in raw.items():
+            ref = parse_model_id(model_id)
+            tenancy = account
+            if ref.application_profile is not None or looks_like_application_profile(model_id):
+                found = await self.profiles.lookup(region, ref.application_profile or model_id)
+                if found is not None:
+                    ref = ModelRef(parse_model_id(found.model).model, "application", found.id)
+                    tenancy = found.id
+                    names[("tenancy", found.id)] = found.name
+                    for key, tag in found.tags.items():
+                        names[(f"tag:{key}", found.id)] = tag
+                elif ref.application_profile is not None:
+                    tenancy = ref.application_profile  # unresolved: the id still attributes the usage
+            # Two ModelId spellings of one model (an ARN and an id, or both endpoints) add up to one series.
+            target = merged.setdefault((tenancy, ref.model, ref.profile), {})
+            for bucket, measures in buckets.items():
+                slot = target.setdefault(bucket, {})
+                for measure, count in measures.items():
+                    slot[measure] = slot.get(measure, 0) + count
+        records = []
+        for (tenancy, model, profile), buckets in sorted(merged.items(), key=lambda kv: repr(kv[0])):
+            dimensions = {"cloud.region": region}
+            if profile is not None:
+                dimensions["llm.inference_profile"] = profile
+            for bucket, m in sorted(buckets.items()):
+                records.append(UsageRecord(
+                    provider=PROVIDER, model=model, operation=_operation(model), tenancy_id=tenancy,
+                    bucket_start=bucket, bucket_width=self.width,
+                    tokens={t: m[t] for t in ("input", "cache_read", "cache_write", "output") if t in m},
+                    requests=m.get("requests"), dimensions=dimensions,
+                    measures={THROTTLED: m["throttled"]} if "throttled" in m else {},
+                ))
+        return records
+
+    async def _costs(self, window: Window, account: str) -> tuple[list[CostRecord], dict[str, str]]:
+        """Cost Explorer, when ``cost_interval`` has passed: the days not yet final, up to today."""
+        now = window.end
+        if not self.costs_enabled or (
+            self._cost_checked is not None and now - self._cost_checked < self.cost_interval
+        ):
+            return [], self._cursors()
+        first = now - int(self.backfill)
+        start = max(first - first % DAY, self._cost_final_until or 0)
+        end = now - now % DAY + DAY  # today (estimated, filling in) included
+        query = CostQuery(metric=self.cost_metric, services=self.cost_services, account=account,
+                          linked_accounts=self.linked_accounts, tag=self.cost_tag)
+        records = await query.read(self.api.call, start, end) if start < end else []
+        # Applied in the same transaction as these cursors: a failed poll moves neither.
+        self._cost_checked = now
+        final = now - self.cost_lookback
+        self._cost_final_until = max(final - final % DAY, self._cost_final_until or 0)
+        return records, self._cursors()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.api.close)
