@@ -37,7 +37,7 @@ from . import __version__
 from .catalog import CATALOG, MetricDef
 from .config import ExporterConfig
 from .errors import ExportError
-from .ledger import MEASURE_OF_METRIC, METRIC_COST, Snapshot
+from .ledger import LEVEL_METRICS, MEASURE_OF_METRIC, NANO_METRICS, Snapshot
 from .model import NANOS_PER_UNIT
 from .selfhealth import SelfHealthReading
 
@@ -87,6 +87,7 @@ class MetricsBuilder:
         self, snapshot: Snapshot, health: SelfHealthReading | None, now_ns: int
     ) -> MetricsData:
         sums: dict[str, dict[str, NumberDataPoint]] = {}
+        levels: dict[str, dict[str, NumberDataPoint]] = {}
         adjustments: dict[str, NumberDataPoint] = {}
         names = snapshot.names
         for s in snapshot.series:
@@ -102,7 +103,16 @@ class MetricsBuilder:
                 tenancy = names.get((s.instance, "tenancy", view.tenancy_id))
                 if tenancy != view.tenancy_name:  # a project was renamed: rebuild its attributes
                     view = self._views[s.id] = self._view(s.instance, view.raw, tenancy)
-            money = s.metric == METRIC_COST
+            if s.metric in LEVEL_METRICS:  # a gauge: the newest bucket's value, not a running total
+                if s.level is not None:
+                    level_points = levels.setdefault(s.metric, {})
+                    prior_level = level_points.get(view.key)
+                    level_points[view.key] = NumberDataPoint(
+                        attributes=view.attributes, start_time_unix_nano=s.start_time_ns, time_unix_nano=now_ns,
+                        value=s.level + (prior_level.value if prior_level else 0),
+                    )
+                continue
+            money = s.metric in NANO_METRICS
             value: int | float = s.total / NANOS_PER_UNIT if money else s.total
             points = sums.setdefault(s.metric, {})
             previous = points.get(view.key)
@@ -120,7 +130,7 @@ class MetricsBuilder:
                 key = s.metric + "|" + view.key
                 prior = adjustments.get(key)
                 adjustments[key] = NumberDataPoint(
-                    attributes={"llm.measure": MEASURE_OF_METRIC[s.metric], **view.attributes},
+                    attributes={"llm.measure": MEASURE_OF_METRIC.get(s.metric, s.metric), **view.attributes},
                     start_time_unix_nano=s.start_time_ns,
                     time_unix_nano=now_ns,
                     value=amount + (prior.value if prior else 0.0),
@@ -128,6 +138,9 @@ class MetricsBuilder:
         metrics = [
             _metric(CATALOG.metrics[name], Sum(list(points.values()), CUMULATIVE, True))
             for name, points in sums.items()
+        ]
+        metrics += [
+            _metric(CATALOG.metrics[name], Gauge(list(points.values()))) for name, points in levels.items()
         ]
         if adjustments:
             metrics.append(

@@ -13,8 +13,11 @@ One poll is one ``BEGIN IMMEDIATE ... COMMIT`` holding its records, names and cu
 total and start time lives here (invariant 3). Every SQL statement is a named constant below, next to the schema;
 SQLite-specific pieces (PRAGMAs, ``WITHOUT ROWID``, temp tables) stay inside this module.
 
-A "point" below is one value of one series in one bucket: one ``UsageRecord`` yields a point per token type
-plus one for requests. Money is stored as integer nano-units (see ``model.to_nanos``).
+A "point" below is one value of one series in one bucket: one ``UsageRecord`` yields a point per token type,
+one for requests and one per other measure (``UsageRecord.measures``). Money, and billed quantities (which may
+be fractional), are stored as integer nano-units (see ``model.to_nanos``). A level metric (``LEVEL_METRICS``,
+e.g. bytes stored) is kept the same way, bucket by bucket, but what it means is its newest bucket's value,
+which ``snapshot`` reads as ``SeriesTotal.level``; its ``total`` is not a meaningful number.
 """
 
 from __future__ import annotations
@@ -41,8 +44,18 @@ log = logging.getLogger(__name__)
 METRIC_TOKENS: Final = "llm.usage.tokens"
 METRIC_REQUESTS: Final = "llm.usage.requests"
 METRIC_COST: Final = "llm.usage.cost"
+METRIC_BILLED_QUANTITY: Final = "llm.usage.billed_quantity"
 #: What ``llm.measure`` says for a shrink of each metric.
-MEASURE_OF_METRIC: Final = {METRIC_TOKENS: "tokens", METRIC_REQUESTS: "requests", METRIC_COST: "cost"}
+MEASURE_OF_METRIC: Final = {
+    METRIC_TOKENS: "tokens", METRIC_REQUESTS: "requests", METRIC_COST: "cost",
+    "llm.usage.images": "images", "llm.usage.characters": "characters",
+    "llm.usage.audio.duration": "audio_duration", "llm.usage.sessions": "sessions",
+    "llm.usage.tool_requests": "tool_requests", METRIC_BILLED_QUANTITY: "billed_quantity",
+}
+#: Metrics whose values are integer nano-units (money, fractional billed quantities).
+NANO_METRICS: Final = frozenset({METRIC_COST, METRIC_BILLED_QUANTITY})
+#: Metrics that are levels (a gauge: the newest bucket's value), not flows summed over buckets.
+LEVEL_METRICS: Final = frozenset({"llm.usage.storage"})
 
 
 SCHEMA_VERSION: Final = 1
@@ -301,8 +314,11 @@ DELETE FROM refined WHERE bucket_start < :before
 SQL_PRUNE_ROLLUPS = "DELETE FROM rollups WHERE hour_start < ?"
 
 SQL_SNAPSHOT = """
-SELECT s.id, s.instance, s.metric, s.attrs, s.total, s.adjustments, s.start_time_ns
-FROM series AS s ORDER BY s.id"""
+SELECT s.id, s.instance, s.metric, s.attrs, s.total, s.adjustments, s.start_time_ns,
+       CASE WHEN s.metric IN (%s) THEN
+           (SELECT b.value FROM buckets AS b WHERE b.series_id = s.id ORDER BY b.bucket_start DESC LIMIT 1)
+       END
+FROM series AS s ORDER BY s.id""" % ", ".join(f"'{m}'" for m in sorted(LEVEL_METRICS))
 SQL_NAMES = "SELECT instance, kind, id, name FROM names"
 SQL_SERIES_COUNT = "SELECT count(*) FROM series"
 SQL_BUCKET_COUNT = "SELECT count(*) FROM buckets"
@@ -330,6 +346,7 @@ class SeriesTotal:
     total: int
     adjustments: int
     start_time_ns: int
+    level: int | None = None  # newest bucket's value, for LEVEL_METRICS only
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +389,9 @@ class _Expansion:
     usage_keys: dict[tuple[object, ...], tuple[list[tuple[str, tuple[str, str]]], tuple[str, str]]] = field(
         default_factory=dict)
     cost_keys: dict[tuple[object, ...], tuple[str, str]] = field(default_factory=dict)
+    usage_bases: dict[tuple[object, ...], dict[str, str]] = field(default_factory=dict)
+    measure_keys: dict[tuple[tuple[object, ...], str], tuple[str, str]] = field(default_factory=dict)
+    quantity_keys: dict[tuple[tuple[object, ...], str], tuple[str, str]] = field(default_factory=dict)
 
 
 def _expand(result: PollResult, tenant: str) -> _Expansion:
@@ -393,6 +413,10 @@ def _expand(result: PollResult, tenant: str) -> _Expansion:
                 (t, (METRIC_TOKENS, canonical_attrs({**base, "gen_ai.token.type": t}))) for t in TOKEN_TYPES
             ]
             ex.usage_keys[ident] = (by_type, (METRIC_REQUESTS, canonical_attrs(base)))
+            ex.usage_bases[ident] = base
+        for metric in r.measures:
+            if (ident, metric) not in ex.measure_keys:
+                ex.measure_keys[(ident, metric)] = (metric, canonical_attrs(ex.usage_bases[ident]))
     for c in result.costs:
         dims = tuple(sorted(c.dimensions.items())) if c.dimensions else ()
         currency = c.currency.upper()
@@ -412,6 +436,12 @@ def _expand(result: PollResult, tenant: str) -> _Expansion:
             if currency != "USD":
                 base["currency"] = currency
             ex.cost_keys[cost_ident] = (METRIC_COST, canonical_attrs(base))
+        if c.quantity is not None and (cost_ident, c.quantity_unit or "") not in ex.quantity_keys:
+            # What was billed for the money, per unit: the cost series' attributes (less currency) and the unit.
+            quantity_attrs = {k: v for k, v in json.loads(ex.cost_keys[cost_ident][1]).items() if k != "currency"}
+            quantity_attrs["llm.cost.quantity_unit"] = c.quantity_unit or "unknown"
+            ex.quantity_keys[(cost_ident, c.quantity_unit or "")] = (
+                METRIC_BILLED_QUANTITY, canonical_attrs(quantity_attrs))
     return ex
 
 
@@ -457,9 +487,16 @@ def _rows(result: PollResult, ex: _Expansion, ids: dict[tuple[str, str], int], h
                 pending.append((req_key, start, width, r.requests))
             else:
                 append((req_sid, start, width, r.requests))
+        for metric, value in r.measures.items():
+            key = ex.measure_keys[(ident, metric)]
+            sid = ids.get(key)
+            if sid is None:
+                pending.append((key, start, width, value))
+            else:
+                append((sid, start, width, value))
     for c, ident in zip(result.costs, ex.cost_idents, strict=True):
         if c.bucket_start < horizon:
-            rejected += 1
+            rejected += 1 + (c.quantity is not None)
             continue
         key = ex.cost_keys[ident]
         cost_bucket = (id(key), c.bucket_start, c.bucket_width)
@@ -471,6 +508,13 @@ def _rows(result: PollResult, ex: _Expansion, ids: dict[tuple[str, str], int], h
             pending.append((key, c.bucket_start, c.bucket_width, to_nanos(c.amount)))
         else:
             append((sid, c.bucket_start, c.bucket_width, to_nanos(c.amount)))
+        if c.quantity is not None:
+            qkey = ex.quantity_keys[(ident, c.quantity_unit or "")]
+            qsid = ids.get(qkey)
+            if qsid is None:
+                pending.append((qkey, c.bucket_start, c.bucket_width, to_nanos(c.quantity)))
+            else:
+                append((qsid, c.bucket_start, c.bucket_width, to_nanos(c.quantity)))
     return _Rows(rows, pending, rejected, repeats)
 
 
@@ -699,6 +743,8 @@ class Ledger:
                     stats.outcomes[outcome] += count
             if stats.outcomes["shrunk"]:
                 for metric, attrs, shrunk_points, amount in tx.execute(SQL_SHRUNK):
+                    if metric in LEVEL_METRICS:  # a level going down is news, not a correction
+                        continue
                     log.warning(
                         "%s: %d bucket(s) of %s %s shrank by %d in total (counted in llm.usage.adjustments)",
                         instance, shrunk_points, metric, attrs, amount,

@@ -51,7 +51,9 @@ class UsageRecord:
 
     ``tokens`` maps token types (``TOKEN_TYPES``) to counts; a type that is absent was not reported, which is
     different from a reported zero only in that no series is created for it. ``dimensions`` holds extra bounded
-    attributes (e.g. ``llm.cache.ttl``) that split the series further.
+    attributes (e.g. ``llm.cache.ttl``) that split the series further. ``measures`` holds other integer
+    usage measures by catalog metric name (``llm.usage.images``, ``llm.usage.storage``, ...), in the
+    metric's unit; they get the record's attributes, like ``requests``.
     """
 
     provider: str
@@ -64,11 +66,16 @@ class UsageRecord:
     requests: int | None = None
     tenant: str | None = None
     dimensions: Mapping[str, str] = field(default_factory=dict)
+    measures: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class CostRecord:
-    """Money spent by one tenancy (and line item / model, when the provider says) in one time bucket."""
+    """Money spent by one tenancy (and line item / model, when the provider says) in one time bucket.
+
+    ``quantity`` / ``quantity_unit`` are what the provider billed for that money (e.g. ``10000`` ``tokens``),
+    when its billing API says: they become ``llm.usage.billed_quantity`` so that cost per unit can be checked.
+    """
 
     provider: str
     tenancy_id: str
@@ -81,6 +88,8 @@ class CostRecord:
     source: CostSource = "reported"
     tenant: str | None = None
     dimensions: Mapping[str, str] = field(default_factory=dict)
+    quantity: Decimal | None = None
+    quantity_unit: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -69,11 +70,17 @@ class ApiClient:
             follow_redirects=False,
         )
 
-    async def get_json(self, path: str, params: Params = None) -> Any:
-        """GET ``path`` and return its decoded JSON body, retrying what is worth retrying."""
-        return await self.request_json("GET", path, params=params)
+    async def get_json(self, path: str, params: Params = None, *, decimals: bool = False) -> Any:
+        """GET ``path`` and return its decoded JSON body, retrying what is worth retrying.
 
-    async def request_json(self, method: str, path: str, *, params: Params = None, json_body: Any = None) -> Any:
+        ``decimals=True`` decodes JSON numbers with a fraction or exponent as exact ``Decimal`` (money must
+        never pass through a binary float); integers stay ``int`` either way.
+        """
+        return await self.request_json("GET", path, params=params, decimals=decimals)
+
+    async def request_json(
+        self, method: str, path: str, *, params: Params = None, json_body: Any = None, decimals: bool = False
+    ) -> Any:
         """One API call: ``method path`` with ``params`` (and a JSON body), decoded, or one ``ProviderError``."""
         attempt = 0
         while True:
@@ -86,7 +93,7 @@ class ApiClient:
                 error = self._error(f"{method} {path}: {type(exc).__name__}: {exc}", "server_error")
             else:
                 if response.status_code < 300:
-                    return self._decode(method, path, response)
+                    return self._decode(method, path, response, decimals)
                 error = self._status_error(method, path, response)
                 if response.status_code not in RETRYABLE_STATUSES:
                     raise error
@@ -121,9 +128,9 @@ class ApiClient:
         message = f"{method} {path}: HTTP {status}" + (f": {detail}" if detail else "")
         return self._error(message, error_type, retry_after)
 
-    def _decode(self, method: str, path: str, response: httpx.Response) -> Any:
+    def _decode(self, method: str, path: str, response: httpx.Response, decimals: bool = False) -> Any:
         try:
-            return response.json()
+            return json.loads(response.content, parse_float=Decimal) if decimals else response.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise self._error(
                 f"{method} {path}: HTTP {response.status_code} body is not JSON ({exc.__class__.__name__}): "
