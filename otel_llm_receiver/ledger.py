@@ -313,12 +313,13 @@ DELETE FROM refined WHERE bucket_start < :before
   AND series_id IN (SELECT id FROM series WHERE instance = :instance)"""
 SQL_PRUNE_ROLLUPS = "DELETE FROM rollups WHERE hour_start < ?"
 
-SQL_SNAPSHOT = """
+_LEVEL_METRIC_LIST = ", ".join(f"'{m}'" for m in sorted(LEVEL_METRICS))
+SQL_SNAPSHOT = f"""
 SELECT s.id, s.instance, s.metric, s.attrs, s.total, s.adjustments, s.start_time_ns,
-       CASE WHEN s.metric IN (%s) THEN
+       CASE WHEN s.metric IN ({_LEVEL_METRIC_LIST}) THEN
            (SELECT b.value FROM buckets AS b WHERE b.series_id = s.id ORDER BY b.bucket_start DESC LIMIT 1)
        END
-FROM series AS s ORDER BY s.id""" % ", ".join(f"'{m}'" for m in sorted(LEVEL_METRICS))
+FROM series AS s ORDER BY s.id"""
 SQL_NAMES = "SELECT instance, kind, id, name FROM names"
 SQL_SERIES_COUNT = "SELECT count(*) FROM series"
 SQL_BUCKET_COUNT = "SELECT count(*) FROM buckets"

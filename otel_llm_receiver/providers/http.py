@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -86,7 +86,8 @@ class ApiClient:
         while True:
             attempt += 1
             try:
-                response = await self._client.request(method, path, params=params, json=json_body)
+                # Params is wider than httpx's annotation (any Sequence of pairs); httpx accepts it at run time.
+                response = await self._client.request(method, path, params=cast(Any, params), json=json_body)
             except httpx.TimeoutException as exc:
                 error = self._error(f"{method} {path}: timed out ({type(exc).__name__})", "timeout")
             except httpx.TransportError as exc:
