@@ -476,23 +476,27 @@ def _rows(result: PollResult, ex: _Expansion, ids: dict[tuple[str, str], int], h
             repeats = True
         seen.add(bucket)
         by_type_sids, req_key, req_sid = entry
+        creates_zero = not r.sparse  # a sparse record's zeros create no series (see UsageRecord)
         for token_type, key, sid in by_type_sids:
             value = tokens.get(token_type)
             if value is not None:
                 if sid is None:
-                    pending.append((key, start, width, value))
+                    if value or creates_zero:
+                        pending.append((key, start, width, value))
                 else:
                     append((sid, start, width, value))
         if r.requests is not None:
             if req_sid is None:
-                pending.append((req_key, start, width, r.requests))
+                if r.requests or creates_zero:
+                    pending.append((req_key, start, width, r.requests))
             else:
                 append((req_sid, start, width, r.requests))
         for metric, value in r.measures.items():
             key = ex.measure_keys[(ident, metric)]
             sid = ids.get(key)
             if sid is None:
-                pending.append((key, start, width, value))
+                if value or creates_zero:
+                    pending.append((key, start, width, value))
             else:
                 append((sid, start, width, value))
     for c, ident in zip(result.costs, ex.cost_idents, strict=True):

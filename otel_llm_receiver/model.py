@@ -54,6 +54,10 @@ class UsageRecord:
     attributes (e.g. ``llm.cache.ttl``) that split the series further. ``measures`` holds other integer
     usage measures by catalog metric name (``llm.usage.images``, ``llm.usage.storage``, ...), in the
     metric's unit; they get the record's attributes, like ``requests``.
+
+    ``sparse`` records create no series for zero values: a zero still overwrites a bucket of a series the
+    ledger already has (so a bucket corrected down to zero is exact), but a part that is always zero (e.g. the
+    audio tokens of a text-only model) adds no series. Providers use it for splits they must report in full.
     """
 
     provider: str
@@ -67,6 +71,7 @@ class UsageRecord:
     tenant: str | None = None
     dimensions: Mapping[str, str] = field(default_factory=dict)
     measures: Mapping[str, int] = field(default_factory=dict)
+    sparse: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,11 +82,12 @@ def _common(row: Mapping[str, Any], at: Row) -> tuple[str, str, dict[str, str]]:
 def _record(
     at: Row, tenancy: str, model: str, operation: str, dims: Mapping[str, str], *,
     tokens: Mapping[str, int] | None = None, requests: int | None = None, measures: Mapping[str, int] | None = None,
+    sparse: bool = False,
 ) -> UsageRecord:
     return UsageRecord(
         provider=PROVIDER, model=model, operation=operation, tenancy_id=tenancy, bucket_start=at.bucket_start,
         bucket_width=at.bucket_width, tokens=tokens or {}, requests=requests, tenant=at.tenant,
-        dimensions=dims, measures=measures or {},
+        dimensions=dims, measures=measures or {}, sparse=sparse,
     )
 
 
@@ -121,30 +122,35 @@ def completions(row: Mapping[str, Any], at: Row, notes: Notes) -> Iterator[Usage
     if cache_write is not None:
         partition["cache_write"] = cache_write
 
+    # Audio and image counts are subsets of the totals; text is what remains. A modality whose fields the row
+    # carries is always reported, zeros included (as a sparse record: zeros add no series), so that a bucket
+    # whose audio is later corrected down to zero moves those tokens back to text exactly.
     new_shape = any(key in row for key in _NEW_SHAPE_FIELDS)
     parts: dict[str, dict[str, int]] = {}
     for modality in ("audio", "image"):
-        part_in = count(row, f"input_{modality}_tokens", path) or 0
-        part_cached = count(row, f"input_cached_{modality}_tokens", path) or 0
-        part_out = count(row, f"output_{modality}_tokens", path) or 0
-        if part_in or part_cached or part_out:
-            part = {"input": part_in, "output": part_out}
-            if new_shape and cached is not None:
-                part["cache_read"] = part_cached
-            # Before the 2026 spec, input_audio_tokens included cached audio and no cached split existed: the
-            # audio input is then all counted as audio "input" and text keeps the whole cache_read.
-            parts[modality] = part
+        names = (f"input_{modality}_tokens", f"input_cached_{modality}_tokens", f"output_{modality}_tokens")
+        if not any(name in row for name in names):
+            continue
+        part = {"input": count(row, names[0], path) or 0, "output": count(row, names[2], path) or 0}
+        if new_shape and cached is not None:
+            part["cache_read"] = count(row, names[1], path) or 0
+        # Before the 2026 spec, input_audio_tokens included cached audio and no cached split existed: the
+        # audio input is then all counted as audio "input" and text keeps the whole cache_read.
+        parts[modality] = part
     text_part = dict(partition)
     for part in parts.values():
         for token_type, value in part.items():
             text_part[token_type] = text_part.get(token_type, 0) - value
     if any(value < 0 for value in text_part.values()):
         notes.modality_unsplit += 1
-        parts, text_part = {}, dict(partition)
+        parts = {m: dict.fromkeys(part, 0) for m, part in parts.items()}
+        text_part = dict(partition)
 
     yield _record(at, tenancy, model, "chat", {**dims, "llm.token.modality": "text"}, tokens=text_part)
     for modality, part in parts.items():
-        yield _record(at, tenancy, model, "chat", {**dims, "llm.token.modality": modality}, tokens=part)
+        yield _record(
+            at, tenancy, model, "chat", {**dims, "llm.token.modality": modality}, tokens=part, sparse=True
+        )
     yield _record(at, tenancy, model, "chat", dims, requests=requests)
 
 
