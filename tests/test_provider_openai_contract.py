@@ -23,6 +23,7 @@ from otel_llm_receiver.config import parse_config
 from otel_llm_receiver.ledger import Ledger
 from otel_llm_receiver.model import from_nanos
 from otel_llm_receiver.scheduler import PollOutcome, Receiver
+from tests.support.fake_api import Response
 from tests.support.fake_openai import ADMIN_KEY, FakeOpenAI, populate
 
 HOUR, DAY = 3600, 86400
@@ -243,11 +244,14 @@ def test_a_bad_response_writes_nothing_and_names_the_field(
     fake.add_usage("embeddings", T0 + 60, {"project_id": "proj_000", "model": "text-embedding-3-small"},
                    input_tokens=10**6, num_model_requests=1)
     clock.t = T0 + 300
+    # Each break targets completions: requests to other endpoints that a failed poll abandoned may still be
+    # answered by the server afterwards, and must not take the next break.
     for break_it, expected in (
         (lambda: fake.corrupt_next("completions", "input_tokens", "12"), "input_tokens: expected an integer"),
-        (lambda: fake.api.fail_next("/v1/organization/usage/moderations", 200, body=b'{"object": "page", "da'),
+        (lambda: fake.api.fail_next("/v1/organization/usage/completions", 200, body=b'{"object": "page", "da'),
          "not JSON"),
-        (lambda: fake.corrupt_next("images", "object", "organization.usage.embeddings.result"), ".object"),
+        (lambda: fake.corrupt_next("completions", "object", "organization.usage.embeddings.result"), ".object"),
+        (lambda: fake.corrupt_next("completions", "batch", "no"), "batch: expected a boolean"),
     ):
         break_it()
         caplog.clear()
@@ -346,3 +350,20 @@ def test_non_usd_cost_is_kept_apart_and_logged(
     assert ledger_totals(tmp_path)["cost"] == {("proj_a", "x", "USD"): Decimal("10.25"),
                                                ("proj_b", "x", "EUR"): Decimal("7.5")}
     assert "EUR are kept apart from USD" in caplog.text
+
+
+def test_a_cursor_that_does_not_advance_or_an_off_grid_bucket_is_a_bad_response(
+    tmp_path: Path, fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    stuck = {"object": "page", "data": [], "has_more": True, "next_page": "page_same"}
+    fake.api.route("GET", "/v1/organization/usage/embeddings", lambda req: Response(200, stuck))
+    outcome = poll(tmp_path, fake, Clock(T0), usage_endpoints=["embeddings"], costs=False)
+    assert outcome.error_type == "bad_response" and "does not advance" in caplog.text
+    assert len(fake.api.requests_to("/v1/organization/usage/embeddings")) == 2  # no endless loop
+
+    start = T0 - DAY - 1800
+    off_grid = {"object": "page", "has_more": False, "next_page": None, "data": [
+        {"object": "bucket", "start_time": start + 60, "end_time": start + HOUR, "results": []}]}
+    fake.api.route("GET", "/v1/organization/usage/embeddings", lambda req: Response(200, off_grid))
+    outcome = poll(tmp_path, fake, Clock(T0), usage_endpoints=["embeddings"], costs=False)
+    assert outcome.error_type == "bad_response" and "not on the 3600s grid" in caplog.text

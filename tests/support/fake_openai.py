@@ -101,12 +101,12 @@ class FakeOpenAI:
     page_buckets: int | None = None  # serve at most this many buckets per page (paging with small pages)
     now: int | None = None  # "now" for a query without end_time (default: the wall clock)
     key: str = ADMIN_KEY
-    # (type, minute, dims) -> field -> value
-    usage: dict[tuple[str, int, tuple[tuple[str, Any], ...]], dict[str, int]] = field(default_factory=dict)
+    # type -> minute -> dims -> field -> value (indexed by minute so a bucket reads only its own atoms)
+    usage: dict[str, dict[int, dict[tuple[tuple[str, Any], ...], dict[str, int]]]] = field(default_factory=dict)
     # (day, dims) -> atom
     cost_atoms: dict[tuple[int, tuple[tuple[str, Any], ...]], CostAtom] = field(default_factory=dict)
     projects: list[Project] = field(default_factory=list)
-    _corrupt: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    _corrupt: dict[str, tuple[str, Any, int]] = field(default_factory=dict)
     api: FakeApi = field(init=False)
 
     def __post_init__(self) -> None:
@@ -129,14 +129,17 @@ class FakeOpenAI:
     # -- the model: what the organisation used ----------------------------------------------------------------
     def add_usage(self, usage_type: str, t: int, dims: Mapping[str, Any], **values: int) -> None:
         """Add ``values`` to the usage of ``usage_type`` at minute ``t`` for group ``dims`` (a bucket grows)."""
-        atom = self.usage.setdefault((usage_type, t - t % 60, _key(dims)), defaultdict(int))
+        atom = self._atom(usage_type, t, dims)
         for name, value in values.items():
             atom[name] += value
 
     def set_usage(self, usage_type: str, t: int, dims: Mapping[str, Any], **values: int) -> None:
         """Replace values (a correction: the bucket may shrink)."""
-        atom = self.usage.setdefault((usage_type, t - t % 60, _key(dims)), defaultdict(int))
-        atom.update(values)
+        self._atom(usage_type, t, dims).update(values)
+
+    def _atom(self, usage_type: str, t: int, dims: Mapping[str, Any]) -> dict[str, int]:
+        minute = self.usage.setdefault(usage_type, {}).setdefault(t - t % 60, {})
+        return minute.setdefault(_key(dims), defaultdict(int))
 
     def set_cost(
         self, day: int, dims: Mapping[str, Any], amount: Decimal | str, *, currency: str = "usd",
@@ -150,13 +153,23 @@ class FakeOpenAI:
         self.projects.append(Project(ident, name, 1_711_471_533 + len(self.projects), archived))
 
     def corrupt_next(self, usage_type: str, field_name: str, value: Any) -> None:
-        """The next non-empty response of ``usage_type`` carries ``value`` in its first row's ``field_name``."""
-        self._corrupt[usage_type] = (field_name, value)
+        """The next non-empty response of ``usage_type`` carries ``value`` in its first row's ``field_name``.
+
+        Only requests that arrive from now on count: a request of an earlier, abandoned poll that the server
+        is still answering must not take it.
+        """
+        self._corrupt[usage_type] = (field_name, value, len(self.api.requests))
 
     # -- ground truth, from the atoms ---------------------------------------------------------------------------
     def _atoms(self, usage_type: str, start: int, end: int) -> Iterable[tuple[int, dict[str, Any], dict[str, int]]]:
-        for (name, t, dims), values in self.usage.items():
-            if name == usage_type and start <= t < end:
+        by_minute = self.usage.get(usage_type, {})
+        first = start + (-start) % 60
+        if (end - first) // 60 <= len(by_minute):
+            minutes: Iterable[int] = (t for t in range(first, end, 60) if t in by_minute)
+        else:
+            minutes = sorted(t for t in by_minute if start <= t < end)
+        for t in minutes:
+            for dims, values in by_minute[t].items():
                 yield t, dict(dims), values
 
     def tokens(self, start: int, end: int, *, by_modality: bool = False) -> dict[tuple[str, ...], int]:
@@ -288,7 +301,7 @@ class FakeOpenAI:
                     results.append(row)
                 data.append({"object": "bucket", "start_time": a, "end_time": b, "results": results})
             corrupt = self._corrupt.get(usage_type)
-            if corrupt is not None:
+            if corrupt is not None and any(r is req for r in self.api.requests[corrupt[2]:]):
                 rows = [r for bucket in data for r in bucket["results"]]
                 if rows:
                     rows[0][corrupt[0]] = corrupt[1]
