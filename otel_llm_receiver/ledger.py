@@ -397,8 +397,14 @@ class _Expansion:
 
 def _expand(result: PollResult, tenant: str) -> _Expansion:
     ex = _Expansion()
+    # Providers share one dimensions dict among the records of a group: sort each distinct dict once. (The
+    # records hold the dicts alive for this whole call, so their ids are stable keys.)
+    sorted_dims: dict[int, tuple[tuple[str, str], ...]] = {}
     for r in result.usage:
-        dims = tuple(sorted(r.dimensions.items())) if r.dimensions else ()
+        dims: tuple[tuple[str, str], ...] = ()
+        if r.dimensions:
+            dims = sorted_dims.get(id(r.dimensions)) or sorted_dims.setdefault(
+                id(r.dimensions), tuple(sorted(r.dimensions.items())))
         ident = (r.provider, r.model, r.operation, r.tenancy_id, r.tenant or tenant, dims)
         ex.usage_idents.append(ident)
         if ident not in ex.usage_keys:

@@ -17,7 +17,7 @@ from otel_llm_receiver.model import UsageRecord
 from otel_llm_receiver.providers.openai.fields import ShapeError, decimal
 from otel_llm_receiver.providers.openai.normalize import Notes, Row, completions, cost
 
-AT = Row(1_730_419_200, 86400, frozenset({"project_id", "model", "batch", "service_tier"}), "completions.data[0]")
+AT = Row(1_730_419_200, 86400, frozenset({"project_id", "model", "batch", "service_tier"}), "completions.data[0]", 0)
 
 # The x-oaiMeta example of UsageCompletionsResult in the current spec.
 SPEC_EXAMPLE: dict[str, Any] = {
@@ -114,10 +114,10 @@ def test_modalities_larger_than_their_totals_fall_back_to_text_without_losing_a_
 def test_wrong_shapes_name_their_field(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ShapeError, match=message) as info:
         run({**SPEC_EXAMPLE, **change})
-    assert str(info.value).startswith("completions.data[0]")
+    assert str(info.value).startswith("completions.data[0].results[0]")
 
 
-COST_AT = Row(1_730_419_200, 86400, frozenset({"project_id", "line_item"}), "costs.data[0].results[0]")
+COST_AT = Row(1_730_419_200, 86400, frozenset({"project_id", "line_item"}), "costs.data[0]", 0)
 
 
 @pytest.mark.parametrize(("value", "expected"), [

@@ -7,7 +7,7 @@ Note the two result objects that do not follow the path: ``file_search_calls`` a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ COST_PAGE_LIMIT = 180
 
 _USER_DIMS = frozenset({"project_id", "user_id", "api_key_id", "model"})
 
-Normalizer = Callable[[Mapping[str, Any], n.Row, n.Notes], Iterator[UsageRecord]]
+Normalizer = Callable[[Mapping[str, Any], n.Row, n.Notes], list[UsageRecord]]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ totals, and text is what remains, so a modality split never adds a token.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -37,26 +37,64 @@ STORAGE = "llm.usage.storage"
 
 @dataclass
 class Notes:
-    """Oddities seen while normalizing one poll, logged once per poll rather than once per row."""
+    """Per-poll state of normalization: oddities to log once per poll (not once per row), and a memo.
+
+    ``groups`` memoizes each distinct set of group-field values -> (tenancy, model, dimension dicts), so that
+    the thousands of rows of one group share one validated set of attribute dicts (records are read-only).
+    """
 
     uncached_disagrees: int = 0  # rows where input_uncached_tokens != input_tokens - cached - cache_write
     modality_unsplit: int = 0  # rows whose modality counts exceed their totals: kept whole as text
     currencies: set[str] = field(default_factory=set)  # non-USD currencies seen in costs
+    groups: dict[tuple[Any, ...], Group] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """Where a result row sits: its bucket, the group fields it was grouped by, and its JSON path."""
+    """Where a result row sits: its bucket, the group fields it was grouped by, and where in the JSON.
+
+    ``where`` is the bucket's path and ``index`` the row's place in its ``results`` (-1: ``where`` is the
+    row's whole path); ``path`` is only built when an error message needs it.
+    """
 
     bucket_start: int
     bucket_width: int
     grouped: frozenset[str]
-    path: str
+    where: str
+    index: int = -1
     tenant: str | None = None
 
+    @property
+    def path(self) -> str:
+        return self.where if self.index < 0 else f"{self.where}.results[{self.index}]"
 
-def _common(row: Mapping[str, Any], at: Row) -> tuple[str, str, dict[str, str]]:
-    """(tenancy id, model, dimension attributes) from the group fields the query asked for."""
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """The attributes of one group of rows: tenancy, model, and the dimension dicts its records carry."""
+
+    tenancy: str
+    model: str
+    dims: dict[str, str]
+    by_modality: dict[str, dict[str, str]]  # dims plus llm.token.modality, per modality
+
+
+_GROUP_FIELDS = ("project_id", "model", "batch", "service_tier", "api_key_id", "user_id", "size", "source")
+_TEXT_DIMS = (("service_tier", "llm.service_tier"), ("api_key_id", "llm.api_key.id"), ("user_id", "llm.user.id"),
+              ("size", "llm.image.size"), ("source", "llm.image.source"))
+_MODALITIES = ("text", "audio", "image")
+
+
+def _group(row: Mapping[str, Any], at: Row, notes: Notes) -> Group:
+    """The row's ``Group``, validated once per distinct set of group-field values in a poll."""
+    get = row.get
+    key = (at.grouped, *[get(f) for f in _GROUP_FIELDS])
+    try:
+        cached = notes.groups.get(key)
+    except TypeError:  # an unhashable (so wrong-typed) group field: validation below names it
+        cached = None
+    if cached is not None:
+        return cached
     path = at.path
     project = text(row, "project_id", path)
     tenancy = (project or UNKNOWN_PROJECT) if "project_id" in at.grouped else UNKNOWN_PROJECT
@@ -68,43 +106,60 @@ def _common(row: Mapping[str, Any], at: Row) -> tuple[str, str, dict[str, str]]:
         batch = flag(row, "batch", path)
         if batch is not None:
             dims["llm.batch"] = "true" if batch else "false"
-    for key, attribute in (
-        ("service_tier", "llm.service_tier"), ("api_key_id", "llm.api_key.id"), ("user_id", "llm.user.id"),
-        ("size", "llm.image.size"), ("source", "llm.image.source"),
-    ):
-        if key in at.grouped:
-            value = text(row, key, path)
+    for source_field, attribute in _TEXT_DIMS:
+        if source_field in at.grouped:
+            value = text(row, source_field, path)
             if value is not None:
                 dims[attribute] = value
-    return tenancy, model, dims
+    group = Group(tenancy, model, dims, {m: {**dims, "llm.token.modality": m} for m in _MODALITIES})
+    notes.groups[key] = group
+    return group
 
 
 def _record(
-    at: Row, tenancy: str, model: str, operation: str, dims: Mapping[str, str], *,
+    at: Row, group: Group, operation: str, dims: Mapping[str, str], *,
     tokens: Mapping[str, int] | None = None, requests: int | None = None, measures: Mapping[str, int] | None = None,
     sparse: bool = False,
 ) -> UsageRecord:
     return UsageRecord(
-        provider=PROVIDER, model=model, operation=operation, tenancy_id=tenancy, bucket_start=at.bucket_start,
-        bucket_width=at.bucket_width, tokens=tokens or {}, requests=requests, tenant=at.tenant,
-        dimensions=dims, measures=measures or {}, sparse=sparse,
+        PROVIDER, group.model, operation, group.tenancy, at.bucket_start, at.bucket_width, tokens or {},
+        requests, at.tenant, dims, measures or {}, sparse,
     )
 
 
 # ----------------------------------------------------------------------------------------------- completions
+_REQUIRED = ("input_tokens", "output_tokens", "num_model_requests")
+_OPTIONAL = ("input_cached_tokens", "input_cache_write_tokens", "input_uncached_tokens",
+             "input_audio_tokens", "input_cached_audio_tokens", "output_audio_tokens",
+             "input_image_tokens", "input_cached_image_tokens", "output_image_tokens")
 _NEW_SHAPE_FIELDS = ("input_uncached_tokens", "input_text_tokens", "input_cached_text_tokens",
                      "input_cached_audio_tokens", "input_cached_image_tokens")
 
 
-def completions(row: Mapping[str, Any], at: Row, notes: Notes) -> Iterator[UsageRecord]:
+def _counts_ok(values: tuple[Any, ...], required: bool) -> bool:
+    """The fast check of many counts at once; on failure the slow readers name the bad field."""
+    for v in values:
+        if v is None:
+            if required:
+                return False
+        elif type(v) is not int or v < 0:
+            return False
+    return True
+
+
+def completions(row: Mapping[str, Any], at: Row, notes: Notes) -> list[UsageRecord]:
     """Tokens by type and modality, and requests, of one completions result."""
     path = at.path
-    total_in = count(row, "input_tokens", path, required=True) or 0
-    total_out = count(row, "output_tokens", path, required=True) or 0
-    requests = count(row, "num_model_requests", path, required=True)
-    cached = count(row, "input_cached_tokens", path)
-    cache_write = count(row, "input_cache_write_tokens", path)
-    uncached = count(row, "input_uncached_tokens", path)
+    get = row.get
+    required: tuple[Any, ...] = (get("input_tokens"), get("output_tokens"), get("num_model_requests"))
+    optional: tuple[Any, ...] = tuple(get(k) for k in _OPTIONAL)
+    if not (_counts_ok(required, True) and _counts_ok(optional, False)):
+        for key in _REQUIRED:
+            count(row, key, path, required=True)
+        for key in _OPTIONAL:
+            count(row, key, path)
+    total_in, total_out, requests = required
+    cached, cache_write, uncached, a_in, a_cached, a_out, i_in, i_cached, i_out = optional
     derived = total_in - (cached or 0) - (cache_write or 0)
     if derived < 0:
         raise ShapeError(
@@ -113,7 +168,7 @@ def completions(row: Mapping[str, Any], at: Row, notes: Notes) -> Iterator[Usage
         )
     if uncached is not None and uncached != derived:
         notes.uncached_disagrees += 1
-    tenancy, model, dims = _common(row, at)
+    group = _group(row, at, notes)
 
     # The full partition first: it is what the totals must equal, whatever the modalities say.
     partition = {"input": derived, "output": total_out}
@@ -125,44 +180,43 @@ def completions(row: Mapping[str, Any], at: Row, notes: Notes) -> Iterator[Usage
     # Audio and image counts are subsets of the totals; text is what remains. A modality whose fields the row
     # carries is always reported, zeros included (as a sparse record: zeros add no series), so that a bucket
     # whose audio is later corrected down to zero moves those tokens back to text exactly.
-    new_shape = any(key in row for key in _NEW_SHAPE_FIELDS)
+    with_cached = cached is not None and any(get(k) is not None for k in _NEW_SHAPE_FIELDS)
     parts: dict[str, dict[str, int]] = {}
-    for modality in ("audio", "image"):
-        names = (f"input_{modality}_tokens", f"input_cached_{modality}_tokens", f"output_{modality}_tokens")
-        if not any(name in row for name in names):
+    for modality, part_in, part_cached, part_out in (("audio", a_in, a_cached, a_out),
+                                                     ("image", i_in, i_cached, i_out)):
+        if part_in is None and part_cached is None and part_out is None:
             continue
-        part = {"input": count(row, names[0], path) or 0, "output": count(row, names[2], path) or 0}
-        if new_shape and cached is not None:
-            part["cache_read"] = count(row, names[1], path) or 0
+        part = {"input": part_in or 0, "output": part_out or 0}
         # Before the 2026 spec, input_audio_tokens included cached audio and no cached split existed: the
         # audio input is then all counted as audio "input" and text keeps the whole cache_read.
+        if with_cached:
+            part["cache_read"] = part_cached or 0
         parts[modality] = part
     text_part = dict(partition)
     for part in parts.values():
         for token_type, value in part.items():
             text_part[token_type] = text_part.get(token_type, 0) - value
-    if any(value < 0 for value in text_part.values()):
+    if parts and min(text_part.values()) < 0:
         notes.modality_unsplit += 1
         parts = {m: dict.fromkeys(part, 0) for m, part in parts.items()}
         text_part = dict(partition)
 
-    yield _record(at, tenancy, model, "chat", {**dims, "llm.token.modality": "text"}, tokens=text_part)
-    for modality, part in parts.items():
-        yield _record(
-            at, tenancy, model, "chat", {**dims, "llm.token.modality": modality}, tokens=part, sparse=True
-        )
-    yield _record(at, tenancy, model, "chat", dims, requests=requests)
+    by_modality = group.by_modality
+    records = [_record(at, group, "chat", by_modality["text"], tokens=text_part)]
+    records += [_record(at, group, "chat", by_modality[m], tokens=part, sparse=True) for m, part in parts.items()]
+    records.append(_record(at, group, "chat", group.dims, requests=requests))
+    return records
 
 
 # ------------------------------------------------------------------------------------- the other usage types
-def input_tokens(operation: str) -> Callable[[Mapping[str, Any], Row, Notes], Iterator[UsageRecord]]:
+def input_tokens(operation: str) -> Callable[[Mapping[str, Any], Row, Notes], list[UsageRecord]]:
     """Embeddings and moderations: input tokens and requests."""
 
-    def normalize(row: Mapping[str, Any], at: Row, notes: Notes) -> Iterator[UsageRecord]:
+    def normalize(row: Mapping[str, Any], at: Row, notes: Notes) -> list[UsageRecord]:
         tokens = count(row, "input_tokens", at.path, required=True) or 0
         requests = count(row, "num_model_requests", at.path, required=True)
-        tenancy, model, dims = _common(row, at)
-        yield _record(at, tenancy, model, operation, dims, tokens={"input": tokens}, requests=requests)
+        group = _group(row, at, notes)
+        return [_record(at, group, operation, group.dims, tokens={"input": tokens}, requests=requests)]
 
     return normalize
 
@@ -170,18 +224,17 @@ def input_tokens(operation: str) -> Callable[[Mapping[str, Any], Row, Notes], It
 def measure(
     operation: str, source_field: str, metric: str, *, with_requests: bool = True, tool: str | None = None,
     also_required: tuple[str, ...] = (),
-) -> Callable[[Mapping[str, Any], Row, Notes], Iterator[UsageRecord]]:
+) -> Callable[[Mapping[str, Any], Row, Notes], list[UsageRecord]]:
     """A usage type with one measure (images, characters, seconds, sessions, bytes, tool calls)."""
 
-    def normalize(row: Mapping[str, Any], at: Row, notes: Notes) -> Iterator[UsageRecord]:
+    def normalize(row: Mapping[str, Any], at: Row, notes: Notes) -> list[UsageRecord]:
         value = count(row, source_field, at.path, required=True) or 0
         requests = count(row, "num_model_requests", at.path, required=True) if with_requests else None
         for key in also_required:
             count(row, key, at.path, required=True)
-        tenancy, model, dims = _common(row, at)
-        if tool is not None:
-            dims["gen_ai.tool.name"] = tool
-        yield _record(at, tenancy, model, operation, dims, requests=requests, measures={metric: value})
+        group = _group(row, at, notes)
+        dims = group.dims if tool is None else {**group.dims, "gen_ai.tool.name": tool}
+        return [_record(at, group, operation, dims, requests=requests, measures={metric: value})]
 
     return normalize
 

@@ -181,11 +181,11 @@ class OpenAIProvider(Provider):
         expected = endpoint.result_object
         for bucket in await self._get_buckets(endpoint.path, endpoint.name, params):
             _check_bucket(bucket, start, width)
-            for j, raw in enumerate(bucket.results):
-                at = Row(bucket.start_time, width, group_set, f"{bucket.path}.results[{j}]")
-                row = mapping(raw, at.path)
-                if row.get("object") != expected:
-                    raise ShapeError(f"{at.path}.object: expected {expected!r}, got {row.get('object')!r}")
+            for j, row in enumerate(bucket.results):
+                at = Row(bucket.start_time, width, group_set, bucket.path, j)
+                if type(row) is not dict or row.get("object") != expected:
+                    found = mapping(row, at.path).get("object")
+                    raise ShapeError(f"{at.path}.object: expected {expected!r}, got {found!r}")
                 records.extend(normalize(row, at, notes))
         return records
 
@@ -203,7 +203,7 @@ class OpenAIProvider(Provider):
         for bucket in await self._get_buckets("/v1/organization/costs", "costs", params, decimals=True):
             _check_bucket(bucket, start, DAY)
             for j, raw in enumerate(bucket.results):
-                at = Row(bucket.start_time, DAY, group_set, f"{bucket.path}.results[{j}]")
+                at = Row(bucket.start_time, DAY, group_set, bucket.path, j)
                 row = mapping(raw, at.path)
                 if row.get("object") != "organization.costs.result":
                     raise ShapeError(
