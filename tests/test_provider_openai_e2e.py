@@ -144,5 +144,7 @@ def test_run_once_twice_exports_exactly_the_ground_truth_across_growth_and_a_res
             assert {k for k, _ in key} <= set(m.attributes), name
             for k, v in key:
                 assert not CATALOG.attributes[k].enum or v in CATALOG.attributes[k].enum, (name, k, v)
+    for path in tmp_path.glob("ledger.db*"):  # the key is in no file the receiver wrote
+        assert ADMIN_KEY.encode() not in path.read_bytes()
     assert {"llm.usage.characters", "llm.usage.audio.duration", "llm.usage.sessions", "llm.usage.tool_requests",
             "llm.usage.billed_quantity", "llm.usage.storage"} <= sink.metric_names()

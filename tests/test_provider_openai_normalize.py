@@ -131,6 +131,7 @@ def test_cost_amounts_are_exact_decimals(value: Any, expected: str) -> None:
     row = {"object": "organization.costs.result", "amount": {"value": value, "currency": "usd"},
            "line_item": "Text tokens", "project_id": "proj_abc", "quantity": 10000, "quantity_unit": "tokens"}
     record = cost(row, COST_AT, Notes())
+    assert record is not None
     assert record.amount == Decimal(expected) and record.currency == "USD"
     assert record.quantity == 10000 and record.quantity_unit == "tokens"
     assert record.dimensions == {"llm.cost.source": "reported"}
@@ -145,6 +146,7 @@ def test_a_json_number_body_decodes_to_decimal_without_a_float() -> None:
     ({"value": "abc", "currency": "usd"}, "amount.value: expected a number"),
     ({"value": "NaN", "currency": "usd"}, "expected a finite number"),
     ({"value": None, "currency": "usd"}, "amount.value: expected a number"),
+    ({}, "amount.value: expected a number"),
     ({"value": "-1.00", "currency": "usd"}, "negative amount"),
     ({"value": "1.00"}, "amount.currency: required string"),
     ("1.00", "amount: expected an object"),
@@ -159,5 +161,12 @@ def test_non_usd_is_kept_in_its_own_currency_and_noted() -> None:
     notes = Notes()
     row = {"object": "organization.costs.result", "amount": {"value": "3", "currency": "eur"},
            "line_item": None, "project_id": "proj_abc"}
-    assert cost(row, COST_AT, notes).currency == "EUR"
+    record = cost(row, COST_AT, notes)
+    assert record is not None and record.currency == "EUR"
     assert notes.currencies == {"EUR"}
+
+
+def test_a_cost_row_without_amount_is_skipped_and_counted() -> None:
+    notes = Notes()
+    assert cost({"object": "organization.costs.result", "line_item": None, "project_id": None}, COST_AT, notes) is None
+    assert notes.costs_without_amount == 1

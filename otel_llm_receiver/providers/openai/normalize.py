@@ -46,6 +46,7 @@ class Notes:
     uncached_disagrees: int = 0  # rows where input_uncached_tokens != input_tokens - cached - cache_write
     modality_unsplit: int = 0  # rows whose modality counts exceed their totals: kept whole as text
     currencies: set[str] = field(default_factory=set)  # non-USD currencies seen in costs
+    costs_without_amount: int = 0  # cost rows with no amount (the spec makes it optional): skipped
     groups: dict[tuple[Any, ...], Group] = field(default_factory=dict)
 
 
@@ -240,9 +241,15 @@ def measure(
 
 
 # -------------------------------------------------------------------------------------------------- costs
-def cost(row: Mapping[str, Any], at: Row, notes: Notes) -> CostRecord:
-    """One ``organization.costs.result``: the amount exactly, its currency, and the billed quantity."""
+def cost(row: Mapping[str, Any], at: Row, notes: Notes) -> CostRecord | None:
+    """One ``organization.costs.result``: the amount exactly, its currency, and the billed quantity.
+
+    The spec requires only ``object``: a row without an ``amount`` carries no money and is skipped (counted).
+    """
     path = at.path
+    if row.get("amount") is None:
+        notes.costs_without_amount += 1
+        return None
     amount_obj = mapping(row.get("amount"), f"{path}.amount")
     amount = decimal(amount_obj.get("value"), f"{path}.amount.value")
     if amount < 0:

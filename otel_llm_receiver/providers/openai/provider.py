@@ -209,7 +209,9 @@ class OpenAIProvider(Provider):
                     raise ShapeError(
                         f"{at.path}.object: expected 'organization.costs.result', got {row.get('object')!r}"
                     )
-                records.append(cost(row, at, notes))
+                record = cost(row, at, notes)
+                if record is not None:
+                    records.append(record)
         return records
 
     # -- names ---------------------------------------------------------------------------------------------------
@@ -242,6 +244,8 @@ class OpenAIProvider(Provider):
                 "%s: %d completions row(s) had audio/image counts larger than their totals; counted as text",
                 self.name, notes.modality_unsplit,
             )
+        if notes.costs_without_amount:
+            log.warning("%s: %d cost row(s) had no amount and were skipped", self.name, notes.costs_without_amount)
         if notes.currencies:
             log.warning(
                 "%s: costs in %s are kept apart from USD (attribute currency), never added into it",
