@@ -367,3 +367,46 @@ def test_a_cursor_that_does_not_advance_or_an_off_grid_bucket_is_a_bad_response(
     fake.api.route("GET", "/v1/organization/usage/embeddings", lambda req: Response(200, off_grid))
     outcome = poll(tmp_path, fake, Clock(T0), usage_endpoints=["embeddings"], costs=False)
     assert outcome.error_type == "bad_response" and "not on the 3600s grid" in caplog.text
+
+
+def test_a_restart_between_polls_changes_nothing(tmp_path: Path) -> None:
+    """The same polls, once by one long-lived receiver and once with a restart before every poll: same ledger."""
+    dims = {"project_id": "proj_000", "model": "gpt-test-0", "batch": False, "service_tier": "default"}
+
+    def step(fake: FakeOpenAI, number: int) -> int:
+        """Change the fake before poll ``number``; returns that poll's clock."""
+        if number == 0:
+            populate(fake, T0 - DAY, T0, projects=2, models=2)
+            return T0
+        if number == 1:
+            fake.add_usage("completions", T0 + 60, dims, text_in=50, audio_out=3, requests=1)
+            fake.set_usage("completions", T0 - HOUR, dims, text_in=2, text_cached=0, cache_write=0, audio_in=0,
+                           audio_cached=0, text_out=1, audio_out=0, requests=1)
+            return T0 + 600
+        return T0 + HOUR
+
+    def series(path: Path) -> set[tuple[str, str, int, int]]:
+        with Ledger(path / "ledger.db", readonly=True) as ledger:
+            return {(s.metric, s.attrs, s.total, s.adjustments) for s in ledger.snapshot().series}
+
+    restarted, kept = tmp_path / "restarted", tmp_path / "kept"
+    restarted.mkdir()
+    kept.mkdir()
+    with FakeOpenAI(page_buckets=7) as fake:
+        for number in range(3):
+            assert poll(restarted, fake, Clock(step(fake, number))).ok
+    with FakeOpenAI(page_buckets=7) as fake:
+        clock = Clock(T0)
+        r = receiver(kept, fake, clock)
+
+        async def polls() -> None:
+            try:
+                for number in range(3):
+                    clock.t = step(fake, number)
+                    assert (await r.poll(NAME)).ok
+            finally:
+                await r.aclose()
+
+        asyncio.run(polls())
+    assert series(restarted) == series(kept)
+    assert any(adjustments for _, _, _, adjustments in series(kept))  # the correction was seen as a shrink
