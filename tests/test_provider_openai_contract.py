@@ -343,11 +343,12 @@ def test_non_usd_cost_is_kept_apart_and_logged(
     tmp_path: Path, fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
     day = T0 - T0 % DAY - DAY
-    fake.set_cost(day, {"project_id": "proj_a", "line_item": "x"}, "10.25")
+    # Served as a JSON number literal with more digits than a binary float keeps: must arrive exact.
+    fake.set_cost(day, {"project_id": "proj_a", "line_item": "x"}, "123456789.123456789")
     fake.set_cost(day, {"project_id": "proj_b", "line_item": "x"}, "7.5", currency="eur")
     with caplog.at_level(logging.WARNING):
         assert poll(tmp_path, fake, Clock(T0), usage_endpoints=["embeddings"]).ok
-    assert ledger_totals(tmp_path)["cost"] == {("proj_a", "x", "USD"): Decimal("10.25"),
+    assert ledger_totals(tmp_path)["cost"] == {("proj_a", "x", "USD"): Decimal("123456789.123456789"),
                                                ("proj_b", "x", "EUR"): Decimal("7.5")}
     assert "EUR are kept apart from USD" in caplog.text
 

@@ -134,12 +134,8 @@ class OpenAIProvider(Provider):
                 ]
                 cost_task = group.create_task(self._costs(cost_from - cost_from % DAY, now, notes)) \
                     if self.costs else None
-        except* ProviderError as failures:
-            raise failures.exceptions[0] from None
-        except* ShapeError as failures:
-            raise ProviderError(
-                f"bad response: {failures.exceptions[0]}", provider=self.name, error_type="bad_response"
-            ) from None
+        except* Exception as failures:  # one endpoint failed (the others were cancelled): report that one
+            raise self._one_error(failures) from None
         for task in tasks:
             usage.extend(task.result())
         if cost_task is not None:
@@ -219,7 +215,7 @@ class OpenAIProvider(Provider):
         """Project names, from the cache or a fresh lookup; a failed lookup keeps the cache and is logged."""
         now = time.monotonic()
         unknown = tenancies - self._names.keys() - {"", UNKNOWN_PROJECT}
-        due = now - self._names_at >= self.names_ttl or (unknown and now - self._names_at >= 60)
+        due = now - self._names_at >= self.names_ttl or (bool(unknown) and now - self._names_at >= 60)
         if due and now >= self._names_retry_at:
             try:
                 async with self._semaphore:
@@ -232,6 +228,15 @@ class OpenAIProvider(Provider):
                     self.name, exc or type(exc).__name__,
                 )
         return {("tenancy", ident): name for ident, name in self._names.items()}
+
+    def _one_error(self, failures: ExceptionGroup[Exception]) -> Exception:
+        """The first failure of a poll's endpoints, as the error the scheduler classifies and logs."""
+        first: BaseException = failures
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        if isinstance(first, ShapeError):
+            return ProviderError(f"bad response: {first}", provider=self.name, error_type="bad_response")
+        return first if isinstance(first, Exception) else failures
 
     def _log_notes(self, notes: Notes) -> None:
         if notes.uncached_disagrees:
