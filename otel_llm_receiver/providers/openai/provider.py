@@ -94,7 +94,10 @@ class OpenAIProvider(Provider):
             e for e in USAGE_ENDPOINTS if names is None or e.name in names
         )
         self.costs = bool(options.get("costs", True))
-        self.dimensions: tuple[str, ...] = tuple(options.get("dimensions") or ("project", "model", "batch"))
+        dimensions = options.get("dimensions")
+        self.dimensions: tuple[str, ...] = (
+            ("project", "model", "batch") if dimensions is None else tuple(dict.fromkeys(dimensions))
+        )
         self.cost_lookback = float(options.get("cost_lookback") or 3 * DAY)
         self.cost_backfill = float(options.get("cost_backfill") or 7 * DAY)
         self.names_ttl = float(options.get("names_ttl") or HOUR)
