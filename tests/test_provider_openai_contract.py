@@ -411,3 +411,14 @@ def test_a_restart_between_polls_changes_nothing(tmp_path: Path) -> None:
         asyncio.run(polls())
     assert series(restarted) == series(kept)
     assert any(adjustments for _, _, _, adjustments in series(kept))  # the correction was seen as a shrink
+
+
+def test_no_grouping_reports_the_organisation_total(tmp_path: Path, fake: FakeOpenAI) -> None:
+    populate(fake, T0 - 3 * HOUR, T0, projects=3, models=2)
+    assert poll(tmp_path, fake, Clock(T0), dimensions=[], backfill="3h", usage_endpoints=["completions"]).ok
+    assert fake.api.requests_to("/v1/organization/usage/completions")[0].params("group_by") == []
+    want: dict[str, int] = defaultdict(int)
+    for (_, _, token_type), n in fake.tokens(T0 - 3 * HOUR - 1800, T0).items():
+        want[token_type] += n
+    got = ledger_totals(tmp_path)["tokens"]
+    assert {k: v for k, v in got.items() if v} == {("all", "", t): n for t, n in want.items() if n}

@@ -25,6 +25,8 @@ from .fields import ShapeError, count, decimal, flag, mapping, text
 PROVIDER = "openai"
 #: ``llm.tenancy.id`` when a row carries no project id although grouped by project (never seen; kept apart).
 UNKNOWN_PROJECT = "unknown"
+#: ``llm.tenancy.id`` of usage not grouped by project (``dimensions`` without ``project``): every project.
+ALL_PROJECTS = "all"
 
 # Canonical metric names of the measures besides tokens and requests (catalog.yaml).
 IMAGES = "llm.usage.images"
@@ -98,7 +100,7 @@ def _group(row: Mapping[str, Any], at: Row, notes: Notes) -> Group:
         return cached
     path = at.path
     project = text(row, "project_id", path)
-    tenancy = (project or UNKNOWN_PROJECT) if "project_id" in at.grouped else UNKNOWN_PROJECT
+    tenancy = (project or UNKNOWN_PROJECT) if "project_id" in at.grouped else ALL_PROJECTS
     model = ""
     if "model" in at.grouped:
         model = text(row, "model", path) or "unknown"

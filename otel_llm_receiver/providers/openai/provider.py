@@ -37,7 +37,7 @@ from .endpoints import (
     group_by,
 )
 from .fields import ShapeError, mapping
-from .normalize import UNKNOWN_PROJECT, Notes, Row, cost
+from .normalize import ALL_PROJECTS, UNKNOWN_PROJECT, Notes, Row, cost
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ class OpenAIProvider(Provider):
     async def _names_for(self, tenancies: set[str]) -> dict[tuple[str, str], str]:
         """Project names, from the cache or a fresh lookup; a failed lookup keeps the cache and is logged."""
         now = time.monotonic()
-        unknown = tenancies - self._names.keys() - {"", UNKNOWN_PROJECT}
+        unknown = tenancies - self._names.keys() - {ALL_PROJECTS, UNKNOWN_PROJECT}
         due = now - self._names_at >= self.names_ttl or (bool(unknown) and now - self._names_at >= 60)
         if due and now >= self._names_retry_at:
             try:
