@@ -377,7 +377,7 @@ def test_a_restart_between_polls_changes_nothing(tmp_path: Path) -> None:
     def step(fake: FakeOpenAI, number: int) -> int:
         """Change the fake before poll ``number``; returns that poll's clock."""
         if number == 0:
-            populate(fake, T0 - DAY, T0, projects=2, models=2)
+            populate(fake, T0 - 6 * HOUR, T0, projects=2, models=2)
             return T0
         if number == 1:
             fake.add_usage("completions", T0 + 60, dims, text_in=50, audio_out=3, requests=1)
@@ -395,10 +395,10 @@ def test_a_restart_between_polls_changes_nothing(tmp_path: Path) -> None:
     kept.mkdir()
     with FakeOpenAI(page_buckets=7) as fake:
         for number in range(3):
-            assert poll(restarted, fake, Clock(step(fake, number))).ok
+            assert poll(restarted, fake, Clock(step(fake, number)), backfill="6h").ok
     with FakeOpenAI(page_buckets=7) as fake:
         clock = Clock(T0)
-        r = receiver(kept, fake, clock)
+        r = receiver(kept, fake, clock, backfill="6h")
 
         async def polls() -> None:
             try:
