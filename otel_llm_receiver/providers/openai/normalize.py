@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 from ...model import CostRecord, UsageRecord
@@ -135,6 +136,8 @@ _REQUIRED = ("input_tokens", "output_tokens", "num_model_requests")
 _OPTIONAL = ("input_cached_tokens", "input_cache_write_tokens", "input_uncached_tokens",
              "input_audio_tokens", "input_cached_audio_tokens", "output_audio_tokens",
              "input_image_tokens", "input_cached_image_tokens", "output_image_tokens")
+_NO_TOKENS: Mapping[str, int] = MappingProxyType({})  # shared, read-only
+_NO_MEASURES: Mapping[str, int] = MappingProxyType({})
 _NEW_SHAPE_FIELDS = ("input_uncached_tokens", "input_text_tokens", "input_cached_text_tokens",
                      "input_cached_audio_tokens", "input_cached_image_tokens")
 
@@ -152,21 +155,20 @@ def _counts_ok(values: tuple[Any, ...], required: bool) -> bool:
 
 def completions(row: Mapping[str, Any], at: Row, notes: Notes) -> list[UsageRecord]:
     """Tokens by type and modality, and requests, of one completions result."""
-    path = at.path
     get = row.get
     required: tuple[Any, ...] = (get("input_tokens"), get("output_tokens"), get("num_model_requests"))
     optional: tuple[Any, ...] = tuple(get(k) for k in _OPTIONAL)
     if not (_counts_ok(required, True) and _counts_ok(optional, False)):
         for key in _REQUIRED:
-            count(row, key, path, required=True)
+            count(row, key, at.path, required=True)
         for key in _OPTIONAL:
-            count(row, key, path)
+            count(row, key, at.path)
     total_in, total_out, requests = required
     cached, cache_write, uncached, a_in, a_cached, a_out, i_in, i_cached, i_out = optional
     derived = total_in - (cached or 0) - (cache_write or 0)
     if derived < 0:
         raise ShapeError(
-            f"{path}: input_cached_tokens ({cached}) + input_cache_write_tokens ({cache_write or 0}) exceed "
+            f"{at.path}: input_cached_tokens ({cached}) + input_cache_write_tokens ({cache_write or 0}) exceed "
             f"input_tokens ({total_in}), which the spec says includes both"
         )
     if uncached is not None and uncached != derived:
@@ -204,10 +206,17 @@ def completions(row: Mapping[str, Any], at: Row, notes: Notes) -> list[UsageReco
         parts = {m: dict.fromkeys(part, 0) for m, part in parts.items()}
         text_part = dict(partition)
 
+    # UsageRecord(provider, model, operation, tenancy_id, bucket_start, bucket_width, tokens, requests, tenant,
+    # dimensions, measures, sparse), built inline: this runs for every row of every poll.
+    model, tenancy, start, width, tenant = group.model, group.tenancy, at.bucket_start, at.bucket_width, at.tenant
     by_modality = group.by_modality
-    records = [_record(at, group, "chat", by_modality["text"], tokens=text_part)]
-    records += [_record(at, group, "chat", by_modality[m], tokens=part, sparse=True) for m, part in parts.items()]
-    records.append(_record(at, group, "chat", group.dims, requests=requests))
+    records = [UsageRecord(PROVIDER, model, "chat", tenancy, start, width, text_part, None, tenant,
+                           by_modality["text"], _NO_MEASURES, False)]
+    for modality, part in parts.items():
+        records.append(UsageRecord(PROVIDER, model, "chat", tenancy, start, width, part, None, tenant,
+                                   by_modality[modality], _NO_MEASURES, True))
+    records.append(UsageRecord(PROVIDER, model, "chat", tenancy, start, width, _NO_TOKENS, requests, tenant,
+                               group.dims, _NO_MEASURES, False))
     return records
 
 
