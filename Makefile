@@ -37,6 +37,7 @@ docs: install
 bench: install
 	$(BIN)/python benchmarks/ledger_apply.py
 	$(BIN)/python benchmarks/export.py
+	$(BIN)/python benchmarks/openai_poll.py
 
 clean:
 	rm -rf $(VENV) otel-llm-data .pytest_cache .mypy_cache .ruff_cache .hypothesis

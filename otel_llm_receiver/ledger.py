@@ -433,8 +433,14 @@ class _Expansion:
 
 def _expand(result: PollResult, tenant: str) -> _Expansion:
     ex = _Expansion()
+    # Providers share one dimensions dict among the records of a group: sort each distinct dict once. (The
+    # records hold the dicts alive for this whole call, so their ids are stable keys.)
+    sorted_dims: dict[int, tuple[tuple[str, str], ...]] = {}
     for r in result.usage:
-        dims = tuple(sorted(r.dimensions.items())) if r.dimensions else ()
+        dims: tuple[tuple[str, str], ...] = ()
+        if r.dimensions:
+            dims = sorted_dims.get(id(r.dimensions)) or sorted_dims.setdefault(
+                id(r.dimensions), tuple(sorted(r.dimensions.items())))
         ident = (r.provider, r.model, r.operation, r.tenancy_id, r.tenant or tenant, dims)
         ex.usage_idents.append(ident)
         if ident not in ex.usage_keys:
@@ -518,23 +524,27 @@ def _rows(result: PollResult, ex: _Expansion, ids: dict[tuple[str, str], int], h
             repeats = True
         seen.add(bucket)
         by_type_sids, req_key, req_sid = entry
+        creates_zero = not r.sparse  # a sparse record's zeros create no series (see UsageRecord)
         for token_type, key, sid in by_type_sids:
             value = tokens.get(token_type)
             if value is not None:
                 if sid is None:
-                    pending.append((key, start, width, value))
+                    if value or creates_zero:
+                        pending.append((key, start, width, value))
                 else:
                     append((sid, start, width, value))
         if r.requests is not None:
             if req_sid is None:
-                pending.append((req_key, start, width, r.requests))
+                if r.requests or creates_zero:
+                    pending.append((req_key, start, width, r.requests))
             else:
                 append((req_sid, start, width, r.requests))
         for metric, value in r.measures.items():
             key = ex.measure_keys[(ident, metric)]
             sid = ids.get(key)
             if sid is None:
-                pending.append((key, start, width, value))
+                if value or creates_zero:
+                    pending.append((key, start, width, value))
             else:
                 append((sid, start, width, value))
     for c, ident in zip(result.costs, ex.cost_idents, strict=True):

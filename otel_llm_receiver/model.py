@@ -55,6 +55,10 @@ class UsageRecord:
     usage measures by catalog metric name (``llm.usage.images``, ``llm.usage.tool_requests``,
     ``llm.usage.throttled_requests``, ``llm.usage.storage``, ...), in the metric's unit: each becomes a series
     with the record's attributes, so a provider adds a measure without a new record type.
+
+    ``sparse`` records create no series for zero values: a zero still overwrites a bucket of a series the
+    ledger already has (so a bucket corrected down to zero is exact), but a part that is always zero (e.g. the
+    audio tokens of a text-only model) adds no series. Providers use it for splits they must report in full.
     """
 
     provider: str
@@ -68,6 +72,7 @@ class UsageRecord:
     tenant: str | None = None
     dimensions: Mapping[str, str] = field(default_factory=dict)
     measures: Mapping[str, int] = field(default_factory=dict)
+    sparse: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ PROVIDER_TYPES: dict[str, str] = {
     "anthropic": "otel_llm_receiver.providers.anthropic:AnthropicProvider",
     "azure_openai": "otel_llm_receiver.providers.azure_openai:AzureOpenAIProvider",
     "bedrock": "otel_llm_receiver.providers.bedrock:BedrockProvider",
+    "openai": "otel_llm_receiver.providers.openai:OpenAIProvider",
 }
 
 

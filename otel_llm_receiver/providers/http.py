@@ -107,6 +107,7 @@ class ApiClient:
             attempt += 1
             self.requests[operation or path] += 1
             try:
+                # Params is wider than httpx's annotation (any Sequence of pairs); httpx accepts it at run time.
                 response = await self._client.request(method, path, params=cast(Any, params), json=json_body)
             except httpx.TimeoutException as exc:
                 error = self._error(f"{method} {path}: timed out ({type(exc).__name__})", "timeout")

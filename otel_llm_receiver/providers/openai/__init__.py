@@ -1,0 +1,10 @@
+"""The ``openai`` provider: OpenAI organization usage and costs (docs/providers/openai.md).
+
+Modules, one job each: ``provider`` (windows, endpoints, names cache), ``pages`` (paging and envelopes),
+``endpoints`` (the usage types and their group fields), ``normalize`` (rows -> canonical records) and
+``fields`` (typed reads that name the bad field).
+"""
+
+from .provider import OpenAIProvider
+
+__all__ = ["OpenAIProvider"]

@@ -1,0 +1,291 @@
+"""OpenAI usage and cost rows -> canonical records: the mapping table of docs/providers/openai.md, in code.
+
+Every reader validates as it goes (``fields``), so a row that does not fit the spec raises ``ShapeError``
+naming its field and the whole poll is rejected before anything reaches the ledger.
+
+The token partition (DESIGN.md, "Canonical records") is the delicate part. In the current spec
+``input_tokens`` *includes* cached (``input_cached_tokens``) and cache-write (``input_cache_write_tokens``)
+tokens, so ``input = input_tokens - cached - cache_write``, and the four types sum to
+``input_tokens + output_tokens`` exactly. ``input_uncached_tokens``, where present, must agree; when it does
+not, the difference is counted in ``Notes`` and logged, and ``input_tokens`` stays the total we match.
+Modalities split that same partition (``llm.token.modality``): audio and image counts are subsets of the
+totals, and text is what remains, so a modality split never adds a token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+from ...model import CostRecord, UsageRecord
+from .fields import ShapeError, count, decimal, flag, mapping, text
+
+PROVIDER = "openai"
+#: ``llm.tenancy.id`` when a row carries no project id although grouped by project (never seen; kept apart).
+UNKNOWN_PROJECT = "unknown"
+#: ``llm.tenancy.id`` of usage not grouped by project (``dimensions`` without ``project``): every project.
+ALL_PROJECTS = "all"
+
+# Canonical metric names of the measures besides tokens and requests (catalog.yaml).
+IMAGES = "llm.usage.images"
+CHARACTERS = "llm.usage.characters"
+AUDIO_SECONDS = "llm.usage.audio.duration"
+SESSIONS = "llm.usage.sessions"
+TOOL_REQUESTS = "llm.usage.tool_requests"
+STORAGE = "llm.usage.storage"
+
+
+@dataclass
+class Notes:
+    """Per-poll state of normalization: oddities to log once per poll (not once per row), and a memo.
+
+    ``groups`` memoizes each distinct set of group-field values -> (tenancy, model, dimension dicts), so that
+    the thousands of rows of one group share one validated set of attribute dicts (records are read-only).
+    """
+
+    uncached_disagrees: int = 0  # rows where input_uncached_tokens != input_tokens - cached - cache_write
+    modality_unsplit: int = 0  # rows whose modality counts exceed their totals: kept whole as text
+    currencies: set[str] = field(default_factory=set)  # non-USD currencies seen in costs
+    costs_without_amount: int = 0  # cost rows with no amount (the spec makes it optional): skipped
+    groups: dict[tuple[Any, ...], Group] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """Where a result row sits: its bucket, the group fields it was grouped by, and where in the JSON.
+
+    ``where`` is the bucket's path and ``index`` the row's place in its ``results`` (-1: ``where`` is the
+    row's whole path); ``path`` is only built when an error message needs it.
+    """
+
+    bucket_start: int
+    bucket_width: int
+    grouped: frozenset[str]
+    where: str
+    index: int = -1
+    tenant: str | None = None
+
+    @property
+    def path(self) -> str:
+        return self.where if self.index < 0 else f"{self.where}.results[{self.index}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """The attributes of one group of rows: tenancy, model, and the dimension dicts its records carry."""
+
+    tenancy: str
+    model: str
+    dims: dict[str, str]
+    by_modality: dict[str, dict[str, str]]  # dims plus llm.token.modality, per modality
+
+
+_GROUP_FIELDS = ("project_id", "model", "batch", "service_tier", "api_key_id", "user_id", "size", "source")
+_TEXT_DIMS = (("service_tier", "llm.service_tier"), ("api_key_id", "llm.api_key.id"), ("user_id", "llm.user.id"),
+              ("size", "llm.image.size"), ("source", "llm.image.source"))
+_MODALITIES = ("text", "audio", "image")
+
+
+def _group(row: Mapping[str, Any], at: Row, notes: Notes) -> Group:
+    """The row's ``Group``, validated once per distinct set of group-field values in a poll."""
+    get = row.get
+    key = (at.grouped, *[get(f) for f in _GROUP_FIELDS])
+    try:
+        cached = notes.groups.get(key)
+    except TypeError:  # an unhashable (so wrong-typed) group field: validation below names it
+        cached = None
+    if cached is not None:
+        return cached
+    path = at.path
+    project = text(row, "project_id", path)
+    tenancy = (project or UNKNOWN_PROJECT) if "project_id" in at.grouped else ALL_PROJECTS
+    model = ""
+    if "model" in at.grouped:
+        model = text(row, "model", path) or "unknown"
+    dims: dict[str, str] = {}
+    if "batch" in at.grouped:
+        batch = flag(row, "batch", path)
+        if batch is not None:
+            dims["llm.batch"] = "true" if batch else "false"
+    for source_field, attribute in _TEXT_DIMS:
+        if source_field in at.grouped:
+            value = text(row, source_field, path)
+            if value is not None:
+                dims[attribute] = value
+    group = Group(tenancy, model, dims, {m: {**dims, "llm.token.modality": m} for m in _MODALITIES})
+    notes.groups[key] = group
+    return group
+
+
+def _record(
+    at: Row, group: Group, operation: str, dims: Mapping[str, str], *,
+    tokens: Mapping[str, int] | None = None, requests: int | None = None, measures: Mapping[str, int] | None = None,
+    sparse: bool = False,
+) -> UsageRecord:
+    return UsageRecord(
+        PROVIDER, group.model, operation, group.tenancy, at.bucket_start, at.bucket_width, tokens or {},
+        requests, at.tenant, dims, measures or {}, sparse,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- completions
+_REQUIRED = ("input_tokens", "output_tokens", "num_model_requests")
+_OPTIONAL = ("input_cached_tokens", "input_cache_write_tokens", "input_uncached_tokens",
+             "input_audio_tokens", "input_cached_audio_tokens", "output_audio_tokens",
+             "input_image_tokens", "input_cached_image_tokens", "output_image_tokens")
+_NO_TOKENS: Mapping[str, int] = MappingProxyType({})  # shared, read-only
+_NO_MEASURES: Mapping[str, int] = MappingProxyType({})
+_NEW_SHAPE_FIELDS = ("input_uncached_tokens", "input_text_tokens", "input_cached_text_tokens",
+                     "input_cached_audio_tokens", "input_cached_image_tokens")
+
+
+def _counts_ok(values: tuple[Any, ...], required: bool) -> bool:
+    """The fast check of many counts at once; on failure the slow readers name the bad field."""
+    for v in values:
+        if v is None:
+            if required:
+                return False
+        elif type(v) is not int or v < 0:
+            return False
+    return True
+
+
+def completions(row: Mapping[str, Any], at: Row, notes: Notes) -> list[UsageRecord]:
+    """Tokens by type and modality, and requests, of one completions result."""
+    get = row.get
+    required: tuple[Any, ...] = (get("input_tokens"), get("output_tokens"), get("num_model_requests"))
+    optional: tuple[Any, ...] = tuple(get(k) for k in _OPTIONAL)
+    if not (_counts_ok(required, True) and _counts_ok(optional, False)):
+        for key in _REQUIRED:
+            count(row, key, at.path, required=True)
+        for key in _OPTIONAL:
+            count(row, key, at.path)
+    total_in, total_out, requests = required
+    cached, cache_write, uncached, a_in, a_cached, a_out, i_in, i_cached, i_out = optional
+    derived = total_in - (cached or 0) - (cache_write or 0)
+    if derived < 0:
+        raise ShapeError(
+            f"{at.path}: input_cached_tokens ({cached}) + input_cache_write_tokens ({cache_write or 0}) exceed "
+            f"input_tokens ({total_in}), which the spec says includes both"
+        )
+    if uncached is not None and uncached != derived:
+        notes.uncached_disagrees += 1
+    group = _group(row, at, notes)
+
+    # The full partition first: it is what the totals must equal, whatever the modalities say.
+    partition = {"input": derived, "output": total_out}
+    if cached is not None:
+        partition["cache_read"] = cached
+    if cache_write is not None:
+        partition["cache_write"] = cache_write
+
+    # Audio and image counts are subsets of the totals; text is what remains. A modality whose fields the row
+    # carries is always reported, zeros included (as a sparse record: zeros add no series), so that a bucket
+    # whose audio is later corrected down to zero moves those tokens back to text exactly.
+    with_cached = cached is not None and any(get(k) is not None for k in _NEW_SHAPE_FIELDS)
+    parts: dict[str, dict[str, int]] = {}
+    for modality, part_in, part_cached, part_out in (("audio", a_in, a_cached, a_out),
+                                                     ("image", i_in, i_cached, i_out)):
+        if part_in is None and part_cached is None and part_out is None:
+            continue
+        part = {"input": part_in or 0, "output": part_out or 0}
+        # Before the 2026 spec, input_audio_tokens included cached audio and no cached split existed: the
+        # audio input is then all counted as audio "input" and text keeps the whole cache_read.
+        if with_cached:
+            part["cache_read"] = part_cached or 0
+        parts[modality] = part
+    text_part = dict(partition)
+    for part in parts.values():
+        for token_type, value in part.items():
+            text_part[token_type] = text_part.get(token_type, 0) - value
+    if parts and min(text_part.values()) < 0:
+        notes.modality_unsplit += 1
+        parts = {m: dict.fromkeys(part, 0) for m, part in parts.items()}
+        text_part = dict(partition)
+
+    # UsageRecord(provider, model, operation, tenancy_id, bucket_start, bucket_width, tokens, requests, tenant,
+    # dimensions, measures, sparse), built inline: this runs for every row of every poll.
+    model, tenancy, start, width, tenant = group.model, group.tenancy, at.bucket_start, at.bucket_width, at.tenant
+    by_modality = group.by_modality
+    records = [UsageRecord(PROVIDER, model, "chat", tenancy, start, width, text_part, None, tenant,
+                           by_modality["text"], _NO_MEASURES, False)]
+    for modality, part in parts.items():
+        records.append(UsageRecord(PROVIDER, model, "chat", tenancy, start, width, part, None, tenant,
+                                   by_modality[modality], _NO_MEASURES, True))
+    records.append(UsageRecord(PROVIDER, model, "chat", tenancy, start, width, _NO_TOKENS, requests, tenant,
+                               group.dims, _NO_MEASURES, False))
+    return records
+
+
+# ------------------------------------------------------------------------------------- the other usage types
+def input_tokens(operation: str) -> Callable[[Mapping[str, Any], Row, Notes], list[UsageRecord]]:
+    """Embeddings and moderations: input tokens and requests."""
+
+    def normalize(row: Mapping[str, Any], at: Row, notes: Notes) -> list[UsageRecord]:
+        tokens = count(row, "input_tokens", at.path, required=True) or 0
+        requests = count(row, "num_model_requests", at.path, required=True)
+        group = _group(row, at, notes)
+        return [_record(at, group, operation, group.dims, tokens={"input": tokens}, requests=requests)]
+
+    return normalize
+
+
+def measure(
+    operation: str, source_field: str, metric: str, *, with_requests: bool = True, tool: str | None = None,
+    also_required: tuple[str, ...] = (),
+) -> Callable[[Mapping[str, Any], Row, Notes], list[UsageRecord]]:
+    """A usage type with one measure (images, characters, seconds, sessions, bytes, tool calls)."""
+
+    def normalize(row: Mapping[str, Any], at: Row, notes: Notes) -> list[UsageRecord]:
+        value = count(row, source_field, at.path, required=True) or 0
+        requests = count(row, "num_model_requests", at.path, required=True) if with_requests else None
+        for key in also_required:
+            count(row, key, at.path, required=True)
+        group = _group(row, at, notes)
+        dims = group.dims if tool is None else {**group.dims, "gen_ai.tool.name": tool}
+        return [_record(at, group, operation, dims, requests=requests, measures={metric: value})]
+
+    return normalize
+
+
+# -------------------------------------------------------------------------------------------------- costs
+def cost(row: Mapping[str, Any], at: Row, notes: Notes) -> CostRecord | None:
+    """One ``organization.costs.result``: the amount exactly, its currency, and the billed quantity.
+
+    The spec requires only ``object``: a row without an ``amount`` carries no money and is skipped (counted).
+    """
+    path = at.path
+    if row.get("amount") is None:
+        notes.costs_without_amount += 1
+        return None
+    amount_obj = mapping(row.get("amount"), f"{path}.amount")
+    amount = decimal(amount_obj.get("value"), f"{path}.amount.value")
+    if amount < 0:
+        raise ShapeError(f"{path}.amount.value: negative amount {amount} (a credit?) is not supported")
+    currency = text(amount_obj, "currency", f"{path}.amount")
+    if not currency:
+        raise ShapeError(f"{path}.amount.currency: required string is missing")
+    currency = currency.upper()
+    if currency != "USD":
+        notes.currencies.add(currency)
+    quantity_raw = row.get("quantity")
+    quantity: Decimal | None = None
+    if quantity_raw is not None:
+        quantity = decimal(quantity_raw, f"{path}.quantity")
+        if quantity < 0:
+            raise ShapeError(f"{path}.quantity: expected a quantity >= 0, got {quantity}")
+    project = text(row, "project_id", path)
+    dims = {"llm.cost.source": "reported"}
+    if "api_key_id" in at.grouped:
+        key_id = text(row, "api_key_id", path)
+        if key_id is not None:
+            dims["llm.api_key.id"] = key_id
+    return CostRecord(
+        provider=PROVIDER, tenancy_id=project or UNKNOWN_PROJECT, bucket_start=at.bucket_start,
+        bucket_width=at.bucket_width, amount=amount, currency=currency, line_item=text(row, "line_item", path),
+        tenant=at.tenant, dimensions=dims, quantity=quantity,
+        quantity_unit=text(row, "quantity_unit", path) if quantity is not None else None,
+    )

@@ -1,0 +1,278 @@
+"""The ``openai`` provider: organization usage (every type), daily costs, and project names.
+
+One poll reads, for the scheduler's window ``[start, now)``:
+
+* every enabled usage type from ``start`` aligned down to ``bucket_width`` (an unaligned ``start_time`` makes
+  the API's first bucket start there, so the same hour would show up under two keys and count twice), with
+  ``bucket_width`` always sent (the API's default is ``1d``) and the page ``limit`` the API allows per width;
+* costs (``1d`` buckets only) from ``now - cost_lookback``, or ``now - cost_backfill`` on a first poll or after
+  an outage as long as the backfill: OpenAI finalises a day's cost well after the day ends, so cost is
+  re-read much further back than usage; the ledger turns re-reads into nothing or into the exact difference;
+* the projects list (archived included) when the cached names are older than ``names_ttl`` or an unknown
+  project shows up; a failed lookup is logged and never fails the poll.
+
+All requests go through the shared ``ApiClient`` (429 + ``Retry-After``, 5xx and timeouts retried with backoff;
+other 4xx fail the poll with their ``error.type``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, ClassVar
+
+from ...config import Option, ProviderConfig
+from ...errors import ProviderError
+from ...model import CostRecord, PollResult, UsageRecord, Window
+from ..base import DAY, HOUR, Provider
+from ..http import HTTP_OPTIONS, client_from_config
+from . import pages
+from .endpoints import (
+    COST_PAGE_LIMIT,
+    DIMENSION_FIELDS,
+    USAGE_ENDPOINTS,
+    USAGE_PAGE_LIMITS,
+    UsageEndpoint,
+    group_by,
+)
+from .fields import ShapeError, mapping
+from .normalize import ALL_PROJECTS, UNKNOWN_PROJECT, Notes, Row, cost
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "https://api.openai.com"
+BUCKET_WIDTHS: dict[str, int] = {"1m": 60, "1h": HOUR, "1d": DAY}
+COST_GROUP_BY = ("project_id", "line_item")
+#: Concurrent requests of one poll: the endpoints are independent, and OpenAI rate-limits per organization.
+CONCURRENCY = 4
+#: After a failed names lookup, wait at least this long (or names_ttl, if shorter) before trying again.
+NAMES_RETRY = 300.0
+_AUTH_HINT = (
+    " (the usage and costs APIs need an OpenAI Admin API key, sk-admin-...; project and user keys are refused)"
+)
+
+
+class OpenAIProvider(Provider):
+    """OpenAI organization usage and costs (see the module docstring and docs/providers/openai.md)."""
+
+    TYPE: ClassVar[str] = "openai"
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        "admin_key": Option("secret", required=True, description="An OpenAI Admin API key (sk-admin-...)."),
+        "usage_endpoints": Option(
+            "list[str]", default=[e.name for e in USAGE_ENDPOINTS], choices=tuple(e.name for e in USAGE_ENDPOINTS),
+            description="Usage types to poll (default: all).",
+        ),
+        "costs": Option("bool", default=True, description="Poll /v1/organization/costs (daily, reported spend)."),
+        "bucket_width": Option(
+            "str", default="1h", choices=tuple(BUCKET_WIDTHS), description="Usage bucket width: 1m, 1h or 1d."
+        ),
+        "dimensions": Option(
+            "list[str]", default=["project", "model", "batch"], choices=tuple(DIMENSION_FIELDS),
+            description="Group usage by these (api_key and user add per-key / per-user series: opt in).",
+        ),
+        "cost_lookback": Option(
+            "duration", default="72h", description="How far back each poll re-reads costs (at most 7d)."
+        ),
+        "cost_backfill": Option("duration", default="7d", description="How far back the first poll reads costs."),
+        "names_ttl": Option("duration", default="1h", description="How long project names are cached."),
+        "project_ids": Option("list[str]", default=None, description="Only these projects (passed to the API)."),
+        **HTTP_OPTIONS,
+    }
+    DEFAULT_LOOKBACK: ClassVar[float] = 2 * HOUR
+    DEFAULT_BACKFILL: ClassVar[float] = DAY
+    #: Costs are re-read up to 7 days back (cost_lookback): bucket rows must live a day longer than that.
+    REVISION_HORIZON: ClassVar[float] = 8 * DAY
+    MAX_COST_LOOKBACK: ClassVar[float] = 7 * DAY
+
+    def __init__(self, config: ProviderConfig) -> None:
+        super().__init__(config)
+        options = config.options
+        self.width = BUCKET_WIDTHS[str(options.get("bucket_width") or "1h")]
+        names = options.get("usage_endpoints")
+        self.endpoints: tuple[UsageEndpoint, ...] = tuple(
+            e for e in USAGE_ENDPOINTS if names is None or e.name in names
+        )
+        self.costs = bool(options.get("costs", True))
+        dimensions = options.get("dimensions")
+        self.dimensions: tuple[str, ...] = (
+            ("project", "model", "batch") if dimensions is None else tuple(dict.fromkeys(dimensions))
+        )
+        self.cost_lookback = float(options.get("cost_lookback") or 3 * DAY)
+        self.cost_backfill = float(options.get("cost_backfill") or 7 * DAY)
+        self.names_ttl = float(options.get("names_ttl") or HOUR)
+        self.project_ids: tuple[str, ...] = tuple(options.get("project_ids") or ())
+        if self.cost_lookback > self.MAX_COST_LOOKBACK:
+            raise ProviderError(
+                f"{self.name}: cost_lookback must be at most 7d (buckets older than 8d are pruned), "
+                f"not {self.cost_lookback:g}s", provider=self.name, error_type="config",
+            )
+        key = options.get("admin_key")
+        if not key:
+            raise ProviderError(f"{self.name}: admin_key is required", provider=self.name, error_type="config")
+        base_url = (config.endpoint or DEFAULT_ENDPOINT).rstrip("/")
+        base_url = base_url.removesuffix("/v1")  # paths carry /v1 already
+        self.client = client_from_config(
+            provider=self.name, base_url=base_url, headers={"authorization": f"Bearer {key}"},
+            timeout=config.timeout, options=options,
+        )
+        self._names: dict[str, str] = {}
+        self._names_at = float("-inf")  # monotonic time of the last successful lookup
+        self._names_retry_at = float("-inf")
+        self._semaphore = asyncio.Semaphore(CONCURRENCY)
+
+    # -- the poll ----------------------------------------------------------------------------------------------
+    async def fetch(self, window: Window) -> PollResult:
+        now = window.end
+        usage_start = window.start - window.start % self.width
+        catch_up = window.end - window.start >= self.backfill
+        cost_from = min(window.start, now - int(self.cost_backfill if catch_up else self.cost_lookback))
+        notes = Notes()
+        usage: list[UsageRecord] = []
+        costs: list[CostRecord] = []
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._usage(e, usage_start, now, notes)) for e in self.endpoints
+                ]
+                cost_task = group.create_task(self._costs(cost_from - cost_from % DAY, now, notes)) \
+                    if self.costs else None
+        except* Exception as failures:  # one endpoint failed (the others were cancelled): report that one
+            raise self._one_error(failures) from None
+        for task in tasks:
+            usage.extend(task.result())
+        if cost_task is not None:
+            costs = cost_task.result()
+        self._log_notes(notes)
+        tenancies = {r.tenancy_id for r in usage} | {c.tenancy_id for c in costs}
+        return PollResult(
+            usage=usage,
+            costs=costs,
+            names=await self._names_for(tenancies),
+            complete_until=now - now % self.width,
+        )
+
+    async def _get_buckets(
+        self, path: str, label: str, params: list[tuple[str, Any]], *, decimals: bool = False
+    ) -> list[pages.Bucket]:
+        async with self._semaphore:
+            try:
+                return [b async for b in pages.buckets(self.client, path, label, params, decimals=decimals)]
+            except ProviderError as exc:
+                if exc.error_type == "auth":
+                    raise ProviderError(str(exc) + _AUTH_HINT, provider=self.name, error_type="auth") from None
+                raise
+
+    async def _usage(self, endpoint: UsageEndpoint, start: int, end: int, notes: Notes) -> list[UsageRecord]:
+        """Every record of one usage type for buckets ``[start, end)``."""
+        width = self.width
+        grouped = group_by(endpoint, self.dimensions)
+        n_buckets = -(-(end - start) // width)
+        params: list[tuple[str, Any]] = [
+            ("start_time", start), ("end_time", end), ("bucket_width", _width_name(width)),
+            ("limit", max(1, min(USAGE_PAGE_LIMITS[width], n_buckets))),
+        ]
+        params += [("group_by", g) for g in grouped]
+        params += [("project_ids", p) for p in self.project_ids]
+        records: list[UsageRecord] = []
+        group_set = frozenset(grouped)
+        normalize = endpoint.normalize
+        expected = endpoint.result_object
+        for bucket in await self._get_buckets(endpoint.path, endpoint.name, params):
+            _check_bucket(bucket, start, width)
+            for j, row in enumerate(bucket.results):
+                at = Row(bucket.start_time, width, group_set, bucket.path, j)
+                if type(row) is not dict or row.get("object") != expected:
+                    found = mapping(row, at.path).get("object")
+                    raise ShapeError(f"{at.path}.object: expected {expected!r}, got {found!r}")
+                records.extend(normalize(row, at, notes))
+        return records
+
+    async def _costs(self, start: int, end: int, notes: Notes) -> list[CostRecord]:
+        """Daily cost records for ``[start, end)``, grouped by project and line item."""
+        grouped = COST_GROUP_BY + (("api_key_id",) if "api_key" in self.dimensions else ())
+        params: list[tuple[str, Any]] = [
+            ("start_time", start), ("end_time", end), ("bucket_width", "1d"),
+            ("limit", max(1, min(COST_PAGE_LIMIT, -(-(end - start) // DAY)))),
+        ]
+        params += [("group_by", g) for g in grouped]
+        params += [("project_ids", p) for p in self.project_ids]
+        records: list[CostRecord] = []
+        group_set = frozenset(grouped)
+        for bucket in await self._get_buckets("/v1/organization/costs", "costs", params, decimals=True):
+            _check_bucket(bucket, start, DAY)
+            for j, raw in enumerate(bucket.results):
+                at = Row(bucket.start_time, DAY, group_set, bucket.path, j)
+                row = mapping(raw, at.path)
+                if row.get("object") != "organization.costs.result":
+                    raise ShapeError(
+                        f"{at.path}.object: expected 'organization.costs.result', got {row.get('object')!r}"
+                    )
+                record = cost(row, at, notes)
+                if record is not None:
+                    records.append(record)
+        return records
+
+    # -- names ---------------------------------------------------------------------------------------------------
+    async def _names_for(self, tenancies: set[str]) -> dict[tuple[str, str], str]:
+        """Project names, from the cache or a fresh lookup; a failed lookup keeps the cache and is logged."""
+        now = time.monotonic()
+        unknown = tenancies - self._names.keys() - {ALL_PROJECTS, UNKNOWN_PROJECT}
+        due = now - self._names_at >= self.names_ttl or (bool(unknown) and now - self._names_at >= 60)
+        if due and now >= self._names_retry_at:
+            try:
+                async with self._semaphore:
+                    self._names = await asyncio.wait_for(pages.project_names(self.client), self.config.timeout)
+                self._names_at = now
+            except (ProviderError, ShapeError, TimeoutError) as exc:
+                self._names_retry_at = now + min(self.names_ttl, NAMES_RETRY)
+                log.warning(
+                    "%s: project names lookup failed (usage is kept; names retried later): %s",
+                    self.name, exc or type(exc).__name__,
+                )
+        return {("tenancy", ident): name for ident, name in self._names.items()}
+
+    def _one_error(self, failures: ExceptionGroup[Exception]) -> Exception:
+        """The first failure of a poll's endpoints, as the error the scheduler classifies and logs."""
+        first: BaseException = failures
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        if isinstance(first, ShapeError):
+            return ProviderError(f"bad response: {first}", provider=self.name, error_type="bad_response")
+        return first if isinstance(first, Exception) else failures
+
+    def _log_notes(self, notes: Notes) -> None:
+        if notes.uncached_disagrees:
+            log.warning(
+                "%s: %d completions row(s) had input_uncached_tokens != input_tokens - input_cached_tokens - "
+                "input_cache_write_tokens; input_tokens was kept as the total", self.name, notes.uncached_disagrees,
+            )
+        if notes.modality_unsplit:
+            log.warning(
+                "%s: %d completions row(s) had audio/image counts larger than their totals; counted as text",
+                self.name, notes.modality_unsplit,
+            )
+        if notes.costs_without_amount:
+            log.warning("%s: %d cost row(s) had no amount and were skipped", self.name, notes.costs_without_amount)
+        if notes.currencies:
+            log.warning(
+                "%s: costs in %s are kept apart from USD (attribute currency), never added into it",
+                self.name, ", ".join(sorted(notes.currencies)),
+            )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _width_name(width: int) -> str:
+    return next(name for name, seconds in BUCKET_WIDTHS.items() if seconds == width)
+
+
+def _check_bucket(bucket: pages.Bucket, start: int, width: int) -> None:
+    """A bucket must start on the grid we asked for: an off-grid start would be counted under a second key."""
+    if bucket.start_time < start or bucket.start_time % width:
+        raise ShapeError(
+            f"{bucket.path}.start_time: {bucket.start_time} is not on the {width}s grid from {start}"
+        )
+    if bucket.end_time <= bucket.start_time or bucket.end_time > bucket.start_time + width:
+        raise ShapeError(f"{bucket.path}.end_time: {bucket.end_time} is not within one bucket of its start")

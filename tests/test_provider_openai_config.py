@@ -1,0 +1,55 @@
+"""The ``openai`` config section: validated by ``check`` like every other section, and its key kept secret."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from otel_llm_receiver.config import load_config, parse_config
+from otel_llm_receiver.errors import ConfigError, ProviderError
+from otel_llm_receiver.providers import create_provider
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "sk-admin-test-config-key-0123456789"
+
+
+def test_the_example_config_is_valid_and_its_defaults_are_the_documented_ones() -> None:
+    config = load_config(ROOT / "examples" / "config" / "openai.yaml", environ={"OPENAI_ADMIN_KEY": KEY})
+    (openai,) = config.providers
+    assert (openai.name, openai.tenant, openai.collection_interval) == ("openai/prod", "acme", 300.0)
+    provider = create_provider(openai)
+    assert provider.width == 3600 and provider.lookback == 7200 and provider.backfill == 86400
+    assert provider.cost_lookback == 3 * 86400 and provider.cost_backfill == 7 * 86400
+    assert provider.dimensions == ("project", "model", "batch")
+    assert len(provider.endpoints) == 10 and provider.costs
+    assert KEY not in config.describe()
+
+
+def test_check_names_every_bad_key_with_its_path() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"providers": {"openai/prod": {
+            "bucket_width": "2h", "dimensions": ["project", "team"], "usage_endpoints": ["chat"],
+            "cost_lookback": "soon", "api_key": "x",
+        }}})
+    problems = "\n".join(info.value.problems)
+    for path in ("bucket_width", "dimensions", "usage_endpoints", "cost_lookback", "api_key", "admin_key"):
+        assert f"providers.openai/prod.{path}" in problems, path
+
+
+def test_a_cost_lookback_past_the_revision_horizon_is_a_config_error() -> None:
+    config = parse_config({"providers": {"openai": {"admin_key": KEY, "cost_lookback": "10d"}}})
+    with pytest.raises(ProviderError) as info:
+        create_provider(config.providers[0])
+    assert info.value.error_type == "config" and "at most 7d" in str(info.value)
+
+
+def test_check_cli_redacts_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"providers:\n  openai:\n    admin_key: {KEY}\n")
+    proc = subprocess.run([sys.executable, "-m", "otel_llm_receiver", "check", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "admin_key: <redacted>" in proc.stdout and KEY not in proc.stdout + proc.stderr
