@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 #: type -> "module:Class"
 PROVIDER_TYPES: dict[str, str] = {
     "demo": "otel_llm_receiver.providers.demo:DemoProvider",
+    "vertex_ai": "otel_llm_receiver.providers.vertex_ai:VertexAIProvider",
 }
 
 
