@@ -178,6 +178,7 @@ class FakeMonitoring:
             m = _CLAUSE.fullmatch(clause)
             if m is None:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Could not parse filter: {request.filter}")
+            assert m is not None  # abort raised
             wanted[m.group(1)] = m.group(2)
         if "metric" not in wanted:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "A filter must specify a metric type.")
@@ -199,6 +200,7 @@ class FakeMonitoring:
                 token = self._tokens.get(request.page_token)
             if token is None or token[0] != fingerprint:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "Invalid page token.")
+            assert token is not None  # abort raised
             offset = token[1]
         project = request.name.removeprefix("projects/")
         series = self._aggregate(project, wanted, start, end, period, list(agg.group_by_fields))
@@ -258,6 +260,7 @@ class FakeMonitoring:
         m = _STARTS_WITH.fullmatch(request.filter)
         if m is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Could not parse filter: {request.filter}")
+        assert m is not None  # abort raised
         project = request.name.removeprefix("projects/")
         with self._lock:
             types = sorted(t for t in self.descriptors[project] if t.startswith(m.group(1)))
