@@ -57,26 +57,58 @@ def plaintext_target(endpoint: str | None) -> str | None:
 
 
 def load_credentials(credentials_file: str | None) -> Any:
-    """Credentials from ``credentials_file`` (a path, or the JSON itself via ``${file:...}``), else ADC."""
+    """Credentials from ``credentials_file`` (a path, or the JSON itself via ``${file:...}``), else ADC.
+
+    Only the credential types this receiver is meant to run with are accepted (service account, authorized
+    user, workload identity federation), each through its own loader: a file of any other type is refused
+    rather than handed to google-auth's generic loader.
+    """
     import google.auth
     from google.auth import exceptions as auth_exceptions
 
-    try:
-        if credentials_file and credentials_file.lstrip().startswith("{"):
-            info = json.loads(credentials_file)
-            credentials, _ = google.auth.load_credentials_from_dict(  # type: ignore[no-untyped-call]
-                info, scopes=list(SCOPES))
-        elif credentials_file:
-            credentials, _ = google.auth.load_credentials_from_file(  # type: ignore[no-untyped-call]
-                credentials_file, scopes=list(SCOPES))
-        else:
+    if not credentials_file:
+        try:
             credentials, _ = google.auth.default(scopes=list(SCOPES))
+        except auth_exceptions.DefaultCredentialsError as exc:
+            raise ProviderError(f"no Application Default Credentials: {exc}", error_type="auth") from exc
+        return credentials
+    text = credentials_file
+    if not credentials_file.lstrip().startswith("{"):
+        try:
+            with open(credentials_file, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise ProviderError(f"credentials_file cannot be read: {exc.strerror}", error_type="auth") from exc
+    try:
+        info = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ProviderError(f"credentials_file is not valid JSON (line {exc.lineno})", error_type="config") from exc
-    except auth_exceptions.DefaultCredentialsError as exc:
-        source = "credentials_file" if credentials_file else "Application Default Credentials"
-        raise ProviderError(f"no usable Google credentials from {source}: {exc}", error_type="auth") from exc
-    return credentials
+    kind = info.get("type") if isinstance(info, dict) else None
+    try:
+        return _credentials_of_type(kind, info)
+    except (ValueError, KeyError, auth_exceptions.GoogleAuthError) as exc:
+        raise ProviderError(f"credentials_file of type {kind!r} is unusable: {exc}", error_type="auth") from exc
+
+
+def _credentials_of_type(kind: object, info: Any) -> Any:
+    scopes = list(SCOPES)
+    if kind == "service_account":
+        from google.oauth2 import service_account
+
+        return service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+            info, scopes=scopes)
+    if kind == "authorized_user":
+        from google.oauth2 import credentials as user_credentials
+
+        return user_credentials.Credentials.from_authorized_user_info(  # type: ignore[no-untyped-call]
+            info, scopes=scopes)
+    if kind == "external_account":
+        from google.auth import aws, identity_pool
+
+        source = info.get("credential_source") or {}
+        module: Any = aws if str(source.get("environment_id", "")).startswith("aws") else identity_pool
+        return module.Credentials.from_info(info, scopes=scopes)
+    raise ValueError("supported types are service_account, authorized_user, external_account")
 
 
 def make_client(endpoint: str | None, credentials_file: str | None) -> Any:
@@ -103,33 +135,39 @@ def make_client(endpoint: str | None, credentials_file: str | None) -> Any:
     )
 
 
-def classify(exc: BaseException, *, operation: str, project: str) -> ProviderError:
-    """One ``ProviderError`` for a google.api_core / google.auth failure (the single place they are mapped)."""
+def classify(
+    exc: BaseException, *, operation: str, project: str, permission: str = f"{PERMISSION} (roles/monitoring.viewer)"
+) -> ProviderError:
+    """One ``ProviderError`` for a google.api_core / google.auth failure (the single place they are mapped).
+
+    gRPC errors arrive as the api_core classes of their status, which subclass the HTTP ones (PermissionDenied is
+    a Forbidden, ResourceExhausted a TooManyRequests, ...), so the HTTP classes map REST clients (BigQuery) too.
+    BigQuery answers quota errors with 403 and reason ``quotaExceeded`` / ``rateLimitExceeded``.
+    """
     from google.api_core import exceptions as gexc
     from google.auth import exceptions as auth_exceptions
 
     error_type: ErrorType
     where = f"{operation} projects/{project}"
     retry_after: float | None = None
-    if isinstance(exc, gexc.PermissionDenied):
+    reasons = {str(e.get("reason", "")) for e in getattr(exc, "errors", None) or () if isinstance(e, dict)}
+    if isinstance(exc, gexc.Forbidden) and reasons & {"quotaExceeded", "rateLimitExceeded"}:
+        error_type = "rate_limited"
+    elif isinstance(exc, gexc.Forbidden):
         return ProviderError(
-            f"{where}: permission denied: the credentials need {PERMISSION} on project {project} "
-            f"(role roles/monitoring.viewer)", error_type="auth",
+            f"{where}: permission denied: the credentials need {permission} on project {project}",
+            error_type="auth",
         )
-    if isinstance(exc, gexc.Unauthenticated | auth_exceptions.RefreshError):
+    elif isinstance(exc, gexc.Unauthorized | auth_exceptions.RefreshError):
         return ProviderError(f"{where}: the Google credentials were rejected or expired", error_type="auth")
-    if isinstance(exc, gexc.ResourceExhausted):
+    elif isinstance(exc, gexc.TooManyRequests):
         error_type, retry_after = "rate_limited", _retry_delay(exc)
-    elif isinstance(exc, gexc.DeadlineExceeded):
+    elif isinstance(exc, gexc.GatewayTimeout | gexc.Cancelled):
         error_type = "timeout"
-    elif isinstance(exc, gexc.ServiceUnavailable | gexc.InternalServerError | gexc.Aborted | gexc.Unknown):
+    elif isinstance(exc, gexc.ServerError | gexc.Aborted | auth_exceptions.TransportError):
         error_type = "server_error"
-    elif isinstance(exc, gexc.NotFound | gexc.InvalidArgument | gexc.FailedPrecondition):
-        error_type = "config"
-    elif isinstance(exc, auth_exceptions.TransportError) or (
-        isinstance(exc, gexc.GoogleAPICallError) and (exc.code or 0) >= 500
-    ):
-        error_type = "server_error"
+    elif isinstance(exc, gexc.BadRequest | gexc.NotFound | gexc.MethodNotAllowed):
+        error_type = "config"  # a project id that does not exist, a filter or table the API refuses
     else:
         error_type = "bad_response"
     message = getattr(exc, "message", None) or str(exc)
