@@ -56,7 +56,7 @@ def plaintext_target(endpoint: str | None) -> str | None:
     return f"{host}:{parts.port}" if ":" not in host else f"[{host}]:{parts.port}"
 
 
-def load_credentials(credentials_file: str | None) -> Any:
+def load_credentials(credentials_file: str | None, scopes: tuple[str, ...] = SCOPES) -> Any:
     """Credentials from ``credentials_file`` (a path, or the JSON itself via ``${file:...}``), else ADC.
 
     Only the credential types this receiver is meant to run with are accepted (service account, authorized
@@ -68,7 +68,7 @@ def load_credentials(credentials_file: str | None) -> Any:
 
     if not credentials_file:
         try:
-            credentials, _ = google.auth.default(scopes=list(SCOPES))
+            credentials, _ = google.auth.default(scopes=list(scopes))
         except auth_exceptions.DefaultCredentialsError as exc:
             raise ProviderError(f"no Application Default Credentials: {exc}", error_type="auth") from exc
         return credentials
@@ -85,13 +85,12 @@ def load_credentials(credentials_file: str | None) -> Any:
         raise ProviderError(f"credentials_file is not valid JSON (line {exc.lineno})", error_type="config") from exc
     kind = info.get("type") if isinstance(info, dict) else None
     try:
-        return _credentials_of_type(kind, info)
+        return _credentials_of_type(kind, info, list(scopes))
     except (ValueError, KeyError, auth_exceptions.GoogleAuthError) as exc:
         raise ProviderError(f"credentials_file of type {kind!r} is unusable: {exc}", error_type="auth") from exc
 
 
-def _credentials_of_type(kind: object, info: Any) -> Any:
-    scopes = list(SCOPES)
+def _credentials_of_type(kind: object, info: Any, scopes: list[str]) -> Any:
     if kind == "service_account":
         from google.oauth2 import service_account
 

@@ -16,14 +16,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from ...config import Option, ProviderConfig
 from ...errors import ProviderError
-from ...model import PollResult, UsageRecord, Window
+from ...model import CostRecord, PollResult, UsageRecord, Window
 from ..base import DAY, HOUR, Provider
 from ..http import HTTP_OPTIONS
-from . import monitoring
+from . import billing, monitoring
 from .series import (
     GEMINI_INPUT_QUOTA,
     GEMINI_PROVIDER,
@@ -60,16 +61,25 @@ class VertexAIProvider(Provider):
             description="Service-account or other Google credentials JSON (a path, or the JSON via ${file:...}); "
                         "default: Application Default Credentials.",
         ),
+        "billing_export": Option(
+            "map[str,str]", default=None,
+            description="Reported cost from the Cloud Billing export: `table` (project.dataset.table), optional "
+                        "`project` (runs the query), `interval` (6h), `lookback` (3d), `location`.",
+        ),
         **HTTP_OPTIONS,
     }
     DEFAULT_LOOKBACK: ClassVar[float] = 3 * HOUR  # Monitoring points arrive minutes late
     MAX_BACKFILL: ClassVar[float | None] = 6 * 7 * DAY  # DELTA metric data are kept six weeks
+    #: Billing export days are re-read up to 31 days back: their rows must outlive that, or a re-read would
+    #: count a pruned day again.
+    REVISION_HORIZON: ClassVar[float] = billing.MAX_LOOKBACK + DAY
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
         opts = config.options
         self.projects: tuple[str, ...] = tuple(opts.get("projects") or ())
-        self.sources: tuple[str, ...] = tuple(opts.get("sources") or ("vertex",))
+        sources = opts.get("sources")
+        self.sources: tuple[str, ...] = ("vertex",) if sources is None else tuple(sources)
         self.width = int(opts.get("bucket_width") or HOUR)
         self.credentials_file: str | None = opts.get("credentials_file")
         self.max_retries = int(opts.get("max_retries", 4))
@@ -86,14 +96,74 @@ class VertexAIProvider(Provider):
         else:
             if self.plaintext and self.credentials_file:
                 problems.append("credentials_file cannot be used with a plaintext (http://) endpoint")
-        if importlib.util.find_spec("google.cloud.monitoring_v3") is None:
+        self.billing: billing.BillingExport | None = None
+        if opts.get("billing_export"):
+            try:
+                self.billing = billing.BillingExport.parse(opts["billing_export"])
+            except ValueError as exc:
+                problems.append(str(exc))
+            if importlib.util.find_spec("google.cloud.bigquery") is None:
+                problems.append("billing_export needs google-cloud-bigquery: pip install 'otel-llm-receiver[vertex]'")
+        elif not self.sources:
+            problems.append("sources is empty and no billing_export is configured: nothing to read")
+        if self.sources and importlib.util.find_spec("google.cloud.monitoring_v3") is None:
             problems.append("needs google-cloud-monitoring: pip install 'otel-llm-receiver[vertex]'")
         if problems:
             raise ProviderError(f"{self.name}: " + "; ".join(problems), provider=self.name, error_type="config")
         self._gemini_inputs: dict[str, tuple[float, tuple[str, ...]]] = {}  # project -> (listed at, types)
         self._warned_types: set[str] = set()
+        self._billing_last_run: int | None = None  # window end of the last successful cost query
+        self._billing_failed_at: int | None = None
+
+    def restore(self, cursors: Mapping[str, str]) -> None:
+        """When the cost query last ran (saved with the poll that ran it), so a restart does not rerun it early."""
+        value = cursors.get(billing.CURSOR)
+        if value is not None and value.isdigit():
+            self._billing_last_run = int(value)
 
     async def fetch(self, window: Window) -> PollResult:
+        result = await self._usage(window) if self.sources else PollResult()
+        if self.billing is None or not self._billing_due(window.end):
+            return result
+        names: dict[tuple[str, str], str] = {}
+        try:
+            costs = await self._costs(self.billing, window, names)
+        except ProviderError as exc:
+            exc.provider = self.name
+            if not self.sources:
+                raise  # a cost-only instance: its failure is the poll's
+            self._billing_failed_at = window.end
+            log.warning("%s: billing export query failed (%s), usage kept; next try in %s: %s", self.name,
+                        exc.error_type, "1h" if self.billing.interval > HOUR else "one interval", exc)
+            return result
+        self._billing_last_run, self._billing_failed_at = window.end, None
+        return PollResult(
+            usage=result.usage, costs=costs, names={**result.names, **names},
+            complete_until=result.complete_until if self.sources else window.end,
+            cursors={**result.cursors, billing.CURSOR: str(window.end)},
+        )
+
+    def _billing_due(self, now: int) -> bool:
+        assert self.billing is not None
+        if self._billing_failed_at is not None:
+            return now - self._billing_failed_at >= min(self.billing.interval, HOUR)
+        return self._billing_last_run is None or now - self._billing_last_run >= self.billing.interval
+
+    async def _costs(self, settings: billing.BillingExport, window: Window,
+                     names: dict[tuple[str, str], str]) -> list[CostRecord]:
+        """Whole UTC days from ``lookback`` (or the window start, if earlier) through today."""
+        first = min(window.start, window.end - int(settings.lookback))
+        start = first - first % DAY
+        end = window.end - window.end % DAY + DAY
+        reader = billing.BillingReader(
+            settings, credentials_file=self.credentials_file, timeout=self.config.timeout,
+            requests=self.api_requests, max_retries=self.max_retries,
+            retry_initial_interval=self.retry_initial_interval, max_retry_wait=self.config.collection_interval,
+        )
+        return await reader.costs(start, end, self.projects, gemini="gemini_api" in self.sources,
+                                  tenant_names=names)
+
+    async def _usage(self, window: Window) -> PollResult:
         start = window.start - window.start % self.width
         end = window.end - window.end % self.width
         if end <= start:
