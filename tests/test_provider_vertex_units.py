@@ -201,3 +201,15 @@ def test_a_service_account_file_loads_offline(tmp_path: Path) -> None:
         assert credentials.service_account_email == "receiver@acme-prod.iam.gserviceaccount.com"
         assert credentials.scopes == ["https://www.googleapis.com/auth/monitoring.read"]
         assert not credentials.valid  # no token was fetched
+
+
+def test_the_example_config_builds_both_instances() -> None:
+    from otel_llm_receiver.config import load_config
+
+    config = load_config(Path(__file__).parent.parent / "examples" / "config" / "vertex_ai.yaml")
+    built = [create_provider(p) for p in config.providers]
+    assert [type(p).__name__ for p in built] == ["VertexAIProvider", "VertexAIProvider"]
+    usage, cost = built
+    assert isinstance(usage, VertexAIProvider) and isinstance(cost, VertexAIProvider)
+    assert usage.sources == ("vertex",) and usage.billing is None
+    assert cost.sources == () and cost.billing is not None and cost.billing.interval == 6 * HOUR

@@ -103,7 +103,7 @@ class VertexAIProvider(Provider):
             except ValueError as exc:
                 problems.append(str(exc))
             if importlib.util.find_spec("google.cloud.bigquery") is None:
-                problems.append("billing_export needs google-cloud-bigquery: pip install 'otel-llm-receiver[vertex]'")
+                problems.append("billing_export needs google-cloud-bigquery: pip install 'otel-llm-receiver[vertex-billing]'")
         elif not self.sources:
             problems.append("sources is empty and no billing_export is configured: nothing to read")
         if self.sources and importlib.util.find_spec("google.cloud.monitoring_v3") is None:
