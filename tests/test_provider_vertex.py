@@ -246,3 +246,40 @@ def test_a_series_without_a_model_rejects_the_poll_whole(tmp_path: Path, fake: F
     status = receiver.health.statuses()[0]
     assert status.last_error_type == "bad_response" and "model_user_id" in (status.last_error or "")
     assert not sink.number_points("llm.usage.tokens")
+
+
+def test_project_names_from_resource_manager_never_block_usage(
+    tmp_path: Path, fake: FakeMonitoring, sink: OTLPSink
+) -> None:
+    from tests.support.fake_api import FakeApi, Response
+
+    seed_vertex(fake, T0, NOW)
+    with FakeApi() as rm:
+        rm.route("GET", "/v3/projects/acme-prod", lambda _: Response(200, {
+            "name": "projects/123456789012", "projectId": "acme-prod", "state": "ACTIVE",
+            "displayName": "Acme Production", "parent": "organizations/987654321"}))
+        rm.route("GET", "/v3/projects/acme-research", lambda _: Response(403, {"error": {
+            "code": 403, "message": "The caller does not have permission", "status": "PERMISSION_DENIED"}}))
+        config = make_config(tmp_path, fake, sink, resource_manager_endpoint=rm.base_url)
+        now = [float(NOW)]
+        receiver = Receiver(config, clock=lambda: now[0])
+        try:
+            asyncio.run(receiver.run_once())
+            now[0] += HOUR
+            asyncio.run(receiver.run_once())  # names are cached: no second lookup within the TTL
+        finally:
+            asyncio.run(receiver.aclose())
+        names = {dict(k)["llm.tenancy.id"]: dict(k).get("llm.tenancy.name")
+                 for k in sink.number_points("llm.usage.tokens")}
+        assert names == {"acme-prod": "Acme Production", "acme-research": None}
+        assert [r.path for r in rm.requests] == ["/v3/projects/acme-prod", "/v3/projects/acme-research"]
+        assert api_requests(sink, "projects.get") == 2
+
+
+def test_an_emulator_endpoint_never_looks_names_up_at_google(tmp_path: Path, fake: FakeMonitoring, sink: OTLPSink
+                                                             ) -> None:
+    from otel_llm_receiver.providers import create_provider
+    from otel_llm_receiver.providers.vertex_ai import VertexAIProvider
+
+    p = create_provider(make_config(tmp_path, fake, sink).providers[0])
+    assert isinstance(p, VertexAIProvider) and p._names is None

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -129,11 +129,11 @@ def _counting_session(base: type[Any], requests: Counter[str]) -> type[Any]:
 class BillingReader:
     """Runs the cost query for one poll (a client per poll, like the Monitoring reader)."""
 
-    def __init__(self, settings: BillingExport, *, credentials_file: str | None, timeout: float,
+    def __init__(self, settings: BillingExport, *, credentials: Callable[[], Any], timeout: float,
                  requests: Counter[str], max_retries: int, retry_initial_interval: float,
                  max_retry_wait: float) -> None:
         self.settings = settings
-        self.credentials_file = credentials_file
+        self.credentials = credentials
         self.timeout = timeout
         self.requests = requests
         self.max_retries = max_retries
@@ -150,7 +150,7 @@ class BillingReader:
         if monitoring.plaintext_target(self.settings.endpoint) is not None:  # loopback only: nothing to leak
             credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
         else:
-            credentials = monitoring.load_credentials(self.credentials_file, scopes=SCOPES)
+            credentials = self.credentials()
         session = _counting_session(AuthorizedSession, self.requests)(credentials)
         options = ClientOptions(api_endpoint=self.settings.endpoint) if self.settings.endpoint else None
         return bigquery.Client(project=self.settings.project, credentials=credentials, _http=session,

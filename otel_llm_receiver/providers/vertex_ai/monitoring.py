@@ -110,7 +110,7 @@ def _credentials_of_type(kind: object, info: Any, scopes: list[str]) -> Any:
     raise ValueError("supported types are service_account, authorized_user, external_account")
 
 
-def make_client(endpoint: str | None, credentials_file: str | None) -> Any:
+def make_client(endpoint: str | None, credentials: Callable[[], Any]) -> Any:
     """A ``MetricServiceAsyncClient`` for this poll: TLS with real credentials, or plaintext to loopback."""
     import grpc
     from google.api_core.client_options import ClientOptions
@@ -129,7 +129,7 @@ def make_client(endpoint: str | None, credentials_file: str | None) -> Any:
         )
         return MetricServiceAsyncClient(transport=transport)
     return MetricServiceAsyncClient(
-        credentials=load_credentials(credentials_file),
+        credentials=credentials(),
         client_options=ClientOptions(api_endpoint=endpoint or DEFAULT_ENDPOINT),
     )
 

@@ -24,7 +24,7 @@ from ...errors import ProviderError
 from ...model import CostRecord, PollResult, UsageRecord, Window
 from ..base import DAY, HOUR, Provider
 from ..http import HTTP_OPTIONS
-from . import billing, monitoring
+from . import billing, monitoring, names
 from .series import (
     GEMINI_INPUT_QUOTA,
     GEMINI_PROVIDER,
@@ -66,6 +66,13 @@ class VertexAIProvider(Provider):
             description="Reported cost from the Cloud Billing export: `table` (project.dataset.table), optional "
                         "`project` (runs the query), `interval` (6h), `lookback` (3d), `location`.",
         ),
+        "project_names": Option(
+            "bool", default=True,
+            description="Look project display names up in Resource Manager (resourcemanager.projects.get).",
+        ),
+        "resource_manager_endpoint": Option(
+            "str", default=None, description="Resource Manager base URL (default https://cloudresourcemanager.googleapis.com).",
+        ),
         **HTTP_OPTIONS,
     }
     DEFAULT_LOOKBACK: ClassVar[float] = 3 * HOUR  # Monitoring points arrive minutes late
@@ -96,6 +103,10 @@ class VertexAIProvider(Provider):
         else:
             if self.plaintext and self.credentials_file:
                 problems.append("credentials_file cannot be used with a plaintext (http://) endpoint")
+        try:
+            monitoring.plaintext_target(opts.get("resource_manager_endpoint"))
+        except ValueError as exc:
+            problems.append(f"resource_manager_endpoint: {exc}")
         self.billing: billing.BillingExport | None = None
         if opts.get("billing_export"):
             try:
@@ -114,6 +125,24 @@ class VertexAIProvider(Provider):
         self._warned_types: set[str] = set()
         self._billing_last_run: int | None = None  # window end of the last successful cost query
         self._billing_failed_at: int | None = None
+        self._credentials: dict[tuple[str, ...], Any] = {}  # by scopes, loaded once (tokens are refreshed)
+        self._names: names.ProjectNames | None = None
+        # Against a loopback emulator there is no Resource Manager: names only from one given explicitly.
+        emulated = self.plaintext or (
+            self.billing is not None and monitoring.plaintext_target(self.billing.endpoint) is not None)
+        if opts.get("project_names", True) and (opts.get("resource_manager_endpoint") or not emulated):
+            self._names = names.ProjectNames(
+                endpoint=opts.get("resource_manager_endpoint"), credentials=self._credentials_for(names.SCOPES),
+                timeout=config.timeout, requests=self.api_requests, instance=self.name,
+            )
+
+    def _credentials_for(self, scopes: tuple[str, ...]) -> Any:
+        """A loader of this instance's credentials for ``scopes``, loading them on first use only."""
+        def load() -> Any:
+            if scopes not in self._credentials:
+                self._credentials[scopes] = monitoring.load_credentials(self.credentials_file, scopes)
+            return self._credentials[scopes]
+        return load
 
     def restore(self, cursors: Mapping[str, str]) -> None:
         """When the cost query last ran (saved with the poll that ran it), so a restart does not rerun it early."""
@@ -122,12 +151,13 @@ class VertexAIProvider(Provider):
             self._billing_last_run = int(value)
 
     async def fetch(self, window: Window) -> PollResult:
-        result = await self._usage(window) if self.sources else PollResult()
+        result = await self._usage(window) if self.sources else PollResult(complete_until=window.end)
+        found = await self._names.resolve(self.projects) if self._names is not None else {}
         if self.billing is None or not self._billing_due(window.end):
-            return result
-        names: dict[tuple[str, str], str] = {}
+            return PollResult(usage=result.usage, names=found, complete_until=result.complete_until)
+        billed: dict[tuple[str, str], str] = {}
         try:
-            costs = await self._costs(self.billing, window, names)
+            costs = await self._costs(self.billing, window, billed)
         except ProviderError as exc:
             exc.provider = self.name
             if not self.sources:
@@ -135,13 +165,16 @@ class VertexAIProvider(Provider):
             self._billing_failed_at = window.end
             log.warning("%s: billing export query failed (%s), usage kept; next try in %s: %s", self.name,
                         exc.error_type, "1h" if self.billing.interval > HOUR else "one interval", exc)
-            return result
+            return PollResult(usage=result.usage, names=found, complete_until=result.complete_until)
         self._billing_last_run, self._billing_failed_at = window.end, None
         return PollResult(
-            usage=result.usage, costs=costs, names={**result.names, **names},
-            complete_until=result.complete_until if self.sources else window.end,
-            cursors={**result.cursors, billing.CURSOR: str(window.end)},
+            usage=result.usage, costs=costs, names={**billed, **found}, complete_until=result.complete_until,
+            cursors={billing.CURSOR: str(window.end)},
         )
+
+    async def aclose(self) -> None:
+        if self._names is not None:
+            self._names.close()
 
     def _billing_due(self, now: int) -> bool:
         assert self.billing is not None
@@ -156,7 +189,7 @@ class VertexAIProvider(Provider):
         start = first - first % DAY
         end = window.end - window.end % DAY + DAY
         reader = billing.BillingReader(
-            settings, credentials_file=self.credentials_file, timeout=self.config.timeout,
+            settings, credentials=self._credentials_for(billing.SCOPES), timeout=self.config.timeout,
             requests=self.api_requests, max_retries=self.max_retries,
             retry_initial_interval=self.retry_initial_interval, max_retry_wait=self.config.collection_interval,
         )
@@ -168,7 +201,7 @@ class VertexAIProvider(Provider):
         end = window.end - window.end % self.width
         if end <= start:
             return PollResult(complete_until=start)
-        client = monitoring.make_client(self.config.endpoint, self.credentials_file)
+        client = monitoring.make_client(self.config.endpoint, self._credentials_for(monitoring.SCOPES))
         reader = monitoring.MonitoringReader(
             client, timeout=self.config.timeout, requests=self.api_requests, max_retries=self.max_retries,
             retry_initial_interval=self.retry_initial_interval, max_retry_wait=self.config.collection_interval,
