@@ -238,13 +238,9 @@ class MonitoringReader:
         while True:
             async def one_page() -> Any:
                 pager = await self.client.list_time_series(request=request, retry=None, timeout=self.timeout)
-                async for page in pager.pages:  # the first page is the response already fetched
-                    return ListTimeSeriesResponse.pb(page)
-                return None
+                return ListTimeSeriesResponse.pb(await _first_page(pager))
 
             raw = await self._call("ListTimeSeries", project, one_page)
-            if raw is None:
-                raise ProviderError(f"ListTimeSeries projects/{project}: no response")
             out.extend(_series(ts, query) for ts in raw.time_series)
             if not raw.next_page_token:
                 return out
@@ -262,17 +258,23 @@ class MonitoringReader:
         while True:
             async def one_page() -> Any:
                 pager = await self.client.list_metric_descriptors(request=request, retry=None, timeout=self.timeout)
-                async for page in pager.pages:
-                    return ListMetricDescriptorsResponse.pb(page)
-                return None
+                return ListMetricDescriptorsResponse.pb(await _first_page(pager))
 
             raw = await self._call("ListMetricDescriptors", project, one_page)
-            if raw is None:
-                raise ProviderError(f"ListMetricDescriptors projects/{project}: no response")
             types.extend(d.type for d in raw.metric_descriptors)
             if not raw.next_page_token:
                 return types
             request.page_token = raw.next_page_token
+
+
+async def _first_page(pager: Any) -> Any:
+    """The response a pager already holds, without letting it fetch more: we page ourselves, one counted
+    request at a time (the pager would send the next requests with the first call's settings, uncounted)."""
+    pages = pager.pages
+    try:
+        return await pages.__anext__()
+    finally:
+        await pages.aclose()
 
 
 def _series(ts: Any, query: Query) -> Series:

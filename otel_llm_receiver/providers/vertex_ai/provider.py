@@ -8,7 +8,9 @@ one bucket and re-reading the window reports the same buckets again (the ledger 
 Sources (``sources:``): ``vertex`` (default) reads ``publisher/online_serving/token_count`` and
 ``model_invocation_count`` on ``aiplatform.googleapis.com/PublisherModel``, as ``gen_ai.provider.name``
 ``gcp.vertex_ai``; ``gemini_api`` reads the Gemini Developer API's project-level token metrics as ``gcp.gemini``.
-Cost is not read here (Google bills through the Cloud Billing export only): see docs/providers/vertex_ai.md.
+Money exists only in the Cloud Billing export: ``billing_export`` (``billing.py``) reads it on its own interval,
+and a failed cost query never costs the usage. Project names come from Resource Manager (``names.py``).
+See docs/providers/vertex_ai.md.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ class VertexAIProvider(Provider):
             description="Look project display names up in Resource Manager (resourcemanager.projects.get).",
         ),
         "resource_manager_endpoint": Option(
-            "str", default=None, description="Resource Manager base URL (default https://cloudresourcemanager.googleapis.com).",
+            "str", default=None,
+            description="Resource Manager base URL (default https://cloudresourcemanager.googleapis.com).",
         ),
         **HTTP_OPTIONS,
     }
@@ -114,7 +117,8 @@ class VertexAIProvider(Provider):
             except ValueError as exc:
                 problems.append(str(exc))
             if importlib.util.find_spec("google.cloud.bigquery") is None:
-                problems.append("billing_export needs google-cloud-bigquery: pip install 'otel-llm-receiver[vertex-billing]'")
+                problems.append(
+                    "billing_export needs google-cloud-bigquery: pip install 'otel-llm-receiver[vertex-billing]'")
         elif not self.sources:
             problems.append("sources is empty and no billing_export is configured: nothing to read")
         if self.sources and importlib.util.find_spec("google.cloud.monitoring_v3") is None:
@@ -210,8 +214,9 @@ class VertexAIProvider(Provider):
         try:
             for project in self.projects:
                 if "vertex" in self.sources:
-                    usage += await self._read(reader, project, VERTEX_PROVIDER, VERTEX_QUERIES, start, end,
-                                              attributes=VERTEX_ATTRIBUTES, model_label="resource.label.model_user_id")
+                    usage += await self._read(
+                        reader, project, VERTEX_PROVIDER, VERTEX_QUERIES, start, end,
+                        attributes=VERTEX_ATTRIBUTES, model_label="resource.label.model_user_id")
                 if "gemini_api" in self.sources:
                     queries = gemini_queries(await self._gemini_input_types(reader, project))
                     usage += await self._read(reader, project, GEMINI_PROVIDER, queries, start, end,
@@ -225,7 +230,7 @@ class VertexAIProvider(Provider):
 
     async def _read(
         self, reader: monitoring.MonitoringReader, project: str, provider: str, queries: tuple[Query, ...],
-        start: int, end: int, *, attributes: dict[str, str] | Any, model_label: str,
+        start: int, end: int, *, attributes: Mapping[str, str], model_label: str,
     ) -> list[UsageRecord]:
         builder = RecordBuilder(provider, project, self.width, attributes=attributes, model_label=model_label)
         for query in queries:
