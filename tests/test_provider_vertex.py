@@ -283,3 +283,37 @@ def test_an_emulator_endpoint_never_looks_names_up_at_google(tmp_path: Path, fak
 
     p = create_provider(make_config(tmp_path, fake, sink).providers[0])
     assert isinstance(p, VertexAIProvider) and p._names is None
+
+
+def test_cli_run_once_exports_the_fake_projects_exactly(tmp_path: Path, fake: FakeMonitoring, sink: OTLPSink
+                                                        ) -> None:
+    """The whole product, as a user runs it: `run --once` in a subprocess, at the real time of day."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    now = int(time.time())
+    seed_vertex(fake, now - now % HOUR - 8 * HOUR, now + 60)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""
+storage: {{path: {tmp_path / "ledger.db"}}}
+health: {{endpoint: ""}}
+exporters:
+  otlp: {{endpoint: {sink.grpc_endpoint}, tls: {{insecure: true}}, timeout: 2s}}
+providers:
+  vertex_ai/prod:
+    projects: [acme-prod, acme-research]
+    endpoint: {fake.endpoint}
+    backfill: 6h
+    timeout: 2s
+""")
+    proc = subprocess.run([sys.executable, "-m", "otel_llm_receiver", "run", "--config", str(config), "--once"],
+                          env={**os.environ, "LOG_FORMAT": "json"}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (poll,) = [d for d in map(json.loads, filter(None, proc.stderr.splitlines())) if "window_end" in d]
+    end = int(poll["cursor"])
+    tokens, requests = truth(fake, end - 6 * HOUR, end)
+    assert end == int(poll["window_end"]) - int(poll["window_end"]) % HOUR
+    assert sink_tokens(sink) == tokens and sink_requests(sink) == requests
