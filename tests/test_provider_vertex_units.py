@@ -139,6 +139,10 @@ def test_record_builder_merges_tokens_and_requests_and_rejects_misaligned_points
     assert dict(records[0].dimensions) == {"cloud.region": "us-central1", "llm.publisher": "google",
                                            "llm.request_type": "shared", "llm.cache.explicit": "true"}
     assert b.unknown_types == {"audio_thing"}
+    edge = RecordBuilder("gcp.vertex_ai", "acme-prod", HOUR)
+    edge.add(tokens_q, Series({**labels, "metric.label.type": "input"},
+                              (Point(T0, T0 + HOUR, 4), Point(T0 - HOUR, T0, 1))), where="t", start=T0)
+    assert [(r.bucket_start, dict(r.tokens)) for r in edge.records()] == [(T0, {"input": 4})]  # edge point skipped
     with pytest.raises(ProviderError, match="not aligned"):
         b.add(tokens_q, Series({**labels, "metric.label.type": "input"}, (Point(T0 + 60, T0 + HOUR + 60, 1),)),
               where="t")

@@ -235,7 +235,7 @@ class VertexAIProvider(Provider):
         builder = RecordBuilder(provider, project, self.width, attributes=attributes, model_label=model_label)
         for query in queries:
             for series in await reader.series(project, query, start, end, self.width):
-                builder.add(query, series, where=f"projects/{project}")
+                builder.add(query, series, where=f"projects/{project}", start=start)
         for label in sorted(builder.unknown_types - self._warned_types):
             self._warned_types.add(label)
             log.warning("%s: token_count type %r is not a known token type; its tokens are not counted",

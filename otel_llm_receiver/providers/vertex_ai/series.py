@@ -147,8 +147,12 @@ class RecordBuilder:
     _tokens: dict[_Key, dict[str, int]] = field(default_factory=dict)
     _requests: dict[_Key, int] = field(default_factory=dict)
 
-    def add(self, query: Query, series: Series, *, where: str) -> None:
-        """Fold one series in; a series that does not have the shape we asked for fails the poll."""
+    def add(self, query: Query, series: Series, *, where: str, start: int | None = None) -> None:
+        """Fold one series in; a series that does not have the shape we asked for fails the poll.
+
+        A point ending at or before ``start`` (the interval's start) would cover a bucket only partly inside
+        the interval: it is skipped, so the edge of a re-read window can never report a bucket short.
+        """
         model = series.labels.get(self.model_label, "")
         if not model:
             raise ProviderError(f"{where}: a {query.metric_type} series has no {self.model_label}")
@@ -161,6 +165,8 @@ class RecordBuilder:
                 self.unknown_types.add(label)
                 return
         for point in series.points:
+            if start is not None and point.end <= start:
+                continue
             bucket_start = self._bucket_start(point, query, where)
             key = (model, dims, bucket_start)
             if query.measure == "requests":
