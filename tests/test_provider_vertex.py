@@ -74,7 +74,7 @@ def sink_tokens(sink: OTLPSink) -> dict[tuple[str, ...], int]:
         assert a["gen_ai.operation.name"] == "generate_content" and a["llm.tenant"] == "default"
         out[(a["gen_ai.provider.name"], a["llm.tenancy.id"], a["gen_ai.request.model"], a.get("cloud.region", ""),
              a.get("llm.publisher", ""), a.get("llm.request_type", ""), a.get("llm.cache.explicit", ""),
-             a["gen_ai.token.type"])] += int(point.value)
+             a.get("llm.batch", ""), a["gen_ai.token.type"])] += int(point.value)
     return dict(out)
 
 
@@ -108,6 +108,7 @@ def test_exact_totals_revised_point_and_restart(tmp_path: Path, fake: FakeMonito
     assert sink_tokens(sink) == tokens
     assert sink_requests(sink) == requests
     assert {k[4] for k in tokens} == {"google", "anthropic", "meta"}  # partner models keep their publisher
+    assert {k[7] for k in tokens} == {"", "true"}  # batch prediction tokens are told apart
     calls = fake.requests_of("ListTimeSeries")
     assert any(c.page_token for c in calls)  # paging was followed
     assert api_requests(sink, "ListTimeSeries") == len(calls)
@@ -117,7 +118,9 @@ def test_exact_totals_revised_point_and_restart(tmp_path: Path, fake: FakeMonito
                             'AND resource.type = "aiplatform.googleapis.com/PublisherModel"')
     assert (first.interval.start_time.seconds, first.interval.end_time.seconds) == (end - 6 * HOUR, end)
     assert first.aggregation.alignment_period.seconds == HOUR
-    assert "metric.label.type" in first.aggregation.group_by_fields
+    assert list(first.aggregation.group_by_fields) == [
+        "resource.label.model_user_id", "resource.label.location", "resource.label.publisher",
+        "metric.label.request_type", "metric.label.explicit_caching", "metric.label.source", "metric.label.type"]
     start_times = {k: p.start_time_unix_nano for k, p in sink.number_points("llm.usage.tokens").items()}
 
     # An hour later: a late point revises an hour already read, and a new hour arrived.
@@ -126,7 +129,8 @@ def test_exact_totals_revised_point_and_restart(tmp_path: Path, fake: FakeMonito
                    "aiplatform.googleapis.com/PublisherModel",
                    {"resource_container": "acme-prod", "location": "us-central1", "publisher": "google",
                     "model_user_id": "gemini-2.5-flash", "model_version_id": ""},
-                   {"type": "output", "request_type": "shared", "explicit_caching": "false", "modality": "TEXT"},
+                   {"type": "output", "request_type": "shared", "explicit_caching": "false", "modality": "TEXT",
+                    "source": "us-central1"},
                    *revised, 777)
     seed_vertex(fake, NOW, NOW + HOUR, seed=5)
     now[0] += HOUR
@@ -135,7 +139,8 @@ def test_exact_totals_revised_point_and_restart(tmp_path: Path, fake: FakeMonito
     tokens, requests = truth(fake, end - 6 * HOUR, end + HOUR)
     assert sink_tokens(sink) == tokens
     assert sink_requests(sink) == requests
-    key = ("gcp.vertex_ai", "acme-prod", "gemini-2.5-flash", "us-central1", "google", "shared", "false", "output")
+    key = ("gcp.vertex_ai", "acme-prod", "gemini-2.5-flash", "us-central1", "google", "shared", "false", "",
+           "output")
     assert receiver_counter(sink, "llm.receiver.records", llm_outcome="grown") >= 1
     second = fake.requests_of("ListTimeSeries")[0]
     assert second.interval.start_time.seconds == end - 3 * HOUR  # the cursor minus the 3h default lookback
@@ -219,7 +224,7 @@ def test_gemini_developer_api_source(tmp_path: Path, fake: FakeMonitoring, sink:
     tokens, _ = truth(fake, end - 6 * HOUR, end)
     assert sink_tokens(sink) == tokens
     gemini = {k: v for k, v in tokens.items() if k[0] == "gcp.gemini"}
-    assert {k[7] for k in gemini} == {"input", "output"} and len({k[2] for k in gemini}) == 2
+    assert {k[8] for k in gemini} == {"input", "output"} and len({k[2] for k in gemini}) == 2
     descriptors = fake.requests_of("ListMetricDescriptors")
     # Only acme-prod has Gemini API metrics; acme-research lists none (and reads no input metric).
     assert [d.name for d in descriptors] == ["projects/acme-prod", "projects/acme-research"]

@@ -63,11 +63,14 @@ def seed_vertex(fake: FakeMonitoring, start: int, end: int, *, seed: int = 1, mo
             for explicit in ("false", "true") if m.publisher == "google" else ("false",):
                 for modality in ("TEXT", "IMAGE") if explicit == "false" else ("TEXT",):
                     for token_type, scale in (("input", 4000), ("output", 600)):
-                        labels = {"type": token_type, "max_token_size": "4K", "request_type": m.request_type,
-                                  "explicit_caching": explicit, "accounting_resource": m.accounting_resource,
-                                  "modality": modality, "source": m.location}
-                        fake.add_point(m.project, TOKENS, PUBLISHER_MODEL, m.resource_labels(), labels,
-                                       minute, minute + 60, rng.randint(1, scale))
+                        # Google models also run batch prediction jobs: `source` says so with a `batch_` prefix.
+                        for source in (m.location, f"batch_{m.location}") if m.publisher == "google" else (
+                                m.location,):
+                            labels = {"type": token_type, "max_token_size": "4K", "request_type": m.request_type,
+                                      "explicit_caching": explicit, "accounting_resource": m.accounting_resource,
+                                      "modality": modality, "source": source}
+                            fake.add_point(m.project, TOKENS, PUBLISHER_MODEL, m.resource_labels(), labels,
+                                           minute, minute + 60, rng.randint(1, scale))
                 for code, method in (("200", "GenerateContent"), ("429", "StreamGenerateContent")):
                     labels = {"response_code": code, "method": method, "request_type": m.request_type,
                               "explicit_caching": explicit, "error_category": "" if code == "200" else "capacity",
@@ -92,7 +95,8 @@ def seed_gemini(fake: FakeMonitoring, project: str, start: int, end: int, *, see
                            minute, minute + 60, 1_000_000)  # a limit, never usage
 
 
-TokenKey = tuple[str, str, str, str, str, str, str, str]  # provider, project, model, region, publisher, rt, cache, type
+#: provider, project, model, region, publisher, request type, explicit caching, batch, token type
+TokenKey = tuple[str, str, str, str, str, str, str, str, str]
 
 
 def truth(fake: FakeMonitoring, start: int, end: int, width: int = HOUR
@@ -107,13 +111,14 @@ def truth(fake: FakeMonitoring, start: int, end: int, width: int = HOUR
         if not total:
             continue
         if s.metric_type == TOKENS:
+            batch = "true" if lab.get("source", "").startswith("batch_") else ""
             tokens[("gcp.vertex_ai", s.project, r["model_user_id"], r["location"], r["publisher"],
-                    lab["request_type"], lab["explicit_caching"], lab["type"])] += total
+                    lab["request_type"], lab["explicit_caching"], batch, lab["type"])] += total
         elif s.metric_type == INVOCATIONS:
             requests[("gcp.vertex_ai", s.project, r["model_user_id"], r["location"], r["publisher"],
                       lab["request_type"], lab["explicit_caching"])] += total
         elif s.metric_type == GEMINI_OUT:
-            tokens[("gcp.gemini", s.project, lab["model"], "", "", "", "", "output")] += total
+            tokens[("gcp.gemini", s.project, lab["model"], "", "", "", "", "", "output")] += total
         elif s.metric_type in (GEMINI_IN_FREE, GEMINI_IN_PAID):
-            tokens[("gcp.gemini", s.project, lab["model"], "", "", "", "", "input")] += total
+            tokens[("gcp.gemini", s.project, lab["model"], "", "", "", "", "", "input")] += total
     return dict(tokens), dict(requests)

@@ -216,11 +216,11 @@ class VertexAIProvider(Provider):
                 if "vertex" in self.sources:
                     usage += await self._read(
                         reader, project, VERTEX_PROVIDER, VERTEX_QUERIES, start, end,
-                        attributes=VERTEX_ATTRIBUTES, model_label="resource.label.model_user_id")
+                        attributes=VERTEX_ATTRIBUTES, model_label="resource.label.model_user_id", batch_flag=True)
                 if "gemini_api" in self.sources:
                     queries = gemini_queries(await self._gemini_input_types(reader, project))
                     usage += await self._read(reader, project, GEMINI_PROVIDER, queries, start, end,
-                                              attributes={}, model_label="metric.label.model")
+                                              attributes={}, model_label="metric.label.model", batch_flag=False)
         except ProviderError as exc:
             exc.provider = self.name
             raise
@@ -230,9 +230,10 @@ class VertexAIProvider(Provider):
 
     async def _read(
         self, reader: monitoring.MonitoringReader, project: str, provider: str, queries: tuple[Query, ...],
-        start: int, end: int, *, attributes: Mapping[str, str], model_label: str,
+        start: int, end: int, *, attributes: Mapping[str, str], model_label: str, batch_flag: bool,
     ) -> list[UsageRecord]:
-        builder = RecordBuilder(provider, project, self.width, attributes=attributes, model_label=model_label)
+        builder = RecordBuilder(provider, project, self.width, attributes=attributes, model_label=model_label,
+                                batch_flag=batch_flag)
         for query in queries:
             for series in await reader.series(project, query, start, end, self.width):
                 builder.add(query, series, where=f"projects/{project}", start=start)

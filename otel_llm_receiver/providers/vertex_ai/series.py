@@ -86,8 +86,13 @@ class Query:
         return [*self.group_by, "metric.label.type"] if self.split_by_type else list(self.group_by)
 
 
+#: ``token_count``'s ``source`` is the serving region or ``global``, prefixed ``batch_`` for batch prediction
+#: (billed at a discount): grouped by it so that ``llm.batch`` can say which tokens were batch. Only this metric
+#: has the label, so only its query groups by it.
+SOURCE_LABEL = "metric.label.source"
+
 VERTEX_QUERIES: tuple[Query, ...] = (
-    Query(TOKEN_COUNT, VERTEX_GROUP_BY, PUBLISHER_MODEL, split_by_type=True),
+    Query(TOKEN_COUNT, (*VERTEX_GROUP_BY, SOURCE_LABEL), PUBLISHER_MODEL, split_by_type=True),
     Query(INVOCATION_COUNT, VERTEX_GROUP_BY, PUBLISHER_MODEL, measure="requests"),
 )
 
@@ -143,6 +148,9 @@ class RecordBuilder:
     width: int
     attributes: Mapping[str, str] = field(default_factory=dict)  # label path -> attribute
     model_label: str = "resource.label.model_user_id"
+    #: Derive ``llm.batch`` = ``true`` from a ``batch_`` ``source`` (Vertex). Otherwise the attribute is absent, so
+    #: online tokens and the invocation counts (which have no ``source``) share one series.
+    batch_flag: bool = False
     unknown_types: set[str] = field(default_factory=set)
     _tokens: dict[_Key, dict[str, int]] = field(default_factory=dict)
     _requests: dict[_Key, int] = field(default_factory=dict)
@@ -156,7 +164,11 @@ class RecordBuilder:
         model = series.labels.get(self.model_label, "")
         if not model:
             raise ProviderError(f"{where}: a {query.metric_type} series has no {self.model_label}")
-        dims = tuple(sorted((attr, series.labels.get(path, "")) for path, attr in self.attributes.items()))
+        pairs = [(attr, series.labels.get(path, "")) for path, attr in self.attributes.items()]
+        if self.batch_flag:
+            source = series.labels.get(SOURCE_LABEL, "")
+            pairs.append(("llm.batch", "true" if source.startswith("batch_") else ""))  # "" is dropped
+        dims = tuple(sorted(pairs))
         token_type = query.token_type
         if query.split_by_type:
             label = series.labels.get("metric.label.type", "")
