@@ -216,13 +216,13 @@ class FakeMonitoring:
                    group_by: list[str]) -> list[Any]:
         """ALIGN_SUM into periods ending at ``end``, then REDUCE_SUM by ``group_by`` (only those labels kept)."""
         groups: dict[tuple[tuple[str, str], ...], dict[int, int]] = defaultdict(lambda: defaultdict(int))
-        metric_kind = ""
+        resource_type = ""
         for s in self.raw_series():
             if s.project != project or s.metric_type != wanted["metric"]:
                 continue
             if "resource" in wanted and s.resource_type != wanted["resource"]:
                 continue
-            metric_kind = s.resource_type
+            resource_type = s.resource_type
             labels = tuple(
                 (path, (s.resource_labels if path.startswith("resource.") else s.metric_labels).get(
                     path.rsplit(".", 1)[1], ""))
@@ -239,7 +239,7 @@ class FakeMonitoring:
         for labels, points in sorted(groups.items()):
             ts = ListTimeSeriesResponse().time_series.add()
             ts.metric.type = wanted["metric"]
-            ts.resource.type = metric_kind
+            ts.resource.type = resource_type
             ts.metric_kind = 2  # DELTA
             ts.value_type = 2  # INT64
             for path, value in labels:
