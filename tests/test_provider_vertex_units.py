@@ -103,15 +103,18 @@ def test_every_grpc_status_is_mapped() -> None:
         error = classify(cls("boom"), operation="ListTimeSeries", project="acme-prod")
         assert error.error_type == EXPECTED[name], name
         assert error.error_type in ERROR_TYPES and "projects/acme-prod" in str(error)
-    denied = classify(gexc.PermissionDenied("x"), operation="ListTimeSeries", project="acme-prod")
+    denied = classify(gexc.PermissionDenied("x"), operation="ListTimeSeries",  # type: ignore[no-untyped-call]
+                      project="acme-prod")
     assert "monitoring.timeSeries.list" in str(denied) and "roles/monitoring.viewer" in str(denied)
-    assert classify(auth_exceptions.RefreshError("expired"), operation="o", project="p").error_type == "auth"
+    expired = auth_exceptions.RefreshError("expired")  # type: ignore[no-untyped-call]
+    assert classify(expired, operation="o", project="p").error_type == "auth"
 
 
 def test_bigquery_style_quota_403_is_rate_limited() -> None:
-    quota = gexc.Forbidden("Quota exceeded", errors=[{"reason": "quotaExceeded", "message": "Quota exceeded"}])
+    quota = gexc.Forbidden(  # type: ignore[no-untyped-call]
+        "Quota exceeded", errors=[{"reason": "quotaExceeded", "message": "Quota exceeded"}])
     assert classify(quota, operation="jobs.query", project="p").error_type == "rate_limited"
-    denied = gexc.Forbidden("Access Denied", errors=[{"reason": "accessDenied"}])
+    denied = gexc.Forbidden("Access Denied", errors=[{"reason": "accessDenied"}])  # type: ignore[no-untyped-call]
     error = classify(denied, operation="jobs.query", project="p", permission="bigquery.jobs.create")
     assert error.error_type == "auth" and "bigquery.jobs.create" in str(error)
 
