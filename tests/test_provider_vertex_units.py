@@ -220,3 +220,18 @@ def test_the_example_config_builds_both_instances() -> None:
     assert isinstance(usage, VertexAIProvider) and isinstance(cost, VertexAIProvider)
     assert usage.sources == ("vertex",) and usage.billing is None
     assert cost.sources == () and cost.billing is not None and cost.billing.interval == 6 * HOUR
+
+
+def test_a_missing_extra_is_one_config_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def without_google(name: str, *args: Any) -> Any:
+        return None if name.startswith("google.cloud.") else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_google)
+    with pytest.raises(ProviderError) as info:
+        provider(billing_export={"table": "acme-billing.billing.gcp_billing_export_v1_X"})
+    assert info.value.error_type == "config"
+    assert "otel-llm-receiver[vertex]" in str(info.value) and "otel-llm-receiver[vertex-billing]" in str(info.value)
