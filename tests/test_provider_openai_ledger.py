@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
-
 from typing import Any
 
 from otel_llm_receiver.builder import MetricsBuilder, make_resource

@@ -21,6 +21,7 @@ PROVIDER_TYPES: dict[str, str] = {
     "azure_openai": "otel_llm_receiver.providers.azure_openai:AzureOpenAIProvider",
     "bedrock": "otel_llm_receiver.providers.bedrock:BedrockProvider",
     "openai": "otel_llm_receiver.providers.openai:OpenAIProvider",
+    "vertex_ai": "otel_llm_receiver.providers.vertex_ai:VertexAIProvider",
 }
 
 

@@ -1,0 +1,263 @@
+"""The ``vertex_ai`` provider: Vertex AI (Gemini and partner models) and Gemini Developer API token usage.
+
+Neither has a usage API: both report token counts as Cloud Monitoring DELTA metrics per project. Each poll
+reads, for every configured project and source, the aligned ``[start, end)`` window where both ends sit on a
+``bucket_width`` boundary (the in-progress bucket is read once it has ended), so a point always covers exactly
+one bucket and re-reading the window reports the same buckets again (the ledger counts only growth).
+
+Sources (``sources:``): ``vertex`` (default) reads ``publisher/online_serving/token_count`` and
+``model_invocation_count`` on ``aiplatform.googleapis.com/PublisherModel``, as ``gen_ai.provider.name``
+``gcp.vertex_ai``; ``gemini_api`` reads the Gemini Developer API's project-level token metrics as ``gcp.gemini``.
+Money exists only in the Cloud Billing export: ``billing_export`` (``billing.py``) reads it on its own interval,
+and a failed cost query never costs the usage. Project names come from Resource Manager (``names.py``).
+See docs/providers/vertex_ai.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from ...config import Option, ProviderConfig
+from ...errors import ProviderError
+from ...model import CostRecord, PollResult, UsageRecord, Window
+from ..base import DAY, HOUR, Provider
+from ..http import HTTP_OPTIONS
+from . import billing, monitoring, names
+from .series import (
+    GEMINI_INPUT_QUOTA,
+    GEMINI_PROVIDER,
+    GEMINI_QUOTA_PREFIX,
+    VERTEX_ATTRIBUTES,
+    VERTEX_PROVIDER,
+    VERTEX_QUERIES,
+    Query,
+    RecordBuilder,
+    gemini_queries,
+)
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("vertex", "gemini_api")
+#: How long the list of Gemini input-token quota metrics of a project is trusted before it is listed again.
+DESCRIPTOR_TTL = 6 * HOUR
+
+
+class VertexAIProvider(Provider):
+    """Token usage of Vertex AI publisher models (and, opt-in, the Gemini Developer API) per GCP project."""
+
+    TYPE: ClassVar[str] = "vertex_ai"
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        "projects": Option("list[str]", required=True, description="GCP project ids to read (the tenancies)."),
+        "sources": Option(
+            "list[str]", default=("vertex",), choices=SOURCES,
+            description="What to read: `vertex` (Vertex AI publisher models), `gemini_api` (Gemini Developer "
+                        "API, per project).",
+        ),
+        "bucket_width": Option("duration", default="1h", description="Alignment period of the buckets (1m .. 1d)."),
+        "credentials_file": Option(
+            "secret", default=None,
+            description="Service-account or other Google credentials JSON (a path, or the JSON via ${file:...}); "
+                        "default: Application Default Credentials.",
+        ),
+        "billing_export": Option(
+            "map[str,str]", default=None,
+            description="Reported cost from the Cloud Billing export: `table` (project.dataset.table), optional "
+                        "`project` (runs the query), `interval` (6h), `lookback` (3d), `location`.",
+        ),
+        "project_names": Option(
+            "bool", default=True,
+            description="Look project display names up in Resource Manager (resourcemanager.projects.get).",
+        ),
+        "resource_manager_endpoint": Option(
+            "str", default=None,
+            description="Resource Manager base URL (default https://cloudresourcemanager.googleapis.com).",
+        ),
+        **HTTP_OPTIONS,
+    }
+    DEFAULT_LOOKBACK: ClassVar[float] = 3 * HOUR  # Monitoring points arrive minutes late
+    MAX_BACKFILL: ClassVar[float | None] = 6 * 7 * DAY  # DELTA metric data are kept six weeks
+    #: Billing export days are re-read up to 31 days back: their rows must outlive that, or a re-read would
+    #: count a pruned day again.
+    REVISION_HORIZON: ClassVar[float] = billing.MAX_LOOKBACK + DAY
+
+    def __init__(self, config: ProviderConfig) -> None:
+        super().__init__(config)
+        opts = config.options
+        self.projects: tuple[str, ...] = tuple(opts.get("projects") or ())
+        sources = opts.get("sources")
+        self.sources: tuple[str, ...] = ("vertex",) if sources is None else tuple(sources)
+        self.width = int(opts.get("bucket_width") or HOUR)
+        self.credentials_file: str | None = opts.get("credentials_file")
+        self.max_retries = int(opts.get("max_retries", 4))
+        self.retry_initial_interval = float(opts.get("retry_initial_interval") or 1.0)
+        problems = []
+        if not self.projects:
+            problems.append("projects must name at least one GCP project id")
+        if self.width < 60 or DAY % self.width:
+            problems.append(f"bucket_width must divide a day and be at least 1m, not {self.width}s")
+        try:
+            self.plaintext = monitoring.plaintext_target(config.endpoint) is not None
+        except ValueError as exc:
+            problems.append(str(exc))
+        else:
+            if self.plaintext and self.credentials_file:
+                problems.append("credentials_file cannot be used with a plaintext (http://) endpoint")
+        try:
+            monitoring.plaintext_target(opts.get("resource_manager_endpoint"))
+        except ValueError as exc:
+            problems.append(f"resource_manager_endpoint: {exc}")
+        self.billing: billing.BillingExport | None = None
+        if opts.get("billing_export"):
+            try:
+                self.billing = billing.BillingExport.parse(opts["billing_export"])
+            except ValueError as exc:
+                problems.append(str(exc))
+            if importlib.util.find_spec("google.cloud.bigquery") is None:
+                problems.append(
+                    "billing_export needs google-cloud-bigquery: pip install 'otel-llm-receiver[vertex-billing]'")
+        elif not self.sources:
+            problems.append("sources is empty and no billing_export is configured: nothing to read")
+        if self.sources and importlib.util.find_spec("google.cloud.monitoring_v3") is None:
+            problems.append("needs google-cloud-monitoring: pip install 'otel-llm-receiver[vertex]'")
+        if problems:
+            raise ProviderError(f"{self.name}: " + "; ".join(problems), provider=self.name, error_type="config")
+        self._gemini_inputs: dict[str, tuple[float, tuple[str, ...]]] = {}  # project -> (listed at, types)
+        self._warned_types: set[str] = set()
+        self._billing_last_run: int | None = None  # window end of the last successful cost query
+        self._billing_failed_at: int | None = None
+        self._credentials: dict[tuple[str, ...], Any] = {}  # by scopes, loaded once (tokens are refreshed)
+        self._names: names.ProjectNames | None = None
+        # Against a loopback emulator there is no Resource Manager: names only from one given explicitly.
+        emulated = self.plaintext or (
+            self.billing is not None and monitoring.plaintext_target(self.billing.endpoint) is not None)
+        if opts.get("project_names", True) and (opts.get("resource_manager_endpoint") or not emulated):
+            self._names = names.ProjectNames(
+                endpoint=opts.get("resource_manager_endpoint"), credentials=self._credentials_for(names.SCOPES),
+                timeout=config.timeout, requests=self.api_requests, instance=self.name,
+            )
+
+    def _credentials_for(self, scopes: tuple[str, ...]) -> Any:
+        """A loader of this instance's credentials for ``scopes``, loading them on first use only."""
+        def load() -> Any:
+            if scopes not in self._credentials:
+                self._credentials[scopes] = monitoring.load_credentials(self.credentials_file, scopes)
+            return self._credentials[scopes]
+        return load
+
+    def restore(self, cursors: Mapping[str, str]) -> None:
+        """When the cost query last ran (saved with the poll that ran it), so a restart does not rerun it early."""
+        value = cursors.get(billing.CURSOR)
+        if value is not None and value.isdigit():
+            self._billing_last_run = int(value)
+
+    async def fetch(self, window: Window) -> PollResult:
+        result = await self._usage(window) if self.sources else PollResult(complete_until=window.end)
+        found = await self._names.resolve(self.projects) if self._names is not None else {}
+        if self.billing is None or not self._billing_due(window.end):
+            return PollResult(usage=result.usage, names=found, complete_until=result.complete_until)
+        billed: dict[tuple[str, str], str] = {}
+        try:
+            costs = await self._costs(self.billing, window, billed)
+        except ProviderError as exc:
+            exc.provider = self.name
+            if not self.sources:
+                raise  # a cost-only instance: its failure is the poll's
+            self._billing_failed_at = window.end
+            log.warning("%s: billing export query failed (%s), usage kept; next try in %s: %s", self.name,
+                        exc.error_type, "1h" if self.billing.interval > HOUR else "one interval", exc)
+            return PollResult(usage=result.usage, names=found, complete_until=result.complete_until)
+        self._billing_last_run, self._billing_failed_at = window.end, None
+        return PollResult(
+            usage=result.usage, costs=costs, names={**billed, **found}, complete_until=result.complete_until,
+            cursors={billing.CURSOR: str(window.end)},
+        )
+
+    async def aclose(self) -> None:
+        if self._names is not None:
+            self._names.close()
+
+    def _billing_due(self, now: int) -> bool:
+        assert self.billing is not None
+        if self._billing_failed_at is not None:
+            return now - self._billing_failed_at >= min(self.billing.interval, HOUR)
+        return self._billing_last_run is None or now - self._billing_last_run >= self.billing.interval
+
+    async def _costs(self, settings: billing.BillingExport, window: Window,
+                     names: dict[tuple[str, str], str]) -> list[CostRecord]:
+        """Whole UTC days from ``lookback`` (or the window start, if earlier) through today."""
+        first = min(window.start, window.end - int(settings.lookback))
+        start = first - first % DAY
+        end = window.end - window.end % DAY + DAY
+        reader = billing.BillingReader(
+            settings, credentials=self._credentials_for(billing.SCOPES), timeout=self.config.timeout,
+            requests=self.api_requests, max_retries=self.max_retries,
+            retry_initial_interval=self.retry_initial_interval, max_retry_wait=self.config.collection_interval,
+        )
+        return await reader.costs(start, end, self.projects, gemini="gemini_api" in self.sources,
+                                  tenant_names=names)
+
+    async def _usage(self, window: Window) -> PollResult:
+        start = window.start - window.start % self.width
+        end = window.end - window.end % self.width
+        if end <= start:
+            return PollResult(complete_until=start)
+        client = monitoring.make_client(self.config.endpoint, self._credentials_for(monitoring.SCOPES))
+        reader = monitoring.MonitoringReader(
+            client, timeout=self.config.timeout, requests=self.api_requests, max_retries=self.max_retries,
+            retry_initial_interval=self.retry_initial_interval, max_retry_wait=self.config.collection_interval,
+        )
+        usage: list[UsageRecord] = []
+        try:
+            for project in self.projects:
+                if "vertex" in self.sources:
+                    usage += await self._read(
+                        reader, project, VERTEX_PROVIDER, VERTEX_QUERIES, start, end,
+                        attributes=VERTEX_ATTRIBUTES, model_label="resource.label.model_user_id", batch_flag=True)
+                if "gemini_api" in self.sources:
+                    queries = gemini_queries(await self._gemini_input_types(reader, project))
+                    usage += await self._read(reader, project, GEMINI_PROVIDER, queries, start, end,
+                                              attributes={}, model_label="metric.label.model", batch_flag=False)
+        except ProviderError as exc:
+            exc.provider = self.name
+            raise
+        finally:
+            await _close(client)
+        return PollResult(usage=usage, complete_until=end)
+
+    async def _read(
+        self, reader: monitoring.MonitoringReader, project: str, provider: str, queries: tuple[Query, ...],
+        start: int, end: int, *, attributes: Mapping[str, str], model_label: str, batch_flag: bool,
+    ) -> list[UsageRecord]:
+        builder = RecordBuilder(provider, project, self.width, attributes=attributes, model_label=model_label,
+                                batch_flag=batch_flag)
+        for query in queries:
+            for series in await reader.series(project, query, start, end, self.width):
+                builder.add(query, series, where=f"projects/{project}", start=start)
+        for label in sorted(builder.unknown_types - self._warned_types):
+            self._warned_types.add(label)
+            log.warning("%s: token_count type %r is not a known token type; its tokens are not counted",
+                        self.name, label)
+        return builder.records()
+
+    async def _gemini_input_types(self, reader: monitoring.MonitoringReader, project: str) -> tuple[str, ...]:
+        """The project's Gemini input-token quota usage metrics (one per quota tier), listed at most every 6h."""
+        now = time.monotonic()
+        cached = self._gemini_inputs.get(project)
+        if cached is not None and now - cached[0] < DESCRIPTOR_TTL:
+            return cached[1]
+        types = tuple(sorted(t for t in await reader.metric_types(project, GEMINI_QUOTA_PREFIX)
+                             if GEMINI_INPUT_QUOTA.fullmatch(t)))
+        self._gemini_inputs[project] = (now, types)
+        return types
+
+
+async def _close(client: Any) -> None:
+    """Close the poll's channel; a failure to close must not hide the poll's own result."""
+    try:
+        await client.transport.close()
+    except Exception as exc:
+        log.debug("closing the Monitoring channel failed: %s", exc)
