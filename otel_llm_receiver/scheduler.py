@@ -144,6 +144,8 @@ class Receiver:
             raise
         except Exception as exc:
             self._count_requests(name, provider)
+            # Whatever cursors the provider moved in memory were not committed: hand the saved ones back.
+            self._restored.discard(name)
             error_type, message, retry_after = _classify(exc)
             message = redact(message)  # kept for /health: never hold a secret where it can be shown
             elapsed = time.monotonic() - t0

@@ -56,6 +56,7 @@ class DailyCostProvider(Provider):
 
     TYPE: ClassVar[str] = "dailycost"
     restored: ClassVar[list[dict[str, str]]] = []
+    break_next_apply: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -63,8 +64,7 @@ class DailyCostProvider(Provider):
 
     def restore(self, cursors: Any) -> None:
         DailyCostProvider.restored.append(dict(cursors))
-        if "cost" in cursors:
-            self.cost_until = int(cursors["cost"])
+        self.cost_until = int(cursors["cost"]) if "cost" in cursors else None
 
     async def fetch(self, window: Window) -> PollResult:
         self.api_requests["usage"] += 1
@@ -73,6 +73,9 @@ class DailyCostProvider(Provider):
             return PollResult(usage=usage)  # cost is not due: the cursor says so, even after a restart
         self.api_requests["cost"] += 2  # two pages
         self.cost_until = window.end
+        if DailyCostProvider.break_next_apply:  # a record the ledger refuses: the whole poll is rolled back
+            DailyCostProvider.break_next_apply = False
+            usage = [UsageRecord("test", "m", "chat", "t", 0, 3600, measures={"no.such.metric": 1})]
         return PollResult(usage=usage, costs=[CostRecord("test", "t", 0, 86400, Decimal("1.5"))],
                           cursors={"cost": str(window.end)})
 
@@ -283,3 +286,20 @@ def test_source_cursors_survive_a_restart_and_api_requests_are_counted(tmp_path:
     with Ledger(config.storage.path, readonly=True) as reader:
         costs = [s.total for s in reader.snapshot().series if s.metric == "llm.usage.cost"]
     assert costs == [1_500_000_000]
+
+
+def test_a_failed_poll_hands_the_saved_cursors_back(tmp_path: Path) -> None:
+    """The provider moved its cost cursor in memory, but the poll was rolled back: the cost must be re-read."""
+    DailyCostProvider.restored.clear()
+    DailyCostProvider.break_next_apply = True
+    with OTLPSink() as sink:
+        receiver = Receiver(make_config(tmp_path, sink, {"dailycost/x": {}}))
+        try:
+            assert not asyncio.run(receiver.poll("dailycost/x")).ok
+            assert asyncio.run(receiver.poll("dailycost/x")).ok
+        finally:
+            asyncio.run(receiver.aclose())
+    assert DailyCostProvider.restored == [{}, {}]  # restored again after the failure
+    with Ledger(tmp_path / "ledger.db", readonly=True) as reader:
+        costs = [s.total for s in reader.snapshot().series if s.metric == "llm.usage.cost"]
+    assert costs == [1_500_000_000]  # fetched again and committed once

@@ -13,7 +13,8 @@ and the ledger, so adding a provider is filling in this form:
 
 Optional: a provider with sources of their own rhythm (a daily cost API polled every 6 h beside hourly usage)
 keeps their cursors in ``PollResult.cursors``, saved in the poll's transaction, and gets them back through
-``restore(cursors)`` once before its first poll, so a restart neither loses nor repeats that work. Every API
+``restore(cursors)`` before its first poll and after any failed one, so a restart or a rolled-back poll
+neither loses nor repeats that work. Every API
 request it makes is counted in ``api_requests`` by operation (``llm.receiver.provider_requests``): some APIs
 bill per request, and users should see what polling costs.
 
@@ -53,7 +54,11 @@ class Provider(ABC):
         self.api_requests: Counter[str] = Counter()
 
     def restore(self, cursors: Mapping[str, str]) -> None:
-        """The cursors this instance saved (``PollResult.cursors``, plus ``poll``), once before the first poll."""
+        """The cursors this instance saved (``PollResult.cursors``, plus ``poll``), before the first poll.
+
+        Called again after a failed poll, whose cursors were rolled back with its data: set every cursor from
+        ``cursors`` and reset those absent to their initial state, so nothing uncommitted survives in memory.
+        """
         return None
 
     @property

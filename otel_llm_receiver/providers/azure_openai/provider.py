@@ -146,6 +146,7 @@ class AzureOpenAIProvider(Provider):
     def restore(self, cursors: Mapping[str, str]) -> None:
         """The cost cursor of the last process: spend is not queried again before ``cost_interval`` has passed."""
         value = cursors.get(COST_CURSOR)
+        self._cost_polled_at = None  # also called after a failed poll: what was not committed never happened
         if value is not None:
             try:
                 self._cost_polled_at = int(value)

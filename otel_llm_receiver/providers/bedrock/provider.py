@@ -127,6 +127,8 @@ class BedrockProvider(Provider):
 
     # -- cursors --------------------------------------------------------------------------------------------
     def restore(self, cursors: Mapping[str, str]) -> None:
+        # Also called after a failed poll: a cursor that was not committed must not survive in memory.
+        self._cost_checked = self._cost_final_until = None
         for key in (COST_CHECKED, COST_FINAL_UNTIL):
             raw = cursors.get(key)
             if raw is None:

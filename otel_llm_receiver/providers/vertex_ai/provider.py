@@ -151,6 +151,7 @@ class VertexAIProvider(Provider):
     def restore(self, cursors: Mapping[str, str]) -> None:
         """When the cost query last ran (saved with the poll that ran it), so a restart does not rerun it early."""
         value = cursors.get(billing.CURSOR)
+        self._billing_last_run = None  # also called after a failed poll: only what was committed counts
         if value is not None and value.isdigit():
             self._billing_last_run = int(value)
 
