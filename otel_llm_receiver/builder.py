@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Literal
@@ -30,7 +30,7 @@ from opentelemetry.sdk.resources import Resource
 
 from . import __version__
 from .catalog import CATALOG, MetricDef
-from .ledger import MEASURE_OF_METRIC, METRIC_COST, ExportRows
+from .ledger import MEASURE_OF_METRIC, METRIC_COST, METRIC_COST_ESTIMATED, ExportRows
 from .model import NANOS_PER_UNIT
 from .selfhealth import SelfHealthReading
 
@@ -175,8 +175,11 @@ class MetricsBuilder:
         """The highest ledger series id already described to the builder (for ``Ledger.export_rows``)."""
         return self._max_id
 
-    def build(self, rows: ExportRows, health: SelfHealthReading | None, now_ns: int) -> Export:
-        """Every series' current total and the self-health metrics, as ready-to-send OTLP requests."""
+    def build(
+        self, rows: ExportRows, health: SelfHealthReading | None, now_ns: int, gauges: Sequence[pb.Metric] = ()
+    ) -> Export:
+        """Every series' current total, the self-health metrics and ``gauges`` (the money signals, already
+        encoded by ``signals.py``), as ready-to-send OTLP requests."""
         names = rows.names
         strings = self._strings
         for sid, instance, metric, attrs in rows.new_series:
@@ -228,6 +231,7 @@ class MetricsBuilder:
         if adjustments:
             sums["llm.usage.adjustments"] = adjustments
         extra = self._self_health(health, now_ns) if health is not None else []
+        extra += [g for g in gauges if self.is_enabled(g.name)]
         return Export(self._batches(sums, extra, now_ns))
 
     # -- attributes, encoded once -----------------------------------------------------------------------
@@ -376,7 +380,7 @@ class MetricsBuilder:
 
 def _value_kind(metric: str) -> ValueKind:
     """Ledger totals are integers; money is kept in nano-units and sent as a double of whole units."""
-    if metric == METRIC_COST:
+    if metric in (METRIC_COST, METRIC_COST_ESTIMATED):
         return "money"
     return "double" if CATALOG.metrics[metric].value_type == "double" else "int"
 

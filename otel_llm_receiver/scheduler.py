@@ -24,6 +24,7 @@ from .errors import LedgerError, ProviderError, ReceiverError
 from .ledger import ApplyStats, Ledger
 from .logs import redact
 from .model import PollResult, Window
+from .pricing import PriceBook
 from .providers import create_provider
 from .providers.base import DAY, Provider
 from .retry import backoff_delay
@@ -78,6 +79,9 @@ class Receiver:
         self.config = config
         self.clock = clock
         self.ledger = Ledger(config.storage.path)
+        # Estimated cost is priced inside each apply; a changed catalog re-schedules every series once here.
+        self.prices = PriceBook(config.pricing.entries, use_genai_prices=config.pricing.genai_prices)
+        self.ledger.set_pricer(self.prices)
         self.health = SelfHealth(clock=clock)
         self.provider_configs = [p for p in config.providers if p.enabled]
         for p in self.provider_configs:
