@@ -29,6 +29,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ResourcePb
 from opentelemetry.sdk.resources import Resource
 
 from . import __version__
+from .attribution import COST_CENTER, TEAM, Attributor
 from .catalog import CATALOG, MetricDef
 from .ledger import MEASURE_OF_METRIC, METRIC_COST, METRIC_COST_ESTIMATED, ExportRows
 from .model import NANOS_PER_UNIT
@@ -159,6 +160,7 @@ class MetricsBuilder:
     resource: Resource
     labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # instance -> static labels
     enabled: Mapping[str, bool] = field(default_factory=dict)  # metric -> enabled (default: the catalog's)
+    attributor: Attributor = field(default_factory=lambda: Attributor(()))  # llm.team on usage and cost series
     max_points_per_request: int = MAX_POINTS_PER_REQUEST
     _views: dict[int, _View] = field(default_factory=dict)
     _max_id: int = 0
@@ -242,7 +244,8 @@ class MetricsBuilder:
                 view.tenancy_name = tenancy_name
                 return
             attributes = _decode_attributes(view.group.head)
-            attributes.pop("llm.tenancy.name", None)
+            for derived in ("llm.tenancy.name", TEAM, COST_CENTER):
+                attributes.pop(derived, None)
         else:
             attributes = {**self.labels.get(view.instance, {}), **raw}
         view.tenancy_name = tenancy_name
@@ -252,6 +255,8 @@ class MetricsBuilder:
             return
         if tenancy_name:
             attributes["llm.tenancy.name"] = tenancy_name
+        if view.metric.startswith("llm.usage."):  # every usage and cost series is attributed to a team
+            attributes.update(self.attributor.attributes(attributes, tenancy_name, self.labels.get(view.instance)))
         view.group = self._group(view.metric, attributes, _value_kind(view.metric))
 
     def _adjustment_group(self, view: _View) -> _Group:

@@ -396,6 +396,20 @@ SELECT s.instance, s.metric, s.attrs, sum(r.value)
 FROM series AS s JOIN rollups AS r ON r.series_id = s.id
 WHERE r.hour_start >= ? AND r.hour_start < ? AND s.metric IN ({metrics})
 GROUP BY s.id"""
+SQL_ROLLUP_SERIES = """
+SELECT s.id, s.instance, s.metric, s.attrs, s.bucket_width,
+       (SELECT min(hour_start) FROM rollups WHERE series_id = s.id),
+       (SELECT max(hour_start) FROM rollups WHERE series_id = s.id)
+FROM series AS s WHERE s.metric IN ({metrics})"""
+SQL_ROLLUP_WINDOW_SUMS = """
+SELECT r.series_id, {sums}
+FROM rollups AS r
+WHERE r.hour_start >= ? AND r.hour_start < ?
+  AND r.series_id IN (SELECT id FROM series WHERE metric IN ({metrics}))
+GROUP BY r.series_id"""
+SQL_ROLLUP_VALUES_AT = """
+SELECT r.series_id, r.hour_start, r.value FROM rollups AS r
+WHERE r.hour_start IN ({hours}) AND r.series_id IN (SELECT id FROM series WHERE metric IN ({metrics}))"""
 SQL_ROLLUP_HOURS = """
 SELECT s.instance, s.metric, s.attrs, r.hour_start, r.value
 FROM series AS s JOIN rollups AS r ON r.series_id = s.id
@@ -862,6 +876,45 @@ class Ledger:
                 a = parsed[attrs] = json.loads(attrs)
             out.append((instance, metric, a, int(hour), int(value)))
         return out
+
+    def rollup_series(self, metrics: Sequence[str]) -> dict[int, tuple[str, str, dict[str, str], int, int, int]]:
+        """Series of ``metrics`` that have rollups: id -> (instance, metric, attrs, bucket width, first hour,
+        last hour). The first and last hours come from the rollups' primary key (one index probe each)."""
+        sql = SQL_ROLLUP_SERIES.format(metrics=",".join("?" * len(metrics)))
+        return {
+            int(sid): (instance, metric, json.loads(attrs), int(width or 0), int(first), int(last))
+            for sid, instance, metric, attrs, width, first, last in self._conn.execute(sql, tuple(metrics))
+            if first is not None
+        }
+
+    def rollup_window_sums(
+        self, windows: Sequence[tuple[int, int]], metrics: Sequence[str]
+    ) -> dict[int, list[int]]:
+        """Per series id of ``metrics``: the sum of its hourly rollups in each ``[start, end)`` window.
+
+        One pass over the rollups between the earliest start and the latest end, whatever the number of
+        windows (budgets ask for several per budget): the budget, burn-rate and coverage gauges all read it.
+        """
+        if not windows or not metrics:
+            return {}
+        sums = ", ".join(
+            f"sum(CASE WHEN r.hour_start >= {int(a)} AND r.hour_start < {int(b)} THEN r.value ELSE 0 END)"
+            for a, b in windows
+        )
+        sql = SQL_ROLLUP_WINDOW_SUMS.format(sums=sums, metrics=",".join("?" * len(metrics)))
+        lo, hi = min(a for a, _ in windows), max(b for _, b in windows)
+        return {int(row[0]): [int(v) for v in row[1:]] for row in self._conn.execute(sql, (lo, hi, *metrics))}
+
+    def names(self) -> dict[tuple[str, str, str], str]:
+        """Every resolved name: (instance, kind, id) -> name."""
+        return {(i, k, d): n for i, k, d, n in self._conn.execute(SQL_NAMES)}
+
+    def rollup_values_at(self, hours: Sequence[int], metrics: Sequence[str]) -> list[tuple[int, int, int]]:
+        """(series id, hour, value) of the rollups of ``metrics`` at exactly these hours."""
+        if not hours or not metrics:
+            return []
+        sql = SQL_ROLLUP_VALUES_AT.format(hours=",".join("?" * len(hours)), metrics=",".join("?" * len(metrics)))
+        return [(int(a), int(b), int(c)) for a, b, c in self._conn.execute(sql, (*hours, *metrics))]
 
     def rollup_range(self) -> tuple[int, int] | None:
         """The first and last hour with a rollup, or None when there are none."""

@@ -475,29 +475,31 @@ class PriceBook:
             )
 
     def token_prices(
-        self, series: Iterable[Mapping[str, str]], at: int
+        self, series: Iterable[Mapping[str, str]], at: int, attributes: frozenset[str] = frozenset()
     ) -> list[tuple[dict[str, str], Decimal]]:
         """Current USD per-token prices for the token series seen: the ``llm.pricing.token_price`` gauges.
 
-        One gauge per distinct (provider, model, token type and pricing attributes), so PromQL can join token
-        rates with prices on the same labels.
+        One gauge per distinct set of ``attributes`` (provider, model, token type, and the pricing attributes
+        the catalog declares for the gauge), priced from those attributes alone, so PromQL can join token rates
+        with prices on the same labels.
         """
+        keep = attributes or PRICE_GAUGE_ATTRIBUTES
         out: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], Decimal]] = {}
         for attrs in series:
-            key_attrs = {k: v for k, v in attrs.items() if k in PRICE_GAUGE_ATTRIBUTES}
+            key_attrs = {k: v for k, v in attrs.items() if k in keep}
             key = tuple(sorted(key_attrs.items()))
             if key in out:
                 continue
             price = self.price(
-                attrs.get("gen_ai.provider.name", ""), attrs.get("gen_ai.request.model", ""),
-                attrs.get("gen_ai.token.type", ""), attrs, at,
+                key_attrs.get("gen_ai.provider.name", ""), key_attrs.get("gen_ai.request.model", ""),
+                key_attrs.get("gen_ai.token.type", ""), key_attrs, at,
             )
             if price is not None:
                 out[key] = (key_attrs, price.usd)
         return list(out.values())
 
 
-#: Attributes of ``llm.pricing.token_price``: what selects a price, no tenancy (prices are the same for all).
+#: What selects a price (the gauge's attributes when the catalog does not say): no tenancy.
 PRICE_GAUGE_ATTRIBUTES = frozenset({
     "gen_ai.provider.name", "gen_ai.request.model", "gen_ai.token.type", "llm.batch", "llm.service_tier",
     "llm.cache.ttl", "llm.context_window",
