@@ -32,11 +32,14 @@ EPSILON = 1e-9
 
 
 def baseline_hours(hour: int, first_hour: int) -> list[int]:
-    """The past hours to compare ``hour`` with, given that history starts at ``first_hour``."""
-    weeks = [hour - k * WEEK for k in range(1, WEEKS + 1) if hour - k * WEEK >= first_hour]
+    """The past hours to compare ``hour`` with, given that the series' first rollup is at ``first_hour``.
+
+    That first hour is left out: a series (or a backfill) usually starts part-way through it.
+    """
+    weeks = [hour - k * WEEK for k in range(1, WEEKS + 1) if hour - k * WEEK > first_hour]
     if len(weeks) >= MIN_WEEKS:
         return weeks
-    days = [hour - k * DAY for k in range(1, DAYS + 1) if hour - k * DAY >= first_hour]
+    days = [hour - k * DAY for k in range(1, DAYS + 1) if hour - k * DAY > first_hour]
     return days if len(days) >= MIN_DAYS else []
 
 

@@ -31,7 +31,8 @@ log = logging.getLogger("otel_llm_receiver.cli")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
-#: The configuration ``demo`` runs: the demo provider with a 7-day backfill, OTLP to a local Collector.
+#: The configuration ``demo`` runs: the demo provider with a 14-day backfill (a week of anomaly baseline before the
+#: demo week), two budgets and attribution rules, OTLP to a local Collector.
 DEMO_CONFIG = """\
 collection_interval: 10s
 export_interval: 10s
@@ -46,8 +47,22 @@ exporters:
       insecure: true
 providers:
   demo:
-    backfill: 168h
+    backfill: 336h
     seed: 42
+budgets:
+  - name: demo-monthly
+    amount: 20000
+    period: month
+    source: best
+  - name: research-daily
+    amount: 150
+    period: day
+    source: estimated
+    match: {team: research}
+attribution:
+  rules:
+    - {tenancy: Search, team: search, cost_center: CC-100}
+    - {tenancy: Research, team: research, cost_center: CC-200}
 """
 
 
@@ -206,8 +221,9 @@ def _print_summary(receiver: Receiver) -> None:
     from .ledger import Ledger
     from .summary import render_summary
 
+    now = int(time.time())
     with Ledger(receiver.config.storage.path, readonly=True) as reader:
-        table = render_summary(reader, int(time.time()))
+        table = render_summary(reader, now, receiver.signals.read(reader, now, peak_days=7))
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     health = receiver.health.statuses()
     status = ", ".join(
@@ -268,7 +284,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     exporter_cfg = config.exporters[0]
     host, _, port = exporter_cfg.endpoint.removeprefix("http://").rpartition(":")
     probing = ProbingExporter(build_exporter(exporter_cfg), host or "localhost", int(port))
-    print(f"otel-llm-receiver demo: 7-day synthetic backfill into {config.storage.path}, "
+    print(f"otel-llm-receiver demo: 14-day synthetic backfill into {config.storage.path}, "
           f"OTLP to {exporter_cfg.endpoint} when a Collector listens there. Ctrl-C stops.", flush=True)
     return _serve(config, duration=duration, exporters=[(exporter_cfg, probing)],
                   summary_every=refresh, health_required=False)

@@ -83,6 +83,7 @@ class SignalsReading:
     reconciliation: list[Reconciliation] = field(default_factory=list)
     token_prices: list[tuple[dict[str, str], Decimal]] = field(default_factory=list)
     hour: int = 0  # the hour the anomaly scores are about
+    peak: Anomaly | None = None  # the highest score of the last week (with ``peak_days``)
 
 
 @dataclass(slots=True)
@@ -125,6 +126,7 @@ class Signals:
         self.attributor = attributor or Attributor(())
         self.prices = prices
         self.labels = labels or {}
+        self._scores: dict[int, list[Anomaly]] = {}
 
     # -- reading -----------------------------------------------------------------------------------------
     def _series(self, ledger: Ledger, metrics: Sequence[str]) -> list[_Series]:
@@ -139,7 +141,9 @@ class Signals:
             out.append(_Series(sid, instance, metric, attrs, width, first, last, name, team))
         return out
 
-    def read(self, ledger: Ledger, now: int, *, anomaly_hour: int | None = None) -> SignalsReading:
+    def read(
+        self, ledger: Ledger, now: int, *, anomaly_hour: int | None = None, peak_days: int = 0
+    ) -> SignalsReading:
         money = self._series(ledger, MONEY_METRICS)
         hour_end = (now - SETTLE) // HOUR * HOUR  # end of the newest complete hour
         reported_until = self._reported_until(money, now)
@@ -207,9 +211,13 @@ class Signals:
             seen = ledger.rollup_series([METRIC_TOKENS]).values()
             declared = frozenset(CATALOG.metrics["llm.pricing.token_price"].attributes)
             token_prices = self.prices.token_prices((attrs for _, _, attrs, _, _, _ in seen), now, declared)
+        peak = None
+        if peak_days:
+            week = self.anomalies_between(ledger, hour - peak_days * DAY + HOUR, hour + HOUR)
+            peak = max(week, key=lambda a: a.score, default=None)
         return SignalsReading(
             now=now, budgets=statuses, anomalies=self.anomalies(ledger, hour), coverage=coverage,
-            reconciliation=recon, token_prices=token_prices, hour=hour,
+            reconciliation=recon, token_prices=token_prices, hour=hour, peak=peak,
         )
 
     def _matches(self, match: BudgetMatch, s: _Series) -> bool:
@@ -278,6 +286,22 @@ class Signals:
         return out
 
     # -- anomalies -----------------------------------------------------------------------------------------
+    def anomalies_between(self, ledger: Ledger, start: int, end: int) -> list[Anomaly]:
+        """Scores of every complete hour in ``[start, end)`` (for ``report`` and the demo's "peak this week").
+
+        Hours that ended more than a day ago are settled: their scores are cached for this object's life.
+        """
+        out: list[Anomaly] = []
+        settled = end - DAY
+        for hour in range(start - start % HOUR, end, HOUR):
+            cached = self._scores.get(hour)
+            if cached is None:
+                cached = self.anomalies(ledger, hour)
+                if hour < settled:
+                    self._scores[hour] = cached
+            out += cached
+        return out
+
     def anomalies(self, ledger: Ledger, hour: int) -> list[Anomaly]:
         """Scores of ``hour`` for every (provider, model, tenancy), for cost and for tokens."""
         series = self._series(ledger, (METRIC_COST_ESTIMATED, METRIC_TOKENS))
