@@ -1,4 +1,5 @@
-"""Command line: ``run`` (the sidecar), ``check`` (validate a config), ``demo`` (zero-setup tour).
+"""Command line: ``run`` (the sidecar), ``check`` (validate a config), ``demo`` (zero-setup tour), ``report``
+(spend, budgets, anomalies and attribution from the ledger, offline).
 
 Exit codes: 0 success; 1 a provider or exporter failed (``run --once``) or the receiver could not start;
 2 the configuration is invalid (one line per problem on stderr, each naming its key path).
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_CONFIG
-    handler = {"run": _cmd_run, "check": _cmd_check, "demo": _cmd_demo}[args.command]
+    handler = {"run": _cmd_run, "check": _cmd_check, "demo": _cmd_demo, "report": _cmd_report}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:  # a second Ctrl-C: leave now (the ledger is transactional, nothing half-written)
@@ -100,6 +101,15 @@ def _parser() -> argparse.ArgumentParser:
                       help="OTLP gRPC endpoint to export to when something listens there")
     demo.add_argument("--refresh", default="5s", help="how often the summary is redrawn")
     demo.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    report = sub.add_parser("report", help="spend, tokens, budgets, anomalies and attribution from the ledger")
+    source = report.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="YAML config file (its ledger, budgets and attribution rules)")
+    source.add_argument("--storage", help="a ledger file, without a config (no budgets or teams)")
+    report.add_argument("--since", default="7d", help="report the last DURATION (default 7d)")
+    report.add_argument("--from", dest="start", help="start (UTC date or time, e.g. 2026-11-01); overrides --since")
+    report.add_argument("--to", dest="end", help="end (UTC date or time, exclusive; default now)")
+    report.add_argument("--now", help="report as of this UTC time instead of the clock (reproducible reports)")
+    report.add_argument("--format", default="table", choices=["table", "json", "csv"])
     return p
 
 
@@ -288,6 +298,56 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"OTLP to {exporter_cfg.endpoint} when a Collector listens there. Ctrl-C stops.", flush=True)
     return _serve(config, duration=duration, exporters=[(exporter_cfg, probing)],
                   summary_every=refresh, health_required=False)
+
+
+def _timestamp(text: str) -> int:
+    """A UTC date or date-time (ISO 8601), or Unix seconds."""
+    import datetime as dt
+
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    moment = dt.datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp())
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .attribution import Attributor
+    from .errors import LedgerError
+    from .ledger import Ledger
+    from .pricing import PriceBook
+    from .report import build_report, render
+    from .signals import Signals
+
+    if args.config:
+        config = _load(args.config)
+        if config is None:
+            return EXIT_CONFIG
+    else:
+        config = parse_config({"providers": {"demo": {"enabled": False}}, "storage": {"path": args.storage}})
+    try:
+        now = _timestamp(args.now) if args.now else int(time.time())
+        end = _timestamp(args.end) if args.end else now
+        start = _timestamp(args.start) if args.start else end - int(parse_duration(args.since))
+    except ValueError as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if end <= start:
+        print("report: --to must be after --from", file=sys.stderr)
+        return EXIT_CONFIG
+    labels = {p.name: dict(p.labels) for p in config.providers}
+    prices = PriceBook(config.pricing.entries, use_genai_prices=config.pricing.genai_prices)
+    signals = Signals(config.budgets, Attributor(config.attribution.rules), prices, labels)
+    try:
+        with Ledger(config.storage.path, readonly=True) as ledger:
+            report = build_report(ledger, start, end, now, signals, labels)
+    except LedgerError as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    sys.stdout.write(render(report, args.format))
+    return EXIT_OK
 
 
 if __name__ == "__main__":
