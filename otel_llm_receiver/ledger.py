@@ -401,12 +401,8 @@ SELECT s.id, s.instance, s.metric, s.attrs, s.bucket_width,
        (SELECT min(hour_start) FROM rollups WHERE series_id = s.id),
        (SELECT max(hour_start) FROM rollups WHERE series_id = s.id)
 FROM series AS s WHERE s.metric IN ({metrics})"""
-SQL_ROLLUP_WINDOW_SUMS = """
-SELECT r.series_id, {sums}
-FROM rollups AS r
-WHERE r.hour_start >= ? AND r.hour_start < ?
-  AND r.series_id IN (SELECT id FROM series WHERE metric IN ({metrics}))
-GROUP BY r.series_id"""
+SQL_ROLLUP_SEGMENT_SUMS = """
+SELECT s.id, {segments} FROM series AS s WHERE s.metric IN ({metrics})"""
 SQL_ROLLUP_VALUES_AT = """
 SELECT r.series_id, r.hour_start, r.value FROM rollups AS r
 WHERE r.hour_start IN ({hours}) AND r.series_id IN (SELECT id FROM series WHERE metric IN ({metrics}))"""
@@ -892,29 +888,47 @@ class Ledger:
     ) -> dict[int, list[int]]:
         """Per series id of ``metrics``: the sum of its hourly rollups in each ``[start, end)`` window.
 
-        One pass over the rollups between the earliest start and the latest end, whatever the number of
-        windows (budgets ask for several per budget): the budget, burn-rate and coverage gauges all read it.
+        Budgets ask for several overlapping windows each (period to date, trailing hours, the part before and
+        after reported cost ends). The edges of all windows cut time into disjoint segments; each segment of
+        each series is one range walk of the rollups' primary key, so every row is read once whatever the
+        number of windows, and each window adds up its segments.
         """
         if not windows or not metrics:
             return {}
-        sums = ", ".join(
-            f"sum(CASE WHEN r.hour_start >= {int(a)} AND r.hour_start < {int(b)} THEN r.value ELSE 0 END)"
-            for a, b in windows
+        edges = sorted({t for w in windows for t in w})
+        if len(edges) < 2:
+            return {}
+        segments = ", ".join(
+            f"(SELECT coalesce(sum(value), 0) FROM rollups WHERE series_id = s.id "
+            f"AND hour_start >= {int(a)} AND hour_start < {int(b)})"
+            for a, b in zip(edges, edges[1:], strict=False)
         )
-        sql = SQL_ROLLUP_WINDOW_SUMS.format(sums=sums, metrics=",".join("?" * len(metrics)))
-        lo, hi = min(a for a, _ in windows), max(b for _, b in windows)
-        return {int(row[0]): [int(v) for v in row[1:]] for row in self._conn.execute(sql, (lo, hi, *metrics))}
+        sql = SQL_ROLLUP_SEGMENT_SUMS.format(segments=segments, metrics=",".join("?" * len(metrics)))
+        position = {t: i for i, t in enumerate(edges)}
+        spans = [(position[a], position[b]) for a, b in windows]
+        out: dict[int, list[int]] = {}
+        for sid, *row in self._conn.execute(sql, tuple(metrics)):
+            if any(row):
+                out[int(sid)] = [sum(row[i:j]) for i, j in spans]
+        return out
+
+    def rollup_values_at(self, hours: Sequence[int], metrics: Sequence[str]) -> list[tuple[int, int, int]]:
+        """(series id, hour, value) of the rollups of ``metrics`` at exactly these hours (point lookups)."""
+        if not hours or not metrics:
+            return []
+        hours = sorted(set(hours))
+        lookups = ", ".join(
+            f"(SELECT value FROM rollups WHERE series_id = s.id AND hour_start = {int(h)})" for h in hours
+        )
+        sql = SQL_ROLLUP_SEGMENT_SUMS.format(segments=lookups, metrics=",".join("?" * len(metrics)))
+        out = []
+        for sid, *values in self._conn.execute(sql, tuple(metrics)):
+            out += [(int(sid), h, int(v)) for h, v in zip(hours, values, strict=True) if v is not None]
+        return out
 
     def names(self) -> dict[tuple[str, str, str], str]:
         """Every resolved name: (instance, kind, id) -> name."""
         return {(i, k, d): n for i, k, d, n in self._conn.execute(SQL_NAMES)}
-
-    def rollup_values_at(self, hours: Sequence[int], metrics: Sequence[str]) -> list[tuple[int, int, int]]:
-        """(series id, hour, value) of the rollups of ``metrics`` at exactly these hours."""
-        if not hours or not metrics:
-            return []
-        sql = SQL_ROLLUP_VALUES_AT.format(hours=",".join("?" * len(hours)), metrics=",".join("?" * len(metrics)))
-        return [(int(a), int(b), int(c)) for a, b, c in self._conn.execute(sql, (*hours, *metrics))]
 
     def rollup_range(self) -> tuple[int, int] | None:
         """The first and last hour with a rollup, or None when there are none."""

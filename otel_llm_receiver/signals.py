@@ -144,7 +144,8 @@ class Signals:
     def read(
         self, ledger: Ledger, now: int, *, anomaly_hour: int | None = None, peak_days: int = 0
     ) -> SignalsReading:
-        money = self._series(ledger, MONEY_METRICS)
+        every = self._series(ledger, (*MONEY_METRICS, METRIC_TOKENS))
+        money = [s for s in every if s.metric in MONEY_METRICS]
         hour_end = (now - SETTLE) // HOUR * HOUR  # end of the newest complete hour
         reported_until = self._reported_until(money, now)
         base_windows: list[tuple[int, int]] = [(hour_end - DAY, hour_end)]
@@ -208,15 +209,15 @@ class Signals:
         hour = anomaly_hour if anomaly_hour is not None else hour_end - HOUR
         token_prices = []
         if self.prices is not None:
-            seen = ledger.rollup_series([METRIC_TOKENS]).values()
             declared = frozenset(CATALOG.metrics["llm.pricing.token_price"].attributes)
-            token_prices = self.prices.token_prices((attrs for _, _, attrs, _, _, _ in seen), now, declared)
+            token_prices = self.prices.token_prices(
+                (s.attrs for s in every if s.metric == METRIC_TOKENS), now, declared)
         peak = None
         if peak_days:
             week = self.anomalies_between(ledger, hour - peak_days * DAY + HOUR, hour + HOUR)
             peak = max(week, key=lambda a: a.score, default=None)
         return SignalsReading(
-            now=now, budgets=statuses, anomalies=self.anomalies(ledger, hour), coverage=coverage,
+            now=now, budgets=statuses, anomalies=self.anomalies(ledger, hour, every), coverage=coverage,
             reconciliation=recon, token_prices=token_prices, hour=hour, peak=peak,
         )
 
@@ -293,18 +294,23 @@ class Signals:
         """
         out: list[Anomaly] = []
         settled = end - DAY
+        series: list[_Series] | None = None
         for hour in range(start - start % HOUR, end, HOUR):
             cached = self._scores.get(hour)
             if cached is None:
-                cached = self.anomalies(ledger, hour)
+                if series is None:
+                    series = self._series(ledger, (METRIC_COST_ESTIMATED, METRIC_TOKENS))
+                cached = self.anomalies(ledger, hour, series)
                 if hour < settled:
                     self._scores[hour] = cached
             out += cached
         return out
 
-    def anomalies(self, ledger: Ledger, hour: int) -> list[Anomaly]:
+    def anomalies(self, ledger: Ledger, hour: int, series: Sequence[_Series] | None = None) -> list[Anomaly]:
         """Scores of ``hour`` for every (provider, model, tenancy), for cost and for tokens."""
-        series = self._series(ledger, (METRIC_COST_ESTIMATED, METRIC_TOKENS))
+        if series is None:
+            series = self._series(ledger, (METRIC_COST_ESTIMATED, METRIC_TOKENS))
+        series = [s for s in series if s.metric in (METRIC_COST_ESTIMATED, METRIC_TOKENS)]
         groups: dict[tuple[str, str, str, str], list[_Series]] = defaultdict(list)
         for s in series:
             a = s.attrs
