@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-## The zero-setup tour: synthetic usage, a 7-day backfill, a live summary; OTLP to localhost:4317 if a Collector listens.
+## The zero-setup tour: synthetic usage, a 14-day backfill, a live summary; OTLP to localhost:4317 if a Collector listens.
 demo: install
 	$(BIN)/otel-llm-receiver demo
 
@@ -36,6 +36,7 @@ docs: install
 bench: install
 	$(BIN)/python benchmarks/ledger_apply.py
 	$(BIN)/python benchmarks/export.py
+	$(BIN)/python benchmarks/signals.py
 
 clean:
 	rm -rf $(VENV) otel-llm-data .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--series", type=int, default=1000, help="token series (a quarter as many tenancy-models)")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs; the best and the median are shown")
+    parser.add_argument("--ledger", help="keep the built ledger at this path and reuse it on the next run")
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # OpenAI models have no cache-write price: counted as unpriced, once each
     now = 1_795_000_000 // H * H + 1_800
@@ -69,11 +70,12 @@ def main() -> None:
         "attribution": {"rules": [{"tenancy_regex": "proj-0[0-4].", "team": "t1"}]},
     })
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "ledger.db"
-        t0 = time.perf_counter()
-        build(path, args.days, args.series // len(TOKEN_TYPES), now)
-        print(f"built {args.days} days of hourly rollups for {args.series:,} token series "
-              f"(+ their estimated-cost series) in {time.perf_counter() - t0:.1f}s (not timed)")
+        path = Path(args.ledger or Path(tmp) / "ledger.db")
+        if not path.exists():
+            t0 = time.perf_counter()
+            build(path, args.days, args.series // len(TOKEN_TYPES), now)
+            print(f"built {args.days} days of hourly rollups for {args.series:,} token series "
+                  f"(+ their estimated-cost series) in {time.perf_counter() - t0:.1f}s (not timed)")
         signals = Signals(config.budgets, Attributor(config.attribution.rules), PriceBook())
         with Ledger(path, readonly=True) as ledger:
             counts = ledger.counts()

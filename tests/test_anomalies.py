@@ -45,8 +45,8 @@ def test_baseline_prefers_weeks_then_days_and_needs_history() -> None:
 
 @pytest.fixture(scope="module")
 def demo_ledger(tmp_path_factory: pytest.TempPathFactory) -> tuple[Ledger, int]:
-    """Two weeks of demo usage (5-minute buckets), so the last week has a baseline of past days."""
-    config = parse_config({"providers": {"demo": {"bucket_width": "5m", "seed": 42}}})
+    """Two weeks of the demo's usage (its default 1-minute buckets), so the last week has a baseline of past days."""
+    config = parse_config({"providers": {"demo": {"seed": 42}}})
     provider = create_provider(config.providers[0])
     now = 1_795_000_000 // H * H + 1_800  # a fixed Wednesday 11:30 UTC: the spike is 7 days minus 2.5 h back
     result = asyncio.run(provider.fetch(Window(now - 2 * W, now)))
