@@ -255,7 +255,7 @@ class MetricsBuilder:
             return
         if tenancy_name:
             attributes["llm.tenancy.name"] = tenancy_name
-        if view.metric.startswith("llm.usage."):  # every usage and cost series is attributed to a team
+        if self.attributor and view.metric.startswith("llm.usage."):  # usage and cost series get a team
             attributes.update(self.attributor.attributes(attributes, tenancy_name, self.labels.get(view.instance)))
         view.group = self._group(view.metric, attributes, _value_kind(view.metric))
 

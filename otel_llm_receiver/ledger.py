@@ -19,6 +19,7 @@ plus one for requests. Money is stored as integer nano-units (see ``model.to_nan
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -901,7 +902,7 @@ class Ledger:
         segments = ", ".join(
             f"(SELECT coalesce(sum(value), 0) FROM rollups WHERE series_id = s.id "
             f"AND hour_start >= {int(a)} AND hour_start < {int(b)})"
-            for a, b in zip(edges, edges[1:], strict=False)
+            for a, b in itertools.pairwise(edges)
         )
         sql = SQL_ROLLUP_SEGMENT_SUMS.format(segments=segments, metrics=",".join("?" * len(metrics)))
         position = {t: i for i, t in enumerate(edges)}
