@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config and print what would run (secrets redacted)")
     check.add_argument("--config", required=True, help="YAML config file")
     demo = sub.add_parser("demo", help="run the synthetic demo provider with a live terminal summary")
-    demo.add_argument("--duration", help="stop after this long (e.g. 30s, 5m); default: until Ctrl-C")
+    demo.add_argument("--duration", help="stop this long after the backfill landed (e.g. 30s, 5m); default: until Ctrl-C")
     demo.add_argument("--storage", help="ledger file (default ./otel-llm-data/demo-ledger.db)")
     demo.add_argument("--otlp-endpoint", default="localhost:4317",
                       help="OTLP gRPC endpoint to export to when something listens there")
@@ -201,7 +201,7 @@ async def _main(receiver: Receiver, *, once: bool, duration: float | None, summa
             loop.add_signal_handler(signum, on_signal, signum)
         extra: list[asyncio.Task[None]] = []
         if duration is not None:
-            extra.append(asyncio.create_task(_stop_after(stop, duration)))
+            extra.append(asyncio.create_task(_stop_after(stop, duration, receiver.first_round)))
         if summary_every is not None:
             extra.append(asyncio.create_task(_summary_loop(receiver, stop, summary_every)))
         code = await receiver.run_forever(stop)
@@ -215,7 +215,9 @@ async def _main(receiver: Receiver, *, once: bool, duration: float | None, summa
         await receiver.aclose()
 
 
-async def _stop_after(stop: asyncio.Event, seconds: float) -> None:
+async def _stop_after(stop: asyncio.Event, seconds: float, first_round: asyncio.Event) -> None:
+    """``--duration`` counts from the end of the first poll round: the demo's backfill always lands."""
+    await first_round.wait()
     await asyncio.sleep(seconds)  # the requested run time itself, not a stand-in for synchronisation
     stop.set()
 

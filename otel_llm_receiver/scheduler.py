@@ -106,6 +106,9 @@ class Receiver:
         self._rollups_pruned_at = float("-inf")
         self.last_export_ok: bool | None = None
         self.last_signals: SignalsReading | None = None
+        #: Set once every instance has finished its first poll (succeeded or failed): the backfill landed.
+        self.first_round = asyncio.Event()
+        self._first_polls: set[str] = set()
 
     # -- polling -------------------------------------------------------------------------------------------
     def _provider(self, name: str) -> Provider:
@@ -187,6 +190,9 @@ class Receiver:
         failures = 0
         while not stop.is_set():
             outcome = await self.poll(name)
+            self._first_polls.add(name)
+            if len(self._first_polls) == len(self.provider_configs):
+                self.first_round.set()
             interval = cfg.collection_interval
             if outcome.ok:
                 failures = 0
