@@ -325,6 +325,9 @@ class PriceBook:
         self.use_genai_prices = use_genai_prices
         self._models: dict[tuple[str, str], Any] = {}
         self._warned: set[tuple[str, str]] = set()
+        self._schedules: dict[tuple[object, ...], list[tuple[int, int, Price | None]]] = {}
+        # The attributes a price can depend on: the ones genai-prices variants read, and every ``when`` key.
+        self._relevant = frozenset(PRICE_GAUGE_ATTRIBUTES) | {k for e in self.entries for k in e.when}
 
     # -- genai-prices ------------------------------------------------------------------------------------
     def _genai_model(self, provider: str, model: str) -> Any:
@@ -445,11 +448,9 @@ class PriceBook:
             unit = REQUEST_UNIT
         else:
             return []
-        edges = self.boundaries(provider, model)
         periods: list[PricingPeriod] = []
         unpriced = {"gen_ai.provider.name": provider, "gen_ai.request.model": model}
-        for start, until in zip(edges, [*edges[1:], FAR_FUTURE], strict=True):
-            price = self.price(provider, model, unit, attrs, start)
+        for start, until, price in self._prices_over_time(metric, provider, model, unit, attrs):
             if price is not None:
                 period = PricingPeriod(start, until, METRIC_COST_ESTIMATED, dict(attrs), price.picos, PICOS_PER_NANO)
             elif metric == METRIC_TOKENS:
@@ -465,6 +466,21 @@ class PriceBook:
             else:
                 periods.append(period)
         return periods
+
+    def _prices_over_time(
+        self, metric: str, provider: str, model: str, unit: str, attrs: Mapping[str, str]
+    ) -> list[tuple[int, int, Price | None]]:
+        """(from, until, price) over all time; cached by what a price can depend on, so that scheduling
+        100,000 series costs one resolution per distinct (model, unit, pricing attributes)."""
+        relevant = tuple(sorted((k, v) for k, v in attrs.items() if k in self._relevant))
+        key = (metric, provider, model, unit, relevant)
+        found = self._schedules.get(key)
+        if found is None:
+            edges = self.boundaries(provider, model)
+            found = [(start, until, self.price(provider, model, unit, attrs, start))
+                     for start, until in zip(edges, [*edges[1:], FAR_FUTURE], strict=True)]
+            self._schedules[key] = found
+        return found
 
     def _warn_unpriced(self, provider: str, model: str) -> None:
         if (provider, model) not in self._warned:
