@@ -155,6 +155,14 @@ def to_tables(report: Report, width: int) -> str:
             table.add_row(_when(a.hour), a.provider, a.model, a.tenancy_name or a.tenancy_id, a.signal,
                           f"{a.value:,.2f}", f"{a.baseline:,.2f}", f"{a.score:+.1f}")
         console.print(table)
+    if report.signals is not None and report.signals.reconciliation:
+        table = Table(title="Reconciliation (newest final day)", box=box.SIMPLE_HEAD)
+        for column in ("day", "provider", "tenancy", "estimated USD", "reported USD", "estimated / reported"):
+            table.add_column(column, justify="right" if "USD" in column or "/" in column else "left")
+        for rec in report.signals.reconciliation:
+            table.add_row(day_label(rec.day), rec.provider, rec.tenancy_name or rec.tenancy_id,
+                          _usd(rec.estimated), _usd(rec.reported), "-" if rec.ratio is None else f"{rec.ratio:.3f}")
+        console.print(table)
     if report.coverage:
         table = Table(title="Attribution coverage (share of spend with a team)", box=box.SIMPLE_HEAD)
         table.add_column("provider")
@@ -185,6 +193,12 @@ def to_json(report: Report) -> dict[str, Any]:
         for a in report.anomalies
     ]
     doc["coverage"] = {p: str(s) for p, s in sorted(report.coverage.items())}
+    doc["reconciliation"] = [] if reading is None else [
+        {"day": day_label(r.day), "provider": r.provider, "tenant": r.tenant, "tenancy_id": r.tenancy_id,
+         "estimated_usd": str(r.estimated), "reported_usd": str(r.reported),
+         "ratio": None if r.ratio is None else str(r.ratio)}
+        for r in reading.reconciliation
+    ]
     return doc
 
 

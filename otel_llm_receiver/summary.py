@@ -86,9 +86,10 @@ def signal_lines(signals: SignalsReading) -> list[str]:
     peak = signals.peak
     if peak is not None:
         when = time.strftime("%a %Y-%m-%d %H:00 UTC", time.gmtime(peak.hour))
+        shown = (f"{peak.value:,.0f} vs a usual {peak.baseline:,.0f} tokens" if peak.signal == "tokens"
+                 else f"{peak.value:,.2f} vs a usual {peak.baseline:,.2f} USD")
         lines.append(f"highest anomaly score of the last 7 days: {peak.score:+.1f} at {when}, {peak.provider} "
-                     f"{peak.model} {peak.tenancy_name or peak.tenancy_id} {peak.signal} "
-                     f"({peak.value:,.2f} vs a usual {peak.baseline:,.2f})")
+                     f"{peak.model} {peak.tenancy_name or peak.tenancy_id} {peak.signal} ({shown} in that hour)")
     if signals.coverage:
         lines.append("attribution coverage (24h): " + ", ".join(
             f"{p} {share:.0%}" for p, share in sorted(signals.coverage.items())))

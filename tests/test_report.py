@@ -23,6 +23,7 @@ PRICES = {"input": Decimal("2"), "output": Decimal("8")}  # USD per million toke
 # (tenancy, model, hourly input, hourly output)
 TRAFFIC = [("proj-a", "gpt-x", 100_000, 20_000), ("proj-b", "gpt-x", 30_000, 1_000), ("proj-b", "gpt-y", 7, 3)]
 REPORTED = Decimal("5.123456")
+REPORTED_DAY = NOW // D * D - 2 * D  # a whole UTC day, inside the 72 hours of usage
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ attribution:
                     bucket_width=H, tokens={"input": inp, "output": out})
         for h in range(1, 73) for tenancy, model, inp, out in TRAFFIC
     ]
-    costs = [CostRecord(provider="acme", tenancy_id="proj-a", bucket_start=NOW - 2 * D, bucket_width=D,
+    costs = [CostRecord(provider="acme", tenancy_id="proj-a", bucket_start=REPORTED_DAY, bucket_width=D,
                         amount=REPORTED, model="gpt-x")]
     with Ledger(config.storage.path) as ledger:
         ledger.set_pricer(PriceBook(config.pricing.entries, use_genai_prices=False))
@@ -82,6 +83,12 @@ def test_json_report_numbers(config_path: Path, capsys: pytest.CaptureFixture[st
     assert Decimal(doc["coverage"]["acme"]) == share
     (budget,) = doc["budgets"]
     assert budget["name"] == "team-a" and Decimal(budget["limit_usd"]) == 1000
+    # the reported day is final (complete, and covered by usage): estimated / reported for it
+    (recon,) = doc["reconciliation"]
+    day_estimate = expected[("proj-a", "gpt-x")][1]  # 24 hours, like the 24 h window above
+    assert (recon["tenancy_id"], Decimal(recon["estimated_usd"]), Decimal(recon["reported_usd"])) == (
+        "proj-a", day_estimate, REPORTED)
+    assert Decimal(recon["ratio"]) == day_estimate / REPORTED
     month_start = budget["period_start"]
     hours_in_month = min(72, (NOW - month_start) // H)
     assert Decimal(budget["spent_usd"]) == hours_in_month * expected[("proj-a", "gpt-x")][1] / 24
