@@ -157,6 +157,9 @@ def test_genai_prices_input_includes_cache_reads_converted_at_the_boundary() -> 
     ("anthropic", "claude-sonnet-4-20250514", "input", {"llm.context_window": "200k-1M"}, "6"),
     ("anthropic", "claude-sonnet-4-20250514", "output", {"llm.context_window": "200k-1M"}, "22.5"),
     ("anthropic", "claude-sonnet-4-20250514", "output", {"llm.context_window": "0-200k"}, "15"),
+    # ... and only for the models that price long context so (Opus 4 has no 1M window; 4.6 serves it flat)
+    ("anthropic", "claude-opus-4-20250514", "output", {"llm.context_window": "200k-1M"}, "75"),
+    ("anthropic", "claude-sonnet-4-6", "output", {"llm.context_window": "200k-1M"}, "15"),
     # Batch before genai-prices knew batch variants: the packaged 50% rule.
     ("openai", "gpt-4o-2024-08-06", "input", {"llm.batch": "true"}, "1.25"),
     ("openai", "gpt-4o-2024-08-06", "output", {"llm.batch": "false"}, "10"),
