@@ -154,3 +154,21 @@ def test_budget_config_problems_name_their_key_paths() -> None:
         "budgets[1].name: budget 'a' is defined twice",
         "budgets[2].name: is required",
     ]
+
+
+def test_a_restart_mid_month_loses_nothing(tmp_path: Path) -> None:
+    """Spend lives in the ledger's rollups: a new process (new ledger connection, new Signals) sees all of it."""
+    month = ts(2026, 7, 1)
+    hours = [month + i * H for i in range(10 * 24)]
+    ledger = _ledger_with_usage(tmp_path, hours[:120], 500_000, [])  # first process: 120 hours, 1 USD each
+    ledger.close()
+    config = parse_config({"providers": {"demo": {}}, "pricing": {"genai_prices": False, "overrides": [
+        {"provider": "acme", "model": "*", "prices": {"input": "2"}}]}})
+    with Ledger(tmp_path / "ledger.db") as restarted:  # second process: re-polls an overlap, then goes on
+        restarted.set_pricer(PriceBook(config.pricing.entries, use_genai_prices=False))
+        restarted.apply("acme", PollResult(usage=[
+            UsageRecord(provider="acme", model="m1", operation="chat", tenancy_id="t1", bucket_start=h,
+                        bucket_width=H, tokens={"input": 500_000}) for h in hours[100:]]))
+        (b,) = signals_for([{"name": "july", "amount": 1000, "source": "estimated"}]).read(
+            restarted, hours[-1] + H + 600).budgets
+    assert b.spent == len(hours)
