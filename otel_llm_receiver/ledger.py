@@ -331,7 +331,10 @@ INSERT INTO pricing (series_id, valid_from, valid_until, target_id, price, scale
 ON CONFLICT (series_id, valid_from) DO UPDATE SET
     valid_until = excluded.valid_until, target_id = excluded.target_id, price = excluded.price,
     scale = excluded.scale"""
-SQL_PRICEABLE_SERIES = "SELECT id, instance, metric, attrs FROM series WHERE metric IN (?, ?)"
+SQL_PRICEABLE_SERIES = "SELECT id, instance, metric, attrs FROM series WHERE metric NOT IN (?, ?, ?)"
+#: Series whose deltas are money or already priced: never priced again (every other series is offered to the
+#: pricer, which decides: tokens, requests, and any unit a price entry names).
+UNPRICEABLE_METRICS: Final = frozenset({METRIC_COST, METRIC_COST_ESTIMATED, METRIC_UNPRICED})
 SQL_MARK_MIXED = "UPDATE series SET bucket_width = 0 WHERE id = ?"
 SQL_SLOW_POINTS = """
 SELECT series_id, bucket_start, bucket_width, value, prior FROM incoming WHERE slow = 1
@@ -657,7 +660,7 @@ class Ledger:
         now_ns = time.time_ns() if now_ns is None else now_ns
         with self._lock, self._transaction() as tx:
             tx.execute("DELETE FROM pricing")
-            rows = tx.execute(SQL_PRICEABLE_SERIES, (METRIC_TOKENS, METRIC_REQUESTS)).fetchall()
+            rows = tx.execute(SQL_PRICEABLE_SERIES, sorted(UNPRICEABLE_METRICS)).fetchall()
             by_instance: dict[str, list[tuple[int, str, str]]] = {}
             for sid, instance, metric, attrs in rows:
                 by_instance.setdefault(instance, []).append((sid, metric, attrs))
@@ -675,7 +678,7 @@ class Ledger:
             return
         planned: list[tuple[int, PricingPeriod, tuple[str, str]]] = []
         for sid, metric, attrs in series:
-            if metric not in (METRIC_TOKENS, METRIC_REQUESTS):
+            if metric in UNPRICEABLE_METRICS:
                 continue
             for period in pricer.schedule(metric, json.loads(attrs)):
                 planned.append((sid, period, (period.target_metric, canonical_attrs(period.target_attrs))))

@@ -446,6 +446,8 @@ class PriceBook:
             unit = attrs.get("gen_ai.token.type", "")
         elif metric == METRIC_REQUESTS:
             unit = REQUEST_UNIT
+        elif metric.startswith("llm.usage.") and any(metric in e.prices for e in self.entries):
+            unit = metric  # another billed unit (e.g. tool requests), priced per unit by an entry
         else:
             return []
         periods: list[PricingPeriod] = []

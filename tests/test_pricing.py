@@ -278,3 +278,13 @@ def test_catalog_file_pins_prices_below_overrides(tmp_path: Path) -> None:
         "input": Decimal(2), "output": Decimal(9), "cache_read": Decimal("1.25")}
     assert [e.layer for e in config.pricing.entries] == ["override", "catalog_file"]
     assert isinstance(config.pricing.entries[0], PriceEntry)
+
+
+def test_other_billed_units_are_priced_per_unit_by_entries() -> None:
+    """A provider's extra counter (e.g. server tool requests) is priced when an entry names its metric."""
+    book = book_from([{"provider": "anthropic", "model": "*", "prices": {"llm.usage.tool_requests": "0.01"}}])
+    attrs = {"gen_ai.provider.name": "anthropic", "gen_ai.request.model": "claude-x", "gen_ai.tool.name": "web_search"}
+    (period,) = book.schedule("llm.usage.tool_requests", attrs)
+    assert (period.target_metric, period.price, period.target_attrs) == (
+        METRIC_COST_ESTIMATED, int(Decimal("0.01") * PICOS_PER_USD), attrs)
+    assert book.schedule("llm.usage.other_counter", attrs) == []
