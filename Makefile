@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-## The zero-setup tour: synthetic usage, a 7-day backfill, a live summary; OTLP to localhost:4317 if a Collector listens.
+## The zero-setup tour: synthetic usage, a 14-day backfill, a live summary; OTLP to localhost:4317 if a Collector listens.
 demo: install
 	$(BIN)/otel-llm-receiver demo
 
@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python benchmarks/ledger_apply.py
 	$(BIN)/python benchmarks/export.py
 	$(BIN)/python benchmarks/openai_poll.py
+	$(BIN)/python benchmarks/signals.py
 
 clean:
 	rm -rf $(VENV) otel-llm-data .pytest_cache .mypy_cache .ruff_cache .hypothesis

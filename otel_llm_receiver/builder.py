@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Literal
@@ -29,6 +29,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource as ResourcePb
 from opentelemetry.sdk.resources import Resource
 
 from . import __version__
+from .attribution import COST_CENTER, TEAM, Attributor
 from .catalog import CATALOG, MetricDef
 from .ledger import LEVEL_METRICS, MEASURE_OF_METRIC, NANO_METRICS, ExportRows
 from .model import NANOS_PER_UNIT
@@ -165,6 +166,7 @@ class MetricsBuilder:
     resource: Resource
     labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # instance -> static labels
     enabled: Mapping[str, bool] = field(default_factory=dict)  # metric -> enabled (default: the catalog's)
+    attributor: Attributor = field(default_factory=lambda: Attributor(()))  # llm.team on usage and cost series
     max_points_per_request: int = MAX_POINTS_PER_REQUEST
     _views: dict[int, _View] = field(default_factory=dict)
     _max_id: int = 0
@@ -181,8 +183,11 @@ class MetricsBuilder:
         """The highest ledger series id already described to the builder (for ``Ledger.export_rows``)."""
         return self._max_id
 
-    def build(self, rows: ExportRows, health: SelfHealthReading | None, now_ns: int) -> Export:
-        """Every series' current total and the self-health metrics, as ready-to-send OTLP requests."""
+    def build(
+        self, rows: ExportRows, health: SelfHealthReading | None, now_ns: int, gauges: Sequence[pb.Metric] = ()
+    ) -> Export:
+        """Every series' current total, the self-health metrics and ``gauges`` (the money signals, already
+        encoded by ``signals.py``), as ready-to-send OTLP requests."""
         names = rows.names
         strings = self._strings
         for sid, instance, metric, attrs in rows.new_series:
@@ -244,6 +249,7 @@ class MetricsBuilder:
             else:
                 slot[0] += value
         extra = self._self_health(health, now_ns) if health is not None else []
+        extra += [g for g in gauges if self.is_enabled(g.name)]
         return Export(self._batches(sums, extra, now_ns))
 
     # -- attributes, encoded once -----------------------------------------------------------------------
@@ -255,7 +261,8 @@ class MetricsBuilder:
                 view.tenancy_name = tenancy_name
                 return
             attributes = _decode_attributes(wire.head)
-            attributes.pop("llm.tenancy.name", None)
+            for derived in ("llm.tenancy.name", TEAM, COST_CENTER):
+                attributes.pop(derived, None)
         else:
             attributes = {**self.labels.get(view.instance, {}), **raw}
         view.tenancy_name = tenancy_name
@@ -265,6 +272,8 @@ class MetricsBuilder:
             return
         if tenancy_name:
             attributes["llm.tenancy.name"] = tenancy_name
+        if self.attributor and view.metric.startswith("llm.usage."):  # usage and cost series get a team
+            attributes.update(self.attributor.attributes(attributes, tenancy_name, self.labels.get(view.instance)))
         group = self._group(view.metric, attributes, _value_kind(view.metric))
         if view.metric in LEVEL_METRICS:
             view.group, view.level = None, group

@@ -1,4 +1,5 @@
-"""Command line: ``run`` (the sidecar), ``check`` (validate a config), ``demo`` (zero-setup tour).
+"""Command line: ``run`` (the sidecar), ``check`` (validate a config), ``demo`` (zero-setup tour), ``report``
+(spend, budgets, anomalies and attribution from the ledger, offline).
 
 Exit codes: 0 success; 1 a provider or exporter failed (``run --once``) or the receiver could not start;
 2 the configuration is invalid (one line per problem on stderr, each naming its key path).
@@ -31,7 +32,8 @@ log = logging.getLogger("otel_llm_receiver.cli")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
-#: The configuration ``demo`` runs: the demo provider with a 7-day backfill, OTLP to a local Collector.
+#: The configuration ``demo`` runs: the demo provider with a 14-day backfill (a week of anomaly baseline before the
+#: demo week), two budgets and attribution rules, OTLP to a local Collector.
 DEMO_CONFIG = """\
 collection_interval: 10s
 export_interval: 10s
@@ -46,8 +48,22 @@ exporters:
       insecure: true
 providers:
   demo:
-    backfill: 168h
+    backfill: 336h
     seed: 42
+budgets:
+  - name: demo-monthly
+    amount: 20000
+    period: month
+    source: best
+  - name: research-daily
+    amount: 150
+    period: day
+    source: estimated
+    match: {team: research}
+attribution:
+  rules:
+    - {tenancy: Search, team: search, cost_center: CC-100}
+    - {tenancy: Research, team: research, cost_center: CC-200}
 """
 
 
@@ -57,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_CONFIG
-    handler = {"run": _cmd_run, "check": _cmd_check, "demo": _cmd_demo}[args.command]
+    handler = {"run": _cmd_run, "check": _cmd_check, "demo": _cmd_demo, "report": _cmd_report}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:  # a second Ctrl-C: leave now (the ledger is transactional, nothing half-written)
@@ -79,12 +95,21 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config and print what would run (secrets redacted)")
     check.add_argument("--config", required=True, help="YAML config file")
     demo = sub.add_parser("demo", help="run the synthetic demo provider with a live terminal summary")
-    demo.add_argument("--duration", help="stop after this long (e.g. 30s, 5m); default: until Ctrl-C")
+    demo.add_argument("--duration", help="stop this long after the backfill landed (e.g. 30s, 5m); default: until Ctrl-C")
     demo.add_argument("--storage", help="ledger file (default ./otel-llm-data/demo-ledger.db)")
     demo.add_argument("--otlp-endpoint", default="localhost:4317",
                       help="OTLP gRPC endpoint to export to when something listens there")
     demo.add_argument("--refresh", default="5s", help="how often the summary is redrawn")
     demo.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    report = sub.add_parser("report", help="spend, tokens, budgets, anomalies and attribution from the ledger")
+    source = report.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="YAML config file (its ledger, budgets and attribution rules)")
+    source.add_argument("--storage", help="a ledger file, without a config (no budgets or teams)")
+    report.add_argument("--since", default="7d", help="report the last DURATION (default 7d)")
+    report.add_argument("--from", dest="start", help="start (UTC date or time, e.g. 2026-11-01); overrides --since")
+    report.add_argument("--to", dest="end", help="end (UTC date or time, exclusive; default now)")
+    report.add_argument("--now", help="report as of this UTC time instead of the clock (reproducible reports)")
+    report.add_argument("--format", default="table", choices=["table", "json", "csv"])
     return p
 
 
@@ -176,7 +201,7 @@ async def _main(receiver: Receiver, *, once: bool, duration: float | None, summa
             loop.add_signal_handler(signum, on_signal, signum)
         extra: list[asyncio.Task[None]] = []
         if duration is not None:
-            extra.append(asyncio.create_task(_stop_after(stop, duration)))
+            extra.append(asyncio.create_task(_stop_after(stop, duration, receiver.first_round)))
         if summary_every is not None:
             extra.append(asyncio.create_task(_summary_loop(receiver, stop, summary_every)))
         code = await receiver.run_forever(stop)
@@ -190,7 +215,9 @@ async def _main(receiver: Receiver, *, once: bool, duration: float | None, summa
         await receiver.aclose()
 
 
-async def _stop_after(stop: asyncio.Event, seconds: float) -> None:
+async def _stop_after(stop: asyncio.Event, seconds: float, first_round: asyncio.Event) -> None:
+    """``--duration`` counts from the end of the first poll round: the demo's backfill always lands."""
+    await first_round.wait()
     await asyncio.sleep(seconds)  # the requested run time itself, not a stand-in for synchronisation
     stop.set()
 
@@ -206,8 +233,9 @@ def _print_summary(receiver: Receiver) -> None:
     from .ledger import Ledger
     from .summary import render_summary
 
+    now = int(time.time())
     with Ledger(receiver.config.storage.path, readonly=True) as reader:
-        table = render_summary(reader, int(time.time()))
+        table = render_summary(reader, now, receiver.signals.read(reader, now, peak_days=7))
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     health = receiver.health.statuses()
     status = ", ".join(
@@ -268,10 +296,60 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     exporter_cfg = config.exporters[0]
     host, _, port = exporter_cfg.endpoint.removeprefix("http://").rpartition(":")
     probing = ProbingExporter(build_exporter(exporter_cfg), host or "localhost", int(port))
-    print(f"otel-llm-receiver demo: 7-day synthetic backfill into {config.storage.path}, "
+    print(f"otel-llm-receiver demo: 14-day synthetic backfill into {config.storage.path}, "
           f"OTLP to {exporter_cfg.endpoint} when a Collector listens there. Ctrl-C stops.", flush=True)
     return _serve(config, duration=duration, exporters=[(exporter_cfg, probing)],
                   summary_every=refresh, health_required=False)
+
+
+def _timestamp(text: str) -> int:
+    """A UTC date or date-time (ISO 8601), or Unix seconds."""
+    import datetime as dt
+
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    moment = dt.datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp())
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .attribution import Attributor
+    from .errors import LedgerError
+    from .ledger import Ledger
+    from .pricing import PriceBook
+    from .report import build_report, render
+    from .signals import Signals
+
+    if args.config:
+        config = _load(args.config)
+        if config is None:
+            return EXIT_CONFIG
+    else:
+        config = parse_config({"providers": {"demo": {"enabled": False}}, "storage": {"path": args.storage}})
+    try:
+        now = _timestamp(args.now) if args.now else int(time.time())
+        end = _timestamp(args.end) if args.end else now
+        start = _timestamp(args.start) if args.start else end - int(parse_duration(args.since))
+    except ValueError as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if end <= start:
+        print("report: --to must be after --from", file=sys.stderr)
+        return EXIT_CONFIG
+    labels = {p.name: dict(p.labels) for p in config.providers}
+    prices = PriceBook(config.pricing.entries, use_genai_prices=config.pricing.genai_prices)
+    signals = Signals(config.budgets, Attributor(config.attribution.rules), prices, labels)
+    try:
+        with Ledger(config.storage.path, readonly=True) as ledger:
+            report = build_report(ledger, start, end, now, signals, labels)
+    except LedgerError as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    sys.stdout.write(render(report, args.format))
+    return EXIT_OK
 
 
 if __name__ == "__main__":

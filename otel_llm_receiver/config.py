@@ -49,6 +49,14 @@ import yaml
 
 from otel_llm_receiver.durations import DURATION_HINT, format_duration, parse_duration
 from otel_llm_receiver.errors import ConfigError
+from otel_llm_receiver.signals_config import (
+    AttributionConfig,
+    BudgetConfig,
+    PricingConfig,
+    parse_attribution,
+    parse_budgets,
+    parse_pricing,
+)
 
 __all__ = [
     "COMMON_PROVIDER_KEYS",
@@ -82,6 +90,7 @@ EXPORTER_TYPES: Mapping[str, Literal["grpc", "http"]] = MappingProxyType(
 
 _TOP_LEVEL_KEYS = (
     "collection_interval", "export_interval", "storage", "health", "metrics", "exporters", "providers",
+    "pricing", "budgets", "attribution",
 )
 _METRIC_KEYS = ("enabled",)
 _STORAGE_KEYS = ("path", "retention")
@@ -272,6 +281,10 @@ class Config:
     providers: tuple[ProviderConfig, ...] = ()
     #: ``metrics: {NAME: {enabled: false}}``, as in the Collector's receivers; absent: the catalog's default.
     metrics: Mapping[str, bool] = field(default_factory=dict, hash=False)
+    #: Money signals (docs/pricing.md, docs/budgets.md, docs/attribution.md).
+    pricing: PricingConfig = field(default_factory=PricingConfig)
+    budgets: tuple[BudgetConfig, ...] = ()
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
     warnings: tuple[str, ...] = ()
     provider_options: Mapping[str, Mapping[str, Option]] = field(
@@ -331,6 +344,15 @@ class Config:
         )
         health = show(self.health.endpoint) if self.health.endpoint else "(disabled)"
         lines.append(f"health: endpoint {health}")
+        lines.append(
+            f"pricing: {len(self.pricing.overrides)} override(s)"
+            + (f", catalog_file {show(self.pricing.catalog_file)}" if self.pricing.catalog_file else "")
+            + ("" if self.pricing.genai_prices else ", genai-prices off")
+        )
+        for b in self.budgets:
+            lines.append(f"budget {show(b.name)}: {b.amount} USD per {b.period} ({b.timezone}), source {b.source}")
+        if self.attribution.rules:
+            lines.append(f"attribution: {len(self.attribution.rules)} rule(s)")
         if self.metrics:
             lines.append("metrics: " + ", ".join(
                 f"{name} {'enabled' if on else 'disabled'}" for name, on in sorted(self.metrics.items())
@@ -915,6 +937,8 @@ class _Parser:
         storage = StorageConfig()
         health = HealthConfig()
         metrics: dict[str, bool] = {}
+        pricing, attribution = PricingConfig(), AttributionConfig()
+        budgets: tuple[BudgetConfig, ...] = ()
         exporters: list[ExporterConfig] = []
         providers: list[ProviderConfig] = []
         saw_exporters = saw_providers = False
@@ -932,6 +956,12 @@ class _Parser:
                 health = self.health(value)
             elif key == "metrics":
                 metrics = self.metrics(value)
+            elif key == "pricing":
+                pricing = parse_pricing(self, value)
+            elif key == "budgets":
+                budgets = parse_budgets(self, value)
+            elif key == "attribution":
+                attribution = parse_attribution(self, value)
             elif key == "exporters":
                 section = self.mapping(value, key)
                 saw_exporters = bool(section) or section is None
@@ -965,6 +995,9 @@ class _Parser:
             storage=storage,
             health=health,
             metrics=MappingProxyType(metrics),
+            pricing=pricing,
+            budgets=budgets,
+            attribution=attribution,
             exporters=tuple(exporters),
             providers=tuple(providers),
             secrets=frozenset(self.secrets),

@@ -22,6 +22,7 @@ which ``snapshot`` reads as ``SeriesTotal.level``; its ``total`` is not a meanin
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -30,11 +31,11 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from .errors import LedgerError
 from .model import TOKEN_TYPES, PollResult, to_nanos
@@ -56,6 +57,10 @@ METRIC_CODE_COMMITS: Final = "llm.usage.code.commits"
 METRIC_CODE_PULL_REQUESTS: Final = "llm.usage.code.pull_requests"
 METRIC_CODE_TOOL_ACTIONS: Final = "llm.usage.code.tool_actions"
 METRIC_CODE_TOKENS: Final = "llm.usage.code.tokens"
+#: Estimated cost and unpriced tokens are priced series (see ``PricingPeriod``): their deltas come from the
+#: deltas of the token and request series, inside the same apply transaction.
+METRIC_COST_ESTIMATED: Final = "llm.usage.cost.estimated"
+METRIC_UNPRICED: Final = "llm.pricing.unpriced_tokens"
 #: What ``llm.measure`` says for a shrink of each metric (``UsageRecord.measures`` may name these, or a level).
 MEASURE_OF_METRIC: Final = {
     METRIC_TOKENS: "tokens", METRIC_REQUESTS: "requests", METRIC_COST: "cost", METRIC_COST_NON_USD: "cost",
@@ -64,17 +69,23 @@ MEASURE_OF_METRIC: Final = {
     METRIC_TOOL_REQUESTS: "tool_requests", METRIC_BILLED_QUANTITY: "billed_quantity", METRIC_THROTTLED: "requests",
     METRIC_CODE_SESSIONS: "code.sessions", METRIC_CODE_LINES: "code.lines", METRIC_CODE_COMMITS: "code.commits",
     METRIC_CODE_PULL_REQUESTS: "code.pull_requests", METRIC_CODE_TOOL_ACTIONS: "code.tool_actions",
-    METRIC_CODE_TOKENS: "code.tokens",
+    METRIC_CODE_TOKENS: "code.tokens", METRIC_COST_ESTIMATED: "cost", METRIC_UNPRICED: "tokens",
 }
 #: Metrics whose ledger values are money (integer nano-units of their currency).
-MONEY_METRICS: Final = frozenset({METRIC_COST, METRIC_COST_NON_USD})
+MONEY_METRICS: Final = frozenset({METRIC_COST, METRIC_COST_NON_USD, METRIC_COST_ESTIMATED})
 #: Metrics whose values are integer nano-units (money, fractional billed quantities).
 NANO_METRICS: Final = MONEY_METRICS | {METRIC_BILLED_QUANTITY}
 #: Metrics that are levels (a gauge: the newest bucket's value), not flows summed over buckets.
 LEVEL_METRICS: Final = frozenset({"llm.usage.storage"})
+#: Estimated cost is priced in pico-units (1e-12 USD per token, exact for any price with at most six decimals
+#: per million tokens): totals are nano-units plus a sub-nano remainder (``series.sub_total``), and its hourly
+#: rollups are kept in pico-units, so a sum of hours equals the total exactly.
+PICOS_PER_NANO: Final = 1000
+#: Metrics whose hourly rollups are pico-units (every other money rollup is nano-units, counts are counts).
+ROLLUP_PICO_METRICS: Final = frozenset({METRIC_COST_ESTIMATED})
 
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 # --------------------------------------------------------------------------------------------------- schema
 # Migrations are numbered; each runs in one transaction together with the row that records it.
@@ -144,6 +155,26 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
             updated_ns INTEGER NOT NULL,
             PRIMARY KEY (instance, kind, id)
         );
+        """,
+    ),
+    (
+        2,
+        "pricing: schedules of priced series and sub-unit remainders",
+        """
+        -- Sub-unit remainders of priced totals (pico-units of estimated cost below one nano-unit).
+        ALTER TABLE series ADD COLUMN sub_total INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE series ADD COLUMN sub_adjustments INTEGER NOT NULL DEFAULT 0;
+        -- Which series a usage series' deltas price into, at which price, for buckets in [valid_from, valid_until).
+        -- price: target sub-units per usage unit (pico-USD per token), scale: sub-units per target unit.
+        CREATE TABLE pricing (
+            series_id   INTEGER NOT NULL,
+            valid_from  INTEGER NOT NULL,
+            valid_until INTEGER NOT NULL,
+            target_id   INTEGER NOT NULL,
+            price       INTEGER NOT NULL,
+            scale       INTEGER NOT NULL,
+            PRIMARY KEY (series_id, valid_from)
+        ) WITHOUT ROWID;
         """,
     ),
 )
@@ -284,6 +315,52 @@ INSERT INTO buckets (series_id, bucket_start, bucket_width, value)
 SELECT series_id, bucket_start, bucket_width, value
 FROM incoming WHERE slow = 0
 ON CONFLICT (series_id, bucket_start, bucket_width) DO UPDATE SET value = excluded.value"""
+# Pricing: each (series, hour) delta times the price in force at that hour, summed per priced target.
+SQL_CREATE_PRICED = """
+CREATE TEMP TABLE IF NOT EXISTS priced (
+    target_id INTEGER NOT NULL, hour_start INTEGER NOT NULL,
+    grow INTEGER NOT NULL, shrink INTEGER NOT NULL, net INTEGER NOT NULL, scale INTEGER NOT NULL
+)"""
+SQL_CLEAR_PRICED = "DELETE FROM priced"
+SQL_FILL_PRICED = """
+INSERT INTO priced
+SELECT p.target_id, d.hour_start, sum(d.grow * p.price), sum(d.shrink * p.price), sum(d.net * p.price),
+       max(p.scale)
+FROM deltas AS d JOIN pricing AS p
+  ON p.series_id = d.series_id AND p.valid_from <= d.hour_start AND d.hour_start < p.valid_until
+GROUP BY p.target_id, d.hour_start"""
+# SQLite turns an overflowing integer product into a float: refuse it rather than lose exactness.
+SQL_PRICED_OVERFLOW = """
+SELECT count(*) FROM priced
+WHERE typeof(grow) <> 'integer' OR typeof(shrink) <> 'integer' OR typeof(net) <> 'integer'"""
+# Whole target units go to total, the rest stays in sub_total (and the same for adjustments).
+SQL_APPLY_PRICED_TOTALS = """
+UPDATE series SET
+    total = total + (sub_total + g.grow) / g.scale,
+    sub_total = (sub_total + g.grow) % g.scale,
+    adjustments = adjustments + (sub_adjustments + g.shrink) / g.scale,
+    sub_adjustments = (sub_adjustments + g.shrink) % g.scale,
+    updated_ns = :now
+FROM (SELECT target_id, sum(grow) AS grow, sum(shrink) AS shrink, max(scale) AS scale
+      FROM priced GROUP BY target_id) AS g
+WHERE series.id = g.target_id AND (g.grow <> 0 OR g.shrink <> 0)"""
+SQL_APPLY_PRICED_ROLLUPS = """
+INSERT INTO rollups (series_id, hour_start, value)
+SELECT target_id, hour_start, net FROM priced WHERE net <> 0
+ON CONFLICT (series_id, hour_start) DO UPDATE SET value = value + excluded.value"""
+SQL_STAGE_SLOW_DELTA = """
+INSERT INTO deltas VALUES (?, ?, ?, ?, ?, 0, 0, 0, 0, 0)"""
+SQL_DELETE_PRICING_OF_INSTANCE = """
+DELETE FROM pricing WHERE series_id IN (SELECT id FROM series WHERE instance = ?)"""
+SQL_INSERT_PRICING = """
+INSERT INTO pricing (series_id, valid_from, valid_until, target_id, price, scale) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (series_id, valid_from) DO UPDATE SET
+    valid_until = excluded.valid_until, target_id = excluded.target_id, price = excluded.price,
+    scale = excluded.scale"""
+SQL_PRICEABLE_SERIES = "SELECT id, instance, metric, attrs FROM series WHERE metric NOT IN (?, ?, ?)"
+#: Series whose deltas are money or already priced: never priced again (every other series is offered to the
+#: pricer, which decides: tokens, requests, and any unit a price entry names).
+UNPRICEABLE_METRICS: Final = frozenset({METRIC_COST, METRIC_COST_ESTIMATED, METRIC_UNPRICED})
 SQL_MARK_MIXED = "UPDATE series SET bucket_width = 0 WHERE id = ?"
 SQL_SLOW_POINTS = """
 SELECT series_id, bucket_start, bucket_width, value, prior FROM incoming WHERE slow = 1
@@ -350,6 +427,27 @@ SELECT s.instance, s.metric, s.attrs, sum(b.value)
 FROM buckets AS b JOIN series AS s ON s.id = b.series_id
 WHERE b.bucket_start >= ? AND b.bucket_start + b.bucket_width <= ?
 GROUP BY s.id"""
+SQL_EXACT_TOTALS = """
+SELECT instance, attrs, total, sub_total, adjustments, sub_adjustments FROM series WHERE metric = ? ORDER BY id"""
+SQL_ROLLUP_SUMS_BETWEEN = """
+SELECT s.instance, s.metric, s.attrs, sum(r.value)
+FROM series AS s JOIN rollups AS r ON r.series_id = s.id
+WHERE r.hour_start >= ? AND r.hour_start < ? AND s.metric IN ({metrics})
+GROUP BY s.id"""
+SQL_ROLLUP_SERIES = """
+SELECT s.id, s.instance, s.metric, s.attrs, s.bucket_width,
+       (SELECT min(hour_start) FROM rollups WHERE series_id = s.id),
+       (SELECT max(hour_start) FROM rollups WHERE series_id = s.id)
+FROM series AS s WHERE s.metric IN ({metrics})"""
+SQL_ROLLUP_SEGMENT_SUMS = """
+SELECT s.id, {segments} FROM series AS s WHERE s.metric IN ({metrics})"""
+SQL_ROLLUP_VALUES_AT = """
+SELECT r.series_id, r.hour_start, r.value FROM rollups AS r
+WHERE r.hour_start IN ({hours}) AND r.series_id IN (SELECT id FROM series WHERE metric IN ({metrics}))"""
+SQL_ROLLUP_HOURS = """
+SELECT s.instance, s.metric, s.attrs, r.hour_start, r.value
+FROM series AS s JOIN rollups AS r ON r.series_id = s.id
+WHERE r.hour_start IN ({hours}) AND s.metric IN ({metrics})"""
 SQL_ROLLUPS_SINCE = """
 SELECT s.instance, s.metric, s.attrs, sum(r.value)
 FROM rollups AS r JOIN series AS s ON s.id = r.series_id
@@ -393,6 +491,29 @@ class ExportRows:
     new_series: Iterable[tuple[int, str, str, str]]  # (series id, instance, metric, canonical attrs JSON)
     names: dict[tuple[str, str, str], str]  # (instance, kind, id) -> name
     levels: dict[int, int] = field(default_factory=dict)  # level series id -> its newest bucket's value
+
+
+@dataclass(frozen=True, slots=True)
+class PricingPeriod:
+    """Where a usage series' deltas go while ``valid_from <= bucket hour < valid_until``.
+
+    Each delta of the usage series (tokens, requests) times ``price`` is added to the target series
+    (``target_metric`` with ``target_attrs``), of which ``scale`` sub-units make one unit of its total: estimated
+    cost uses pico-USD per token with scale 1000 (totals in nano-USD); unpriced tokens use price 1, scale 1.
+    """
+
+    valid_from: int
+    valid_until: int
+    target_metric: str
+    target_attrs: dict[str, str]
+    price: int
+    scale: int
+
+
+class SeriesPricer(Protocol):
+    """Gives the pricing schedule of a usage series (``pricing.PriceBook`` is one); the ledger knows no prices."""
+
+    def schedule(self, metric: str, attrs: dict[str, str]) -> Sequence[PricingPeriod]: ...
 
 
 @dataclass(slots=True)
@@ -602,6 +723,65 @@ class Ledger:
             raise LedgerError(f"cannot open ledger {self.path}: {exc.strerror or exc}") from exc
         self._series_ids: dict[str, dict[tuple[str, str], int]] = {}
         self._lock = threading.Lock()
+        self._pricer: SeriesPricer | None = None
+
+    # -- pricing -------------------------------------------------------------------------------------------
+    def set_pricer(self, pricer: SeriesPricer | None, *, now_ns: int | None = None) -> int:
+        """Price every token and request series with ``pricer`` from now on; returns the series priced.
+
+        The schedules of all existing series are rebuilt in one transaction, so a changed catalog applies to
+        every delta from here on; what was already counted stays (counters never go down). New series get
+        their schedule inside the apply that creates them.
+        """
+        self._pricer = pricer
+        if pricer is None or self.readonly:
+            return 0
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        with self._lock, self._transaction() as tx:
+            tx.execute("DELETE FROM pricing")
+            rows = tx.execute(SQL_PRICEABLE_SERIES, sorted(UNPRICEABLE_METRICS)).fetchall()
+            by_instance: dict[str, list[tuple[int, str, str]]] = {}
+            for sid, instance, metric, attrs in rows:
+                by_instance.setdefault(instance, []).append((sid, metric, attrs))
+            for instance, series in by_instance.items():
+                self._price_series(tx, instance, series, now_ns)
+            self._series_ids.clear()
+        return len(rows)
+
+    def _price_series(
+        self, tx: sqlite3.Connection, instance: str, series: list[tuple[int, str, str]], now_ns: int
+    ) -> None:
+        """Write the pricing schedules of new usage series (one pricer call per series, never per point)."""
+        pricer = self._pricer
+        if pricer is None:
+            return
+        planned: list[tuple[int, PricingPeriod, tuple[str, str]]] = []
+        for sid, metric, attrs in series:
+            if metric in UNPRICEABLE_METRICS:
+                continue
+            for period in pricer.schedule(metric, json.loads(attrs)):
+                planned.append((sid, period, (period.target_metric, canonical_attrs(period.target_attrs))))
+        if not planned:
+            return
+        targets = dict.fromkeys(key for _, _, key in planned)
+        tx.executemany(SQL_INSERT_SERIES, [(instance, m, a, now_ns, now_ns) for m, a in targets])
+        ids = self._ids_for(tx, instance, refresh=True)
+        tx.executemany(SQL_INSERT_PRICING, [
+            (sid, p.valid_from, p.valid_until, ids[key], p.price, p.scale) for sid, p, key in planned
+        ])
+
+    def _apply_priced(self, tx: sqlite3.Connection, instance: str, now_ns: int) -> None:
+        """Turn the ``deltas`` just applied into deltas of their priced series (estimated cost, unpriced)."""
+        tx.execute(SQL_CLEAR_PRICED)
+        tx.execute(SQL_FILL_PRICED)
+        if tx.execute(SQL_PRICED_OVERFLOW).fetchone()[0]:
+            raise LedgerError(
+                f"{instance}: an estimated-cost delta exceeds 64-bit pico-units (over 9.2 million USD in one "
+                "series-hour); the poll was not applied"
+            )
+        tx.execute(SQL_APPLY_PRICED_TOTALS, {"now": now_ns})
+        tx.execute(SQL_APPLY_PRICED_ROLLUPS)
+        tx.execute(SQL_CLEAR_PRICED)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -740,6 +920,109 @@ class Ledger:
             for instance, metric, attrs, value in self._conn.execute(SQL_BUCKET_SUMS_BETWEEN, (start, end))
         ]
 
+    def exact_totals(self, metric: str) -> list[tuple[str, dict[str, str], int, int]]:
+        """Per series of ``metric``: (instance, attrs, total, adjustments) in sub-units, remainders included.
+
+        For estimated cost that is pico-USD (``total * 1000 + sub_total``): the exact sum of every priced delta.
+        """
+        scale = PICOS_PER_NANO if metric in ROLLUP_PICO_METRICS else 1
+        return [
+            (instance, json.loads(attrs), int(total) * scale + int(sub), int(adj) * scale + int(sub_adj))
+            for instance, attrs, total, sub, adj, sub_adj in self._conn.execute(SQL_EXACT_TOTALS, (metric,))
+        ]
+
+    def rollup_sums_between(
+        self, start: int, end: int, metrics: Sequence[str]
+    ) -> list[tuple[str, str, dict[str, str], int]]:
+        """Per series of ``metrics``: the sum of its hourly rollups with ``start <= hour < end``.
+
+        Values are in the rollup unit of the metric (``ROLLUP_PICO_METRICS``: pico-units).
+        """
+        marks = ",".join("?" * len(metrics))
+        sql = SQL_ROLLUP_SUMS_BETWEEN.format(metrics=marks)
+        return [
+            (instance, metric, json.loads(attrs), int(value))
+            for instance, metric, attrs, value in self._conn.execute(sql, (start, end, *metrics))
+        ]
+
+    def rollup_hours(
+        self, hours: Sequence[int], metrics: Sequence[str]
+    ) -> list[tuple[str, str, dict[str, str], int, int]]:
+        """The hourly rollups of ``metrics`` at exactly these hours: (instance, metric, attrs, hour, value)."""
+        if not hours or not metrics:
+            return []
+        sql = SQL_ROLLUP_HOURS.format(hours=",".join("?" * len(hours)), metrics=",".join("?" * len(metrics)))
+        parsed: dict[str, dict[str, str]] = {}
+        out = []
+        for instance, metric, attrs, hour, value in self._conn.execute(sql, (*hours, *metrics)):
+            a = parsed.get(attrs)
+            if a is None:
+                a = parsed[attrs] = json.loads(attrs)
+            out.append((instance, metric, a, int(hour), int(value)))
+        return out
+
+    def rollup_series(self, metrics: Sequence[str]) -> dict[int, tuple[str, str, dict[str, str], int, int, int]]:
+        """Series of ``metrics`` that have rollups: id -> (instance, metric, attrs, bucket width, first hour,
+        last hour). The first and last hours come from the rollups' primary key (one index probe each)."""
+        sql = SQL_ROLLUP_SERIES.format(metrics=",".join("?" * len(metrics)))
+        return {
+            int(sid): (instance, metric, json.loads(attrs), int(width or 0), int(first), int(last))
+            for sid, instance, metric, attrs, width, first, last in self._conn.execute(sql, tuple(metrics))
+            if first is not None
+        }
+
+    def rollup_window_sums(
+        self, windows: Sequence[tuple[int, int]], metrics: Sequence[str]
+    ) -> dict[int, list[int]]:
+        """Per series id of ``metrics``: the sum of its hourly rollups in each ``[start, end)`` window.
+
+        Budgets ask for several overlapping windows each (period to date, trailing hours, the part before and
+        after reported cost ends). The edges of all windows cut time into disjoint segments; each segment of
+        each series is one range walk of the rollups' primary key, so every row is read once whatever the
+        number of windows, and each window adds up its segments.
+        """
+        if not windows or not metrics:
+            return {}
+        edges = sorted({t for w in windows for t in w})
+        if len(edges) < 2:
+            return {}
+        segments = ", ".join(
+            f"(SELECT coalesce(sum(value), 0) FROM rollups WHERE series_id = s.id "
+            f"AND hour_start >= {int(a)} AND hour_start < {int(b)})"
+            for a, b in itertools.pairwise(edges)
+        )
+        sql = SQL_ROLLUP_SEGMENT_SUMS.format(segments=segments, metrics=",".join("?" * len(metrics)))
+        position = {t: i for i, t in enumerate(edges)}
+        spans = [(position[a], position[b]) for a, b in windows]
+        out: dict[int, list[int]] = {}
+        for sid, *row in self._conn.execute(sql, tuple(metrics)):
+            if any(row):
+                out[int(sid)] = [sum(row[i:j]) for i, j in spans]
+        return out
+
+    def rollup_values_at(self, hours: Sequence[int], metrics: Sequence[str]) -> list[tuple[int, int, int]]:
+        """(series id, hour, value) of the rollups of ``metrics`` at exactly these hours (point lookups)."""
+        if not hours or not metrics:
+            return []
+        hours = sorted(set(hours))
+        lookups = ", ".join(
+            f"(SELECT value FROM rollups WHERE series_id = s.id AND hour_start = {int(h)})" for h in hours
+        )
+        sql = SQL_ROLLUP_SEGMENT_SUMS.format(segments=lookups, metrics=",".join("?" * len(metrics)))
+        out = []
+        for sid, *values in self._conn.execute(sql, tuple(metrics)):
+            out += [(int(sid), h, int(v)) for h, v in zip(hours, values, strict=True) if v is not None]
+        return out
+
+    def names(self) -> dict[tuple[str, str, str], str]:
+        """Every resolved name: (instance, kind, id) -> name."""
+        return {(i, k, d): n for i, k, d, n in self._conn.execute(SQL_NAMES)}
+
+    def rollup_range(self) -> tuple[int, int] | None:
+        """The first and last hour with a rollup, or None when there are none."""
+        row = self._conn.execute("SELECT min(hour_start), max(hour_start) FROM rollups").fetchone()
+        return None if row[0] is None else (int(row[0]), int(row[1]))
+
     def counts(self) -> dict[str, int]:
         """Sizes for the health endpoint and logs."""
         return {
@@ -811,6 +1094,8 @@ class Ledger:
                 tx.executemany(SQL_INSERT_SERIES, [(instance, m, a, now_ns, now_ns) for m, a in missing])
                 stats.series_created = len(missing)
                 ids = self._ids_for(tx, instance, refresh=True)
+                self._price_series(tx, instance, [(ids[key], key[0], key[1]) for key in missing], now_ns)
+                ids = self._ids_for(tx, instance)
                 tx.executemany(
                     SQL_STAGE_NEW_SERIES_POINT_SUMMED if staged.repeats else SQL_STAGE_NEW_SERIES_POINT,
                     [(ids[key], start, width, value) for key, start, width, value in pending],
@@ -842,9 +1127,18 @@ class Ledger:
             tx.execute(SQL_APPLY_TOTALS, {"now": now_ns})
             tx.execute(SQL_APPLY_ROLLUPS)
             tx.execute(SQL_APPLY_BUCKETS)
+            tx.execute(SQL_CREATE_PRICED)
+            self._apply_priced(tx, instance, now_ns)
             slow = tx.execute(SQL_SLOW_POINTS).fetchall()
-            for sid, start, width, value, prior in slow:
-                stats.outcomes[self._apply_width_change(tx, instance, sid, start, width, value, prior, now_ns)] += 1
+            if slow:
+                slow_deltas: list[tuple[int, int, int, int, int]] = []
+                for sid, start, width, value, prior in slow:
+                    outcome = self._apply_width_change(
+                        tx, instance, sid, start, width, value, prior, now_ns, slow_deltas)
+                    stats.outcomes[outcome] += 1
+                tx.execute(SQL_CLEAR_DELTAS)
+                tx.executemany(SQL_STAGE_SLOW_DELTA, slow_deltas)
+                self._apply_priced(tx, instance, now_ns)
             tx.execute(SQL_CLEAR_INCOMING)
             tx.execute(SQL_CLEAR_DELTAS)
 
@@ -890,6 +1184,7 @@ class Ledger:
         value: int,
         prior: int | None,
         now_ns: int,
+        slow_deltas: list[tuple[int, int, int, int, int]],
     ) -> str:
         """Apply one point whose bucket overlaps buckets of another width (rare: a bucket-width change).
 
@@ -933,17 +1228,21 @@ class Ledger:
             for s, w, v in overlapped:
                 tx.execute(SQL_DELETE_BUCKET, (sid, s, w))
                 tx.execute(SQL_ADD_ROLLUP, (sid, s - s % 3600, -v))
+                slow_deltas.append((sid, s - s % 3600, 0, 0, -v))
             tx.execute(SQL_UPSERT_BUCKET, (sid, start, width, value))
             tx.execute(SQL_ADD_ROLLUP, (sid, start - start % 3600, value))
+            slow_deltas.append((sid, start - start % 3600, 0, 0, value))
             delta = value - covered
             outcome = "grown" if delta > 0 else "shrunk" if delta < 0 else "unchanged"
             if prior is None and not overlapped:
                 outcome = "new"
         if containing is not None:
             tx.execute(SQL_ADD_ROLLUP, (sid, start - start % 3600, delta))
+            slow_deltas.append((sid, start - start % 3600, 0, 0, delta))
         grow, shrink = max(delta, 0), max(-delta, 0)
         if grow or shrink:
             tx.execute(SQL_ADD_TOTALS, (grow, shrink, now_ns, sid))
+            slow_deltas.append((sid, start - start % 3600, grow, shrink, 0))
         if shrink:
             log.warning("%s: series %d shrank by %d at bucket %d (bucket-width change)", instance, sid, shrink, start)
         return outcome

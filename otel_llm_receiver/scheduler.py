@@ -16,7 +16,9 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
+from .attribution import Attributor
 from .builder import MetricsBuilder, make_resource
 from .config import Config, ExporterConfig
 from .emitter import BatchExporter, Emitter, build_exporter
@@ -24,10 +26,12 @@ from .errors import LedgerError, ProviderError, ReceiverError
 from .ledger import ApplyStats, Ledger
 from .logs import redact
 from .model import PollResult, Window
+from .pricing import PriceBook
 from .providers import create_provider
 from .providers.base import DAY, Provider
 from .retry import backoff_delay
 from .selfhealth import SelfHealth
+from .signals import Signals, SignalsReading, gauge_metrics
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,9 @@ class Receiver:
         self.config = config
         self.clock = clock
         self.ledger = Ledger(config.storage.path)
+        # Estimated cost is priced inside each apply; a changed catalog re-schedules every series once here.
+        self.prices = PriceBook(config.pricing.entries, use_genai_prices=config.pricing.genai_prices)
+        self.ledger.set_pricer(self.prices)
         self.health = SelfHealth(clock=clock)
         self.provider_configs = [p for p in config.providers if p.enabled]
         for p in self.provider_configs:
@@ -87,16 +94,22 @@ class Receiver:
         if exporters is None:
             exporters = [(cfg, build_exporter(cfg)) for cfg in config.exporters]
         self.emitter = Emitter(exporters, clock=clock)
+        labels = {p.name: dict(p.labels) for p in config.providers}
+        self.attributor = Attributor(config.attribution.rules)
         self.builder = MetricsBuilder(
-            make_resource(self.ledger.instance_id),
-            labels={p.name: dict(p.labels) for p in config.providers},
-            enabled=config.metrics,
+            make_resource(self.ledger.instance_id), labels=labels, enabled=config.metrics,
+            attributor=self.attributor,
         )
+        self.signals = Signals(config.budgets, self.attributor, self.prices, labels)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ledger-writer")
         self._reader: Ledger | None = None
         self._export_lock = threading.Lock()
         self._rollups_pruned_at = float("-inf")
         self.last_export_ok: bool | None = None
+        self.last_signals: SignalsReading | None = None
+        #: Set once every instance has finished its first poll (succeeded or failed): the backfill landed.
+        self.first_round = asyncio.Event()
+        self._first_polls: set[str] = set()
 
     # -- polling -------------------------------------------------------------------------------------------
     def _provider(self, name: str) -> Provider:
@@ -192,6 +205,9 @@ class Receiver:
         failures = 0
         while not stop.is_set():
             outcome = await self.poll(name)
+            self._first_polls.add(name)
+            if len(self._first_polls) == len(self.provider_configs):
+                self.first_round.set()
             interval = cfg.collection_interval
             if outcome.ok:
                 failures = 0
@@ -210,13 +226,25 @@ class Receiver:
             if self._reader is None:
                 self._reader = Ledger(self.config.storage.path, readonly=True)
             rows = self._reader.export_rows(self.builder.known_series)
-            data = self.builder.build(rows, self.health.reading(), time.time_ns())
+            now_ns = time.time_ns()
+            gauges = self._signal_gauges(self._reader, now_ns)
+            data = self.builder.build(rows, self.health.reading(), now_ns, gauges)
         if not len(self.emitter):
             return True
         ok = self.emitter.send(data, wait_for_all=wait)
         if wait:
             self.last_export_ok = ok
         return ok
+
+    def _signal_gauges(self, reader: Ledger, now_ns: int) -> list[Any]:
+        """Budget, anomaly, coverage, reconciliation and price gauges; a failure costs only these gauges."""
+        try:
+            reading = self.signals.read(reader, int(self.clock()))
+        except (LedgerError, ArithmeticError, ValueError) as exc:
+            log.warning("money signals skipped this export: %s", exc)
+            return []
+        self.last_signals = reading
+        return gauge_metrics(reading, now_ns)
 
     async def _export_loop(self, stop: asyncio.Event) -> None:
         interval = self.config.export_interval

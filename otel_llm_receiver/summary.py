@@ -1,24 +1,29 @@
-"""The terminal summary ``demo`` prints: per provider and model, the token rate, tokens and reported spend.
+"""The terminal summary ``demo`` prints: per provider and model, the token rate, tokens, reported and estimated
+spend; then budget burn, the top anomaly scores, attribution coverage and the reconciliation ratio.
 
-It reads the ledger like any other consumer (its own read-only connection) and never calls a provider.
-Estimated cost and budget burn join this table once pricing and budgets exist.
+It reads the ledger like any other consumer (its own read-only connection) and never calls a provider; the money
+signals come in as a ``SignalsReading`` computed from the same ledger.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from decimal import Decimal
 
-from .ledger import METRIC_COST, METRIC_TOKENS, Ledger
+from .ledger import METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS, Ledger
 from .model import from_nanos
+from .signals import SignalsReading
 
 RATE_WINDOW = 15 * 60  # tokens/min is averaged over this many seconds of settled buckets
 SETTLE = 2 * 60  # ...ending this long ago, so the rate does not dip on buckets still filling in
+CENT = Decimal("0.01")
+TOP_ANOMALIES = 3
 
 
-def render_summary(reader: Ledger, now: int) -> str:
-    """A compact table, one row per (provider, model), sorted by token rate."""
+def render_summary(reader: Ledger, now: int, signals: SignalsReading | None = None) -> str:
+    """A compact table, one row per (provider, model), sorted by token rate, and the money signals."""
     end = now - SETTLE
     recent: dict[tuple[str, str], int] = defaultdict(int)
     for _, metric, bucket_attrs, value in reader.bucket_sums_between(end - RATE_WINDOW, end):
@@ -26,6 +31,7 @@ def render_summary(reader: Ledger, now: int) -> str:
             recent[(bucket_attrs["gen_ai.provider.name"], bucket_attrs["gen_ai.request.model"])] += value
     tokens: dict[tuple[str, str], int] = defaultdict(int)
     cost: dict[tuple[str, str], int] = defaultdict(int)
+    estimated: dict[tuple[str, str], int] = defaultdict(int)
     for s in reader.snapshot().series:
         attrs: dict[str, str] = json.loads(s.attrs)
         key = (attrs.get("gen_ai.provider.name", "?"), attrs.get("gen_ai.request.model", "(none)"))
@@ -33,21 +39,62 @@ def render_summary(reader: Ledger, now: int) -> str:
             tokens[key] += s.total - s.adjustments
         elif s.metric == METRIC_COST and "currency" not in attrs:
             cost[key] += s.total - s.adjustments
+        elif s.metric == METRIC_COST_ESTIMATED:
+            estimated[key] += s.total - s.adjustments
     rows = sorted(set(tokens) | set(cost), key=lambda k: (-recent.get(k, 0), k))
-    header = f"{'provider':<10} {'model':<24} {'tokens/min':>12} {'tokens (all)':>16} {'cost USD (reported)':>20}"
+    header = (f"{'provider':<10} {'model':<24} {'tokens/min':>12} {'tokens (all)':>16} {'USD reported':>14} "
+              f"{'USD estimated':>14}")
     lines = [header, "-" * len(header)]
     for provider, model in rows:
-        rate = recent.get((provider, model), 0) / (RATE_WINDOW / 60)
-        spent = from_nanos(cost.get((provider, model), 0)).quantize(Decimal("0.01"))
+        key = (provider, model)
+        rate = recent.get(key, 0) / (RATE_WINDOW / 60)
+        spent = from_nanos(cost.get(key, 0)).quantize(CENT)
+        guess = from_nanos(estimated.get(key, 0)).quantize(CENT)
         lines.append(
-            f"{provider:<10} {model[:24]:<24} {rate:>12,.0f} {tokens.get((provider, model), 0):>16,} {spent:>20,}"
+            f"{provider:<10} {model[:24]:<24} {rate:>12,.0f} {tokens.get(key, 0):>16,} {spent:>14,} {guess:>14,}"
         )
     if len(lines) == 2:
         lines.append("(no usage in the ledger yet)")
     total_rate = sum(recent.values()) / (RATE_WINDOW / 60)
-    total_cost = from_nanos(sum(cost.values())).quantize(Decimal("0.01"))
+    total_cost = from_nanos(sum(cost.values())).quantize(CENT)
+    total_estimated = from_nanos(sum(estimated.values())).quantize(CENT)
     lines.append("-" * len(header))
-    lines.append(f"{'total':<35} {total_rate:>12,.0f} {sum(tokens.values()):>16,} {total_cost:>20,}")
-    lines.append("estimated cost and budget burn: not yet available (pricing and budgets come later)")
+    lines.append(f"{'total':<35} {total_rate:>12,.0f} {sum(tokens.values()):>16,} {total_cost:>14,} "
+                 f"{total_estimated:>14,}")
+    if signals is not None:
+        lines += signal_lines(signals)
     return "\n".join(lines)
 
+
+def signal_lines(signals: SignalsReading) -> list[str]:
+    """Budget burn, top anomalies, coverage and reconciliation, one line each."""
+    lines = [""]
+    for b in signals.budgets:
+        burn = ", ".join(f"{w} {r:.2f}x" for w, r in b.burn_rates.items())
+        lines.append(
+            f"budget {b.name}: {b.spent.quantize(CENT):,} of {b.limit:,} USD ({b.utilization:.1%}), "
+            f"projected {b.projected.quantize(CENT):,} by {time.strftime('%Y-%m-%d', time.gmtime(b.period_end))}, "
+            f"burn {burn}"
+        )
+    if not signals.budgets:
+        lines.append("budgets: none configured")
+    top = sorted(signals.anomalies, key=lambda a: -a.score)[:TOP_ANOMALIES]
+    if top:
+        when = time.strftime("%a %H:00 UTC", time.gmtime(signals.hour))
+        lines.append(f"anomaly scores for {when}: " + "; ".join(
+            f"{a.model} {a.tenancy_name or a.tenancy_id} {a.signal} {a.score:+.1f}" for a in top))
+    peak = signals.peak
+    if peak is not None:
+        when = time.strftime("%a %Y-%m-%d %H:00 UTC", time.gmtime(peak.hour))
+        shown = (f"{peak.value:,.0f} vs a usual {peak.baseline:,.0f} tokens" if peak.signal == "tokens"
+                 else f"{peak.value:,.2f} vs a usual {peak.baseline:,.2f} USD")
+        lines.append(f"highest anomaly score of the last 7 days: {peak.score:+.1f} at {when}, {peak.provider} "
+                     f"{peak.model} {peak.tenancy_name or peak.tenancy_id} {peak.signal} ({shown} in that hour)")
+    if signals.coverage:
+        lines.append("attribution coverage (24h): " + ", ".join(
+            f"{p} {share:.0%}" for p, share in sorted(signals.coverage.items())))
+    for r in signals.reconciliation:
+        if r.ratio is not None:
+            lines.append(f"reconciliation {r.provider}/{r.tenancy_name or r.tenancy_id} "
+                         f"{time.strftime('%Y-%m-%d', time.gmtime(r.day))}: estimated / reported = {r.ratio:.3f}")
+    return lines

@@ -47,7 +47,7 @@ def test_catalog_entry_is_complete_and_consistent(name: str) -> None:
     assert m.prometheus_name == _prometheus_name(m)
     if m.instrument == "sum":
         assert m.temporality == "cumulative"
-    assert name.startswith(("llm.usage.", "llm.receiver."))
+    assert name.startswith(("llm.usage.", "llm.receiver.", "llm.pricing.", "llm.cost.", "llm.budget.", "llm.anomaly.", "llm.attribution."))
 
 
 def test_catalog_rejects_undefined_attributes() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -98,6 +99,17 @@ def test_demo_without_a_collector_warns_once_and_summarises(tmp_path: Path) -> N
     assert proc.stderr.count("nothing listens on") == 1
     assert "gpt-4o-mini" in proc.stdout and "tokens/min" in proc.stdout
     assert "Traceback" not in proc.stderr
+    # The money signals: estimated spend, budget burn, and the week's injected spike (Wednesday 14:00 UTC).
+    assert "USD estimated" in proc.stdout and "budget demo-monthly:" in proc.stdout and "burn 1h" in proc.stdout
+    peak = re.search(r"highest anomaly score of the last 7 days: \+([0-9.]+) at (\w+) \S+ (\d\d):00 UTC, demo gpt-4o "
+                     r"Research", proc.stdout)
+    assert peak is not None, proc.stdout
+    assert float(peak.group(1)) > 4 and peak.group(2, 3) == ("Wed", "14")
+    # `report` reads the same ledger offline.
+    report = cli("report", "--storage", str(tmp_path / "demo.db"), "--since", "7d")
+    assert report.returncode == 0, report.stderr
+    for title in ("Spend and tokens", "reported USD", "estimated USD", "Top anomaly scores"):
+        assert title in report.stdout
 
 
 def test_demo_exports_to_a_listening_collector(tmp_path: Path) -> None:

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from otel_llm_receiver.errors import LedgerError
-from otel_llm_receiver.ledger import METRIC_COST, METRIC_COST_NON_USD, METRIC_REQUESTS, METRIC_TOKENS, Ledger
+from otel_llm_receiver.ledger import (
+    METRIC_COST,
+    METRIC_COST_NON_USD,
+    METRIC_REQUESTS,
+    METRIC_TOKENS,
+    SCHEMA_VERSION,
+    Ledger,
+)
 from otel_llm_receiver.model import CostRecord, PollResult, UsageRecord, from_nanos
 
 H = 3600
@@ -202,7 +209,7 @@ def test_totals_and_start_times_survive_reopening(tmp_path: Path) -> None:
 def test_schema_is_versioned_and_newer_files_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     with Ledger(path) as led:
-        assert led.schema_version == 1
+        assert led.schema_version == SCHEMA_VERSION == 2
     conn = sqlite3.connect(path)
     conn.execute("INSERT INTO schema_migrations VALUES (99, 'from the future', 0)")
     conn.commit()

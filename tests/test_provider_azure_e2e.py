@@ -71,10 +71,13 @@ def run_process(cfg: Config, polls: list[int], sink: OTLPSink) -> Receiver:
     return receiver
 
 
-def by(sink: OTLPSink, metric: str, *keys: str) -> Counter[tuple[Any, ...]]:
+def by(sink: OTLPSink, metric: str, *keys: str, measure: str | None = None) -> Counter[tuple[Any, ...]]:
+    """Sum the metric's points by ``keys``; for adjustments, only those of ``measure`` (tokens, cost, ...)."""
     out: Counter[tuple[Any, ...]] = Counter()
     for attrs, point in sink.number_points(metric).items():
         a = dict(attrs)
+        if measure is not None and a.get("llm.measure") != measure:
+            continue
         out[tuple(a.get(k) for k in keys)] += point.value  # type: ignore[assignment]
     return out
 
@@ -153,7 +156,7 @@ def test_backfill_revision_restart_and_currencies_end_to_end(tmp_path: Path, fak
         got = by(sink, "llm.usage.tokens", "llm.tenancy.name", "llm.deployment", "gen_ai.request.model",
                  "gen_ai.token.type")
         adjustments = by(sink, "llm.usage.adjustments", "llm.tenancy.name", "llm.deployment",
-                         "gen_ai.request.model", "gen_ai.token.type")
+                         "gen_ai.request.model", "gen_ai.token.type", measure="tokens")
         assert adjustments == {("aoai-prod", "chat", "gpt-4o-2024-11-20", "output"): 203 - 100}
         assert got - adjustments == want_tokens  # total - adjustments is exact
         assert got[("aoai-prod", "chat", "gpt-4o-2024-11-20", "input")] == want_tokens[

@@ -12,7 +12,8 @@ as_of)`` where ``as_of`` is the poll's window end, and it misbehaves the way rea
 The organisation: three projects (tenancies), six (tenancy, model) pairs of chat and embeddings traffic with a
 business-hours daily rhythm (peak 13:00 UTC), quieter weekends, cached input on most chat models, and one
 injected spike: every Wednesday 14:00-15:00 UTC the ``proj-research`` project's ``gpt-4o`` traffic runs at
-8x (a runaway batch job), so any 7-day backfill contains exactly one spike for anomaly detection to find.
+8x (a runaway batch job), so any 7-day window contains exactly one spike for anomaly detection to find (the
+``demo`` command backfills 14 days, so that week has a week of baseline before it).
 """
 
 from __future__ import annotations

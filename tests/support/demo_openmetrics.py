@@ -23,6 +23,7 @@ from decimal import Decimal
 from itertools import accumulate
 
 from otel_llm_receiver.catalog import CATALOG, MetricDef
+from otel_llm_receiver.pricing import PriceBook
 from otel_llm_receiver.providers.demo import (
     COST_DELAY,
     COST_LOOKBACK,
@@ -173,10 +174,54 @@ def self_health_families(ds: DataSet) -> list[_Family]:
     return _self_health(ds.times)
 
 
+def pricing_families(ds: DataSet) -> list[_Family]:
+    """``llm.usage.cost.estimated``, ``llm.pricing.token_price`` and ``llm.cost.reconciliation.ratio``.
+
+    Priced with the receiver's own ``PriceBook`` (the demo's models are known to genai-prices), so estimated
+    cost is exactly tokens x price at every sample. The reconciliation ratio here is a day-agnostic stand-in
+    (cumulative estimated / cumulative reported per tenancy): the receiver computes it per final day, but the
+    queries under test only need a real series of that name and labels.
+    """
+    tokens, _, cost = usage_series(ds.seed, ds.first_start, ds.times)
+    book = PriceBook()
+    estimated, price_gauge, ratio = (_Family(n) for n in (
+        "llm.usage.cost.estimated", "llm.pricing.token_price", "llm.cost.reconciliation.ratio"))
+    by_tenancy: dict[str, list[Decimal]] = {}
+    priced: set[tuple[str, str]] = set()
+    for (w, t), values in tokens.items():
+        price = book.price(PROVIDER_NAME, w.model, t, {}, ds.times[0])
+        if price is None:
+            continue
+        labels = {**_usage_labels(w), prometheus_label_name("gen_ai.token.type"): t}
+        amounts = [price.usd * v for v in values]
+        estimated.add("", labels, [(at, float(a)) for at, a in zip(ds.times, amounts, strict=True)])
+        running = by_tenancy.setdefault(w.tenancy, [Decimal(0)] * len(ds.times))
+        by_tenancy[w.tenancy] = [r + a for r, a in zip(running, amounts, strict=True)]
+        if (w.model, t) not in priced:
+            priced.add((w.model, t))
+            price_gauge.add("", {prometheus_label_name("gen_ai.provider.name"): PROVIDER_NAME,
+                                 prometheus_label_name("gen_ai.request.model"): w.model,
+                                 prometheus_label_name("gen_ai.token.type"): t},
+                            [(at, float(price.usd)) for at in ds.times])
+    reported: dict[str, list[Decimal]] = {}
+    for w, amounts in cost.items():
+        running = reported.setdefault(w.tenancy, [Decimal(0)] * len(ds.times))
+        reported[w.tenancy] = [r + a for r, a in zip(running, amounts, strict=True)]
+    for tenancy, est in by_tenancy.items():
+        labels = {k: v for k, v in _usage_labels(next(w for w in WORKLOADS if w.tenancy == tenancy)).items()
+                  if k not in ("gen_ai_request_model", "gen_ai_operation_name")}
+        points = [(at, float(e / r)) for at, e, r in zip(ds.times, est, reported[tenancy], strict=True) if r]
+        if points:
+            ratio.add("", labels, points)
+    return [estimated, price_gauge, ratio]
+
+
 #: The data set's metric families, one builder per group of metrics. A new group of metrics (issue 7's
 #: ``llm.usage.cost.estimated``, ``llm.budget.*``, ``llm.anomaly.score``, ...) is one more builder here, so that
 #: its rules and panels have data to run on in tests/test_dashboards.py.
-FAMILY_BUILDERS: tuple[Callable[[DataSet], list[_Family]], ...] = (usage_families, self_health_families)
+FAMILY_BUILDERS: tuple[Callable[[DataSet], list[_Family]], ...] = (
+    usage_families, self_health_families, pricing_families,
+)
 
 
 def demo_openmetrics(end: int, seed: int = 42, days: int = 7) -> str:

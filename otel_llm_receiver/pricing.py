@@ -1,0 +1,524 @@
+"""Prices: what one token (or request) of a usage series costs at a given time, and the ledger's schedules.
+
+Provider-reported cost arrives a day late or never (Bedrock, Vertex), so the receiver estimates it from tokens.
+This module answers one question, "what is the USD price of one ``unit`` of this series at time ``t``", from
+four sources, most specific first:
+
+1. ``pricing.overrides`` in the config (negotiated prices, corrections);
+2. ``pricing.catalog_file`` (a user's own catalog, same schema: air-gapped or negotiated prices);
+3. ``default_prices.yaml`` in the package: the rules ``genai-prices`` cannot express, each citing its source
+   (Anthropic 1-hour cache writes, batch and flex discounts, Anthropic long context);
+4. the ``genai-prices`` package's offline data (``Decimal`` prices, with their own history and variants).
+
+An entry either gives prices (USD per million tokens for the token types, USD per request or per unit
+otherwise) or a ``multiplier`` applied to the price the other entries resolve to (batch: 0.5). ``when`` selects
+entries by the series' attributes (``llm.batch``, ``llm.service_tier``, ``llm.cache.ttl``,
+``llm.context_window`` or any other), and ``effective_from`` makes a price apply to buckets from that date on.
+A multiplier is skipped when the base price already accounts for its condition (a genai-prices batch variant, or
+an entry whose own ``when`` names the same attribute), so no discount is applied twice.
+
+genai-prices' ``input_tokens`` *includes* cache reads and writes, while our ``input`` token type excludes them
+(DESIGN.md: token types partition the total). Per-unit prices need no conversion; ``to_genai_usage`` converts
+a token breakdown when genai-prices itself computes a price (used by the tests to cross-check our arithmetic).
+
+Exactness: a price is held as an integer number of pico-USD (1e-12) per unit: exact for every price with at
+most six decimals per million tokens. The ledger multiplies token deltas by it in integer SQL (see
+``ledger.PricingPeriod``), so the estimated cost of a sum is the sum of the estimated costs, to the pico-dollar.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from importlib.resources import files
+from typing import Any
+
+import yaml
+
+from .ledger import (
+    METRIC_COST_ESTIMATED,
+    METRIC_REQUESTS,
+    METRIC_TOKENS,
+    METRIC_UNPRICED,
+    PICOS_PER_NANO,
+    PricingPeriod,
+)
+from .model import TOKEN_TYPES
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FAR_FUTURE",
+    "PICOS_PER_USD",
+    "Price",
+    "PriceBook",
+    "PriceEntry",
+    "load_default_entries",
+    "parse_price_entries",
+    "to_genai_usage",
+]
+
+PICOS_PER_USD = 10**12
+TOKENS_PER_MTOK = 1_000_000
+FAR_FUTURE = 2**62
+REQUEST_UNIT = "request"
+#: Units priced per million (tokens); every other unit (requests, a metric name for other measures) per one.
+PER_MILLION_UNITS = frozenset(TOKEN_TYPES)
+_ENTRY_KEYS = ("provider", "model", "effective_from", "when", "prices", "multiplier", "applies_to", "source")
+_LAYERS = ("override", "catalog_file", "default")
+
+# Our provider names (gen_ai.provider.name) -> genai-prices provider ids; others are matched by model name.
+GENAI_PROVIDER_IDS: Mapping[str, str] = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "azure.ai.openai": "azure",
+    "aws.bedrock": "aws",
+    "gcp.vertex_ai": "google",
+    "gcp.gemini": "google",
+}
+_FALLBACK_PROVIDER_IDS = ("openai", "anthropic", "google")
+_GENAI_PRICE_KEYS: Mapping[str, str] = {
+    "input": "input_mtok",
+    "cache_read": "cache_read_mtok",
+    "cache_write": "cache_write_mtok",
+    "output": "output_mtok",
+    REQUEST_UNIT: "requests_kcount",
+}
+_BAND = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)")
+
+
+# ------------------------------------------------------------------------------------------------ entries
+@dataclass(frozen=True)
+class PriceEntry:
+    """One catalog or override entry (see the module docstring and docs/pricing.md)."""
+
+    provider: str = "*"
+    model: str = "*"
+    effective_from: int = 0  # Unix seconds (UTC midnight of the configured date)
+    when: Mapping[str, str] = field(default_factory=dict)
+    prices: Mapping[str, Decimal] = field(default_factory=dict)  # unit -> USD per MTok (tokens) or per unit
+    multiplier: Decimal | None = None
+    applies_to: tuple[str, ...] = ()  # units the multiplier changes (empty: all)
+    source: str = ""
+    layer: str = "override"  # override, catalog_file or default
+
+    def matches(self, provider: str, model: str, attrs: Mapping[str, str]) -> bool:
+        return (
+            _glob(self.provider, provider)
+            and _glob(self.model, model)
+            and all(attrs.get(k) == v for k, v in self.when.items())
+        )
+
+    @property
+    def rank(self) -> tuple[int, int, int, int]:
+        """Sort key, most specific first: layer, more ``when`` keys, exact names before globs, latest date."""
+        globs = _is_glob(self.provider) + _is_glob(self.model)
+        return (_LAYERS.index(self.layer), -len(self.when), globs, -self.effective_from)
+
+
+def _is_glob(pattern: str) -> int:
+    return int(any(c in pattern for c in "*?["))
+
+
+def _glob(pattern: str, value: str) -> bool:
+    return pattern == value or (bool(_is_glob(pattern)) and fnmatch.fnmatchcase(value, pattern))
+
+
+def parse_price_entries(raw: Any, path: str, problems: list[str], *, layer: str) -> list[PriceEntry]:
+    """Validate a list of entries, appending one ``path: message`` line per problem (nothing is guessed)."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        problems.append(f"{path}: must be a list of price entries, got {type(raw).__name__}")
+        return []
+    entries = []
+    for index, item in enumerate(raw):
+        entry = _parse_entry(item, f"{path}[{index}]", problems, layer)
+        if entry is not None:
+            entries.append(entry)
+    return entries
+
+
+def _parse_entry(item: Any, path: str, problems: list[str], layer: str) -> PriceEntry | None:
+    if not isinstance(item, dict):
+        problems.append(f"{path}: must be a mapping, got {type(item).__name__}")
+        return None
+    before = len(problems)
+    values: dict[str, Any] = {"layer": layer}
+    for key, value in item.items():
+        key_path = f"{path}.{key}"
+        if key not in _ENTRY_KEYS:
+            problems.append(f"{key_path}: unknown key (valid: {', '.join(_ENTRY_KEYS)})")
+        elif key in ("provider", "model", "source"):
+            if not isinstance(value, str) or not value.strip():
+                problems.append(f"{key_path}: must be a non-empty string")
+            else:
+                values[key] = value.strip()
+        elif key == "effective_from":
+            when = _parse_date(value)
+            if when is None:
+                problems.append(f"{key_path}: must be a date such as 2026-01-01 (UTC), got {value!r}")
+            else:
+                values[key] = when
+        elif key == "when":
+            if not isinstance(value, dict) or not value:
+                problems.append(f"{key_path}: must be a non-empty mapping of attribute to value")
+            else:
+                values[key] = {str(k): _attr_text(v) for k, v in value.items()}
+        elif key == "prices":
+            values[key] = _parse_prices(value, key_path, problems)
+        elif key == "multiplier":
+            number = _decimal(value)
+            if number is None or number < 0:
+                problems.append(f"{key_path}: must be a non-negative number, got {value!r}")
+            else:
+                values[key] = number
+        elif key == "applies_to":
+            units = value if isinstance(value, list) else None
+            if not units or not all(isinstance(u, str) and u for u in units):
+                problems.append(f"{key_path}: must be a non-empty list of units (input, cache_read, ...)")
+            else:
+                values[key] = tuple(units)
+    if "prices" not in values and "multiplier" not in values and len(problems) == before:
+        problems.append(f"{path}: needs prices, a multiplier, or both")
+    if "applies_to" in values and "multiplier" not in values:
+        problems.append(f"{path}.applies_to: only applies with a multiplier")
+    if len(problems) > before:
+        return None
+    return PriceEntry(**values)
+
+
+def _parse_prices(value: Any, path: str, problems: list[str]) -> dict[str, Decimal]:
+    if not isinstance(value, dict) or not value:
+        problems.append(f"{path}: must be a mapping of unit to USD price (input, cache_read, cache_write, output, "
+                        "request, or a metric name)")
+        return {}
+    out: dict[str, Decimal] = {}
+    for unit, amount in value.items():
+        number = _decimal(amount)
+        if number is None or number < 0:
+            problems.append(f"{path}.{unit}: must be a non-negative number (USD), got {amount!r}")
+            continue
+        per = TOKENS_PER_MTOK if unit in PER_MILLION_UNITS else 1
+        if (number * PICOS_PER_USD / per) != (number * PICOS_PER_USD / per).to_integral_value():
+            what = "per million tokens: at most 6 decimals" if per > 1 else "per unit: at most 12 decimals"
+            problems.append(f"{path}.{unit}: {amount} has more precision than the ledger keeps ({what})")
+            continue
+        out[str(unit)] = number
+    return out
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        return None
+    try:
+        number = Decimal(str(value).strip())  # str(): YAML 0.075 is the float nearest 0.075, its repr is exact
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
+
+
+def _attr_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _parse_date(value: Any) -> int | None:
+    if isinstance(value, dt.datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        return int(moment.timestamp())
+    if isinstance(value, dt.date):
+        return int(dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC).timestamp())
+    if isinstance(value, str):
+        try:
+            return _parse_date(dt.datetime.fromisoformat(value.strip()))
+        except ValueError:
+            return None
+    return None
+
+
+def load_default_entries() -> list[PriceEntry]:
+    """The packaged ``default_prices.yaml``: rules genai-prices cannot express, each with its source."""
+    text = files("otel_llm_receiver").joinpath("default_prices.yaml").read_text("utf-8")
+    problems: list[str] = []
+    entries = parse_price_entries(yaml.safe_load(text), "default_prices.yaml", problems, layer="default")
+    if problems:  # a packaging bug, not a user error
+        raise ValueError("; ".join(problems))
+    return entries
+
+
+def load_catalog_file(path: str, problems: list[str], *, key_path: str) -> list[PriceEntry]:
+    """A user's catalog file: a YAML list of entries (the overrides' schema)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except OSError as exc:
+        problems.append(f"{key_path}: cannot read {path}: {exc.strerror or exc}")
+        return []
+    except yaml.YAMLError as exc:
+        problems.append(f"{key_path}: {path} is not valid YAML: {exc}")
+        return []
+    return parse_price_entries(raw, f"{key_path} ({path})", problems, layer="catalog_file")
+
+
+# ------------------------------------------------------------------------------------------------- prices
+@dataclass(frozen=True, slots=True)
+class Price:
+    """The resolved price of one unit: exact USD, and where it came from (for docs, logs and ``report``)."""
+
+    usd: Decimal
+    source: str
+
+    @property
+    def picos(self) -> int:
+        return int((self.usd * PICOS_PER_USD).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def to_genai_usage(tokens: Mapping[str, int]) -> dict[str, int]:
+    """Our token partition as genai-prices usage fields: its ``input_tokens`` includes cache reads and writes."""
+    cache_read, cache_write = tokens.get("cache_read", 0), tokens.get("cache_write", 0)
+    return {
+        "input_tokens": tokens.get("input", 0) + cache_read + cache_write,
+        "cache_read_tokens": cache_read,
+        "cache_write_tokens": cache_write,
+        "output_tokens": tokens.get("output", 0),
+    }
+
+
+def _context_lower_bound(band: str | None) -> int:
+    """The lower bound in tokens of a context-window band such as ``200k-1M`` (0 when absent or unreadable)."""
+    if not band:
+        return 0
+    m = _BAND.match(band)
+    if m is None:
+        return 0
+    scale = {"k": 1_000, "m": 1_000_000}.get(m.group(2).lower(), 1)
+    return int(Decimal(m.group(1)) * scale)
+
+
+def _utc(at: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(at, dt.UTC)
+
+
+class PriceBook:
+    """Resolves prices from overrides, a catalog file, the packaged defaults and genai-prices.
+
+    It is also the ledger's ``SeriesPricer``: ``schedule()`` turns a token or request series into pricing
+    periods (estimated cost, or ``llm.pricing.unpriced_tokens`` where no price is known).
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[PriceEntry] = (),
+        *,
+        defaults: Sequence[PriceEntry] | None = None,
+        use_genai_prices: bool = True,
+    ) -> None:
+        self.entries = sorted([*entries, *(load_default_entries() if defaults is None else defaults)],
+                              key=lambda e: e.rank)
+        self.use_genai_prices = use_genai_prices
+        self._models: dict[tuple[str, str], Any] = {}
+        self._warned: set[tuple[str, str]] = set()
+        self._schedules: dict[tuple[object, ...], list[tuple[int, int, Price | None]]] = {}
+        # The attributes a price can depend on: the ones genai-prices variants read, and every ``when`` key.
+        self._relevant = frozenset(PRICE_GAUGE_ATTRIBUTES) | {k for e in self.entries for k in e.when}
+
+    # -- genai-prices ------------------------------------------------------------------------------------
+    def _genai_model(self, provider: str, model: str) -> Any:
+        key = (provider, model)
+        if key not in self._models:
+            found = None
+            if self.use_genai_prices:
+                from genai_prices import data_snapshot  # 0.5 s of data: loaded only when a price is needed
+
+                snapshot = data_snapshot.get_snapshot()
+                # A provider genai-prices does not know (demo, a gateway) is matched by model name, then
+                # against the model makers whose models such providers serve.
+                mapped = GENAI_PROVIDER_IDS.get(provider)
+                candidates = [mapped] if mapped else [None, *_FALLBACK_PROVIDER_IDS]
+                for provider_id in candidates:
+                    try:
+                        found = snapshot.find_provider_model(model, None, provider_id, None)[1]
+                        break
+                    except LookupError:
+                        continue
+            self._models[key] = found
+        return self._models[key]
+
+    def _genai_price(
+        self, provider: str, model: str, unit: str, attrs: Mapping[str, str], at: int
+    ) -> tuple[Decimal, set[str]] | None:
+        """(USD per unit, attributes the price already accounts for) from genai-prices, or None."""
+        info = self._genai_model(provider, model)
+        if info is None or unit not in _GENAI_PRICE_KEYS:
+            return None
+        context: dict[str, str] = {}
+        handled_by_context: dict[str, str] = {}
+        tier = attrs.get("llm.service_tier")
+        if tier and tier not in ("batch", "standard"):
+            context["service_tier"] = tier
+            handled_by_context["service_tier"] = "llm.service_tier"
+        if attrs.get("llm.batch") == "true" or tier == "batch":
+            context["processing"] = "batch"
+            handled_by_context["processing"] = "llm.batch" if attrs.get("llm.batch") == "true" else "llm.service_tier"
+        when = _utc(at)
+        prices = info.get_prices(when, context or None)
+        key = _GENAI_PRICE_KEYS[unit]
+        handled: set[str] = set()
+        ttl_1h = unit == "cache_write" and attrs.get("llm.cache.ttl") == "1h"
+        if ttl_1h and getattr(prices, "cache_write_1h_mtok", None) is not None:
+            key = "cache_write_1h_mtok"
+            handled.add("llm.cache.ttl")
+        value = getattr(prices, key, None)
+        if value is None:
+            return None
+        for variant in info.price_variants or ():
+            if variant.constraint is not None and not variant.constraint.active(when):
+                continue
+            if all(context.get(k) == v for k, v in variant.when.items()) and getattr(variant.prices, key, None) is not None:
+                handled.update(handled_by_context[k] for k in variant.when if k in handled_by_context)
+        if hasattr(value, "tiers"):  # TieredPrices: long-context rates by input tokens per request
+            lower = _context_lower_bound(attrs.get("llm.context_window"))
+            price = value.base
+            for t in value.tiers:
+                if lower >= t.start:
+                    price = t.price
+            value = price
+            handled.add("llm.context_window")
+        per = TOKENS_PER_MTOK if unit in PER_MILLION_UNITS else 1000  # requests_kcount: per thousand
+        return Decimal(value) / per, handled
+
+    # -- resolution --------------------------------------------------------------------------------------
+    def price(self, provider: str, model: str, unit: str, attrs: Mapping[str, str], at: int) -> Price | None:
+        """The USD price of one ``unit`` of a series with ``attrs`` for a bucket starting at ``at``."""
+        live = [e for e in self.entries if e.effective_from <= at and e.matches(provider, model, attrs)]
+        base: Decimal | None = None
+        source = ""
+        handled: set[str] = set()
+        for e in live:  # sorted most specific first
+            if unit in e.prices:
+                per = TOKENS_PER_MTOK if unit in PER_MILLION_UNITS else 1
+                base, source, handled = e.prices[unit] / per, e.source or e.layer, set(e.when)
+                break
+        if base is None:
+            found = self._genai_price(provider, model, unit, attrs, at)
+            if found is None:
+                return None
+            base, handled = found
+            source = "genai-prices"
+        seen: set[frozenset[tuple[str, str]]] = set()
+        for e in live:
+            if e.multiplier is None or (e.applies_to and unit not in e.applies_to):
+                continue
+            condition = frozenset(e.when.items())
+            if condition in seen or handled & set(e.when) or (e.prices and unit in e.prices):
+                continue
+            seen.add(condition)
+            base *= e.multiplier
+            source += f" x{e.multiplier} ({e.source or e.layer})"
+        return Price(base, source)
+
+    def boundaries(self, provider: str, model: str) -> list[int]:
+        """Times at which a price of this model may change: effective_from dates and genai-prices' dates."""
+        times = {0}
+        times.update(e.effective_from for e in self.entries if _glob(e.provider, provider) and _glob(e.model, model))
+        info = self._genai_model(provider, model)
+        if info is not None:
+            constraints = [c.constraint for c in info.prices] if isinstance(info.prices, list) else []
+            constraints += [v.constraint for v in info.price_variants or ()]
+            for c in constraints:
+                start = getattr(c, "start_date", None)
+                if start is not None:
+                    times.add(int(dt.datetime(start.year, start.month, start.day, tzinfo=dt.UTC).timestamp()))
+        return sorted(times)
+
+    def schedule(self, metric: str, attrs: dict[str, str]) -> list[PricingPeriod]:
+        """The ledger's pricing periods for a usage series (``ledger.SeriesPricer``)."""
+        provider = attrs.get("gen_ai.provider.name", "")
+        model = attrs.get("gen_ai.request.model", "")
+        if metric == METRIC_TOKENS:
+            unit = attrs.get("gen_ai.token.type", "")
+        elif metric == METRIC_REQUESTS:
+            unit = REQUEST_UNIT
+        elif metric.startswith("llm.usage.") and any(metric in e.prices for e in self.entries):
+            unit = metric  # another billed unit (e.g. tool requests), priced per unit by an entry
+        else:
+            return []
+        periods: list[PricingPeriod] = []
+        unpriced = {"gen_ai.provider.name": provider, "gen_ai.request.model": model}
+        for start, until, price in self._prices_over_time(metric, provider, model, unit, attrs):
+            if price is not None:
+                period = PricingPeriod(start, until, METRIC_COST_ESTIMATED, dict(attrs), price.picos, PICOS_PER_NANO)
+            elif metric == METRIC_TOKENS:
+                self._warn_unpriced(provider, model)
+                period = PricingPeriod(start, until, METRIC_UNPRICED, unpriced, 1, 1)
+            else:
+                continue  # most models bill no per-request price: nothing to count
+            last = periods[-1] if periods else None
+            if last is not None and (last.valid_until, last.target_metric, last.target_attrs, last.price) == (
+                    start, period.target_metric, period.target_attrs, period.price):
+                periods[-1] = PricingPeriod(last.valid_from, until, last.target_metric, last.target_attrs,
+                                            last.price, last.scale)
+            else:
+                periods.append(period)
+        return periods
+
+    def _prices_over_time(
+        self, metric: str, provider: str, model: str, unit: str, attrs: Mapping[str, str]
+    ) -> list[tuple[int, int, Price | None]]:
+        """(from, until, price) over all time; cached by what a price can depend on, so that scheduling
+        100,000 series costs one resolution per distinct (model, unit, pricing attributes)."""
+        relevant = tuple(sorted((k, v) for k, v in attrs.items() if k in self._relevant))
+        key = (metric, provider, model, unit, relevant)
+        found = self._schedules.get(key)
+        if found is None:
+            edges = self.boundaries(provider, model)
+            found = [(start, until, self.price(provider, model, unit, attrs, start))
+                     for start, until in zip(edges, [*edges[1:], FAR_FUTURE], strict=True)]
+            self._schedules[key] = found
+        return found
+
+    def _warn_unpriced(self, provider: str, model: str) -> None:
+        if (provider, model) not in self._warned:
+            self._warned.add((provider, model))
+            log.warning(
+                "no price for %s model %s: its tokens are counted in llm.pricing.unpriced_tokens, not priced at "
+                "zero (add a pricing.overrides entry, see docs/pricing.md)", provider, model,
+            )
+
+    def token_prices(
+        self, series: Iterable[Mapping[str, str]], at: int, attributes: frozenset[str] = frozenset()
+    ) -> list[tuple[dict[str, str], Decimal]]:
+        """Current USD per-token prices for the token series seen: the ``llm.pricing.token_price`` gauges.
+
+        One gauge per distinct set of ``attributes`` (provider, model, token type, and the pricing attributes
+        the catalog declares for the gauge), priced from those attributes alone, so PromQL can join token rates
+        with prices on the same labels.
+        """
+        keep = attributes or PRICE_GAUGE_ATTRIBUTES
+        out: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], Decimal]] = {}
+        for attrs in series:
+            key_attrs = {k: v for k, v in attrs.items() if k in keep}
+            key = tuple(sorted(key_attrs.items()))
+            if key in out:
+                continue
+            price = self.price(
+                key_attrs.get("gen_ai.provider.name", ""), key_attrs.get("gen_ai.request.model", ""),
+                key_attrs.get("gen_ai.token.type", ""), key_attrs, at,
+            )
+            if price is not None:
+                out[key] = (key_attrs, price.usd)
+        return list(out.values())
+
+
+#: What selects a price (the gauge's attributes when the catalog does not say): no tenancy.
+PRICE_GAUGE_ATTRIBUTES = frozenset({
+    "gen_ai.provider.name", "gen_ai.request.model", "gen_ai.token.type", "llm.batch", "llm.service_tier",
+    "llm.cache.ttl", "llm.context_window",
+})
