@@ -28,8 +28,8 @@ from otel_llm_receiver.config import parse_config
 from otel_llm_receiver.ledger import Ledger
 from otel_llm_receiver.model import PollResult, Window
 from otel_llm_receiver.providers import create_provider
-from tests.support.fake_api import Request, Response
-from tests.support.fake_openai import ADMIN_KEY, USAGE_TYPES, FakeOpenAI
+from tests.fakes.api import Request, Response
+from tests.fakes.openai import ADMIN_KEY, USAGE_TYPES, FakeOpenAI
 
 HOUR, DAY = 3600, 86400
 NOW = 1_767_225_600 + 10 * HOUR + 1800  # 2026-01-01 10:30 UTC: the 7-day window starts mid-hour

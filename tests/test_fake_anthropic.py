@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support.fake_anthropic import (
+from tests.fakes.anthropic import (
     ADMIN_KEY,
     CLAUDE_CODE_PATH,
     COST_PATH,

@@ -11,7 +11,7 @@ import pytest
 
 from otel_llm_receiver.errors import ProviderError
 from otel_llm_receiver.providers.http import ApiClient
-from tests.support.fake_api import FakeApi, Request, Response
+from tests.fakes.api import FakeApi, Request, Response
 
 KEY = "sk-admin-test-http-client-0000"
 

@@ -18,8 +18,7 @@ import pytest
 from otel_llm_receiver.config import parse_config
 from otel_llm_receiver.errors import ConfigError
 from otel_llm_receiver.providers.anthropic import AnthropicProvider
-from tests.support.anthropic_harness import Harness, nonzero
-from tests.support.fake_anthropic import (
+from tests.fakes.anthropic import (
     ADMIN_KEY,
     COST_PATH,
     DAY,
@@ -33,7 +32,8 @@ from tests.support.fake_anthropic import (
     Group,
     counts,
 )
-from tests.support.fake_api import Request, Response
+from tests.fakes.api import Request, Response
+from tests.support.anthropic_harness import Harness, nonzero
 
 NOW = int(datetime(2026, 11, 20, 10, 17, tzinfo=UTC).timestamp())
 SONNET = "claude-sonnet-4-20250514"
@@ -383,7 +383,7 @@ def test_required_dimensions_and_cost_window_limits_fail_the_poll_as_config(
 def test_the_shipped_example_config_is_valid() -> None:
     from otel_llm_receiver.config import load_config
 
-    example = Path(__file__).resolve().parent.parent / "examples" / "config" / "anthropic.yaml"
+    example = Path(__file__).resolve().parent.parent / "examples" / "anthropic.yaml"
     config = load_config(str(example), environ={"ANTHROPIC_ADMIN_KEY": ADMIN_KEY})
     (provider,) = config.providers
     assert provider.type == "anthropic" and provider.options["bucket_width"] == "1h"

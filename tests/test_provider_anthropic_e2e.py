@@ -17,7 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from otel_llm_receiver.catalog import CATALOG
-from tests.support.fake_anthropic import ADMIN_KEY, DAY, MINUTE, FakeAnthropic, Group, counts
+from tests.fakes.anthropic import ADMIN_KEY, DAY, MINUTE, FakeAnthropic, Group, counts
 from tests.support.otlp_sink import OTLPSink
 
 ENV = {**os.environ, "ANTHROPIC_ADMIN_KEY": ADMIN_KEY, "LOG_FORMAT": "json"}

@@ -1,4 +1,4 @@
-"""Contract tests: the real azure_openai provider against a fake Azure on loopback (tests/support/fake_azure.py).
+"""Contract tests: the real azure_openai provider against a fake Azure on loopback (tests/fakes/azure.py).
 
 Expected values are computed from the fake's data, never pasted.
 """
@@ -21,8 +21,8 @@ from otel_llm_receiver.errors import ProviderError
 from otel_llm_receiver.model import PollResult, UsageRecord, Window
 from otel_llm_receiver.providers.azure_openai import AzureOpenAIProvider
 from otel_llm_receiver.providers.azure_openai.costs import Pacer
-from tests.support.fake_api import Response
-from tests.support.fake_azure import FakeAccount, FakeAzure, FixedTokenCredential
+from tests.fakes.api import Response
+from tests.fakes.azure import FakeAccount, FakeAzure, FixedTokenCredential
 
 H = 3600
 D = 86400
@@ -522,7 +522,7 @@ def test_example_config_is_valid_and_builds_the_provider() -> None:
 
     from otel_llm_receiver.config import load_config
 
-    path = Path(__file__).parent.parent / "examples" / "config" / "azure_openai.yaml"
+    path = Path(__file__).parent.parent / "examples" / "azure_openai.yaml"
     plain = load_config(path, environ={})
     assert [p.type for p in plain.providers] == ["azure_openai"]
     provider = AzureOpenAIProvider(plain.providers[0])
@@ -547,7 +547,7 @@ def test_5xx_is_retried_and_malformed_json_rejects_the_poll(fake: FakeAzure) -> 
 def test_api_client_extensions_204_and_azure_retry_after_headers() -> None:
     """The shared client's additions for Azure: 204 is "no data", and x-ms-ratelimit-*-retry-after is obeyed."""
     from otel_llm_receiver.providers.http import ApiClient
-    from tests.support.fake_api import FakeApi
+    from tests.fakes.api import FakeApi
 
     throttled = [2]
 

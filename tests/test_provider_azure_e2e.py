@@ -21,7 +21,7 @@ import pytest
 from otel_llm_receiver.config import Config, parse_config
 from otel_llm_receiver.providers.azure_openai import AzureOpenAIProvider
 from otel_llm_receiver.scheduler import Receiver
-from tests.support.fake_azure import FakeAccount, FakeAzure, FixedTokenCredential
+from tests.fakes.azure import FakeAccount, FakeAzure, FixedTokenCredential
 from tests.support.otlp_sink import OTLPSink
 
 H = 3600

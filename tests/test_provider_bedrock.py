@@ -24,7 +24,7 @@ from otel_llm_receiver.config import Config, parse_config
 from otel_llm_receiver.model import Window, to_nanos
 from otel_llm_receiver.providers import create_provider
 from otel_llm_receiver.scheduler import Receiver
-from tests.support.fake_aws import FakeAws
+from tests.fakes.aws import FakeAws
 from tests.support.moto_server import FAKE_CREDENTIALS, MotoServer
 from tests.support.otlp_sink import OTLPSink
 

@@ -27,8 +27,8 @@ from otel_llm_receiver.model import PollResult, Window, to_nanos
 from otel_llm_receiver.providers import create_provider
 from otel_llm_receiver.providers.base import Provider
 from otel_llm_receiver.scheduler import Receiver
-from tests.support.fake_api import Response
-from tests.support.fake_aws import ACCOUNT, ROLE_KEY, CostRow, FakeAws
+from tests.fakes.api import Response
+from tests.fakes.aws import ACCOUNT, ROLE_KEY, CostRow, FakeAws
 from tests.support.moto_server import FAKE_CREDENTIALS
 
 HOUR, DAY = 3600, 86400

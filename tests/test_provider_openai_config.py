@@ -17,7 +17,7 @@ KEY = "sk-admin-test-config-key-0123456789"
 
 
 def test_the_example_config_is_valid_and_its_defaults_are_the_documented_ones() -> None:
-    config = load_config(ROOT / "examples" / "config" / "openai.yaml", environ={"OPENAI_ADMIN_KEY": KEY})
+    config = load_config(ROOT / "examples" / "openai.yaml", environ={"OPENAI_ADMIN_KEY": KEY})
     (openai,) = config.providers
     assert (openai.name, openai.tenant, openai.collection_interval) == ("openai/prod", "acme", 300.0)
     provider = create_provider(openai)

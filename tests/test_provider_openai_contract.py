@@ -23,8 +23,8 @@ from otel_llm_receiver.config import parse_config
 from otel_llm_receiver.ledger import Ledger
 from otel_llm_receiver.model import from_nanos
 from otel_llm_receiver.scheduler import PollOutcome, Receiver
-from tests.support.fake_api import Response
-from tests.support.fake_openai import ADMIN_KEY, FakeOpenAI, populate
+from tests.fakes.api import Response
+from tests.fakes.openai import ADMIN_KEY, FakeOpenAI, populate
 
 HOUR, DAY = 3600, 86400
 T0 = 1_767_225_600 + 10 * HOUR + 1800  # 2026-01-01 10:30 UTC

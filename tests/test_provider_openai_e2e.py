@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from otel_llm_receiver.catalog import CATALOG
-from tests.support.fake_openai import ADMIN_KEY, FakeOpenAI, populate
+from tests.fakes.openai import ADMIN_KEY, FakeOpenAI, populate
 from tests.support.otlp_sink import OTLPSink
 
 HOUR, DAY = 3600, 86400

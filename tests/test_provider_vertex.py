@@ -19,7 +19,7 @@ import pytest
 
 from otel_llm_receiver.config import Config, parse_config
 from otel_llm_receiver.scheduler import Receiver
-from tests.support.fake_monitoring import FakeMonitoring
+from tests.fakes.monitoring import FakeMonitoring
 from tests.support.otlp_sink import OTLPSink
 from tests.support.vertex_world import (
     GEMINI_IN_FREE,
@@ -256,7 +256,7 @@ def test_a_series_without_a_model_rejects_the_poll_whole(tmp_path: Path, fake: F
 def test_project_names_from_resource_manager_never_block_usage(
     tmp_path: Path, fake: FakeMonitoring, sink: OTLPSink
 ) -> None:
-    from tests.support.fake_api import FakeApi, Response
+    from tests.fakes.api import FakeApi, Response
 
     seed_vertex(fake, T0, NOW)
     with FakeApi() as rm:

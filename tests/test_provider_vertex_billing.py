@@ -17,8 +17,8 @@ import pytest
 
 from otel_llm_receiver.config import Config, parse_config
 from otel_llm_receiver.scheduler import Receiver
-from tests.support.fake_bigquery import BillingRow, FakeBigQuery, numeric, quota_error_body
-from tests.support.fake_monitoring import FakeMonitoring
+from tests.fakes.bigquery import BillingRow, FakeBigQuery, numeric, quota_error_body
+from tests.fakes.monitoring import FakeMonitoring
 from tests.support.otlp_sink import OTLPSink
 from tests.support.vertex_world import HOUR, T0, seed_vertex
 

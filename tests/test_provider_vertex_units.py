@@ -27,7 +27,7 @@ from otel_llm_receiver.providers.vertex_ai.series import (
     Series,
     token_type_of,
 )
-from tests.support.fake_monitoring import FakeMonitoring
+from tests.fakes.monitoring import FakeMonitoring
 from tests.support.vertex_world import HOUR, PUBLISHER_MODEL, T0, TOKENS
 
 
@@ -213,7 +213,7 @@ def test_a_service_account_file_loads_offline(tmp_path: Path) -> None:
 def test_the_example_config_builds_both_instances() -> None:
     from otel_llm_receiver.config import load_config
 
-    config = load_config(Path(__file__).parent.parent / "examples" / "config" / "vertex_ai.yaml")
+    config = load_config(Path(__file__).parent.parent / "examples" / "vertex_ai.yaml")
     built = [create_provider(p) for p in config.providers]
     assert [type(p).__name__ for p in built] == ["VertexAIProvider", "VertexAIProvider"]
     usage, cost = built

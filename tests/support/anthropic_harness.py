@@ -17,7 +17,7 @@ from otel_llm_receiver.config import parse_config
 from otel_llm_receiver.ledger import Ledger
 from otel_llm_receiver.model import from_nanos
 from otel_llm_receiver.scheduler import PollOutcome, Receiver
-from tests.support.fake_anthropic import ADMIN_KEY, FakeAnthropic
+from tests.fakes.anthropic import ADMIN_KEY, FakeAnthropic
 
 INSTANCE = "anthropic/test"
 

@@ -9,7 +9,7 @@ What moto serves here (checked against moto 5.2): CloudWatch ``PutMetricData`` /
 500) / ``GetMetricData`` (no paging; with Dimensions it matches dimension set and metric name but ignores the
 namespace), STS, and Cost Explorer ``GetCostAndUsage`` answered from results seeded through
 ``POST /moto-api/static/ce/cost-and-usage-results`` (a queue: each distinct request body takes the next
-result and keeps it). It has no ``ListInferenceProfiles``: ``fake_aws.py`` covers that.
+result and keeps it). It has no ``ListInferenceProfiles``: ``tests/fakes/aws.py`` covers that.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tests.support.fake_monitoring import FakeMonitoring
+from tests.fakes.monitoring import FakeMonitoring
 
 TOKENS = "aiplatform.googleapis.com/publisher/online_serving/token_count"
 INVOCATIONS = "aiplatform.googleapis.com/publisher/online_serving/model_invocation_count"

@@ -1,6 +1,6 @@
 """A fake Anthropic Admin API on loopback: usage report, cost report and workspaces, shaped like the API reference.
 
-Built on ``fake_api.FakeApi`` (real HTTP server, request log, ``fail_next`` for 429 / 529 / hangs / bad bodies).
+Built on ``tests.fakes.api.FakeApi`` (real HTTP server, request log, ``fail_next`` for 429 / 529 / hangs / bad bodies).
 This module owns the Anthropic specifics, each from the API reference (docs/providers/anthropic.md lists them):
 
 * ``x-api-key`` must be the admin key and ``anthropic-version`` must be sent, else 401 / 400 with Anthropic's
@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from tests.support.fake_api import FakeApi, Request, Response, paginate
+from tests.fakes.api import FakeApi, Request, Response, paginate
 
 ADMIN_KEY = "sk-ant-admin01-test-0123456789abcdef"
 USAGE_PATH = "/v1/organizations/usage_report/messages"

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from tests.support.fake_api import FakeApi, Request, Response
+from tests.fakes.api import FakeApi, Request, Response
 
 __all__ = ["BillingRow", "FakeBigQuery"]
 

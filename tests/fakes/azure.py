@@ -30,7 +30,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
-from tests.support.fake_api import FakeApi, Request, Response
+from tests.fakes.api import FakeApi, Request, Response
 
 TOKEN = "test-aad-token-0001"
 INTERVALS = {"PT1M": 60, "PT5M": 300, "PT15M": 900, "PT30M": 1800, "PT1H": 3600}

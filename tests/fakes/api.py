@@ -1,6 +1,6 @@
 """A real HTTP server on loopback for provider fakes: routing, auth, request log and fault injection.
 
-Each provider's fake (``fake_openai.py``, ``fake_anthropic.py``, ...) registers handlers that build responses
+Each provider's fake (``tests/fakes/openai.py``, ``anthropic.py``, ...) registers handlers that build responses
 shaped exactly like that provider's documented API; this module owns what they share: a threaded
 ``http.server`` on 127.0.0.1, a log of every request (method, path, query, headers) for assertions, an API-key
 check, and ``fail_next`` to make the next requests to a path fail with 429 + ``Retry-After``, 5xx, a

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from tests.support.fake_api import FakeApi, Request, Response
+from tests.fakes.api import FakeApi, Request, Response
 
 ADMIN_KEY = "sk-admin-test-fake-openai-0123456789"
 WIDTHS = {"1m": 60, "1h": 3600, "1d": 86400}

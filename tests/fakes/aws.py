@@ -31,7 +31,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
 
-from tests.support.fake_api import FakeApi, Request, Response
+from tests.fakes.api import FakeApi, Request, Response
 
 __all__ = ["CostRow", "FakeAws"]
 
