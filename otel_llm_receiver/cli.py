@@ -26,6 +26,7 @@ from .emitter import BatchExporter, build_exporter
 from .errors import ConfigError, ReceiverError
 from .health import HealthServer
 from .logs import redact, setup_logging
+from .providers import provider_problems
 from .scheduler import Receiver, wait_for_stop
 
 log = logging.getLogger("otel_llm_receiver.cli")
@@ -113,13 +114,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(path: str) -> Config | None:
+def _load(path: str, *, build_providers: bool = True) -> Config | None:
+    """The config, with every provider instance built once to run its own checks; None (problems printed).
+
+    ``report`` reads only the ledger: it skips the providers (their SDK extras need not be installed there).
+    """
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return None
+    problems = provider_problems(config.providers) if build_providers else []
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return None if problems else config
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -324,7 +333,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .signals import Signals
 
     if args.config:
-        config = _load(args.config)
+        config = _load(args.config, build_providers=False)
         if config is None:
             return EXIT_CONFIG
     else:

@@ -62,6 +62,33 @@ providers:
     assert cli("run", "--config", str(config), "--once").returncode == 2
 
 
+def test_provider_checks_the_schema_cannot_see_fail_check_and_run_at_once(tmp_path: Path) -> None:
+    """A region that is not one, a bucket width that does not divide a day: exit 2 before any poll."""
+    config = tmp_path / "config.yaml"
+    config.write_text("""
+exporters:
+  otlp: {endpoint: 127.0.0.1:4317, tls: {insecure: true}}
+providers:
+  demo: {}
+  bedrock/prod:
+    regions: [us-east-1, moon-base-1]
+    bucket_width: 7m
+  vertex_ai/prod:
+    projects: []
+""")
+    proc = cli("check", "--config", str(config))
+    assert proc.returncode == 2, proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    bedrock = [line for line in lines if line.startswith("providers.bedrock/prod: ")]
+    vertex = [line for line in lines if line.startswith("providers.vertex_ai/prod: ")]
+    assert len(bedrock) == 1 and "'moon-base-1' is not an AWS region name" in bedrock[0]
+    assert "bucket_width must divide a day" in bedrock[0]
+    assert len(vertex) == 1 and "projects must name at least one" in vertex[0]
+    assert not any(line.startswith("providers.demo") for line in lines)
+    assert "Traceback" not in proc.stderr
+    assert cli("run", "--config", str(config), "--once").returncode == 2
+
+
 def test_run_refuses_to_start_without_an_exporter(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(f"storage: {{path: {tmp_path / 'l.db'}}}\nproviders:\n  demo: {{}}\n")

@@ -6,8 +6,9 @@ config uses it.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -42,4 +43,27 @@ def create_provider(config: ProviderConfig) -> Provider:
     return provider_class(config.type)(config)
 
 
-__all__ = ["PROVIDER_TYPES", "create_provider", "provider_class", "provider_options"]
+def provider_problems(configs: Iterable[ProviderConfig]) -> list[str]:
+    """What each enabled instance's own checks reject, one ``providers.NAME: ...`` line per instance.
+
+    The config schema cannot see everything (a region that is not one, a bucket width that does not divide a
+    day, a missing SDK extra); providers check those when they are built, without any network call. ``check``
+    and ``run`` build each one up front so such a config fails at once with exit 2, not at its first poll.
+    """
+    from ..errors import ProviderError
+
+    problems = []
+    for config in configs:
+        if not config.enabled:
+            continue
+        try:
+            provider = create_provider(config)
+        except ProviderError as exc:
+            message = str(exc).removeprefix(f"{config.name}: ")
+            problems.append(f"providers.{config.name}: {message}")
+            continue
+        asyncio.run(provider.aclose())
+    return problems
+
+
+__all__ = ["PROVIDER_TYPES", "create_provider", "provider_class", "provider_options", "provider_problems"]
