@@ -389,6 +389,8 @@ class MetricsBuilder:
         ]
         last = [number({"llm.source": s}, float(v)) for s, v in sorted(h.last_success.items())]
         lag = [number({"llm.source": s}, float(v)) for s, v in sorted(h.data_lag.items())]
+        lag += [number({"llm.source": s, "llm.data.source": src}, float(v))
+                for (s, src), v in sorted(h.source_lag.items())]
         api = [number({"llm.source": src, "llm.api.operation": op}, n) for (src, op), n in sorted(h.api_requests.items())]
         out: list[pb.Metric] = []
         c = CATALOG.metrics

@@ -114,6 +114,9 @@ class PollResult:
     cursors: Mapping[str, str] = field(default_factory=dict)
     #: How far the provider's data reach, when bucket ends overstate it (a daily cost bucket "ends" tomorrow).
     data_until: int | None = None
+    #: How far each of the provider's sources reaches (usage endpoint, cost API, ...), for a data-lag gauge per
+    #: source: one stale endpoint is visible even while the others are current.
+    source_data_until: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def newest_bucket_end(self) -> int | None:

@@ -171,7 +171,9 @@ class Receiver:
         self._count_requests(name, provider)
         elapsed = time.monotonic() - t0
         await self._prune_rollups_hourly(loop)
-        self.health.poll_succeeded(name, elapsed, stats.outcomes, result.newest_bucket_end)
+        self.health.poll_succeeded(
+            name, elapsed, stats.outcomes, result.newest_bucket_end, result.source_data_until
+        )
         log.info(
             "%s: poll ok, %d points (%s) in %.2fs", name, stats.points,
             ", ".join(f"{k} {v}" for k, v in sorted(stats.outcomes.items())) or "none", elapsed,
@@ -301,6 +303,8 @@ class Receiver:
                 "last_error_unix": st.last_error_unix,
                 "consecutive_failures": st.consecutive_failures,
                 "data_lag_s": None if st.newest_bucket_end is None else max(0.0, now - st.newest_bucket_end),
+                **({"source_lag_s": {src: max(0.0, now - end) for src, end in sorted(st.source_ends.items())}}
+                   if st.source_ends else {}),
             }
         ledger: dict[str, object] = {"path": str(self.config.storage.path)}
         try:

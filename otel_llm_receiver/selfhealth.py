@@ -10,7 +10,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 #: Bucket bounds (seconds) of the ``llm.receiver.poll.duration`` histogram.
@@ -47,6 +47,7 @@ class InstanceStatus:
     consecutive_failures: int = 0
     newest_bucket_end: int | None = None
     polls: int = 0
+    source_ends: dict[str, int] = field(default_factory=dict)  # source -> how far its data reach
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class SelfHealthReading:
     last_success: dict[str, float]
     data_lag: dict[str, float]
     api_requests: dict[tuple[str, str], int] = field(default_factory=dict)  # (instance, operation) -> count
+    source_lag: dict[tuple[str, str], float] = field(default_factory=dict)  # (instance, source) -> seconds
 
 
 class SelfHealth:
@@ -81,7 +83,12 @@ class SelfHealth:
             self.instances.setdefault(name, InstanceStatus(name, interval))
 
     def poll_succeeded(
-        self, name: str, seconds: float, outcomes: Counter[str], newest_bucket_end: int | None
+        self,
+        name: str,
+        seconds: float,
+        outcomes: Counter[str],
+        newest_bucket_end: int | None,
+        source_ends: Mapping[str, int] | None = None,
     ) -> None:
         with self._lock:
             st = self.instances[name]
@@ -90,6 +97,8 @@ class SelfHealth:
             st.consecutive_failures = 0
             if newest_bucket_end is not None:
                 st.newest_bucket_end = max(st.newest_bucket_end or 0, newest_bucket_end)
+            for source, end in (source_ends or {}).items():
+                st.source_ends[source] = max(st.source_ends.get(source, 0), end)
             self._polls[(name, "success", "")] += 1
             self._durations.setdefault(name, DurationHistogram()).record(seconds)
             for outcome, n in outcomes.items():
@@ -124,6 +133,10 @@ class SelfHealth:
                     for n, s in self.instances.items() if s.newest_bucket_end is not None
                 },
                 api_requests=dict(self._api_requests),
+                source_lag={
+                    (n, source): max(0.0, now - end)
+                    for n, s in self.instances.items() for source, end in s.source_ends.items()
+                },
             )
 
     def healthy(self, name: str) -> bool:
@@ -138,4 +151,4 @@ class SelfHealth:
 
     def statuses(self) -> list[InstanceStatus]:
         with self._lock:
-            return [replace(s) for s in self.instances.values()]
+            return [replace(s, source_ends=dict(s.source_ends)) for s in self.instances.values()]

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -129,6 +129,7 @@ def test_run_once_twice_exports_exactly_the_ground_truth_across_growth_and_a_res
                                            "source": "image.edit"}, images=3, num_model_requests=1)
     fake.set_cost(cost_start, {"project_id": "proj_000", "line_item": "Image models"}, "4242.424242",
                   as_string=True)
+    seen = len(fake.api.requests)
     run_once(tmp_path, fake, sink)
     assert sink_totals(sink) == truth(fake, usage_start, cost_start)
     after = sink.number_points("llm.usage.tokens")
@@ -148,3 +149,12 @@ def test_run_once_twice_exports_exactly_the_ground_truth_across_growth_and_a_res
         assert ADMIN_KEY.encode() not in path.read_bytes()
     assert {"llm.usage.characters", "llm.usage.audio.duration", "llm.usage.sessions", "llm.usage.tool_requests",
             "llm.usage.billed_quantity", "llm.usage.storage"} <= sink.metric_names()
+    # How current each endpoint is, and what the polls cost in API requests, are on the wire too.
+    lag = {dict(k).get("llm.data.source"): p.value for k, p in sink.number_points("llm.receiver.data.lag").items()}
+    assert {"completions", "embeddings", "images", "costs"} <= set(lag)
+    assert all(0 <= v < 2 * DAY for v in lag.values())
+    requests = {dict(k)["llm.api.operation"]: p.value
+                for k, p in sink.number_points("llm.receiver.provider_requests").items()}
+    served = Counter(r.path for r in fake.api.requests[seen:])  # the second process's requests, as the fake saw them
+    assert requests == dict(served)
+    assert "/v1/organization/usage/completions" in requests and "/v1/organization/costs" in requests

@@ -114,12 +114,13 @@ class OpenAIProvider(Provider):
         base_url = base_url.removesuffix("/v1")  # paths carry /v1 already
         self.client = client_from_config(
             provider=self.name, base_url=base_url, headers={"authorization": f"Bearer {key}"},
-            timeout=config.timeout, options=options,
+            timeout=config.timeout, options=options, requests=self.api_requests,
         )
         self._names: dict[str, str] = {}
         self._names_at = float("-inf")  # monotonic time of the last successful lookup
         self._names_retry_at = float("-inf")
         self._semaphore = asyncio.Semaphore(CONCURRENCY)
+        self._source_ends: dict[str, int] = {}  # this poll's newest bucket end per endpoint
 
     # -- the poll ----------------------------------------------------------------------------------------------
     async def fetch(self, window: Window) -> PollResult:
@@ -128,6 +129,7 @@ class OpenAIProvider(Provider):
         catch_up = window.end - window.start >= self.backfill
         cost_from = min(window.start, now - int(self.cost_backfill if catch_up else self.cost_lookback))
         notes = Notes()
+        self._source_ends = {}
         usage: list[UsageRecord] = []
         costs: list[CostRecord] = []
         try:
@@ -150,6 +152,7 @@ class OpenAIProvider(Provider):
             costs=costs,
             names=await self._names_for(tenancies),
             complete_until=now - now % self.width,
+            source_data_until={source: min(end, now) for source, end in self._source_ends.items()},
         )
 
     async def _get_buckets(
@@ -157,7 +160,10 @@ class OpenAIProvider(Provider):
     ) -> list[pages.Bucket]:
         async with self._semaphore:
             try:
-                return [b async for b in pages.buckets(self.client, path, label, params, decimals=decimals)]
+                found = [b async for b in pages.buckets(self.client, path, label, params, decimals=decimals)]
+                if found:  # how current this endpoint is: the end of the newest bucket it returned
+                    self._source_ends[label] = max(b.end_time for b in found)
+                return found
             except ProviderError as exc:
                 if exc.error_type == "auth":
                     raise ProviderError(str(exc) + _AUTH_HINT, provider=self.name, error_type="auth") from None
