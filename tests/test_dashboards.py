@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from otel_llm_receiver.catalog import CATALOG
+from otel_llm_receiver.cli import DEMO_CONFIG
 from tests.support.dashboards import (
     Query,
     dashboard_files,
@@ -191,15 +192,26 @@ def _data_set_label_sets(text: str) -> dict[str, set[frozenset[str]]]:
     return out
 
 
-def test_data_set_has_the_names_and_labels_the_receiver_really_sends(tmp_path: Path) -> None:
+#: The budgets and attribution rules of the ``demo`` command, which the data set is computed for.
+SIGNALS_CONFIG = DEMO_CONFIG[DEMO_CONFIG.index("budgets:"):]
+
+
+@pytest.mark.parametrize(("attributed", "days"), [(False, 2), (True, 7)], ids=["plain", "budgets-and-attribution"])
+def test_data_set_has_the_names_and_labels_the_receiver_really_sends(tmp_path: Path, attributed: bool,
+                                                                     days: int) -> None:
     # The receiver's real export of the demo, translated with the Collector's rules from what is on the wire
-    # (name, unit, type), must name the same Prometheus series with the same label sets as the data set.
+    # (name, unit, type), must name the same Prometheus series with the same label sets as the data set: once
+    # with no budgets or rules, once with the demo command's budgets and attribution rules (team labels,
+    # llm_budget_*, coverage) over a week (anomaly scores need five days of baseline). Hourly buckets there:
+    # the label sets do not depend on the width, the run's time does.
     with OTLPSink() as sink:
         config = tmp_path / "config.yaml"
+        width = "    bucket_width: 1h\n" if attributed else ""
         config.write_text(
             f"storage: {{path: {tmp_path / 'ledger.db'}}}\nhealth: {{endpoint: \"\"}}\n"
             f"exporters:\n  otlp:\n    endpoint: {sink.grpc_endpoint}\n    tls: {{insecure: true}}\n"
-            "providers:\n  demo:\n    seed: 42\n    backfill: 2d\n"
+            f"providers:\n  demo:\n    seed: 42\n    backfill: {days}d\n{width}"
+            + (SIGNALS_CONFIG if attributed else "")
         )
         proc = subprocess.run(cli("run", "--config", str(config), "--once"), env=ENV, capture_output=True,
                               text=True, timeout=120)
@@ -216,9 +228,12 @@ def test_data_set_has_the_names_and_labels_the_receiver_really_sends(tmp_path: P
             label_sets = {frozenset(prometheus_label_name(k) for k, _ in key) for key in points}
             for suffix in suffixes:
                 wire[base + suffix] = label_sets
-    data = _data_set_label_sets(demo_openmetrics(1_795_000_000 // 60 * 60, days=2))
+    data = _data_set_label_sets(demo_openmetrics(1_795_000_000 // 60 * 60, days=days, attributed=attributed))
     assert set(data) == set(wire), "the data set and the receiver's export name different series"
     # Failed polls add error.type (emitter: only on failures); the demo run here has none to show it.
     wire["llm_receiver_polls_total"] |= {s | {"error_type"} for s in wire["llm_receiver_polls_total"]}
     for name, label_sets in data.items():
         assert label_sets <= wire[name], f"{name}: label sets the receiver does not send: {label_sets - wire[name]}"
+    if attributed:  # the comparison covers the money signals, not only the usage series
+        assert {"llm_budget_burn_rate_ratio", "llm_anomaly_score_ratio", "llm_attribution_coverage_ratio"} <= set(data)
+        assert any("llm_team" in s for s in data["llm_usage_cost_estimated_USD_total"])
