@@ -40,7 +40,6 @@ from otel_llm_receiver.catalog import CATALOG, MetricDef
 from otel_llm_receiver.cli import DEMO_CONFIG
 from otel_llm_receiver.config import Config, parse_config
 from otel_llm_receiver.pricing import PriceBook
-from otel_llm_receiver.signals_config import BudgetMatch
 from otel_llm_receiver.providers.demo import (
     COST_DELAY,
     COST_LOOKBACK,
@@ -53,6 +52,7 @@ from otel_llm_receiver.providers.demo import (
     full_bucket,
 )
 from otel_llm_receiver.selfhealth import DURATION_BOUNDS
+from otel_llm_receiver.signals_config import BudgetMatch
 from tests.support.prometheus_names import prometheus_label_name
 
 DAY = 86_400
