@@ -49,7 +49,7 @@ QUERIES = [q for f in FILES for q in panel_queries(f)]
 VARIABLE_QUERIES = [q for f in FILES for q in variable_queries(f)]
 RULES = load_rules()
 #: Dashboards that show usage (not only self-health) must offer these filters.
-USAGE_VARIABLES = {"datasource", "provider", "tenant"}
+USAGE_VARIABLES = {"datasource", "provider", "tenant", "team"}
 SEED = 42
 
 
@@ -71,10 +71,11 @@ def test_panels_on_recorded_series_fall_back_to_raw_metrics() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ structure
-def test_the_three_dashboards_of_today_exist_with_unique_uids() -> None:
+def test_the_six_dashboards_exist_with_unique_uids() -> None:
     uids = {load(f)["uid"]: f.name for f in FILES}
     assert len(uids) == len(FILES)
-    assert {"llm-overview", "llm-tokens-caching", "llm-receiver-health"} <= set(uids)
+    assert {"llm-overview", "llm-tokens-caching", "llm-budgets", "llm-anomalies", "llm-attribution",
+            "llm-receiver-health"} <= set(uids)
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -178,6 +179,18 @@ def test_the_data_shows_the_demo_organisation(prometheus: PrometheusServer) -> N
     assert models == {"gpt-4o-mini", "text-embedding-3-small", "gpt-4o", "claude-sonnet-4", "claude-opus-4"}
     (ratio,) = prometheus.query('sum(llm:cache_hit_ratio:rate1h{gen_ai_request_model="claude-sonnet-4"})')
     assert 0.4 < float(ratio["value"][1]) < 0.6  # the demo's claude-sonnet-4 reads half its input from cache
+    # Cost at query time (token rates x the price gauge) equals the ledger's estimate (the same prices): the
+    # join matched every token series to its price, none twice.
+    (query_time,) = prometheus.query("sum(llm:query_time_cost_usd:rate1h)")
+    (estimated,) = prometheus.query("sum(llm:estimated_cost_usd:rate1h)")
+    assert float(query_time["value"][1]) == pytest.approx(float(estimated["value"][1]), rel=1e-9)
+    teams = {r["metric"].get("llm_team") for r in prometheus.query("count by (llm_team) (llm:estimated_cost_usd:rate1h)")}
+    assert teams == {"search", "research", "unattributed"}  # DEMO_CONFIG's rules; Support Bot has none
+    (coverage,) = prometheus.query("llm_attribution_coverage_ratio")
+    assert 0.4 < float(coverage["value"][1]) < 0.6  # docs/attribution.md's worked example: about 49%
+    limits = {r["metric"]["llm_budget_name"]: float(r["value"][1]) for r in prometheus.query("llm_budget_limit_USD")}
+    assert limits == {"demo-monthly": 20000.0, "research-daily": 150.0}
+    assert len(prometheus.query("llm_anomaly_score_ratio")) == 12  # six workloads x cost and tokens
 
 
 def _data_set_label_sets(text: str) -> dict[str, set[frozenset[str]]]:
