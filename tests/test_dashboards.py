@@ -18,9 +18,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import yaml
 
 from otel_llm_receiver.catalog import CATALOG
 from otel_llm_receiver.cli import DEMO_CONFIG
+from otel_llm_receiver.config import parse_config
 from tests.support.dashboards import (
     Query,
     dashboard_files,
@@ -31,10 +33,10 @@ from tests.support.dashboards import (
     variable_names,
     variable_queries,
 )
-from tests.support.demo_openmetrics import DAY, demo_openmetrics, sample_times, usage_series
+from tests.support.demo_openmetrics import DAY, demo_config, demo_openmetrics, sample_times, usage_series
 from tests.support.demo_truth import demo_truth
 from tests.support.otlp_sink import OTLPSink
-from tests.support.prometheus_files import RULE_FILES, load_rules
+from tests.support.prometheus_files import ROOT, RULE_FILES, load_rules
 from tests.support.prometheus_names import (
     catalog_series_names,
     metric_names_in,
@@ -44,6 +46,7 @@ from tests.support.prometheus_names import (
 from tests.support.prometheus_server import PrometheusServer
 from tests.test_e2e import ENV, cli
 
+COMPOSE_RECEIVER_CONFIG = ROOT / "examples" / "compose" / "receiver" / "config.yaml"
 FILES = dashboard_files()
 QUERIES = [q for f in FILES for q in panel_queries(f)]
 VARIABLE_QUERIES = [q for f in FILES for q in variable_queries(f)]
@@ -191,6 +194,13 @@ def test_the_data_shows_the_demo_organisation(prometheus: PrometheusServer) -> N
     limits = {r["metric"]["llm_budget_name"]: float(r["value"][1]) for r in prometheus.query("llm_budget_limit_USD")}
     assert limits == {"demo-monthly": 20000.0, "research-daily": 150.0}
     assert len(prometheus.query("llm_anomaly_score_ratio")) == 12  # six workloads x cost and tokens
+
+
+def test_compose_demo_has_the_budgets_and_rules_the_data_set_is_computed_for() -> None:
+    # The compose stack's dashboards show what these tests checked: same budgets, same attribution rules.
+    compose = parse_config(yaml.safe_load(COMPOSE_RECEIVER_CONFIG.read_text(encoding="utf-8")), environ={})
+    assert compose.budgets == demo_config().budgets and compose.budgets
+    assert compose.attribution.rules == demo_config().attribution.rules and compose.attribution.rules
 
 
 def _data_set_label_sets(text: str) -> dict[str, set[frozenset[str]]]:
