@@ -52,6 +52,7 @@ from otel_llm_receiver.providers.demo import (
     full_bucket,
 )
 from otel_llm_receiver.selfhealth import DURATION_BOUNDS
+from otel_llm_receiver.signals import SETTLE  # an hour is "complete" this long after it ends
 from otel_llm_receiver.signals_config import BudgetMatch
 from tests.support.prometheus_names import prometheus_label_name
 
@@ -256,7 +257,6 @@ def pricing_families(ds: DataSet) -> list[_Family]:
 
 
 HOUR = 3600
-SETTLE = 5 * 60  # signals.SETTLE: an hour is "complete" this long after it ends
 
 
 class _Spend:
@@ -281,9 +281,9 @@ class _Spend:
         for w in WORKLOADS:
             tokens = [0] * len(self.hours)
             cost = [Decimal(0)] * len(self.hours)
-            prices = {t: book.price(PROVIDER_NAME, w.model, t, {}, ds.times[0]) for t in ("input", "cache_read",
-                                                                                     "cache_write", "output")}
-            for k, (counts, _) in enumerate(_final_buckets(ds.seed, w, first, end)):
+            finals = _final_buckets(ds.seed, w, first, end)
+            prices = {t: book.price(PROVIDER_NAME, w.model, t, {}, ds.times[0]) for t in finals[0][0]}
+            for k, (counts, _) in enumerate(finals):
                 i = (first + k * WIDTH - self.first_hour) // HOUR
                 for t, n in counts.items():
                     tokens[i] += n
