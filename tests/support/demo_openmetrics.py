@@ -192,6 +192,7 @@ class DataSet:
     times: list[int]
     first_start: int
     attributed: bool = True  # usage and cost series carry llm_team / llm_cost_center (DEMO_CONFIG's rules)
+    poll_lag: int = 0  # money signals at time t read a ledger as of a poll this much earlier (a real run's gap)
 
 
 def usage_families(ds: DataSet) -> list[_Family]:
@@ -265,8 +266,8 @@ class _Spend:
     Estimated cost per workload and hour: the hour's final token counts x ``PriceBook`` prices (what the ledger
     prices, hour by hour). Reported cost: the demo's ``daily_cost`` at its day's start hour, known from
     ``COST_DELAY`` after the day ends and from ``COST_LOOKBACK`` before the backfill (what ``cost_records``
-    returns). Simplified: an hour still filling in counts with its final buckets that started before ``at``
-    (the receiver would hold the last two minutes' buckets at their partial values).
+    returns). The hours still filling in at ``at`` count their buckets as the demo API reports them then
+    (``bucket_as_of``: the newest ones partial or not there yet), as the ledger holds them after a poll at ``at``.
     """
 
     def __init__(self, ds: DataSet) -> None:
@@ -274,7 +275,10 @@ class _Spend:
         first = ds.first_start - ds.first_start % WIDTH
         self.first_hour = first - first % HOUR
         book = PriceBook()
+        self.seed, self.lag = ds.seed, ds.poll_lag
         self.hours = list(range(self.first_hour, end + HOUR, HOUR))
+        self.prices: dict[Workload, dict[str, Decimal]] = {}
+        self._tails: dict[tuple[Workload, int], dict[int, Decimal]] = {}
         self.tokens: dict[Workload, list[int]] = {}
         self.estimated: dict[Workload, list[Decimal]] = {}
         self._cum: dict[Workload, list[Decimal]] = {}
@@ -282,14 +286,13 @@ class _Spend:
             tokens = [0] * len(self.hours)
             cost = [Decimal(0)] * len(self.hours)
             finals = _final_buckets(ds.seed, w, first, end)
-            prices = {t: book.price(PROVIDER_NAME, w.model, t, {}, ds.times[0]) for t in finals[0][0]}
+            found = {t: book.price(PROVIDER_NAME, w.model, t, {}, ds.times[0]) for t in finals[0][0]}
+            prices = self.prices[w] = {t: p.usd for t, p in found.items() if p is not None}
             for k, (counts, _) in enumerate(finals):
                 i = (first + k * WIDTH - self.first_hour) // HOUR
                 for t, n in counts.items():
                     tokens[i] += n
-                    price = prices.get(t)
-                    if price is not None:
-                        cost[i] += price.usd * n
+                    cost[i] += prices.get(t, Decimal(0)) * n
             self.tokens[w], self.estimated[w] = tokens, cost
             self._cum[w] = [Decimal(0), *accumulate(cost)]
         cost_start = ds.first_start - COST_LOOKBACK
@@ -301,15 +304,33 @@ class _Spend:
 
     def estimated_between(self, w: Workload, lo: int, hi: int, at: int) -> Decimal:
         """Estimated spend of hours starting in ``[lo, hi)`` as of ``at``."""
-        hi = min(hi, at)
-        if hi <= lo:
-            return Decimal(0)
-        cum = self._cum[w]
-        return cum[min(self._hour_index(hi), len(cum) - 1)] - cum[min(self._hour_index(lo), len(cum) - 1)]
+        settled = at - 2 * WIDTH  # buckets that started by then are final
+        cut = settled - settled % HOUR  # hours before it hold final buckets only
+        total = Decimal(0)
+        end = min(hi, cut)
+        if lo < end:
+            cum = self._cum[w]
+            total = cum[min(self._hour_index(end), len(cum) - 1)] - cum[min(self._hour_index(lo), len(cum) - 1)]
+        return total + sum((v for h, v in self._tail(w, at).items() if lo <= h < hi), Decimal(0))
+
+    def _tail(self, w: Workload, at: int) -> dict[int, Decimal]:
+        """Estimated spend of the hours still filling in at ``at``, bucket by bucket as the poll before saw them."""
+        key = (w, at)
+        if key not in self._tails:
+            at -= self.lag
+            settled = at - 2 * WIDTH
+            out: dict[int, Decimal] = {}
+            for start in range(settled - settled % HOUR, at, WIDTH):
+                values = bucket_as_of(self.seed, w, start, WIDTH, at)
+                if values is not None:
+                    amount = sum((self.prices[w].get(t, Decimal(0)) * n for t, n in values[0].items()), Decimal(0))
+                    out[start - start % HOUR] = out.get(start - start % HOUR, Decimal(0)) + amount
+            self._tails[key] = out
+        return self._tails[key]
 
     def reported_until(self, at: int) -> int | None:
         """The end of the newest reported day known at ``at`` (the same for every demo tenancy)."""
-        known = [d for d in self.days if d + DAY + COST_DELAY <= at]
+        known = [d for d in self.days if d + DAY + COST_DELAY <= at - self.lag]
         return known[-1] + DAY if known else None
 
     def reported_between(self, w: Workload, lo: int, hi: int, at: int) -> Decimal:
