@@ -10,13 +10,15 @@ really produces. ``promtool tsdb create-blocks-from openmetrics`` turns this tex
 * Self-health series (polls, poll durations, last success, data lag, records) describe a process polling every
   minute; their numbers are synthetic (every 40th poll rate-limited, every 150th a timeout) because the demo
   provider never fails, but their names, types and labels are the catalog's.
-
+* Pricing series (estimated cost, token prices) are priced with the receiver's own ``PriceBook``; the
+  reconciliation ratio is a stand-in (see ``pricing_families``).
 * Money signals (``llm.budget.*``, ``llm.anomaly.score``, ``llm.attribution.coverage``) are what the receiver
   computes for the ``demo`` command's budgets and attribution rules (``cli.DEMO_CONFIG``), derived with the
   package's own maths (``budgets.period_bounds`` / ``budgets.status``, ``anomalies.baseline_hours`` /
-  ``robust_z``, ``Attributor``) from hourly totals of the demo's final buckets; see each builder for what is
-  simplified. With attribution on (the default), usage and cost series carry ``llm_team`` /
-  ``llm_cost_center`` exactly where the receiver adds them.
+  ``robust_z``, ``Attributor``) from the hourly spend the ledger would hold (``_Spend``). A test compares
+  every one of them with the gauges of a real ``run --once`` at the same moment: they are equal. With
+  attribution on (the default), usage and cost series carry ``llm_team`` / ``llm_cost_center`` exactly where
+  the receiver adds them.
 
 Names come from the catalog (``prometheus_name``; attribute keys through ``prometheus_label_name``), and every
 label is checked against the metric's catalog attributes, so the data set cannot drift from the catalog.
@@ -57,6 +59,7 @@ from otel_llm_receiver.signals_config import BudgetMatch
 from tests.support.prometheus_names import prometheus_label_name
 
 DAY = 86_400
+HOUR = 3600
 WIDTH = 60  # the demo's default bucket width
 #: Resource attributes the Collector's prometheus exporter turns into job / instance.
 JOB, INSTANCE = "otel-llm-receiver", "demo-receiver-0"
@@ -257,9 +260,6 @@ def pricing_families(ds: DataSet) -> list[_Family]:
     return [estimated, price_gauge, ratio]
 
 
-HOUR = 3600
-
-
 class _Spend:
     """The demo's spend as the receiver's ledger holds it in hourly rollups, for the money-signal builders.
 
@@ -367,8 +367,8 @@ def _budget_matches(w: Workload, match: BudgetMatch) -> bool:
 def budget_families(ds: DataSet) -> list[_Family]:
     """``llm.budget.limit`` / ``spent`` / ``utilization`` / ``projected`` / ``burn_rate`` for ``DEMO_CONFIG``'s
     budgets at every sample time, with the receiver's ``budgets.period_bounds`` and ``budgets.status`` over the
-    spend windows ``Signals.read`` uses (``_Spend`` says what is simplified). Only with attribution on: the
-    budgets come with the demo configuration's rules (one matches a team)."""
+    spend windows ``Signals.read`` uses. Only with attribution on: the budgets come with the demo
+    configuration's rules (one matches a team)."""
     names = ("llm.budget.limit", "llm.budget.spent", "llm.budget.utilization", "llm.budget.projected",
              "llm.budget.burn_rate")
     fams = {n: _Family(n) for n in names}
