@@ -101,6 +101,9 @@ def test_runbook_urls_move_to_another_host_with_one_substitution() -> None:
     urls = [r["annotations"]["runbook_url"] for g in moved["groups"] for r in g["rules"] if "alert" in r]
     assert len(urls) == len(ALERTS)
     assert all(u.startswith(mine + "docs/runbooks.md#") for u in urls)
+    elsewhere = [line for line in text.splitlines() if RUNBOOK_HOST in line
+                 and not line.lstrip().startswith(("#", "runbook_url:"))]
+    assert elsewhere == []  # nothing but runbook links (and comments) moves with them
     readme = (RULE_FILES[0].parent / "README.md").read_text(encoding="utf-8")
     assert RUNBOOK_HOST in readme and "sed" in readme
 
