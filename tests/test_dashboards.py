@@ -14,12 +14,16 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import yaml
 
 from otel_llm_receiver.catalog import CATALOG
+from otel_llm_receiver.cli import DEMO_CONFIG
+from otel_llm_receiver.config import parse_config
 from tests.support.dashboards import (
     Query,
     dashboard_files,
@@ -30,10 +34,21 @@ from tests.support.dashboards import (
     variable_names,
     variable_queries,
 )
-from tests.support.demo_openmetrics import DAY, demo_openmetrics, sample_times, usage_series
+from tests.support.demo_openmetrics import (
+    DAY,
+    DataSet,
+    _Family,
+    anomaly_families,
+    attribution_families,
+    budget_families,
+    demo_config,
+    demo_openmetrics,
+    sample_times,
+    usage_series,
+)
 from tests.support.demo_truth import demo_truth
-from tests.support.otlp_sink import OTLPSink
-from tests.support.prometheus_files import RULE_FILES, load_rules
+from tests.support.otlp_sink import OTLPSink, Point
+from tests.support.prometheus_files import ROOT, RULE_FILES, load_rules
 from tests.support.prometheus_names import (
     catalog_series_names,
     metric_names_in,
@@ -41,14 +56,15 @@ from tests.support.prometheus_names import (
     prometheus_metric_name,
 )
 from tests.support.prometheus_server import PrometheusServer
-from tests.test_e2e import ENV, cli
+from tests.test_e2e import ENV, cli, poll_lines
 
+COMPOSE_RECEIVER_CONFIG = ROOT / "examples" / "compose" / "receiver" / "config.yaml"
 FILES = dashboard_files()
 QUERIES = [q for f in FILES for q in panel_queries(f)]
 VARIABLE_QUERIES = [q for f in FILES for q in variable_queries(f)]
 RULES = load_rules()
 #: Dashboards that show usage (not only self-health) must offer these filters.
-USAGE_VARIABLES = {"datasource", "provider", "tenant"}
+USAGE_VARIABLES = {"datasource", "provider", "tenant", "team"}
 SEED = 42
 
 
@@ -70,10 +86,11 @@ def test_panels_on_recorded_series_fall_back_to_raw_metrics() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ structure
-def test_the_three_dashboards_of_today_exist_with_unique_uids() -> None:
+def test_the_six_dashboards_exist_with_unique_uids() -> None:
     uids = {load(f)["uid"]: f.name for f in FILES}
     assert len(uids) == len(FILES)
-    assert {"llm-overview", "llm-tokens-caching", "llm-receiver-health"} <= set(uids)
+    assert {"llm-overview", "llm-tokens-caching", "llm-budgets", "llm-anomalies", "llm-attribution",
+            "llm-receiver-health"} <= set(uids)
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -177,6 +194,25 @@ def test_the_data_shows_the_demo_organisation(prometheus: PrometheusServer) -> N
     assert models == {"gpt-4o-mini", "text-embedding-3-small", "gpt-4o", "claude-sonnet-4", "claude-opus-4"}
     (ratio,) = prometheus.query('sum(llm:cache_hit_ratio:rate1h{gen_ai_request_model="claude-sonnet-4"})')
     assert 0.4 < float(ratio["value"][1]) < 0.6  # the demo's claude-sonnet-4 reads half its input from cache
+    # Cost at query time (token rates x the price gauge) equals the ledger's estimate (the same prices): the
+    # join matched every token series to its price, none twice.
+    (query_time,) = prometheus.query("sum(llm:query_time_cost_usd:rate1h)")
+    (estimated,) = prometheus.query("sum(llm:estimated_cost_usd:rate1h)")
+    assert float(query_time["value"][1]) == pytest.approx(float(estimated["value"][1]), rel=1e-9)
+    teams = {r["metric"].get("llm_team") for r in prometheus.query("count by (llm_team) (llm:estimated_cost_usd:rate1h)")}
+    assert teams == {"search", "research", "unattributed"}  # DEMO_CONFIG's rules; Support Bot has none
+    (coverage,) = prometheus.query("llm_attribution_coverage_ratio")
+    assert 0.4 < float(coverage["value"][1]) < 0.6  # docs/attribution.md's worked example: about 49%
+    limits = {r["metric"]["llm_budget_name"]: float(r["value"][1]) for r in prometheus.query("llm_budget_limit_USD")}
+    assert limits == {"demo-monthly": 20000.0, "research-daily": 150.0}
+    assert len(prometheus.query("llm_anomaly_score_ratio")) == 12  # six workloads x cost and tokens
+
+
+def test_compose_demo_has_the_budgets_and_rules_the_data_set_is_computed_for() -> None:
+    # The compose stack's dashboards show what these tests checked: same budgets, same attribution rules.
+    compose = parse_config(yaml.safe_load(COMPOSE_RECEIVER_CONFIG.read_text(encoding="utf-8")), environ={})
+    assert compose.budgets == demo_config().budgets and compose.budgets
+    assert compose.attribution.rules == demo_config().attribution.rules and compose.attribution.rules
 
 
 def _data_set_label_sets(text: str) -> dict[str, set[frozenset[str]]]:
@@ -191,20 +227,36 @@ def _data_set_label_sets(text: str) -> dict[str, set[frozenset[str]]]:
     return out
 
 
-def test_data_set_has_the_names_and_labels_the_receiver_really_sends(tmp_path: Path) -> None:
-    # The receiver's real export of the demo, translated with the Collector's rules from what is on the wire
-    # (name, unit, type), must name the same Prometheus series with the same label sets as the data set.
+#: The budgets and attribution rules of the ``demo`` command, which the data set is computed for.
+SIGNALS_CONFIG = DEMO_CONFIG[DEMO_CONFIG.index("budgets:"):]
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """What one real ``run --once`` of the demo exported, in Prometheus terms."""
+
+    wire: dict[str, set[frozenset[str]]]  # Prometheus sample name -> label-key sets
+    values: dict[tuple[str, frozenset[tuple[str, str]]], float]  # (Prometheus name, labels) -> gauge value
+    now: int  # the export's timestamp (Unix seconds): the moment the receiver computed its signals
+    polled: int  # when it polled the demo (the poll's window end): what its ledger holds
+
+
+def _run_demo(tmp_path: Path, days: int, signals: bool) -> DemoRun:
+    """The receiver's real export of the demo, translated with the Collector's rules from what is on the wire
+    (name, unit, type). ``signals``: with the demo command's budgets and attribution rules."""
     with OTLPSink() as sink:
         config = tmp_path / "config.yaml"
         config.write_text(
             f"storage: {{path: {tmp_path / 'ledger.db'}}}\nhealth: {{endpoint: \"\"}}\n"
             f"exporters:\n  otlp:\n    endpoint: {sink.grpc_endpoint}\n    tls: {{insecure: true}}\n"
-            "providers:\n  demo:\n    seed: 42\n    backfill: 2d\n"
+            f"providers:\n  demo:\n    seed: {SEED}\n    backfill: {days}d\n" + (SIGNALS_CONFIG if signals else "")
         )
         proc = subprocess.run(cli("run", "--config", str(config), "--once"), env=ENV, capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         wire: dict[str, set[frozenset[str]]] = {}
+        values: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        now = 0
         for name in sink.metric_names():
             info = sink.metric_info(name)
             points = sink.points(name)
@@ -216,9 +268,64 @@ def test_data_set_has_the_names_and_labels_the_receiver_really_sends(tmp_path: P
             label_sets = {frozenset(prometheus_label_name(k) for k, _ in key) for key in points}
             for suffix in suffixes:
                 wire[base + suffix] = label_sets
-    data = _data_set_label_sets(demo_openmetrics(1_795_000_000 // 60 * 60, days=2))
+            if kind == "gauge":
+                for key, point in points.items():
+                    assert isinstance(point, Point)
+                    values[(base, frozenset((prometheus_label_name(k), str(v)) for k, v in key))] = float(point.value)
+                    now = point.time_unix_nano // 1_000_000_000
+    (poll,) = poll_lines(proc.stderr)
+    return DemoRun(wire, values, now, int(str(poll["window_end"])))
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    return _run_demo(tmp_path_factory.mktemp("plain"), days=2, signals=False)
+
+
+@pytest.fixture(scope="module")
+def signals_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    # A week: anomaly scores need five days of baseline.
+    return _run_demo(tmp_path_factory.mktemp("signals"), days=7, signals=True)
+
+
+@pytest.mark.parametrize(("attributed", "days"), [(False, 2), (True, 7)], ids=["plain", "budgets-and-attribution"])
+def test_data_set_has_the_names_and_labels_the_receiver_really_sends(request: pytest.FixtureRequest,
+                                                                     attributed: bool, days: int) -> None:
+    # The receiver's real export must name the same Prometheus series with the same label sets as the data set:
+    # once with no budgets or rules, once with the demo command's budgets and attribution rules (team labels,
+    # llm_budget_*, coverage) over a week.
+    run: DemoRun = request.getfixturevalue("signals_run" if attributed else "plain_run")
+    wire = {name: set(sets) for name, sets in run.wire.items()}
+    data = _data_set_label_sets(demo_openmetrics(1_795_000_000 // 60 * 60, days=days, attributed=attributed))
     assert set(data) == set(wire), "the data set and the receiver's export name different series"
     # Failed polls add error.type (emitter: only on failures); the demo run here has none to show it.
     wire["llm_receiver_polls_total"] |= {s | {"error_type"} for s in wire["llm_receiver_polls_total"]}
     for name, label_sets in data.items():
         assert label_sets <= wire[name], f"{name}: label sets the receiver does not send: {label_sets - wire[name]}"
+    if attributed:  # the comparison covers the money signals, not only the usage series
+        assert {"llm_budget_burn_rate_ratio", "llm_anomaly_score_ratio", "llm_attribution_coverage_ratio"} <= set(data)
+        assert any("llm_team" in s for s in data["llm_usage_cost_estimated_USD_total"])
+
+
+def _last_values(families: list[_Family]) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for line in (line for f in families for line in f.render() if not line.startswith("#")):
+        name, _, rest = line.partition("{")
+        body, _, tail = rest.partition("} ")
+        labels = frozenset((k, v) for k, v in re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)"', body)
+                           if k not in ("job", "instance"))
+        out[(name, labels)] = float(tail.split()[0])  # lines are in time order: the last one wins
+    return out
+
+
+def test_data_set_money_values_are_what_the_receiver_computes(signals_run: DemoRun) -> None:
+    # The budget, coverage and anomaly values the data set derives equal the receiver's own, computed from its
+    # ledger at the same moment (the export) over the same poll, buckets still filling in included: exactly, up
+    # to the doubles the gauges travel as.
+    now, polled = signals_run.now, signals_run.polled
+    ds = DataSet(SEED, sample_times(now, 7), polled - 7 * DAY, attributed=True, poll_lag=now - polled)
+    mine = _last_values(budget_families(ds) + attribution_families(ds) + anomaly_families(ds))
+    theirs = {k: v for k, v in signals_run.values.items() if k[0] in {n for n, _ in mine}}
+    assert set(mine) == set(theirs)
+    for key, value in mine.items():
+        assert value == pytest.approx(theirs[key], rel=1e-9), key

@@ -24,9 +24,13 @@ RULES = load_rules()
 ALERTS = [r for r in RULES if r.is_alert]
 RECORDS = [r for r in RULES if not r.is_alert]
 SEVERITIES = {"critical", "warning", "info"}
-RUNBOOK_BASE = "https://github.com/otel-llm-receiver/otel-llm-receiver/blob/main/docs/runbooks.md#"
+#: The documented placeholder (example.com is reserved for documentation) that users substitute with the URL of
+#: their copy of the repository (examples/prometheus/README.md): every runbook_url is this + docs/runbooks.md#anchor.
+RUNBOOK_HOST = "https://runbooks.example.com/otel-llm-receiver/"
+RUNBOOK_BASE = RUNBOOK_HOST + "docs/runbooks.md#"
 # Labels that name what an alert is about: a summary must show at least one of them.
-SUBJECT_LABELS = ("llm_source", "gen_ai_provider_name", "gen_ai_request_model", "llm_team")
+SUBJECT_LABELS = ("llm_source", "gen_ai_provider_name", "gen_ai_request_model", "llm_team", "llm_budget_name",
+                  "llm_tenancy_id")
 
 
 def test_promtool_check_rules_accepts_both_files() -> None:
@@ -81,9 +85,27 @@ def test_alert_has_severity_summary_naming_its_subject_and_runbook(alert: Rule) 
     subjects = {label.strip() for g in grouped for label in g.split(",")} & set(SUBJECT_LABELS)
     for label in subjects:  # whatever the alert is per (provider instance, provider, model), its summary says
         assert "$labels." + label in annotations["summary"], (alert.name, label)
+    if not alert.expr.lstrip().startswith("absent("):  # only "no data at all" has nothing to name
+        named = {label for label in SUBJECT_LABELS if "$labels." + label in annotations["summary"]}
+        assert named, f"{alert.name}: the summary names none of {SUBJECT_LABELS}"
     anchor = alert.name.lower()
     assert annotations["runbook_url"] == RUNBOOK_BASE + anchor
     assert anchor in _runbook_sections(), f"docs/runbooks.md has no section `## {alert.name}`"
+
+
+def test_runbook_urls_move_to_another_host_with_one_substitution() -> None:
+    # The README's recipe: replace the placeholder host once; every runbook_url, and nothing else, changes.
+    text = RULE_FILES[1].read_text(encoding="utf-8")
+    mine = "https://github.com/acme/llm-ops/blob/main/"
+    moved = yaml.safe_load(text.replace(RUNBOOK_HOST, mine))
+    urls = [r["annotations"]["runbook_url"] for g in moved["groups"] for r in g["rules"] if "alert" in r]
+    assert len(urls) == len(ALERTS)
+    assert all(u.startswith(mine + "docs/runbooks.md#") for u in urls)
+    elsewhere = [line for line in text.splitlines() if RUNBOOK_HOST in line
+                 and not line.lstrip().startswith(("#", "runbook_url:"))]
+    assert elsewhere == []  # nothing but runbook links (and comments) moves with them
+    readme = (RULE_FILES[0].parent / "README.md").read_text(encoding="utf-8")
+    assert RUNBOOK_HOST in readme and "sed" in readme
 
 
 def _runbook_sections() -> dict[str, str]:
