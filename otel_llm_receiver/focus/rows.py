@@ -135,6 +135,12 @@ def token_types_of(attrs: Mapping[str, str]) -> tuple[str, ...]:
     return ()
 
 
+def model_of_line_item(item: str) -> str | None:
+    """The model a ``<model>, <kind>`` line item names (OpenAI's costs API: ``gpt-4o-2024-08-06, input``)."""
+    model, sep, kind = item.partition(", ")
+    return model.strip() if sep and model.strip() and kind.strip() else None
+
+
 @dataclass
 class _Usage:
     """One usage series' day: its tokens (or requests) and estimated cost (pico-USD, None when unpriced)."""
@@ -200,7 +206,7 @@ def _reported_row(
     cost = _decimal(nanos, _NANO)
     currency = attrs.get("currency", "USD")
     types = token_types_of(attrs)
-    model = attrs.get("gen_ai.request.model")
+    model = attrs.get("gen_ai.request.model") or model_of_line_item(attrs.get("llm.cost.line_item", ""))
     quantity: Decimal | None = None
     unit: str | None = None
     pricing_quantity: Decimal | None = None
@@ -236,7 +242,7 @@ def _reported_row(
     item = attrs.get("llm.cost.line_item")
     description = f"{item or meter}{f' ({model})' if model and model not in (item or '') else ''}, reported"
     return _row(ctx, day, instance, metric, attrs, "reported", cost, currency, list_cost, list_unit_price,
-                quantity, unit, pricing_quantity, pricing_unit, meter, token_type, description)
+                quantity, unit, pricing_quantity, pricing_unit, meter, token_type, description, model=model)
 
 
 def _estimated_row(ctx: RowContext, day: int, instance: str, metric: str, canon: str, entry: _Usage) -> Row:
@@ -261,18 +267,17 @@ def _estimated_row(ctx: RowContext, day: int, instance: str, metric: str, canon:
     return _row(ctx, day, instance, METRIC_COST_ESTIMATED, attrs, "estimated", cost, "USD", cost, list_unit_price,
                 quantity, unit if quantity is not None else None, pricing_quantity,
                 pricing_unit if pricing_quantity is not None else None, meter, token_type, description,
-                key_attrs=canon)
+                model=model, key_attrs=canon)
 
 
 def _row(
     ctx: RowContext, day: int, instance: str, metric: str, attrs: Mapping[str, str], source: str, cost: Decimal,
     currency: str, list_cost: Decimal, list_unit_price: Decimal | None, quantity: Decimal | None,
     unit: str | None, pricing_quantity: Decimal | None, pricing_unit: str | None, meter: str,
-    token_type: str | None, description: str, *, key_attrs: str | None = None,
+    token_type: str | None, description: str, *, model: str | None, key_attrs: str | None = None,
 ) -> Row:
     provider = attrs.get("gen_ai.provider.name", "")
     who = facts(provider)
-    model = attrs.get("gen_ai.request.model")
     tenancy = attrs.get("llm.tenancy.id")
     tenancy_name = ctx.names.get((instance, "tenancy", tenancy)) if tenancy else None
     team = ctx.attributor.attributes(attrs, tenancy_name, ctx.labels.get(instance))
@@ -307,7 +312,7 @@ def _row(
         "PricingQuantity": pricing_quantity,
         "PricingUnit": pricing_unit,
         "ProviderName": who.provider_name,
-        "PublisherName": publisher_of(provider, attrs),
+        "PublisherName": publisher_of(provider, {**attrs, "gen_ai.request.model": model or ""}),
         "RegionId": region,
         "RegionName": region,
         "ServiceCategory": "AI and Machine Learning",
