@@ -19,8 +19,10 @@ the tokens of the usage series of the same tenancy and model of the token type(s
 estimated charge takes the tokens (or requests) it was priced from. Tokens are ConsumedQuantity in ``Tokens``
 and PricingQuantity in ``1000000 Tokens`` (the unit list prices are quoted in).
 
-List prices come from the same ``PriceBook`` that prices the ledger. FOCUS requires ListCost to be non-null and,
-when no unit price is known, to equal BilledCost; ListUnitPrice is null where no single price is known.
+List prices come from the same ``PriceBook`` that prices the ledger: ListUnitPrice is the price per PricingUnit
+where one price explains the charge (one token type, one price that day) and ListCost = ListUnitPrice x
+PricingQuantity. Elsewhere ListUnitPrice is null and ListCost = BilledCost, as FOCUS requires of a ListCost with
+no unit price (it is Mandatory and never null).
 """
 
 from __future__ import annotations
@@ -234,8 +236,6 @@ def _reported_row(
                 assert price is not None
                 list_unit_price = (price * TOKENS_PER_PRICING_UNIT).normalize()
                 list_cost = (list_unit_price * pricing_quantity).normalize()
-            elif all(u.estimated is not None for u in matched):
-                list_cost = _decimal(sum(u.estimated or 0 for u in matched), _PICO)
     token_type = types[0] if len(types) == 1 else None
     meter = TOKEN_METERS[token_type] if token_type else (
         TOKEN_UNIT if types else attrs.get("llm.cost.line_item") or "Usage")
