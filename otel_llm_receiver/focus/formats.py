@@ -2,8 +2,9 @@
 
 Values stay exact: decimals are written as plain decimal text in CSV and JSON (never a binary float) and as
 ``decimal128(38, 12)`` in Parquet (money is exact to the pico-dollar, quantities to the nano-unit); date/times are
-``YYYY-MM-DDTHH:mm:ssZ`` text (FOCUS DateTimeFormat), UTC ``timestamp[s]`` in Parquet; nulls are real nulls
-(an empty CSV field, JSON ``null``, a Parquet null), never ``""``, ``0`` or a placeholder.
+``YYYY-MM-DDTHH:mm:ssZ`` text (FOCUS DateTimeFormat), UTC ``timestamp[ms]`` in Parquet (which has no seconds
+unit); nulls are real nulls (an empty CSV field, JSON ``null``, a Parquet null), never ``""``, ``0`` or a
+placeholder.
 
 Parquet needs ``pyarrow`` (the ``[focus]`` extra), imported only when a Parquet file is written.
 """
@@ -129,7 +130,7 @@ def _pyarrow() -> Any:
 
 def parquet_schema(columns: tuple[Column, ...]) -> Any:
     pa, _ = _pyarrow()
-    types = {"string": pa.string(), "json": pa.string(), "datetime": pa.timestamp("s", tz="UTC"),
+    types = {"string": pa.string(), "json": pa.string(), "datetime": pa.timestamp("ms", tz="UTC"),
              "decimal": pa.decimal128(DECIMAL_PRECISION, DECIMAL_SCALE)}
     return pa.schema([pa.field(c.name, types[c.kind], nullable=True) for c in columns])
 

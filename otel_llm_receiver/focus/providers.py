@@ -67,7 +67,7 @@ def publisher_of(provider: str, attrs: Mapping[str, str]) -> str:
     own = facts(provider)
     if own.publisher is not None:
         return own.publisher
-    hints = [attrs.get("llm.publisher", ""), attrs.get("gen_ai.request.model", "")]
+    hints = [attrs.get("llm.publisher", ""), attrs.get("gen_ai.request.model", ""), attrs.get("llm.cost.line_item", "")]
     for hint in hints:
         text = hint.lower()
         vendor = text.split(".", 1)[0] if "." in text else ""
