@@ -169,7 +169,12 @@ def _serve(
     health: HealthServer | None = None
     if config.health.endpoint and not once:
         try:
-            health = HealthServer(config.health.endpoint, receiver.health_report).start()
+            routes = None
+            if config.focus is not None and config.focus.http:
+                from .focus.http import focus_routes
+
+                routes = focus_routes(config, receiver.prices)
+            health = HealthServer(config.health.endpoint, receiver.health_report, routes).start()
         except OSError as exc:
             message = f"health.endpoint {config.health.endpoint}: cannot listen: {exc.strerror or exc}"
             if health_required:
