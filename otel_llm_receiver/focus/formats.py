@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import IO, Any, Final, Protocol
 
@@ -37,6 +38,7 @@ class RowWriter(Protocol):
     def close(self) -> None: ...
 
 
+@functools.lru_cache(maxsize=4096)  # a file's date/times are a few days and months, over and over
 def timestamp(seconds: int) -> str:
     """FOCUS DateTimeFormat: ISO 8601 extended, UTC, ``Z`` suffix, whole seconds."""
     return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -60,20 +62,31 @@ def _text(column: Column, value: Any) -> str | None:
     return str(value)
 
 
+def _csv_field(kind: str) -> Callable[[Any], str]:
+    """The CSV text of a value of one column kind; null is the empty field."""
+    if kind == "decimal":
+        return lambda v: "" if v is None else decimal_text(v)
+    if kind == "datetime":
+        return lambda v: "" if v is None else timestamp(v)
+    return lambda v: "" if v is None else str(v)
+
+
 class CsvWriter:
     """RFC 4180 CSV with a header row; an empty unquoted field is null (no empty strings are ever written)."""
 
     def __init__(self, out: IO[str], columns: tuple[Column, ...]) -> None:
         self.out = out
         self.columns = columns
+        self._fields = [(c.name, _csv_field(c.kind)) for c in columns]
         self._csv = csv.writer(out, lineterminator="\n")
         self._csv.writerow([c.name for c in columns])
 
     def write(self, rows: Iterable[dict[str, Any]]) -> int:
         n = 0
-        cols = self.columns
+        fields = self._fields
+        writerow = self._csv.writerow
         for row in rows:
-            self._csv.writerow(["" if (t := _text(c, row[c.name])) is None else t for c in cols])
+            writerow([text(row[name]) for name, text in fields])
             n += 1
         return n
 

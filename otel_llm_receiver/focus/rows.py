@@ -28,6 +28,8 @@ no unit price (it is Mandatory and never null).
 from __future__ import annotations
 
 import bisect
+import datetime as dt
+import functools
 import hashlib
 import json
 from collections import defaultdict
@@ -53,6 +55,7 @@ from .providers import facts, publisher_of
 
 DAY: Final = 86_400
 Row = dict[str, Any]
+AttrKey = tuple[tuple[str, str], ...]
 
 #: Every metric a day's rows are built from (one rollup query per day).
 METRICS: Final = (
@@ -86,8 +89,20 @@ class RowContext:
     attributor: Attributor = field(default_factory=lambda: Attributor(()))
     labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     prices: PriceBook | None = None
-    _price_cache: dict[tuple[str, str, int], Decimal | None] = field(default_factory=dict)
+    _price_cache: dict[tuple[AttrKey, str, int], Decimal | None] = field(default_factory=dict)
     _edges: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    _statics: dict[tuple[object, ...], _Static] = field(default_factory=dict)
+
+    def static(self, instance: str, metric: str, attrs: Mapping[str, str], source: str, meter: str,
+               token_type: str | None, model: str | None) -> _Static:
+        """The day-independent columns of a series' rows, built once per series (bounded cache)."""
+        key = (instance, metric, attr_key(attrs), source, meter, token_type, model)
+        found = self._statics.get(key)
+        if found is None:
+            if len(self._statics) > 100_000:
+                self._statics.clear()
+            found = self._statics[key] = _static(self, instance, attrs, source, meter, token_type, model)
+        return found
 
     def unit_price(self, attrs: Mapping[str, str], unit: str, at: int) -> Decimal | None:
         """USD per ``unit`` for a series at ``at``: cached per series and price period, not per day."""
@@ -99,13 +114,24 @@ class RowContext:
         if edges is None:
             edges = self._edges[(provider, model)] = self.prices.boundaries(provider, model)
         period = edges[max(bisect.bisect_right(edges, at) - 1, 0)]
-        key = (canonical_attrs(dict(attrs)), unit, period)
+        key = (attr_key(attrs), unit, period)
         if key not in self._price_cache:
             if len(self._price_cache) > 200_000:  # bounded, whatever the number of series
                 self._price_cache.clear()
             found = self.prices.price(provider, model, unit, attrs, at)
             self._price_cache[key] = None if found is None else found.usd
         return self._price_cache[key]
+
+
+def attr_key(attrs: Mapping[str, str], without: str = "") -> AttrKey:
+    """A series' attributes as a hashable key, optionally without one attribute.
+
+    The ledger hands attributes back in their canonical order (sorted keys), so their items are the key as
+    they come; every key compared here is made from such attributes.
+    """
+    if without:
+        return tuple((k, v) for k, v in attrs.items() if k != without)
+    return tuple(attrs.items())
 
 
 def _decimal(units: int, scale: Decimal) -> Decimal:
@@ -158,8 +184,8 @@ def day_rows(ledger: Ledger, day: int, ctx: RowContext) -> list[Row]:
     Rows are version-independent dicts (every column of every version); ``schema.columns`` picks a version's.
     """
     costs: list[tuple[str, str, dict[str, str], int]] = []
-    usage: dict[tuple[str, str, str], _Usage] = {}  # (instance, metric, canonical attrs)
-    billed: dict[tuple[str, str], tuple[str, int]] = {}  # (instance, cost attrs w/o currency) -> (unit, nanos)
+    usage: dict[tuple[str, str, AttrKey], _Usage] = {}  # (instance, metric, attributes)
+    billed: dict[tuple[str, AttrKey], tuple[str, int]] = {}  # (instance, cost attrs w/o currency) -> (unit, nanos)
     reported_instances: set[str] = set()
     for instance, metric, attrs, value in ledger.rollup_sums_between(day, day + DAY, METRICS):
         if metric in (METRIC_COST, METRIC_COST_NON_USD):
@@ -167,13 +193,12 @@ def day_rows(ledger: Ledger, day: int, ctx: RowContext) -> list[Row]:
             reported_instances.add(instance)
         elif metric == METRIC_BILLED_QUANTITY:
             unit = attrs.get("llm.cost.quantity_unit", "unknown")
-            base = canonical_attrs({k: v for k, v in attrs.items() if k != "llm.cost.quantity_unit"})
-            billed[(instance, base)] = (unit, value)
+            billed[(instance, attr_key(attrs, "llm.cost.quantity_unit"))] = (unit, value)
         else:
             source = METRIC_TOKENS if metric == METRIC_COST_ESTIMATED and "gen_ai.token.type" in attrs else metric
             if metric == METRIC_COST_ESTIMATED and source != METRIC_TOKENS:
                 source = METRIC_REQUESTS
-            key = (instance, source, canonical_attrs(attrs))
+            key = (instance, source, attr_key(attrs))
             entry = usage.get(key)
             if entry is None:
                 entry = usage[key] = _Usage(attrs)
@@ -192,10 +217,10 @@ def day_rows(ledger: Ledger, day: int, ctx: RowContext) -> list[Row]:
     rows: list[Row] = []
     for instance, metric, attrs, nanos in costs:
         rows.append(_reported_row(ctx, day, instance, metric, attrs, nanos, billed, by_owner))
-    for (instance, metric, canon), entry in usage.items():
+    for (instance, metric, _), entry in usage.items():
         if instance in reported_instances or entry.estimated is None:
             continue
-        rows.append(_estimated_row(ctx, day, instance, metric, canon, entry))
+        rows.append(_estimated_row(ctx, day, instance, metric, entry))
     rows = [r for r in rows if r["BilledCost"] or r["ConsumedQuantity"]]
     rows.sort(key=lambda r: (r["BillingAccountId"], r["x_ChargeKey"]))
     return rows
@@ -203,7 +228,7 @@ def day_rows(ledger: Ledger, day: int, ctx: RowContext) -> list[Row]:
 
 def _reported_row(
     ctx: RowContext, day: int, instance: str, metric: str, attrs: dict[str, str], nanos: int,
-    billed: Mapping[tuple[str, str], tuple[str, int]], by_owner: Mapping[tuple[str, ...], Sequence[_Usage]],
+    billed: Mapping[tuple[str, AttrKey], tuple[str, int]], by_owner: Mapping[tuple[str, ...], Sequence[_Usage]],
 ) -> Row:
     cost = _decimal(nanos, _NANO)
     currency = attrs.get("currency", "USD")
@@ -215,8 +240,7 @@ def _reported_row(
     pricing_unit: str | None = None
     list_unit_price: Decimal | None = None
     list_cost = cost
-    base = canonical_attrs({k: v for k, v in attrs.items() if k != "currency"})
-    found = billed.get((instance, base))
+    found = billed.get((instance, attr_key(attrs, "currency")))
     matched: list[_Usage] = []
     if types and model:
         owner = (instance, attrs.get("gen_ai.provider.name", ""), attrs.get("llm.tenant", ""),
@@ -245,7 +269,7 @@ def _reported_row(
                 quantity, unit, pricing_quantity, pricing_unit, meter, token_type, description, model=model)
 
 
-def _estimated_row(ctx: RowContext, day: int, instance: str, metric: str, canon: str, entry: _Usage) -> Row:
+def _estimated_row(ctx: RowContext, day: int, instance: str, metric: str, entry: _Usage) -> Row:
     attrs = entry.attrs
     cost = _decimal(entry.estimated or 0, _PICO)
     token_type = attrs.get("gen_ai.token.type") if metric == METRIC_TOKENS else None
@@ -267,15 +291,51 @@ def _estimated_row(ctx: RowContext, day: int, instance: str, metric: str, canon:
     return _row(ctx, day, instance, METRIC_COST_ESTIMATED, attrs, "estimated", cost, "USD", cost, list_unit_price,
                 quantity, unit if quantity is not None else None, pricing_quantity,
                 pricing_unit if pricing_quantity is not None else None, meter, token_type, description,
-                model=model, key_attrs=canon)
+                model=model)
 
 
 def _row(
     ctx: RowContext, day: int, instance: str, metric: str, attrs: Mapping[str, str], source: str, cost: Decimal,
     currency: str, list_cost: Decimal, list_unit_price: Decimal | None, quantity: Decimal | None,
     unit: str | None, pricing_quantity: Decimal | None, pricing_unit: str | None, meter: str,
-    token_type: str | None, description: str, *, model: str | None, key_attrs: str | None = None,
+    token_type: str | None, description: str, *, model: str | None,
 ) -> Row:
+    static = ctx.static(instance, metric, attrs, source, meter, token_type, model)
+    period_start, period_end = _month(day)
+    row = dict(static.columns)
+    row.update({
+        "BilledCost": cost,
+        "BillingCurrency": currency,
+        "BillingPeriodEnd": period_end,
+        "BillingPeriodStart": period_start,
+        "ChargeDescription": description,
+        "ChargePeriodEnd": day + DAY,
+        "ChargePeriodStart": day,
+        "ConsumedQuantity": quantity,
+        "ConsumedUnit": unit,
+        "ContractedCost": cost,
+        "EffectiveCost": cost,
+        "ListCost": list_cost,
+        "ListUnitPrice": list_unit_price,
+        "PricingQuantity": pricing_quantity,
+        "PricingUnit": pricing_unit,
+        "x_ChargeKey": charge_key(instance, metric, static.canonical, day),
+    })
+    return row
+
+
+@dataclass(frozen=True, slots=True)
+class _Static:
+    """The columns of a series' rows that do not change from day to day (names, tags, SKU, ...)."""
+
+    canonical: str
+    columns: Mapping[str, Any]
+
+
+def _static(
+    ctx: RowContext, instance: str, attrs: Mapping[str, str], source: str, meter: str, token_type: str | None,
+    model: str | None,
+) -> _Static:
     provider = attrs.get("gen_ai.provider.name", "")
     who = facts(provider)
     tenancy = attrs.get("llm.tenancy.id")
@@ -286,31 +346,14 @@ def _row(
     dims = {k: v for k, v in attrs.items() if k not in _COLUMN_ATTRS}
     charge = token_type or attrs.get("llm.cost.line_item") or meter
     sku = f"{provider}/{model or '-'}/{charge}"
-    period_start, period_end = _month(day)
-    canon = key_attrs if key_attrs is not None else canonical_attrs(dict(attrs))
-    return {
-        "BilledCost": cost,
+    return _Static(canonical_attrs(dict(attrs)), {
         "BillingAccountId": instance,
         "BillingAccountName": attrs.get("llm.tenant") or instance,
-        "BillingCurrency": currency,
-        "BillingPeriodEnd": period_end,
-        "BillingPeriodStart": period_start,
         "ChargeCategory": "Usage",
         "ChargeClass": None,
-        "ChargeDescription": description,
         "ChargeFrequency": "Usage-Based",
-        "ChargePeriodEnd": day + DAY,
-        "ChargePeriodStart": day,
-        "ConsumedQuantity": quantity,
-        "ConsumedUnit": unit,
-        "ContractedCost": cost,
-        "EffectiveCost": cost,
         "HostProviderName": who.host_provider,
         "InvoiceIssuerName": who.invoice_issuer,
-        "ListCost": list_cost,
-        "ListUnitPrice": list_unit_price,
-        "PricingQuantity": pricing_quantity,
-        "PricingUnit": pricing_unit,
         "ProviderName": who.provider_name,
         "PublisherName": publisher_of(provider, {**attrs, "gen_ai.request.model": model or ""}),
         "RegionId": region,
@@ -325,19 +368,17 @@ def _row(
         "SubAccountId": tenancy,
         "SubAccountName": (tenancy_name or tenancy) if tenancy else None,
         "Tags": None if tags is None else json.dumps(tags, sort_keys=True, separators=(",", ":")),
-        "x_ChargeKey": charge_key(instance, metric, canon, day),
         "x_CostSource": source,
         "x_Dimensions": json.dumps(dims, sort_keys=True, separators=(",", ":")) if dims else None,
         "x_Model": model,
         "x_Operation": attrs.get("gen_ai.operation.name"),
         "x_TokenType": token_type,
-    }
+    })
 
 
+@functools.lru_cache(maxsize=4096)
 def _month(day: int) -> tuple[int, int]:
     """The calendar month (UTC) holding ``day``: the billing period of every provider we read."""
-    import datetime as dt
-
     d = dt.datetime.fromtimestamp(day, dt.UTC)
     start = dt.datetime(d.year, d.month, 1, tzinfo=dt.UTC)
     end = dt.datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=dt.UTC)
