@@ -186,3 +186,25 @@ def test_demo_week_billed_cost_equals_the_demos_reported_cost_and_estimates_its_
     assert estimated == expected_estimated
     assert estimated.quantize(Decimal("0.01")) == expected_estimated.quantize(Decimal("0.01"))
     assert estimated > 0 and reported > 0
+
+
+def test_a_cost_split_the_usage_also_has_is_matched_on_it(tmp_path: Path) -> None:
+    """Anthropic reports 5-minute and 1-hour cache writes apart (``llm.cache.ttl``) in both its usage and its
+    cost report: each cost row's quantity is its own TTL's tokens, not both."""
+    from otel_llm_receiver.focus import RowContext, day_rows
+    from otel_llm_receiver.model import CostRecord, PollResult, UsageRecord
+
+    day = TODAY - D
+    usage = [UsageRecord(provider="anthropic", model="claude-sonnet-4", operation="chat", tenancy_id="w",
+                         bucket_start=day + h * 3600, bucket_width=3600, tokens={"cache_write": n},
+                         dimensions={"llm.cache.ttl": ttl})
+             for h in range(24) for ttl, n in (("5m", 1_000), ("1h", 7))]
+    costs = [CostRecord(provider="anthropic", tenancy_id="w", bucket_start=day, bucket_width=D, amount=amount,
+                        model="claude-sonnet-4", line_item="cache_write", dimensions={"llm.cache.ttl": ttl})
+             for ttl, amount in (("5m", Decimal("0.09")), ("1h", Decimal("0.01")))]
+    with Ledger(tmp_path / "l.db") as ledger:
+        ledger.apply("anthropic/main", PollResult(usage=usage, costs=costs))
+        rows = day_rows(ledger, day, RowContext(names=ledger.names()))
+    quantities = {json.loads(r["x_Dimensions"])["llm.cache.ttl"]: r["ConsumedQuantity"] for r in rows}
+    assert quantities == {"5m": 24_000, "1h": 24 * 7}
+    assert {r["x_CostSource"] for r in rows} == {"reported"}

@@ -33,6 +33,7 @@ PROVIDERS: Final[Mapping[str, ProviderFacts]] = {
     "azure.ai.openai": ProviderFacts("Azure OpenAI", "Microsoft", "Microsoft", "Microsoft", None),
     "aws.bedrock": ProviderFacts("Amazon Bedrock", "AWS", "AWS", "AWS", None),
     "gcp.vertex_ai": ProviderFacts("Vertex AI", "Google Cloud", "Google Cloud", "Google Cloud", None),
+    "gcp.gemini": ProviderFacts("Gemini API", "Google Cloud", "Google Cloud", "Google Cloud", "Google"),
     "demo": ProviderFacts("Demo LLM API", "Demo", "Demo", "Demo", None),
 }
 

@@ -76,6 +76,11 @@ _COLUMN_ATTRS: Final = frozenset({
     "llm.tenancy.id", "llm.tenancy.name", "llm.cost.line_item", "currency", "cloud.region", "llm.publisher",
     "llm.cost.quantity_unit",
 })
+#: Attributes of a cost series that say which usage it is about (the rest must agree with the usage's, if any).
+_MATCH_KEYS: Final = frozenset({
+    "gen_ai.provider.name", "llm.tenancy.id", "llm.tenant", "gen_ai.request.model", "llm.cost.line_item",
+    "currency", "gen_ai.token.type",
+})
 #: Billed units as the providers name them -> FOCUS unit format (UnitFormat: plural count units, capitalized).
 _UNITS: Final = {"tokens": "Tokens", "token": "Tokens", "requests": "Requests", "request": "Requests",
                  "images": "Images", "image": "Images", "characters": "Characters", "seconds": "Seconds"}
@@ -245,7 +250,10 @@ def _reported_row(
     if types and model:
         owner = (instance, attrs.get("gen_ai.provider.name", ""), attrs.get("llm.tenant", ""),
                  attrs.get("llm.tenancy.id", ""), model)
-        matched = [u for u in by_owner.get(owner, ()) if u.attrs.get("gen_ai.token.type") in types]
+        # A cost split the usage also has (Anthropic's cache TTL, a service tier) must agree where both say.
+        extra = [(k, v) for k, v in attrs.items() if k not in _MATCH_KEYS]
+        matched = [u for u in by_owner.get(owner, ()) if u.attrs.get("gen_ai.token.type") in types
+                   and all(u.attrs.get(k, v) == v for k, v in extra)]
     if found is not None and _UNITS.get(found[0].lower(), "") != TOKEN_UNIT:
         quantity, unit = _decimal(found[1], _NANO), _UNITS.get(found[0].lower(), found[0].title())
         pricing_quantity, pricing_unit = quantity, unit
