@@ -39,6 +39,14 @@ class FocusConfig:
     http: bool = False
 
 
+def _have_pyarrow() -> bool:
+    """Whether Parquet can be written (the ``[focus]`` extra), without importing pyarrow (it is slow)."""
+    try:
+        return importlib.util.find_spec("pyarrow") is not None
+    except (ImportError, ValueError):  # a broken or deliberately blocked installation
+        return False
+
+
 def parse_focus(p: _Parser, raw: Any) -> FocusConfig | None:
     section = p.mapping(raw, "focus")
     if section is None:
@@ -61,7 +69,7 @@ def parse_focus(p: _Parser, raw: Any) -> FocusConfig | None:
         elif key == "format":
             text = p.text(value, path, choices=FORMATS)
             if isinstance(text, str):
-                if text == "parquet" and importlib.util.find_spec("pyarrow") is None:
+                if text == "parquet" and not _have_pyarrow():
                     p.problem(path, "parquet needs pyarrow: pip install 'otel-llm-receiver[focus]' (or use csv)")
                 else:
                     values["format"] = text

@@ -208,3 +208,33 @@ def test_a_cost_split_the_usage_also_has_is_matched_on_it(tmp_path: Path) -> Non
     quantities = {json.loads(r["x_Dimensions"])["llm.cache.ttl"]: r["ConsumedQuantity"] for r in rows}
     assert quantities == {"5m": 24_000, "1h": 24 * 7}
     assert {r["x_CostSource"] for r in rows} == {"reported"}
+
+
+def test_csv_and_jsonl_need_no_pyarrow_and_parquet_says_which_extra(config_path: Path, tmp_path: Path) -> None:
+    """A real process in which pyarrow cannot be imported: JSON Lines (and CSV) work, Parquet is one clear line
+    (from the command and from the config), and nothing is written for it."""
+    import subprocess
+    import sys
+
+    block = "import sys; sys.modules['pyarrow'] = None; sys.modules['pyarrow.parquet'] = None; "
+    run = "from otel_llm_receiver.cli import main; sys.exit(main(sys.argv[1:]))"
+
+    def focus(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", block + run, *args], capture_output=True, text=True,
+                              timeout=60, cwd=Path(__file__).resolve().parent.parent)
+
+    common = ["focus", "--config", str(config_path), "--now", str(world.NOW), "--since", "2d"]
+    done = focus(*common, "--out", str(tmp_path / "f.jsonl"))  # (CSV and JSON Lines share their imports)
+    assert done.returncode == 0, done.stderr
+    assert "pyarrow" not in done.stderr and read_back(tmp_path / "f.jsonl", "jsonl")[1]
+    done = focus(*common, "--out", str(tmp_path / "f.parquet"))
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("focus: Parquet output needs pyarrow: pip install 'otel-llm-receiver[focus]' "
+                                   "(or use --format csv / jsonl)")
+    assert not (tmp_path / "f.parquet").exists() and not list(tmp_path.glob(".f.parquet.*"))
+    config = tmp_path / "parquet.yaml"
+    config.write_text(config_path.read_text() + "focus: {path: ./focus, format: parquet}\n")
+    done = focus("check", "--config", str(config))
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "focus.format: parquet needs pyarrow: pip install 'otel-llm-receiver[focus]' (or use csv)")

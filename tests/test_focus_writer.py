@@ -222,6 +222,7 @@ def test_run_writes_the_day_files(tmp_path: Path) -> None:
         columns, rows = read_back(path, "jsonl")
         assert rows and "HostProviderName" in columns
     assert (tmp_path / "focus" / ".focus-state.json").exists()
+    assert f"focus: FOCUS 1.3 jsonl every 1h into {tmp_path / 'focus'}" in cfg.describe()  # what `check` prints
     # check picks the section up, and an unknown key is an error with its key path
     path = tmp_path / "c.yaml"
     path.write_text("providers: {demo: {}}\nfocus: {path: ./f, formt: csv}\n")

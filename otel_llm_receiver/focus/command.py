@@ -66,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     version = args.focus_version or (config.focus.version if config.focus else DEFAULT_VERSION)
     fmt = args.fmt
-    if fmt is None:
+    if fmt is None:  # the suffix says; to stdout, the config's text format (Parquet needs a file)
         fmt = next((f for f, s in SUFFIX.items() if args.out.endswith(s)), "csv")
-        if args.config is not None and config.focus is not None and args.out == "-":
+        if args.out == "-" and config.focus is not None and config.focus.format != "parquet":
             fmt = config.focus.format
     if args.out == "-" and fmt == "parquet":
         print("focus: parquet cannot go to stdout; give --out a file name", file=sys.stderr)
