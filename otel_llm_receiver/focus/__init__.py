@@ -2,7 +2,9 @@
 
 ``rows`` builds a UTC day's rows (version-independent), ``schema`` says which columns each FOCUS version's
 file holds, ``formats`` writes CSV / JSON Lines / Parquet, ``export`` streams a range of days to one file,
-``writer`` keeps one file per day up to date for ``run``. docs/focus.md has the column mapping.
+``writer`` keeps one file per day up to date for ``run``, ``command`` is the ``focus`` subcommand and ``http``
+the ``/focus.csv`` / ``/focus.json`` routes of the health endpoint (both imported on demand). docs/focus.md has
+the column mapping.
 """
 
 from .export import context_for, days_between, export, iter_rows, write_atomically
