@@ -49,7 +49,7 @@ class HealthServer:
                     self._route(extra[path], dict(parse_qsl(query)))
                     return
                 if path not in ("/health", "/"):
-                    self.send_error(404, f"only {', '.join(['/health', *sorted(extra)])} served here")
+                    self.send_error(404, f"not here; served: {', '.join(['/health', *sorted(extra)])}")
                     return
                 try:
                     healthy, doc = outer.report()

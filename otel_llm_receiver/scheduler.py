@@ -280,8 +280,8 @@ class Receiver:
     def _write_focus_logged(self) -> None:
         try:
             self.write_focus()
-        except (ReceiverError, OSError, ValueError) as exc:  # a failed pass costs only this pass
-            log.warning("focus: day files not written this pass: %s", exc)
+        except Exception as exc:  # a failed pass (disk full, ledger busy) costs only this pass, never the loop
+            log.warning("focus: day files not written this pass: %s: %s", type(exc).__name__, redact(str(exc)))
 
     async def _focus_loop(self, stop: asyncio.Event) -> None:
         """A pass once the first polls landed (the backfill), then one every ``focus.interval``."""

@@ -229,3 +229,42 @@ def test_run_writes_the_day_files(tmp_path: Path) -> None:
     with pytest.raises(Exception) as info:
         load_config(path)
     assert "focus.formt: unknown key" in str(getattr(info.value, "problems", info.value))
+
+
+def test_run_forever_writes_the_day_files_and_a_failed_pass_is_one_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The long-running receiver: a pass after the backfill and one at stop; a pass that cannot write (the
+    directory is a file) is one warning and the receiver goes on."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a directory")
+    for path, ok in ((tmp_path / "focus", True), (blocked, False)):
+        cfg = parse_config({
+            "storage": {"path": str(tmp_path / f"ledger-{ok}.db")},
+            "providers": {"demo": {"backfill": "26h", "bucket_width": "1h"}},
+            "focus": {"path": str(path), "format": "csv"},
+        })
+        receiver = Receiver(cfg, exporters=[])
+
+        async def scenario(receiver: Receiver = receiver) -> int:
+            stop = asyncio.Event()
+
+            async def stop_after_backfill() -> None:
+                await receiver.first_round.wait()
+                stop.set()
+
+            stopper = asyncio.create_task(stop_after_backfill())
+            code = await receiver.run_forever(stop)
+            await stopper
+            return code
+
+        try:
+            caplog.clear()
+            assert asyncio.run(scenario()) == 0
+        finally:
+            asyncio.run(receiver.aclose())
+        warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("focus: day files not")]
+        if ok:
+            assert warnings == [] and len(list(path.glob("*.csv"))) >= 2
+        else:
+            assert len(warnings) >= 1 and all("FileExistsError" in w or "NotADirectoryError" in w for w in warnings)
