@@ -99,11 +99,14 @@ def test_rows_carry_names_tags_regions_publishers_and_list_prices(
         assert Decimal(r["ListUnitPrice"] or "x") == world.PRICES[w.model][token_type]
         assert Decimal(r["ListCost"] or "x") == world.PRICES[w.model][token_type] * per_hour * 24 / 1_000_000
         assert r["x_Model"] == w.model and r["SkuMeter"] in ("Input Tokens", "Cache Read Tokens", "Output Tokens")
-    # Clouds: the cloud provides, hosts and invoices; the model's maker publishes.
+    # Clouds: the cloud provides, hosts and invoices; the model's maker publishes and, on a marketplace (Claude
+    # on Bedrock), is the 1.3 ServiceProviderName: the seller, not the marketplace operator.
     bedrock = by[("bedrock/us", "estimated")][0]
     assert (bedrock["ProviderName"], bedrock["ServiceProviderName"], bedrock["HostProviderName"],
             bedrock["InvoiceIssuerName"], bedrock["PublisherName"], bedrock["ServiceName"], bedrock["RegionId"]) == (
-        "AWS", "AWS", "AWS", "AWS", "Anthropic", "Amazon Bedrock", "us-east-1")
+        "AWS", "Anthropic", "AWS", "AWS", "Anthropic", "Amazon Bedrock", "us-east-1")
+    assert {(r["ServiceProviderName"], r["PublisherName"]) for r in by[("azure/eu", "reported")]} == {
+        ("Microsoft", "OpenAI")}  # Azure sells OpenAI models as its own service
     vertex = by[("vertex/p1", "estimated")][0]
     assert (vertex["ProviderName"], vertex["PublisherName"], vertex["RegionId"], vertex["RegionName"]) == (
         "Google Cloud", "Meta", "us-central1", "us-central1")

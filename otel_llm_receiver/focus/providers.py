@@ -5,8 +5,13 @@ one that produced what was used (PublisherName), the one that sends the invoice 
 1.3, the one whose infrastructure runs it (HostProviderName). For a model vendor's own API they are one company.
 On a cloud platform the cloud is provider, host and issuer while the model's maker is the publisher: Claude on
 Amazon Bedrock is published by Anthropic and invoiced by AWS (third-party Bedrock models bill through AWS
-Marketplace, docs/providers/bedrock.md), a Llama model on Vertex AI is published by Meta (``llm.publisher``,
+Marketplace, docs/providers/bedrock.md: FOCUS 1.2's origination appendix, scenario 3.1, makes the cloud the
+provider and the maker the publisher), a Llama model on Vertex AI is published by Meta (``llm.publisher``,
 docs/providers/vertex_ai.md), GPT-4o on Azure is published by OpenAI and invoiced by Microsoft.
+
+FOCUS 1.3 replaces ProviderName with ServiceProviderName, which "in marketplace scenarios represents the seller
+rather than the marketplace operator" (serviceprovidername.md): for a third-party model sold through AWS
+Marketplace that is the model's maker, while AWS stays host (the customer chose Bedrock) and invoice issuer.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ class ProviderFacts:
     host_provider: str
     #: The publisher when the platform only serves its own models; None: the model's maker (``publisher_of``).
     publisher: str | None
+    #: Third-party models are sold through the cloud's marketplace (their maker is the 1.3 ServiceProviderName).
+    marketplace: bool = False
 
 
 #: By ``gen_ai.provider.name`` (catalog.yaml). The cloud names are the ones the clouds' own FOCUS exports use.
@@ -31,7 +38,7 @@ PROVIDERS: Final[Mapping[str, ProviderFacts]] = {
     "openai": ProviderFacts("OpenAI API", "OpenAI", "OpenAI", "OpenAI", "OpenAI"),
     "anthropic": ProviderFacts("Claude API", "Anthropic", "Anthropic", "Anthropic", "Anthropic"),
     "azure.ai.openai": ProviderFacts("Azure OpenAI", "Microsoft", "Microsoft", "Microsoft", None),
-    "aws.bedrock": ProviderFacts("Amazon Bedrock", "AWS", "AWS", "AWS", None),
+    "aws.bedrock": ProviderFacts("Amazon Bedrock", "AWS", "AWS", "AWS", None, marketplace=True),
     "gcp.vertex_ai": ProviderFacts("Vertex AI", "Google Cloud", "Google Cloud", "Google Cloud", None),
     "gcp.gemini": ProviderFacts("Gemini API", "Google Cloud", "Google Cloud", "Google Cloud", "Google"),
     "demo": ProviderFacts("Demo LLM API", "Demo", "Demo", "Demo", None),
@@ -79,3 +86,11 @@ def publisher_of(provider: str, attrs: Mapping[str, str]) -> str:
             if len(word) > 3 and word in text.replace(" ", ""):
                 return maker
     return own.provider_name  # nothing says who made it: the platform publishes it
+
+
+def service_provider_of(provider: str, publisher: str) -> str:
+    """ServiceProviderName (1.3): the seller, which is the maker of a third-party model sold on a marketplace."""
+    own = facts(provider)
+    if own.marketplace and publisher not in (own.provider_name, "Amazon"):
+        return publisher
+    return own.provider_name

@@ -51,7 +51,7 @@ from ..ledger import (
 )
 from ..model import TOKEN_TYPES
 from ..pricing import REQUEST_UNIT, PriceBook
-from .providers import facts, publisher_of
+from .providers import facts, publisher_of, service_provider_of
 
 DAY: Final = 86_400
 Row = dict[str, Any]
@@ -354,6 +354,7 @@ def _static(
     dims = {k: v for k, v in attrs.items() if k not in _COLUMN_ATTRS}
     charge = token_type or attrs.get("llm.cost.line_item") or meter
     sku = f"{provider}/{model or '-'}/{charge}"
+    publisher = publisher_of(provider, {**attrs, "gen_ai.request.model": model or ""})
     return _Static(canonical_attrs(dict(attrs)), {
         "BillingAccountId": instance,
         "BillingAccountName": attrs.get("llm.tenant") or instance,
@@ -363,12 +364,12 @@ def _static(
         "HostProviderName": who.host_provider,
         "InvoiceIssuerName": who.invoice_issuer,
         "ProviderName": who.provider_name,
-        "PublisherName": publisher_of(provider, {**attrs, "gen_ai.request.model": model or ""}),
+        "PublisherName": publisher,
         "RegionId": region,
         "RegionName": region,
         "ServiceCategory": "AI and Machine Learning",
         "ServiceName": who.service_name,
-        "ServiceProviderName": who.provider_name,
+        "ServiceProviderName": service_provider_of(provider, publisher),
         "ServiceSubcategory": "Generative AI",
         "SkuId": sku,
         "SkuMeter": meter,
