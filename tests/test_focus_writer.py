@@ -194,10 +194,11 @@ def test_a_crash_during_a_rewrite_leaves_the_previous_file_intact(config: Config
         child.stdout.close()
     assert target.read_bytes() == previous
     assert read_back(target, fmt) == previous_rows
-    # The next pass of a (restarted) writer brings the day up to date.
+    # The next pass of a (restarted) writer brings the day up to date and removes the crashed write's leftover.
     result = write_pass(config, out, world.NOW + 60, fmt=fmt)
     assert _name(day) in result.written
     assert file_totals(target, fmt) == ledger_totals(config, day)
+    assert not temps[0].exists() and not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
 
 
 def test_run_writes_the_day_files(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ is final: written once if missing, never rewritten, even after its rollups are p
 
 A changed ``version`` or ``format`` rewrites every day that is not final (a final day keeps the file it has).
 The state file is only a cache: if it is lost, every non-final day is rewritten once with identical content.
+Temporary files left by a crash are removed at the start of the next pass.
 """
 
 from __future__ import annotations
@@ -94,9 +95,19 @@ class FocusWriter:
                 os.unlink(tmp)
             raise
 
+    def _remove_leftovers(self) -> None:
+        """Delete the temporary files of a writer that crashed mid-rewrite (one writer owns a directory, and a
+        pass is not running while another starts, so any such file is a leftover)."""
+        for pattern in (".????-??-??.*.tmp", f".{STATE_FILE}.*.tmp"):
+            for leftover in self.directory.glob(pattern):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+                    log.info("focus: removed %s, left by an interrupted write", leftover.name)
+
     def write_pass(self, now: int) -> WritePass:
         """One pass over every day from the oldest rollup to today; rewrites what changed."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._remove_leftovers()
         result = WritePass()
         span = self.ledger.rollup_range()
         if span is None:
