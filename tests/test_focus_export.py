@@ -241,3 +241,16 @@ def test_csv_and_jsonl_need_no_pyarrow_and_parquet_says_which_extra(config_path:
     assert done.returncode == 2
     assert done.stderr.strip() == (
         "focus.format: parquet needs pyarrow: pip install 'otel-llm-receiver[focus]' (or use csv)")
+
+
+def test_parquet_refuses_to_round_a_decimal() -> None:
+    """decimal128(38, 12) holds every amount the ledger keeps (pico-units); a finer value is one clear error,
+    never silently rounded."""
+    from otel_llm_receiver.focus import FocusError
+    from otel_llm_receiver.focus.formats import ParquetWriter
+    from otel_llm_receiver.focus.schema import Column
+
+    writer = ParquetWriter(io.BytesIO(), (Column("BilledCost", "decimal"),))
+    writer.write([{"BilledCost": Decimal("0.000000000001")}, {"BilledCost": Decimal("1.0000000000001")}])
+    with pytest.raises(FocusError, match="Parquet column BilledCost: Rescaling Decimal value would cause data loss"):
+        writer.close()

@@ -177,7 +177,10 @@ class ParquetWriter:
             values = [r[c.name] for r in self._batch]
             if c.kind == "datetime":
                 values = [None if v is None else dt.datetime.fromtimestamp(v, dt.UTC) for v in values]
-            arrays.append(pa.array(values, type=f.type))
+            try:
+                arrays.append(pa.array(values, type=f.type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:  # e.g. a decimal finer than 12 places
+                raise FocusError(f"Parquet column {c.name}: {exc}") from exc
         self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
         self._batch = []
 
