@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python benchmarks/export.py
 	$(BIN)/python benchmarks/openai_poll.py
 	$(BIN)/python benchmarks/signals.py
+	$(BIN)/python benchmarks/focus_export.py
 
 clean:
 	rm -rf $(VENV) otel-llm-data .pytest_cache .mypy_cache .ruff_cache .hypothesis

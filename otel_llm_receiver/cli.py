@@ -1,5 +1,5 @@
 """Command line: ``run`` (the sidecar), ``check`` (validate a config), ``demo`` (zero-setup tour), ``report``
-(spend, budgets, anomalies and attribution from the ledger, offline).
+(spend, budgets, anomalies and attribution from the ledger, offline), ``focus`` (a FOCUS export, offline).
 
 Exit codes: 0 success; 1 a provider or exporter failed (``run --once``) or the receiver could not start;
 2 the configuration is invalid (one line per problem on stderr, each naming its key path).
@@ -74,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_CONFIG
-    handler = {"run": _cmd_run, "check": _cmd_check, "demo": _cmd_demo, "report": _cmd_report}[args.command]
+    handler = {"run": _cmd_run, "check": _cmd_check, "demo": _cmd_demo, "report": _cmd_report,
+               "focus": _cmd_focus}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:  # a second Ctrl-C: leave now (the ledger is transactional, nothing half-written)
@@ -111,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--to", dest="end", help="end (UTC date or time, exclusive; default now)")
     report.add_argument("--now", help="report as of this UTC time instead of the clock (reproducible reports)")
     report.add_argument("--format", default="table", choices=["table", "json", "csv"])
+    from .focus.command import add_arguments as add_focus_arguments
+
+    add_focus_arguments(sub.add_parser("focus", help="export FOCUS cost and usage rows from the ledger"))
     return p
 
 
@@ -174,7 +178,12 @@ def _serve(
     health: HealthServer | None = None
     if config.health.endpoint and not once:
         try:
-            health = HealthServer(config.health.endpoint, receiver.health_report).start()
+            routes = None
+            if config.focus is not None and config.focus.http:
+                from .focus.http import focus_routes
+
+                routes = focus_routes(config, receiver.prices)
+            health = HealthServer(config.health.endpoint, receiver.health_report, routes).start()
         except OSError as exc:
             message = f"health.endpoint {config.health.endpoint}: cannot listen: {exc.strerror or exc}"
             if health_required:
@@ -359,6 +368,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     sys.stdout.write(render(report, args.format))
     return EXIT_OK
+
+
+def _cmd_focus(args: argparse.Namespace) -> int:
+    from .focus.command import run
+
+    return run(args)
 
 
 if __name__ == "__main__":

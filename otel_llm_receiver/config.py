@@ -49,6 +49,7 @@ import yaml
 
 from otel_llm_receiver.durations import DURATION_HINT, format_duration, parse_duration
 from otel_llm_receiver.errors import ConfigError
+from otel_llm_receiver.focus_config import FocusConfig, parse_focus
 from otel_llm_receiver.signals_config import (
     AttributionConfig,
     BudgetConfig,
@@ -90,7 +91,7 @@ EXPORTER_TYPES: Mapping[str, Literal["grpc", "http"]] = MappingProxyType(
 
 _TOP_LEVEL_KEYS = (
     "collection_interval", "export_interval", "storage", "health", "metrics", "exporters", "providers",
-    "pricing", "budgets", "attribution",
+    "pricing", "budgets", "attribution", "focus",
 )
 _METRIC_KEYS = ("enabled",)
 _STORAGE_KEYS = ("path", "retention")
@@ -285,6 +286,8 @@ class Config:
     pricing: PricingConfig = field(default_factory=PricingConfig)
     budgets: tuple[BudgetConfig, ...] = ()
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    #: ``focus:``: the periodic FOCUS writer and endpoints (docs/focus.md); None when the section is absent.
+    focus: FocusConfig | None = None
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
     warnings: tuple[str, ...] = ()
     provider_options: Mapping[str, Mapping[str, Option]] = field(
@@ -353,6 +356,13 @@ class Config:
             lines.append(f"budget {show(b.name)}: {b.amount} USD per {b.period} ({b.timezone}), source {b.source}")
         if self.attribution.rules:
             lines.append(f"attribution: {len(self.attribution.rules)} rule(s)")
+        if self.focus is not None:
+            lines.append(
+                f"focus: FOCUS {self.focus.version} {self.focus.format}"
+                + (f" every {format_duration(self.focus.interval)} into {show(self.focus.path)}"
+                   if self.focus.path else " (no files)")
+                + (", GET /focus.csv and /focus.json on the health endpoint" if self.focus.http else "")
+            )
         if self.metrics:
             lines.append("metrics: " + ", ".join(
                 f"{name} {'enabled' if on else 'disabled'}" for name, on in sorted(self.metrics.items())
@@ -939,6 +949,7 @@ class _Parser:
         metrics: dict[str, bool] = {}
         pricing, attribution = PricingConfig(), AttributionConfig()
         budgets: tuple[BudgetConfig, ...] = ()
+        focus: FocusConfig | None = None
         exporters: list[ExporterConfig] = []
         providers: list[ProviderConfig] = []
         saw_exporters = saw_providers = False
@@ -962,6 +973,8 @@ class _Parser:
                 budgets = parse_budgets(self, value)
             elif key == "attribution":
                 attribution = parse_attribution(self, value)
+            elif key == "focus":
+                focus = parse_focus(self, value)
             elif key == "exporters":
                 section = self.mapping(value, key)
                 saw_exporters = bool(section) or section is None
@@ -998,6 +1011,7 @@ class _Parser:
             pricing=pricing,
             budgets=budgets,
             attribution=attribution,
+            focus=focus,
             exporters=tuple(exporters),
             providers=tuple(providers),
             secrets=frozenset(self.secrets),

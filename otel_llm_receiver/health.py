@@ -3,6 +3,10 @@
 200 while every instance has succeeded within 3 of its intervals, 503 otherwise, so a Kubernetes liveness or
 readiness probe (or the Collector's health aggregation) can act on it. Served on a loopback address by
 default; errors shown here were already redacted when logged and are redacted again on the way out.
+
+Other read-only routes can be added (``routes``: path -> handler of the query parameters returning status,
+content type and body chunks): the FOCUS export's ``/focus.csv`` and ``/focus.json`` (``focus.http``). Their
+bodies are streamed and end when the connection closes (HTTP/1.0), so a long export is never held in memory.
 """
 
 from __future__ import annotations
@@ -10,9 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl
 
 from .logs import redact
 
@@ -27,14 +32,24 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
 class HealthServer:
     """A tiny HTTP server on its own thread; ``report()`` returns (healthy, document)."""
 
-    def __init__(self, endpoint: str, report: Callable[[], tuple[bool, dict[str, Any]]]) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        report: Callable[[], tuple[bool, dict[str, Any]]],
+        routes: Mapping[str, Callable[[Mapping[str, str]], tuple[int, str, Iterator[bytes]]]] | None = None,
+    ) -> None:
         host, port = parse_endpoint(endpoint)
         outer = self
+        extra = dict(routes or {})
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path.split("?")[0] not in ("/health", "/"):
-                    self.send_error(404, "only /health is served here")
+                path, _, query = self.path.partition("?")
+                if path in extra:
+                    self._route(extra[path], dict(parse_qsl(query)))
+                    return
+                if path not in ("/health", "/"):
+                    self.send_error(404, f"not here; served: {', '.join(['/health', *sorted(extra)])}")
                     return
                 try:
                     healthy, doc = outer.report()
@@ -48,6 +63,31 @@ class HealthServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _route(
+                self, handler: Callable[[Mapping[str, str]], tuple[int, str, Iterator[bytes]]],
+                query: Mapping[str, str],
+            ) -> None:
+                try:
+                    status, content_type, body = handler(query)
+                    first = next(body, b"")  # the first chunk: errors opening the ledger surface here, as a 503
+                except Exception as exc:
+                    log.warning("%s failed: %s", self.path.partition("?")[0], redact(str(exc)))
+                    self.send_error(503, type(exc).__name__)
+                    return
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.end_headers()
+                try:
+                    self.wfile.write(first)
+                    for chunk in body:
+                        self.wfile.write(chunk)
+                except Exception as exc:  # the client went away, or the ledger failed mid-way: cut the body
+                    log.warning("%s stopped: %s", self.path.partition("?")[0], redact(str(exc)))
+                finally:
+                    close = getattr(body, "close", None)
+                    if close is not None:
+                        close()  # a generator's own cleanup (its ledger connection) runs now
 
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("health: " + format, *args)

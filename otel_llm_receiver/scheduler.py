@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .attribution import Attributor
@@ -23,11 +24,12 @@ from .builder import MetricsBuilder, make_resource
 from .config import Config, ExporterConfig
 from .emitter import BatchExporter, Emitter, build_exporter
 from .errors import LedgerError, ProviderError, ReceiverError
+from .focus import FocusWriter, WritePass, context_for
 from .ledger import ApplyStats, Ledger
 from .logs import redact
 from .model import PollResult, Window
 from .pricing import PriceBook
-from .providers import create_provider
+from .providers import create_provider, provider_class
 from .providers.base import DAY, Provider
 from .retry import backoff_delay
 from .selfhealth import SelfHealth
@@ -110,6 +112,8 @@ class Receiver:
         #: Set once every instance has finished its first poll (succeeded or failed): the backfill landed.
         self.first_round = asyncio.Event()
         self._first_polls: set[str] = set()
+        self._focus: FocusWriter | None = None  # the periodic FOCUS writer (focus.path), made on first use
+        self._focus_lock = threading.Lock()
 
     # -- polling -------------------------------------------------------------------------------------------
     def _provider(self, name: str) -> Provider:
@@ -256,11 +260,52 @@ class Receiver:
             except ReceiverError as exc:
                 log.warning("export skipped: %s", exc)
 
+    # -- FOCUS files ---------------------------------------------------------------------------------------
+    def write_focus(self) -> WritePass | None:
+        """One pass of the periodic FOCUS writer (docs/focus.md): rewrites the day files whose rows changed.
+        None when ``focus.path`` is not configured. Runs on its own read-only ledger connection."""
+        focus = self.config.focus
+        if focus is None or not focus.path:
+            return None
+        with self._focus_lock:
+            if self._focus is None:
+                # Days older than the longest revision horizon of the configured providers cannot change.
+                final_after = focus.final_after or max(
+                    [float(provider_class(p.type).REVISION_HORIZON) for p in self.provider_configs] or [2.0 * DAY])
+                self._focus = FocusWriter(
+                    Ledger(self.config.storage.path, readonly=True), Path(focus.path), version=focus.version,
+                    fmt=focus.format, final_after=final_after,
+                    context=lambda ledger: context_for(self.config, ledger, self.prices),
+                )
+            return self._focus.write_pass(int(self.clock()))
+
+    def _write_focus_logged(self) -> None:
+        try:
+            self.write_focus()
+        except Exception as exc:  # a failed pass (disk full, ledger busy) costs only this pass, never the loop
+            log.warning("focus: day files not written this pass: %s: %s", type(exc).__name__, redact(str(exc)))
+
+    async def _focus_loop(self, stop: asyncio.Event) -> None:
+        """A pass once the first polls landed (the backfill), then one every ``focus.interval``."""
+        assert self.config.focus is not None
+        interval = self.config.focus.interval
+        waits = [asyncio.create_task(self.first_round.wait()), asyncio.create_task(stop.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        while not stop.is_set():
+            await asyncio.to_thread(self._write_focus_logged)
+            if await wait_for_stop(stop, interval):
+                return
+
     # -- running -------------------------------------------------------------------------------------------
     async def run_once(self) -> int:
-        """One poll of every instance, one export: 0 when all succeeded, 1 otherwise."""
+        """One poll of every instance, one export (and one FOCUS pass): 0 when all succeeded, 1 otherwise."""
         outcomes = await asyncio.gather(*(self.poll(p.name) for p in self.provider_configs))
         exported = await asyncio.to_thread(self.export_now, wait=True)
+        await asyncio.to_thread(self._write_focus_logged)
         failed = [o.instance for o in outcomes if not o.ok]
         if failed:
             log.error("run --once: %d of %d provider instance(s) failed: %s",
@@ -274,6 +319,8 @@ class Receiver:
         more, and return 0."""
         tasks = [asyncio.create_task(self._poll_loop(p.name, stop), name=p.name) for p in self.provider_configs]
         exporter = asyncio.create_task(self._export_loop(stop), name="export")
+        if self.config.focus is not None and self.config.focus.path:
+            tasks.append(asyncio.create_task(self._focus_loop(stop), name="focus"))
         await stop.wait()
         log.info("stopping: abandoning polls in flight (a poll already writing to the ledger completes)")
         for task in [*tasks, exporter]:
@@ -282,6 +329,7 @@ class Receiver:
         # A transaction already handed to the writer finishes (or never starts): wait for it, never cut it.
         await asyncio.to_thread(self._writer.shutdown, wait=True)
         ok = await asyncio.to_thread(self.export_now, wait=True)
+        await asyncio.to_thread(self._write_focus_logged)  # the day files catch up with the last polls
         log.info("stopped; final export %s", "succeeded" if ok else "failed")
         return 0
 
@@ -336,6 +384,8 @@ class Receiver:
         self.emitter.shutdown()
         if self._reader is not None:
             self._reader.close()
+        if self._focus is not None:
+            self._focus.ledger.close()
         self.ledger.close()
 
 

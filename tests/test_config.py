@@ -603,7 +603,7 @@ def test_substitution_is_not_applied_to_keys(tmp_path: Path) -> None:
         (
             "whatever: 1\nproviders: {demo: }",
             "whatever: unknown key (valid keys: attribution, budgets, collection_interval, export_interval, exporters,"
-            " health, metrics, pricing, providers, storage)",
+            " focus, health, metrics, pricing, providers, storage)",
         ),
         (
             "storage: {retension: 1d}\nproviders: {demo: }",
@@ -946,7 +946,7 @@ def test_every_problem_is_reported_at_once_in_file_order(tmp_path: Path) -> None
         " receiver",
         'providers.nope: unknown provider type "nope" (known: demo, openai)',
         "collection_interval: must be greater than 0",
-        "bogus: unknown key (valid keys: attribution, budgets, collection_interval, export_interval, exporters, health, metrics, pricing, providers, storage)",
+        "bogus: unknown key (valid keys: attribution, budgets, collection_interval, export_interval, exporters, focus, health, metrics, pricing, providers, storage)",
     ]
 
 

@@ -1,0 +1,98 @@
+"""``otel-llm-receiver focus``: a one-off FOCUS export from the ledger (read-only, beside a running receiver).
+
+    otel-llm-receiver focus --config config.yaml --since 30d --version 1.2 --format parquet --out spend.parquet
+    otel-llm-receiver focus --storage ledger.db --from 2026-11-01 --to 2026-12-01 --out - > november.csv
+
+The range is widened to whole UTC days. The file is written atomically (``--out -`` streams CSV or JSON Lines
+to stdout instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..errors import ConfigError, LedgerError
+from .formats import FORMATS, SUFFIX, FocusError
+from .schema import DEFAULT_VERSION, VERSIONS
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="YAML config file (its ledger, price overrides, attribution, labels)")
+    source.add_argument("--storage", help="a ledger file, without a config (list prices from genai-prices)")
+    p.add_argument("--since", default="30d", help="export the last DURATION of UTC days (default 30d)")
+    p.add_argument("--from", dest="start", help="first UTC day (e.g. 2026-11-01); overrides --since")
+    p.add_argument("--to", dest="end", help="end, exclusive (UTC date or time; default now)")
+    p.add_argument("--now", help="export as of this UTC time instead of the clock")
+    p.add_argument("--version", dest="focus_version", choices=VERSIONS,
+                   help=f"FOCUS version (default: the config's focus.version, else {DEFAULT_VERSION})")
+    p.add_argument("--format", dest="fmt", choices=FORMATS,
+                   help="csv, parquet (needs the [focus] extra) or jsonl (default: from --out's suffix, else csv)")
+    p.add_argument("--out", required=True, help="output file, or - for stdout (csv, jsonl)")
+
+
+def _timestamp(text: str) -> int:
+    """A UTC date or date-time (ISO 8601), or Unix seconds."""
+    import datetime as dt
+
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    moment = dt.datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp())
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import load_config, parse_config
+    from ..durations import parse_duration
+    from ..ledger import Ledger
+    from .export import context_for, export
+
+    try:
+        if args.config:
+            config = load_config(args.config)
+        else:
+            config = parse_config({"providers": {"demo": {"enabled": False}}, "storage": {"path": args.storage}})
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    version = args.focus_version or (config.focus.version if config.focus else DEFAULT_VERSION)
+    fmt = args.fmt
+    if fmt is None:  # the suffix says; to stdout, the config's text format (Parquet needs a file)
+        fmt = next((f for f, s in SUFFIX.items() if args.out.endswith(s)), "csv")
+        if args.out == "-" and config.focus is not None and config.focus.format != "parquet":
+            fmt = config.focus.format
+    if args.out == "-" and fmt == "parquet":
+        print("focus: parquet cannot go to stdout; give --out a file name", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        now = _timestamp(args.now) if args.now else int(time.time())
+        end = _timestamp(args.end) if args.end else now
+        start = _timestamp(args.start) if args.start else end - int(parse_duration(args.since))
+    except ValueError as exc:
+        print(f"focus: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if end <= start:
+        print("focus: --to must be after --from", file=sys.stderr)
+        return EXIT_USAGE
+    if not Path(config.storage.path).is_file():
+        print(f"focus: no ledger at {config.storage.path}", file=sys.stderr)
+        return EXIT_FAILURE
+    out = sys.stdout if args.out == "-" else Path(args.out)
+    try:
+        with Ledger(config.storage.path, readonly=True) as ledger:
+            count = export(ledger, start, end, version=version, fmt=fmt, out=out, ctx=context_for(config, ledger))
+    except (FocusError, LedgerError, OSError) as exc:
+        print(f"focus: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.out != "-":
+        print(f"focus: {count} FOCUS {version} rows written to {args.out}", file=sys.stderr)
+    return EXIT_OK
