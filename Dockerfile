@@ -12,8 +12,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY otel_llm_receiver ./otel_llm_receiver
-# Every provider's SDK is in the image (the cloud ones are extras of the package): one image runs any config.
-RUN pip install '.[azure,bedrock,vertex-billing]' && rm -rf /src
+# Every provider SDK and the Parquet writer are in the image (extras of the package): one image runs any config.
+RUN pip install '.[azure,bedrock,vertex-billing,focus]' && rm -rf /src
 
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/otel-llm-receiver --create-home receiver \
     && mkdir -p /etc/otel-llm-receiver
