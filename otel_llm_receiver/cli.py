@@ -21,7 +21,7 @@ import yaml
 
 from . import __version__
 from .config import Config, load_config, parse_config
-from .durations import parse_duration
+from .durations import parse_duration, parse_moment
 from .emitter import BatchExporter, build_exporter
 from .errors import ConfigError, ReceiverError
 from .health import HealthServer
@@ -320,19 +320,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                   summary_every=refresh, health_required=False)
 
 
-def _timestamp(text: str) -> int:
-    """A UTC date or date-time (ISO 8601), or Unix seconds."""
-    import datetime as dt
-
-    text = text.strip()
-    if text.isdigit():
-        return int(text)
-    moment = dt.datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return int(moment.timestamp())
-
-
 def _cmd_report(args: argparse.Namespace) -> int:
     from .attribution import Attributor
     from .errors import LedgerError
@@ -348,9 +335,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     else:
         config = parse_config({"providers": {"demo": {"enabled": False}}, "storage": {"path": args.storage}})
     try:
-        now = _timestamp(args.now) if args.now else int(time.time())
-        end = _timestamp(args.end) if args.end else now
-        start = _timestamp(args.start) if args.start else end - int(parse_duration(args.since))
+        now = parse_moment(args.now) if args.now else int(time.time())
+        end = parse_moment(args.end) if args.end else now
+        start = parse_moment(args.start) if args.start else end - int(parse_duration(args.since))
     except ValueError as exc:
         print(f"report: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -11,12 +11,13 @@ rounded once, so ``format_duration(parse_duration(s))`` is the canonical spellin
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import re
 from fractions import Fraction
 
-__all__ = ["DURATION_HINT", "format_duration", "parse_duration"]
+__all__ = ["DURATION_HINT", "format_duration", "parse_duration", "parse_moment"]
 
 #: Appended to every "not a duration" message.
 DURATION_HINT = "(use e.g. 500ms, 30s, 5m, 1h, 7d)"
@@ -121,3 +122,14 @@ def format_duration(seconds: float) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts)
+
+
+def parse_moment(text: str) -> int:
+    """A point in time as Unix seconds: Unix seconds, or an ISO 8601 date or date-time (UTC unless it says)."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    moment = dt.datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp())

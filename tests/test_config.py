@@ -1216,3 +1216,15 @@ def test_metrics_section_switches_catalog_metrics_off_and_rejects_unknown_names(
     assert any(p.startswith("metrics.llm.usage.tokens.enable:") for p in problems)
     assert any(p.startswith("metrics.llm.usage.cost.enabled:") for p in problems)
     assert len(problems) == 3
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("1795000000", 1_795_000_000),
+    ("2026-11-01", 1_793_491_200),
+    ("2026-11-01T12:30:00", 1_793_491_200 + 45_000),
+    ("2026-11-01T12:30:00+01:00", 1_793_491_200 + 45_000 - 3600),
+])
+def test_parse_moment_reads_unix_seconds_and_utc_dates(text: str, seconds: int) -> None:
+    from otel_llm_receiver.durations import parse_moment
+
+    assert parse_moment(text) == seconds

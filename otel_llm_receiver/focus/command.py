@@ -36,22 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output file, or - for stdout (csv, jsonl)")
 
 
-def _timestamp(text: str) -> int:
-    """A UTC date or date-time (ISO 8601), or Unix seconds."""
-    import datetime as dt
-
-    text = text.strip()
-    if text.isdigit():
-        return int(text)
-    moment = dt.datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return int(moment.timestamp())
-
-
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config, parse_config
-    from ..durations import parse_duration
+    from ..durations import parse_duration, parse_moment
     from ..ledger import Ledger
     from .export import context_for, export
 
@@ -74,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
         print("focus: parquet cannot go to stdout; give --out a file name", file=sys.stderr)
         return EXIT_USAGE
     try:
-        now = _timestamp(args.now) if args.now else int(time.time())
-        end = _timestamp(args.end) if args.end else now
-        start = _timestamp(args.start) if args.start else end - int(parse_duration(args.since))
+        now = parse_moment(args.now) if args.now else int(time.time())
+        end = parse_moment(args.end) if args.end else now
+        start = parse_moment(args.start) if args.start else end - int(parse_duration(args.since))
     except ValueError as exc:
         print(f"focus: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -9,13 +9,13 @@ of row objects (decimals as exact JSON numbers). A bad parameter is a 400 with o
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
 from ..config import Config
+from ..durations import parse_moment
 from ..ledger import Ledger
 from ..pricing import PriceBook
 from .export import context_for, iter_rows
@@ -28,16 +28,6 @@ Route = Callable[[Mapping[str, str]], tuple[int, str, Iterator[bytes]]]
 MAX_DAYS: Final = 366
 DEFAULT_DAYS: Final = 7
 CHUNK: Final = 64 * 1024
-
-
-def _moment(text: str) -> int:
-    text = text.strip()
-    if text.isdigit():
-        return int(text)
-    moment = dt.datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return int(moment.timestamp())
 
 
 def _error(message: str) -> tuple[int, str, Iterator[bytes]]:
@@ -58,8 +48,8 @@ def focus_routes(config: Config, prices: PriceBook | None = None,
             if version not in VERSIONS:
                 return _error(f"version {version!r} is not one of {', '.join(VERSIONS)}")
             try:
-                end = _moment(query["to"]) if "to" in query else int(clock())
-                start = _moment(query["from"]) if "from" in query else end - DEFAULT_DAYS * DAY
+                end = parse_moment(query["to"]) if "to" in query else int(clock())
+                start = parse_moment(query["from"]) if "from" in query else end - DEFAULT_DAYS * DAY
             except ValueError as exc:
                 return _error(f"from/to: {exc}")
             if end <= start:
