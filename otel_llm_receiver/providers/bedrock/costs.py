@@ -16,8 +16,9 @@ the line item (``llm.cost.line_item``). Amounts are decimal strings and stay ``D
 Each query asks for ``UsageQuantity`` beside the cost metric: every group's ``Metrics`` map holds
 ``{"Amount": "<decimal string>", "Unit": "<unit>"}`` per metric (botocore's ``MetricValue``). Because every
 query groups by ``USAGE_TYPE``, a group's quantity is in the one unit of its usage type, so it becomes the
-record's billed ``quantity`` (exact ``Decimal``) and ``quantity_unit`` (the unit as Cost Explorer names it,
-whitespace trimmed). Cost Explorer sums usage "without taking into account the units" and says ``N/A`` where
+record's billed ``quantity`` (exact ``Decimal``) and ``quantity_unit``: the unit as Cost Explorer names it,
+whitespace trimmed, except that a count of tokens (``Tokens``, ``1K tokens``, ``1M Tokens``: any case) is
+scaled exactly to ``tokens``, so every provider's token quantities share one unit. Cost Explorer sums usage "without taking into account the units" and says ``N/A`` where
 they are mixed; such a quantity (or a missing or empty unit) means nothing and is dropped, the cost kept.
 
 Cost Explorer allows two ``GroupBy`` keys. With ``linked_accounts`` (or ``cost_tag``) the owner needs a third,
@@ -47,6 +48,9 @@ Call = Callable[..., Awaitable[dict[str, Any]]]
 QUANTITY_METRIC = "UsageQuantity"
 #: Units Cost Explorer gives a sum of mixed units (meaningless as a quantity).
 _NO_UNIT = frozenset({"", "n/a"})
+#: A unit that counts tokens, possibly per thousand or million: "Tokens", "1K tokens", "1 M Tokens".
+_TOKEN_UNIT = re.compile(r"^(?:(\d+)\s*([km]?)\s+)?tokens?$", re.IGNORECASE)
+_SCALE = {"": 1, "k": 1_000, "m": 1_000_000}
 
 # Most specific first: "cache-read-input-token-count" also contains "input".
 _KINDS = (("cacheread", "cache_read"), ("cachewrite", "cache_write"), ("input", "input"), ("output", "output"))
@@ -198,6 +202,10 @@ def _quantity(metrics: Any) -> tuple[Decimal | None, str | None]:
     unit = str(value.get("Unit") or "").strip()
     if unit.lower() in _NO_UNIT:
         return None, None
+    tokens = _TOKEN_UNIT.match(unit)
+    if tokens:
+        per = int(tokens.group(1) or 1) * _SCALE[(tokens.group(2) or "").lower()]
+        return quantity * per, "tokens"
     return quantity, unit
 
 
