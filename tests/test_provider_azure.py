@@ -283,7 +283,8 @@ def test_costs_page_through_next_link_and_keep_currencies_apart(fake: FakeAzure)
     assert got == want and want[("eur", "EUR")] == Decimal("3.2")
     assert all(c.bucket_width == D and c.line_item and c.line_item.startswith("gpt-4o") for c in result.costs)
     assert result.cursors == {"cost": str(NOW)}
-    queries = [r for r in fake.api.requests if r.path.endswith("/Microsoft.CostManagement/query")]
+    queries = [r for r in fake.api.requests if r.path.endswith("/Microsoft.CostManagement/query")
+               and json.loads(r.body)["dataset"]["grouping"][0]["name"] == "ResourceId"]  # not the unit query
     for sub, which in ((SUB, "usd"), (SUB_EUR, "eur")):
         pages = -(-sum(1 for d, w, _, _ in rows if w == which and d >= first_day) // 3)
         tokens = [q.param("$skiptoken") for q in queries if sub in q.path]
@@ -313,7 +314,7 @@ def test_cost_rate_limit_headers_are_waited_for(fake: FakeAzure) -> None:
 
     result, elapsed = asyncio.run(go())
     assert elapsed >= 0.3  # x-ms-ratelimit-microsoft.costmanagement-qpu-retry-after, not the 1ms backoff
-    assert result.costs and provider.api_requests["costmanagement.query"] == 2
+    assert result.costs and provider.api_requests["costmanagement.query"] == 3  # 429, its retry, the unit query
 
 
 def test_204_means_no_cost_data(fake: FakeAzure) -> None:
@@ -365,8 +366,9 @@ def test_cost_interval_and_restored_cursor_space_the_queries(fake: FakeAzure) ->
         asyncio.run(go())
         return counts
 
-    assert cost_queries({}, [NOW, NOW + H, NOW + 6 * H]) == [1, 0, 1]
-    assert cost_queries({"poll": str(NOW), "cost": str(NOW - H)}, [NOW, NOW + 5 * H]) == [0, 1]
+    # each cost read is two queries (cost and quantity by account and meter; each meter's unit of measure)
+    assert cost_queries({}, [NOW, NOW + H, NOW + 6 * H]) == [2, 0, 2]
+    assert cost_queries({"poll": str(NOW), "cost": str(NOW - H)}, [NOW, NOW + 5 * H]) == [0, 2]
 
 
 def test_first_cost_query_reaches_back_as_far_as_the_backfill(fake: FakeAzure) -> None:
@@ -494,10 +496,10 @@ def test_pacer_spaces_queries_per_scope() -> None:
 
 
 @pytest.mark.parametrize(("width", "subscriptions", "expected"), [
-    # accounts lists + deployments lists + metrics (2 calls x chunks) + cost queries (1 page per scope)
-    ("1h", 1, 1 + 10 + 10 * 2 * 1 + 1),
-    ("5m", 1, 1 + 10 + 10 * 2 * 2 + 1),  # 7 days of 5-minute grains is 2016 buckets, over the 2000 per call: two chunks per account
-    ("1h", 10, 10 + 10 + 10 * 2 * 1 + 10),
+    # accounts lists + deployments lists + metrics (2 calls x chunks) + cost and unit queries (1 page each per scope)
+    ("1h", 1, 1 + 10 + 10 * 2 * 1 + 2),
+    ("5m", 1, 1 + 10 + 10 * 2 * 2 + 2),  # 7 days of 5-minute grains is 2016 buckets, over the 2000 per call: two chunks per account
+    ("1h", 10, 10 + 10 + 10 * 2 * 1 + 20),
 ])
 def test_requests_of_a_seven_day_backfill_of_ten_accounts(
     fake: FakeAzure, width: str, subscriptions: int, expected: int
