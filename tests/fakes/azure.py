@@ -81,6 +81,7 @@ class FakeAzure:
         #: meter -> its unit of measure (a meter has one); Azure OpenAI token meters bill per 1K tokens
         self.meter_units: dict[str, str] = {}
         self.unsupported_groupings: set[str] = set()
+        self.unit_answer: dict[str, Any] | None = None  # served instead to a query grouped by UnitOfMeasure
         self.empty_cost_scopes: set[str] = set()
         self.arm_page_size = 100
         self.cost_page_size = 1000
@@ -232,6 +233,8 @@ class FakeAzure:
             return _error(400, "BadRequest", "this fake aggregates Cost and UsageQuantity only")
         if scope in self.empty_cost_scopes:
             return Response(204, raw=b"")
+        if "UnitOfMeasure" in grouping and self.unit_answer is not None:
+            return Response(200, self.unit_answer)
         first = _ts(body["timePeriod"]["from"])
         last = _ts(body["timePeriod"]["to"])
         allowed = {v.lower() for v in dataset.get("filter", {}).get("dimensions", {}).get("values", [])}

@@ -17,7 +17,8 @@ query per scope groups the same accounts and days by ``Meter`` and ``UnitOfMeasu
 measure. A token meter's unit (``1K``, ``1M``, ``1K Tokens``: Azure OpenAI meters are priced per thousand or
 million tokens) scales the quantity exactly to ``tokens``; any other unit is kept as Azure names it. A meter
 whose unit the second answer lacks (or gives twice) keeps its cost and no quantity. If the unit query itself is
-refused (a 4xx other than auth), costs are still recorded, without quantities, and a warning is logged.
+refused as invalid (a 400: a scope or agreement that cannot group by ``UnitOfMeasure``), costs are still recorded,
+without quantities, and a warning is logged.
 Answers are decoded with exact decimals (``parse_float=Decimal``): money and quantities are never floats.
 
 Cost Management throttles hard (a few queries per scope per minute, per-tenant QPU budgets): queries go one
@@ -282,8 +283,8 @@ class CostReader:
         try:
             return await self._query(scope, query_body(window, members, units=True), parse_units, "unit")
         except ProviderError as exc:
-            if exc.error_type != "bad_response" or "unit query at" in str(exc):
-                raise  # a malformed answer rejects the poll like any other; only a refused query is forgiven
+            if exc.error_type != "config":
+                raise  # a malformed answer, throttling or an outage fail the read like any other query
             log.warning("%s: the unit-of-measure query at %s was refused, costs are kept without quantities: %s",
                         self.provider, scope, exc)
             return []
