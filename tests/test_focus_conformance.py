@@ -7,14 +7,14 @@ tests/support/focus_conformance.py, whose column tables are the spec files' (tes
 A few rows cannot meet every rule, because the data to do so does not exist, and docs/focus.md says so; the test
 names them exactly, so a new violation, or a deviation that silently grew to other rows, fails:
 
-* reported charges whose quantity cannot be known (Azure meters and Bedrock usage types carry no model that
-  matches the usage, and neither API returns quantities): ConsumedQuantity / PricingQuantity / ListUnitPrice
-  null (and, in 1.0's wording, their units);
-* a reported charge for all token types together (the demo's ``tokens`` line item) has no single list price.
+* reported charges with no list price: Azure meters and Bedrock usage types carry no model that matches the
+  usage (their quantities are known: both billing APIs report ``UsageQuantity``), and a charge for all token
+  types together (the demo's ``tokens`` line item) has no single price: ListUnitPrice null.
 """
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -27,17 +27,11 @@ from .support import focus_world as world
 from .support.focus_conformance import check, read_back, spec
 
 #: (instance, x_CostSource) -> the rules its rows cannot meet, by FOCUS version.
-UNKNOWN_QUANTITY = {
-    "all": ("ConsumedQuantity: null on a Usage row (consumedquantity.md)",
-            "PricingQuantity: null on a Usage row (pricingquantity.md)",
-            "ListUnitPrice: null on a Usage row (listunitprice.md)"),
-    "1.0": ("PricingUnit: null on a Usage row (pricingunit.md (1.0))",
-            "ConsumedUnit: null on a Usage row (consumedunit.md (1.0))"),
-}
+NO_LIST_PRICE = {"all": ("ListUnitPrice: null on a Usage row (listunitprice.md)",)}
 DEVIATIONS = {
-    ("azure/eu", "reported"): UNKNOWN_QUANTITY,
-    ("bedrock/us", "reported"): UNKNOWN_QUANTITY,
-    ("demo", "reported"): {"all": ("ListUnitPrice: null on a Usage row (listunitprice.md)",)},
+    ("azure/eu", "reported"): NO_LIST_PRICE,
+    ("bedrock/us", "reported"): NO_LIST_PRICE,
+    ("demo", "reported"): NO_LIST_PRICE,
 }
 
 
@@ -113,3 +107,22 @@ def test_the_checker_catches_what_it_claims(ledger_config: Path, tmp_path: Path)
     assert check("1.2", [c for c in columns if c != "BilledCost"], [good]) >= {("BilledCost: Mandatory column missing", -1)}
     assert ("x_Foo", -1) not in check("1.2", [*columns, "Foo"], [good])
     assert ("Foo: not a FOCUS 1.2 column and not x_ prefixed", -1) in check("1.2", [*columns, "Foo"], [good])
+
+
+def test_reported_bedrock_and_azure_rows_carry_the_billed_quantity(ledger_config: Path, tmp_path: Path) -> None:
+    """The quantity of a Bedrock / Azure charge is what its billing API billed (UsageQuantity), per day and token
+    type, in Tokens, priced per million."""
+    out = tmp_path / "focus.csv"
+    export(ledger_config, out, "1.2", "csv")
+    _, rows = read_back(out, "csv")
+    got = {(r["BillingAccountId"], r["ChargePeriodStart"], r["x_TokenType"]):
+           (Decimal(r["ConsumedQuantity"]), r["ConsumedUnit"], Decimal(r["PricingQuantity"]), r["PricingUnit"])
+           for r in rows if r["x_CostSource"] == "reported" and r["BillingAccountId"] in ("azure/eu", "bedrock/us")}
+    want = {}
+    for w in world.WORKLOADS:
+        if w.instance in ("azure/eu", "bedrock/us"):
+            for d in world.DAYS:
+                for t in w.tokens:
+                    tokens = world.billed_tokens(w, t, d)
+                    want[(w.instance, timestamp(d), t)] = (tokens, "Tokens", tokens / 1_000_000, "1000000 Tokens")
+    assert got == want

@@ -12,13 +12,15 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from otel_llm_receiver.config import parse_config
 from otel_llm_receiver.errors import ProviderError
-from otel_llm_receiver.model import PollResult, UsageRecord, Window
+from otel_llm_receiver.ledger import Ledger
+from otel_llm_receiver.model import PollResult, UsageRecord, Window, to_nanos
 from otel_llm_receiver.providers.azure_openai import AzureOpenAIProvider
 from otel_llm_receiver.providers.azure_openai.costs import Pacer
 from tests.fakes.api import Response
@@ -283,7 +285,8 @@ def test_costs_page_through_next_link_and_keep_currencies_apart(fake: FakeAzure)
     assert got == want and want[("eur", "EUR")] == Decimal("3.2")
     assert all(c.bucket_width == D and c.line_item and c.line_item.startswith("gpt-4o") for c in result.costs)
     assert result.cursors == {"cost": str(NOW)}
-    queries = [r for r in fake.api.requests if r.path.endswith("/Microsoft.CostManagement/query")]
+    queries = [r for r in fake.api.requests if r.path.endswith("/Microsoft.CostManagement/query")
+               and json.loads(r.body)["dataset"]["grouping"][0]["name"] == "ResourceId"]  # not the unit query
     for sub, which in ((SUB, "usd"), (SUB_EUR, "eur")):
         pages = -(-sum(1 for d, w, _, _ in rows if w == which and d >= first_day) // 3)
         tokens = [q.param("$skiptoken") for q in queries if sub in q.path]
@@ -313,7 +316,7 @@ def test_cost_rate_limit_headers_are_waited_for(fake: FakeAzure) -> None:
 
     result, elapsed = asyncio.run(go())
     assert elapsed >= 0.3  # x-ms-ratelimit-microsoft.costmanagement-qpu-retry-after, not the 1ms backoff
-    assert result.costs and provider.api_requests["costmanagement.query"] == 2
+    assert result.costs and provider.api_requests["costmanagement.query"] == 3  # 429, its retry, the unit query
 
 
 def test_204_means_no_cost_data(fake: FakeAzure) -> None:
@@ -365,8 +368,9 @@ def test_cost_interval_and_restored_cursor_space_the_queries(fake: FakeAzure) ->
         asyncio.run(go())
         return counts
 
-    assert cost_queries({}, [NOW, NOW + H, NOW + 6 * H]) == [1, 0, 1]
-    assert cost_queries({"poll": str(NOW), "cost": str(NOW - H)}, [NOW, NOW + 5 * H]) == [0, 1]
+    # each cost read is two queries (cost and quantity by account and meter; each meter's unit of measure)
+    assert cost_queries({}, [NOW, NOW + H, NOW + 6 * H]) == [2, 0, 2]
+    assert cost_queries({"poll": str(NOW), "cost": str(NOW - H)}, [NOW, NOW + 5 * H]) == [0, 2]
 
 
 def test_first_cost_query_reaches_back_as_far_as_the_backfill(fake: FakeAzure) -> None:
@@ -494,10 +498,10 @@ def test_pacer_spaces_queries_per_scope() -> None:
 
 
 @pytest.mark.parametrize(("width", "subscriptions", "expected"), [
-    # accounts lists + deployments lists + metrics (2 calls x chunks) + cost queries (1 page per scope)
-    ("1h", 1, 1 + 10 + 10 * 2 * 1 + 1),
-    ("5m", 1, 1 + 10 + 10 * 2 * 2 + 1),  # 7 days of 5-minute grains is 2016 buckets, over the 2000 per call: two chunks per account
-    ("1h", 10, 10 + 10 + 10 * 2 * 1 + 10),
+    # accounts lists + deployments lists + metrics (2 calls x chunks) + cost and unit queries (1 page each per scope)
+    ("1h", 1, 1 + 10 + 10 * 2 * 1 + 2),
+    ("5m", 1, 1 + 10 + 10 * 2 * 2 + 2),  # 7 days of 5-minute grains is 2016 buckets, over the 2000 per call: two chunks per account
+    ("1h", 10, 10 + 10 + 10 * 2 * 1 + 20),
 ])
 def test_requests_of_a_seven_day_backfill_of_ten_accounts(
     fake: FakeAzure, width: str, subscriptions: int, expected: int
@@ -601,3 +605,128 @@ def test_forbidden_metrics_name_the_monitoring_reader_role(fake: FakeAzure) -> N
     with pytest.raises(ProviderError, match="needs Monitoring Reader on account aoai-prod") as info:
         fetch(make(fake, cost=False), Window(NOW - H, NOW))
     assert info.value.error_type == "auth" and "microsoft.insights/metrics/read" in str(info.value)
+
+
+# -- billed quantities (UsageQuantity) ------------------------------------------------------------------------
+def quantity_fixture(fake: FakeAzure, day: int, input_k: str = "31.234567") -> FakeAccount:
+    """One account's day: token meters per 1K and per 1M tokens, and a meter billed by the hour."""
+    gpt = gpt_account(fake)
+    fake.add_cost(gpt, day, "gpt-4o-1120 Inp glbl Tokens", "0.078086", quantity=input_k, unit="1K")
+    fake.add_cost(gpt, day, "gpt-4o-1120 Outp glbl Tokens", "0.5", quantity="0.05", unit="1M")
+    fake.add_cost(gpt, day, "gpt-4o-1120 Outp glbl Tokens", "0.25", quantity="0.025", unit="1M")  # same key: summed
+    fake.add_cost(gpt, day, "Standard Fine-tuning Hosting", "1.7", quantity="1.5", unit="1 Hour")
+    return gpt
+
+
+def test_costs_carry_the_billed_quantity_in_the_meters_unit(fake: FakeAzure) -> None:
+    day = NOW - NOW % D - D
+    quantity_fixture(fake, day)
+    provider = make(fake)
+    result = fetch(provider, Window(NOW - H, NOW))
+    got = {c.line_item: (c.amount, c.quantity, c.quantity_unit) for c in result.costs if c.bucket_start == day}
+    assert got == {
+        "gpt-4o-1120 Inp glbl Tokens": (Decimal("0.078086"), Decimal("31234.567"), "tokens"),  # 1K, exactly
+        "gpt-4o-1120 Outp glbl Tokens": (Decimal("0.75"), Decimal("75000"), "tokens"),  # 1M
+        "Standard Fine-tuning Hosting": (Decimal("1.7"), Decimal("1.5"), "1 Hour"),  # not tokens: as Azure names it
+    }
+    bodies = [json.loads(r.body) for r in fake.api.requests if r.path.endswith("/Microsoft.CostManagement/query")]
+    assert [b["dataset"]["aggregation"] for b in bodies] == [
+        {"totalCost": {"name": "Cost", "function": "Sum"}, "totalQuantity": {"name": "UsageQuantity", "function": "Sum"}},
+        {"totalQuantity": {"name": "UsageQuantity", "function": "Sum"}},
+    ]
+    assert [[g["name"] for g in b["dataset"]["grouping"]] for b in bodies] == [["ResourceId", "Meter"],
+                                                                               ["Meter", "UnitOfMeasure"]]
+    assert bodies[0]["dataset"]["filter"] == bodies[1]["dataset"]["filter"]  # the same accounts
+
+
+def test_a_refused_unit_query_keeps_the_costs_without_quantities(
+    fake: FakeAzure, caplog: pytest.LogCaptureFixture
+) -> None:
+    day = NOW - NOW % D - D
+    quantity_fixture(fake, day)
+    fake.unsupported_groupings.add("UnitOfMeasure")
+    with caplog.at_level(logging.WARNING):
+        result = fetch(make(fake), Window(NOW - H, NOW))
+    assert {(c.line_item, c.amount, c.quantity) for c in result.costs} == {
+        ("gpt-4o-1120 Inp glbl Tokens", Decimal("0.078086"), None),
+        ("gpt-4o-1120 Outp glbl Tokens", Decimal("0.75"), None),
+        ("Standard Fine-tuning Hosting", Decimal("1.7"), None),
+    }
+    assert "unit-of-measure query" in caplog.text and "without quantities" in caplog.text
+
+
+def test_a_malformed_quantity_or_unit_answer_rejects_the_cost_read(
+    fake: FakeAzure, caplog: pytest.LogCaptureFixture
+) -> None:
+    gpt = quantity_fixture(fake, NOW - NOW % D)
+    columns = [{"name": "Cost", "type": "Number"}, {"name": "UsageQuantity", "type": "Number"},
+               {"name": "UsageDate", "type": "Number"}, {"name": "ResourceId", "type": "String"},
+               {"name": "Meter", "type": "String"}, {"name": "Currency", "type": "String"}]
+    query = f"/subscriptions/{SUB}/providers/Microsoft.CostManagement/query"
+    bad_quantity = {"properties": {"nextLink": None, "columns": columns,
+                                   "rows": [[1.5, "many", 20261120, gpt.id.lower(), "m", "USD"]]}}
+    bad_unit = {"properties": {"nextLink": None, "columns": [{"name": "UsageQuantity", "type": "Number"},
+                                                             {"name": "Meter", "type": "String"}],
+                               "rows": [[1.5, "m"]]}}
+    for answer, phrase in ((bad_quantity, "quantity 'many' is not a number"),
+                           (bad_unit, "unit query at /subscriptions/")):
+        caplog.clear()
+        if answer is bad_unit:
+            fake.unit_answer = answer  # the cost query answers normally, the unit query's answer is broken
+        else:
+            fake.api.fail_next(query, 200, body=json.dumps(answer).encode())
+        with caplog.at_level(logging.WARNING):
+            result = fetch(make(fake), Window(NOW - H, NOW))
+        fake.unit_answer = None
+        # one clear error; nothing of the broken read is kept, the cost cursor does not move (retried next poll)
+        assert result.costs == [] and result.cursors == {}
+        assert "cost query failed (bad_response)" in caplog.text and phrase in caplog.text, caplog.text
+
+
+def test_quantities_reach_the_ledger_exactly_and_a_restated_day_counts_like_its_cost(
+    fake: FakeAzure, tmp_path: Path
+) -> None:
+    day = NOW - NOW % D - D
+    gpt = quantity_fixture(fake, day)
+    provider = make(fake, cost_interval="1h")
+
+    def quantities(ledger: Ledger) -> dict[str, tuple[int, int]]:
+        return {json.loads(s.attrs)["llm.cost.line_item"]: (s.total, s.adjustments)
+                for s in ledger.snapshot().series if s.metric == "llm.usage.billed_quantity"}
+
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        first, second = fetch_many_then(provider, fake, gpt, day)
+        ledger.apply("azure_openai", first)
+        assert quantities(ledger) == {"gpt-4o-1120 Inp glbl Tokens": (to_nanos("31234.567"), 0),
+                                      "gpt-4o-1120 Outp glbl Tokens": (to_nanos("75000"), 0),
+                                      "Standard Fine-tuning Hosting": (to_nanos("1.5"), 0)}
+        ledger.apply("azure_openai", second)
+        got = quantities(ledger)
+        # the input meter's day grew by 1.000001K tokens; the output meter's day shrank by 25000 tokens
+        assert {k: total - adjusted for k, (total, adjusted) in got.items()} == {
+            "gpt-4o-1120 Inp glbl Tokens": to_nanos("32234.568"),
+            "gpt-4o-1120 Outp glbl Tokens": to_nanos("50000"),
+            "Standard Fine-tuning Hosting": to_nanos("1.5")}
+        assert {k: adjusted for k, (_, adjusted) in got.items() if adjusted} == {
+            "gpt-4o-1120 Outp glbl Tokens": to_nanos("25000")}
+        costs = {json.loads(s.attrs)["llm.cost.line_item"]: (s.total, s.adjustments)
+                 for s in ledger.snapshot().series if s.metric == "llm.usage.cost"}
+        assert costs["gpt-4o-1120 Outp glbl Tokens"][1] == to_nanos("0.25")  # the cost shrank with it
+
+
+def fetch_many_then(provider: AzureOpenAIProvider, fake: FakeAzure, gpt: FakeAccount,
+                    day: int) -> tuple[PollResult, PollResult]:
+    """Two cost reads an hour apart; between them Cost Management restates ``day``."""
+    async def go() -> tuple[PollResult, PollResult]:
+        try:
+            first = await provider.fetch(Window(NOW - H, NOW))
+            with fake._lock:
+                rows = fake.cost_rows[f"/subscriptions/{SUB}"]
+                rows[:] = [r for r in rows if not (r[0] == day and r[2] == "gpt-4o-1120 Outp glbl Tokens"
+                                                   and r[5] == Decimal("0.025"))]
+            fake.add_cost(gpt, day, "gpt-4o-1120 Inp glbl Tokens", "0.0025", quantity="1.000001", unit="1K")
+            return first, await provider.fetch(Window(NOW, NOW + H + 60))
+        finally:
+            await provider.aclose()
+
+    return asyncio.run(go())

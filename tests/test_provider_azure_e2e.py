@@ -143,7 +143,7 @@ def test_backfill_revision_restart_and_currencies_end_to_end(tmp_path: Path, fak
         seen = len(fake.api.requests)
         run_process(cfg, [T0 + 2 * H, T0 + 7 * H], sink)
         later = fake.api.requests[seen:]
-        assert sum(1 for r in later if r.method == "POST" and r.param("$skiptoken") is None) == 2  # once per scope
+        assert sum(1 for r in later if r.method == "POST" and r.param("$skiptoken") is None) == 4  # cost + unit query per scope
 
         # -- what the sink holds: the fake's latest values, exactly
         want_tokens: Counter[tuple[Any, ...]] = Counter()

@@ -129,14 +129,23 @@ def day(offset: int) -> str:
     return datetime.fromtimestamp(TODAY + offset * DAY, UTC).date().isoformat()
 
 
-COST_GROUPS = [  # (day offset, service, usage type, amount)
-    (-2, "Amazon Bedrock", "USE1-Nova2.0Lite-input-tokens", "0.0101516483"),
-    (-2, "Amazon Bedrock", "USE1-Nova2.0Lite-cache-read-input-token-count", "0.0000312"),
-    (-2, "Claude 3 Haiku (Amazon Bedrock Edition)", "USE1-MP:USE1_InputTokenCount-Units", "1.25"),
-    (-2, "Amazon Elastic Compute Cloud - Compute", "USE1-BoxUsage:t3.micro", "9.99"),
-    (-1, "Amazon Bedrock", "USE1-Claude4Sonnet-output-tokens-cross-region-global", "3.3333333333"),
-    (-1, "Claude 3 Haiku (Amazon Bedrock Edition)", "USE1-MP:USE1_OutputTokenCount-Units", "0.5"),
+COST_GROUPS = [  # (day offset, service, usage type, amount, UsageQuantity amount and unit)
+    (-2, "Amazon Bedrock", "USE1-Nova2.0Lite-input-tokens", "0.0101516483", "169.194138", "1K tokens"),
+    (-2, "Amazon Bedrock", "USE1-Nova2.0Lite-cache-read-input-token-count", "0.0000312", "2080", "Tokens"),
+    (-2, "Claude 3 Haiku (Amazon Bedrock Edition)", "USE1-MP:USE1_InputTokenCount-Units", "1.25", "5000", "Units"),
+    (-2, "Amazon Elastic Compute Cloud - Compute", "USE1-BoxUsage:t3.micro", "9.99", "24", "Hrs"),
+    (-1, "Amazon Bedrock", "USE1-Claude4Sonnet-output-tokens-cross-region-global", "3.3333333333", "222.2222222",
+     "1K tokens"),
+    (-1, "Claude 3 Haiku (Amazon Bedrock Edition)", "USE1-MP:USE1_OutputTokenCount-Units", "0.5", "400", "Units"),
 ]
+#: What each seeded UsageQuantity must reach the sink as: (quantity, llm.cost.quantity_unit).
+QUANTITIES = {
+    "USE1-Nova2.0Lite-input-tokens": (Decimal("169194.138"), "tokens"),
+    "USE1-Nova2.0Lite-cache-read-input-token-count": (Decimal("2080"), "tokens"),
+    "USE1-MP:USE1_InputTokenCount-Units": (Decimal("5000"), "Units"),
+    "USE1-Claude4Sonnet-output-tokens-cross-region-global": (Decimal("222222.2222"), "tokens"),
+    "USE1-MP:USE1_OutputTokenCount-Units": (Decimal("400"), "Units"),
+}
 #: What each Bedrock usage type must be read as: (gen_ai.request.model, gen_ai.token.type).
 PARSED = {
     "USE1-Nova2.0Lite-input-tokens": ("Nova2.0Lite", "input"),
@@ -149,9 +158,10 @@ PARSED = {
 
 def seed_costs(moto: MotoServer) -> None:
     by_day: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for offset, service, usage_type, amount in COST_GROUPS:
+    for offset, service, usage_type, amount, quantity, unit in COST_GROUPS:
         by_day[offset].append({"Keys": [service, usage_type],
-                               "Metrics": {"UnblendedCost": {"Amount": amount, "Unit": "USD"}}})
+                               "Metrics": {"UnblendedCost": {"Amount": amount, "Unit": "USD"},
+                                           "UsageQuantity": {"Amount": quantity, "Unit": unit}}})
     moto.seed_cost_and_usage([{
         "GroupDefinitions": [{"Type": "DIMENSION", "Key": "SERVICE"}, {"Type": "DIMENSION", "Key": "USAGE_TYPE"}],
         "ResultsByTime": [
@@ -232,8 +242,12 @@ def test_end_to_end_exact_totals_revised_point_and_restart(moto: MotoServer, tmp
             cost = totals(sink, "llm.usage.cost", "llm.cost.line_item", "gen_ai.request.model", "gen_ai.token.type")
             assert cost == {
                 (usage_type, model, kind): float(Decimal(to_nanos(amount)) / 10**9)
-                for _, service, usage_type, amount in COST_GROUPS if "Bedrock" in service
+                for _, service, usage_type, amount, _, _ in COST_GROUPS if "Bedrock" in service
                 for model, kind in [PARSED[usage_type]]
+            }
+            # Billed quantity: each usage type's UsageQuantity, token counts scaled to tokens, exact to the nano
+            assert totals(sink, "llm.usage.billed_quantity", "llm.cost.line_item", "llm.cost.quantity_unit") == {
+                (usage_type, unit): float(Decimal(to_nanos(q)) / 10**9) for usage_type, (q, unit) in QUANTITIES.items()
             }
             start_times = {k: p.start_time_unix_nano for k, p in sink.number_points("llm.usage.tokens").items()}
 

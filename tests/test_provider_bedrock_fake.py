@@ -461,3 +461,123 @@ def test_denied_or_expired_is_one_log_line_and_other_providers_go_on(
     lines = [r.getMessage() for r in caplog.records if "poll failed" in r.getMessage()]
     assert len(lines) == 1 and lines[0].startswith("bedrock/prod: poll failed (auth): ")
     assert phrase in lines[0] and "\n" not in lines[0] and all(r.exc_info is None for r in caplog.records)
+
+
+# -- Billed quantities (UsageQuantity) -----------------------------------------------------------------------
+def quantity_totals(path: Path) -> dict[tuple[str, str], tuple[int, int]]:
+    """``llm.usage.billed_quantity`` of the ledger by (line item, unit): (total, adjustments) in nano-units."""
+    import json
+
+    with Ledger(path, readonly=True) as reader:
+        return {(a["llm.cost.line_item"], a["llm.cost.quantity_unit"]): (s.total, s.adjustments)
+                for s in reader.snapshot().series if s.metric == "llm.usage.billed_quantity"
+                for a in [json.loads(s.attrs)]}
+
+
+def quantity_rows() -> list[CostRow]:
+    """Two days of usage in the units Cost Explorer names: tokens per thousand, Marketplace units, storage."""
+    rows = []
+    for offset in (-2, -1):
+        rows += [
+            CostRow(day(offset), "Amazon Bedrock", "USE1-Nova2.0Lite-input-tokens", "0.0101516483",
+                    quantity=f"{offset + 3}1.234567891", unit="1K tokens"),
+            CostRow(day(offset), "Amazon Bedrock", "USE1-Nova2.0Lite-output-tokens", "0.25", quantity="1042",
+                    unit="Tokens"),
+            CostRow(day(offset), "Claude 3 Haiku (Amazon Bedrock Edition)", "USW2-MP:USW2_InputTokenCount-Units",
+                    "1.125", quantity="4500.5", unit="Units"),
+            CostRow(day(offset), "Amazon Bedrock", "USE1-Nova2.0Lite-mixed", "0.5", quantity="7"),  # unit N/A
+            CostRow(day(offset), "Amazon Simple Storage Service", "USE1-TimedStorage-ByteHrs", "3.5",
+                    quantity="99", unit="GB-Mo"),
+        ]
+    return rows
+
+
+def test_usage_quantity_is_asked_and_each_record_carries_it_exactly(fake: FakeAws) -> None:
+    fake.costs = quantity_rows()
+    result = fetch(provider(fake, costs=True, backfill="3d"))
+    assert all(c["Metrics"] == ["UnblendedCost", "UsageQuantity"] for c in fake.calls_of("GetCostAndUsage"))
+    got = {(c.bucket_start, c.line_item): (c.amount, c.quantity, c.quantity_unit) for c in result.costs}
+    yesterday, before = TODAY - DAY, TODAY - 2 * DAY
+    assert got == {
+        # "1K tokens" is scaled exactly to tokens; "Tokens" is tokens; other units stay as Cost Explorer names them
+        (before, "USE1-Nova2.0Lite-input-tokens"): (Decimal("0.0101516483"), Decimal("11234.567891"), "tokens"),
+        (yesterday, "USE1-Nova2.0Lite-input-tokens"): (Decimal("0.0101516483"), Decimal("21234.567891"), "tokens"),
+        (before, "USE1-Nova2.0Lite-output-tokens"): (Decimal("0.25"), Decimal("1042"), "tokens"),
+        (yesterday, "USE1-Nova2.0Lite-output-tokens"): (Decimal("0.25"), Decimal("1042"), "tokens"),
+        (before, "USW2-MP:USW2_InputTokenCount-Units"): (Decimal("1.125"), Decimal("4500.5"), "Units"),
+        (yesterday, "USW2-MP:USW2_InputTokenCount-Units"): (Decimal("1.125"), Decimal("4500.5"), "Units"),
+        # a sum of mixed units (N/A) is no quantity: the cost stays, the quantity is unknown
+        (before, "USE1-Nova2.0Lite-mixed"): (Decimal("0.5"), None, None),
+        (yesterday, "USE1-Nova2.0Lite-mixed"): (Decimal("0.5"), None, None),
+    }
+
+
+def test_linked_accounts_carry_each_accounts_quantity(fake: FakeAws) -> None:
+    fake.costs = [
+        CostRow(day(-1), "Amazon Bedrock", "USE1-Nova2.0Lite-input-tokens", "1.5", linked_account="444455556666",
+                quantity="3", unit="1M tokens"),
+        CostRow(day(-1), "Amazon Bedrock", "USE1-Nova2.0Lite-input-tokens", "2.25", linked_account="777788889999",
+                quantity="0.000004", unit="1M tokens"),
+    ]
+    result = fetch(provider(fake, costs=True, linked_accounts=True, backfill="2d"))
+    assert {(c.tenancy_id, c.quantity, c.quantity_unit) for c in result.costs} == {
+        ("444455556666", Decimal("3000000"), "tokens"), ("777788889999", Decimal("4"), "tokens")}
+    assert all(c["Metrics"] == ["UnblendedCost", "UsageQuantity"] for c in fake.calls_of("GetCostAndUsage"))
+
+
+def test_a_malformed_quantity_rejects_the_poll(fake: FakeAws) -> None:
+    fake.costs.append(CostRow(day(-1), "Amazon Bedrock", "USE1-Nova-input-tokens", "1.0"))
+    fake.respond("GetCostAndUsage", Response(200, {"ResultsByTime": [{"TimePeriod": {"Start": day(-1)}, "Groups": [
+        {"Keys": ["Amazon Bedrock", "USE1-Nova-input-tokens"], "Metrics": {
+            "UnblendedCost": {"Amount": "1.5", "Unit": "USD"}, "UsageQuantity": {"Amount": "NaN", "Unit": "Tokens"}}}]}]}))
+    error = failure(provider(fake, costs=True))
+    assert error.error_type == "bad_response" and "quantity 'NaN' is not a decimal" in str(error)
+
+
+def test_quantities_reach_the_ledger_exactly_and_restated_days_count_like_cost(tmp_path: Path) -> None:
+    with FakeAws(cost_page=3) as fake:
+        fake.costs = quantity_rows()
+        config = parse_config({"storage": {"path": str(tmp_path / "ledger.db")}, "providers": {"bedrock": {
+            "regions": ["us-east-1"], "endpoint": fake.url, "max_attempts": 1, "mantle": False,
+            "backfill": "3d", "cost_interval": "1h", "cost_lookback": "72h",
+        }}})
+        clock = [float(NOW)]
+        receiver = Receiver(config, exporters=[], clock=lambda: clock[0])
+
+        def poll() -> None:
+            outcome = asyncio.run(receiver.poll("bedrock"))
+            assert outcome.ok, outcome
+
+        def want() -> dict[tuple[str, str], int]:
+            out: Counter[tuple[str, str]] = Counter()
+            for r in fake.costs:
+                if "Bedrock" in r.service and r.unit != "N/A":
+                    scale = 1000 if r.unit == "1K tokens" else 1
+                    unit = "tokens" if "tokens" in r.unit.lower() else r.unit
+                    out[(r.usage_type, unit)] += to_nanos(Decimal(r.quantity) * scale)
+            return dict(out)
+
+        try:
+            poll()
+            first = want()
+            assert quantity_totals(config.storage.path) == {k: (v, 0) for k, v in first.items()}
+            # Cost Explorer restates both days: yesterday's Marketplace usage grows, the day before's input
+            # tokens shrink (and their cost with them). The ledger keeps the latest of each day; the shrink is
+            # an adjustment, exactly as for the cost.
+            for r in fake.costs:
+                if r.usage_type.startswith("USW2-MP") and r.day == day(-1):
+                    r.quantity, r.amount = "6000.25", "1.5"
+                if r.usage_type == "USE1-Nova2.0Lite-input-tokens" and r.day == day(-2):
+                    r.quantity, r.amount = "10.000000001", "0.009"
+            clock[0] += HOUR + 60
+            poll()
+            totals = quantity_totals(config.storage.path)
+            assert {k: total - adjusted for k, (total, adjusted) in totals.items()} == want()
+            assert {k: adjusted for k, (_, adjusted) in totals.items() if adjusted} == {
+                ("USE1-Nova2.0Lite-input-tokens", "tokens"): to_nanos(Decimal("11234.567891") - Decimal("10000.000001"))}
+            mp = ("USW2-MP:USW2_InputTokenCount-Units", "Units")
+            assert totals[mp][0] - first[mp] == to_nanos(Decimal("6000.25") - Decimal("4500.5"))  # the growth
+            costs = cost_totals(config.storage.path)
+            assert costs[(ACCOUNT, "USE1-Nova2.0Lite-input-tokens")][1] == to_nanos(Decimal("0.0101516483") - Decimal("0.009"))
+        finally:
+            asyncio.run(receiver.aclose())

@@ -9,7 +9,10 @@ real boto3 client talks to it unchanged:
   CloudWatch since 1.42.7): ``ListMetrics`` and ``GetMetricData``, both paged (``NextToken``), the latter
   summing data points into periods and splitting one query's points across pages (``PartialData``);
 * Cost Explorer, ``awsJson1_1`` (``AWSInsightsIndexService.GetCostAndUsage``): daily groups by up to two
-  ``DIMENSION`` / ``TAG`` keys, a ``SERVICE`` filter, paged by ``NextPageToken``; rows can be restated;
+  ``DIMENSION`` / ``TAG`` keys, a ``SERVICE`` filter, paged by ``NextPageToken``; rows can be restated. Every
+  requested metric is in each group's ``Metrics`` as ``{"Amount": "<decimal>", "Unit": ...}``: cost metrics in
+  ``USD``, ``UsageQuantity`` the rows' quantities summed in their unit, ``N/A`` where a group mixes units (AWS
+  sums usage "without taking into account the units");
 * Bedrock control plane, ``rest-json``: ``GET /inference-profiles`` (paged by ``nextToken``) and
   ``POST /listTagsForResource``;
 * STS, ``query`` (XML): ``GetCallerIdentity`` and ``AssumeRole`` (its keys start ``ASIAFAKEROLE``).
@@ -40,7 +43,7 @@ ACCOUNT = "111122223333"
 
 @dataclass
 class CostRow:
-    """One line of the bill: a day, a service, a usage type and its amount (a decimal string)."""
+    """One line of the bill: a day, a service, a usage type, its amount and its usage (decimal strings)."""
 
     day: str  # YYYY-MM-DD
     service: str
@@ -48,6 +51,8 @@ class CostRow:
     amount: str
     linked_account: str = ACCOUNT
     tags: dict[str, str] = field(default_factory=dict)
+    quantity: str = "0"
+    unit: str = "N/A"  # the usage type's unit (e.g. "Hrs", "GB-Mo"); N/A: unknown
 
 
 @dataclass
@@ -277,28 +282,27 @@ class FakeAws:
                 "LINKED_ACCOUNT": row.linked_account}[group["Key"]]
 
     def _get_cost_and_usage(self, region: str, params: dict[str, Any]) -> Response:
-        metric = params["Metrics"][0]
+        metrics = params["Metrics"]
         groups = params.get("GroupBy") or []
         if len(groups) > 2:
             return Response(400, {"__type": "ValidationException", "message": "at most two GroupBy keys"})
         period = params["TimePeriod"]
         flt = params.get("Filter")
         services = set(flt["Dimensions"]["Values"]) if flt else None
-        sums: dict[str, dict[tuple[str, ...], Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+        sums: dict[str, dict[tuple[str, ...], list[CostRow]]] = defaultdict(lambda: defaultdict(list))
         with self._lock:
             rows = list(self.costs)
         for row in rows:
             if not (period["Start"] <= row.day < period["End"]) or (services is not None and row.service not in services):
                 continue
-            sums[row.day][tuple(self._key(row, g) for g in groups)] += Decimal(row.amount)
-        flat = [(day, keys, amount) for day in sorted(sums) for keys, amount in sorted(sums[day].items())]
+            sums[row.day][tuple(self._key(row, g) for g in groups)].append(row)
+        flat = [(day, keys, members) for day in sorted(sums) for keys, members in sorted(sums[day].items())]
         offset = int(params.get("NextPageToken") or 0)
         page = flat[offset:offset + self.cost_page]
         today = datetime.now(UTC).date().isoformat()
         by_day: dict[str, list[dict[str, Any]]] = {}
-        for day, keys, amount in page:
-            by_day.setdefault(day, []).append(
-                {"Keys": list(keys), "Metrics": {metric: {"Amount": str(amount), "Unit": "USD"}}})
+        for day, keys, members in page:
+            by_day.setdefault(day, []).append({"Keys": list(keys), "Metrics": {m: _metric(m, members) for m in metrics}})
         body: dict[str, Any] = {
             "GroupDefinitions": groups,
             "ResultsByTime": [
@@ -335,6 +339,15 @@ class FakeAws:
         if tags is None:
             return Response(404, {"__type": "ResourceNotFoundException", "message": "no such resource"})
         return Response(200, {"tags": [{"key": k, "value": v} for k, v in tags.items()]})
+
+
+def _metric(name: str, rows: list[CostRow]) -> dict[str, str]:
+    """One metric of a group as Cost Explorer gives it: the summed amount as a string, and its unit."""
+    if name == "UsageQuantity":
+        units = {r.unit for r in rows}
+        unit = units.pop() if len(units) == 1 else "N/A"
+        return {"Amount": str(sum((Decimal(r.quantity) for r in rows), Decimal(0))), "Unit": unit}
+    return {"Amount": str(sum((Decimal(r.amount) for r in rows), Decimal(0))), "Unit": "USD"}
 
 
 def _next_day(day: str) -> str:

@@ -9,10 +9,12 @@ Built on ``FakeApi`` (a real HTTP server). Every answer is shaped like the docum
   lower-cased, as Azure answers) and ``data[]{timeStamp, total}`` for every grain of the timespan (``total``
   left out where there is no data); split by the ``Dim eq '*'`` clauses of ``$filter``, summed over the other
   dimensions, and cut to ``top`` series (default 10), like the real API;
-* ``POST {scope}/providers/Microsoft.CostManagement/query`` (2023-11-01): ``properties.columns/rows`` grouped by
-  the request's groupings (at most two, else 400), a ``nextLink`` with ``$skiptoken`` after ``cost_page_size``
-  rows, 204 for a scope marked empty, and 429 with ``x-ms-ratelimit-microsoft.costmanagement-qpu-retry-after``
-  on demand.
+* ``POST {scope}/providers/Microsoft.CostManagement/query`` (2023-11-01): ``properties.columns/rows`` with one
+  column per aggregation (named after the aggregated column: ``Cost``, ``UsageQuantity``, JSON numbers), then
+  ``UsageDate``, one per grouping (``ResourceId``, ``Meter``, ``UnitOfMeasure``; at most two, else 400) and
+  ``Currency``; a ``nextLink`` with ``$skiptoken`` after ``cost_page_size`` rows, 204 for a scope marked empty,
+  400 for a grouping listed in ``unsupported_groupings``, and 429 with
+  ``x-ms-ratelimit-microsoft.costmanagement-qpu-retry-after`` on demand.
 
 Tests change the data between polls (``set_point`` on a bucket already served is a revision). Every request
 needs ``Authorization: Bearer <token>``.
@@ -74,7 +76,12 @@ class FakeAzure:
         #: (account id, metric) -> list of (dimensions, {bucket start (1-minute grain): value})
         self.points: dict[tuple[str, str], dict[tuple[tuple[str, str], ...], dict[int, float]]] = defaultdict(dict)
         #: scope (/subscriptions/ID) -> rows (day start, account id, meter, amount, currency)
-        self.cost_rows: dict[str, list[tuple[int, str, str, Decimal, str]]] = defaultdict(list)
+        #: scope -> (day, resource id, meter, amount, currency, quantity in the meter's unit)
+        self.cost_rows: dict[str, list[tuple[int, str, str, Decimal, str, Decimal]]] = defaultdict(list)
+        #: meter -> its unit of measure (a meter has one); Azure OpenAI token meters bill per 1K tokens
+        self.meter_units: dict[str, str] = {}
+        self.unsupported_groupings: set[str] = set()
+        self.unit_answer: dict[str, Any] | None = None  # served instead to a query grouped by UnitOfMeasure
         self.empty_cost_scopes: set[str] = set()
         self.arm_page_size = 100
         self.cost_page_size = 1000
@@ -112,10 +119,13 @@ class FakeAzure:
         with self._lock:
             self.points[(account.id, metric)].setdefault(key, {})[start] = value
 
-    def add_cost(self, account: FakeAccount, day: int, meter: str, amount: str, currency: str = "USD") -> None:
+    def add_cost(self, account: FakeAccount, day: int, meter: str, amount: str, currency: str = "USD",
+                 quantity: str = "0", unit: str = "1K") -> None:
+        """A cost row: ``quantity`` in the meter's ``unit`` of measure (one unit per meter, the last given)."""
         with self._lock:
             self.cost_rows[f"/subscriptions/{account.subscription}"].append(
-                (day, account.id, meter, Decimal(amount), currency))
+                (day, account.id, meter, Decimal(amount), currency, Decimal(quantity)))
+            self.meter_units[meter] = unit
 
     # -- handlers -----------------------------------------------------------------------------------------
     def _accounts(self, request: Request, subscription: str) -> Response:
@@ -215,23 +225,37 @@ class FakeAzure:
             return _error(400, "BadRequest", "Invalid query: at most 2 groupings are allowed.")
         if body.get("type") != "ActualCost" or dataset.get("granularity") != "Daily":
             return _error(400, "BadRequest", "this fake serves ActualCost Daily only")
+        for name in grouping:
+            if name in self.unsupported_groupings or name not in ("ResourceId", "Meter", "UnitOfMeasure"):
+                return _error(400, "BadRequest", f"Invalid query: grouping by {name} is not supported.")
+        aggregations = [a["name"] for a in dataset.get("aggregation", {}).values()]
+        if not aggregations or not set(aggregations) <= {"Cost", "UsageQuantity"}:
+            return _error(400, "BadRequest", "this fake aggregates Cost and UsageQuantity only")
         if scope in self.empty_cost_scopes:
             return Response(204, raw=b"")
+        if "UnitOfMeasure" in grouping and self.unit_answer is not None:
+            return Response(200, self.unit_answer)
         first = _ts(body["timePeriod"]["from"])
         last = _ts(body["timePeriod"]["to"])
         allowed = {v.lower() for v in dataset.get("filter", {}).get("dimensions", {}).get("values", [])}
-        sums: dict[tuple[int, str, str, str], Decimal] = defaultdict(Decimal)
+        sums: dict[tuple[Any, ...], dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
         with self._lock:
             rows = list(self.cost_rows.get(scope, []))
-        for day, resource, meter, amount, currency in rows:
+            units = dict(self.meter_units)
+        for day, resource, meter, amount, currency, quantity in rows:
             if first <= day <= last and (not allowed or resource.lower() in allowed):
                 # Cost Management answers resource ids lower-cased.
-                sums[(day, resource.lower(), meter, currency)] += amount
+                values = {"ResourceId": resource.lower(), "Meter": meter, "UnitOfMeasure": units[meter]}
+                key = (day, *(values[g] for g in grouping), currency)
+                sums[key]["Cost"] += amount
+                sums[key]["UsageQuantity"] += quantity
         table = [
-            [float(amount), int(datetime.datetime.fromtimestamp(day, datetime.UTC).strftime("%Y%m%d")),
-             resource, meter, currency]
-            for (day, resource, meter, currency), amount in sorted(sums.items())
+            [*(float(totals[a]) for a in aggregations),
+             int(datetime.datetime.fromtimestamp(key[0], datetime.UTC).strftime("%Y%m%d")), *key[1:]]
+            for key, totals in sorted(sums.items())
         ]
+        columns = [*({"name": a, "type": "Number"} for a in aggregations), {"name": "UsageDate", "type": "Number"},
+                   *({"name": g, "type": "String"} for g in grouping), {"name": "Currency", "type": "String"}]
         skip = int(request.param("$skiptoken") or 0)
         page = table[skip:skip + self.cost_page_size]
         next_link = None
@@ -244,9 +268,7 @@ class FakeAzure:
             "location": None, "sku": None, "eTag": None,
             "properties": {
                 "nextLink": next_link,
-                "columns": [{"name": "Cost", "type": "Number"}, {"name": "UsageDate", "type": "Number"},
-                            {"name": "ResourceId", "type": "String"}, {"name": "Meter", "type": "String"},
-                            {"name": "Currency", "type": "String"}],
+                "columns": columns,
                 "rows": page,
             },
         })

@@ -7,9 +7,11 @@ ledger (docs/providers/*.md):
   and project, no model attribute (the OpenAI costs API's shape).
 * ``anthropic/main``: usage by workspace; daily reported cost per model and token type (the cost report's shape),
   with a named workspace and an attribution rule (team, cost center).
-* ``azure/eu``: usage by deployment; daily reported cost in EUR per meter (``llm.usage.cost.non_usd``).
+* ``azure/eu``: usage by deployment; daily reported cost in EUR per meter (``llm.usage.cost.non_usd``), with
+  the meter's billed quantity (Cost Management's ``UsageQuantity``, thousands of tokens scaled to ``tokens``).
 * ``bedrock/us``: usage by model id and region; daily reported cost per usage type whose model (``Claude4Sonnet``)
-  is not the usage's model id, so no quantity can be matched to it.
+  is not the usage's model id, so no usage can be matched to it (no list price), with the usage type's billed
+  quantity (Cost Explorer's ``UsageQuantity``, scaled to ``tokens``).
 * ``vertex/p1``: usage only (estimated rows), with region and publisher (a Meta model on Vertex AI).
 * ``demo``: reported cost per model with one line item for all tokens (``tokens``).
 
@@ -100,17 +102,24 @@ def reported_costs(w: Workload, day: int) -> list[CostRecord]:
         return [CostRecord(**base, amount=share(w, t, amount), line_item=f"{w.model}, {kinds[t]}") for t in w.tokens]
     if w.instance == "anthropic/main":  # per model and token type
         return [CostRecord(**base, amount=share(w, t, amount), model=w.model, line_item=t) for t in w.tokens]
-    if w.instance == "azure/eu":  # EUR, per meter
+    if w.instance == "azure/eu":  # EUR, per meter, with the meter's billed tokens
         return [CostRecord(**base, amount=share(w, t, amount), currency="EUR",
-                           line_item=f"gpt-4o-0806 {'Inp' if t == 'input' else 'Outp'} glbl {t} Tokens")
+                           line_item=f"gpt-4o-0806 {'Inp' if t == 'input' else 'Outp'} glbl {t} Tokens",
+                           quantity=billed_tokens(w, t, day), quantity_unit="tokens")
                 for t in w.tokens]
-    if w.instance == "bedrock/us":  # per usage type, with the token type as a dimension
+    if w.instance == "bedrock/us":  # per usage type, with the token type as a dimension and the billed tokens
         return [CostRecord(**base, amount=share(w, t, amount), model="Claude4Sonnet",
-                           line_item=f"USE1-Claude4Sonnet-{t}-tokens", dimensions={"gen_ai.token.type": t})
+                           line_item=f"USE1-Claude4Sonnet-{t}-tokens", dimensions={"gen_ai.token.type": t},
+                           quantity=billed_tokens(w, t, day), quantity_unit="tokens")
                 for t in w.tokens]
     if w.instance == "demo":
         return [CostRecord(**base, amount=amount, model=w.model, line_item="tokens")]
     return []
+
+
+def billed_tokens(w: Workload, token_type: str, day: int) -> Decimal:
+    """The tokens of one type a provider bills for a day: the usage's, as its billing API reports them."""
+    return Decimal(w.tokens[token_type] * sum(1 for h in HOURS if day <= h < day + D))
 
 
 def share(w: Workload, token_type: str, amount: Decimal) -> Decimal:

@@ -11,6 +11,16 @@ The answer is a table: ``properties.columns[{name, type}]`` and ``properties.row
 empty; a 204 means no data. Amounts stay in their billing currency: the ledger files non-USD amounts under
 ``llm.usage.cost.non_usd``.
 
+Billed quantity: the query also sums ``UsageQuantity`` (an answer column of that name), the meter's usage in
+the meter's unit of measure. The unit is not among the two groupings (``ResourceId``, ``Meter``), so a second
+query per scope groups the same accounts and days by ``Meter`` and ``UnitOfMeasure``; a meter has one unit of
+measure. A token meter's unit (``1K``, ``1M``, ``1K Tokens``: Azure OpenAI meters are priced per thousand or
+million tokens) scales the quantity exactly to ``tokens``; any other unit is kept as Azure names it. A meter
+whose unit the second answer lacks (or gives twice) keeps its cost and no quantity. If the unit query itself is
+refused as invalid (a 400: a scope or agreement that cannot group by ``UnitOfMeasure``), costs are still recorded,
+without quantities, and a warning is logged.
+Answers are decoded with exact decimals (``parse_float=Decimal``): money and quantities are never floats.
+
 Cost Management throttles hard (a few queries per scope per minute, per-tenant QPU budgets): queries go one
 at a time, at least ``spacing`` seconds apart per scope (pages included), and a 429 waits for the longest of
 ``Retry-After`` and the ``x-ms-ratelimit-microsoft.costmanagement-*-retry-after`` headers (``providers.http``).
@@ -21,11 +31,12 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import re
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 
 from ...errors import ProviderError
 from ...model import CostRecord, Window
@@ -35,11 +46,22 @@ from .discovery import Account, same_origin_path
 from .metrics import PROVIDER_NAME
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 COST_API_VERSION = "2023-11-01"
 #: Column names of the cost amount, by query type (ActualCost answers ``Cost``; older ``Usage`` ``PreTaxCost``).
 COST_COLUMNS = ("cost", "pretaxcost")
 GROUPINGS = ("ResourceId", "Meter")
+#: The aggregated column of the billed quantity (the answer names its column after it).
+QUANTITY_COLUMN = "UsageQuantity"
+#: The groupings of the unit query: a meter's unit of measure.
+UNIT_GROUPINGS = ("Meter", "UnitOfMeasure")
+#: A token meter's unit of measure: "1K", "1M", "1K Tokens", "10K", "Tokens".
+_TOKEN_UNIT = re.compile(r"^(?:(\d+)\s*([km]?))?\s*(?:tokens?)?$", re.IGNORECASE)
+_SCALE = {"": 1, "k": 1_000, "m": 1_000_000}
+
+#: One answer row: (day, resource id lower-cased, meter, amount, currency, quantity or None).
+CostRow = tuple[int, str, str, Decimal, str, Decimal | None]
 
 
 def cost_window(now: int, lookback: float) -> Window:
@@ -48,23 +70,95 @@ def cost_window(now: int, lookback: float) -> Window:
     return Window(start - start % DAY, now - now % DAY + DAY)
 
 
-def query_body(window: Window, accounts: Sequence[Account]) -> dict[str, Any]:
-    """The Query API request body for ``window`` (whole days) and these accounts."""
+def query_body(window: Window, accounts: Sequence[Account], *, units: bool = False) -> dict[str, Any]:
+    """The Query API request body for ``window`` (whole days) and these accounts: cost and quantity by account
+    and meter, or (``units``) the unit of measure of each meter."""
     def day(ts: int) -> str:
         return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
+    quantity = {"totalQuantity": {"name": QUANTITY_COLUMN, "function": "Sum"}}
     return {
         "type": "ActualCost",
         "timeframe": "Custom",
         "timePeriod": {"from": day(window.start), "to": day(window.end - 1)},
         "dataset": {
             "granularity": "Daily",
-            "aggregation": {"totalCost": {"name": "Cost", "function": "Sum"}},
-            "grouping": [{"type": "Dimension", "name": g} for g in GROUPINGS],
+            "aggregation": quantity if units else {"totalCost": {"name": "Cost", "function": "Sum"}, **quantity},
+            "grouping": [{"type": "Dimension", "name": g} for g in (UNIT_GROUPINGS if units else GROUPINGS)],
             "filter": {"dimensions": {"name": "ResourceId", "operator": "In",
                                       "values": sorted(a.key for a in accounts)}},
         },
     }
+
+
+def token_scale(meter: str, unit: str) -> int | None:
+    """How many tokens one unit of a token meter is (``1K`` -> 1000); None when the meter does not bill tokens."""
+    if "token" not in meter.lower():
+        return None
+    match = _TOKEN_UNIT.match(unit.strip())
+    if not match or not (match.group(1) or "token" in unit.lower()):
+        return None
+    return int(match.group(1) or 1) * _SCALE[(match.group(2) or "").lower()]
+
+
+def billed_quantity(meter: str, quantity: Decimal | None, unit: str | None) -> tuple[Decimal | None, str | None]:
+    """A meter's quantity and unit as recorded: token meters in tokens (exactly), others as Azure names them."""
+    if quantity is None or not unit or not unit.strip():
+        return None, None
+    scale = token_scale(meter, unit)
+    return (quantity * scale, "tokens") if scale is not None else (quantity, unit.strip())
+
+
+def _number(value: object, what: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValueError(f"{what} {value!r} is not a number")
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"{what} {value!r} is not a number") from None
+    if not number.is_finite():
+        raise ValueError(f"{what} {value!r} is not a number")
+    return number
+
+
+def _columns(props: dict[str, Any]) -> tuple[dict[str, int], list[Any]]:
+    columns, rows = props.get("columns"), props.get("rows")
+    if not isinstance(columns, list) or not isinstance(rows, list):
+        raise ValueError("properties.columns and properties.rows must be lists")
+    index: dict[str, int] = {}
+    for i, col in enumerate(columns):
+        name = col.get("name") if isinstance(col, dict) else None
+        if not isinstance(name, str):
+            raise ValueError(f"properties.columns[{i}].name is not a string")
+        index[name.lower()] = i
+    for r, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != len(columns):
+            raise ValueError(f"properties.rows[{r}] does not have one value per column")
+    return index, rows
+
+
+def _properties(body: Any) -> dict[str, Any]:
+    props = body.get("properties") if isinstance(body, dict) else None
+    if not isinstance(props, dict):
+        raise ValueError("the answer has no properties object")
+    return props
+
+
+def parse_units(body: Any) -> tuple[list[tuple[str, set[str]]], object]:
+    """The unit query's answer as (meter, units of measure seen) pairs, and its nextLink."""
+    props = _properties(body)
+    index, rows = _columns(props)
+    missing = [c for c in ("meter", "unitofmeasure") if c not in index]
+    if missing:
+        raise ValueError(f"properties.columns lacks {', '.join(missing)}")
+    units: dict[str, set[str]] = defaultdict(set)
+    for r, row in enumerate(rows):
+        meter, unit = row[index["meter"]], row[index["unitofmeasure"]]
+        if not isinstance(unit, str) or (meter is not None and not isinstance(meter, str)):
+            raise ValueError(f"properties.rows[{r}] needs Meter and UnitOfMeasure strings")
+        if unit.strip():
+            units[meter if meter else "unknown"].add(unit.strip())
+    return list(units.items()), props.get("nextLink")
 
 
 def parse_usage_date(value: object) -> int:
@@ -85,37 +179,20 @@ def parse_usage_date(value: object) -> int:
     raise ValueError(f"UsageDate {value!r} is not a date")
 
 
-def parse_table(body: Any) -> tuple[list[tuple[int, str, str, Decimal, str]], object]:
-    """Rows of a Query answer as ``(day, resource id lower-cased, meter, amount, currency)``, and its nextLink."""
-    props = body.get("properties") if isinstance(body, dict) else None
-    if not isinstance(props, dict):
-        raise ValueError("the answer has no properties object")
-    columns, rows = props.get("columns"), props.get("rows")
-    if not isinstance(columns, list) or not isinstance(rows, list):
-        raise ValueError("properties.columns and properties.rows must be lists")
-    index: dict[str, int] = {}
-    for i, col in enumerate(columns):
-        name = col.get("name") if isinstance(col, dict) else None
-        if not isinstance(name, str):
-            raise ValueError(f"properties.columns[{i}].name is not a string")
-        index[name.lower()] = i
+def parse_table(body: Any) -> tuple[list[CostRow], object]:
+    """Rows of a Query answer as ``(day, resource id lower-cased, meter, amount, currency, quantity)``, and its
+    nextLink. ``quantity`` is None when the answer has no ``UsageQuantity`` column."""
+    props = _properties(body)
+    index, rows = _columns(props)
     cost_col = next((index[c] for c in COST_COLUMNS if c in index), None)
     missing = [c for c in ("usagedate", "resourceid", "meter", "currency") if c not in index]
     if cost_col is None or missing:
         raise ValueError(f"properties.columns lacks {', '.join(missing or ['Cost'])}")
-    out = []
+    quantity_col = index.get(QUANTITY_COLUMN.lower())
+    out: list[CostRow] = []
     for r, row in enumerate(rows):
-        if not isinstance(row, list) or len(row) != len(columns):
-            raise ValueError(f"properties.rows[{r}] does not have one value per column")
-        amount = row[cost_col]
-        if isinstance(amount, bool) or not isinstance(amount, int | float | str):
-            raise ValueError(f"properties.rows[{r}] cost {amount!r} is not a number")
-        try:
-            value = Decimal(str(amount))
-        except InvalidOperation:
-            raise ValueError(f"properties.rows[{r}] cost {amount!r} is not a number") from None
-        if not value.is_finite():
-            raise ValueError(f"properties.rows[{r}] cost {amount!r} is not a number")
+        value = _number(row[cost_col], f"properties.rows[{r}] cost")
+        quantity = None if quantity_col is None else _number(row[quantity_col], f"properties.rows[{r}] quantity")
         resource, meter, currency = row[index["resourceid"]], row[index["meter"]], row[index["currency"]]
         if not isinstance(resource, str) or not isinstance(currency, str) or not currency.strip():
             raise ValueError(f"properties.rows[{r}] needs ResourceId and Currency strings")
@@ -124,7 +201,7 @@ def parse_table(body: Any) -> tuple[list[tuple[int, str, str, Decimal, str]], ob
         except ValueError as exc:
             raise ValueError(f"properties.rows[{r}]: {exc}") from None
         meter_name = meter if isinstance(meter, str) and meter else "unknown"
-        out.append((day, resource.lower().rstrip("/"), meter_name, value, currency.strip().upper()))
+        out.append((day, resource.lower().rstrip("/"), meter_name, value, currency.strip().upper(), quantity))
     return out, props.get("nextLink")
 
 
@@ -173,22 +250,50 @@ class CostReader:
     async def costs(self, accounts: Sequence[Account], window: Window) -> list[CostRecord]:
         by_key = {a.key: a for a in accounts}
         sums: dict[tuple[int, str, str, str], Decimal] = defaultdict(Decimal)
+        quantities: dict[tuple[int, str, str, str], Decimal | None] = {}
+        units: dict[str, set[str]] = defaultdict(set)
         for scope, members in self.scopes_for(accounts):
             if not members:
                 continue
-            for day, resource, meter, amount, currency in await self._query(scope, query_body(window, members)):
+            for day, resource, meter, amount, currency, quantity in await self._query(
+                    scope, query_body(window, members), parse_table, "cost"):
                 if resource in by_key and window.start <= day < window.end:
-                    sums[(day, resource, meter, currency)] += amount
-        return [
-            CostRecord(
+                    key = (day, resource, meter, currency)
+                    sums[key] += amount
+                    # Rows of one key add up; one row without a quantity makes the sum unknown.
+                    if key in quantities:
+                        before = quantities[key]
+                        quantities[key] = None if before is None or quantity is None else before + quantity
+                    else:
+                        quantities[key] = quantity
+            for meter, seen in await self._units(scope, window, members):
+                units[meter] |= seen
+        records = []
+        for (day, resource, meter, currency), amount in sorted(sums.items()):
+            unit = next(iter(units[meter])) if len(units.get(meter, ())) == 1 else None
+            quantity, quantity_unit = billed_quantity(meter, quantities.get((day, resource, meter, currency)), unit)
+            records.append(CostRecord(
                 provider=PROVIDER_NAME, tenancy_id=by_key[resource].tenancy_id, bucket_start=day, bucket_width=DAY,
-                amount=amount, currency=currency, line_item=meter,
-            )
-            for (day, resource, meter, currency), amount in sorted(sums.items())
-        ]
+                amount=amount, currency=currency, line_item=meter, quantity=quantity, quantity_unit=quantity_unit,
+            ))
+        return records
 
-    async def _query(self, scope: str, body: dict[str, Any]) -> list[tuple[int, str, str, Decimal, str]]:
-        rows: list[tuple[int, str, str, Decimal, str]] = []
+    async def _units(self, scope: str, window: Window, members: Sequence[Account]) -> list[tuple[str, set[str]]]:
+        """Each meter's unit(s) of measure at ``scope``; none (costs kept, no quantities) if the query is refused."""
+        try:
+            return await self._query(scope, query_body(window, members, units=True), parse_units, "unit")
+        except ProviderError as exc:
+            if exc.error_type != "config":
+                raise  # a malformed answer, throttling or an outage fail the read like any other query
+            log.warning("%s: the unit-of-measure query at %s was refused, costs are kept without quantities: %s",
+                        self.provider, scope, exc)
+            return []
+
+    async def _query(
+        self, scope: str, body: dict[str, Any], parse: Callable[[Any], tuple[list[T], object]], what: str
+    ) -> list[T]:
+        """Every row of one query, each page parsed before its nextLink is followed (none for a 204)."""
+        rows: list[T] = []
         path: str | None = f"{scope}/providers/Microsoft.CostManagement/query"
         params: dict[str, str] | None = {"api-version": COST_API_VERSION}
         pages = 0
@@ -196,7 +301,7 @@ class CostReader:
             await self.pacer.wait(scope)
             try:
                 answer = await self.client.request_json(
-                    "POST", path, params=params, json_body=body, operation="costmanagement.query"
+                    "POST", path, params=params, json_body=body, operation="costmanagement.query", decimals=True,
                 )
             except ProviderError as exc:
                 if exc.error_type == "auth":
@@ -207,9 +312,9 @@ class CostReader:
             if answer is None:  # 204 No Content: no cost data for this query
                 break
             try:
-                page, link = parse_table(answer)
+                page, link = parse(answer)
             except ValueError as exc:
-                raise ProviderError(f"cost query at {scope}, page {pages}: {exc}", provider=self.provider,
+                raise ProviderError(f"{what} query at {scope}, page {pages}: {exc}", provider=self.provider,
                                     error_type="bad_response") from None
             rows += page
             path = same_origin_path(link, self.client, self.provider)
@@ -217,5 +322,5 @@ class CostReader:
         return rows
 
 
-__all__ = ["COST_API_VERSION", "CostReader", "Pacer", "cost_window", "parse_table", "parse_usage_date",
-           "query_body"]
+__all__ = ["COST_API_VERSION", "CostReader", "Pacer", "billed_quantity", "cost_window", "parse_table",
+           "parse_units", "parse_usage_date", "query_body", "token_scale"]

@@ -13,6 +13,14 @@ Marketplace ones name no model (``USW2-MP:USW2_InputTokenCount-Units``), the ser
 are matched by "contains", the model is parsed where the pattern allows, and the raw usage type is always
 the line item (``llm.cost.line_item``). Amounts are decimal strings and stay ``Decimal``.
 
+Each query asks for ``UsageQuantity`` beside the cost metric: every group's ``Metrics`` map holds
+``{"Amount": "<decimal string>", "Unit": "<unit>"}`` per metric (botocore's ``MetricValue``). Because every
+query groups by ``USAGE_TYPE``, a group's quantity is in the one unit of its usage type, so it becomes the
+record's billed ``quantity`` (exact ``Decimal``) and ``quantity_unit``: the unit as Cost Explorer names it,
+whitespace trimmed, except that a count of tokens (``Tokens``, ``1K tokens``, ``1M Tokens``: any case) is
+scaled exactly to ``tokens``, so every provider's token quantities share one unit. Cost Explorer sums usage "without taking into account the units" and says ``N/A`` where
+they are mixed; such a quantity (or a missing or empty unit) means nothing and is dropped, the cost kept.
+
 Cost Explorer allows two ``GroupBy`` keys. With ``linked_accounts`` (or ``cost_tag``) the owner needs a third,
 so after the first query each selected service is asked again, filtered to it and grouped by ``USAGE_TYPE``
 and ``LINKED_ACCOUNT`` (or the tag). Every page of every query is a billed request ($0.01).
@@ -25,17 +33,24 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 from ...errors import ProviderError
 from ...model import CostRecord
 from .aws import CE_REGION
 
-__all__ = ["CostQuery", "model_of", "service_selected", "token_kind"]
+__all__ = ["QUANTITY_METRIC", "CostQuery", "Group", "model_of", "service_selected", "token_kind"]
 
 DAY = 86400
 PROVIDER = "aws.bedrock"
 Call = Callable[..., Awaitable[dict[str, Any]]]
+#: The metric asked beside the cost metric: the billed quantity of each group, in its usage type's unit.
+QUANTITY_METRIC = "UsageQuantity"
+#: Units Cost Explorer gives a sum of mixed units (meaningless as a quantity).
+_NO_UNIT = frozenset({"", "n/a"})
+#: A unit that counts tokens, possibly per thousand or million: "Tokens", "1K tokens", "1 M Tokens".
+_TOKEN_UNIT = re.compile(r"^(?:(\d+)\s*([km]?)\s+)?tokens?$", re.IGNORECASE)
+_SCALE = {"": 1, "k": 1_000, "m": 1_000_000}
 
 # Most specific first: "cache-read-input-token-count" also contains "input".
 _KINDS = (("cacheread", "cache_read"), ("cachewrite", "cache_write"), ("input", "input"), ("output", "output"))
@@ -64,6 +79,17 @@ def model_of(service: str, usage_type: str) -> str | None:
 
 def service_selected(service: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(service.lower(), p.lower()) for p in patterns)
+
+
+class Group(NamedTuple):
+    """One group of one day: its keys, the cost (amount, currency) and the billed quantity (None if unknown)."""
+
+    day: int
+    keys: tuple[str, ...]
+    amount: Decimal
+    currency: str
+    quantity: Decimal | None
+    quantity_unit: str | None
 
 
 def _day(start: int) -> str:
@@ -100,19 +126,17 @@ class CostQuery:
         period = {"Start": _day(start), "End": _day(end)}
         by_service = [{"Type": "DIMENSION", "Key": "SERVICE"}, {"Type": "DIMENSION", "Key": "USAGE_TYPE"}]
         rows = [r async for r in self._rows(call, period, by_service, None)]
-        selected = [(day, keys, amount, unit) for day, keys, amount, unit in rows
-                    if service_selected(keys[0], self.services)]
+        selected = [g for g in rows if service_selected(g.keys[0], self.services)]
         if not self.linked_accounts and not self.tag:
-            return [self._record(day, self.account, keys[0], keys[1], amount, unit)
-                    for day, keys, amount, unit in selected]
+            return [self._record(g, self.account, g.keys[0], g.keys[1]) for g in selected]
         owner = ({"Type": "TAG", "Key": self.tag} if self.tag
                  else {"Type": "DIMENSION", "Key": "LINKED_ACCOUNT"})
         records: list[CostRecord] = []
-        for service in sorted({keys[0] for _, keys, _, _ in selected}):
+        for service in sorted({g.keys[0] for g in selected}):
             only = {"Dimensions": {"Key": "SERVICE", "Values": [service]}}
             group = [{"Type": "DIMENSION", "Key": "USAGE_TYPE"}, owner]
-            async for day, keys, amount, unit in self._rows(call, period, group, only):
-                records.append(self._record(day, self._owner(keys[1]), service, keys[0], amount, unit))
+            async for g in self._rows(call, period, group, only):
+                records.append(self._record(g, self._owner(g.keys[1]), service, g.keys[0]))
         return records
 
     def _owner(self, key: str) -> str:
@@ -122,46 +146,75 @@ class CostQuery:
             return value or self.account
         return key or self.account
 
-    def _record(self, day: int, owner: str, service: str, usage_type: str, amount: Decimal, unit: str) -> CostRecord:
+    def _record(self, g: Group, owner: str, service: str, usage_type: str) -> CostRecord:
         kind = token_kind(usage_type)
         return CostRecord(
-            provider=PROVIDER, tenancy_id=owner, bucket_start=day, bucket_width=DAY, amount=amount,
-            currency=unit, model=model_of(service, usage_type), line_item=usage_type,
+            provider=PROVIDER, tenancy_id=owner, bucket_start=g.day, bucket_width=DAY, amount=g.amount,
+            currency=g.currency, model=model_of(service, usage_type), line_item=usage_type,
             dimensions={"gen_ai.token.type": kind} if kind else {},
+            quantity=g.quantity, quantity_unit=g.quantity_unit,
         )
 
     async def _rows(
         self, call: Call, period: dict[str, str], group: list[dict[str, str]], flt: dict[str, Any] | None
-    ) -> AsyncIterator[tuple[int, tuple[str, ...], Decimal, str]]:
-        """(day, keys, amount, unit) of every group of every page, pages followed to the end."""
+    ) -> AsyncIterator[Group]:
+        """Every group of every page, pages followed to the end."""
         seen: set[tuple[int, tuple[str, ...]]] = set()
         token: str | None = None
         while True:
             params: dict[str, Any] = {
-                "TimePeriod": period, "Granularity": "DAILY", "Metrics": [self.metric], "GroupBy": group,
+                "TimePeriod": period, "Granularity": "DAILY", "Metrics": [self.metric, QUANTITY_METRIC], "GroupBy": group,
             }
             if flt is not None:
                 params["Filter"] = flt
             if token:
                 params["NextPageToken"] = token
             page = await call("ce", CE_REGION, "GetCostAndUsage", **params)
-            for day, keys, amount, unit in _page_rows(page, self.metric, len(group)):
-                if (day, keys) in seen:
-                    raise ProviderError(f"GetCostAndUsage: group {list(keys)} of {_day(day)} came twice",
+            for g in _page_rows(page, self.metric, len(group)):
+                if (g.day, g.keys) in seen:
+                    raise ProviderError(f"GetCostAndUsage: group {list(g.keys)} of {_day(g.day)} came twice",
                                         error_type="bad_response")
-                seen.add((day, keys))
-                yield day, keys, amount, unit
+                seen.add((g.day, g.keys))
+                yield g
             token = page.get("NextPageToken")
             if not token:
                 return
 
 
-def _page_rows(page: Any, metric: str, n_keys: int) -> Iterator[tuple[int, tuple[str, ...], Decimal, str]]:
-    """The rows of one page, validated whole before any is used (a bad field rejects the poll)."""
+def _decimal(value: Any, what: str) -> Decimal:
+    """A metric's ``Amount`` (a decimal string) exactly; anything else is one bad_response error."""
+    try:
+        amount = Decimal(str(value["Amount"]))
+        if not amount.is_finite():
+            raise InvalidOperation
+    except InvalidOperation as exc:
+        raise ProviderError(f"GetCostAndUsage: {what} {value['Amount']!r} is not a decimal",
+                            error_type="bad_response") from exc
+    return amount
+
+
+def _quantity(metrics: Any) -> tuple[Decimal | None, str | None]:
+    """A group's ``UsageQuantity`` and its unit; (None, None) when absent or in mixed units (``N/A``)."""
+    value = metrics.get(QUANTITY_METRIC)
+    if value is None:
+        return None, None
+    quantity = _decimal(value, "quantity")
+    unit = str(value.get("Unit") or "").strip()
+    if unit.lower() in _NO_UNIT:
+        return None, None
+    tokens = _TOKEN_UNIT.match(unit)
+    if tokens:
+        per = int(tokens.group(1) or 1) * _SCALE[(tokens.group(2) or "").lower()]
+        return quantity * per, "tokens"
+    return quantity, unit
+
+
+def _page_rows(page: Any, metric: str, n_keys: int) -> Iterator[Group]:
+    """The groups of one page, validated whole before any is used (a bad field rejects the poll)."""
     results = page.get("ResultsByTime") if isinstance(page, dict) else None
     if not isinstance(results, list):
         raise ProviderError("GetCostAndUsage: the response has no ResultsByTime list", error_type="bad_response")
-    out: list[tuple[int, tuple[str, ...], Decimal, str]] = []
+    out: list[Group] = []
     for result in results:
         try:
             day = _epoch_day(result["TimePeriod"]["Start"])
@@ -172,12 +225,9 @@ def _page_rows(page: Any, metric: str, n_keys: int) -> Iterator[tuple[int, tuple
                     raise ProviderError(f"GetCostAndUsage: group keys {list(keys)} are not {n_keys}",
                                         error_type="bad_response")
                 value = g["Metrics"][metric]
-                amount = Decimal(str(value["Amount"]))
-                if not amount.is_finite():
-                    raise InvalidOperation(value["Amount"])
-                out.append((day, keys, amount, str(value.get("Unit") or "USD")))
-        except (KeyError, TypeError) as exc:
+                amount = _decimal(value, "amount")
+                quantity, unit = _quantity(g["Metrics"])
+                out.append(Group(day, keys, amount, str(value.get("Unit") or "USD"), quantity, unit))
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ProviderError(f"GetCostAndUsage: a result lacks {exc}", error_type="bad_response") from exc
-        except InvalidOperation as exc:
-            raise ProviderError(f"GetCostAndUsage: amount {exc} is not a decimal", error_type="bad_response") from exc
     return iter(out)
