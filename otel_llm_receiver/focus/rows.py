@@ -255,7 +255,7 @@ def _reported_row(
         matched = [u for u in by_owner.get(owner, ()) if u.attrs.get("gen_ai.token.type") in types
                    and all(u.attrs.get(k, v) == v for k, v in extra)]
     if found is not None and _UNITS.get(found[0].lower(), "") != TOKEN_UNIT:
-        quantity, unit = _decimal(found[1], _NANO), _UNITS.get(found[0].lower(), found[0].title())
+        quantity, unit = _decimal(found[1], _NANO), _UNITS.get(found[0].lower(), found[0])  # unknown units as the provider names them
         pricing_quantity, pricing_unit = quantity, unit
     elif found is not None or matched:
         tokens = _decimal(found[1], _NANO) if found is not None else Decimal(sum(u.quantity for u in matched))
