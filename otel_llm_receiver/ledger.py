@@ -394,6 +394,7 @@ SQL_UPSERT_CURSOR = """
 INSERT INTO cursors (instance, source, value, updated_ns) VALUES (?, ?, ?, ?)
 ON CONFLICT (instance, source) DO UPDATE SET value = excluded.value, updated_ns = excluded.updated_ns"""
 SQL_GET_CURSOR = "SELECT value FROM cursors WHERE instance = ? AND source = ?"
+SQL_MAX_SERIES_ID = "SELECT coalesce(max(id), 0) FROM series"
 SQL_GET_CURSORS = "SELECT source, value FROM cursors WHERE instance = ?"
 SQL_GET_HORIZON = "SELECT pruned_before FROM horizons WHERE instance = ?"
 SQL_SET_HORIZON = """
@@ -618,14 +619,32 @@ def _expand(result: PollResult, tenant: str) -> _Expansion:
 @dataclass(slots=True)
 class _Rows:
     rows: list[tuple[int, int, int, int]]  # (series_id, bucket_start, bucket_width, value)
-    pending: list[tuple[tuple[str, str], int, int, int]]  # points of series not in the ledger yet
+    pending: list[tuple[int, int, int, int]]  # points of series not in the ledger yet, with their new ids
+    new_ids: dict[tuple[str, str], int]  # series to create, in id order: the id SQLite will give each
     rejected: int  # points before the pruned horizon
     repeats: bool  # some record identity and bucket came twice (parts of one bucket to add up)
 
 
-def _rows(result: PollResult, ex: _Expansion, ids: dict[tuple[str, str], int], horizon: int) -> _Rows:
+def _rows(
+    result: PollResult, ex: _Expansion, ids: dict[tuple[str, str], int], horizon: int, max_id: int = 0
+) -> _Rows:
+    """Every point as ``(series id, start, width, value)``.
+
+    A series not in the ledger yet gets the id SQLite will assign it (``max_id`` + its rank among the new
+    series: ``INTEGER PRIMARY KEY`` rows inserted in order in one write transaction get consecutive ids), so
+    its points need no second pass to swap keys for ids; ``Ledger._apply`` checks the prediction and remaps if
+    it ever fails.
+    """
     rows: list[tuple[int, int, int, int]] = []
-    pending: list[tuple[tuple[str, str], int, int, int]] = []
+    pending: list[tuple[int, int, int, int]] = []
+    new_ids: dict[tuple[str, str], int] = {}
+
+    def new_id(key: tuple[str, str]) -> int:
+        sid = new_ids.get(key)
+        if sid is None:
+            sid = new_ids[key] = max_id + len(new_ids) + 1
+        return sid
+
     append = rows.append
     rejected = 0
     seen: set[tuple[int, int, int]] = set()
@@ -651,13 +670,13 @@ def _rows(result: PollResult, ex: _Expansion, ids: dict[tuple[str, str], int], h
             if value is not None:
                 if sid is None:
                     if value or creates_zero:
-                        pending.append((key, start, width, value))
+                        pending.append((new_ids.get(key) or new_id(key), start, width, value))
                 else:
                     append((sid, start, width, value))
         if r.requests is not None:
             if req_sid is None:
                 if r.requests or creates_zero:
-                    pending.append((req_key, start, width, r.requests))
+                    pending.append((new_ids.get(req_key) or new_id(req_key), start, width, r.requests))
             else:
                 append((req_sid, start, width, r.requests))
         for metric, value in r.measures.items():
@@ -665,7 +684,7 @@ def _rows(result: PollResult, ex: _Expansion, ids: dict[tuple[str, str], int], h
             sid = ids.get(key)
             if sid is None:
                 if value or creates_zero:
-                    pending.append((key, start, width, value))
+                    pending.append((new_id(key), start, width, value))
             else:
                 append((sid, start, width, value))
     for c, ident in zip(result.costs, ex.cost_idents, strict=True):
@@ -679,17 +698,17 @@ def _rows(result: PollResult, ex: _Expansion, ids: dict[tuple[str, str], int], h
         seen.add(cost_bucket)
         sid = ids.get(key)
         if sid is None:
-            pending.append((key, c.bucket_start, c.bucket_width, to_nanos(c.amount)))
+            pending.append((new_id(key), c.bucket_start, c.bucket_width, to_nanos(c.amount)))
         else:
             append((sid, c.bucket_start, c.bucket_width, to_nanos(c.amount)))
         if c.quantity is not None:
             qkey = ex.quantity_keys[(ident, c.quantity_unit or "")]
             qsid = ids.get(qkey)
             if qsid is None:
-                pending.append((qkey, c.bucket_start, c.bucket_width, to_nanos(c.quantity)))
+                pending.append((new_id(qkey), c.bucket_start, c.bucket_width, to_nanos(c.quantity)))
             else:
                 append((qsid, c.bucket_start, c.bucket_width, to_nanos(c.quantity)))
-    return _Rows(rows, pending, rejected, repeats)
+    return _Rows(rows, pending, new_ids, rejected, repeats)
 
 
 # -------------------------------------------------------------------------------------------------- ledger
@@ -1070,7 +1089,8 @@ class Ledger:
             tx.execute(SQL_CLEAR_INCOMING)
             ids = self._ids_for(tx, instance)
             horizon = self.pruned_before(instance)
-            staged = _rows(result, _expand(result, tenant), ids, horizon)
+            max_id = tx.execute(SQL_MAX_SERIES_ID).fetchone()[0]
+            staged = _rows(result, _expand(result, tenant), ids, horizon, max_id)
             rows, pending, rejected = staged.rows, staged.pending, staged.rejected
             if rejected:
                 stats.outcomes["rejected"] = rejected
@@ -1090,15 +1110,16 @@ class Ledger:
                 if distinct > changed:
                     stats.outcomes["unchanged"] = distinct - changed
             if pending:  # first points of new series: create the series, then stage the points as new
-                missing = dict.fromkeys(key for key, _, _, _ in pending)
+                missing = staged.new_ids
                 tx.executemany(SQL_INSERT_SERIES, [(instance, m, a, now_ns, now_ns) for m, a in missing])
                 stats.series_created = len(missing)
                 ids = self._ids_for(tx, instance, refresh=True)
+                remap = {predicted: ids[key] for key, predicted in missing.items() if ids[key] != predicted}
+                if remap:  # SQLite chose other ids than max + 1, ... (never seen; correct either way)
+                    pending = [(remap.get(sid, sid), start, width, value) for sid, start, width, value in pending]
                 self._price_series(tx, instance, [(ids[key], key[0], key[1]) for key in missing], now_ns)
-                ids = self._ids_for(tx, instance)
                 tx.executemany(
-                    SQL_STAGE_NEW_SERIES_POINT_SUMMED if staged.repeats else SQL_STAGE_NEW_SERIES_POINT,
-                    [(ids[key], start, width, value) for key, start, width, value in pending],
+                    SQL_STAGE_NEW_SERIES_POINT_SUMMED if staged.repeats else SQL_STAGE_NEW_SERIES_POINT, pending
                 )
             bad = tx.execute(SQL_FIND_INVALID).fetchone()
             if bad is not None:

@@ -235,3 +235,22 @@ def test_rollups_follow_the_latest_values(ledger: Ledger) -> None:
     assert ledger.prune_rollups(H) > 0
     rows = {(m, a.get("gen_ai.token.type")): v for _, m, a, v in ledger.rollup_totals_since(0)}
     assert rows[(METRIC_TOKENS, "input")] == 1
+
+
+def test_new_series_land_on_their_own_points_even_when_sqlite_picks_other_ids(tmp_path: Path) -> None:
+    """New series' points are staged under the ids SQLite is expected to give them (max + 1, ...). When the
+    largest rowid is taken SQLite picks ids at random instead: the apply must notice and still be exact."""
+    path = tmp_path / "ledger.db"
+    with Ledger(path) as led:
+        led.apply("demo", PollResult(usage=[usage(0, inp=1)]))
+    with sqlite3.connect(path) as raw:  # an old series at the largest possible id: no more max + 1
+        raw.execute("INSERT INTO series (id, instance, metric, attrs, start_time_ns, updated_ns) "
+                    "VALUES (9223372036854775807, 'other', 'llm.usage.tokens', '{}', 1, 1)")
+    with Ledger(path) as led:
+        led.apply("demo", PollResult(usage=[usage(0, inp=1, model=f"m{i}", out=i, req=i) for i in range(2, 40)]))
+        by_model: dict[tuple[str, str], int] = {}
+        for s in led.snapshot().series:
+            a = json.loads(s.attrs)
+            if s.instance == "demo" and s.metric == "llm.usage.tokens":
+                by_model[(a["gen_ai.request.model"], a["gen_ai.token.type"])] = s.total
+    assert all(by_model[(f"m{i}", "output")] == i and by_model[(f"m{i}", "input")] == 1 for i in range(2, 40))
