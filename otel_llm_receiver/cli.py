@@ -21,7 +21,7 @@ import yaml
 
 from . import __version__
 from .config import Config, load_config, parse_config
-from .durations import parse_duration, parse_moment
+from .durations import parse_duration, parse_window
 from .emitter import BatchExporter, build_exporter
 from .errors import ConfigError, ReceiverError
 from .health import HealthServer
@@ -335,14 +335,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     else:
         config = parse_config({"providers": {"demo": {"enabled": False}}, "storage": {"path": args.storage}})
     try:
-        now = parse_moment(args.now) if args.now else int(time.time())
-        end = parse_moment(args.end) if args.end else now
-        start = parse_moment(args.start) if args.start else end - int(parse_duration(args.since))
+        now, start, end = parse_window(
+            since=args.since, start=args.start, end=args.end, now=args.now, clock=time.time()
+        )
     except ValueError as exc:
         print(f"report: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    if end <= start:
-        print("report: --to must be after --from", file=sys.stderr)
         return EXIT_CONFIG
     labels = {p.name: dict(p.labels) for p in config.providers}
     prices = PriceBook(config.pricing.entries, use_genai_prices=config.pricing.genai_prices)

@@ -17,7 +17,7 @@ import math
 import re
 from fractions import Fraction
 
-__all__ = ["DURATION_HINT", "format_duration", "parse_duration", "parse_moment"]
+__all__ = ["DURATION_HINT", "format_duration", "parse_duration", "parse_moment", "parse_window"]
 
 #: Appended to every "not a duration" message.
 DURATION_HINT = "(use e.g. 500ms, 30s, 5m, 1h, 7d)"
@@ -133,3 +133,16 @@ def parse_moment(text: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
     return int(moment.timestamp())
+
+
+def parse_window(
+    *, since: str, start: str | None = None, end: str | None = None, now: str | None = None, clock: float
+) -> tuple[int, int, int]:
+    """``(now, start, end)`` of a ``--now`` / ``--since`` / ``--from`` / ``--to`` command line, ``[start, end)``
+    the window (ValueError when a value is not a time or the window is empty)."""
+    at = parse_moment(now) if now else int(clock)
+    stop = parse_moment(end) if end else at
+    first = parse_moment(start) if start else stop - int(parse_duration(since))
+    if stop <= first:
+        raise ValueError("--to must be after --from")
+    return at, first, stop

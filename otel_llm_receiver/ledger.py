@@ -741,6 +741,9 @@ class Ledger:
         except OSError as exc:
             raise LedgerError(f"cannot open ledger {self.path}: {exc.strerror or exc}") from exc
         self._series_ids: dict[str, dict[tuple[str, str], int]] = {}
+        # Parsed attribute sets of the rollup readers, shared and read-only: a series' attributes never change,
+        # and a reader called once per day (FOCUS) or per export (signals) would parse the same strings again.
+        self._parsed_attrs: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
         self._pricer: SeriesPricer | None = None
 
@@ -955,30 +958,39 @@ class Ledger:
     ) -> list[tuple[str, str, dict[str, str], int]]:
         """Per series of ``metrics``: the sum of its hourly rollups with ``start <= hour < end``.
 
-        Values are in the rollup unit of the metric (``ROLLUP_PICO_METRICS``: pico-units).
+        Values are in the rollup unit of the metric (``ROLLUP_PICO_METRICS``: pico-units). The attribute dicts
+        are shared between calls: read-only.
         """
         marks = ",".join("?" * len(metrics))
         sql = SQL_ROLLUP_SUMS_BETWEEN.format(metrics=marks)
+        attrs_of = self._attrs
         return [
-            (instance, metric, json.loads(attrs), int(value))
+            (instance, metric, attrs_of(attrs), int(value))
             for instance, metric, attrs, value in self._conn.execute(sql, (start, end, *metrics))
         ]
+
+    def _attrs(self, text: str) -> dict[str, str]:
+        """A series' attributes parsed once per ledger; callers must not change the dict they get."""
+        parsed = self._parsed_attrs.get(text)
+        if parsed is None:
+            parsed = self._parsed_attrs[text] = json.loads(text)
+        return parsed
 
     def rollup_hours(
         self, hours: Sequence[int], metrics: Sequence[str]
     ) -> list[tuple[str, str, dict[str, str], int, int]]:
-        """The hourly rollups of ``metrics`` at exactly these hours: (instance, metric, attrs, hour, value)."""
+        """The hourly rollups of ``metrics`` at exactly these hours: (instance, metric, attrs, hour, value).
+
+        The attribute dicts are shared between calls: read-only.
+        """
         if not hours or not metrics:
             return []
         sql = SQL_ROLLUP_HOURS.format(hours=",".join("?" * len(hours)), metrics=",".join("?" * len(metrics)))
-        parsed: dict[str, dict[str, str]] = {}
-        out = []
-        for instance, metric, attrs, hour, value in self._conn.execute(sql, (*hours, *metrics)):
-            a = parsed.get(attrs)
-            if a is None:
-                a = parsed[attrs] = json.loads(attrs)
-            out.append((instance, metric, a, int(hour), int(value)))
-        return out
+        attrs_of = self._attrs
+        return [
+            (instance, metric, attrs_of(attrs), int(hour), int(value))
+            for instance, metric, attrs, hour, value in self._conn.execute(sql, (*hours, *metrics))
+        ]
 
     def rollup_series(self, metrics: Sequence[str]) -> dict[int, tuple[str, str, dict[str, str], int, int, int]]:
         """Series of ``metrics`` that have rollups: id -> (instance, metric, attrs, bucket width, first hour,

@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config, parse_config
-    from ..durations import parse_duration, parse_moment
+    from ..durations import parse_window
     from ..ledger import Ledger
     from .export import context_for, export
 
@@ -61,14 +61,11 @@ def run(args: argparse.Namespace) -> int:
         print("focus: parquet cannot go to stdout; give --out a file name", file=sys.stderr)
         return EXIT_USAGE
     try:
-        now = parse_moment(args.now) if args.now else int(time.time())
-        end = parse_moment(args.end) if args.end else now
-        start = parse_moment(args.start) if args.start else end - int(parse_duration(args.since))
+        _, start, end = parse_window(
+            since=args.since, start=args.start, end=args.end, now=args.now, clock=time.time()
+        )
     except ValueError as exc:
         print(f"focus: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if end <= start:
-        print("focus: --to must be after --from", file=sys.stderr)
         return EXIT_USAGE
     if not Path(config.storage.path).is_file():
         print(f"focus: no ledger at {config.storage.path}", file=sys.stderr)

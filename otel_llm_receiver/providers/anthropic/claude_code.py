@@ -22,7 +22,7 @@ from ...ledger import (
     METRIC_CODE_TOOL_ACTIONS,
 )
 from ...model import UsageRecord
-from .reports import PROVIDER, ShapeError, _count, _kind, _list, _object, _optional_text
+from .reports import PROVIDER, ShapeError, _count, _list, _object, _optional_text, page_cursor
 
 DAY = 86400
 #: ``model_breakdown[].tokens`` field -> our token type (``cache_creation`` is the cache write).
@@ -39,15 +39,8 @@ def parse_code_page(body: Any, what: str) -> tuple[list[Mapping[str, Any]], bool
     """One page of the Claude Code report: (records, has_more, next_page)."""
     root = _object(body, what)
     records = [_object(r, f"{what}.data[{i}]") for i, r in enumerate(_list(root.get("data"), f"{what}.data"))]
-    has_more = root.get("has_more")
-    if not isinstance(has_more, bool):
-        raise ShapeError(f"{what}.has_more: expected a boolean, got {_kind(has_more)}")
-    next_page = root.get("next_page")
-    if next_page is not None and not isinstance(next_page, str):
-        raise ShapeError(f"{what}.next_page: expected a string or null, got {_kind(next_page)}")
-    if has_more and not next_page:
-        raise ShapeError(f"{what}.next_page: has_more is true but there is no next_page token")
-    return records, has_more, next_page if has_more else None
+    has_more, next_page = page_cursor(root, what)
+    return records, has_more, next_page
 
 
 def _actor(row: Mapping[str, Any], path: str) -> str:

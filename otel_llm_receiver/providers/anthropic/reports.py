@@ -147,6 +147,12 @@ def parse_report_page(body: Any, what: str, width: int) -> ReportPage:
         results = [_object(r, f"{path}.results[{j}]") for j, r in enumerate(_list(entry.get("results"),
                                                                                  f"{path}.results"))]
         buckets.append(Bucket(start, end, results, path))
+    has_more, next_page = page_cursor(root, what)
+    return ReportPage(buckets, has_more, next_page)
+
+
+def page_cursor(root: Mapping[str, Any], what: str) -> tuple[bool, str | None]:
+    """A report page's ``has_more`` and ``next_page`` (None when there is no more), checked."""
     has_more = root.get("has_more")
     if not isinstance(has_more, bool):
         raise ShapeError(f"{what}.has_more: expected a boolean, got {_kind(has_more)}")
@@ -155,7 +161,7 @@ def parse_report_page(body: Any, what: str, width: int) -> ReportPage:
         raise ShapeError(f"{what}.next_page: expected a string or null, got {_kind(next_page)}")
     if has_more and not next_page:
         raise ShapeError(f"{what}.next_page: has_more is true but there is no next_page token")
-    return ReportPage(buckets, has_more, next_page if has_more else None)
+    return has_more, next_page if has_more else None
 
 
 def parse_workspaces_page(body: Any) -> tuple[dict[str, str], bool, str | None]:
