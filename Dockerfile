@@ -10,7 +10,7 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY otel_llm_receiver ./otel_llm_receiver
 # Every provider SDK and the Parquet writer are in the image (extras of the package): one image runs any config.
 RUN pip install '.[azure,bedrock,vertex-billing,focus]' && rm -rf /src
