@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint types unit docs bench clean
+.PHONY: install demo test lint types unit docs bench lock clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ unit: install
 docs: install
 	$(BIN)/python -m otel_llm_receiver.catalog > docs/metrics.md
 	$(BIN)/python -m tests.support.prometheus_names docs/collector.md
+
+## Regenerate the image's hashed dependency lock (requirements/image.txt) with pip-tools; see docs/deployment.md.
+lock: install
+	$(BIN)/python -m pip install --quiet pip-tools
+	PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links --all-build-deps \
+		--extra azure --extra bedrock --extra vertex-billing --extra focus \
+		--output-file requirements/image.txt pyproject.toml
 
 bench: install
 	$(BIN)/python benchmarks/ledger_apply.py
