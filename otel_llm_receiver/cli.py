@@ -69,7 +69,7 @@ attribution:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
@@ -82,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, every subcommand and option (public: the docs test parses every documented command)."""
     p = argparse.ArgumentParser(
         prog="otel-llm-receiver",
         description="Poll LLM providers' usage and cost APIs and export exact llm.usage.* metrics over OTLP.",
