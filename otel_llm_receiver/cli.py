@@ -22,7 +22,7 @@ import yaml
 from . import __version__
 from .config import Config, load_config, parse_config
 from .durations import parse_duration, parse_window
-from .emitter import BatchExporter, build_exporter
+from .emitter import BatchExporter, build_exporter, failure_detail
 from .errors import ConfigError, ReceiverError
 from .health import HealthServer
 from .logs import redact, setup_logging
@@ -290,6 +290,10 @@ class ProbingExporter:
                 self.warned = True
             return True
         return self.inner.export_request(request, points)
+
+    @property
+    def last_failure(self) -> str | None:
+        return failure_detail(self.inner)
 
     def shutdown(self) -> None:
         self.inner.shutdown()

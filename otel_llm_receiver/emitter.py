@@ -39,6 +39,56 @@ class BatchExporter(Protocol):
     def shutdown(self) -> None: ...
 
 
+def failure_detail(exporter: BatchExporter) -> str | None:
+    """What the collector answered to the last failed request (gRPC status or HTTP code, and its message).
+
+    The official exporters log this themselves, but only their own loggers know it, and those stay quiet below
+    debug (every retry would be a line); the operator needs it in the one warning the emitter writes.
+    """
+    detail = getattr(exporter, "last_failure", None)
+    return detail if isinstance(detail, str) else None
+
+
+class _RecordingStub:
+    """The gRPC exporter's stub, remembering the status of the last failed ``Export`` call."""
+
+    def __init__(self, inner: Any, owner: Any) -> None:
+        self._inner, self._owner = inner, owner
+
+    def Export(self, *args: Any, **kwargs: Any) -> Any:  # the stub's own method name
+        import grpc
+
+        try:
+            return self._inner.Export(*args, **kwargs)
+        except grpc.RpcError as error:
+            code = error.code() if callable(getattr(error, "code", None)) else None
+            details = error.details() if callable(getattr(error, "details", None)) else None
+            name = getattr(code, "name", str(code))
+            self._owner.last_failure = f"gRPC status {name}" + (f": {details}" if details else "")
+            raise
+
+
+class _RecordingHttpClient:
+    """The HTTP exporter's client, remembering the HTTP code, reason or transport error of the last failure."""
+
+    def __init__(self, inner: Any, owner: Any) -> None:
+        self._inner, self._owner = inner, owner
+
+    def export(self, data: bytes) -> Any:
+        result = self._inner.export(data)
+        if not getattr(result, "success", True):
+            code, reason = getattr(result, "status_code", None), getattr(result, "reason", None)
+            error = getattr(result, "error", None)
+            if code is not None:
+                self._owner.last_failure = f"HTTP {code}" + (f" {reason}" if reason else "")
+            else:
+                self._owner.last_failure = f"{type(error).__name__}: {error}" if error else "no response"
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 @dataclass(frozen=True, slots=True)
 class _Encoded:
     """A request already encoded by the builder, passed through the gRPC exporter's ``_export``."""
@@ -50,7 +100,7 @@ class _Encoded:
 def _grpc_exporter_class() -> type[Any]:
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-    for hook in ("_export", "_translate_data", "_count_data"):
+    for hook in ("_export", "_translate_data", "_count_data", "_initialize_channel_and_stub"):
         if not callable(getattr(OTLPMetricExporter, hook, None)):
             raise ExportError(
                 f"the installed opentelemetry-exporter-otlp-proto-grpc has no {hook}(); "
@@ -59,6 +109,13 @@ def _grpc_exporter_class() -> type[Any]:
 
     class GrpcBatchExporter(OTLPMetricExporter):
         """The official OTLP/gRPC metric exporter, fed with ready-made requests."""
+
+        last_failure: str | None = None
+
+        def _initialize_channel_and_stub(self) -> None:
+            super()._initialize_channel_and_stub()  # type: ignore[no-untyped-call]
+            if getattr(self, "_client", None) is not None:  # also after the exporter's reconnects
+                self._client = cast(Any, _RecordingStub(self._client, self))
 
         def _translate_data(self, data: Any) -> ExportMetricsServiceRequest:
             if isinstance(data, _Encoded):
@@ -71,6 +128,7 @@ def _grpc_exporter_class() -> type[Any]:
             return int(super()._count_data(data))
 
         def export_request(self, request: ExportMetricsServiceRequest, points: int) -> bool:
+            self.last_failure = None
             result = self._export(data=cast(Any, _Encoded(request, points)))
             return result == MetricExportResult.SUCCESS
 
@@ -92,9 +150,21 @@ def _http_exporter_class() -> type[Any]:
     class HttpBatchExporter(OTLPMetricExporter):
         """The official OTLP/HTTP (protobuf) metric exporter, fed with ready-made requests."""
 
+        last_failure: str | None = None
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if not callable(getattr(getattr(self, "_client", None), "export", None)):
+                raise ExportError(
+                    "the installed opentelemetry-exporter-otlp-proto-http has no _client.export(); "
+                    "install a release this receiver supports (>=1.45,<2)"
+                )
+            self._client = cast(Any, _RecordingHttpClient(self._client, self))
+
         def export_request(self, request: ExportMetricsServiceRequest, points: int) -> bool:
             if self._shutdown:
                 return False
+            self.last_failure = None
             return self._export_batch(request) == MetricExportResult.SUCCESS
 
         def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
@@ -213,7 +283,10 @@ class Emitter:
             # Stop at the first failed request: the collector is down or refusing, and the next export
             # re-sends every series anyway.
             ok = all(exporter.export_request(b.request(), b.points) for b in data.batches)
-            error = None if ok else "export failed (the collector is unreachable or refused the data)"
+            error = None
+            if not ok:
+                detail = failure_detail(exporter) or "the collector is unreachable or refused the data"
+                error = f"export failed ({detail})"
         except Exception as exc:  # an exporter bug or transport error must not kill the export thread
             ok, error = False, f"{type(exc).__name__}: {exc}"
         with self._lock:

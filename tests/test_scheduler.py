@@ -225,6 +225,38 @@ def test_one_dead_exporter_does_not_block_another(tmp_path: Path) -> None:
             asyncio.run(receiver.aclose())
 
 
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_an_export_failure_warning_says_what_the_collector_answered(
+    tmp_path: Path, transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 18.4: the gRPC status or HTTP code (and the server's message) is in the warning, not only at debug."""
+    import grpc
+
+    with OTLPSink() as sink:
+        endpoint = sink.grpc_endpoint if transport == "grpc" else sink.http_endpoint
+        name = "otlp/refusing" if transport == "grpc" else "otlphttp/refusing"
+        config = parse_config({
+            "storage": {"path": str(tmp_path / "ledger.db")},
+            "exporters": {name: {"endpoint": endpoint, "tls": {"insecure": True}, "timeout": "2s"}},
+            "providers": {"demo": DEMO},
+        })
+        # Non-retryable answers: the exporter gives up at once and the warning must carry them.
+        sink.fail_next(100, http_status=403, grpc_code=grpc.StatusCode.PERMISSION_DENIED)
+        receiver = Receiver(config)
+        try:
+            with caplog.at_level("WARNING", logger="otel_llm_receiver.emitter"):
+                asyncio.run(receiver.run_once())
+        finally:
+            asyncio.run(receiver.aclose())
+    warnings = [r.getMessage() for r in caplog.records if r.name == "otel_llm_receiver.emitter"]
+    assert warnings, caplog.text
+    if transport == "grpc":
+        assert "gRPC status PERMISSION_DENIED: failure injected by OTLPSink.fail_next" in warnings[0], warnings
+    else:
+        assert "HTTP 403" in warnings[0], warnings
+    assert receiver.emitter.states[0].last_error == warnings[0].split(": ", 1)[1].split("; totals")[0]
+
+
 def test_health_turns_unhealthy_after_three_missed_intervals(tmp_path: Path) -> None:
     now = [1_000_000.0]
     with OTLPSink() as sink:
