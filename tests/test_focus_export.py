@@ -7,6 +7,8 @@ import asyncio
 import csv
 import io
 import json
+import os
+import sys
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
@@ -146,13 +148,41 @@ def test_bad_arguments_are_one_line_each(config_path: Path, tmp_path: Path, caps
         (["--config", str(config_path), "--from", "2026-11-10", "--to", "2026-11-01", "--out", "-"], 2,
          "--to must be after --from"),
         (["--config", str(config_path), "--from", "last tuesday", "--out", "-"], 2, "focus: "),
+        # Issue 18.6: a suffix the export does not write is refused, not silently written as CSV.
+        (["--config", str(config_path), "--out", str(tmp_path / "spend.xlsx")], 2,
+         "cannot tell the format of"),
     ]
     for args, code, message in cases:
         capsys.readouterr()
         assert main(["focus", *args]) == code
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
-    assert not (tmp_path / "x.csv").exists()
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "spend.xlsx").exists()
+    # With --format the name is the user's choice.
+    assert main(["focus", "--config", str(config_path), "--format", "csv", "--out", str(tmp_path / "s.txt")]) == 0
+    assert "BilledCost" in (tmp_path / "s.txt").read_text(encoding="utf-8").splitlines()[0]
+
+
+def test_a_closed_pipe_ends_the_export_quietly(config_path: Path) -> None:
+    """Issue 18.6: `focus --out - | head -1` prints no `[Errno 32] Broken pipe` and exits as Unix tools do."""
+    import fcntl
+    import signal
+    import subprocess
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # the export (30 KB) cannot fit: the writer must block
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otel_llm_receiver", "focus", "--config", str(config_path), "--out", "-"],
+        stdout=write_end, stderr=subprocess.PIPE,
+    )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        header = reader.readline()  # the reader goes away, as `head -1` does, long before the export ends
+    assert proc.stderr is not None
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 128 + signal.SIGPIPE, err
+    assert b"BilledCost" in header and err == ""
 
 
 def test_demo_week_billed_cost_equals_the_demos_reported_cost_and_estimates_its_estimated_cost(

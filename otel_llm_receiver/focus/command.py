@@ -53,10 +53,16 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     version = args.focus_version or (config.focus.version if config.focus else DEFAULT_VERSION)
     fmt = args.fmt
-    if fmt is None:  # the suffix says; to stdout, the config's text format (Parquet needs a file)
-        fmt = next((f for f, s in SUFFIX.items() if args.out.endswith(s)), "csv")
-        if args.out == "-" and config.focus is not None and config.focus.format != "parquet":
+    if fmt is None and args.out == "-":  # to stdout, the config's text format (Parquet needs a file)
+        fmt = "csv"
+        if config.focus is not None and config.focus.format != "parquet":
             fmt = config.focus.format
+    elif fmt is None:  # the suffix says; an unknown one is refused rather than silently written as CSV
+        fmt = next((f for f, s in SUFFIX.items() if args.out.lower().endswith(s)), None)
+        if fmt is None:
+            print(f"focus: cannot tell the format of {args.out} from its suffix; name it "
+                  f"{', '.join(SUFFIX.values())} or give --format", file=sys.stderr)
+            return EXIT_USAGE
     if args.out == "-" and fmt == "parquet":
         print("focus: parquet cannot go to stdout; give --out a file name", file=sys.stderr)
         return EXIT_USAGE
@@ -74,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         with Ledger(config.storage.path, readonly=True) as ledger:
             count = export(ledger, start, end, version=version, fmt=fmt, out=out, ctx=context_for(config, ledger))
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): cli.main leaves quietly
     except (FocusError, LedgerError, OSError) as exc:
         print(f"focus: {exc}", file=sys.stderr)
         return EXIT_FAILURE
