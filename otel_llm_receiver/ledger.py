@@ -712,6 +712,23 @@ def _rows(
 
 
 # -------------------------------------------------------------------------------------------------- ledger
+def _check_ledger_file(path: Path) -> None:
+    """Readers (``report``, ``focus``) open an existing ledger or say why not: they never create one.
+
+    ``sqlite3.connect`` creates a missing file, which turned a typo in ``--storage`` into a 0-byte "ledger" and
+    a traceback; this says what is wrong in one line instead.
+    """
+    if not path.exists():
+        raise LedgerError(
+            f"no ledger at {path}: run `otel-llm-receiver run` (or `demo`) first, or point --storage / "
+            "storage.path at an existing ledger"
+        )
+    if not path.is_file():
+        raise LedgerError(f"{path} is not a file, not a ledger")
+    if path.stat().st_size == 0:
+        raise LedgerError(f"{path} is empty, not a ledger (move it aside; `run` makes a new ledger)")
+
+
 class Ledger:
     """One connection to the ledger file. Use one ``Ledger`` per thread (sqlite3 connections are not shared).
 
@@ -722,6 +739,8 @@ class Ledger:
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        if readonly:
+            _check_ledger_file(self.path)
         try:
             if not readonly:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -736,6 +755,11 @@ class Ledger:
                 self._migrate()
             else:
                 self._conn.execute("PRAGMA query_only = ON")
+                self._check_is_ledger()
+        except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc):
+                raise LedgerError(f"{self.path} is not a receiver ledger (not an SQLite database)") from exc
+            raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
         except OSError as exc:
@@ -831,6 +855,20 @@ class Ledger:
             if isinstance(exc, sqlite3.Error):
                 raise LedgerError(f"ledger {self.path}: {exc}") from exc
             raise
+
+    def _check_is_ledger(self) -> None:
+        """A reader must not guess at a database some other program made, nor at a newer schema."""
+        found = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        ).fetchone()
+        if found is None:
+            raise LedgerError(f"{self.path} is an SQLite database but not a receiver ledger")
+        newest = max((v for v, _, _ in MIGRATIONS), default=0)
+        if self.schema_version > newest:
+            raise LedgerError(
+                f"ledger {self.path} has schema version {self.schema_version}, newer than this release "
+                f"understands ({newest}); upgrade otel-llm-receiver"
+            )
 
     def _migrate(self) -> None:
         conn = self._conn

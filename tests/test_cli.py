@@ -112,6 +112,30 @@ providers: {{demo: {{}}}}
     assert "Traceback" not in proc.stderr
 
 
+def test_readers_of_a_ledger_that_is_not_one_say_so_and_create_nothing(tmp_path: Path) -> None:
+    """Issue 18.1: `report`/`focus` on a missing, empty, foreign or non-SQLite file: one line, exit 1, no file."""
+    import sqlite3
+
+    (tmp_path / "empty.db").write_bytes(b"")
+    (tmp_path / "notes.db").write_text("not a database\n" * 100)
+    with sqlite3.connect(tmp_path / "other.db") as other:
+        other.execute("CREATE TABLE t (x)")
+    cases = {
+        "typo.db": "no ledger at",
+        "empty.db": "is empty, not a ledger",
+        "notes.db": "not a receiver ledger (not an SQLite database)",
+        "other.db": "is an SQLite database but not a receiver ledger",
+    }
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for name, says in cases.items():
+        for command in (["report", "--storage", name], ["focus", "--storage", name, "--out", "x.csv"]):
+            proc = cli(*command, cwd=tmp_path)
+            assert proc.returncode == 1, (command, proc.stderr)
+            assert says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, (command, proc.stderr)
+            assert proc.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # not a 0-byte typo.db, no x.csv, no -wal
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

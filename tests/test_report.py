@@ -124,4 +124,4 @@ def test_report_problems_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["report", "--storage", str(tmp_path / "l.db"), "--from", "2026-02-01", "--to", "2026-01-01"]) == 2
     assert capsys.readouterr().err == "report: --to must be after --from\n"
     assert main(["report", "--storage", str(tmp_path / "none" / "l.db")]) == 1
-    assert capsys.readouterr().err.startswith("report: cannot open ledger")
+    assert capsys.readouterr().err.startswith("report: no ledger at")

@@ -73,9 +73,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"focus: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if not Path(config.storage.path).is_file():
-        print(f"focus: no ledger at {config.storage.path}", file=sys.stderr)
-        return EXIT_FAILURE
     out = sys.stdout if args.out == "-" else Path(args.out)
     try:
         with Ledger(config.storage.path, readonly=True) as ledger:
