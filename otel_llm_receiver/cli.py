@@ -69,12 +69,21 @@ attribution:
 """
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_CONFIG
+    level = getattr(args, "log_level", None) or os.environ.get("LOG_LEVEL", "").strip().lower()
+    if level and level not in LOG_LEVELS:
+        print(f"LOG_LEVEL={level}: must be one of {', '.join(LOG_LEVELS)}", file=sys.stderr)
+        return EXIT_CONFIG
+    # The demo's terminal summary is the output; its log lines would scroll it away, hence warning there.
+    setup_logging(level or ("warning" if args.command == "demo" else "info"))
     handler = {"run": _cmd_run, "check": _cmd_check, "demo": _cmd_demo, "report": _cmd_report,
                "focus": _cmd_focus}[args.command]
     try:
@@ -92,27 +101,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line, every subcommand and option (public: the docs test parses every documented command)."""
+    # --log-level is global: accepted before the command and after it (`-- log-level` on every subparser,
+    # SUPPRESS so a subcommand that does not repeat it keeps the value given before it).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS,
+                        help="debug, info, warning or error (default: $LOG_LEVEL, else info; demo: warning)")
     p = argparse.ArgumentParser(
         prog="otel-llm-receiver",
         description="Poll LLM providers' usage and cost APIs and export exact llm.usage.* metrics over OTLP.",
+        parents=[common],
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser("run", help="run the receiver (the long-running sidecar)")
+
+    def add_command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, parents=[common])
+
+    run = add_command("run", "run the receiver (the long-running sidecar)")
     run.add_argument("--config", required=True, help="YAML config file")
     run.add_argument("--once", action="store_true",
                      help="poll every provider instance once, export once, and exit (non-zero on failure)")
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    check = sub.add_parser("check", help="validate a config and print what would run (secrets redacted)")
+    check = add_command("check", "validate a config and print what would run (secrets redacted)")
     check.add_argument("--config", required=True, help="YAML config file")
-    demo = sub.add_parser("demo", help="run the synthetic demo provider with a live terminal summary")
+    demo = add_command("demo", "run the synthetic demo provider with a live terminal summary")
     demo.add_argument("--duration", help="stop this long after the backfill landed (e.g. 30s, 5m); default: until Ctrl-C")
     demo.add_argument("--storage", help="ledger file (default ./otel-llm-data/demo-ledger.db)")
     demo.add_argument("--otlp-endpoint", default="localhost:4317",
                       help="OTLP gRPC endpoint to export to when something listens there")
     demo.add_argument("--refresh", default="5s", help="how often the summary is redrawn")
-    demo.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    report = sub.add_parser("report", help="spend, tokens, budgets, anomalies and attribution from the ledger")
+    report = add_command("report", "spend, tokens, budgets, anomalies and attribution from the ledger")
     source = report.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="YAML config file (its ledger, budgets and attribution rules)")
     source.add_argument("--storage", help="a ledger file, without a config (no budgets or teams)")
@@ -123,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", default="table", choices=["table", "json", "csv"])
     from .focus.command import add_arguments as add_focus_arguments
 
-    add_focus_arguments(sub.add_parser("focus", help="export FOCUS cost and usage rows from the ledger"))
+    add_focus_arguments(add_command("focus", "export FOCUS cost and usage rows from the ledger"))
     return p
 
 
@@ -158,7 +175,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    setup_logging(args.log_level)
     redact.set(config.secrets)
     if not config.exporters:
         print("exporters: none configured; `run` needs at least one otlp or otlphttp exporter "
@@ -308,7 +324,6 @@ class ProbingExporter:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    setup_logging(args.log_level)
     raw = yaml.safe_load(DEMO_CONFIG)
     if args.storage:
         raw["storage"]["path"] = args.storage

@@ -65,10 +65,21 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(doc, ensure_ascii=False))
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is when a line is logged (a redirect, a test's capture), not to the
+    stream that was current when logging was set up: ``main()`` may run several times in one process."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def setup_logging(level: str = "info", *, fmt: str | None = None, stream: TextIO | None = None) -> None:
     """Configure the root logger once for the process (CLI entry points call this)."""
     fmt = (fmt or os.environ.get("LOG_FORMAT", "text")).lower()
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler: logging.Handler = logging.StreamHandler(stream or _CurrentStderr())
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for h in list(root.handlers):

@@ -97,6 +97,31 @@ def test_run_refuses_to_start_without_an_exporter(tmp_path: Path) -> None:
     assert "exporters: none configured" in proc.stderr
 
 
+def test_log_level_is_global_and_read_from_the_environment(tmp_path: Path) -> None:
+    """Issue 18.8: --log-level before or after any command, LOG_LEVEL otherwise; a bad value is one line, exit 2."""
+    with OTLPSink() as sink:
+        config = tmp_path / "config.yaml"
+        config.write_text(f"""
+storage: {{path: {tmp_path / 'l.db'}}}
+exporters: {{otlp: {{endpoint: {sink.grpc_endpoint}, tls: {{insecure: true}}}}}}
+providers: {{demo: {{backfill: 2h}}}}
+""")
+        run = ("run", "--config", str(config), "--once")
+        default = cli(*run)
+        assert default.returncode == 0 and "poll ok" in default.stderr, default.stderr
+        for quiet in (cli("--log-level", "warning", *run), cli(*run, "--log-level", "error"),
+                      cli(*run, env={"LOG_LEVEL": "WARNING"})):
+            assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+        # The flag wins over the environment; debug shows what info hides.
+        loud = cli(*run, "--log-level", "debug", env={"LOG_LEVEL": "error"})
+        assert loud.returncode == 0 and "DEBUG" in loud.stderr and "poll ok" in loud.stderr
+    for command in (("report", "--storage", str(tmp_path / "l.db")), ("check", "--config", str(config))):
+        assert cli("--log-level", "debug", *command).returncode == 0
+        bad = cli(*command, env={"LOG_LEVEL": "verbose"})
+        assert bad.returncode == 2 and bad.stderr.strip() == \
+            "LOG_LEVEL=verbose: must be one of debug, info, warning, error", bad.stderr
+
+
 def test_unwritable_ledger_is_one_clear_line(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
