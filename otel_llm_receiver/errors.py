@@ -3,7 +3,7 @@
     ReceiverError
     ├── ConfigError      .problems: every problem found, each naming its key path
     ├── ProviderError    .provider (instance name), .error_type (auth | rate_limited | timeout |
-    │                    server_error | bad_response | config), .retry_after (seconds, when the API said)
+    │                    network | server_error | bad_response | config), .retry_after (seconds, when the API said)
     ├── LedgerError      the ledger could not be read or written (disk full, corrupt file, ...)
     └── ExportError      an OTLP exporter could not be built or failed
 
@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-ErrorType = Literal["auth", "rate_limited", "timeout", "server_error", "bad_response", "config", "storage"]
+ErrorType = Literal[
+    "auth", "rate_limited", "timeout", "network", "server_error", "bad_response", "config", "storage"
+]
 ERROR_TYPES: tuple[ErrorType, ...] = (
-    "auth", "rate_limited", "timeout", "server_error", "bad_response", "config", "storage",
+    "auth", "rate_limited", "timeout", "network", "server_error", "bad_response", "config", "storage",
 )
 
 

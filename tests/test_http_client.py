@@ -115,7 +115,7 @@ def test_stalled_server_times_out_then_retry_succeeds(api: FakeApi) -> None:
     assert len(api.requests_to("/v1/things")) == 2
 
 
-def test_connection_refused_is_server_error() -> None:
+def test_connection_refused_is_a_network_error() -> None:
     with FakeApi() as fake:
         url = fake.base_url
     c = ApiClient(provider="t", base_url=url, headers={}, timeout=1.0, max_retries=1, retry_initial_interval=0.01)
@@ -128,7 +128,7 @@ def test_connection_refused_is_server_error() -> None:
 
     with pytest.raises(ProviderError) as info:
         asyncio.run(go())
-    assert info.value.error_type == "server_error"
+    assert info.value.error_type == "network" and "cannot reach the API" in str(info.value)
 
 
 def test_request_log_keeps_repeated_params(api: FakeApi) -> None:

@@ -85,7 +85,7 @@ def test_every_botocore_error_class_is_translated() -> None:
     ]
     types = [translate(e, provider="bedrock", service="cloudwatch", operation="GetMetricData", timeout=3).error_type
              for e in samples]
-    assert types == ["auth", "auth", "config", "config", "timeout", "timeout", "server_error", "bad_response",
+    assert types == ["auth", "auth", "config", "config", "timeout", "timeout", "network", "bad_response",
                      "bad_response"]
 
 

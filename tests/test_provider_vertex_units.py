@@ -108,6 +108,8 @@ def test_every_grpc_status_is_mapped() -> None:
     assert "monitoring.timeSeries.list" in str(denied) and "roles/monitoring.viewer" in str(denied)
     expired = auth_exceptions.RefreshError("expired")  # type: ignore[no-untyped-call]
     assert classify(expired, operation="o", project="p").error_type == "auth"
+    unreachable = auth_exceptions.TransportError("token endpoint unreachable")  # type: ignore[no-untyped-call]
+    assert classify(unreachable, operation="o", project="p").error_type == "network"
 
 
 def test_bigquery_style_quota_403_is_rate_limited() -> None:

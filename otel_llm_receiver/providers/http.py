@@ -111,6 +111,10 @@ class ApiClient:
                 response = await self._client.request(method, path, params=cast(Any, params), json=json_body)
             except httpx.TimeoutException as exc:
                 error = self._error(f"{method} {path}: timed out ({type(exc).__name__})", "timeout")
+            except (httpx.NetworkError, httpx.ProxyError) as exc:
+                # DNS failures, refused or reset connections: nothing the provider said; its own error.type, so
+                # "the provider is down" and "we cannot reach it" (a firewall, a proxy, DNS) are told apart.
+                error = self._error(f"{method} {path}: cannot reach the API: {type(exc).__name__}: {exc}", "network")
             except httpx.TransportError as exc:
                 error = self._error(f"{method} {path}: {type(exc).__name__}: {exc}", "server_error")
             else:

@@ -107,7 +107,7 @@ def translate(exc: BaseException, *, provider: str, service: str, operation: str
     if isinstance(exc, bx.ConnectTimeoutError | bx.ReadTimeoutError):
         return error(f"{operation} timed out after {timeout:g}s", "timeout")
     if isinstance(exc, bx.EndpointConnectionError | bx.ConnectionClosedError):
-        return error(f"{operation}: could not reach the AWS endpoint ({type(exc).__name__})", "server_error")
+        return error(f"{operation}: could not reach the AWS endpoint ({type(exc).__name__})", "network")
     if isinstance(exc, ResponseParserError):
         return error(f"{operation}: the response could not be parsed ({type(exc).__name__})", "bad_response")
     if isinstance(exc, bx.ParamValidationError):

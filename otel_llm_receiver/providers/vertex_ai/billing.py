@@ -191,7 +191,8 @@ class BillingReader:
             except Exception as exc:
                 error = monitoring.classify(exc, operation="jobs.query", project=self.settings.project,
                                             permission=PERMISSION)
-            if error.error_type not in ("rate_limited", "timeout", "server_error") or attempt > self.max_retries:
+            if error.error_type not in ("rate_limited", "timeout", "network", "server_error") \
+                    or attempt > self.max_retries:
                 raise error
             delay = backoff_delay(attempt, base=self.retry_initial_interval, cap=_MAX_BACKOFF,
                                   retry_after=error.retry_after)

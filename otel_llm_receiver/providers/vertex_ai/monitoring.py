@@ -163,7 +163,9 @@ def classify(
         error_type, retry_after = "rate_limited", _retry_delay(exc)
     elif isinstance(exc, gexc.GatewayTimeout | gexc.Cancelled):
         error_type = "timeout"
-    elif isinstance(exc, gexc.ServerError | gexc.Aborted | auth_exceptions.TransportError):
+    elif isinstance(exc, auth_exceptions.TransportError):
+        error_type = "network"  # the token endpoint could not be reached
+    elif isinstance(exc, gexc.ServerError | gexc.Aborted):
         error_type = "server_error"
     elif isinstance(exc, gexc.BadRequest | gexc.NotFound | gexc.MethodNotAllowed):
         error_type = "config"  # a project id that does not exist, a filter or table the API refuses
@@ -205,7 +207,7 @@ class MonitoringReader:
                 raise
             except Exception as exc:
                 error = classify(exc, operation=operation, project=project)
-            retryable = error.error_type in ("rate_limited", "timeout", "server_error")
+            retryable = error.error_type in ("rate_limited", "timeout", "network", "server_error")
             if not retryable or attempt > self.max_retries:
                 raise error
             delay = backoff_delay(attempt, base=self.retry_initial_interval, cap=_MAX_BACKOFF,
