@@ -175,7 +175,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    redact.set(config.secrets)
+    redact.set(config.secrets | config.substituted)
     if not config.exporters:
         print("exporters: none configured; `run` needs at least one otlp or otlphttp exporter "
               "(see docs/configuration.md)", file=sys.stderr)

@@ -47,6 +47,7 @@ from typing import Any, Literal, cast, get_args
 
 import yaml
 
+from otel_llm_receiver.config_yaml import compose_config, read_config_text
 from otel_llm_receiver.durations import DURATION_HINT, format_duration, parse_duration
 from otel_llm_receiver.errors import ConfigError
 from otel_llm_receiver.focus_config import FocusConfig, parse_focus
@@ -156,6 +157,20 @@ _DEFAULT_RETENTION = 90 * 86_400.0
 #: The Collector prometheus exporter's default ``metric_expiration``: exports must come more often than this.
 _PROMETHEUS_METRIC_EXPIRATION = 300.0
 
+# Limits (docs/configuration.md, "Limits"): every number and string a config can hold is bounded, so that a
+# typo or a hostile file is refused by `check` instead of overflowing a timer, a counter or memory later.
+_MAX_INT = 2**31 - 1
+_MAX_DURATION = 3650 * 86_400.0  # any duration option without its own maximum
+_MAX_COLLECTION_INTERVAL = 86_400.0
+_MAX_EXPORT_INTERVAL = 3_600.0
+_MAX_TIMEOUT = 3_600.0
+_MAX_WINDOW = 400 * 86_400.0  # lookback / backfill
+_MAX_RETENTION = 3650 * 86_400.0
+_MAX_TEXT = 64 * 1024  # any string, after substitution; also the most read from one ${file:...}
+_MAX_NAME = 256  # tenant and label values: they become metric attributes
+_MAX_DURATION_CHARS = 64
+_MAX_QUOTED = 100  # a value quoted in a problem is cut here: a problem is one readable line
+
 
 class Secret(str):
     """A string whose value must not be shown: ``repr()`` gives ``<redacted>``; ``str()`` and use give the value.
@@ -185,6 +200,10 @@ class Option:
     required: bool = False
     choices: tuple[str, ...] | None = None
     description: str = ""
+    #: Bounds of an ``int`` (a number) or ``duration`` (seconds or a string such as ``"24h"``) option; unset:
+    #: ``int`` 0 .. 2^31-1, ``duration`` 0 .. 3650d (docs/configuration.md, "Limits").
+    minimum: float | str | None = None
+    maximum: float | str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in _OPTION_KINDS:
@@ -193,6 +212,19 @@ class Option:
             if self.kind not in ("str", "list[str]"):
                 raise ValueError(f"choices only apply to str and list[str] options, not {self.kind}")
             object.__setattr__(self, "choices", tuple(self.choices))
+        if (self.minimum is not None or self.maximum is not None) and self.kind not in ("int", "duration"):
+            raise ValueError(f"minimum/maximum only apply to int and duration options, not {self.kind}")
+
+    def bounds(self) -> tuple[float, float]:
+        """The option's (minimum, maximum): an ``int`` count, or ``duration`` seconds."""
+        low, high = (0.0, float(_MAX_INT)) if self.kind == "int" else (0.0, _MAX_DURATION)
+
+        def seconds(value: float | str | None, fallback: float) -> float:
+            if value is None:
+                return fallback
+            return parse_duration(value) if isinstance(value, str) else float(value)
+
+        return seconds(self.minimum, low), seconds(self.maximum, high)
 
 
 @dataclass(frozen=True)
@@ -289,6 +321,8 @@ class Config:
     #: ``focus:``: the periodic FOCUS writer and endpoints (docs/focus.md); None when the section is absent.
     focus: FocusConfig | None = None
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
+    #: every value a ``${env:...}`` / ``${file:...}`` substitution produced: redacted from every log line
+    substituted: frozenset[str] = field(default=frozenset(), repr=False)
     warnings: tuple[str, ...] = ()
     provider_options: Mapping[str, Mapping[str, Option]] = field(
         default_factory=dict, repr=False, compare=False, hash=False
@@ -423,25 +457,7 @@ def load_config(
     from the config file's directory.
     """
     shown = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError([f"{shown}: cannot read the config file: {e.strerror or e}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{shown}: the config file is not UTF-8 text"]) from None
-    try:
-        # Only the position and the parser's problem are reported: the exception's own text quotes the
-        # offending line, which may hold a secret.
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.load(text, Loader=yaml.SafeLoader) if node is not None else None
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        what = e.problem or e.context or "syntax error"
-        raise ConfigError([f"{shown}: invalid YAML{where}: {what}"]) from None
-    except yaml.YAMLError:
-        raise ConfigError([f"{shown}: invalid YAML"]) from None
+    node, raw = compose_config(read_config_text(path), shown)
     duplicates: list[str] = []
     if node is not None:
         _find_duplicate_keys(node, "", duplicates)
@@ -521,12 +537,18 @@ class _Substituted(str):
 
     pieces: tuple[str, ...]  # the substituted values, each one a secret when the whole is
     from_file: bool
+    from_env: bool
 
-    def __new__(cls, value: str, pieces: tuple[str, ...], from_file: bool) -> _Substituted:
+    def __new__(cls, value: str, pieces: tuple[str, ...], from_file: bool, from_env: bool = False) -> _Substituted:
         obj = super().__new__(cls, value)
         obj.pieces = pieces
         obj.from_file = from_file
+        obj.from_env = from_env
         return obj
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def _join(path: str, key: object) -> str:
@@ -534,6 +556,8 @@ def _join(path: str, key: object) -> str:
 
 
 def _quoted(value: str) -> str:
+    if len(value) > _MAX_QUOTED:
+        return json.dumps(value[:_MAX_QUOTED], ensure_ascii=False)[:-1] + '..." (' + f"{len(value)} characters)"
     return json.dumps(value, ensure_ascii=False)
 
 
@@ -559,12 +583,17 @@ def _a(value: object) -> str:
 
 
 def _is_hidden(value: object) -> bool:
-    """Whether a value must not be quoted in a message (it came from a file, so it may be a secret)."""
-    return isinstance(value, Secret) or (isinstance(value, _Substituted) and value.from_file)
+    """Whether a value must not be quoted in a message: it came from a file or the environment, so it may be a
+    secret (an admin key put under the wrong key is still an admin key)."""
+    return isinstance(value, Secret) or (isinstance(value, _Substituted) and (value.from_file or value.from_env))
 
 
 def _show_value(value: str) -> str:
-    return "the value read from ${file:...} (not shown)" if _is_hidden(value) else _quoted(value)
+    if not _is_hidden(value):
+        return _quoted(value)
+    if isinstance(value, _Substituted) and not value.from_file:
+        return "the value substituted from ${env:...} (not shown)"
+    return "the value read from ${file:...} (not shown)"
 
 
 def _unknown_key_message(key: str, valid: Iterable[str], collector_only: frozenset[str] = frozenset()) -> str:
@@ -612,6 +641,8 @@ class _Parser:
         self.problems: list[str] = []
         self.warnings: list[str] = []
         self.secrets: set[str] = set()
+        #: every value ${env:...} or ${file:...} produced: redacted from logs (they may be credentials)
+        self.substituted: set[str] = set()
 
     # -- reporting ---------------------------------------------------------------------------------------------
 
@@ -637,7 +668,7 @@ class _Parser:
             return value
         out: list[str] = []
         pieces: list[str] = []
-        from_file = False
+        from_file = from_env = False
         substituted = False
         failed = False
         i = 0
@@ -667,15 +698,19 @@ class _Parser:
             text, is_file = resolved
             out.append(text)
             pieces.append(text)
+            if text:
+                self.substituted.add(text)
             if is_file:
                 from_file = True
                 if text:
                     self.secrets.add(text)
+            else:
+                from_env = True
         if failed:
             return _INVALID
         if not substituted:
             return value
-        result = _Substituted("".join(out), tuple(pieces), from_file)
+        result = _Substituted("".join(out), tuple(pieces), from_file, from_env)
         if from_file and result:
             self.secrets.add(str(result))
         return result
@@ -713,8 +748,12 @@ class _Parser:
             return None
         full = self.resolve_path(name)
         try:
-            with open(full, encoding="utf-8") as f:
-                return f.read().rstrip("\r\n")
+            with open(full, "rb") as f:
+                data = f.read(_MAX_TEXT + 1)
+            if len(data) > _MAX_TEXT:
+                self.problem(path, f"file {full} is larger than {_MAX_TEXT // 1024} KiB")
+                return None
+            return data.decode("utf-8").rstrip("\r\n")
         except OSError as e:
             self.problem(path, f"cannot read file {full}: {e.strerror or e}")
         except UnicodeDecodeError:
@@ -736,6 +775,7 @@ class _Parser:
         nonempty: bool = False,
         choices: tuple[str, ...] | None = None,
         coerce: bool = False,
+        max_length: int = _MAX_TEXT,
     ) -> str | _Invalid:
         """A string (integers are accepted as their digits; with ``coerce`` numbers and booleans too)."""
         value = self.substitute(raw, path)
@@ -751,6 +791,8 @@ class _Parser:
             value = str(value)
         elif not isinstance(value, str):
             return self.problem(path, f"must be a string, got {_a(value)}")
+        if len(value) > max_length:
+            return self.problem(path, f"is longer than {max_length} characters")
         if nonempty and not value.strip():
             return self.problem(path, "must not be empty")
         if choices is not None and value not in choices:
@@ -767,17 +809,21 @@ class _Parser:
             return Secret(value)
         return str(value)
 
-    def integer(self, raw: Any, path: str) -> int | _Invalid:
+    def integer(
+        self, raw: Any, path: str, *, minimum: float = 0, maximum: float = _MAX_INT
+    ) -> int | _Invalid:
         value = self.substitute(raw, path)
         if isinstance(value, _Invalid):
             return value
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, _Substituted):
-            try:
-                return int(value.strip())
-            except ValueError:
+            number = int(value.strip()) if re.fullmatch(r"\s*[+-]?[0-9]{1,40}\s*", value) else None
+            if number is None:
                 return self.problem(path, f"{_show_value(value)} is not an integer")
+            value = number
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not minimum <= value <= maximum:
+                return self.problem(path, f"must be between {_number(minimum)} and {_number(maximum)}")
+            return value
         hint = (
             " (remove the quotes)"
             if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value)
@@ -805,20 +851,28 @@ class _Parser:
         )
         return self.problem(path, f"must be true or false, got {_a(value)}{hint}")
 
-    def duration(self, raw: Any, path: str, *, positive: bool = False) -> float | _Invalid:
+    def duration(
+        self, raw: Any, path: str, *, positive: bool = False, minimum: float = 0.0, maximum: float = _MAX_DURATION
+    ) -> float | _Invalid:
         value = self.substitute(raw, path)
         if isinstance(value, _Invalid):
             return value
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             return self.problem(path, f"must be a duration such as 30s, got {_a(value)}")
+        if isinstance(value, str) and len(value) > _MAX_DURATION_CHARS:
+            return self.problem(path, f"is not a duration {DURATION_HINT}")
         try:
             seconds = parse_duration(value)
-        except ValueError as e:
+        except (ValueError, OverflowError) as e:
             if isinstance(value, str) and _is_hidden(value):
                 return self.problem(path, f"{_show_value(value)} is not a duration {DURATION_HINT}")
             return self.problem(path, str(e))
         if positive and seconds <= 0:
             return self.problem(path, "must be greater than 0")
+        if not minimum <= seconds <= maximum:
+            return self.problem(
+                path, f"must be between {format_duration(minimum)} and {format_duration(maximum)}"
+            )
         return seconds
 
     def string_list(
@@ -843,6 +897,7 @@ class _Parser:
         *,
         key_check: Callable[[str, str], bool] | None = None,
         secret: bool = False,
+        max_length: int = _MAX_TEXT,
     ) -> dict[str, str] | _Invalid:
         """A mapping of strings to strings; numbers and booleans are coerced (except secret values)."""
         mapping = self.mapping(raw, path)
@@ -870,9 +925,13 @@ class _Parser:
                     self.problem(item_path, f"must be a string, got {_a(value)}")
                     ok = False
                     continue
+                if len(value) > max_length:
+                    self.problem(item_path, f"is longer than {max_length} characters")
+                    ok = False
+                    continue
                 out[key] = self.secret(value)
             else:
-                text = self.text(item, item_path, coerce=True)
+                text = self.text(item, item_path, coerce=True, max_length=max_length)
                 if isinstance(text, _Invalid):
                     ok = False
                 else:
@@ -914,11 +973,13 @@ class _Parser:
         if kind == "secret":
             return self.text(raw, path, secret=True, nonempty=True)
         if kind == "int":
-            return self.integer(raw, path)
+            low, high = option.bounds()
+            return self.integer(raw, path, minimum=low, maximum=high)
         if kind == "bool":
             return self.boolean(raw, path)
         if kind == "duration":
-            return self.duration(raw, path)
+            low, high = option.bounds()
+            return self.duration(raw, path, minimum=low, maximum=high)
         if kind == "list[str]":
             return self.string_list(raw, path, choices=option.choices)
         value = self.string_map(raw, path)
@@ -938,7 +999,9 @@ class _Parser:
         early: list[str] = []
         if top.get("collection_interval") is not None:
             before = len(self.problems)
-            value = self.duration(top["collection_interval"], "collection_interval", positive=True)
+            value = self.duration(
+                top["collection_interval"], "collection_interval", positive=True, maximum=_MAX_COLLECTION_INTERVAL
+            )
             if not isinstance(value, _Invalid):
                 collection_interval = value
             early, self.problems[before:] = self.problems[before:], []
@@ -958,7 +1021,7 @@ class _Parser:
                 self.problems.extend(early)
             elif key == "export_interval":
                 if value is not None:
-                    interval = self.duration(value, key, positive=True)
+                    interval = self.duration(value, key, positive=True, maximum=_MAX_EXPORT_INTERVAL)
                     if not isinstance(interval, _Invalid):
                         export_interval = interval
             elif key == "storage":
@@ -1015,6 +1078,7 @@ class _Parser:
             exporters=tuple(exporters),
             providers=tuple(providers),
             secrets=frozenset(self.secrets),
+            substituted=frozenset(self.substituted),
             warnings=tuple(self.warnings),
             provider_options=MappingProxyType(dict(self.schemas)),
         )
@@ -1033,7 +1097,7 @@ class _Parser:
                     path = text
             elif key == "retention":
                 if value is not None:
-                    seconds = self.duration(value, key_path, positive=True)
+                    seconds = self.duration(value, key_path, positive=True, maximum=_MAX_RETENTION)
                     if not isinstance(seconds, _Invalid):
                         retention = seconds
             else:
@@ -1131,7 +1195,7 @@ class _Parser:
             elif key == "timeout":
                 if value is None:
                     continue
-                seconds = self.duration(value, key_path, positive=True)
+                seconds = self.duration(value, key_path, positive=True, maximum=_MAX_TIMEOUT)
                 if isinstance(seconds, _Invalid):
                     ok = False
                 else:
@@ -1323,12 +1387,14 @@ class _Parser:
             if key == "tenant":
                 return self.problem(path, "must not be empty")
             return None
-        if key in ("collection_interval", "timeout"):
-            return self.duration(value, path, positive=True)
+        if key == "collection_interval":
+            return self.duration(value, path, positive=True, maximum=_MAX_COLLECTION_INTERVAL)
+        if key == "timeout":
+            return self.duration(value, path, positive=True, maximum=_MAX_TIMEOUT)
         if key in ("lookback", "backfill"):
-            return self.duration(value, path)
+            return self.duration(value, path, maximum=_MAX_WINDOW)
         if key == "tenant":
-            return self.text(value, path, nonempty=True)
+            return self.text(value, path, nonempty=True, max_length=_MAX_NAME)
         if key == "enabled":
             return self.boolean(value, path)
         if key == "endpoint":
@@ -1338,7 +1404,7 @@ class _Parser:
             if _url_problem(text, require_port=False, allow_path=True):
                 return self.problem(path, f"{_show_value(text)} must be a URL http(s)://host[:port][/path]")
             return text
-        labels = self.string_map(value, path, key_check=self.check_label_name)
+        labels = self.string_map(value, path, key_check=self.check_label_name, max_length=_MAX_NAME)
         return labels
 
     def check_label_name(self, name: str, path: str) -> bool:

@@ -30,10 +30,11 @@ log = logging.getLogger(__name__)
 #: Options every HTTP provider accepts besides the common keys (merged into its ``OPTIONS``).
 HTTP_OPTIONS: Mapping[str, Option] = {
     "max_retries": Option(
-        "int", default=4, description="Retries of one request after a 429, 5xx, timeout or connection error."
+        "int", default=4, minimum=0, maximum=20,
+        description="Retries of one request after a 429, 5xx, timeout or connection error (0 to 20).",
     ),
     "retry_initial_interval": Option(
-        "duration", default="1s",
+        "duration", default="1s", maximum="30s",
         description="First backoff between retries; doubles per retry (with jitter), capped at 30s.",
     ),
 }
