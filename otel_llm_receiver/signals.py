@@ -27,7 +27,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
 from . import anomalies, budgets
 from .attribution import UNATTRIBUTED, Attributor
 from .catalog import CATALOG
-from .ledger import METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS, Ledger
+from .ledger import CURRENCY_ATTR, METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS, Ledger
 from .pricing import PriceBook
 from .signals_config import BudgetConfig, BudgetMatch, Period
 
@@ -138,7 +138,7 @@ class Signals:
         names = ledger.names()
         out = []
         for sid, (instance, metric, attrs, width, first, last) in ledger.rollup_series(metrics).items():
-            if metric == METRIC_COST and "currency" in attrs:
+            if metric == METRIC_COST and CURRENCY_ATTR in attrs:
                 continue  # budgets are USD
             tenancy = attrs.get("llm.tenancy.id")
             name = names.get((instance, "tenancy", tenancy)) if tenancy else None
