@@ -356,7 +356,7 @@ class MetricsBuilder:
         if self._envelope is None:
             resource = ResourcePb(attributes=_key_values(dict(self.resource.attributes)))
             rm = pb.ResourceMetrics(resource=resource, schema_url=self.resource.schema_url or "")
-            sm = pb.ScopeMetrics(scope=InstrumentationScope(name=SCOPE_NAME, version=__version__))
+            sm = pb.ScopeMetrics(scope=InstrumentationScope(name=SCOPE_NAME, version=CATALOG.schema_version))
             self._envelope = (rm.SerializeToString(), sm.SerializeToString())
         rm_head, sm_head = self._envelope
         scope = sm_head + b"".join(_TAG_FIELD_2 + _varint(len(m)) + m for m in metrics)

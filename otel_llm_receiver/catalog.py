@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from importlib.resources import files
@@ -40,6 +41,9 @@ class MetricDef:
 class Catalog:
     metrics: dict[str, MetricDef]
     attributes: dict[str, AttributeDef]
+    #: The instrumentation scope version: changes only with the metrics' semantics, not with each release, so
+    #: that an upgrade does not start a second copy of every series (``otel_scope_version`` is a label).
+    schema_version: str = "0"
 
 
 def load_catalog(text: str | None = None) -> Catalog:
@@ -74,7 +78,10 @@ def load_catalog(text: str | None = None) -> Catalog:
             monotonic=bool(m.get("monotonic", False)),
             temporality=m.get("temporality"),
         )
-    return Catalog(metrics=metrics, attributes=attributes)
+    version = raw.get("schema_version")
+    if not isinstance(version, str) or not re.fullmatch(r"\d+\.\d+\.\d+", version):
+        raise ValueError(f"catalog: schema_version must be a quoted semantic version, not {version!r}")
+    return Catalog(metrics=metrics, attributes=attributes, schema_version=version)
 
 
 CATALOG = load_catalog()
@@ -91,6 +98,9 @@ def render_markdown(catalog: Catalog = CATALOG) -> str:
         "exporters give it (default `otlptranslator` strategy: dots become `_`, unit suffix, `_total` on",
         "monotonic sums). Attribute keys translate the same way (`gen_ai.provider.name` ->",
         "`gen_ai_provider_name`).",
+        "",
+        f"Schema version **{catalog.schema_version}**: the OTLP instrumentation scope version (`otel_scope_version`",
+        "in Prometheus). It changes only when a metric's meaning changes, not with every release (docs/collector.md).",
         "",
         "| Metric (OTLP) | Prometheus | Instrument | Unit | Enabled | Description |",
         "|---|---|---|---|---|---|",

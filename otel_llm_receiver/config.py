@@ -137,7 +137,7 @@ _INSTANCE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.]*")
 _RESERVED_LABEL_PREFIXES = ("gen_ai.", "llm.")
 # Attributes of the metric catalog outside the reserved prefixes: a label must not shadow them either.
-_RESERVED_LABEL_NAMES = frozenset({"error.type", "currency"})
+_RESERVED_LABEL_NAMES = frozenset({"error.type"})
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
 _HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+")
 _PORT = re.compile(r"[0-9]{1,5}")
@@ -1415,7 +1415,7 @@ class _Parser:
             return False
         if name.startswith(_RESERVED_LABEL_PREFIXES) or name in _RESERVED_LABEL_NAMES:
             self.problem(
-                path, "is reserved: gen_ai.*, llm.*, error.type and currency are set by the receiver"
+                path, "is reserved: gen_ai.*, llm.* and error.type are set by the receiver"
             )
             return False
         return True

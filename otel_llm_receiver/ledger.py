@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,11 +85,34 @@ PICOS_PER_NANO: Final = 1000
 ROLLUP_PICO_METRICS: Final = frozenset({METRIC_COST_ESTIMATED})
 
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
+#: The attribute naming a non-USD amount's ISO 4217 code (``currency`` before schema version 3).
+CURRENCY_ATTR: Final = "llm.currency"
+LEGACY_CURRENCY_ATTR: Final = "currency"
 
 # --------------------------------------------------------------------------------------------------- schema
-# Migrations are numbered; each runs in one transaction together with the row that records it.
-MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
+# Migrations are numbered; each runs in one transaction together with the row that records it. A step is an
+# SQL script, or a function given the connection (inside that transaction) for what SQL cannot say portably.
+MigrationStep = str | Callable[[sqlite3.Connection], None]
+SQL_SERIES_WITH_LEGACY_CURRENCY = "SELECT id, attrs FROM series WHERE attrs LIKE '%\"currency\":%'"
+SQL_SET_SERIES_ATTRS = "UPDATE series SET attrs = ? WHERE id = ?"
+
+
+def _rename_currency_attribute(conn: sqlite3.Connection) -> None:
+    """Schema 3: the bare ``currency`` attribute becomes ``llm.currency`` in every stored series, in place.
+
+    The series keep their ids, totals and start times (the rename must not start new counters); the new attrs
+    are the canonical JSON a new record with ``llm.currency`` produces, so later polls find the same series.
+    """
+    for sid, attrs in conn.execute(SQL_SERIES_WITH_LEGACY_CURRENCY).fetchall():
+        values = json.loads(attrs)
+        if LEGACY_CURRENCY_ATTR not in values:
+            continue  # "currency": inside some other value
+        values[CURRENCY_ATTR] = values.pop(LEGACY_CURRENCY_ATTR)
+        conn.execute(SQL_SET_SERIES_ATTRS, (canonical_attrs(values), sid))
+
+
+MIGRATIONS: Final[tuple[tuple[int, str, MigrationStep], ...]] = (
     (
         1,
         "initial schema",
@@ -177,6 +200,7 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         ) WITHOUT ROWID;
         """,
     ),
+    (3, "attributes: currency is llm.currency", _rename_currency_attribute),
 )
 
 SQL_CREATE_MIGRATIONS = """
@@ -604,12 +628,12 @@ def _expand(result: PollResult, tenant: str) -> _Expansion:
             if c.line_item:
                 base["llm.cost.line_item"] = c.line_item
             if currency != "USD":
-                base["currency"] = currency
+                base[CURRENCY_ATTR] = currency
             metric = METRIC_COST if currency == "USD" else METRIC_COST_NON_USD
             ex.cost_keys[cost_ident] = (metric, canonical_attrs(base))
         if c.quantity is not None and (cost_ident, c.quantity_unit or "") not in ex.quantity_keys:
             # What was billed for the money, per unit: the cost series' attributes (less currency) and the unit.
-            quantity_attrs = {k: v for k, v in json.loads(ex.cost_keys[cost_ident][1]).items() if k != "currency"}
+            quantity_attrs = {k: v for k, v in json.loads(ex.cost_keys[cost_ident][1]).items() if k != CURRENCY_ATTR}
             quantity_attrs["llm.cost.quantity_unit"] = c.quantity_unit or "unknown"
             ex.quantity_keys[(cost_ident, c.quantity_unit or "")] = (
                 METRIC_BILLED_QUANTITY, canonical_attrs(quantity_attrs))
@@ -884,8 +908,11 @@ class Ledger:
             if version in applied:
                 continue
             with self._transaction() as tx:
-                for statement in _split_sql(script):
-                    tx.execute(statement)
+                if callable(script):
+                    script(tx)
+                else:
+                    for statement in _split_sql(script):
+                        tx.execute(statement)
                 tx.execute(SQL_RECORD_MIGRATION, (version, name, time.time_ns()))
         with self._transaction() as tx:
             tx.execute(SQL_PUT_META, ("service.instance.id", str(uuid.uuid4())))

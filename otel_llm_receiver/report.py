@@ -73,7 +73,7 @@ def build_report(
     groups: dict[GroupKey, SpendRow] = {}
     for sid, (instance, metric, attrs, _, _, _) in info.items():
         value = sums.get(sid, [0])[0]
-        if not value or (metric == METRIC_COST and "currency" in attrs):
+        if not value or (metric == METRIC_COST and "llm.currency" in attrs):
             continue
         tenancy = attrs.get("llm.tenancy.id", "")
         name = names.get((instance, "tenancy", tenancy))

@@ -27,9 +27,9 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
 from . import anomalies, budgets
 from .attribution import UNATTRIBUTED, Attributor
 from .catalog import CATALOG
-from .ledger import METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS, Ledger
+from .ledger import CURRENCY_ATTR, METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS, Ledger
 from .pricing import PriceBook
-from .signals_config import BudgetConfig, BudgetMatch
+from .signals_config import BudgetConfig, BudgetMatch, Period
 
 __all__ = ["Anomaly", "Reconciliation", "Signals", "SignalsReading", "gauge_metrics"]
 
@@ -42,6 +42,9 @@ RECONCILE_SETTLE = 2 * HOUR
 PICO = Decimal(10) ** -12
 NANO = Decimal(10) ** -9
 MONEY_METRICS = (METRIC_COST_ESTIMATED, METRIC_COST)
+#: The periods of ``llm.cost.period_to_date``: the UTC day and calendar month, as the dashboards' "today" and
+#: "this month" mean them.
+PERIODS: tuple[Period, ...] = ("day", "month")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,8 @@ class SignalsReading:
     coverage: dict[str, Decimal] = field(default_factory=dict)  # provider -> attributed share of 24 h spend
     reconciliation: list[Reconciliation] = field(default_factory=list)
     token_prices: list[tuple[dict[str, str], Decimal]] = field(default_factory=list)
+    #: USD spent in the current UTC day / month, by period, source, provider, tenant (and team with rules).
+    period_to_date: list[tuple[dict[str, str], Decimal]] = field(default_factory=list)
     hour: int = 0  # the hour the anomaly scores are about
     peak: Anomaly | None = None  # the highest score of the last week (with ``peak_days``)
 
@@ -133,7 +138,7 @@ class Signals:
         names = ledger.names()
         out = []
         for sid, (instance, metric, attrs, width, first, last) in ledger.rollup_series(metrics).items():
-            if metric == METRIC_COST and "currency" in attrs:
+            if metric == METRIC_COST and CURRENCY_ATTR in attrs:
                 continue  # budgets are USD
             tenancy = attrs.get("llm.tenancy.id")
             name = names.get((instance, "tenancy", tenancy)) if tenancy else None
@@ -166,6 +171,10 @@ class Signals:
             for r in set(reported_until.values()):
                 windows.add((lo, max(lo, min(hi, r))))
                 windows.add((min(hi, max(lo, r)), hi))
+        # Period to date: every hour that started in the period, the current one (still filling in) included,
+        # as a budget's "spent" counts it.
+        periods = {p: (budgets.period_bounds(now, p)[0], now + HOUR) for p in PERIODS}
+        windows.update(periods.values())
         order = sorted(windows)
         index = {w: i for i, w in enumerate(order)}
         sums = ledger.rollup_window_sums(order, MONEY_METRICS)
@@ -216,10 +225,35 @@ class Signals:
         if peak_days:
             week = self.anomalies_between(ledger, hour - peak_days * DAY + HOUR, hour + HOUR)
             peak = max(week, key=lambda a: a.score, default=None)
+        to_date = self._period_to_date(money, {p: (sums, index[w]) for p, w in periods.items()})
         return SignalsReading(
             now=now, budgets=statuses, anomalies=self.anomalies(ledger, hour, every), coverage=coverage,
-            reconciliation=recon, token_prices=token_prices, hour=hour, peak=peak,
+            reconciliation=recon, token_prices=token_prices, period_to_date=to_date, hour=hour, peak=peak,
         )
+
+    def _period_to_date(
+        self, money: Sequence[_Series], periods: Mapping[str, tuple[Mapping[int, list[int]], int]]
+    ) -> list[tuple[dict[str, str], Decimal]]:
+        """Reported and estimated USD per period, provider, tenant (and team when rules exist).
+
+        Every group that has a money series gets a point, 0 included: "nothing reported today yet" is a value,
+        and a missing point would make a dashboard's sum fall back to something else.
+        """
+        totals: dict[tuple[tuple[str, str], ...], Decimal] = {}
+        for period, (sums, i) in periods.items():
+            for s in money:
+                attrs = {
+                    "llm.period": period,
+                    "llm.cost.source": "reported" if s.metric == METRIC_COST else "estimated",
+                    "gen_ai.provider.name": s.attrs.get("gen_ai.provider.name", ""),
+                    "llm.tenant": s.attrs.get("llm.tenant", ""),
+                }
+                if self.attributor:
+                    attrs["llm.team"] = s.team
+                key = tuple(sorted(attrs.items()))
+                values = sums.get(s.sid)
+                totals[key] = totals.get(key, Decimal(0)) + (s.money(values[i]) if values else Decimal(0))
+        return [(dict(key), usd) for key, usd in sorted(totals.items())]
 
     def _matches(self, match: BudgetMatch, s: _Series) -> bool:
         a = s.attrs
@@ -385,6 +419,8 @@ def gauge_metrics(reading: SignalsReading, now_ns: int) -> list[pb.Metric]:
             series["llm.cost.reconciliation.ratio"].append((attrs, float(r.ratio)))
     for attrs, usd in reading.token_prices:
         series["llm.pricing.token_price"].append((attrs, float(usd)))
+    for attrs, usd in reading.period_to_date:
+        series["llm.cost.period_to_date"].append((attrs, float(usd)))
     return [_gauge(name, points, now_ns) for name, points in series.items() if points]
 
 

@@ -37,7 +37,7 @@ def render_summary(reader: Ledger, now: int, signals: SignalsReading | None = No
         key = (attrs.get("gen_ai.provider.name", "?"), attrs.get("gen_ai.request.model", "(none)"))
         if s.metric == METRIC_TOKENS:
             tokens[key] += s.total - s.adjustments
-        elif s.metric == METRIC_COST and "currency" not in attrs:
+        elif s.metric == METRIC_COST and "llm.currency" not in attrs:
             cost[key] += s.total - s.adjustments
         elif s.metric == METRIC_COST_ESTIMATED:
             estimated[key] += s.total - s.adjustments

@@ -12,8 +12,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import yaml
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
+from otel_llm_receiver import __version__
 from otel_llm_receiver.builder import MetricsBuilder, make_resource
 from otel_llm_receiver.catalog import CATALOG
 from otel_llm_receiver.config import parse_config
@@ -21,6 +23,8 @@ from otel_llm_receiver.emitter import build_exporter
 from otel_llm_receiver.ledger import Ledger
 from otel_llm_receiver.model import CostRecord, PollResult, UsageRecord
 from tests.support.otlp_sink import OTLPSink, Point, attr_key, merge_requests
+
+ROOT = Path(__file__).resolve().parent.parent
 
 NOW = 1_790_000_000_000_000_000
 HOUR = 3600
@@ -57,6 +61,10 @@ def test_every_field_decodes_to_the_ledger_values(ledger: Ledger) -> None:
     resource = {kv.key: kv.value.string_value for kv in rm.resource.attributes}
     assert resource["service.name"] == "otel-llm-receiver" and resource["service.instance.id"] == "inst-1"
     assert rm.scope_metrics[0].scope.name == "otel_llm_receiver"
+    # the scope version is the catalog's schema version, not the package's: an upgrade keeps every series
+    scope_version = yaml.safe_load((ROOT / "otel_llm_receiver" / "catalog.yaml").read_text())["schema_version"]
+    assert rm.scope_metrics[0].scope.version == scope_version == CATALOG.schema_version
+    assert scope_version != __version__
     for metric in rm.scope_metrics[0].metrics:
         d = CATALOG.metrics[metric.name]
         assert (metric.unit, metric.description) == (d.unit, d.description)

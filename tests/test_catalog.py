@@ -56,6 +56,14 @@ def test_catalog_rejects_undefined_attributes() -> None:
                      "    unit: '1'\n    value_type: int\n    attributes: [nope]\n    prometheus_name: x\n")
 
 
+@pytest.mark.parametrize("version", ["", "1.0", "v1.0.0", None])
+def test_catalog_requires_a_semantic_schema_version(version: str | None) -> None:
+    line = "" if version is None else f"schema_version: '{version}'\n"
+    with pytest.raises(ValueError, match="schema_version"):
+        load_catalog(line + "attributes: {}\nmetrics: {}\n")
+    assert load_catalog("schema_version: '2.1.0'\nattributes: {}\nmetrics: {}\n").schema_version == "2.1.0"
+
+
 def test_emitted_metrics_match_the_catalog(tmp_path: Path) -> None:
     """Every metric on the wire is in the catalog with its unit, kind and only its declared attributes."""
     with OTLPSink() as sink:

@@ -147,7 +147,22 @@ def test_prometheus_exporter_keeps_series_longer_than_the_export_interval(path: 
         if cid.split("/")[0] == "prometheus":
             expiration = parse_duration(cfg["metric_expiration"])
             assert expiration >= 4 * RECEIVER_EXPORT_INTERVAL, f"{path.name}: {cid}.metric_expiration"
-            assert cfg["translation_strategy"] == "UnderscoreEscapingWithSuffixes"
+
+
+
+#: Exporters that turn OTLP names into Prometheus names: each must pin the translation the catalog's
+#: ``prometheus_name``s, the dashboards and the rules assume, or a Collector release changing the default
+#: would rename every series.
+PROMETHEUS_NAMING_EXPORTERS = ("prometheus", "prometheusremotewrite")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_prometheus_naming_exporter_pins_the_translation_strategy(path: Path) -> None:
+    for cid, cfg in load(path)["exporters"].items():
+        if cid.split("/")[0] in PROMETHEUS_NAMING_EXPORTERS:
+            assert (cfg or {}).get("translation_strategy") == "UnderscoreEscapingWithSuffixes", (
+                f"{path.name}: exporters.{cid}.translation_strategy is not pinned"
+            )
 
 
 def test_every_env_variable_is_documented() -> None:

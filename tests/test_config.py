@@ -735,15 +735,15 @@ def test_substitution_is_not_applied_to_keys(tmp_path: Path) -> None:
         # labels
         (
             "providers: {demo: {labels: {gen_ai.request.model: x}}}",
-            "providers.demo.labels.gen_ai.request.model: is reserved: gen_ai.*, llm.*, error.type and currency are set by the receiver",
+            "providers.demo.labels.gen_ai.request.model: is reserved: gen_ai.*, llm.* and error.type are set by the receiver",
         ),
         (
             "providers: {demo: {labels: {llm.tenant: x}}}",
-            "providers.demo.labels.llm.tenant: is reserved: gen_ai.*, llm.*, error.type and currency are set by the receiver",
+            "providers.demo.labels.llm.tenant: is reserved: gen_ai.*, llm.* and error.type are set by the receiver",
         ),
         (
-            "providers: {demo: {labels: {currency: EUR}}}",
-            "providers.demo.labels.currency: is reserved: gen_ai.*, llm.*, error.type and currency are set by the receiver",
+            "providers: {demo: {labels: {llm.currency: EUR}}}",
+            "providers.demo.labels.llm.currency: is reserved: gen_ai.*, llm.* and error.type are set by the receiver",
         ),
         (
             "providers: {demo: {labels: {9lives: x}}}",
@@ -944,8 +944,7 @@ def test_every_problem_is_reported_at_once_in_file_order(tmp_path: Path) -> None
         "providers.openai/prod.api_key: environment variable OPENAI_ADMIN_KEY is not set",
         'providers.openai/prod.collection_interval: "5 minutes" is not a duration (use e.g. 500ms, 30s, 5m, 1h, 7d)',
         "providers.demo.seed: must be an integer, got a string",
-        "providers.demo.labels.llm.tenant: is reserved: gen_ai.*, llm.*, error.type and currency are set by the"
-        " receiver",
+        "providers.demo.labels.llm.tenant: is reserved: gen_ai.*, llm.* and error.type are set by the receiver",
         'providers.nope: unknown provider type "nope" (known: demo, openai)',
         "collection_interval: must be greater than 0",
         "bogus: unknown key (valid keys: attribution, budgets, collection_interval, export_interval, exporters, focus, health, metrics, pricing, providers, storage)",

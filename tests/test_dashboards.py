@@ -10,6 +10,7 @@ catalog does not have fails by that name.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from otel_llm_receiver import budgets
 from otel_llm_receiver.catalog import CATALOG
 from otel_llm_receiver.cli import DEMO_CONFIG
 from otel_llm_receiver.config import parse_config
@@ -36,13 +38,17 @@ from tests.support.dashboards import (
 )
 from tests.support.demo_openmetrics import (
     DAY,
+    HOUR,
+    WORKLOADS,
     DataSet,
     _Family,
+    _Spend,
     anomaly_families,
     attribution_families,
     budget_families,
     demo_config,
     demo_openmetrics,
+    period_families,
     sample_times,
     usage_series,
 )
@@ -154,8 +160,14 @@ def test_demo_data_set_ends_at_the_demo_ground_truth() -> None:
 
 # ------------------------------------------------------------------------------------------------ real Prometheus
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
-    end = int(time.time()) // 60 * 60
+def data_end() -> int:
+    """The end of the data set the real Prometheus holds (its newest sample)."""
+    return int(time.time()) // 60 * 60
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory, data_end: int) -> Iterator[PrometheusServer]:
+    end = data_end
     with PrometheusServer(tmp_path_factory.mktemp("prometheus"), demo_openmetrics(end, SEED), list(RULE_FILES)) as prom:
         prom.wait_for_rule_evaluations()
         yield prom
@@ -239,6 +251,7 @@ class DemoRun:
     values: dict[tuple[str, frozenset[tuple[str, str]]], float]  # (Prometheus name, labels) -> gauge value
     now: int  # the export's timestamp (Unix seconds): the moment the receiver computed its signals
     polled: int  # when it polled the demo (the poll's window end): what its ledger holds
+    config: Path  # the run's config (its ledger, budgets and rules), for ``report`` on the same ledger
 
 
 def _run_demo(tmp_path: Path, days: int, signals: bool) -> DemoRun:
@@ -274,7 +287,7 @@ def _run_demo(tmp_path: Path, days: int, signals: bool) -> DemoRun:
                     values[(base, frozenset((prometheus_label_name(k), str(v)) for k, v in key))] = float(point.value)
                     now = point.time_unix_nano // 1_000_000_000
     (poll,) = poll_lines(proc.stderr)
-    return DemoRun(wire, values, now, int(str(poll["window_end"])))
+    return DemoRun(wire, values, now, int(str(poll["window_end"])), config)
 
 
 @pytest.fixture(scope="module")
@@ -324,8 +337,51 @@ def test_data_set_money_values_are_what_the_receiver_computes(signals_run: DemoR
     # to the doubles the gauges travel as.
     now, polled = signals_run.now, signals_run.polled
     ds = DataSet(SEED, sample_times(now, 7), polled - 7 * DAY, attributed=True, poll_lag=now - polled)
-    mine = _last_values(budget_families(ds) + attribution_families(ds) + anomaly_families(ds))
+    mine = _last_values(budget_families(ds) + attribution_families(ds) + anomaly_families(ds) + period_families(ds))
     theirs = {k: v for k, v in signals_run.values.items() if k[0] in {n for n, _ in mine}}
     assert set(mine) == set(theirs)
     for key, value in mine.items():
         assert value == pytest.approx(theirs[key], rel=1e-9), key
+
+
+def _panel_expr(title: str) -> str:
+    path = next(f for f in FILES if f.name == "overview.json")
+    (query,) = [q for q in panel_queries(path) if q.where == title]
+    return runnable(query.expr, variable_names(path))
+
+
+@pytest.mark.parametrize(("title", "source"), [("Reported spend, month to date", "reported"),
+                                               ("Estimated spend, month to date", "estimated")])
+def test_month_to_date_panel_is_the_spend_of_this_month(prometheus: PrometheusServer, data_end: int,
+                                                        title: str, source: str) -> None:
+    # On the demo's data in a real Prometheus, the panel shows the month's spend as the receiver's ledger holds
+    # it (every hour since the 1st, UTC), however much of the backfill lies before the 1st: not the counter's
+    # whole history, which is what a series first seen mid-month used to count as this month.
+    ds = DataSet(SEED, sample_times(data_end, 7), data_end - 7 * DAY)
+    month_start = budgets.period_bounds(data_end, "month")[0]
+    want = _Spend(ds).spend(WORKLOADS, (month_start, data_end + HOUR), source, data_end)
+    (shown,) = prometheus.query(_panel_expr(title))
+    assert float(shown["value"][1]) == pytest.approx(float(want), rel=1e-9)
+    counter = "llm_usage_cost_USD_total" if source == "reported" else "llm_usage_cost_estimated_USD_total"
+    (history,) = prometheus.query(f"sum({counter})")
+    if month_start > ds.first_start:  # the data set reaches back before the 1st: the two must differ
+        assert float(history["value"][1]) > float(shown["value"][1])
+
+
+def test_month_to_date_equals_report_for_the_month(signals_run: DemoRun) -> None:
+    # The receiver's period-to-date gauges, which the panels sum, equal `report` over the same ledger for the
+    # same period (the 1st of the month, UTC, to the export's moment): reported and estimated, exactly.
+    month_start = budgets.period_bounds(signals_run.now, "month")[0]
+    day_start = budgets.period_bounds(signals_run.now, "day")[0]
+    for start, period in ((month_start, "month"), (day_start, "day")):
+        proc = subprocess.run(cli("report", "--config", str(signals_run.config), "--from", str(start),
+                                  "--now", str(signals_run.now), "--format", "json"),
+                              env=ENV, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        total = json.loads(proc.stdout)["total"]
+        for source in ("reported", "estimated"):
+            gauges = [v for (name, labels), v in signals_run.values.items()
+                      if name == "llm_cost_period_to_date_USD"
+                      and ("llm_period", period) in labels and ("llm_cost_source", source) in labels]
+            assert gauges, (period, source)
+            assert sum(gauges) == pytest.approx(float(total[f"{source}_usd"]), rel=1e-9, abs=1e-9), (period, source)

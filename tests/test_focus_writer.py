@@ -64,7 +64,7 @@ def ledger_totals(config: Config, day: int) -> dict[tuple[str, str], Decimal]:
             if instance not in reported and value:
                 out[("estimated", "USD")] += Decimal(value) / 10**12
         elif value:
-            out[("reported", attrs.get("currency", "USD"))] += Decimal(value) / 10**9
+            out[("reported", attrs.get("llm.currency", "USD"))] += Decimal(value) / 10**9
     return dict(out)
 
 

@@ -138,7 +138,7 @@ def test_costs_in_other_currencies_are_separate_series(ledger: Ledger) -> None:
         CostRecord("demo", "t1", 0, D, Decimal("2"), currency="EUR"),
     ]))
     by_currency = {
-        (s.metric, json.loads(s.attrs).get("currency", "USD")): from_nanos(s.total)
+        (s.metric, json.loads(s.attrs).get("llm.currency", "USD")): from_nanos(s.total)
         for s in ledger.snapshot().series
     }
     # EUR is kept, in a metric of its own: never in llm.usage.cost, whose unit is USD.
@@ -209,7 +209,7 @@ def test_totals_and_start_times_survive_reopening(tmp_path: Path) -> None:
 def test_schema_is_versioned_and_newer_files_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     with Ledger(path) as led:
-        assert led.schema_version == SCHEMA_VERSION == 2
+        assert led.schema_version == SCHEMA_VERSION == 3
     conn = sqlite3.connect(path)
     conn.execute("INSERT INTO schema_migrations VALUES (99, 'from the future', 0)")
     conn.commit()

@@ -165,14 +165,14 @@ def test_backfill_revision_restart_and_currencies_end_to_end(tmp_path: Path, fak
                if dict(k)["gen_ai.token.type"] == "cache_write"}
         assert ttl == {"5m"}
 
-        # money: USD in llm.usage.cost (no currency attribute), EUR only in llm.usage.cost.non_usd
+        # money: USD in llm.usage.cost (no llm.currency attribute), EUR only in llm.usage.cost.non_usd
         want_usd: Counter[str] = Counter()
         want_eur: Counter[str] = Counter()
         for (day, acct_name, _meter, currency), amount in spend.items():
             if day >= first_cost_day:
                 (want_usd if currency == "USD" else want_eur)[acct_name] += amount  # type: ignore[assignment]
-        usd = by(sink, "llm.usage.cost", "llm.tenancy.name", "currency")
-        eur = by(sink, "llm.usage.cost.non_usd", "llm.tenancy.name", "currency")
+        usd = by(sink, "llm.usage.cost", "llm.tenancy.name", "llm.currency")
+        eur = by(sink, "llm.usage.cost.non_usd", "llm.tenancy.name", "llm.currency")
         assert set(usd) == {(name, None) for name in want_usd} and "aoai-weu" not in want_usd
         for name, amount in want_usd.items():
             assert usd[(name, None)] == pytest.approx(float(amount), abs=1e-9)

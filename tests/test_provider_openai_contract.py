@@ -83,7 +83,7 @@ def ledger_totals(tmp_path: Path) -> dict[str, dict[tuple[str, ...], Any]]:
         elif s.metric == "llm.usage.requests":
             out["requests"][(a["gen_ai.operation.name"], *base)] += value
         elif s.metric in ("llm.usage.cost", "llm.usage.cost.non_usd"):  # non-USD spend has a metric of its own
-            out["cost"][(a["llm.tenancy.id"], a.get("llm.cost.line_item", ""), a.get("currency", "USD"))] += value
+            out["cost"][(a["llm.tenancy.id"], a.get("llm.cost.line_item", ""), a.get("llm.currency", "USD"))] += value
         elif s.metric == "llm.usage.storage":
             out["storage"][(a["llm.tenancy.id"],)] = s.level
         else:

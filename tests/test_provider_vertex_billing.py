@@ -95,7 +95,7 @@ def sink_cost(sink: OTLPSink) -> dict[tuple[str, str], Decimal]:
     out = {}
     for key, point in sink.number_points("llm.usage.cost").items():
         a = dict(key)
-        assert a["gen_ai.provider.name"] == "gcp.vertex_ai" and "currency" not in a  # USD
+        assert a["gen_ai.provider.name"] == "gcp.vertex_ai" and "llm.currency" not in a  # USD
         assert a["llm.tenancy.name"] == "Acme Production"
         out[(a["llm.tenancy.id"], a["llm.cost.line_item"])] = Decimal(repr(point.value)).quantize(Decimal("0.000001"))
     return out

@@ -8,7 +8,7 @@ exactly its own day; daily cost buckets land in the hour their day starts.
 Where the money comes from (``x_CostSource``):
 
 * ``reported``: the provider's billing API (``llm.usage.cost`` in USD, ``llm.usage.cost.non_usd`` in its own
-  ``currency``). BilledCost = EffectiveCost = ContractedCost = the reported amount, in its own BillingCurrency.
+  ``llm.currency``). BilledCost = EffectiveCost = ContractedCost = the reported amount, in its own BillingCurrency.
 * ``estimated``: tokens x list price (``llm.usage.cost.estimated``, USD, exact to the pico-dollar), for
   instances that reported no cost for that day (usage-only providers, or a day whose cost has not arrived).
   An instance's day is either reported or estimated, never both, so a sum of BilledCost never counts a day
@@ -73,13 +73,13 @@ _PICO: Final = Decimal(1).scaleb(-12)
 #: Attributes that have columns of their own; any other goes to x_Dimensions.
 _COLUMN_ATTRS: Final = frozenset({
     "gen_ai.provider.name", "gen_ai.request.model", "gen_ai.operation.name", "gen_ai.token.type", "llm.tenant",
-    "llm.tenancy.id", "llm.tenancy.name", "llm.cost.line_item", "currency", "cloud.region", "llm.publisher",
+    "llm.tenancy.id", "llm.tenancy.name", "llm.cost.line_item", "llm.currency", "cloud.region", "llm.publisher",
     "llm.cost.quantity_unit",
 })
 #: Attributes of a cost series that say which usage it is about (the rest must agree with the usage's, if any).
 _MATCH_KEYS: Final = frozenset({
     "gen_ai.provider.name", "llm.tenancy.id", "llm.tenant", "gen_ai.request.model", "llm.cost.line_item",
-    "currency", "gen_ai.token.type",
+    "llm.currency", "gen_ai.token.type",
 })
 #: Billed units as the providers name them -> FOCUS unit format (UnitFormat: plural count units, capitalized).
 _UNITS: Final = {"tokens": "Tokens", "token": "Tokens", "requests": "Requests", "request": "Requests",
@@ -236,7 +236,7 @@ def _reported_row(
     billed: Mapping[tuple[str, AttrKey], tuple[str, int]], by_owner: Mapping[tuple[str, ...], Sequence[_Usage]],
 ) -> Row:
     cost = _decimal(nanos, _NANO)
-    currency = attrs.get("currency", "USD")
+    currency = attrs.get("llm.currency", "USD")
     types = token_types_of(attrs)
     model = attrs.get("gen_ai.request.model") or model_of_line_item(attrs.get("llm.cost.line_item", ""))
     quantity: Decimal | None = None
@@ -245,7 +245,7 @@ def _reported_row(
     pricing_unit: str | None = None
     list_unit_price: Decimal | None = None
     list_cost = cost
-    found = billed.get((instance, attr_key(attrs, "currency")))
+    found = billed.get((instance, attr_key(attrs, "llm.currency")))
     matched: list[_Usage] = []
     if types and model:
         owner = (instance, attrs.get("gen_ai.provider.name", ""), attrs.get("llm.tenant", ""),

@@ -72,7 +72,7 @@ class Harness:
     def cost_usd(self) -> dict[str, Decimal]:
         out: dict[str, Decimal] = defaultdict(Decimal)
         for a, total, adj in self.series("llm.usage.cost"):
-            assert "currency" not in a  # USD
+            assert "llm.currency" not in a  # USD
             out[a["llm.tenancy.id"]] += from_nanos(total - adj)
         return {k: v for k, v in out.items() if v}
 

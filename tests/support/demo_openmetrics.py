@@ -449,12 +449,40 @@ def attribution_families(ds: DataSet) -> list[_Family]:
     return [fam]
 
 
+def period_families(ds: DataSet) -> list[_Family]:
+    """``llm.cost.period_to_date``: reported and estimated USD since UTC midnight and since the 1st, per provider,
+    tenant and team (with attribution on), over the hours ``Signals.read`` counts: every hour that started in
+    the period, the one still filling in included. Reported cost of today is 0 (the demo bills a day late)."""
+    fam = _Family("llm.cost.period_to_date")
+    money = _Spend(ds)
+    groups: dict[str, list[Workload]] = {}
+    for w in WORKLOADS:
+        team = _team_attributes(w).get("llm.team", UNATTRIBUTED) if ds.attributed else ""
+        groups.setdefault(team, []).append(w)
+    for period in ("day", "month"):
+        for source in ("reported", "estimated"):
+            for team, ws in sorted(groups.items()):
+                labels = {
+                    prometheus_label_name("llm.period"): period,
+                    prometheus_label_name("llm.cost.source"): source,
+                    prometheus_label_name("gen_ai.provider.name"): PROVIDER_NAME,
+                    prometheus_label_name("llm.tenant"): TENANT,
+                }
+                if ds.attributed:
+                    labels[prometheus_label_name("llm.team")] = team
+                fam.add("", labels, [
+                    (at, float(money.spend(ws, (budgets.period_bounds(at, period)[0], at + HOUR), source, at)))
+                    for at in ds.times
+                ])
+    return [fam]
+
+
 #: The data set's metric families, one builder per group of metrics. A new group of metrics (issue 7's
 #: ``llm.usage.cost.estimated``, ``llm.budget.*``, ``llm.anomaly.score``, ...) is one more builder here, so that
 #: its rules and panels have data to run on in tests/test_dashboards.py.
 FAMILY_BUILDERS: tuple[Callable[[DataSet], list[_Family]], ...] = (
     usage_families, self_health_families, pricing_families, budget_families, anomaly_families,
-    attribution_families,
+    attribution_families, period_families,
 )
 
 

@@ -262,7 +262,7 @@ class OpenAIProvider(Provider):
             log.warning("%s: %d cost row(s) had no amount and were skipped", self.name, notes.costs_without_amount)
         if notes.currencies:
             log.warning(
-                "%s: costs in %s are kept apart from USD (attribute currency), never added into it",
+                "%s: costs in %s are kept apart from USD (attribute llm.currency), never added into it",
                 self.name, ", ".join(sorted(notes.currencies)),
             )
 
