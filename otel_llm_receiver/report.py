@@ -353,8 +353,8 @@ def to_json(report: Report) -> dict[str, Any]:
 
 
 CSV_COLUMNS = ("provider", "model", "team", "tenancy_id", "tenancy_name", "tokens", "reported_usd", "estimated_usd",
-               "unpriced", "compared_from", "compared_to", "compared_days", "reported_usd_same_days",
-               "estimated_usd_same_days")
+               "unpriced", "unpriced_tokens", "compared_from", "compared_to", "compared_days",
+               "reported_usd_same_days", "estimated_usd_same_days")
 
 
 def to_csv(report: Report) -> str:

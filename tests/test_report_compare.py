@@ -215,3 +215,13 @@ def test_demo_summary_compares_the_same_days(demo: Config) -> None:
     assert Decimal(fields[-2].replace(",", "")) == reported.quantize(cent)
     assert Decimal(fields[-1].replace(",", "")) == estimated.quantize(cent)
     assert abs(estimated / reported - 1) < Decimal("0.01")
+
+
+def test_docs_name_every_json_field_and_csv_column(config_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/report.md stays true: every field the JSON writes and every CSV column is described there."""
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "report.md").read_text()
+    doc = json.loads(report(capsys, "--config", str(config_path), "--now", str(NOW), "--format", "json"))
+    fields = set(doc) | {k for r in doc["spend"] for k in r} | {k for r in doc["reconciliation"] for k in r}
+    header = report(capsys, "--config", str(config_path), "--now", str(NOW), "--format", "csv").splitlines()[0]
+    missing = sorted(f for f in fields | set(header.split(",")) if f"`{f}`" not in docs and f'"{f}"' not in docs)
+    assert not missing, missing
