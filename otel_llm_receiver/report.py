@@ -35,6 +35,7 @@ PICO = Decimal(10) ** -12
 NANO = Decimal(10) ** -9
 CENT = Decimal("0.01")
 TOP_ANOMALIES = 10
+DAYS_PER_READ = 366  # days summed per ledger read by ``compare_days``
 K = TypeVar("K")
 GroupKey = tuple[str, str, str, str, str]  # provider, model, team, tenancy id, tenancy name ("" when unnamed)
 
@@ -87,7 +88,12 @@ def compare_days(
     metrics = (METRIC_TOKENS, METRIC_COST, METRIC_COST_ESTIMATED)
     out: dict[K, DayComparison] = defaultdict(DayComparison)
     info = ledger.rollup_series(metrics)
-    sums = ledger.rollup_window_sums([(d, d + DAY) for d in days], (METRIC_COST, METRIC_COST_ESTIMATED))
+    sums: dict[int, list[int]] = defaultdict(lambda: [0] * len(days))
+    for i in range(0, len(days), DAYS_PER_READ):  # one column per day: stay far below SQLite's column limit
+        chunk = days[i:i + DAYS_PER_READ]
+        for sid, values in ledger.rollup_window_sums([(d, d + DAY) for d in chunk],
+                                                     (METRIC_COST, METRIC_COST_ESTIMATED)).items():
+            sums[sid][i:i + len(chunk)] = values
     for sid, (instance, metric, attrs, _, first, _) in info.items():
         if metric == METRIC_COST and CURRENCY_ATTR in attrs:
             continue
@@ -97,10 +103,10 @@ def compare_days(
         comparison = out[key]
         if metric != METRIC_COST:
             comparison.add_usage_start(first)
-        values = sums.get(sid)
-        if values is None:
+        daily = sums.get(sid)
+        if daily is None:
             continue
-        for day, value in zip(days, values, strict=True):
+        for day, value in zip(days, daily, strict=True):
             if value and metric == METRIC_COST:
                 comparison.reported[day] += Decimal(value) * NANO
             elif value:
@@ -210,7 +216,9 @@ def build_report(
                 spend[r.provider][1] += amount
         coverage = {p: attributed / total for p, (total, attributed) in spend.items() if total}
     reading = signals.read(ledger, now)
-    top = sorted(signals.anomalies_between(ledger, start, min(end, reading.hour + HOUR)),
+    stored = ledger.rollup_range()  # no anomaly before the first rollup: skip those hours (each is one read)
+    since = max(start, stored[0] if stored else end)
+    top = sorted(signals.anomalies_between(ledger, since, min(end, reading.hour + HOUR)),
                  key=lambda a: -a.score)[:TOP_ANOMALIES]
     return Report(start, end, rows, reading, top, coverage)
 

@@ -225,3 +225,13 @@ def test_docs_name_every_json_field_and_csv_column(config_path: Path, capsys: py
     header = report(capsys, "--config", str(config_path), "--now", str(NOW), "--format", "csv").splitlines()[0]
     missing = sorted(f for f in fields | set(header.split(",")) if f"`{f}`" not in docs and f'"{f}"' not in docs)
     assert not missing, missing
+
+
+def test_a_long_window_is_read_in_chunks_of_days(config_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Six years of whole days: more columns than SQLite allows in one query (a day is a column of the ledger's
+    window sums), so the days are read in chunks; and the hours before the ledger's data are not scored."""
+    doc = json.loads(report(capsys, "--config", str(config_path), "--now", str(NOW), "--since", f"{6 * 366}d",
+                            "--format", "json"))
+    row = next(r for r in doc["spend"] if r["tenancy_id"] == "proj-a")
+    assert row["compared_days"]["days"] == 2
+    assert Decimal(row["estimated_usd_same_days"]) == 48 * HOURLY_USD
