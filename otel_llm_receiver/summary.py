@@ -1,6 +1,10 @@
 """The terminal summary ``demo`` prints: per provider and model, the token rate, tokens, reported and estimated
 spend; then budget burn, the top anomaly scores, attribution coverage and the reconciliation ratio.
 
+Reported cost comes in daily buckets and usage starts wherever the backfill started, so the two spend columns are
+summed over the same whole UTC days: those on which the row has reported cost and usage all day long (see
+``report.compare_days``). A row with no such day shows both over the whole ledger ("all").
+
 It reads the ledger like any other consumer (its own read-only connection) and never calls a provider; the money
 signals come in as a ``SignalsReading`` computed from the same ledger.
 """
@@ -14,6 +18,7 @@ from decimal import Decimal
 
 from .ledger import METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS, Ledger
 from .model import from_nanos
+from .report import CURRENCY_ATTR, compare_days
 from .signals import SignalsReading
 
 RATE_WINDOW = 15 * 60  # tokens/min is averaged over this many seconds of settled buckets
@@ -37,33 +42,54 @@ def render_summary(reader: Ledger, now: int, signals: SignalsReading | None = No
         key = (attrs.get("gen_ai.provider.name", "?"), attrs.get("gen_ai.request.model", "(none)"))
         if s.metric == METRIC_TOKENS:
             tokens[key] += s.total - s.adjustments
-        elif s.metric == METRIC_COST and "llm.currency" not in attrs:
+        elif s.metric == METRIC_COST and CURRENCY_ATTR not in attrs:
             cost[key] += s.total - s.adjustments
         elif s.metric == METRIC_COST_ESTIMATED:
             estimated[key] += s.total - s.adjustments
+    first = reader.rollup_range()
+    compared = compare_days(reader, first[0] if first else now, now, lambda _, a: (
+        a.get("gen_ai.provider.name", "?"), a.get("gen_ai.request.model", "(none)")))
     rows = sorted(set(tokens) | set(cost), key=lambda k: (-recent.get(k, 0), k))
-    header = (f"{'provider':<10} {'model':<24} {'tokens/min':>12} {'tokens (all)':>16} {'USD reported':>14} "
-              f"{'USD estimated':>14}")
+    header = (f"{'provider':<10} {'model':<24} {'tokens/min':>12} {'tokens (all)':>16} {'UTC days':>13} "
+              f"{'USD reported':>14} {'USD estimated':>14}")
     lines = [header, "-" * len(header)]
+    spent_total = guess_total = Decimal(0)
+    days_all: set[int] = set()
     for provider, model in rows:
         key = (provider, model)
         rate = recent.get(key, 0) / (RATE_WINDOW / 60)
-        spent = from_nanos(cost.get(key, 0)).quantize(CENT)
-        guess = from_nanos(estimated.get(key, 0)).quantize(CENT)
+        c = compared.get(key)
+        days = c.days if c is not None else []
+        if c is not None and days:
+            spent, guess = c.reported_same_days, c.estimated_same_days
+            shown_days = _days(days)
+            days_all.update(days)
+        else:  # no whole day with both reported cost and usage: nothing to compare, the whole ledger's figures
+            spent, guess, shown_days = from_nanos(cost.get(key, 0)), from_nanos(estimated.get(key, 0)), "all"
+        spent_total += spent
+        guess_total += guess
         lines.append(
-            f"{provider:<10} {model[:24]:<24} {rate:>12,.0f} {tokens.get(key, 0):>16,} {spent:>14,} {guess:>14,}"
+            f"{provider:<10} {model[:24]:<24} {rate:>12,.0f} {tokens.get(key, 0):>16,} {shown_days:>13} "
+            f"{spent.quantize(CENT):>14,} {guess.quantize(CENT):>14,}"
         )
     if len(lines) == 2:
         lines.append("(no usage in the ledger yet)")
     total_rate = sum(recent.values()) / (RATE_WINDOW / 60)
-    total_cost = from_nanos(sum(cost.values())).quantize(CENT)
-    total_estimated = from_nanos(sum(estimated.values())).quantize(CENT)
     lines.append("-" * len(header))
-    lines.append(f"{'total':<35} {total_rate:>12,.0f} {sum(tokens.values()):>16,} {total_cost:>14,} "
-                 f"{total_estimated:>14,}")
+    lines.append(f"{'total':<35} {total_rate:>12,.0f} {sum(tokens.values()):>16,} {_days(sorted(days_all)):>13} "
+                 f"{spent_total.quantize(CENT):>14,} {guess_total.quantize(CENT):>14,}")
+    lines.append('USD: both over the same whole UTC days (with reported cost and all-day usage); "all": no such day')
     if signals is not None:
         lines += signal_lines(signals)
     return "\n".join(lines)
+
+
+def _days(days: list[int]) -> str:
+    """``11-19..12-01`` (month-day of the first and last compared day), ``-`` when none."""
+    if not days:
+        return "-"
+    first, last = (time.strftime("%m-%d", time.gmtime(d)) for d in (days[0], days[-1]))
+    return first if first == last else f"{first}..{last}"
 
 
 def signal_lines(signals: SignalsReading) -> list[str]:

@@ -72,7 +72,7 @@ def expected_rows(hours: int) -> dict[tuple[str, str], tuple[int, Decimal]]:
 def test_json_report_numbers(config_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     doc = json.loads(run(capsys, "--config", str(config_path), "--now", str(NOW), "--since", "24h",
                          "--format", "json"))
-    rows = {(r["tenancy"], r["model"]): r for r in doc["spend"]}
+    rows = {(r["tenancy_id"], r["model"]): r for r in doc["spend"]}
     expected = expected_rows(24)
     assert {k: (r["tokens"], Decimal(r["estimated_usd"])) for k, r in rows.items()} == expected
     assert {k: r["team"] for k, r in rows.items()} == {
@@ -97,7 +97,7 @@ def test_json_report_numbers(config_path: Path, capsys: pytest.CaptureFixture[st
 def test_reported_and_estimated_side_by_side_over_7_days(config_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     out = run(capsys, "--config", str(config_path), "--now", str(NOW), "--format", "csv")
-    rows = {(r["tenancy"], r["model"]): r for r in csv.DictReader(io.StringIO(out))}
+    rows = {(r["tenancy_id"], r["model"]): r for r in csv.DictReader(io.StringIO(out))}
     expected = expected_rows(72)
     assert {k: (int(r["tokens"]), Decimal(r["estimated_usd"])) for k, r in rows.items()} == expected
     assert Decimal(rows[("proj-a", "gpt-x")]["reported_usd"]) == REPORTED
