@@ -86,8 +86,30 @@ def test_the_checker_catches_what_it_claims(ledger_config: Path, tmp_path: Path)
         ({"ChargeFrequency": "Usage-Based", "ChargeCategory": "Purchase"},
          "ChargeFrequency: Usage-Based on a Purchase (chargefrequency.md)"),
     ]
+    # Null-aware: "ChargeClass is not Correction" holds for a null ChargeClass, on Usage and on Purchase rows.
+    assert good["ChargeClass"] is None
+    broken += [
+        ({"PricingQuantity": None, "PricingUnit": None}, "PricingQuantity: null on a Usage row (pricingquantity.md)"),
+        ({"ConsumedQuantity": None, "ConsumedUnit": None},
+         "ConsumedQuantity: null on a Usage row (consumedquantity.md)"),
+        ({"ListUnitPrice": None}, "ListUnitPrice: null on a Usage row (listunitprice.md)"),
+        ({"ChargeCategory": "Purchase", "ChargeFrequency": "One-Time", "ListUnitPrice": None},
+         "ListUnitPrice: null on a Purchase row (listunitprice.md)"),
+        ({"ChargeCategory": "Purchase", "ChargeFrequency": "One-Time", "PricingQuantity": None, "PricingUnit": None},
+         "PricingQuantity: null on a Purchase row (pricingquantity.md)"),
+        ({"SkuPriceId": None, "SkuPriceDetails": '{"x_Tier": "a"}'},
+         "SkuPriceDetails: not null while SkuPriceId is null"),
+    ]
     for change, rule in broken:
         assert rule in {r for r, _ in check("1.2", columns, [{**good, **change}])}, change
+    # A correction is exempt from them.
+    correction = {**good, "ChargeClass": "Correction", "PricingQuantity": None, "PricingUnit": None,
+                  "ConsumedQuantity": None, "ConsumedUnit": None, "ListUnitPrice": None, "ListCost": good["BilledCost"]}
+    assert check("1.2", columns, [correction]) == set()
+    # SkuPriceDetails must be present in a file that publishes list prices (1.1+; 1.0 has no such column).
+    without = [c for c in columns if c != "SkuPriceDetails"]
+    assert ("SkuPriceDetails: missing while list unit prices are published (skupricedetails.md)", -1) in check(
+        "1.2", without, [good])
     assert check("1.2", [c for c in columns if c != "BilledCost"], [good]) >= {("BilledCost: Mandatory column missing", -1)}
     assert ("x_Foo", -1) not in check("1.2", [*columns, "Foo"], [good])
     assert ("Foo: not a FOCUS 1.2 column and not x_ prefixed", -1) in check("1.2", [*columns, "Foo"], [good])
