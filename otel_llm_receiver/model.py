@@ -33,6 +33,29 @@ def from_nanos(nanos: int) -> Decimal:
     return (Decimal(nanos) * _NANO).normalize() if nanos else Decimal(0)
 
 
+#: A UTC day in seconds: a backfill of a day or more starts on one's boundary.
+UTC_DAY = 86_400
+
+
+def first_window_start(now: int, backfill: int, max_backfill: int | None = None) -> int:
+    """Where a first poll (the backfill) starts: ``backfill`` before ``now``, moved back to 00:00 UTC when the
+    backfill is a day or more.
+
+    Billing APIs report cost per whole UTC day; usage read from 16:28 on beside that day's cost makes the day
+    wrong in every per-token figure (a FOCUS row's quantity, a reconciliation). Starting at midnight makes the
+    first day whole. A provider that keeps only ``max_backfill`` of data starts at the next midnight instead,
+    so its first day is whole too (and one shorter).
+    """
+    start = now - backfill
+    if backfill >= UTC_DAY:
+        start -= start % UTC_DAY
+        if max_backfill is not None and start < now - max_backfill:
+            start += UTC_DAY
+    if max_backfill is not None:
+        start = max(start, now - max_backfill)
+    return start
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
     """A half-open time range ``[start, end)`` in Unix seconds that a poll asks a provider for."""

@@ -27,7 +27,7 @@ from .errors import LedgerError, ProviderError, ReceiverError
 from .focus import FocusWriter, WritePass, context_for
 from .ledger import ApplyStats, Ledger
 from .logs import redact
-from .model import PollResult, Window
+from .model import PollResult, Window, first_window_start
 from .pricing import PriceBook
 from .providers import create_provider, provider_class
 from .providers.base import DAY, Provider
@@ -50,10 +50,14 @@ async def wait_for_stop(stop: asyncio.Event, seconds: float) -> bool:
 
 
 def poll_window(provider: Provider, cursor: str | None, now: int) -> Window:
-    """The window of the next poll: the backfill on the first poll, else ``lookback`` before the cursor."""
-    start = now - int(provider.backfill) if cursor is None else min(int(cursor), now) - int(provider.lookback)
-    if provider.MAX_BACKFILL is not None:
-        start = max(start, now - int(provider.MAX_BACKFILL))
+    """The window of the next poll: the backfill on the first poll (from 00:00 UTC when a day or more, see
+    ``first_window_start``), else ``lookback`` before the cursor."""
+    limit = None if provider.MAX_BACKFILL is None else int(provider.MAX_BACKFILL)
+    if cursor is None:
+        return Window(first_window_start(now, int(provider.backfill), limit), now)
+    start = min(int(cursor), now) - int(provider.lookback)
+    if limit is not None:
+        start = max(start, now - limit)
     return Window(start, now)
 
 

@@ -26,6 +26,7 @@ from otel_llm_receiver import budgets
 from otel_llm_receiver.catalog import CATALOG
 from otel_llm_receiver.cli import DEMO_CONFIG
 from otel_llm_receiver.config import parse_config
+from otel_llm_receiver.model import first_window_start
 from tests.support.dashboards import (
     Query,
     dashboard_files,
@@ -336,7 +337,9 @@ def test_data_set_money_values_are_what_the_receiver_computes(signals_run: DemoR
     # ledger at the same moment (the export) over the same poll, buckets still filling in included: exactly, up
     # to the doubles the gauges travel as.
     now, polled = signals_run.now, signals_run.polled
-    ds = DataSet(SEED, sample_times(now, 7), polled - 7 * DAY, attributed=True, poll_lag=now - polled)
+    # The backfill's window starts where the scheduler starts it: 7 days back, at 00:00 UTC.
+    ds = DataSet(SEED, sample_times(now, 7), first_window_start(polled, 7 * DAY), attributed=True,
+                 poll_lag=now - polled)
     mine = _last_values(budget_families(ds) + attribution_families(ds) + anomaly_families(ds) + period_families(ds))
     theirs = {k: v for k, v in signals_run.values.items() if k[0] in {n for n, _ in mine}}
     assert set(mine) == set(theirs)

@@ -4,12 +4,8 @@ The files are written by the real ``focus`` command from a ledger holding every 
 meets (tests/support/focus_world.py), read back with plain readers (csv, json, pyarrow) and checked by
 tests/support/focus_conformance.py, whose column tables are the spec files' (tests/support/focus_spec_*.yaml).
 
-A few rows cannot meet every rule, because the data to do so does not exist, and docs/focus.md says so; the test
-names them exactly, so a new violation, or a deviation that silently grew to other rows, fails:
-
-* reported charges with no list price: Azure meters and Bedrock usage types carry no model that matches the
-  usage (their quantities are known: both billing APIs report ``UsageQuantity``), and a charge for all token
-  types together (the demo's ``tokens`` line item) has no single price: ListUnitPrice null.
+Every row meets every rule: the charges no published price explains (Azure meters, Bedrock usage types, the
+demo's ``tokens`` line item, EUR) carry a derived ListUnitPrice (``x_ListPriceSource`` = ``derived``).
 """
 
 from __future__ import annotations
@@ -25,14 +21,6 @@ from otel_llm_receiver.focus.formats import timestamp
 
 from .support import focus_world as world
 from .support.focus_conformance import check, read_back, spec
-
-#: (instance, x_CostSource) -> the rules its rows cannot meet, by FOCUS version.
-NO_LIST_PRICE = {"all": ("ListUnitPrice: null on a Usage row (listunitprice.md)",)}
-DEVIATIONS = {
-    ("azure/eu", "reported"): NO_LIST_PRICE,
-    ("bedrock/us", "reported"): NO_LIST_PRICE,
-    ("demo", "reported"): NO_LIST_PRICE,
-}
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +49,7 @@ def test_conformance(ledger_config: Path, tmp_path: Path, version: str, fmt: str
         *((w.instance, "estimated") for w in world.WORKLOADS),
     }
     assert {r["ChargePeriodStart"] for r in rows} == {timestamp(d) for d in (*world.DAYS, world.NOW // world.D * world.D)}
-    expected = set()
-    for i, r in enumerate(rows):
-        rules = DEVIATIONS.get((r["BillingAccountId"] or "", r["x_CostSource"] or ""), {})
-        expected |= {(rule, i) for rule in (*rules.get("all", ()), *rules.get(version, ()))}
-    assert check(version, columns, rows) == expected
+    assert check(version, columns, rows) == set()
 
 
 @pytest.mark.parametrize("version", ["1.0", "1.2", "1.3"])
@@ -102,8 +86,30 @@ def test_the_checker_catches_what_it_claims(ledger_config: Path, tmp_path: Path)
         ({"ChargeFrequency": "Usage-Based", "ChargeCategory": "Purchase"},
          "ChargeFrequency: Usage-Based on a Purchase (chargefrequency.md)"),
     ]
+    # Null-aware: "ChargeClass is not Correction" holds for a null ChargeClass, on Usage and on Purchase rows.
+    assert good["ChargeClass"] is None
+    broken += [
+        ({"PricingQuantity": None, "PricingUnit": None}, "PricingQuantity: null on a Usage row (pricingquantity.md)"),
+        ({"ConsumedQuantity": None, "ConsumedUnit": None},
+         "ConsumedQuantity: null on a Usage row (consumedquantity.md)"),
+        ({"ListUnitPrice": None}, "ListUnitPrice: null on a Usage row (listunitprice.md)"),
+        ({"ChargeCategory": "Purchase", "ChargeFrequency": "One-Time", "ListUnitPrice": None},
+         "ListUnitPrice: null on a Purchase row (listunitprice.md)"),
+        ({"ChargeCategory": "Purchase", "ChargeFrequency": "One-Time", "PricingQuantity": None, "PricingUnit": None},
+         "PricingQuantity: null on a Purchase row (pricingquantity.md)"),
+        ({"SkuPriceId": None, "SkuPriceDetails": '{"x_Tier": "a"}'},
+         "SkuPriceDetails: not null while SkuPriceId is null"),
+    ]
     for change, rule in broken:
         assert rule in {r for r, _ in check("1.2", columns, [{**good, **change}])}, change
+    # A correction is exempt from them.
+    correction = {**good, "ChargeClass": "Correction", "PricingQuantity": None, "PricingUnit": None,
+                  "ConsumedQuantity": None, "ConsumedUnit": None, "ListUnitPrice": None, "ListCost": good["BilledCost"]}
+    assert check("1.2", columns, [correction]) == set()
+    # SkuPriceDetails must be present in a file that publishes list prices (1.1+; 1.0 has no such column).
+    without = [c for c in columns if c != "SkuPriceDetails"]
+    assert ("SkuPriceDetails: missing while list unit prices are published (skupricedetails.md)", -1) in check(
+        "1.2", without, [good])
     assert check("1.2", [c for c in columns if c != "BilledCost"], [good]) >= {("BilledCost: Mandatory column missing", -1)}
     assert ("x_Foo", -1) not in check("1.2", [*columns, "Foo"], [good])
     assert ("Foo: not a FOCUS 1.2 column and not x_ prefixed", -1) in check("1.2", [*columns, "Foo"], [good])

@@ -115,8 +115,13 @@ def test_rows_carry_names_tags_regions_publishers_and_list_prices(
     azure = by[("azure/eu", "reported")][0]
     assert (azure["ProviderName"], azure["PublisherName"], azure["InvoiceIssuerName"], azure["BillingCurrency"]) == (
         "Microsoft", "OpenAI", "Microsoft", "EUR")
-    # No list price in EUR is known: null, and ListCost is the billed cost (FOCUS listcost.md).
-    assert azure["ListUnitPrice"] is None and azure["ListCost"] == azure["BilledCost"]
+    # No list price in EUR is published: one is derived from the billed cost, and ListCost is unit price x
+    # quantity (FOCUS listunitprice.md), the billed cost to within the rounding of a 12-place decimal.
+    for r in by[("azure/eu", "reported")]:
+        price, quantity = Decimal(r["ListUnitPrice"] or "x"), Decimal(r["PricingQuantity"] or "x")
+        assert r["x_ListPriceSource"] == "derived" and Decimal(r["ListCost"] or "x") == price * quantity
+        assert abs(price * quantity - Decimal(r["BilledCost"] or "x")) <= quantity * Decimal("0.5e-6")
+    assert {r["x_ListPriceSource"] for r in by[("openai/prod", "reported")]} == {"published"}
     # Every row has a distinct, stable key.
     keys = [r["x_ChargeKey"] for r in rows]
     assert len(set(keys)) == len(keys)

@@ -98,7 +98,7 @@ def test_first_poll_backfills_tokens_by_type_and_ttl_tools_cost_and_names(
                                           "inference_geo"]
     assert usage.headers["x-api-key"] == ADMIN_KEY and usage.headers["anthropic-version"] == "2023-06-01"
     assert "anthropic-beta" not in usage.headers
-    assert usage.param("starting_at") == "2026-11-19T10:00:00Z"  # 24h backfill, snapped to the hour
+    assert usage.param("starting_at") == "2026-11-19T00:00:00Z"  # 24h backfill, from 00:00 UTC: a whole day
     assert usage.param("ending_at") == "2026-11-20T11:00:00Z"  # includes the growing current hour
     (cost,) = fake.api.requests_to(COST_PATH)
     assert cost.params("group_by[]") == ["workspace_id", "description"] and cost.param("bucket_width") == "1d"
@@ -196,7 +196,7 @@ def test_paging_to_the_end_of_every_report_and_the_workspace_list(tmp_path: Path
 
         h = run(tmp_path, fake, scenario)
         assert_exact(h, fake)
-        assert len(fake.api.requests_to(USAGE_PATH)) == 5  # 25 hourly buckets, 5 a page
+        assert len(fake.api.requests_to(USAGE_PATH)) == 7  # 35 hourly buckets (from 00:00 UTC), 5 a page
         assert len(fake.api.requests_to(COST_PATH)) == 2  # 8 days, 5 a page
         assert [r.param("after_id") for r in fake.api.requests_to(WORKSPACES_PATH)] == [
             None, "wrkspc_01Prod", "wrkspc_02Research"]

@@ -95,7 +95,7 @@ def test_backfill_revision_restart_and_currencies_end_to_end(tmp_path: Path, fak
         fake.set_point(acct, metric, {"ModelDeploymentName": dep, "ModelName": model, "ModelVersion": version},
                        start, value)
 
-    for h in range(1, 31):  # 30 hours back; the 24h backfill must take only the last 24
+    for h in range(1, 41):  # 40 hours back; the 24h backfill from 00:00 UTC yesterday must take only the last 36
         start = T0 - h * H
         put(gpt, "InputTokens", "chat", "gpt-4o", start, 1000 + 7 * h, "2024-11-20")
         put(gpt, "OutputTokens", "chat", "gpt-4o", start, 200 + h, "2024-11-20")
@@ -117,7 +117,7 @@ def test_backfill_revision_restart_and_currencies_end_to_end(tmp_path: Path, fak
         cost(claude, day, "Claude Sonnet 4.5 Inp Tokens", f"{k + 2}.015", "USD")
         cost(weu, day, "gpt-4o-1120 Inp regnl Tokens", f"{k + 3}.5", "EUR")
 
-    backfill_start = T0 - D
+    backfill_start = (T0 - D) - (T0 - D) % D  # a backfill of a day or more starts at 00:00 UTC: whole days
     with OTLPSink() as sink:
         cfg = config(tmp_path, fake, sink)
 

@@ -137,7 +137,7 @@ def test_backfill_then_growth_late_rows_shrink_and_restated_cost_stay_exact(
     populate(fake, first_start - 6 * DAY, T0)  # a week of data; the first poll reads 24h usage, 7d cost
     clock = Clock(T0)
     assert poll(tmp_path, fake, clock).ok
-    usage_start = first_start - first_start % HOUR
+    usage_start = first_start - first_start % DAY  # a backfill of a day or more starts at 00:00 UTC
     cost_start = (T0 - 7 * DAY) - (T0 - 7 * DAY) % DAY
     assert_exact(tmp_path, fake, usage_start, T0, cost_start=cost_start)
 
@@ -175,14 +175,15 @@ def test_requests_are_aligned_paged_within_limits_and_grouped(tmp_path: Path, fa
     populate(fake, T0 - DAY, T0, projects=1, models=1)
     assert poll(tmp_path, fake, Clock(T0)).ok
     completions = fake.api.requests_to("/v1/organization/usage/completions")
-    # 24h back from 10:30 -> from 10:00 yesterday: 25 hourly buckets, 7 per page here -> 4 pages.
-    assert len(completions) == 4
+    # 24h back from 10:30, from 00:00 UTC (a backfill of a day or more starts on a day boundary, so the first
+    # day is whole) -> from 00:00 yesterday: 35 hourly buckets, 7 per page here -> 5 pages.
+    assert len(completions) == 5
     first = completions[0]
-    assert int(first.param("start_time") or 0) == T0 - DAY - 1800
+    assert int(first.param("start_time") or 0) == T0 - DAY - (T0 - DAY) % DAY
     assert first.param("bucket_width") == "1h"
-    assert first.param("limit") == "25"
+    assert first.param("limit") == "35"
     assert first.params("group_by") == ["project_id", "model", "batch"]
-    assert [r.param("page") is None for r in completions] == [True, False, False, False]
+    assert [r.param("page") is None for r in completions] == [True, False, False, False, False]
     (costs, *more) = fake.api.requests_to("/v1/organization/costs")
     assert more == [] or all(r.param("page") for r in more)
     assert costs.param("bucket_width") == "1d" and int(costs.param("limit") or 0) <= 180
@@ -262,7 +263,7 @@ def test_a_bad_response_writes_nothing_and_names_the_field(
         assert expected in caplog.text
         assert ledger_totals(tmp_path) == before  # nothing of the poll reached the ledger
     assert poll(tmp_path, fake, clock).ok  # the next good poll brings it all
-    assert_exact(tmp_path, fake, T0 - DAY - 1800, clock.t, cost_start=(T0 - 7 * DAY) - (T0 - 7 * DAY) % DAY)
+    assert_exact(tmp_path, fake, T0 - DAY - (T0 - DAY) % DAY, clock.t, cost_start=(T0 - 7 * DAY) - (T0 - 7 * DAY) % DAY)
 
 
 def test_a_429_storm_delays_but_loses_nothing_and_5xx_is_retried(tmp_path: Path, fake: FakeOpenAI) -> None:
@@ -270,8 +271,8 @@ def test_a_429_storm_delays_but_loses_nothing_and_5xx_is_retried(tmp_path: Path,
     fake.api.fail_next("/v1/organization/usage/completions", 429, count=3, retry_after="0.05")
     fake.api.fail_next("/v1/organization/costs", 503, count=2)
     assert poll(tmp_path, fake, Clock(T0)).ok
-    assert len(fake.api.requests_to("/v1/organization/usage/completions")) == 4 + 3
-    assert_exact(tmp_path, fake, T0 - DAY - 1800, T0, cost_start=(T0 - 7 * DAY) - (T0 - 7 * DAY) % DAY)
+    assert len(fake.api.requests_to("/v1/organization/usage/completions")) == 5 + 3  # 5 pages from 00:00 UTC
+    assert_exact(tmp_path, fake, T0 - DAY - (T0 - DAY) % DAY, T0, cost_start=(T0 - 7 * DAY) - (T0 - 7 * DAY) % DAY)
 
 
 def test_errors_are_classified(tmp_path: Path, fake: FakeOpenAI, caplog: pytest.LogCaptureFixture) -> None:

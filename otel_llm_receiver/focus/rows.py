@@ -19,10 +19,22 @@ the tokens of the usage series of the same tenancy and model of the token type(s
 estimated charge takes the tokens (or requests) it was priced from. Tokens are ConsumedQuantity in ``Tokens``
 and PricingQuantity in ``1000000 Tokens`` (the unit list prices are quoted in).
 
-List prices come from the same ``PriceBook`` that prices the ledger: ListUnitPrice is the price per PricingUnit
-where one price explains the charge (one token type, one price that day) and ListCost = ListUnitPrice x
-PricingQuantity. Elsewhere ListUnitPrice is null and ListCost = BilledCost, as FOCUS requires of a ListCost with
-no unit price (it is Mandatory and never null).
+A reported cost with no quantity at all (no billed quantity, no usage of its token types that day: a day the
+token backfill does not reach, a storage fee) is **money-measured**: ConsumedQuantity = PricingQuantity = the
+amount, in units of its currency (``USD``), at a ListUnitPrice of 1. FOCUS 1.0 and 1.2 require both quantities
+on every Usage row that is not a correction, and the money is the only measure the ledger has of such a charge.
+
+List prices come from the same ``PriceBook`` that prices the ledger: ListUnitPrice is the published price per
+PricingUnit where one price explains the charge (one token type, one price that day; ``x_ListPriceSource`` =
+``published``) and ListCost = ListUnitPrice x PricingQuantity. Elsewhere (several token types in one charge, a
+meter that names no model, a currency other than USD, a price changed mid-day) no published price explains it,
+and FOCUS still requires a ListUnitPrice: it is **derived**, BilledCost / PricingQuantity (``derived``), rounded
+to what a 12-place decimal can hold beside the quantity, and ListCost = ListUnitPrice x PricingQuantity, which
+is BilledCost whenever the division is exact and within that rounding otherwise.
+
+``x_CoverageStart`` marks a day whose usage data the ledger holds only from some hour on (the instance's first
+day of usage, or a day its rollups were pruned into): the hour the usage starts, on the rows whose quantity
+comes from that usage. Backfills start at 00:00 UTC (``model.first_window_start``), so it is rare.
 """
 
 from __future__ import annotations
@@ -35,11 +47,12 @@ import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Final
 
 from ..attribution import COST_CENTER, TEAM, Attributor
 from ..ledger import (
+    CURRENCY_ATTR,
     METRIC_BILLED_QUANTITY,
     METRIC_COST,
     METRIC_COST_ESTIMATED,
@@ -68,18 +81,23 @@ TOKEN_METERS: Final = {
 TOKEN_UNIT: Final = "Tokens"
 TOKEN_PRICING_UNIT: Final = "1000000 Tokens"
 TOKENS_PER_PRICING_UNIT: Final = 1_000_000
+#: Decimal places a file keeps (Parquet ``decimal128(38, 12)``): a derived unit price x quantity must fit in them.
+DECIMAL_PLACES: Final = 12
+#: ``x_ListPriceSource``: the price catalog's list price, or BilledCost / PricingQuantity where none explains it.
+PUBLISHED: Final = "published"
+DERIVED: Final = "derived"
 _NANO: Final = Decimal(1).scaleb(-9)
 _PICO: Final = Decimal(1).scaleb(-12)
 #: Attributes that have columns of their own; any other goes to x_Dimensions.
 _COLUMN_ATTRS: Final = frozenset({
     "gen_ai.provider.name", "gen_ai.request.model", "gen_ai.operation.name", "gen_ai.token.type", "llm.tenant",
-    "llm.tenancy.id", "llm.tenancy.name", "llm.cost.line_item", "llm.currency", "cloud.region", "llm.publisher",
+    "llm.tenancy.id", "llm.tenancy.name", "llm.cost.line_item", CURRENCY_ATTR, "cloud.region", "llm.publisher",
     "llm.cost.quantity_unit",
 })
 #: Attributes of a cost series that say which usage it is about (the rest must agree with the usage's, if any).
 _MATCH_KEYS: Final = frozenset({
     "gen_ai.provider.name", "llm.tenancy.id", "llm.tenant", "gen_ai.request.model", "llm.cost.line_item",
-    "llm.currency", "gen_ai.token.type",
+    CURRENCY_ATTR, "gen_ai.token.type",
 })
 #: Billed units as the providers name them -> FOCUS unit format (UnitFormat: plural count units, capitalized).
 _UNITS: Final = {"tokens": "Tokens", "token": "Tokens", "requests": "Requests", "request": "Requests",
@@ -97,6 +115,17 @@ class RowContext:
     _price_cache: dict[tuple[AttrKey, str, int], Decimal | None] = field(default_factory=dict)
     _edges: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     _statics: dict[tuple[object, ...], _Static] = field(default_factory=dict)
+    _usage_starts: dict[str, int] | None = None
+
+    def usage_starts(self, ledger: Ledger) -> Mapping[str, int]:
+        """Per instance, the first hour of usage (tokens, requests) the ledger's rollups hold: where its usage
+        data starts (a backfill's start, or the retention's edge). Read once per context (one export or pass)."""
+        if self._usage_starts is None:
+            starts: dict[str, int] = {}
+            for instance, _, _, _, first, _ in ledger.rollup_series((METRIC_TOKENS, METRIC_REQUESTS)).values():
+                starts[instance] = min(first, starts.get(instance, first))
+            self._usage_starts = starts
+        return self._usage_starts
 
     def static(self, instance: str, metric: str, attrs: Mapping[str, str], source: str, meter: str,
                token_type: str | None, model: str | None) -> _Static:
@@ -219,13 +248,14 @@ def day_rows(ledger: Ledger, day: int, ctx: RowContext) -> list[Row]:
             by_owner[(instance, a.get("gen_ai.provider.name", ""), a.get("llm.tenant", ""),
                       a.get("llm.tenancy.id", ""), a.get("gen_ai.request.model", ""))].append(entry)
 
+    starts = ctx.usage_starts(ledger)
     rows: list[Row] = []
     for instance, metric, attrs, nanos in costs:
-        rows.append(_reported_row(ctx, day, instance, metric, attrs, nanos, billed, by_owner))
+        rows.append(_reported_row(ctx, day, instance, metric, attrs, nanos, billed, by_owner, starts.get(instance)))
     for (instance, metric, _), entry in usage.items():
         if instance in reported_instances or entry.estimated is None:
             continue
-        rows.append(_estimated_row(ctx, day, instance, metric, entry))
+        rows.append(_estimated_row(ctx, day, instance, metric, entry, starts.get(instance)))
     rows = [r for r in rows if r["BilledCost"] or r["ConsumedQuantity"]]
     rows.sort(key=lambda r: (r["BillingAccountId"], r["x_ChargeKey"]))
     return rows
@@ -234,18 +264,14 @@ def day_rows(ledger: Ledger, day: int, ctx: RowContext) -> list[Row]:
 def _reported_row(
     ctx: RowContext, day: int, instance: str, metric: str, attrs: dict[str, str], nanos: int,
     billed: Mapping[tuple[str, AttrKey], tuple[str, int]], by_owner: Mapping[tuple[str, ...], Sequence[_Usage]],
+    usage_start: int | None,
 ) -> Row:
     cost = _decimal(nanos, _NANO)
-    currency = attrs.get("llm.currency", "USD")
+    currency = attrs.get(CURRENCY_ATTR, "USD")
     types = token_types_of(attrs)
     model = attrs.get("gen_ai.request.model") or model_of_line_item(attrs.get("llm.cost.line_item", ""))
-    quantity: Decimal | None = None
-    unit: str | None = None
-    pricing_quantity: Decimal | None = None
-    pricing_unit: str | None = None
-    list_unit_price: Decimal | None = None
-    list_cost = cost
-    found = billed.get((instance, attr_key(attrs, "llm.currency")))
+    q = _Quantities(cost, currency)
+    found = billed.get((instance, attr_key(attrs, CURRENCY_ATTR)))
     matched: list[_Usage] = []
     if types and model:
         owner = (instance, attrs.get("gen_ai.provider.name", ""), attrs.get("llm.tenant", ""),
@@ -255,33 +281,35 @@ def _reported_row(
         matched = [u for u in by_owner.get(owner, ()) if u.attrs.get("gen_ai.token.type") in types
                    and all(u.attrs.get(k, v) == v for k, v in extra)]
     if found is not None and _UNITS.get(found[0].lower(), "") != TOKEN_UNIT:
-        quantity, unit = _decimal(found[1], _NANO), _UNITS.get(found[0].lower(), found[0])  # unknown units as the provider names them
-        pricing_quantity, pricing_unit = quantity, unit
+        q.quantity, q.unit = _decimal(found[1], _NANO), _UNITS.get(found[0].lower(), found[0])  # unknown units as the provider names them
+        q.pricing_quantity, q.pricing_unit = q.quantity, q.unit
     elif found is not None or matched:
         tokens = _decimal(found[1], _NANO) if found is not None else Decimal(sum(u.quantity for u in matched))
-        quantity, unit = tokens, TOKEN_UNIT
-        pricing_quantity, pricing_unit = (tokens / TOKENS_PER_PRICING_UNIT).normalize(), TOKEN_PRICING_UNIT
+        q.quantity, q.unit = tokens, TOKEN_UNIT
+        q.pricing_quantity, q.pricing_unit = (tokens / TOKENS_PER_PRICING_UNIT).normalize(), TOKEN_PRICING_UNIT
+        if found is None:
+            q.coverage_start = usage_start  # the tokens are the ledger's usage: partial where it is
         if currency == "USD" and matched:
             prices = {ctx.unit_price(u.attrs, u.attrs["gen_ai.token.type"], day) for u in matched}
             if len(prices) == 1 and None not in prices and len({u.attrs["gen_ai.token.type"] for u in matched}) == 1:
                 (price,) = prices
                 assert price is not None
-                list_unit_price = (price * TOKENS_PER_PRICING_UNIT).normalize()
-                list_cost = (list_unit_price * pricing_quantity).normalize()
+                q.publish((price * TOKENS_PER_PRICING_UNIT).normalize())
     token_type = types[0] if len(types) == 1 else None
     meter = TOKEN_METERS[token_type] if token_type else (
         TOKEN_UNIT if types else attrs.get("llm.cost.line_item") or "Usage")
     item = attrs.get("llm.cost.line_item")
     description = f"{item or meter}{f' ({model})' if model and model not in (item or '') else ''}, reported"
-    return _row(ctx, day, instance, metric, attrs, "reported", cost, currency, list_cost, list_unit_price,
-                quantity, unit, pricing_quantity, pricing_unit, meter, token_type, description, model=model)
+    return _row(ctx, day, instance, metric, attrs, "reported", q, meter, token_type, description, model=model)
 
 
-def _estimated_row(ctx: RowContext, day: int, instance: str, metric: str, entry: _Usage) -> Row:
+def _estimated_row(
+    ctx: RowContext, day: int, instance: str, metric: str, entry: _Usage, usage_start: int | None,
+) -> Row:
     attrs = entry.attrs
     cost = _decimal(entry.estimated or 0, _PICO)
     token_type = attrs.get("gen_ai.token.type") if metric == METRIC_TOKENS else None
-    quantity: Decimal | None = Decimal(entry.quantity) if entry.quantity else None
+    q = _Quantities(cost, "USD", coverage_start=usage_start)
     if token_type:
         unit, pricing_unit, meter = TOKEN_UNIT, TOKEN_PRICING_UNIT, TOKEN_METERS.get(token_type, token_type)
         per = TOKENS_PER_PRICING_UNIT
@@ -289,45 +317,92 @@ def _estimated_row(ctx: RowContext, day: int, instance: str, metric: str, entry:
     else:
         unit, pricing_unit, meter, per = "Requests", "Requests", "Requests", 1
         price = ctx.unit_price(attrs, REQUEST_UNIT, day)
-    pricing_quantity = None if quantity is None else (quantity / per).normalize()
-    list_unit_price = None if price is None else (price * per).normalize()
-    # A unit price only where it explains the cost exactly (not on a day the list price changed mid-day).
-    if list_unit_price is not None and (pricing_quantity is None or list_unit_price * pricing_quantity != cost):
-        list_unit_price = None
+    if entry.quantity:
+        q.quantity, q.unit = Decimal(entry.quantity), unit
+        q.pricing_quantity, q.pricing_unit = (q.quantity / per).normalize(), pricing_unit
+        # A published unit price only where it explains the cost exactly (not on a day the price changed mid-day).
+        if price is not None and (price * per).normalize() * q.pricing_quantity == cost:
+            q.publish((price * per).normalize())
     model = attrs.get("gen_ai.request.model")
     description = f"{meter}{f' ({model})' if model else ''}, estimated from list prices"
-    return _row(ctx, day, instance, METRIC_COST_ESTIMATED, attrs, "estimated", cost, "USD", cost, list_unit_price,
-                quantity, unit if quantity is not None else None, pricing_quantity,
-                pricing_unit if pricing_quantity is not None else None, meter, token_type, description,
+    return _row(ctx, day, instance, METRIC_COST_ESTIMATED, attrs, "estimated", q, meter, token_type, description,
                 model=model)
 
 
+@dataclass
+class _Quantities:
+    """A row's money, quantities and list price, completed by ``settle`` so that no mandatory one is null."""
+
+    cost: Decimal
+    currency: str
+    quantity: Decimal | None = None
+    unit: str | None = None
+    pricing_quantity: Decimal | None = None
+    pricing_unit: str | None = None
+    list_unit_price: Decimal | None = None
+    list_cost: Decimal | None = None
+    price_source: str = DERIVED
+    coverage_start: int | None = None
+
+    def publish(self, unit_price: Decimal) -> None:
+        """A list price from the catalog: ListCost is unit price x quantity (it may differ from BilledCost)."""
+        assert self.pricing_quantity is not None
+        self.list_unit_price = unit_price
+        self.list_cost = (unit_price * self.pricing_quantity).normalize()
+        self.price_source = PUBLISHED
+
+    def settle(self) -> None:
+        """Fill what the data left null: a charge with no quantity (or none to divide by) is measured in its own
+        money; a charge with no published price gets one derived from its cost (see the module docstring)."""
+        if self.pricing_quantity is None or (not self.pricing_quantity and self.cost):
+            self.quantity = self.pricing_quantity = self.cost
+            self.unit = self.pricing_unit = self.currency
+            self.coverage_start = None  # not the usage's quantity: nothing partial about it
+            self.list_unit_price = self.list_cost = None
+        if self.list_unit_price is None:
+            self.list_unit_price, self.list_cost = derived_price(self.cost, self.pricing_quantity)
+            self.price_source = DERIVED
+
+
+def derived_price(cost: Decimal, quantity: Decimal) -> tuple[Decimal, Decimal]:
+    """(ListUnitPrice, ListCost) of a charge no published price explains: cost / quantity, rounded to the places
+    that keep ListUnitPrice x quantity within ``DECIMAL_PLACES``; ListCost is that product (= cost when exact)."""
+    if not quantity:
+        return Decimal(0), Decimal(0)  # no quantity and no cost (a zero-cost charge is dropped anyway)
+    exponent = quantity.normalize().as_tuple().exponent
+    places = DECIMAL_PLACES + min(int(exponent), 0) if isinstance(exponent, int) else DECIMAL_PLACES
+    price = (cost / quantity).quantize(Decimal(1).scaleb(-max(places, 0)), rounding=ROUND_HALF_EVEN).normalize()
+    return price, (price * quantity).normalize()
+
+
 def _row(
-    ctx: RowContext, day: int, instance: str, metric: str, attrs: Mapping[str, str], source: str, cost: Decimal,
-    currency: str, list_cost: Decimal, list_unit_price: Decimal | None, quantity: Decimal | None,
-    unit: str | None, pricing_quantity: Decimal | None, pricing_unit: str | None, meter: str,
-    token_type: str | None, description: str, *, model: str | None,
+    ctx: RowContext, day: int, instance: str, metric: str, attrs: Mapping[str, str], source: str, q: _Quantities,
+    meter: str, token_type: str | None, description: str, *, model: str | None,
 ) -> Row:
+    q.settle()
     static = ctx.static(instance, metric, attrs, source, meter, token_type, model)
     period_start, period_end = _month(day)
     row = dict(static.columns)
     row.update({
-        "BilledCost": cost,
-        "BillingCurrency": currency,
+        "BilledCost": q.cost,
+        "BillingCurrency": q.currency,
         "BillingPeriodEnd": period_end,
         "BillingPeriodStart": period_start,
         "ChargeDescription": description,
         "ChargePeriodEnd": day + DAY,
         "ChargePeriodStart": day,
-        "ConsumedQuantity": quantity,
-        "ConsumedUnit": unit,
-        "ContractedCost": cost,
-        "EffectiveCost": cost,
-        "ListCost": list_cost,
-        "ListUnitPrice": list_unit_price,
-        "PricingQuantity": pricing_quantity,
-        "PricingUnit": pricing_unit,
+        "ConsumedQuantity": q.quantity,
+        "ConsumedUnit": q.unit,
+        "ContractedCost": q.cost,
+        "EffectiveCost": q.cost,
+        "ListCost": q.list_cost,
+        "ListUnitPrice": q.list_unit_price,
+        "PricingQuantity": q.pricing_quantity,
+        "PricingUnit": q.pricing_unit,
         "x_ChargeKey": charge_key(instance, metric, static.canonical, day),
+        "x_CoverageStart": q.coverage_start if q.coverage_start is not None and day < q.coverage_start < day + DAY
+        else None,
+        "x_ListPriceSource": q.price_source,
     })
     return row
 
@@ -362,6 +437,7 @@ def _static(
         "ChargeClass": None,
         "ChargeFrequency": "Usage-Based",
         "HostProviderName": who.host_provider,
+        "InvoiceId": None,  # the usage and cost APIs name no invoice (Recommended, 1.2+)
         "InvoiceIssuerName": who.invoice_issuer,
         "ProviderName": who.provider_name,
         "PublisherName": publisher,
@@ -373,6 +449,7 @@ def _static(
         "ServiceSubcategory": "Generative AI",
         "SkuId": sku,
         "SkuMeter": meter,
+        "SkuPriceDetails": None,  # a token price has no SKU properties beyond the SkuMeter (1.1+; may be null)
         "SkuPriceId": sku,
         "SubAccountId": tenancy,
         "SubAccountName": (tenancy_name or tenancy) if tenancy else None,

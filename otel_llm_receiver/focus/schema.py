@@ -4,8 +4,10 @@ FOCUS defines Mandatory, Conditional and Recommended columns. A file carries eve
 version, the Conditional and Recommended ones whose condition our data meets (sub accounts, regions, SKUs, tags,
 consumed quantities, list prices), and then our own ``x_`` columns (custom columns MUST be prefixed ``x_`` and
 SHOULD follow the FOCUS ones). Columns whose condition we never meet (commitment discounts, capacity
-reservations, invoices, pricing currencies, allocations, contracts) are left out rather than written all-null,
-because a present Conditional column brings its nullability rules with it.
+reservations, pricing currencies, allocations, contracts) are left out rather than written all-null, because a
+present Conditional column brings its nullability rules with it. Two are present although always null:
+``SkuPriceDetails`` (1.2 requires it when the file publishes list prices; it may be null) and ``InvoiceId``
+(Recommended in 1.2; no usage or cost API names the invoice).
 
 The column tables this was written from are test data (``tests/support/focus_spec_*.yaml``, each naming the spec
 file it came from); ``tests/test_focus_conformance.py`` checks every output against them.
@@ -47,6 +49,7 @@ _FOCUS: Final[tuple[Column, ...]] = (
     Column("ContractedCost", "decimal"),
     Column("EffectiveCost", "decimal"),
     Column("HostProviderName", "string", since="1.3"),
+    Column("InvoiceId", "string", since="1.2"),
     Column("InvoiceIssuerName", "string"),
     Column("ListCost", "decimal"),
     Column("ListUnitPrice", "decimal"),
@@ -62,6 +65,7 @@ _FOCUS: Final[tuple[Column, ...]] = (
     Column("ServiceSubcategory", "string", since="1.1"),
     Column("SkuId", "string"),
     Column("SkuMeter", "string", since="1.1"),
+    Column("SkuPriceDetails", "json", since="1.1"),
     Column("SkuPriceId", "string"),
     Column("SubAccountId", "string"),
     Column("SubAccountName", "string"),
@@ -71,7 +75,9 @@ _FOCUS: Final[tuple[Column, ...]] = (
 _CUSTOM: Final[tuple[Column, ...]] = (
     Column("x_ChargeKey", "string"),     # stable id of the row's key (instance, series, day): upsert on it
     Column("x_CostSource", "string"),    # reported (the provider's billing API) or estimated (tokens x list price)
+    Column("x_CoverageStart", "datetime"),  # where a day's usage data starts mid-day (partial quantities); else null
     Column("x_Dimensions", "json"),      # the series' other bounded attributes (service tier, cache TTL, ...)
+    Column("x_ListPriceSource", "string"),  # published (the price catalog) or derived (BilledCost / quantity)
     Column("x_Model", "string"),
     Column("x_Operation", "string"),
     Column("x_TokenType", "string"),     # input, cache_read, cache_write, output; null for other charges

@@ -79,6 +79,9 @@ def check(version: str, columns: Sequence[str], rows: Sequence[Mapping[str, str 
             out.add((f"{name}: FOCUS column after a custom (x_) column", -1))
     if len(set(columns)) != len(columns):
         out.add(("duplicate column names", -1))
+    # skupricedetails.md (1.1+): MUST be present when the provider publishes unit prices (ours: ListUnitPrice).
+    if "SkuPriceDetails" in cols and "ListUnitPrice" in columns and "SkuPriceDetails" not in columns:
+        out.add(("SkuPriceDetails: missing while list unit prices are published (skupricedetails.md)", -1))
 
     for i, row in enumerate(rows):
         def v(name: str, row: Mapping[str, str | None] = row) -> str | None:
@@ -127,20 +130,25 @@ def check(version: str, columns: Sequence[str], rows: Sequence[Mapping[str, str 
         if v("ChargeCategory") == "Purchase" and v("ChargeFrequency") == "Usage-Based":
             out.add(("ChargeFrequency: Usage-Based on a Purchase (chargefrequency.md)", i))
 
-        # ---- usage rows that are not corrections: the conditional rules that apply to them
-        usage = v("ChargeCategory") == "Usage" and v("ChargeClass") is None
-        if usage:
-            for name, source, versions in (
-                ("ConsumedQuantity", "consumedquantity.md", "all"), ("PricingQuantity", "pricingquantity.md", "all"),
-                ("ListUnitPrice", "listunitprice.md", "all"), ("SkuId", "skuid.md", "all"),
-                ("SkuPriceId", "skupriceid.md", "all"),
-                # 1.0 says it of the units directly; 1.2 ties each unit to its quantity (below).
-                ("PricingUnit", "pricingunit.md (1.0)", "1.0"), ("ConsumedUnit", "consumedunit.md (1.0)", "1.0"),
-            ):
-                if versions not in ("all", version):
-                    continue
-                if name in columns and v(name) is None:
-                    out.add((f"{name}: null on a Usage row ({source})", i))
+        # ---- the conditional rules of charges that are not corrections. "ChargeClass is not Correction" is
+        # true of a null ChargeClass (the usual one): a checker that tests ChargeClass == something, or skips
+        # rows whose ChargeClass is null, checks nothing on our files.
+        not_correction = v("ChargeClass") != "Correction"
+        category = v("ChargeCategory")
+        for name, source, categories, versions in (
+            ("ConsumedQuantity", "consumedquantity.md", ("Usage",), "all"),
+            ("PricingQuantity", "pricingquantity.md", ("Usage", "Purchase"), "all"),
+            ("ListUnitPrice", "listunitprice.md", ("Usage", "Purchase"), "all"),
+            ("SkuId", "skuid.md", ("Usage", "Purchase"), "all"),
+            ("SkuPriceId", "skupriceid.md", ("Usage", "Purchase"), "all"),
+            # 1.0 says it of the units directly; 1.2 ties each unit to its quantity (below).
+            ("PricingUnit", "pricingunit.md (1.0)", ("Usage", "Purchase"), "1.0"),
+            ("ConsumedUnit", "consumedunit.md (1.0)", ("Usage",), "1.0"),
+        ):
+            if versions not in ("all", version) or not not_correction or category not in categories:
+                continue
+            if name in columns and v(name) is None:
+                out.add((f"{name}: null on a {category} row ({source})", i))
         # Quantity/unit pairs (consumedunit.md, pricingunit.md, 1.2 wording).
         for qty, unit in (("ConsumedQuantity", "ConsumedUnit"), ("PricingQuantity", "PricingUnit")):
             if unit in columns and (v(qty) is None) != (v(unit) is None):
@@ -157,6 +165,9 @@ def check(version: str, columns: Sequence[str], rows: Sequence[Mapping[str, str 
         # skumeter.md (1.1+): null when SkuId is null.
         if "SkuMeter" in columns and v("SkuId") is None and v("SkuMeter") is not None:
             out.add(("SkuMeter: not null while SkuId is null", i))
+        # skupricedetails.md (1.1+): null when SkuPriceId is null.
+        if "SkuPriceDetails" in columns and v("SkuPriceId") is None and v("SkuPriceDetails") is not None:
+            out.add(("SkuPriceDetails: not null while SkuPriceId is null", i))
         # regionname.md (1.2): null exactly when RegionId is null.
         if "RegionName" in columns and (v("RegionId") is None) != (v("RegionName") is None):
             out.add(("RegionName: null exactly when RegionId is null", i))
