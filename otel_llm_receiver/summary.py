@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from decimal import Decimal
 
-from .ledger import METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS, Ledger
+from .ledger import METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS, METRIC_UNPRICED, Ledger
 from .model import from_nanos
 from .report import CURRENCY_ATTR, compare_days
 from .signals import SignalsReading
@@ -37,6 +37,7 @@ def render_summary(reader: Ledger, now: int, signals: SignalsReading | None = No
     tokens: dict[tuple[str, str], int] = defaultdict(int)
     cost: dict[tuple[str, str], int] = defaultdict(int)
     estimated: dict[tuple[str, str], int] = defaultdict(int)
+    unpriced: set[tuple[str, str]] = set()  # models with tokens no catalog prices: "unpriced", not 0.00
     for s in reader.snapshot().series:
         attrs: dict[str, str] = json.loads(s.attrs)
         key = (attrs.get("gen_ai.provider.name", "?"), attrs.get("gen_ai.request.model", "(none)"))
@@ -46,6 +47,8 @@ def render_summary(reader: Ledger, now: int, signals: SignalsReading | None = No
             cost[key] += s.total - s.adjustments
         elif s.metric == METRIC_COST_ESTIMATED:
             estimated[key] += s.total - s.adjustments
+        elif s.metric == METRIC_UNPRICED and s.total > 0:
+            unpriced.add(key)
     first = reader.rollup_range()
     compared = compare_days(reader, first[0] if first else now, now, lambda _, a: (
         a.get("gen_ai.provider.name", "?"), a.get("gen_ai.request.model", "(none)")))
@@ -68,9 +71,10 @@ def render_summary(reader: Ledger, now: int, signals: SignalsReading | None = No
             spent, guess, shown_days = from_nanos(cost.get(key, 0)), from_nanos(estimated.get(key, 0)), "all"
         spent_total += spent
         guess_total += guess
+        shown_guess = "unpriced" if key in unpriced and not guess else f"{guess.quantize(CENT):,}"
         lines.append(
             f"{provider:<10} {model[:24]:<24} {rate:>12,.0f} {tokens.get(key, 0):>16,} {shown_days:>13} "
-            f"{spent.quantize(CENT):>14,} {guess.quantize(CENT):>14,}"
+            f"{spent.quantize(CENT):>14,} {shown_guess:>14}"
         )
     if len(lines) == 2:
         lines.append("(no usage in the ledger yet)")

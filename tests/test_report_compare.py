@@ -22,7 +22,7 @@ import yaml
 from otel_llm_receiver.cli import DEMO_CONFIG, main
 from otel_llm_receiver.config import Config, load_config, parse_config
 from otel_llm_receiver.ledger import Ledger
-from otel_llm_receiver.model import CostRecord, PollResult, UsageRecord
+from otel_llm_receiver.model import CostRecord, PollResult, UsageRecord, first_window_start
 from otel_llm_receiver.pricing import PriceBook
 from otel_llm_receiver.providers.demo import WORKLOADS, daily_cost, full_bucket
 from otel_llm_receiver.scheduler import Receiver
@@ -121,6 +121,11 @@ def test_unpriced_model_is_not_shown_as_free(config_path: Path, capsys: pytest.C
     (csv_row,) = [r for r in csv.DictReader(io.StringIO(report(capsys, *args, "--format", "csv")))
                   if r["model"] == "mystery-1"]
     assert (csv_row["estimated_usd"], csv_row["unpriced"]) == ("", "true")
+    # The demo's terminal summary says the same.
+    with Ledger(load_config(config_path).storage.path, readonly=True) as reader:
+        summary = render_summary(reader, NOW)
+    assert re.search(r"mystery-1 .*\s0\.00\s+unpriced$", summary, re.M), summary
+    assert not re.search(r"gpt-x .*unpriced", summary), summary
 
 
 def test_json_names_tenancies_by_id_and_name(config_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -202,8 +207,9 @@ def test_demo_report_compares_the_same_days(demo: Config, capsys: pytest.Capture
 def test_demo_summary_compares_the_same_days(demo: Config) -> None:
     with Ledger(demo.storage.path, readonly=True) as reader:
         out = render_summary(reader, DEMO_NOW)
-    # Usage starts 14 days ago at 16:28: its first whole day is the next one; cost has arrived up to yesterday.
-    first = (DEMO_NOW - 14 * D) // D * D + D
+    # The 14-day backfill starts at 00:00 UTC (model.first_window_start): its first day is whole; cost has
+    # arrived up to yesterday.
+    first = first_window_start(DEMO_NOW, 14 * D)
     days = list(range(first, DEMO_NOW // D * D, D))
     span = f"{day_label(days[0])[5:]}..{day_label(days[-1])[5:]}"
     total = next(line for line in out.splitlines() if line.startswith("total"))
