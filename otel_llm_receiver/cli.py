@@ -26,6 +26,7 @@ from .durations import parse_duration, parse_window
 from .emitter import BatchExporter, build_exporter, failure_detail
 from .errors import ConfigError, ReceiverError
 from .health import HealthServer
+from .ledger_check import check_ledger
 from .logs import redact, setup_logging
 from .providers import provider_problems
 from .scheduler import Receiver, wait_for_stop
@@ -196,6 +197,7 @@ def _serve(
     health_required: bool = True,
 ) -> int:
     try:
+        check_ledger(config.storage.path)  # a damaged ledger is refused here, in one line, before anything runs
         receiver = Receiver(config, exporters=exporters)
     except ReceiverError as exc:
         log.error("cannot start: %s", exc)
@@ -373,6 +375,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     prices = PriceBook(config.pricing.entries, use_genai_prices=config.pricing.genai_prices)
     signals = Signals(config.budgets, Attributor(config.attribution.rules), prices, labels)
     try:
+        check_ledger(config.storage.path)
         with Ledger(config.storage.path, readonly=True) as ledger:
             report = build_report(ledger, start, end, now, signals, labels)
     except LedgerError as exc:

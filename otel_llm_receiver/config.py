@@ -96,7 +96,7 @@ _TOP_LEVEL_KEYS = (
 )
 _METRIC_KEYS = ("enabled",)
 _STORAGE_KEYS = ("path", "retention")
-_HEALTH_KEYS = ("endpoint",)
+_HEALTH_KEYS = ("endpoint", "export_failure_window")
 _EXPORTER_KEYS = ("endpoint", "headers", "compression", "timeout", "tls")
 _TLS_KEYS = ("insecure", "ca_file", "cert_file", "key_file")
 _COMPRESSIONS = ("gzip", "none")
@@ -292,9 +292,11 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class HealthConfig:
-    """The health endpoint's ``host:port``; the empty string disables it."""
+    """The health endpoint's ``host:port`` (the empty string disables it), and how long ``/ready`` and
+    ``/health`` stay 200 without a successful export (None: 3 times ``export_interval``)."""
 
     endpoint: str = "127.0.0.1:13133"
+    export_failure_window: float | None = None
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,12 @@ class Config:
     provider_options: Mapping[str, Mapping[str, Option]] = field(
         default_factory=dict, repr=False, compare=False, hash=False
     )
+
+    @property
+    def export_failure_window(self) -> float:
+        """Seconds without a successful export after which ``/ready`` and ``/health`` answer 503."""
+        window = self.health.export_failure_window
+        return 3 * self.export_interval if window is None else window
 
     def describe(self) -> str:
         """A human-readable summary for ``otel-llm-receiver check``; every secret shows as ``<redacted>``."""
@@ -380,7 +388,8 @@ class Config:
             f"storage: path {show(self.storage.path)}, retention {format_duration(self.storage.retention)}"
         )
         health = show(self.health.endpoint) if self.health.endpoint else "(disabled)"
-        lines.append(f"health: endpoint {health}")
+        lines.append(f"health: endpoint {health}, export failure window "
+                     f"{format_duration(self.export_failure_window)}")
         lines.append(
             f"pricing: {len(self.pricing.overrides)} override(s)"
             + (f", catalog_file {show(self.pricing.catalog_file)}" if self.pricing.catalog_file else "")
@@ -1127,6 +1136,7 @@ class _Parser:
     def health(self, raw: Any) -> HealthConfig:
         section = self.mapping(raw, "health")
         endpoint = HealthConfig.endpoint
+        window: float | None = None
         for key, value in (section or {}).items():
             key_path = _join("health", key)
             if key == "endpoint":
@@ -1140,9 +1150,13 @@ class _Parser:
                     )
                     continue
                 endpoint = text
+            elif key == "export_failure_window":
+                seconds = self.duration(value, key_path, positive=True)
+                if not isinstance(seconds, _Invalid):
+                    window = seconds
             else:
                 self.problem(key_path, _unknown_key_message(key, _HEALTH_KEYS))
-        return HealthConfig(endpoint=endpoint)
+        return HealthConfig(endpoint=endpoint, export_failure_window=window)
 
     def exporter(self, name: str, raw: Any) -> ExporterConfig | None:
         path = _join("exporters", name)

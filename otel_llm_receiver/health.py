@@ -1,8 +1,11 @@
-"""``GET /health``: is every provider instance succeeding, how stale is the data, how is the ledger.
+"""``GET /live``, ``GET /ready`` and ``GET /health``: liveness kept apart from readiness.
 
-200 while every instance has succeeded within 3 of its intervals, 503 otherwise, so a Kubernetes liveness or
-readiness probe (or the Collector's health aggregation) can act on it. Served on a loopback address by
-default; errors shown here were already redacted when logged and are redacted again on the way out.
+``/live`` answers 200 while the process serves HTTP at all: a liveness probe restarts only a hung process, never
+one that is waiting for a Collector or a provider to come back (a restart would fix neither). ``/ready`` and
+``/health`` answer the same document: 200 while every instance has succeeded within 3 of its intervals, the
+ledger is readable, no loop keeps failing and every exporter exported within ``health.export_failure_window``;
+503 otherwise, so a readiness probe or the Collector's health aggregation can act on it. Served on a loopback
+address by default; errors shown here were already redacted when logged and are redacted again on the way out.
 
 Other read-only routes can be added (``routes``: path -> handler of the query parameters returning status,
 content type and body chunks): the FOCUS export's ``/focus.csv`` and ``/focus.json`` (``focus.http``). Their
@@ -48,8 +51,12 @@ class HealthServer:
                 if path in extra:
                     self._route(extra[path], dict(parse_qsl(query)))
                     return
-                if path not in ("/health", "/"):
-                    self.send_error(404, f"not here; served: {', '.join(['/health', *sorted(extra)])}")
+                if path == "/live":
+                    self._json(200, b'{"status": "alive"}')
+                    return
+                if path not in ("/health", "/ready", "/"):
+                    served = ", ".join(["/live", "/ready", "/health", *sorted(extra)])
+                    self.send_error(404, f"not here; served: {served}")
                     return
                 try:
                     healthy, doc = outer.report()
@@ -58,6 +65,9 @@ class HealthServer:
                 except Exception as exc:  # a health check must answer, even about itself
                     body = json.dumps({"status": "error", "error": type(exc).__name__}).encode()
                     status = 503
+                self._json(status, body)
+
+            def _json(self, status: int, body: bytes) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from .errors import LedgerError
+from .ledger_check import create_atomically
 from .model import TOKEN_TYPES, PollResult, to_nanos
 
 log = logging.getLogger(__name__)
@@ -768,6 +769,8 @@ class Ledger:
         try:
             if not readonly:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                if not self.path.exists():  # built beside, linked into place: never an empty file at path
+                    create_atomically(self.path, self._initialise)
             self._conn = sqlite3.connect(
                 str(self.path), isolation_level=None, timeout=30.0, check_same_thread=False
             )
@@ -893,6 +896,12 @@ class Ledger:
                 f"ledger {self.path} has schema version {self.schema_version}, newer than this release "
                 f"understands ({newest}); upgrade otel-llm-receiver"
             )
+
+    def _initialise(self, conn: sqlite3.Connection) -> None:
+        """Make a new ledger on ``conn`` (``create_atomically`` runs this on the file built beside the path)."""
+        self._conn = conn
+        conn.execute("PRAGMA journal_mode = WAL")
+        self._migrate()
 
     def _migrate(self) -> None:
         conn = self._conn

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from .attribution import Attributor
 from .builder import MetricsBuilder, make_resource
 from .config import Config, ExporterConfig
 from .emitter import BatchExporter, Emitter, build_exporter
-from .errors import LedgerError, ProviderError, ReceiverError
+from .errors import LedgerError, ProviderError
 from .focus import FocusWriter, WritePass, context_for
 from .ledger import ApplyStats, Ledger
 from .logs import redact
@@ -214,7 +215,15 @@ class Receiver:
         cfg = next(p for p in self.provider_configs if p.name == name)
         failures = 0
         while not stop.is_set():
-            outcome = await self.poll(name)
+            try:
+                outcome = await self.poll(name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # poll() contains its own errors; anything else is counted, never fatal
+                self._loop_failed("poll", exc, name)
+                outcome = PollOutcome(name, False, "bad_response")
+            else:
+                self._loop_succeeded("poll")
             self._first_polls.add(name)
             if len(self._first_polls) == len(self.provider_configs):
                 self.first_round.set()
@@ -235,10 +244,15 @@ class Receiver:
         with self._export_lock:
             if self._reader is None:
                 self._reader = Ledger(self.config.storage.path, readonly=True)
-            rows = self._reader.export_rows(self.builder.known_series)
-            now_ns = time.time_ns()
-            gauges = self._signal_gauges(self._reader, now_ns)
-            data = self.builder.build(rows, self.health.reading(), now_ns, gauges)
+            try:
+                rows = self._reader.export_rows(self.builder.known_series)
+                now_ns = time.time_ns()
+                gauges = self._signal_gauges(self._reader, now_ns)
+                data = self.builder.build(rows, self.health.reading(), now_ns, gauges)
+            except BaseException:
+                self._reader.close()  # the next export reads through a fresh connection (no stale cache)
+                self._reader = None
+                raise
         if not len(self.emitter):
             return True
         ok = self.emitter.send(data, wait_for_all=wait)
@@ -261,8 +275,28 @@ class Receiver:
         while not await wait_for_stop(stop, interval):
             try:
                 await asyncio.to_thread(self.export_now, wait=False)
-            except ReceiverError as exc:
-                log.warning("export skipped: %s", exc)
+            except Exception as exc:  # ledger damage, a bug: counted and logged, the loop goes on (issue 17.1)
+                self._loop_failed("export", exc)
+            else:
+                self._loop_succeeded("export")
+
+    def _loop_failed(self, loop: str, exc: BaseException, instance: str | None = None) -> None:
+        """One line per failed iteration (first, 10th, every 100th when it repeats), counted for the
+        ``llm.receiver.loop.errors`` metric and ``/health``."""
+        message = redact(f"{type(exc).__name__}: {exc}")
+        n = self.health.loop_failed(loop, message)
+        if n in (1, 10) or n % 100 == 0:
+            log.error(
+                "%s loop: iteration failed (%d in a row), the loop goes on: %s%s", loop, n, message,
+                " (the ledger may be damaged: see docs/troubleshooting.md)" if isinstance(exc, (LedgerError, sqlite3.Error))
+                else "",
+                extra={"loop": loop, **({"instance": instance} if instance else {})},
+            )
+
+    def _loop_succeeded(self, loop: str) -> None:
+        ended = self.health.loop_succeeded(loop)
+        if ended:
+            log.info("%s loop: iterations succeed again after %d errors", loop, ended)
 
     # -- FOCUS files ---------------------------------------------------------------------------------------
     def write_focus(self) -> WritePass | None:
@@ -288,6 +322,9 @@ class Receiver:
             self.write_focus()
         except Exception as exc:  # a failed pass (disk full, ledger busy) costs only this pass, never the loop
             log.warning("focus: day files not written this pass: %s: %s", type(exc).__name__, redact(str(exc)))
+            self.health.loop_failed("focus", redact(f"{type(exc).__name__}: {exc}"))
+        else:
+            self._loop_succeeded("focus")
 
     async def _focus_loop(self, stop: asyncio.Event) -> None:
         """A pass once the first polls landed (the backfill), then one every ``focus.interval``."""
@@ -338,7 +375,9 @@ class Receiver:
         return 0
 
     def health_report(self) -> tuple[bool, dict[str, object]]:
-        """(healthy, document) for ``GET /health``."""
+        """(healthy, document) for ``GET /health`` and ``GET /ready``: every instance polling, the ledger
+        readable, no loop failing, and every exporter with a successful export within
+        ``health.export_failure_window`` (counted from the start before the first one)."""
         now = self.clock()
         instances: dict[str, object] = {}
         healthy = True
@@ -365,17 +404,28 @@ class Receiver:
         except (LedgerError, OSError) as exc:
             ledger.update(ok=False, error=str(exc))
             healthy = False
-        exporters = [
-            {"name": s.name, "endpoint": s.endpoint, "exports": s.exports, "failures": s.failures,
-             "consecutive_failures": s.consecutive_failures, "last_success_unix": s.last_success_unix,
-             "last_error": s.last_error}
-            for s in self.emitter.states
-        ]
+        window = self.config.export_failure_window
+        exporters = []
+        for s in self.emitter.states:
+            since = s.last_success_unix if s.last_success_unix is not None else self.health.started_unix
+            exported = now - since <= window
+            healthy = healthy and exported
+            exporters.append(
+                {"name": s.name, "endpoint": s.endpoint, "healthy": exported, "exports": s.exports,
+                 "failures": s.failures, "consecutive_failures": s.consecutive_failures,
+                 "last_success_unix": s.last_success_unix, "last_error": s.last_error})
+        loops: dict[str, object] = {}
+        for name, loop in sorted(self.health.loops().items()):
+            healthy = healthy and not loop.consecutive_errors
+            loops[name] = {"errors": loop.errors, "consecutive_errors": loop.consecutive_errors,
+                           "last_error": loop.last_error, "last_error_unix": loop.last_error_unix}
         return healthy, {
             "status": "ok" if healthy else "unhealthy",
             "instances": instances,
             "ledger": ledger,
             "exporters": exporters,
+            "export_failure_window_s": window,
+            "loops": loops,
         }
 
     async def aclose(self) -> None:
@@ -397,7 +447,7 @@ def _classify(exc: BaseException) -> tuple[str, str, float | None]:
     """(error.type, one-line message, retry_after) for any exception a poll can end with."""
     if isinstance(exc, ProviderError):
         return exc.error_type, str(exc), exc.retry_after
-    if isinstance(exc, LedgerError):
+    if isinstance(exc, (LedgerError, sqlite3.Error)):
         return "storage", str(exc), None
     if isinstance(exc, TimeoutError):
         return "timeout", "timed out", None

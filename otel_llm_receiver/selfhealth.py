@@ -50,6 +50,20 @@ class InstanceStatus:
     source_ends: dict[str, int] = field(default_factory=dict)  # source -> how far its data reach
 
 
+@dataclass
+class LoopStatus:
+    """One of the receiver's loops (``poll``, ``export``, ``focus``): iterations that ended in an error.
+
+    A loop never ends on an error; it logs it, counts it here and goes on. ``consecutive_errors`` is reset by
+    the next iteration that succeeds, so ``/health`` is unhealthy only while the loop keeps failing.
+    """
+
+    errors: int = 0
+    consecutive_errors: int = 0
+    last_error: str | None = None
+    last_error_unix: float | None = None
+
+
 @dataclass(frozen=True)
 class SelfHealthReading:
     """A copy of every self-health value, taken under the lock, for one export."""
@@ -62,6 +76,7 @@ class SelfHealthReading:
     data_lag: dict[str, float]
     api_requests: dict[tuple[str, str], int] = field(default_factory=dict)  # (instance, operation) -> count
     source_lag: dict[tuple[str, str], float] = field(default_factory=dict)  # (instance, source) -> seconds
+    loop_errors: dict[str, int] = field(default_factory=dict)  # loop -> iterations that ended in an error
 
 
 class SelfHealth:
@@ -77,6 +92,7 @@ class SelfHealth:
         self._durations: dict[str, DurationHistogram] = {}
         self._api_requests: Counter[tuple[str, str]] = Counter()
         self.instances: dict[str, InstanceStatus] = {}
+        self._loops: dict[str, LoopStatus] = {}
 
     def register(self, name: str, interval: float) -> None:
         with self._lock:
@@ -119,6 +135,28 @@ class SelfHealth:
             for operation, n in requests.items():
                 self._api_requests[(name, operation)] += n
 
+    def loop_failed(self, loop: str, message: str) -> int:
+        """Count an iteration of ``loop`` that ended in an error; returns the consecutive errors so far."""
+        with self._lock:
+            st = self._loops.setdefault(loop, LoopStatus())
+            st.errors += 1
+            st.consecutive_errors += 1
+            st.last_error, st.last_error_unix = message, self._clock()
+            return st.consecutive_errors
+
+    def loop_succeeded(self, loop: str) -> int:
+        """An iteration of ``loop`` went through; returns the consecutive errors it ended."""
+        with self._lock:
+            st = self._loops.get(loop)
+            if st is None:
+                return 0
+            ended, st.consecutive_errors = st.consecutive_errors, 0
+            return ended
+
+    def loops(self) -> dict[str, LoopStatus]:
+        with self._lock:
+            return {name: replace(st) for name, st in self._loops.items()}
+
     def reading(self) -> SelfHealthReading:
         now = self._clock()
         with self._lock:
@@ -137,6 +175,7 @@ class SelfHealth:
                     (n, source): max(0.0, now - end)
                     for n, s in self.instances.items() for source, end in s.source_ends.items()
                 },
+                loop_errors={name: st.errors for name, st in self._loops.items() if st.errors},
             )
 
     def healthy(self, name: str) -> bool:

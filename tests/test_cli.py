@@ -147,8 +147,8 @@ def test_readers_of_a_ledger_that_is_not_one_say_so_and_create_nothing(tmp_path:
         other.execute("CREATE TABLE t (x)")
     cases = {
         "typo.db": "no ledger at",
-        "empty.db": "is empty, not a ledger",
-        "notes.db": "not a receiver ledger (not an SQLite database)",
+        "empty.db": "the file is empty (0 bytes)",
+        "notes.db": "file is not a database",
         "other.db": "is an SQLite database but not a receiver ledger",
     }
     before = sorted(p.name for p in tmp_path.iterdir())

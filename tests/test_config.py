@@ -470,6 +470,18 @@ def test_health_endpoints_accepted(tmp_path: Path, endpoint: str) -> None:
     assert config.health.endpoint == endpoint
 
 
+def test_export_failure_window_defaults_to_three_export_intervals(tmp_path: Path) -> None:
+    """Issue 17.10: how long /ready stays 200 without a successful export."""
+    config = load(tmp_path, "export_interval: 20s\nproviders: {demo: }\n")
+    assert config.health.export_failure_window is None and config.export_failure_window == 60.0
+    config = load(tmp_path, "health: {export_failure_window: 5m}\nproviders: {demo: }\n")
+    assert config.export_failure_window == 300.0
+    assert "export failure window 5m" in config.describe()
+    with pytest.raises(ConfigError) as exc:
+        load(tmp_path, "health: {export_failure_window: 0s}\nproviders: {demo: }\n")
+    assert exc.value.problems == ["health.export_failure_window: must be greater than 0"]
+
+
 def test_parse_config_takes_a_parsed_document(tmp_path: Path) -> None:
     (tmp_path / "key").write_text(ADMIN_KEY + "\n")
     config = parse_config(

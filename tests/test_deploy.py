@@ -229,9 +229,10 @@ def test_k8s_deployment_is_one_hardened_replica_with_the_ledger_on_a_volume(vari
     assert ("PersistentVolumeClaim", ledger_volume["persistentVolumeClaim"]["claimName"]) in objects
     health_port = port_of(config.health.endpoint)
     named = {p["name"]: p["containerPort"] for p in receiver["ports"]}
-    for probe in ("readinessProbe", "livenessProbe"):
+    # Liveness and readiness kept apart (issue 17.10): a Collector outage makes the pod not-ready, never restarts it.
+    for probe, path in (("readinessProbe", "/ready"), ("livenessProbe", "/live")):
         get = receiver[probe]["httpGet"]
-        assert get["path"] == "/health" and named.get(get["port"], get["port"]) == health_port, probe
+        assert get["path"] == path and named.get(get["port"], get["port"]) == health_port, probe
     assert config.health.endpoint.startswith("0.0.0.0:")
 
 

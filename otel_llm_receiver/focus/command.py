@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import load_config, parse_config
     from ..durations import parse_window
     from ..ledger import Ledger
+    from ..ledger_check import check_ledger
     from .export import context_for, export
 
     try:
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     out = sys.stdout if args.out == "-" else Path(args.out)
     try:
+        check_ledger(config.storage.path)  # a damaged ledger: one line saying what to do, never a traceback
         with Ledger(config.storage.path, readonly=True) as ledger:
             count = export(ledger, start, end, version=version, fmt=fmt, out=out, ctx=context_for(config, ledger))
     except BrokenPipeError:
