@@ -392,6 +392,8 @@ class MetricsBuilder:
         lag += [number({"llm.source": s, "llm.data.source": src}, float(v))
                 for (s, src), v in sorted(h.source_lag.items())]
         api = [number({"llm.source": src, "llm.api.operation": op}, n) for (src, op), n in sorted(h.api_requests.items())]
+        unmatched = [number({"llm.source": s, "llm.data.source": src}, n)
+                     for (s, src), n in sorted(h.unmatched.items())]
         out: list[pb.Metric] = []
         c = CATALOG.metrics
         if polls:
@@ -410,6 +412,9 @@ class MetricsBuilder:
         if api:
             out.append(_metric(c["llm.receiver.provider_requests"], sum=pb.Sum(
                 data_points=api, aggregation_temporality=CUMULATIVE, is_monotonic=True)))
+        if unmatched:
+            out.append(_metric(c["llm.receiver.unmatched_records"], sum=pb.Sum(
+                data_points=unmatched, aggregation_temporality=CUMULATIVE, is_monotonic=True)))
         return [m for m in out if self.is_enabled(m.name)]
 
 

@@ -117,6 +117,10 @@ class PollResult:
     #: How far each of the provider's sources reaches (usage endpoint, cost API, ...), for a data-lag gauge per
     #: source: one stale endpoint is visible even while the others are current.
     source_data_until: Mapping[str, int] = field(default_factory=dict)
+    #: Rows a source reported that matched nothing the provider knows (an Azure cost row of no discovered
+    #: account), by source (``usage``, ``cost``): kept under their own id, and counted here
+    #: (``llm.receiver.unmatched_records``) so that they are seen, never silently dropped.
+    unmatched_records: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def newest_bucket_end(self) -> int | None:

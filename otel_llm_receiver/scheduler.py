@@ -173,6 +173,7 @@ class Receiver:
             )
             return PollOutcome(name, False, error_type, retry_after)
         self._count_requests(name, provider)
+        self.health.unmatched(name, result.unmatched_records)
         elapsed = time.monotonic() - t0
         await self._prune_rollups_hourly(loop)
         self.health.poll_succeeded(

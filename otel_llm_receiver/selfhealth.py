@@ -62,6 +62,7 @@ class SelfHealthReading:
     data_lag: dict[str, float]
     api_requests: dict[tuple[str, str], int] = field(default_factory=dict)  # (instance, operation) -> count
     source_lag: dict[tuple[str, str], float] = field(default_factory=dict)  # (instance, source) -> seconds
+    unmatched: dict[tuple[str, str], int] = field(default_factory=dict)  # (instance, source) -> records
 
 
 class SelfHealth:
@@ -76,6 +77,7 @@ class SelfHealth:
         self._records: Counter[tuple[str, str]] = Counter()
         self._durations: dict[str, DurationHistogram] = {}
         self._api_requests: Counter[tuple[str, str]] = Counter()
+        self._unmatched: Counter[tuple[str, str]] = Counter()
         self.instances: dict[str, InstanceStatus] = {}
 
     def register(self, name: str, interval: float) -> None:
@@ -119,6 +121,13 @@ class SelfHealth:
             for operation, n in requests.items():
                 self._api_requests[(name, operation)] += n
 
+    def unmatched(self, name: str, counts: Mapping[str, int]) -> None:
+        """Add a poll's records that matched nothing (``PollResult.unmatched_records``), by source."""
+        with self._lock:
+            for source, n in counts.items():
+                if n:
+                    self._unmatched[(name, source)] += n
+
     def reading(self) -> SelfHealthReading:
         now = self._clock()
         with self._lock:
@@ -133,6 +142,7 @@ class SelfHealth:
                     for n, s in self.instances.items() if s.newest_bucket_end is not None
                 },
                 api_requests=dict(self._api_requests),
+                unmatched=dict(self._unmatched),
                 source_lag={
                     (n, source): max(0.0, now - end)
                     for n, s in self.instances.items() for source, end in s.source_ends.items()

@@ -730,3 +730,39 @@ def fetch_many_then(provider: AzureOpenAIProvider, fake: FakeAzure, gpt: FakeAcc
             await provider.aclose()
 
     return asyncio.run(go())
+
+
+# -- resource ids in cost rows (issue 16.9) --------------------------------------------------------------------
+def test_a_cost_row_without_the_leading_slash_in_lower_case_reaches_the_ledger(
+    fake: FakeAzure, tmp_path: Path
+) -> None:
+    gpt = gpt_account(fake)
+    day = NOW - NOW % D - D
+    fake.add_cost(gpt, day, "gpt-4o-1120 Inp glbl Tokens", "4.50")
+    fake.cost_resource_id = lambda rid: rid.lower().lstrip("/")  # "subscriptions/.../accounts/aoai-prod"
+    result = fetch(make(fake), Window(NOW - H, NOW))
+    assert [(c.tenancy_id, c.amount) for c in result.costs] == [
+        (f"{SUB}/rg-ai/aoai-prod", Decimal("4.50"))]
+    assert result.unmatched_records == {}
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        ledger.apply("azure_openai/test", result)
+        spent = {json.loads(s.attrs)["llm.tenancy.id"]: s.total
+                 for s in ledger.snapshot().series if s.metric == "llm.usage.cost"}
+    assert spent == {f"{SUB}/rg-ai/aoai-prod": to_nanos("4.50")}
+
+
+def test_a_cost_row_of_no_discovered_account_is_kept_counted_and_logged(
+    fake: FakeAzure, caplog: pytest.LogCaptureFixture
+) -> None:
+    gpt = gpt_account(fake)
+    day = NOW - NOW % D
+    fake.add_cost(gpt, day, "gpt-4o-1120 Inp glbl Tokens", "1.25")
+    fake.add_cost(gpt, day, "gpt-4o-1120 Outp glbl Tokens", "2.75")
+    child = f"{gpt.id}/deployments/chat".lower()  # a resource id no discovered account has
+    fake.cost_resource_id = lambda rid: child if rid == gpt.id else rid.lower()
+    with caplog.at_level(logging.WARNING):
+        result = fetch(make(fake), Window(NOW - H, NOW))
+    assert sum(c.amount for c in result.costs) == Decimal("4.00")
+    assert {c.tenancy_id for c in result.costs} == {child}
+    assert result.unmatched_records == {"cost": 2}
+    assert "2 cost row(s) matched no discovered account" in caplog.text and child in caplog.text

@@ -186,3 +186,14 @@ def test_backfill_revision_restart_and_currencies_end_to_end(tmp_path: Path, fak
         assert all(after[k].start_time_unix_nano == start for k, start in tokens_start.items())
         requests = by(sink, "llm.receiver.provider_requests", "llm.api.operation")
         assert requests[("costmanagement.query",)] > 0 and requests[("monitor.metrics",)] > 0
+
+
+def test_unmatched_cost_rows_are_counted_in_the_self_metric(tmp_path: Path, fake: FakeAzure) -> None:
+    gpt = fake.add_account(FakeAccount(SUB, "rg-ai", "aoai-prod", "OpenAI", {"chat": ("gpt-4o", "2024-11-20")}))
+    fake.add_account(FakeAccount(SUB_EUR, "rg-eu", "aoai-weu", "OpenAI", {"chat": ("gpt-4o", "2024-11-20")}))
+    fake.add_cost(gpt, T0 - T0 % D, "gpt-4o-1120 Inp glbl Tokens", "4.50")
+    fake.cost_resource_id = lambda rid: f"{rid}/deployments/chat".lower()  # matches no discovered account
+    with OTLPSink() as sink:
+        run_process(config(tmp_path, fake, sink), [T0], sink)
+        assert by(sink, "llm.receiver.unmatched_records", "llm.source", "llm.data.source") == {(NAME, "cost"): 1}
+        assert sum(by(sink, "llm.usage.cost", "llm.tenancy.id").values()) == pytest.approx(4.5)

@@ -157,13 +157,14 @@ class AzureOpenAIProvider(Provider):
         accounts = await self.discovery.accounts()
         usage = await self._usage(accounts, window)
         costs: list[CostRecord] = []
+        unmatched = 0
         cursors: dict[str, str] = {}
         now = window.end
         if self.cost_enabled and accounts and self._cost_due(now):
             lookback = self.cost_lookback if self._cost_polled_at is not None else max(
                 self.cost_lookback, float(window.end - window.start))
             try:
-                costs = await self.cost_reader.costs(accounts, cost_window(now, lookback))
+                costs, unmatched = await self.cost_reader.costs(accounts, cost_window(now, lookback))
             except ProviderError as exc:
                 log.warning("%s: cost query failed (%s), usage kept; retried next poll: %s",
                             self.name, exc.error_type, exc)
@@ -177,6 +178,7 @@ class AzureOpenAIProvider(Provider):
             names={("tenancy", a.tenancy_id): a.name for a in accounts},
             complete_until=settled - settled % self.width,
             cursors=cursors,
+            unmatched_records={"cost": unmatched} if unmatched else {},
         )
 
     def _cost_due(self, now: int) -> bool:
