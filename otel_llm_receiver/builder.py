@@ -375,8 +375,9 @@ class MetricsBuilder:
             return p
 
         polls = [
-            number({"llm.source": src, "llm.outcome": outcome, **({"error.type": et} if et else {})}, n)
-            for (src, outcome, et), n in sorted(h.polls.items())
+            number({"llm.source": src, "llm.data.source": data_source, "llm.outcome": outcome,
+                    **({"error.type": et} if et else {})}, n)
+            for (src, data_source, outcome, et), n in sorted(h.polls.items())
         ]
         records = [number({"llm.source": src, "llm.outcome": o}, n) for (src, o), n in sorted(h.records.items())]
         durations = [
