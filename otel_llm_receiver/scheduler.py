@@ -171,7 +171,7 @@ class Receiver:
             error_type, message, retry_after = _classify(exc)
             message = redact(message)  # kept for /health: never hold a secret where it can be shown
             elapsed = time.monotonic() - t0
-            sources = provider.sources if provider is not None else (USAGE,)
+            sources = provider.data_sources if provider is not None else (USAGE,)
             self.health.poll_failed(name, elapsed, error_type, message, sources)
             log.warning(
                 "%s: poll failed (%s): %s", name, error_type, message,

@@ -283,9 +283,12 @@ def test_a_bad_poll_writes_nothing(
         h.now += 5 * MINUTE
         fake.api.fail_next(path, status, count=5, body=body)
         outcome = await h.poll()
-        assert not outcome.ok and outcome.error_type == error_type
-        assert says in (h.receiver.health.statuses()[0].last_error or "")
-        assert (h.series("llm.usage.tokens"), h.series("llm.usage.cost")) == before
+        # the report that failed writes nothing; the other one is a separate source and lands (issue 16.10)
+        source, metric = ("usage", "llm.usage.tokens") if path == USAGE_PATH else ("cost", "llm.usage.cost")
+        assert outcome.failed_sources == (source,) and outcome.ok == (source != "usage")
+        failing = h.receiver.health.statuses()[0].failing_sources[source]
+        assert failing.error_type == error_type and says in failing.error
+        assert h.series(metric) == before[0 if source == "usage" else 1]
         fake.api.clear()
         assert (await h.poll()).ok  # the next good poll catches up exactly
         assert_exact(h, fake)
@@ -324,7 +327,7 @@ def test_wrong_key_is_an_auth_error_without_retries_or_the_key(tmp_path: Path, f
         assert "HTTP 401" in message and "sk-ant-admin" in message and "wrong-key" not in message
 
     run(tmp_path, fake, scenario, admin_key="sk-ant-api03-wrong-key-0000")
-    assert len(fake.api.requests) == 1  # a 401 is never retried
+    assert len(fake.api.requests) == 2  # one 401 per report (separate sources), never retried
 
 
 def test_a_failed_workspace_lookup_never_blocks_usage(tmp_path: Path, fake: FakeAnthropic) -> None:

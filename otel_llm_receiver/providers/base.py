@@ -72,7 +72,7 @@ class Provider(ABC):
         return None
 
     @property
-    def sources(self) -> tuple[str, ...]:
+    def data_sources(self) -> tuple[str, ...]:
         """The sources this instance reads (its config may turn some off): a whole failed poll fails them all."""
         return self.SOURCES
 

@@ -156,7 +156,7 @@ class AzureOpenAIProvider(Provider):
                 log.warning("%s: ignoring unreadable cost cursor %r", self.name, value)
 
     @property
-    def sources(self) -> tuple[str, ...]:
+    def data_sources(self) -> tuple[str, ...]:
         return self.SOURCES if self.cost_enabled else (USAGE,)
 
     async def fetch(self, window: Window) -> PollResult:

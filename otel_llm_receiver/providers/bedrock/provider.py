@@ -153,7 +153,7 @@ class BedrockProvider(Provider):
 
     # -- polling --------------------------------------------------------------------------------------------
     @property
-    def sources(self) -> tuple[str, ...]:
+    def data_sources(self) -> tuple[str, ...]:
         return self.SOURCES if self.costs_enabled else (USAGE,)
 
     async def fetch(self, window: Window) -> PollResult:

@@ -131,7 +131,7 @@ class OpenAIProvider(Provider):
 
     # -- the poll ----------------------------------------------------------------------------------------------
     @property
-    def sources(self) -> tuple[str, ...]:
+    def data_sources(self) -> tuple[str, ...]:
         return self.SOURCES if self.costs else (USAGE,)
 
     def restore(self, cursors: Mapping[str, str]) -> None:
