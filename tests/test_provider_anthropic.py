@@ -423,3 +423,25 @@ def test_a_stalled_api_times_out_and_is_retried_then_classified(tmp_path: Path, 
 
     run(tmp_path, fake, scenario, timeout="200ms", max_retries=1)
     assert len(fake.api.requests_to(USAGE_PATH)) == 2  # the first try and one retry
+
+
+def test_a_cost_outage_while_usage_lands_is_re_read_from_the_cost_cursor(tmp_path: Path, fake: FakeAnthropic) -> None:
+    """Usage and cost are separate sources (issue 16.10): four days of failing cost reports do not stop usage, and
+    the first good cost read reaches back to cost_lookback before the cost source's own last success, not the
+    usage cursor's, so no cost day of the outage is skipped."""
+    async def scenario(h: Harness) -> None:
+        assert (await h.poll()).ok
+        fake.api.fail_next(COST_PATH, 500, count=1000)
+        for _ in range(4):
+            h.now += DAY
+            outcome = await h.poll()
+            assert outcome.ok and outcome.failed_sources == ("cost",)
+        fake.api.clear()
+        h.now += HOUR
+        assert (await h.poll()).ok
+        last = [r for r in fake.api.requests if r.path == COST_PATH][-1]
+        first_day = (NOW - 72 * HOUR) - (NOW - 72 * HOUR) % DAY
+        assert dict(last.query)["starting_at"] == datetime.fromtimestamp(first_day, UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+
+    run(tmp_path, fake, scenario, max_retries=0)
