@@ -69,7 +69,7 @@ class PollOutcome:
     ok: bool
     error_type: str | None = None
     retry_after: float | None = None
-    #: Sources that failed while the others landed (``ok`` is False only when usage failed or nothing landed).
+    #: Sources that failed while the others landed (``ok`` is False only when usage failed or every source read failed).
     failed_sources: tuple[str, ...] = ()
 
 

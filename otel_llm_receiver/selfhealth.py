@@ -109,8 +109,8 @@ class SelfHealth:
         failed: Mapping[str, SourceFailure] | None = None,
     ) -> bool:
         """A poll whose result was applied: ``polled`` sources landed, ``failed`` ones did not. The instance
-        counts as failed (consecutive failures, last error; returned False) when its usage failed or nothing
-        landed; a failing cost source alone shows in its own counters and ``failing_sources``."""
+        counts as failed (consecutive failures, last error; returned False) when its usage failed or every
+        source it read failed; a failing cost source alone shows in its own counters and ``failing_sources``."""
         failed = failed or {}
         with self._lock:
             st = self.instances[name]
@@ -121,7 +121,7 @@ class SelfHealth:
                 st.failing_sources.pop(source, None)
             for source, failure in sorted(failed.items()):
                 self._source_failed(st, source, failure.error_type, failure.message, now)
-            ok = bool(polled) and USAGE not in failed
+            ok = USAGE not in failed and (bool(polled) or not failed)  # nothing due is not a failure
             if ok:
                 st.last_success_unix = now
                 st.consecutive_failures = 0
