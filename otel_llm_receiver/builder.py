@@ -375,8 +375,9 @@ class MetricsBuilder:
             return p
 
         polls = [
-            number({"llm.source": src, "llm.outcome": outcome, **({"error.type": et} if et else {})}, n)
-            for (src, outcome, et), n in sorted(h.polls.items())
+            number({"llm.source": src, "llm.data.source": data_source, "llm.outcome": outcome,
+                    **({"error.type": et} if et else {})}, n)
+            for (src, data_source, outcome, et), n in sorted(h.polls.items())
         ]
         records = [number({"llm.source": src, "llm.outcome": o}, n) for (src, o), n in sorted(h.records.items())]
         durations = [
@@ -393,6 +394,8 @@ class MetricsBuilder:
                 for (s, src), v in sorted(h.source_lag.items())]
         api = [number({"llm.source": src, "llm.api.operation": op}, n) for (src, op), n in sorted(h.api_requests.items())]
         loops = [number({"llm.loop": loop}, n) for loop, n in sorted(h.loop_errors.items())]
+        unmatched = [number({"llm.source": s, "llm.data.source": src}, n)
+                     for (s, src), n in sorted(h.unmatched.items())]
         out: list[pb.Metric] = []
         c = CATALOG.metrics
         if polls:
@@ -414,6 +417,9 @@ class MetricsBuilder:
         if loops:
             out.append(_metric(c["llm.receiver.loop.errors"], sum=pb.Sum(
                 data_points=loops, aggregation_temporality=CUMULATIVE, is_monotonic=True)))
+        if unmatched:
+            out.append(_metric(c["llm.receiver.unmatched_records"], sum=pb.Sum(
+                data_points=unmatched, aggregation_temporality=CUMULATIVE, is_monotonic=True)))
         return [m for m in out if self.is_enabled(m.name)]
 
 

@@ -86,7 +86,7 @@ PICOS_PER_NANO: Final = 1000
 ROLLUP_PICO_METRICS: Final = frozenset({METRIC_COST_ESTIMATED})
 
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 #: The attribute naming a non-USD amount's ISO 4217 code (``currency`` before schema version 3).
 CURRENCY_ATTR: Final = "llm.currency"
 LEGACY_CURRENCY_ATTR: Final = "currency"
@@ -202,6 +202,26 @@ MIGRATIONS: Final[tuple[tuple[int, str, MigrationStep], ...]] = (
         """,
     ),
     (3, "attributes: currency is llm.currency", _rename_currency_attribute),
+    (
+        4,
+        "anthropic server-tool requests: gen_ai.operation.name chat -> execute_tool",
+        # Anthropic's llm.usage.tool_requests series were filed under `chat` until the operation became
+        # `execute_tool` (as OpenAI's): renamed in place, so the re-read lookback finds the buckets it already
+        # counted instead of starting a second series that would count them again. Keys keep their order (only
+        # a value changes), so attrs stay canonical JSON.
+        """
+        UPDATE series
+           SET attrs = replace(attrs, '"gen_ai.operation.name":"chat"', '"gen_ai.operation.name":"execute_tool"')
+         WHERE metric = 'llm.usage.tool_requests'
+           AND instr(attrs, '"gen_ai.provider.name":"anthropic"') > 0
+           AND instr(attrs, '"gen_ai.operation.name":"chat"') > 0
+           AND NOT EXISTS (
+               SELECT 1 FROM series AS renamed
+                WHERE renamed.instance = series.instance AND renamed.metric = series.metric
+                  AND renamed.attrs = replace(series.attrs, '"gen_ai.operation.name":"chat"',
+                                              '"gen_ai.operation.name":"execute_tool"'));
+        """,
+    ),
 )
 
 SQL_CREATE_MIGRATIONS = """

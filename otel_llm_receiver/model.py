@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Literal
+from typing import Final, Literal
 
 TokenType = Literal["input", "cache_read", "cache_write", "output"]
 #: The token types partition all tokens: summing over them gives every token once (DESIGN.md).
@@ -121,6 +121,22 @@ class CostRecord:
     quantity_unit: str | None = None
 
 
+#: The sources of a provider instance's data, each polled (and failing) on its own: ``llm.data.source`` on
+#: ``llm.receiver.polls``. ``usage`` carries the instance's poll cursor; the others keep their own.
+USAGE: Final = "usage"
+COST: Final = "cost"
+CLAUDE_CODE: Final = "claude_code"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFailure:
+    """Why one source of a poll failed (its ``error.type`` and one redactable line), while the others landed."""
+
+    error_type: str
+    message: str
+    retry_after: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class PollResult:
     """What one poll of one provider instance produced; applied to the ledger in one transaction.
@@ -140,6 +156,16 @@ class PollResult:
     #: How far each of the provider's sources reaches (usage endpoint, cost API, ...), for a data-lag gauge per
     #: source: one stale endpoint is visible even while the others are current.
     source_data_until: Mapping[str, int] = field(default_factory=dict)
+    #: Rows a source reported that matched nothing the provider knows (an Azure cost row of no discovered
+    #: account), by source (``usage``, ``cost``): kept under their own id, and counted here
+    #: (``llm.receiver.unmatched_records``) so that they are seen, never silently dropped.
+    unmatched_records: Mapping[str, int] = field(default_factory=dict)
+    #: The sources this poll read (successfully): each counts one successful poll of its own. A provider that
+    #: does not say read its usage.
+    polled_sources: Sequence[str] = (USAGE,)
+    #: Sources that failed while the others landed: their data are absent from this result, their cursors
+    #: did not move, and the scheduler counts and logs each one (a failed ``usage`` keeps the poll cursor).
+    failed_sources: Mapping[str, SourceFailure] = field(default_factory=dict)
 
     @property
     def newest_bucket_end(self) -> int | None:

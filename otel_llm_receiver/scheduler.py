@@ -28,7 +28,7 @@ from .errors import LedgerError, ProviderError
 from .focus import FocusWriter, WritePass, context_for
 from .ledger import ApplyStats, Ledger
 from .logs import redact
-from .model import PollResult, Window, first_window_start
+from .model import USAGE, PollResult, Window, first_window_start
 from .pricing import PriceBook
 from .providers import create_provider, provider_class
 from .providers.base import DAY, Provider
@@ -74,6 +74,8 @@ class PollOutcome:
     ok: bool
     error_type: str | None = None
     retry_after: float | None = None
+    #: Sources that failed while the others landed (``ok`` is False only when usage failed or every source read failed).
+    failed_sources: tuple[str, ...] = ()
 
 
 class Receiver:
@@ -154,7 +156,10 @@ class Receiver:
                 raise ProviderError(
                     f"provider returned {type(result).__name__}, not a PollResult", provider=name
                 )
-            cursor_value = str(result.complete_until if result.complete_until is not None else window.end)
+            cursor_value: str | None = str(
+                result.complete_until if result.complete_until is not None else window.end)
+            if USAGE in result.failed_sources:
+                cursor_value = cursor  # usage did not land: the next poll re-reads from where it was
             stats: ApplyStats = await loop.run_in_executor(
                 self._writer,
                 lambda: self.ledger.apply(
@@ -171,25 +176,39 @@ class Receiver:
             error_type, message, retry_after = _classify(exc)
             message = redact(message)  # kept for /health: never hold a secret where it can be shown
             elapsed = time.monotonic() - t0
-            self.health.poll_failed(name, elapsed, error_type, message)
+            sources = provider.data_sources if provider is not None else (USAGE,)
+            self.health.poll_failed(name, elapsed, error_type, message, sources)
             log.warning(
                 "%s: poll failed (%s): %s", name, error_type, message,
                 extra={"instance": name, "error_type": error_type, "duration_s": round(elapsed, 3)},
             )
             return PollOutcome(name, False, error_type, retry_after)
         self._count_requests(name, provider)
+        self.health.unmatched(name, result.unmatched_records)
         elapsed = time.monotonic() - t0
         await self._prune_rollups_hourly(loop)
-        self.health.poll_succeeded(
-            name, elapsed, stats.outcomes, result.newest_bucket_end, result.source_data_until
+        ok = self.health.poll_succeeded(
+            name, elapsed, stats.outcomes, result.newest_bucket_end, result.source_data_until,
+            polled=list(result.polled_sources), failed=result.failed_sources,
         )
+        for source, failure in sorted(result.failed_sources.items()):
+            log.warning(
+                "%s: %s source failed (%s), other sources kept; retried next poll: %s", name, source,
+                failure.error_type, redact(failure.message),
+                extra={"instance": name, "source": source, "error_type": failure.error_type},
+            )
         log.info(
-            "%s: poll ok, %d points (%s) in %.2fs", name, stats.points,
-            ", ".join(f"{k} {v}" for k, v in sorted(stats.outcomes.items())) or "none", elapsed,
+            "%s: poll %s, %d points (%s) in %.2fs", name, "ok" if not result.failed_sources else "partial",
+            stats.points, ", ".join(f"{k} {v}" for k, v in sorted(stats.outcomes.items())) or "none", elapsed,
             extra={"instance": name, "window_start": window.start, "window_end": window.end,
                    "cursor": cursor_value, "duration_s": round(elapsed, 3)},
         )
-        return PollOutcome(name, True)
+        failed = tuple(sorted(result.failed_sources))
+        if ok:
+            return PollOutcome(name, True, failed_sources=failed)
+        first = result.failed_sources.get(USAGE) or next(iter(result.failed_sources.values()), None)
+        return PollOutcome(name, False, first.error_type if first else None,
+                           first.retry_after if first else None, failed_sources=failed)
 
     def _count_requests(self, name: str, provider: Provider | None) -> None:
         if provider is not None and provider.api_requests:
@@ -348,6 +367,7 @@ class Receiver:
         exported = await asyncio.to_thread(self.export_now, wait=True)
         await asyncio.to_thread(self._write_focus_logged)
         failed = [o.instance for o in outcomes if not o.ok]
+        failed += [f"{o.instance} ({', '.join(o.failed_sources)})" for o in outcomes if o.ok and o.failed_sources]
         if failed:
             log.error("run --once: %d of %d provider instance(s) failed: %s",
                       len(failed), len(outcomes), ", ".join(failed))
@@ -394,6 +414,10 @@ class Receiver:
                 "last_error_unix": st.last_error_unix,
                 "consecutive_failures": st.consecutive_failures,
                 "data_lag_s": None if st.newest_bucket_end is None else max(0.0, now - st.newest_bucket_end),
+                "failing_sources": {
+                    src: {"error_type": f.error_type, "error": f.error, "since_unix": f.since_unix,
+                          "consecutive_failures": f.consecutive_failures}
+                    for src, f in sorted(st.failing_sources.items())},
                 **({"source_lag_s": {src: max(0.0, now - end) for src, end in sorted(st.source_ends.items())}}
                    if st.source_ends else {}),
             }
@@ -421,6 +445,9 @@ class Receiver:
                            "last_error": loop.last_error, "last_error_unix": loop.last_error_unix}
         return healthy, {
             "status": "ok" if healthy else "unhealthy",
+            # Sources failing while their instance's others land (a cost API refused, usage kept): not
+            # unhealthy on their own (only a failing usage source is), but listed so they are seen.
+            "failing_sources": sorted(f"{st.name}:{src}" for st in self.health.statuses() for src in st.failing_sources),
             "instances": instances,
             "ledger": ledger,
             "exporters": exporters,

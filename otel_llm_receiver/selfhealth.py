@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
+from .model import USAGE, SourceFailure
+
 #: Bucket bounds (seconds) of the ``llm.receiver.poll.duration`` histogram.
 DURATION_BOUNDS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -35,6 +37,16 @@ class DurationHistogram:
 
 
 @dataclass
+class SourceStatus:
+    """A source of an instance that is failing while its other sources may land (``/health``)."""
+
+    error_type: str
+    error: str
+    since_unix: float
+    consecutive_failures: int = 1
+
+
+@dataclass
 class InstanceStatus:
     """One provider instance's state as ``/health`` shows it."""
 
@@ -48,6 +60,7 @@ class InstanceStatus:
     newest_bucket_end: int | None = None
     polls: int = 0
     source_ends: dict[str, int] = field(default_factory=dict)  # source -> how far its data reach
+    failing_sources: dict[str, SourceStatus] = field(default_factory=dict)  # llm.data.source -> its failure
 
 
 @dataclass
@@ -69,7 +82,7 @@ class SelfHealthReading:
     """A copy of every self-health value, taken under the lock, for one export."""
 
     started_ns: int
-    polls: dict[tuple[str, str, str], int]
+    polls: dict[tuple[str, str, str, str], int]  # (instance, llm.data.source, outcome, error.type) -> count
     records: dict[tuple[str, str], int]
     durations: dict[str, DurationHistogram]
     last_success: dict[str, float]
@@ -77,6 +90,7 @@ class SelfHealthReading:
     api_requests: dict[tuple[str, str], int] = field(default_factory=dict)  # (instance, operation) -> count
     source_lag: dict[tuple[str, str], float] = field(default_factory=dict)  # (instance, source) -> seconds
     loop_errors: dict[str, int] = field(default_factory=dict)  # loop -> iterations that ended in an error
+    unmatched: dict[tuple[str, str], int] = field(default_factory=dict)  # (instance, source) -> records
 
 
 class SelfHealth:
@@ -87,10 +101,11 @@ class SelfHealth:
         self.started_ns = time.time_ns()
         self.started_unix = clock()
         self._lock = threading.Lock()
-        self._polls: Counter[tuple[str, str, str]] = Counter()
+        self._polls: Counter[tuple[str, str, str, str]] = Counter()
         self._records: Counter[tuple[str, str]] = Counter()
         self._durations: dict[str, DurationHistogram] = {}
         self._api_requests: Counter[tuple[str, str]] = Counter()
+        self._unmatched: Counter[tuple[str, str]] = Counter()
         self.instances: dict[str, InstanceStatus] = {}
         self._loops: dict[str, LoopStatus] = {}
 
@@ -105,29 +120,59 @@ class SelfHealth:
         outcomes: Counter[str],
         newest_bucket_end: int | None,
         source_ends: Mapping[str, int] | None = None,
-    ) -> None:
+        *,
+        polled: tuple[str, ...] | list[str] = (USAGE,),
+        failed: Mapping[str, SourceFailure] | None = None,
+    ) -> bool:
+        """A poll whose result was applied: ``polled`` sources landed, ``failed`` ones did not. The instance
+        counts as failed (consecutive failures, last error; returned False) when its usage failed or every
+        source it read failed; a failing cost source alone shows in its own counters and ``failing_sources``."""
+        failed = failed or {}
         with self._lock:
             st = self.instances[name]
             st.polls += 1
-            st.last_success_unix = self._clock()
-            st.consecutive_failures = 0
+            now = self._clock()
+            for source in polled:
+                self._polls[(name, source, "success", "")] += 1
+                st.failing_sources.pop(source, None)
+            for source, failure in sorted(failed.items()):
+                self._source_failed(st, source, failure.error_type, failure.message, now)
+            ok = USAGE not in failed and (bool(polled) or not failed)  # nothing due is not a failure
+            if ok:
+                st.last_success_unix = now
+                st.consecutive_failures = 0
+            else:
+                source, failure = next((s, f) for s, f in sorted(failed.items(), key=lambda kv: kv[0] != USAGE))
+                st.consecutive_failures += 1
+                st.last_error, st.last_error_type, st.last_error_unix = (
+                    f"{source}: {failure.message}", failure.error_type, now)
             if newest_bucket_end is not None:
                 st.newest_bucket_end = max(st.newest_bucket_end or 0, newest_bucket_end)
             for source, end in (source_ends or {}).items():
                 st.source_ends[source] = max(st.source_ends.get(source, 0), end)
-            self._polls[(name, "success", "")] += 1
             self._durations.setdefault(name, DurationHistogram()).record(seconds)
             for outcome, n in outcomes.items():
                 self._records[(name, outcome)] += n
+            return ok
 
-    def poll_failed(self, name: str, seconds: float, error_type: str, message: str) -> None:
+    def poll_failed(
+        self, name: str, seconds: float, error_type: str, message: str, sources: tuple[str, ...] = (USAGE,)
+    ) -> None:
+        """A poll that failed whole (nothing applied): every one of its ``sources`` failed."""
         with self._lock:
             st = self.instances[name]
             st.polls += 1
             st.consecutive_failures += 1
             st.last_error, st.last_error_type, st.last_error_unix = message, error_type, self._clock()
-            self._polls[(name, "failure", error_type)] += 1
+            for source in sources:
+                self._source_failed(st, source, error_type, message, st.last_error_unix)
             self._durations.setdefault(name, DurationHistogram()).record(seconds)
+
+    def _source_failed(self, st: InstanceStatus, source: str, error_type: str, message: str, now: float) -> None:
+        self._polls[(st.name, source, "failure", error_type)] += 1
+        before = st.failing_sources.get(source)
+        st.failing_sources[source] = SourceStatus(
+            error_type, message, before.since_unix if before else now, (before.consecutive_failures if before else 0) + 1)
 
     def api_requests(self, name: str, requests: Counter[str]) -> None:
         """Add a poll's API requests by operation (``Provider.api_requests``, drained by the caller)."""
@@ -156,6 +201,12 @@ class SelfHealth:
     def loops(self) -> dict[str, LoopStatus]:
         with self._lock:
             return {name: replace(st) for name, st in self._loops.items()}
+    def unmatched(self, name: str, counts: Mapping[str, int]) -> None:
+        """Add a poll's records that matched nothing (``PollResult.unmatched_records``), by source."""
+        with self._lock:
+            for source, n in counts.items():
+                if n:
+                    self._unmatched[(name, source)] += n
 
     def reading(self) -> SelfHealthReading:
         now = self._clock()
@@ -171,6 +222,7 @@ class SelfHealth:
                     for n, s in self.instances.items() if s.newest_bucket_end is not None
                 },
                 api_requests=dict(self._api_requests),
+                unmatched=dict(self._unmatched),
                 source_lag={
                     (n, source): max(0.0, now - end)
                     for n, s in self.instances.items() for source, end in s.source_ends.items()
@@ -190,4 +242,6 @@ class SelfHealth:
 
     def statuses(self) -> list[InstanceStatus]:
         with self._lock:
-            return [replace(s, source_ends=dict(s.source_ends)) for s in self.instances.values()]
+            return [replace(s, source_ends=dict(s.source_ends),
+                            failing_sources={k: replace(v) for k, v in s.failing_sources.items()})
+                    for s in self.instances.values()]

@@ -209,7 +209,7 @@ def test_totals_and_start_times_survive_reopening(tmp_path: Path) -> None:
 def test_schema_is_versioned_and_newer_files_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     with Ledger(path) as led:
-        assert led.schema_version == SCHEMA_VERSION == 3
+        assert led.schema_version == SCHEMA_VERSION == 4
     conn = sqlite3.connect(path)
     conn.execute("INSERT INTO schema_migrations VALUES (99, 'from the future', 0)")
     conn.commit()
@@ -254,3 +254,27 @@ def test_new_series_land_on_their_own_points_even_when_sqlite_picks_other_ids(tm
             if s.instance == "demo" and s.metric == "llm.usage.tokens":
                 by_model[(a["gen_ai.request.model"], a["gen_ai.token.type"])] = s.total
     assert all(by_model[(f"m{i}", "output")] == i and by_model[(f"m{i}", "input")] == 1 for i in range(2, 40))
+
+
+def test_migration_4_renames_anthropic_tool_requests_so_a_re_read_counts_nothing_twice(tmp_path: Path) -> None:
+    """A ledger written before Anthropic's server-tool requests became `execute_tool` (issue 16.11)."""
+    path = tmp_path / "ledger.db"
+
+    def tool(operation: str, n: int, provider: str = "anthropic") -> UsageRecord:
+        return UsageRecord(provider=provider, model="claude-sonnet-4-5", operation=operation, tenancy_id="wrk",
+                           bucket_start=0, bucket_width=H, dimensions={"gen_ai.tool.name": "web_search"},
+                           measures={"llm.usage.tool_requests": n})
+
+    with Ledger(path) as led:  # the old release's series: `chat`, for Anthropic and another provider
+        led.apply("anthropic/prod", PollResult(usage=[tool("chat", 7)]))
+        led.apply("other", PollResult(usage=[tool("chat", 5, provider="other")]))
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM schema_migrations WHERE version = 4")  # as the old release left it
+    conn.commit()
+    conn.close()
+    with Ledger(path) as led:
+        assert led.schema_version == 4
+        led.apply("anthropic/prod", PollResult(usage=[tool("execute_tool", 9)]))  # the re-read bucket grew by 2
+        series = {(s.instance, json.loads(s.attrs)["gen_ai.operation.name"]): s.total
+                  for s in led.snapshot().series if s.metric == "llm.usage.tool_requests"}
+    assert series == {("anthropic/prod", "execute_tool"): 9, ("other", "chat"): 5}

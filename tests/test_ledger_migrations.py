@@ -59,7 +59,7 @@ def test_the_dump_is_schema_2_with_bare_currency(v2_ledger: Path) -> None:
 def test_currency_becomes_llm_currency_in_place(v2_ledger: Path) -> None:
     before = _series(v2_ledger)
     with Ledger(v2_ledger) as led:
-        assert led.schema_version == SCHEMA_VERSION == 3
+        assert led.schema_version == SCHEMA_VERSION == 4
         instance_id = led.instance_id
     after = _series(v2_ledger)
     # same series: ids, metrics, totals, adjustments and start times (no counter restarts)
@@ -76,7 +76,7 @@ def test_currency_becomes_llm_currency_in_place(v2_ledger: Path) -> None:
             assert attrs == before[sid][1]  # untouched, byte for byte
     assert json.loads(after[4][1])["llm.cost.line_item"] == 'note: "currency": GBP'  # values are not renamed
     with Ledger(v2_ledger) as led:  # reopening applies nothing twice and keeps the instance id
-        assert led.instance_id == instance_id and led.schema_version == 3
+        assert led.instance_id == instance_id and led.schema_version == 4
 
 
 def test_polls_after_the_migration_continue_the_same_series(v2_ledger: Path) -> None:

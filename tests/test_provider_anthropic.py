@@ -283,9 +283,12 @@ def test_a_bad_poll_writes_nothing(
         h.now += 5 * MINUTE
         fake.api.fail_next(path, status, count=5, body=body)
         outcome = await h.poll()
-        assert not outcome.ok and outcome.error_type == error_type
-        assert says in (h.receiver.health.statuses()[0].last_error or "")
-        assert (h.series("llm.usage.tokens"), h.series("llm.usage.cost")) == before
+        # the report that failed writes nothing; the other one is a separate source and lands (issue 16.10)
+        source, metric = ("usage", "llm.usage.tokens") if path == USAGE_PATH else ("cost", "llm.usage.cost")
+        assert outcome.failed_sources == (source,) and outcome.ok == (source != "usage")
+        failing = h.receiver.health.statuses()[0].failing_sources[source]
+        assert failing.error_type == error_type and says in failing.error
+        assert h.series(metric) == before[0 if source == "usage" else 1]
         fake.api.clear()
         assert (await h.poll()).ok  # the next good poll catches up exactly
         assert_exact(h, fake)
@@ -324,7 +327,7 @@ def test_wrong_key_is_an_auth_error_without_retries_or_the_key(tmp_path: Path, f
         assert "HTTP 401" in message and "sk-ant-admin" in message and "wrong-key" not in message
 
     run(tmp_path, fake, scenario, admin_key="sk-ant-api03-wrong-key-0000")
-    assert len(fake.api.requests) == 1  # a 401 is never retried
+    assert len(fake.api.requests) == 2  # one 401 per report (separate sources), never retried
 
 
 def test_a_failed_workspace_lookup_never_blocks_usage(tmp_path: Path, fake: FakeAnthropic) -> None:
@@ -420,3 +423,25 @@ def test_a_stalled_api_times_out_and_is_retried_then_classified(tmp_path: Path, 
 
     run(tmp_path, fake, scenario, timeout="200ms", max_retries=1)
     assert len(fake.api.requests_to(USAGE_PATH)) == 2  # the first try and one retry
+
+
+def test_a_cost_outage_while_usage_lands_is_re_read_from_the_cost_cursor(tmp_path: Path, fake: FakeAnthropic) -> None:
+    """Usage and cost are separate sources (issue 16.10): four days of failing cost reports do not stop usage, and
+    the first good cost read reaches back to cost_lookback before the cost source's own last success, not the
+    usage cursor's, so no cost day of the outage is skipped."""
+    async def scenario(h: Harness) -> None:
+        assert (await h.poll()).ok
+        fake.api.fail_next(COST_PATH, 500, count=1000)
+        for _ in range(4):
+            h.now += DAY
+            outcome = await h.poll()
+            assert outcome.ok and outcome.failed_sources == ("cost",)
+        fake.api.clear()
+        h.now += HOUR
+        assert (await h.poll()).ok
+        last = [r for r in fake.api.requests if r.path == COST_PATH][-1]
+        first_day = (NOW - 72 * HOUR) - (NOW - 72 * HOUR) % DAY
+        assert dict(last.query)["starting_at"] == datetime.fromtimestamp(first_day, UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+
+    run(tmp_path, fake, scenario, max_retries=0)

@@ -84,15 +84,16 @@ def test_default_sources_leave_claude_code_alone(tmp_path: Path, fake: FakeAnthr
     assert fake.api.requests_to(CLAUDE_CODE_PATH) == [] and h.series("llm.usage.code.sessions") == []
 
 
-def test_a_bad_claude_code_record_fails_the_whole_poll(tmp_path: Path, fake: FakeAnthropic) -> None:
+def test_a_bad_claude_code_record_fails_its_source_only(tmp_path: Path, fake: FakeAnthropic) -> None:
     body = (b'{"data": [{"date": "2026-11-13", "actor": {"type": "robot", "name": "x"}, "core_metrics": {}}],'
             b' "has_more": false, "next_page": null}')
     fake.api.fail_next(CLAUDE_CODE_PATH, 200, body=body)
 
     async def scenario(h: Harness) -> None:
         outcome = await h.poll()
-        assert not outcome.ok and outcome.error_type == "bad_response"
-        assert "actor.type" in (h.receiver.health.statuses()[0].last_error or "")
-        assert h.series("llm.usage.tokens") == [] and h.series("llm.usage.code.sessions") == []
+        assert outcome.ok and outcome.failed_sources == ("claude_code",)  # usage and cost landed
+        failing = h.receiver.health.statuses()[0].failing_sources["claude_code"]
+        assert failing.error_type == "bad_response" and "actor.type" in failing.error
+        assert h.series("llm.usage.tokens") != [] and h.series("llm.usage.code.sessions") == []
 
     run(tmp_path, fake, scenario, sources=SOURCES)

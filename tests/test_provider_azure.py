@@ -9,6 +9,7 @@ import asyncio
 import datetime
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
@@ -20,7 +21,7 @@ import pytest
 from otel_llm_receiver.config import parse_config
 from otel_llm_receiver.errors import ProviderError
 from otel_llm_receiver.ledger import Ledger
-from otel_llm_receiver.model import PollResult, UsageRecord, Window, to_nanos
+from otel_llm_receiver.model import PollResult, SourceFailure, UsageRecord, Window, to_nanos
 from otel_llm_receiver.providers.azure_openai import AzureOpenAIProvider
 from otel_llm_receiver.providers.azure_openai.costs import Pacer
 from tests.fakes.api import Response
@@ -68,6 +69,14 @@ def fetch_many(provider: AzureOpenAIProvider, windows: list[Window]) -> list[Pol
         finally:
             await provider.aclose()
     return asyncio.run(go())
+
+
+def usage_failure(result: PollResult, pattern: str) -> SourceFailure:
+    """The usage source's failure in a poll that kept going (usage and cost are separate sources)."""
+    assert result.usage == [] and "usage" not in result.polled_sources
+    failure = result.failed_sources["usage"]
+    assert re.search(pattern, failure.message), failure.message
+    return failure
 
 
 def gpt_account(fake: FakeAzure, sub: str = SUB, name: str = "aoai-prod") -> FakeAccount:
@@ -175,9 +184,8 @@ def test_still_truncated_fails_the_poll_naming_max_series(fake: FakeAzure) -> No
     acct = fake.add_account(FakeAccount(SUB, "rg", "many", "OpenAI", {}))
     for i in range(11):
         fake.set_point(acct, "OutputTokens", dims(f"d{i}", "gpt-4o", "1"), NOW - H, 1)
-    with pytest.raises(ProviderError, match="max_series") as info:
-        fetch(make(fake, cost=False, max_series=1), Window(NOW - H, NOW))
-    assert info.value.error_type == "config"
+    info = usage_failure(fetch(make(fake, cost=False, max_series=1), Window(NOW - H, NOW)), "max_series")
+    assert info.error_type == "config"
 
 
 def test_429_with_retry_after_is_honoured_and_counted(fake: FakeAzure) -> None:
@@ -344,7 +352,9 @@ def test_cost_failure_keeps_usage_and_names_the_role(fake: FakeAzure, caplog: py
     with caplog.at_level(logging.WARNING):
         first, second = asyncio.run(go())
     assert [r.tokens for r in first.usage] == [{"input": 3}] and first.costs == [] and first.cursors == {}
-    assert "Cost Management Reader" in caplog.text
+    assert first.polled_sources == ["usage"] and first.failed_sources["cost"].error_type == "auth"
+    assert "Cost Management Reader" in first.failed_sources["cost"].message
+    assert second.polled_sources == ["usage", "cost"] and second.failed_sources == {}
     assert [c.amount for c in second.costs] == [Decimal(1)] and second.cursors == {"cost": str(NOW + 300)}
 
 
@@ -416,9 +426,8 @@ def test_malformed_metrics_reject_the_poll(fake: FakeAzure) -> None:
         "name": {"value": "InputTokens"},
         "timeseries": [{"metadatavalues": [], "data": [{"timeStamp": "2026-11-20T11:00:00Z", "total": "many"}]}],
     }]}))
-    with pytest.raises(ProviderError, match=r"timeseries\[0\]\.data\[0\]\.total") as info:
-        fetch(make(fake, cost=False), Window(NOW - H, NOW))
-    assert info.value.error_type == "bad_response"
+    info = usage_failure(fetch(make(fake, cost=False), Window(NOW - H, NOW)), r"timeseries\[0\]\.data\[0\]\.total")
+    assert info.error_type == "bad_response"
 
 
 def test_next_link_to_another_host_is_refused(fake: FakeAzure) -> None:
@@ -543,9 +552,8 @@ def test_5xx_is_retried_and_malformed_json_rejects_the_poll(fake: FakeAzure) -> 
     assert [r.tokens for r in fetch(provider, Window(NOW - H, NOW)).usage] == [{"input": 12}]
     assert provider.api_requests["arm.deployments.list"] == 2
     fake.api.fail_next(f"{gpt.id}{METRICS}", 200, body=b'{"value": [')
-    with pytest.raises(ProviderError, match="not JSON") as info:
-        fetch(make(fake, cost=False), Window(NOW - H, NOW))
-    assert info.value.error_type == "bad_response"
+    info = usage_failure(fetch(make(fake, cost=False), Window(NOW - H, NOW)), "not JSON")
+    assert info.error_type == "bad_response"
 
 
 def test_api_client_extensions_204_and_azure_retry_after_headers() -> None:
@@ -602,9 +610,8 @@ def test_forbidden_metrics_name_the_monitoring_reader_role(fake: FakeAzure) -> N
     fake.api.fail_next(f"{gpt.id}{METRICS}", 403, body=json.dumps({"error": {
         "code": "AuthorizationFailed", "message": "does not have authorization to perform action "
         "'microsoft.insights/metrics/read'"}}).encode())
-    with pytest.raises(ProviderError, match="needs Monitoring Reader on account aoai-prod") as info:
-        fetch(make(fake, cost=False), Window(NOW - H, NOW))
-    assert info.value.error_type == "auth" and "microsoft.insights/metrics/read" in str(info.value)
+    info = usage_failure(fetch(make(fake, cost=False), Window(NOW - H, NOW)), "needs Monitoring Reader on account aoai-prod")
+    assert info.error_type == "auth" and "microsoft.insights/metrics/read" in info.message
 
 
 # -- billed quantities (UsageQuantity) ------------------------------------------------------------------------
@@ -680,7 +687,8 @@ def test_a_malformed_quantity_or_unit_answer_rejects_the_cost_read(
         fake.unit_answer = None
         # one clear error; nothing of the broken read is kept, the cost cursor does not move (retried next poll)
         assert result.costs == [] and result.cursors == {}
-        assert "cost query failed (bad_response)" in caplog.text and phrase in caplog.text, caplog.text
+        failure = result.failed_sources["cost"]
+        assert failure.error_type == "bad_response" and phrase in failure.message, failure
 
 
 def test_quantities_reach_the_ledger_exactly_and_a_restated_day_counts_like_its_cost(
@@ -730,3 +738,39 @@ def fetch_many_then(provider: AzureOpenAIProvider, fake: FakeAzure, gpt: FakeAcc
             await provider.aclose()
 
     return asyncio.run(go())
+
+
+# -- resource ids in cost rows (issue 16.9) --------------------------------------------------------------------
+def test_a_cost_row_without_the_leading_slash_in_lower_case_reaches_the_ledger(
+    fake: FakeAzure, tmp_path: Path
+) -> None:
+    gpt = gpt_account(fake)
+    day = NOW - NOW % D - D
+    fake.add_cost(gpt, day, "gpt-4o-1120 Inp glbl Tokens", "4.50")
+    fake.cost_resource_id = lambda rid: rid.lower().lstrip("/")  # "subscriptions/.../accounts/aoai-prod"
+    result = fetch(make(fake), Window(NOW - H, NOW))
+    assert [(c.tenancy_id, c.amount) for c in result.costs] == [
+        (f"{SUB}/rg-ai/aoai-prod", Decimal("4.50"))]
+    assert result.unmatched_records == {}
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        ledger.apply("azure_openai/test", result)
+        spent = {json.loads(s.attrs)["llm.tenancy.id"]: s.total
+                 for s in ledger.snapshot().series if s.metric == "llm.usage.cost"}
+    assert spent == {f"{SUB}/rg-ai/aoai-prod": to_nanos("4.50")}
+
+
+def test_a_cost_row_of_no_discovered_account_is_kept_counted_and_logged(
+    fake: FakeAzure, caplog: pytest.LogCaptureFixture
+) -> None:
+    gpt = gpt_account(fake)
+    day = NOW - NOW % D
+    fake.add_cost(gpt, day, "gpt-4o-1120 Inp glbl Tokens", "1.25")
+    fake.add_cost(gpt, day, "gpt-4o-1120 Outp glbl Tokens", "2.75")
+    child = f"{gpt.id}/deployments/chat".lower()  # a resource id no discovered account has
+    fake.cost_resource_id = lambda rid: child if rid == gpt.id else rid.lower()
+    with caplog.at_level(logging.WARNING):
+        result = fetch(make(fake), Window(NOW - H, NOW))
+    assert sum(c.amount for c in result.costs) == Decimal("4.00")
+    assert {c.tenancy_id for c in result.costs} == {child}
+    assert result.unmatched_records == {"cost": 2}
+    assert "2 cost row(s) matched no discovered account" in caplog.text and child in caplog.text

@@ -186,3 +186,36 @@ def test_backfill_revision_restart_and_currencies_end_to_end(tmp_path: Path, fak
         assert all(after[k].start_time_unix_nano == start for k, start in tokens_start.items())
         requests = by(sink, "llm.receiver.provider_requests", "llm.api.operation")
         assert requests[("costmanagement.query",)] > 0 and requests[("monitor.metrics",)] > 0
+
+
+def test_unmatched_cost_rows_are_counted_in_the_self_metric(tmp_path: Path, fake: FakeAzure) -> None:
+    gpt = fake.add_account(FakeAccount(SUB, "rg-ai", "aoai-prod", "OpenAI", {"chat": ("gpt-4o", "2024-11-20")}))
+    fake.add_account(FakeAccount(SUB_EUR, "rg-eu", "aoai-weu", "OpenAI", {"chat": ("gpt-4o", "2024-11-20")}))
+    fake.add_cost(gpt, T0 - T0 % D, "gpt-4o-1120 Inp glbl Tokens", "4.50")
+    fake.cost_resource_id = lambda rid: f"{rid}/deployments/chat".lower()  # matches no discovered account
+    with OTLPSink() as sink:
+        run_process(config(tmp_path, fake, sink), [T0], sink)
+        assert by(sink, "llm.receiver.unmatched_records", "llm.source", "llm.data.source") == {(NAME, "cost"): 1}
+        assert sum(by(sink, "llm.usage.cost", "llm.tenancy.id").values()) == pytest.approx(4.5)
+
+
+def test_a_failing_cost_query_shows_in_the_polls_metric_and_health_while_usage_lands(
+    tmp_path: Path, fake: FakeAzure
+) -> None:
+    gpt = fake.add_account(FakeAccount(SUB, "rg-ai", "aoai-prod", "OpenAI", {"chat": ("gpt-4o", "2024-11-20")}))
+    fake.add_account(FakeAccount(SUB_EUR, "rg-eu", "aoai-weu", "OpenAI", {"chat": ("gpt-4o", "2024-11-20")}))
+    fake.set_point(gpt, "InputTokens", {"ModelDeploymentName": "chat", "ModelName": "gpt-4o",
+                                        "ModelVersion": "2024-11-20"}, T0 - 2 * H, 321)
+    fake.add_cost(gpt, T0 - T0 % D, "gpt-4o-1120 Inp glbl Tokens", "4.50")
+    fake.forbidden_cost_scopes.add(f"/subscriptions/{SUB}")
+    with OTLPSink() as sink:
+        receiver = run_process(config(tmp_path, fake, sink), [T0], sink)
+        polls = by(sink, "llm.receiver.polls", "llm.source", "llm.data.source", "llm.outcome", "error.type")
+        assert polls == {(NAME, "usage", "success", None): 1, (NAME, "cost", "failure", "auth"): 1}
+        assert by(sink, "llm.usage.tokens", "gen_ai.token.type") == {("input",): 321}
+        assert not sink.number_points("llm.usage.cost")
+        healthy, doc = receiver.health_report()
+        instance: Any = doc["instances"][NAME]  # type: ignore[index]
+        assert healthy and doc["failing_sources"] == [f"{NAME}:cost"]
+        assert instance["failing_sources"]["cost"]["error_type"] == "auth"
+        assert "Cost Management Reader" in instance["failing_sources"]["cost"]["error"]

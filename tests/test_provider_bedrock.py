@@ -319,9 +319,46 @@ def test_no_credentials_is_one_auth_line_and_other_providers_go_on(
                 assert asyncio.run(receiver.run_once()) == 1
         finally:
             asyncio.run(receiver.aclose())
-        polls = totals(sink, "llm.receiver.polls", "llm.source", "llm.outcome", "error.type")
-        assert polls[("demo", "success", None)] == 1
-        assert polls[("bedrock", "failure", "auth")] == 1
+        polls = totals(sink, "llm.receiver.polls", "llm.source", "llm.data.source", "llm.outcome", "error.type")
+        assert polls[("demo", "usage", "success", None)] == 1
+        # no credentials: the poll fails whole, so each of its sources counts a failure
+        assert polls[("bedrock", "usage", "failure", "auth")] == polls[("bedrock", "cost", "failure", "auth")] == 1
     lines = [r.getMessage() for r in caplog.records if "poll failed" in r.getMessage()]
     assert len(lines) == 1 and "\n" not in lines[0]
     assert "no usable AWS credentials" in lines[0] and "instance roles" in lines[0]
+
+
+def test_a_cost_explorer_error_never_costs_the_cloudwatch_usage(
+    moto: MotoServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Usage and cost are separate sources (issue 16.10): Cost Explorer refusing (its endpoint the loopback fake,
+    failing on demand) leaves moto's CloudWatch tokens landing, and shows as a failed cost poll."""
+    with FakeAws(account=MOTO_ACCOUNT) as fake, OTLPSink() as sink:
+        arn = fake.add_profile("eu-central-1", PROFILE_ID, "search-team",
+                               f"arn:aws:bedrock:eu-central-1::foundation-model/{HAIKU}", {"team": "search"})
+        seeded = seed_usage(moto, arn)
+        fake.fail("GetCostAndUsage", 400, "AccessDeniedException", "not authorized to perform ce:GetCostAndUsage")
+        config = make_config(tmp_path, sink, {"bedrock/prod": bedrock(
+            moto, fake, endpoint_url={"bedrock": fake.url, "ce": fake.url})})
+        clock = [float(NOW)]
+        receiver = Receiver(config, clock=lambda: clock[0])
+        try:
+            with caplog.at_level(logging.WARNING):
+                assert asyncio.run(receiver.run_once()) == 1  # a source failed: --once says so
+            window_start = NOW - 6 * HOUR
+            check_usage(sink, seeded, window_start - window_start % HOUR)
+            assert not sink.number_points("llm.usage.cost")
+            polls = totals(sink, "llm.receiver.polls", "llm.data.source", "llm.outcome", "error.type")
+            assert polls == {("usage", "success", None): 1, ("cost", "failure", "auth"): 1}
+            assert "bedrock/prod: cost source failed (auth)" in caplog.text
+            healthy, doc = receiver.health_report()
+            assert healthy and doc["failing_sources"] == ["bedrock/prod:cost"]
+
+            clock[0] = NOW + 300  # the next poll asks Cost Explorer again: its cursor did not move
+            assert asyncio.run(receiver.run_once()) == 0
+            polls = totals(sink, "llm.receiver.polls", "llm.data.source", "llm.outcome", "error.type")
+            assert polls == {("usage", "success", None): 2, ("cost", "failure", "auth"): 1,
+                             ("cost", "success", None): 1}
+            assert receiver.health_report()[1]["failing_sources"] == []
+        finally:
+            asyncio.run(receiver.aclose())

@@ -13,6 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -68,10 +69,26 @@ def fetch(p: Provider, window: Window = WINDOW) -> PollResult:
     return asyncio.run(go())
 
 
-def failure(p: Provider, window: Window = WINDOW) -> ProviderError:
-    with pytest.raises(ProviderError) as info:
-        fetch(p, window)
-    return info.value
+@dataclass(frozen=True)
+class Failure:
+    """A poll's one failure: raised whole (STS, credentials) or one source's (usage and cost fail alone)."""
+
+    error_type: str
+    message: str
+    source: str | None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def failure(p: Provider, window: Window = WINDOW) -> Failure:
+    try:
+        result = fetch(p, window)
+    except ProviderError as exc:
+        return Failure(exc.error_type, str(exc), None)
+    ((source, failed),) = result.failed_sources.items()
+    assert source not in result.polled_sources
+    return Failure(failed.error_type, failed.message, source)
 
 
 def day(offset: int) -> str:
@@ -253,9 +270,10 @@ def test_a_hung_call_is_bounded_by_timeout_and_never_blocks_the_event_loop(fake:
             ticks += 1
             await asyncio.sleep(0.01)
         try:
-            with pytest.raises(ProviderError) as info:
-                await task
-            return info.value
+            result = await task
+            assert result.usage == [] and result.polled_sources == []
+            failed = result.failed_sources["usage"]
+            return ProviderError(failed.message, provider=p.name, error_type=failed.error_type)
         finally:
             await p.aclose()
 
@@ -458,8 +476,10 @@ def test_denied_or_expired_is_one_log_line_and_other_providers_go_on(
         asyncio.run(receiver.aclose())
     assert outcomes["demo"].ok
     assert not outcomes["bedrock/prod"].ok and outcomes["bedrock/prod"].error_type == "auth"
-    lines = [r.getMessage() for r in caplog.records if "poll failed" in r.getMessage()]
-    assert len(lines) == 1 and lines[0].startswith("bedrock/prod: poll failed (auth): ")
+    lines = [r.getMessage() for r in caplog.records if "failed (auth)" in r.getMessage()]
+    # STS fails the poll whole; CloudWatch fails the usage source alone (its cost still read)
+    assert len(lines) == 1 and lines[0].startswith((
+        "bedrock/prod: poll failed (auth): ", "bedrock/prod: usage source failed (auth)"))
     assert phrase in lines[0] and "\n" not in lines[0] and all(r.exc_info is None for r in caplog.records)
 
 

@@ -10,7 +10,9 @@ import pytest
 
 from otel_llm_receiver.config import load_config, parse_config
 from otel_llm_receiver.errors import ConfigError, ProviderError
+from otel_llm_receiver.model import Window
 from otel_llm_receiver.providers import create_provider
+from otel_llm_receiver.providers.openai import OpenAIProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-admin-test-config-key-0123456789"
@@ -53,3 +55,24 @@ def test_check_cli_redacts_the_key(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "admin_key: <redacted>" in proc.stdout and KEY not in proc.stdout + proc.stderr
+
+
+def test_the_cost_source_reaches_back_from_its_own_cursor_after_an_outage() -> None:
+    """Usage and cost are separate sources (issue 16.10): while costs failed, usage moved the poll cursor on; the
+    next cost read starts cost_lookback before the cost cursor (its last success), at most cost_backfill back."""
+    provider = create_provider(parse_config({"providers": {"openai/prod": {
+        "admin_key": "sk-admin-test-0000", "cost_lookback": "72h", "cost_backfill": "7d"}}}).providers[0])
+    assert isinstance(provider, OpenAIProvider)
+    day, now = 86400, 1_795_000_000
+    poll = Window(now - 2 * 3600, now)  # a regular poll, not a catch-up
+
+    def floor(t: int) -> int:
+        return t - t % day
+
+    assert provider.cost_start(poll) == floor(now - 3 * day)
+    provider.restore({"cost": str(now - 2 * day)})  # costs failed for two days
+    assert provider.cost_start(poll) == floor(now - 5 * day)
+    provider.restore({"cost": str(now - 6 * day)})  # longer than the backfill: capped there
+    assert provider.cost_start(poll) == floor(now - 7 * day)
+    provider.restore({})
+    assert provider.cost_start(poll) == floor(now - 3 * day)

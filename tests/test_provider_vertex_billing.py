@@ -162,9 +162,12 @@ def test_quota_error_keeps_usage_and_retries_the_cost_query_within_the_hour(
     receiver = Receiver(config, clock=lambda: now[0])
     try:
         with caplog.at_level(logging.WARNING):
-            assert asyncio.run(receiver.run_once()) == 0
-        assert "billing export query failed (rate_limited)" in caplog.text
+            assert asyncio.run(receiver.run_once()) == 1  # the cost source failed: --once says so
+        assert "vertex_ai/prod: cost source failed (rate_limited)" in caplog.text
         assert sink.number_points("llm.usage.tokens") and not sink.number_points("llm.usage.cost")
+        polls = {(dict(k)["llm.data.source"], dict(k)["llm.outcome"]): p.value
+                 for k, p in sink.number_points("llm.receiver.polls").items()}
+        assert polls == {("usage", "success"): 1, ("cost", "failure"): 1}
         now[0] += 1800
         asyncio.run(receiver.run_once())
         assert not sink.number_points("llm.usage.cost")  # not again before an hour has passed

@@ -123,10 +123,12 @@ def test_failing_hanging_and_garbage_providers_do_not_stop_the_others(
         code = asyncio.run(go())
         assert code == 1  # some providers failed
         polls = {tuple(sorted(dict(k).items())): p.value for k, p in sink.number_points("llm.receiver.polls").items()}
-        assert polls[(("llm.outcome", "success"), ("llm.source", "demo"))] == 1
-        assert polls[(("error.type", "timeout"), ("llm.outcome", "failure"), ("llm.source", "hangs"))] == 1
-        assert polls[(("error.type", "auth"), ("llm.outcome", "failure"), ("llm.source", "fails"))] == 1
-        assert polls[(("error.type", "bad_response"), ("llm.outcome", "failure"), ("llm.source", "garbage"))] == 1
+        usage = ("llm.data.source", "usage")
+        assert polls[(usage, ("llm.outcome", "success"), ("llm.source", "demo"))] == 1
+        assert polls[(("error.type", "timeout"), usage, ("llm.outcome", "failure"), ("llm.source", "hangs"))] == 1
+        assert polls[(("error.type", "auth"), usage, ("llm.outcome", "failure"), ("llm.source", "fails"))] == 1
+        assert polls[(("error.type", "bad_response"), usage, ("llm.outcome", "failure"),
+                      ("llm.source", "garbage"))] == 1
         assert sum(p.value for p in sink.number_points("llm.usage.tokens").values()) > 0
     failures = [r for r in caplog.records if "poll failed" in r.getMessage()]
     assert len(failures) == 3  # one line each, no traceback storm

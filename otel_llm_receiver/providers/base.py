@@ -18,6 +18,11 @@ neither loses nor repeats that work. Every API
 request it makes is counted in ``api_requests`` by operation (``llm.receiver.provider_requests``): some APIs
 bill per request, and users should see what polling costs.
 
+Sources: usage and cost (and Anthropic's Claude Code analytics) are separate ``SOURCES``, read so that the
+failure of one never blocks the others (``read_source``): the poll returns what landed, names the sources it
+read in ``PollResult.polled_sources`` and the failed ones in ``failed_sources``, and a failed source's cursor
+does not move. Each source's polls are counted by ``llm.data.source`` in ``llm.receiver.polls``.
+
 Failures are raised as ``ProviderError`` with an ``error_type``; anything else a provider raises is a bug that
 the scheduler still contains (counted as ``bad_response``), never a crash of the receiver.
 """
@@ -26,11 +31,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Mapping
-from typing import ClassVar
+from collections.abc import Awaitable, Mapping
+from typing import ClassVar, TypeVar
 
 from ..config import Option, ProviderConfig
-from ..model import PollResult, Window
+from ..errors import ProviderError
+from ..model import USAGE, PollResult, SourceFailure, Window
+
+T = TypeVar("T")
 
 HOUR = 3600
 DAY = 86400
@@ -45,6 +53,8 @@ class Provider(ABC):
     DEFAULT_BACKFILL: ClassVar[float] = DAY
     MAX_BACKFILL: ClassVar[float | None] = None
     REVISION_HORIZON: ClassVar[float] = 2 * DAY
+    #: The sources this provider reads (``llm.data.source``): ``usage``, ``cost``, ``claude_code``.
+    SOURCES: ClassVar[tuple[str, ...]] = (USAGE,)
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
@@ -62,6 +72,11 @@ class Provider(ABC):
         return None
 
     @property
+    def data_sources(self) -> tuple[str, ...]:
+        """The sources this instance reads (its config may turn some off): a whole failed poll fails them all."""
+        return self.SOURCES
+
+    @property
     def lookback(self) -> float:
         return self.config.lookback if self.config.lookback is not None else self.DEFAULT_LOOKBACK
 
@@ -76,4 +91,14 @@ class Provider(ABC):
 
     async def aclose(self) -> None:
         """Release connections; called once when the receiver stops."""
+        return None
+
+
+async def read_source(source: str, read: Awaitable[T], failed: dict[str, SourceFailure]) -> T | None:
+    """Await one source's read; on a ``ProviderError`` note it in ``failed`` and return None, so the other
+    sources of the poll still land. Anything else (a bug) still fails the whole poll."""
+    try:
+        return await read
+    except ProviderError as exc:
+        failed[source] = SourceFailure(exc.error_type, str(exc), exc.retry_after)
         return None

@@ -16,6 +16,7 @@ Built on ``FakeApi`` (a real HTTP server). Every answer is shaped like the docum
   400 for a grouping listed in ``unsupported_groupings``, and 429 with
   ``x-ms-ratelimit-microsoft.costmanagement-qpu-retry-after`` on demand.
 
+``cost_resource_id`` spells each answered ``ResourceId`` (lower-cased by default, as Cost Management does).
 Tests change the data between polls (``set_point`` on a bucket already served is a revision). Every request
 needs ``Authorization: Bearer <token>``.
 """
@@ -26,7 +27,7 @@ import datetime
 import json
 import threading
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -88,6 +89,9 @@ class FakeAzure:
         self.throttle_cost = 0  # the next N cost queries answer 429
         self.cost_retry_after = "0.05"
         self.forbidden_cost_scopes: set[str] = set()
+        #: how the cost answer spells a row's ResourceId (Cost Management lower-cases it; some answers drop
+        #: the leading "/")
+        self.cost_resource_id: Callable[[str], str] = str.lower
         self._lock = threading.Lock()
         self._routed_subs: set[str] = set()
 
@@ -245,7 +249,7 @@ class FakeAzure:
         for day, resource, meter, amount, currency, quantity in rows:
             if first <= day <= last and (not allowed or resource.lower() in allowed):
                 # Cost Management answers resource ids lower-cased.
-                values = {"ResourceId": resource.lower(), "Meter": meter, "UnitOfMeasure": units[meter]}
+                values = {"ResourceId": self.cost_resource_id(resource), "Meter": meter, "UnitOfMeasure": units[meter]}
                 key = (day, *(values[g] for g in grouping), currency)
                 sums[key]["Cost"] += amount
                 sums[key]["UsageQuantity"] += quantity

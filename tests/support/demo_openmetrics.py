@@ -517,10 +517,11 @@ def _self_health(times: list[int]) -> list[_Family]:
 
     limited = [(t, failures(t, 40)) for t in times]
     timeouts = [(t, failures(t, 150)) for t in times]
-    polls.add("", {**src, "llm_outcome": "success"},
+    usage = {**src, "llm_data_source": "usage"}  # the demo provider has one source
+    polls.add("", {**usage, "llm_outcome": "success"},
               [(t, n_polls(t) - failures(t, 40) - failures(t, 150)) for t in times])
-    polls.add("", {**src, "llm_outcome": "failure", "error_type": "rate_limited"}, limited)
-    polls.add("", {**src, "llm_outcome": "failure", "error_type": "timeout"}, timeouts)
+    polls.add("", {**usage, "llm_outcome": "failure", "error_type": "rate_limited"}, limited)
+    polls.add("", {**usage, "llm_outcome": "failure", "error_type": "timeout"}, timeouts)
 
     # Poll k takes 0.04 + (k mod 25) * 0.05 seconds: a spread over the histogram's lower buckets.
     cycle = [0.04 + k * 0.05 for k in range(25)]

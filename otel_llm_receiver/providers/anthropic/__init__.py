@@ -12,7 +12,9 @@ Each poll reads, in this order and through one shared ``ApiClient`` (retries, ``
   request, for the same days as the cost report (``claude_code.py``).
 
 Every page of every report is checked against the documented shape before any record is built, so a bad page
-fails the whole poll as ``bad_response`` and nothing from it reaches the ledger. The mapping itself lives in
+fails its report as ``bad_response`` and nothing from it reaches the ledger. The reports are separate sources
+(``usage``, ``cost``, ``claude_code``): one failing never blocks the others; the daily ones keep a cursor each
+(the end of their last successful read) so that an outage of one is re-read once it recovers. The mapping itself lives in
 ``reports.py``; docs/providers/anthropic.md has the table and the API facts it rests on.
 """
 
@@ -20,14 +22,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from ...config import Option, ProviderConfig
 from ...errors import ProviderError
-from ...model import CostRecord, PollResult, UsageRecord, Window
-from ..base import DAY, HOUR, Provider
+from ...model import CLAUDE_CODE, COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
+from ..base import DAY, HOUR, Provider, read_source
 from ..http import HTTP_OPTIONS, ApiClient
 from .claude_code import code_records, day_param, parse_code_page
 from .reports import (
@@ -42,6 +44,7 @@ from .reports import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_ENDPOINT = "https://api.anthropic.com"
 USAGE_PATH = "/v1/organizations/usage_report/messages"
@@ -64,6 +67,8 @@ DEFAULT_DIMENSIONS = ("workspace", "model", "service_tier", "context_window", "i
 REQUIRED_DIMENSIONS = ("workspace", "model")
 SOURCES = ("messages", "cost", "claude_code")
 DEFAULT_SOURCES = ("messages", "cost")
+#: Each report (``sources:``) as the data source it is (``llm.data.source`` on ``llm.receiver.polls``).
+DATA_SOURCE = {"messages": USAGE, "cost": COST, "claude_code": CLAUDE_CODE}
 #: Dimensions of the Claude Code report only (not a usage report group_by[]).
 CODE_DIMENSIONS = ("actor",)
 DEFAULT_WORKSPACE_NAME = "Default Workspace"
@@ -124,7 +129,7 @@ class AnthropicProvider(Provider):
         opts = config.options
         self.width, self.page_limit = BUCKET_WIDTHS[str(opts.get("bucket_width") or "1h")]
         self.dimensions: tuple[str, ...] = tuple(opts.get("dimensions") or DEFAULT_DIMENSIONS)
-        self.sources: tuple[str, ...] = tuple(opts.get("sources") or DEFAULT_SOURCES)
+        self.reports: tuple[str, ...] = tuple(opts.get("sources") or DEFAULT_SOURCES)
         self.cost_lookback = _seconds(opts.get("cost_lookback"), 72 * HOUR)
         self.cost_backfill = _seconds(opts.get("cost_backfill"), 7 * DAY)
         self.names_ttl = _seconds(opts.get("names_ttl"), HOUR)
@@ -156,19 +161,54 @@ class AnthropicProvider(Provider):
         self._clock = clock
         self._names: dict[str, str] = {}
         self._names_at: float | None = None
+        self._read_until: dict[str, int] = {}  # daily report -> end of its last successful read (its cursor)
 
     # -- the poll -------------------------------------------------------------------------------------------------
+    @property
+    def data_sources(self) -> tuple[str, ...]:
+        return tuple(DATA_SOURCE[report] for report in SOURCES if report in self.reports)
+
+    def restore(self, cursors: Mapping[str, str]) -> None:
+        """The daily reports' cursors (the end of each one's last successful read): after an outage of one, its
+        next read reaches back to cover it, while the other sources went on."""
+        self._read_until = {}  # also called after a failed poll: what was not committed never happened
+        for source in (COST, CLAUDE_CODE):
+            raw = cursors.get(source)
+            if raw is not None and raw.isdigit():
+                self._read_until[source] = int(raw)
+
     async def fetch(self, window: Window) -> PollResult:
-        usage: list[UsageRecord] = []
-        costs: list[CostRecord] = []
-        code: list[UsageRecord] = []
+        # The reports are separate sources: one failing (its error in failed_sources, its cursor unmoved)
+        # never blocks the others.
+        failed: dict[str, SourceFailure] = {}
+        reads = {USAGE: self._usage, COST: self._costs, CLAUDE_CODE: self._claude_code}
+        found: dict[str, Any] = {}
+        for report in SOURCES:
+            if report in self.reports:
+                source = DATA_SOURCE[report]
+                got = await read_source(source, self._translated(reads[source](window)), failed)
+                if got is not None:
+                    found[source] = got
+        usage: list[UsageRecord] = found.get(USAGE, [])
+        costs: list[CostRecord] = found.get(COST, [])
+        code: list[UsageRecord] = found.get(CLAUDE_CODE, [])
+        cursors: dict[str, str] = {s: str(window.end) for s in (COST, CLAUDE_CODE) if s in found}
+        self._read_until.update({source: window.end for source in cursors})
+        names = {("tenancy", ident): name for ident, name in (await self._workspace_names()).items()} \
+            if found else {}  # nothing landed (a wrong key): no names lookup either
+        settled = window.end - DATA_DELAY
+        return PollResult(
+            usage=usage + code, costs=costs, names=names,
+            complete_until=max(window.start, min(_floor(settled, self.width), window.end)),
+            data_until=self._data_until(window, usage, costs),
+            cursors=cursors, polled_sources=list(found), failed_sources=failed,
+        )
+
+    async def _translated(self, read: Awaitable[T]) -> T:
+        """One report's read, its errors made ours: a shape error is ``bad_response``, an auth error names the
+        key it needs."""
         try:
-            if "messages" in self.sources:
-                usage = await self._usage(window)
-            if "cost" in self.sources:
-                costs = await self._costs(window)
-            if "claude_code" in self.sources:
-                code = await self._claude_code(window)
+            return await read
         except ShapeError as exc:
             raise ProviderError(
                 f"response does not match the documented shape: {exc}",
@@ -181,19 +221,12 @@ class AnthropicProvider(Provider):
                     provider=self.name, error_type="auth", retry_after=exc.retry_after,
                 ) from None
             raise
-        names = {("tenancy", ident): name for ident, name in (await self._workspace_names()).items()}
-        settled = window.end - DATA_DELAY
-        return PollResult(
-            usage=usage + code, costs=costs, names=names,
-            complete_until=max(window.start, min(_floor(settled, self.width), window.end)),
-            data_until=self._data_until(window, usage, costs),
-        )
 
     def _data_until(self, window: Window, usage: Sequence[UsageRecord], costs: Sequence[CostRecord]) -> int | None:
         """How current the data are, for ``llm.receiver.data.lag``: the end of the newest bucket that had rows in
         the main report (the usage report when polled, else the cost report), capped at now, since the growing
         current bucket (and any daily bucket) ends in the future."""
-        if "messages" in self.sources:
+        if "messages" in self.reports:
             ends = [r.bucket_start + r.bucket_width for r in usage]
         else:
             ends = [c.bucket_start + c.bucket_width for c in costs]
@@ -210,11 +243,17 @@ class AnthropicProvider(Provider):
         params += [("group_by[]", DIMENSIONS[d][0]) for d in self.dimensions if d in DIMENSIONS]
         return params
 
-    def daily_start(self, window: Window) -> int:
-        """First UTC day the daily reports re-read: ``cost_lookback`` back (``cost_backfill`` on a first poll)."""
+    def daily_start(self, window: Window, source: str = COST) -> int:
+        """First UTC day a daily report re-reads: ``cost_lookback`` back (``cost_backfill`` on a first poll), and
+        never later than ``cost_lookback`` before that report's last successful read (an outage is covered)."""
         first_poll = self.backfill > 0 and window.end - window.start >= self.backfill
         reach = self.cost_backfill if first_poll else self.cost_lookback
-        return _floor(min(window.start, window.end - int(reach)), DAY)
+        start = min(window.start, window.end - int(reach))
+        last = self._read_until.get(source)
+        if last is not None:
+            floor = window.end - int(max(self.cost_backfill, self.cost_lookback))
+            start = min(start, max(floor, last - int(self.cost_lookback)))
+        return _floor(start, DAY)
 
     def cost_params(self, window: Window) -> list[tuple[str, str]]:
         """Query of the cost report: whole UTC days from ``daily_start`` through today."""
@@ -245,7 +284,7 @@ class AnthropicProvider(Provider):
         """Claude Code analytics for every UTC day the cost report covers: one request (and its pages) a day."""
         records: list[UsageRecord] = []
         with_actor = "actor" in self.dimensions
-        for day in range(self.daily_start(window), window.end, DAY):
+        for day in range(self.daily_start(window, CLAUDE_CODE), window.end, DAY):
             page: str | None = None
             tokens: set[str] = set()
             for number in range(1, MAX_PAGES + 1):

@@ -25,6 +25,8 @@ from ...model import CostRecord, UsageRecord
 
 PROVIDER = "anthropic"
 OPERATION = "chat"  # the Messages API: the GenAI conventions' `chat`
+#: Server-tool requests (web search, web fetch): the GenAI conventions' `execute_tool`, as OpenAI's tool calls.
+TOOL_OPERATION = "execute_tool"
 DEFAULT_WORKSPACE = "default"  # the reports' null workspace_id is the organisation's default workspace
 CONSOLE_KEY = "console"  # null api_key_id: Console / Workbench usage, which has no API key
 UNKNOWN_MODEL = "unknown"
@@ -225,9 +227,9 @@ def usage_records(
         "1h": _count(cache.get("ephemeral_1h_input_tokens"), f"{path}.cache_creation.ephemeral_1h_input_tokens"),
     }
 
-    def record(extra: Mapping[str, str], **values: Any) -> UsageRecord:
+    def record(extra: Mapping[str, str], operation: str = OPERATION, **values: Any) -> UsageRecord:
         return UsageRecord(
-            provider=PROVIDER, model=model, operation=OPERATION, tenancy_id=tenancy, bucket_start=bucket.start,
+            provider=PROVIDER, model=model, operation=operation, tenancy_id=tenancy, bucket_start=bucket.start,
             bucket_width=bucket.end - bucket.start, dimensions={**dims, **extra}, **values,
         )
 
@@ -240,7 +242,7 @@ def usage_records(
                 continue  # a future non-count field: not ours to guess at
             count = _count(value, f"{path}.server_tool_use.{key}")
             tool = key.removesuffix("_requests")
-            records.append(record({"gen_ai.tool.name": tool}, measures={METRIC_TOOL_REQUESTS: count}))
+            records.append(record({"gen_ai.tool.name": tool}, TOOL_OPERATION, measures={METRIC_TOOL_REQUESTS: count}))
     return records
 
 

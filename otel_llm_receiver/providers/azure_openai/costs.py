@@ -19,6 +19,11 @@ million tokens) scales the quantity exactly to ``tokens``; any other unit is kep
 whose unit the second answer lacks (or gives twice) keeps its cost and no quantity. If the unit query itself is
 refused as invalid (a 400: a scope or agreement that cannot group by ``UnitOfMeasure``), costs are still recorded,
 without quantities, and a warning is logged.
+Matching: a row's ``ResourceId`` is compared with the discovered accounts in ``normalize_resource_id`` form
+(lower-cased, one leading ``/``: Cost Management lower-cases ids and has been seen to drop the slash). A row
+that matches no account is never dropped: it is kept under the short tenancy form of the account id it names
+(``sub/rg/account``), else under the normalised resource id itself, else (no ResourceId) under the query's
+scope, and counted in ``CostRead.unmatched`` (``llm.receiver.unmatched_records``) with one warning per read.
 Answers are decoded with exact decimals (``parse_float=Decimal``): money and quantities are never floats.
 
 Cost Management throttles hard (a few queries per scope per minute, per-tenant QPU budgets): queries go one
@@ -36,13 +41,13 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from ...errors import ProviderError
 from ...model import CostRecord, Window
 from ..base import DAY
 from ..http import ApiClient
-from .discovery import Account, same_origin_path
+from .discovery import Account, normalize_resource_id, parse_account_id, same_origin_path
 from .metrics import PROVIDER_NAME
 
 log = logging.getLogger(__name__)
@@ -60,8 +65,26 @@ UNIT_GROUPINGS = ("Meter", "UnitOfMeasure")
 _TOKEN_UNIT = re.compile(r"^(?:(\d+)\s*([km]?))?\s*(?:tokens?)?$", re.IGNORECASE)
 _SCALE = {"": 1, "k": 1_000, "m": 1_000_000}
 
-#: One answer row: (day, resource id lower-cased, meter, amount, currency, quantity or None).
+#: One answer row: (day, resource id normalised, meter, amount, currency, quantity or None).
 CostRow = tuple[int, str, str, Decimal, str, Decimal | None]
+
+
+class CostRead(NamedTuple):
+    """What one cost read produced: its records, and how many answer rows matched no discovered account
+    (kept, under their own resource id: see the module docstring)."""
+
+    records: list[CostRecord]
+    unmatched: int
+
+
+def unmatched_tenancy(resource: str, scope: str) -> str:
+    """``llm.tenancy.id`` of a cost row whose (normalised) resource id matches no discovered account."""
+    if resource == "/":
+        return normalize_resource_id(scope)
+    try:
+        return parse_account_id(resource).tenancy_id
+    except ValueError:
+        return resource
 
 
 def cost_window(now: int, lookback: float) -> Window:
@@ -180,7 +203,7 @@ def parse_usage_date(value: object) -> int:
 
 
 def parse_table(body: Any) -> tuple[list[CostRow], object]:
-    """Rows of a Query answer as ``(day, resource id lower-cased, meter, amount, currency, quantity)``, and its
+    """Rows of a Query answer as ``(day, resource id normalised, meter, amount, currency, quantity)``, and its
     nextLink. ``quantity`` is None when the answer has no ``UsageQuantity`` column."""
     props = _properties(body)
     index, rows = _columns(props)
@@ -201,7 +224,7 @@ def parse_table(body: Any) -> tuple[list[CostRow], object]:
         except ValueError as exc:
             raise ValueError(f"properties.rows[{r}]: {exc}") from None
         meter_name = meter if isinstance(meter, str) and meter else "unknown"
-        out.append((day, resource.lower().rstrip("/"), meter_name, value, currency.strip().upper(), quantity))
+        out.append((day, normalize_resource_id(resource), meter_name, value, currency.strip().upper(), quantity))
     return out, props.get("nextLink")
 
 
@@ -247,36 +270,45 @@ class CostReader:
             by_sub[f"/subscriptions/{a.subscription}"].append(a)
         return sorted(by_sub.items())
 
-    async def costs(self, accounts: Sequence[Account], window: Window) -> list[CostRecord]:
-        by_key = {a.key: a for a in accounts}
+    async def costs(self, accounts: Sequence[Account], window: Window) -> CostRead:
+        tenancies = {a.key: a.tenancy_id for a in accounts}
         sums: dict[tuple[int, str, str, str], Decimal] = defaultdict(Decimal)
         quantities: dict[tuple[int, str, str, str], Decimal | None] = {}
         units: dict[str, set[str]] = defaultdict(set)
+        unmatched: dict[str, int] = defaultdict(int)  # tenancy -> rows that matched no account
         for scope, members in self.scopes_for(accounts):
             if not members:
                 continue
             for day, resource, meter, amount, currency, quantity in await self._query(
                     scope, query_body(window, members), parse_table, "cost"):
-                if resource in by_key and window.start <= day < window.end:
-                    key = (day, resource, meter, currency)
-                    sums[key] += amount
-                    # Rows of one key add up; one row without a quantity makes the sum unknown.
-                    if key in quantities:
-                        before = quantities[key]
-                        quantities[key] = None if before is None or quantity is None else before + quantity
-                    else:
-                        quantities[key] = quantity
+                if not window.start <= day < window.end:
+                    continue
+                tenancy = tenancies.get(resource)
+                if tenancy is None:  # never dropped: kept under its own id, counted, and said once below
+                    tenancy = unmatched_tenancy(resource, scope)
+                    unmatched[tenancy] += 1
+                key = (day, tenancy, meter, currency)
+                sums[key] += amount
+                # Rows of one key add up; one row without a quantity makes the sum unknown.
+                if key in quantities:
+                    before = quantities[key]
+                    quantities[key] = None if before is None or quantity is None else before + quantity
+                else:
+                    quantities[key] = quantity
             for meter, seen in await self._units(scope, window, members):
                 units[meter] |= seen
+        if unmatched:
+            log.warning("%s: %d cost row(s) matched no discovered account and are kept under their own resource "
+                        "id: %s", self.provider, sum(unmatched.values()), ", ".join(sorted(unmatched)))
         records = []
-        for (day, resource, meter, currency), amount in sorted(sums.items()):
+        for (day, tenancy, meter, currency), amount in sorted(sums.items()):
             unit = next(iter(units[meter])) if len(units.get(meter, ())) == 1 else None
-            quantity, quantity_unit = billed_quantity(meter, quantities.get((day, resource, meter, currency)), unit)
+            quantity, quantity_unit = billed_quantity(meter, quantities.get((day, tenancy, meter, currency)), unit)
             records.append(CostRecord(
-                provider=PROVIDER_NAME, tenancy_id=by_key[resource].tenancy_id, bucket_start=day, bucket_width=DAY,
+                provider=PROVIDER_NAME, tenancy_id=tenancy, bucket_start=day, bucket_width=DAY,
                 amount=amount, currency=currency, line_item=meter, quantity=quantity, quantity_unit=quantity_unit,
             ))
-        return records
+        return CostRead(records, sum(unmatched.values()))
 
     async def _units(self, scope: str, window: Window, members: Sequence[Account]) -> list[tuple[str, set[str]]]:
         """Each meter's unit(s) of measure at ``scope``; none (costs kept, no quantities) if the query is refused."""
@@ -322,5 +354,6 @@ class CostReader:
         return rows
 
 
-__all__ = ["COST_API_VERSION", "CostReader", "Pacer", "billed_quantity", "cost_window", "parse_table",
-           "parse_units", "parse_usage_date", "query_body", "token_scale"]
+__all__ = ["COST_API_VERSION", "CostRead", "CostReader", "Pacer", "billed_quantity", "cost_window", "parse_table",
+           "parse_units", "parse_usage_date", "query_body", "token_scale",
+           "unmatched_tenancy"]

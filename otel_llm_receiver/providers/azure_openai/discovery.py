@@ -9,7 +9,8 @@ to poll. A failed deployments lookup never blocks usage: the metrics' own ``Mode
 dimensions still name the model where Azure publishes them.
 
 Resource ids are case-insensitive in Azure and come back in different cases from different APIs (Cost
-Management lower-cases them): every comparison here uses ``Account.key``, the lower-cased id.
+Management lower-cases them, and has been seen to drop the leading ``/``): every comparison here uses
+``Account.key``, the id in ``normalize_resource_id`` form.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ class Account:
 
     @property
     def key(self) -> str:
-        """The id lower-cased: how every Azure API's spelling of it is matched."""
-        return self.id.lower()
+        """The id normalised (``normalize_resource_id``): how every Azure API's spelling of it is matched."""
+        return normalize_resource_id(self.id)
 
     @property
     def tenancy_id(self) -> str:
@@ -67,9 +68,15 @@ class Deployment:
     version: str
 
 
+def normalize_resource_id(resource_id: str) -> str:
+    """One spelling of an ARM resource id: lower-cased (ids are case-insensitive), one leading ``/``, no
+    trailing one. Cost Management answers ``subscriptions/...`` as well as ``/subscriptions/...``."""
+    return "/" + resource_id.strip().strip("/").lower()
+
+
 def parse_account_id(resource_id: str) -> Account:
     """An ``Account`` from a full ARM id; ValueError when it is not a Cognitive Services account id."""
-    match = _ACCOUNT_ID.fullmatch(resource_id.strip().rstrip("/"))
+    match = _ACCOUNT_ID.fullmatch("/" + resource_id.strip().strip("/"))
     if match is None:
         raise ValueError(
             f"{resource_id!r} is not an account id (/subscriptions/SUB/resourceGroups/RG/providers/"
@@ -218,6 +225,6 @@ def same_origin_path(link: object, client: ApiClient, provider: str) -> str | No
 
 
 __all__ = [
-    "ACCOUNT_KINDS", "ARM_API_VERSION", "Account", "Deployment", "Discovery", "model_label", "parse_account_id",
-    "same_origin_path",
+    "ACCOUNT_KINDS", "ARM_API_VERSION", "Account", "Deployment", "Discovery", "model_label",
+    "normalize_resource_id", "parse_account_id", "same_origin_path",
 ]

@@ -6,9 +6,10 @@ last cost query, the daily spend of the last ``cost_lookback`` (the whole backfi
 source keeps its own cursor (``PollResult.cursors["cost"]``, the time of its last success), saved with the
 poll's data, so a restart neither repeats nor skips it.
 
-A failing cost query does not cost the usage: the poll keeps its usage, logs one warning naming the failure
-(and the missing role, for 401/403), and the cost source tries again on the next poll (its cursor did not
-move). Usage failures fail the poll as usual.
+Usage and cost are separate sources (``llm.data.source``): a failing cost query does not cost the usage, nor
+a failing usage read the cost. The failed source is returned in ``PollResult.failed_sources`` (the scheduler
+counts it in ``llm.receiver.polls`` and logs one line naming the failure, and the missing role for 401/403)
+and tries again on the next poll: its cursor did not move. Only a failed first discovery fails the poll whole.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...config import Option, ProviderConfig
 from ...errors import ProviderError
-from ...model import CostRecord, PollResult, UsageRecord, Window
-from ..base import DAY, HOUR, Provider
+from ...model import COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
+from ..base import DAY, HOUR, Provider, read_source
 from ..http import HTTP_OPTIONS, client_from_config
 from .auth import BearerAuth, build_credential, token_scope
 from .costs import CostReader, Pacer, cost_window
@@ -87,6 +88,7 @@ class AzureOpenAIProvider(Provider):
     #: Cost rows change for up to cost_lookback (at most 7d) after their day: keep a day more than that.
     REVISION_HORIZON: ClassVar[float] = 8 * DAY
     MAX_COST_LOOKBACK: ClassVar[float] = 7 * DAY
+    SOURCES: ClassVar[tuple[str, ...]] = (USAGE, COST)
 
     def __init__(
         self,
@@ -153,30 +155,38 @@ class AzureOpenAIProvider(Provider):
             except ValueError:
                 log.warning("%s: ignoring unreadable cost cursor %r", self.name, value)
 
+    @property
+    def data_sources(self) -> tuple[str, ...]:
+        return self.SOURCES if self.cost_enabled else (USAGE,)
+
     async def fetch(self, window: Window) -> PollResult:
-        accounts = await self.discovery.accounts()
-        usage = await self._usage(accounts, window)
+        accounts = await self.discovery.accounts()  # without accounts neither source has anything to read
+        failed: dict[str, SourceFailure] = {}
+        usage = await read_source(USAGE, self._usage(accounts, window), failed)
+        polled = [USAGE] if usage is not None else []
         costs: list[CostRecord] = []
+        unmatched = 0
         cursors: dict[str, str] = {}
         now = window.end
         if self.cost_enabled and accounts and self._cost_due(now):
             lookback = self.cost_lookback if self._cost_polled_at is not None else max(
                 self.cost_lookback, float(window.end - window.start))
-            try:
-                costs = await self.cost_reader.costs(accounts, cost_window(now, lookback))
-            except ProviderError as exc:
-                log.warning("%s: cost query failed (%s), usage kept; retried next poll: %s",
-                            self.name, exc.error_type, exc)
-            else:
+            read = await read_source(COST, self.cost_reader.costs(accounts, cost_window(now, lookback)), failed)
+            if read is not None:
+                costs, unmatched = read
                 self._cost_polled_at = now
                 cursors[COST_CURSOR] = str(now)
+                polled.append(COST)
         settled = now - METRICS_SETTLE
         return PollResult(
-            usage=usage,
+            usage=usage or [],
             costs=costs,
             names={("tenancy", a.tenancy_id): a.name for a in accounts},
             complete_until=settled - settled % self.width,
             cursors=cursors,
+            unmatched_records={COST: unmatched} if unmatched else {},
+            polled_sources=polled,
+            failed_sources=failed,
         )
 
     def _cost_due(self, now: int) -> bool:

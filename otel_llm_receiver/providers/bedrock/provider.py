@@ -5,7 +5,9 @@ points land: ``lookback`` 3h) and money in Cost Explorer (daily, a day late, res
 ``cost_lookback`` 72h). Each poll reads every configured region's usage; the cost source has its own rhythm
 (``cost_interval``, default 6h, because every Cost Explorer page costs $0.01) and never re-asks for a day that
 is already final (older than ``cost_lookback``). Its two cursors (``cost_checked``, ``cost_final_until``) are
-returned in ``PollResult.cursors`` and come back through ``restore`` after a restart.
+returned in ``PollResult.cursors`` and come back through ``restore`` after a restart. Usage and cost are
+separate sources: a Cost Explorer error never costs the CloudWatch tokens (nor the reverse); the failed source
+is returned in ``PollResult.failed_sources`` with its cursors unmoved, and is read again on the next poll.
 
 Mapping (docs/providers/bedrock.md has the table): ``gen_ai.provider.name`` ``aws.bedrock``; the model id
 without its inference-profile prefix as ``gen_ai.request.model`` and the prefix as ``llm.inference_profile``;
@@ -24,8 +26,8 @@ from typing import ClassVar
 
 from ...config import Option, ProviderConfig
 from ...errors import ProviderError
-from ...model import CostRecord, PollResult, UsageRecord, Window
-from ..base import DAY, HOUR, Provider
+from ...model import COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
+from ..base import DAY, HOUR, Provider, read_source
 from .aws import SERVICES, AwsApi
 from .cloudwatch import MANTLE, RUNTIME, Namespace, read_usage
 from .costs import PROVIDER, CostQuery
@@ -74,6 +76,7 @@ class BedrockProvider(Provider):
     MAX_BACKFILL: ClassVar[float | None] = 63 * DAY
     #: Cost days are re-read up to cost_lookback (at most 14 days) back.
     REVISION_HORIZON: ClassVar[float] = MAX_COST_LOOKBACK + DAY
+    SOURCES: ClassVar[tuple[str, ...]] = (USAGE, COST)
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
@@ -149,14 +152,31 @@ class BedrockProvider(Provider):
         return cursors
 
     # -- polling --------------------------------------------------------------------------------------------
+    @property
+    def data_sources(self) -> tuple[str, ...]:
+        return self.SOURCES if self.costs_enabled else (USAGE,)
+
     async def fetch(self, window: Window) -> PollResult:
-        account = await self._account_id()
+        account = await self._account_id()  # the tenancy of both sources: without it neither can be read
         names: dict[tuple[str, str], str] = {}
-        per_region = await asyncio.gather(*(self._usage(region, window, account, names) for region in self.regions))
-        usage = [record for records in per_region for record in records]
-        costs, cursors = await self._costs(window, account)
+        failed: dict[str, SourceFailure] = {}
+        usage = await read_source(USAGE, self._all_regions(window, account, names), failed)
+        polled = [USAGE] if usage is not None else []
+        costs: list[CostRecord] = []
+        if self._cost_due(window.end):
+            read = await read_source(COST, self._costs(window, account), failed)
+            if read is not None:  # on a failure its cursors did not move: retried next poll
+                costs = read
+                polled.append(COST)
         current = window.end - window.end % self.width  # the bucket still filling in starts here
-        return PollResult(usage=usage, costs=costs, names=names, complete_until=current, cursors=cursors)
+        return PollResult(usage=usage or [], costs=costs, names=names, complete_until=current,
+                          cursors=self._cursors(), polled_sources=polled, failed_sources=failed)
+
+    async def _all_regions(
+        self, window: Window, account: str, names: dict[tuple[str, str], str]
+    ) -> list[UsageRecord]:
+        per_region = await asyncio.gather(*(self._usage(region, window, account, names) for region in self.regions))
+        return [record for records in per_region for record in records]
 
     async def _account_id(self) -> str:
         """The account the credentials belong to: the tenancy of usage and spend not owned by a profile."""
@@ -207,13 +227,13 @@ class BedrockProvider(Provider):
                 ))
         return records
 
-    async def _costs(self, window: Window, account: str) -> tuple[list[CostRecord], dict[str, str]]:
-        """Cost Explorer, when ``cost_interval`` has passed: the days not yet final, up to today."""
+    def _cost_due(self, now: int) -> bool:
+        """Cost Explorer is asked when ``cost_interval`` has passed since its last success."""
+        return self.costs_enabled and (self._cost_checked is None or now - self._cost_checked >= self.cost_interval)
+
+    async def _costs(self, window: Window, account: str) -> list[CostRecord]:
+        """Cost Explorer: the days not yet final, up to today."""
         now = window.end
-        if not self.costs_enabled or (
-            self._cost_checked is not None and now - self._cost_checked < self.cost_interval
-        ):
-            return [], self._cursors()
         first = now - int(self.backfill)
         start = max(first - first % DAY, self._cost_final_until or 0)
         end = now - now % DAY + DAY  # today (estimated, filling in) included
@@ -224,7 +244,7 @@ class BedrockProvider(Provider):
         self._cost_checked = now
         final = now - self.cost_lookback
         self._cost_final_until = max(final - final % DAY, self._cost_final_until or 0)
-        return records, self._cursors()
+        return records
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.api.close)

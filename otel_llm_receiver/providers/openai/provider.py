@@ -11,6 +11,10 @@ One poll reads, for the scheduler's window ``[start, now)``:
 * the projects list (archived included) when the cached names are older than ``names_ttl`` or an unknown
   project shows up; a failed lookup is logged and never fails the poll.
 
+Usage and costs are separate sources, read side by side: a failure of one never blocks the other (the failed
+one is returned in ``PollResult.failed_sources``). The cost source keeps its own cursor (``cost``: the end of
+its last successful read), so after a cost outage the next read reaches back to cover it.
+
 All requests go through the shared ``ApiClient`` (429 + ``Retry-After``, 5xx and timeouts retried with backoff;
 other 4xx fail the poll with their ``error.type``).
 """
@@ -20,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Mapping
 from typing import Any, ClassVar
 
 from ...config import Option, ProviderConfig
 from ...errors import ProviderError
-from ...model import CostRecord, PollResult, UsageRecord, Window
-from ..base import DAY, HOUR, Provider
+from ...model import COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
+from ..base import DAY, HOUR, Provider, read_source
 from ..http import HTTP_OPTIONS, client_from_config
 from . import pages
 from .endpoints import (
@@ -84,6 +89,7 @@ class OpenAIProvider(Provider):
     #: Costs are re-read up to 7 days back (cost_lookback): bucket rows must live a day longer than that.
     REVISION_HORIZON: ClassVar[float] = 8 * DAY
     MAX_COST_LOOKBACK: ClassVar[float] = 7 * DAY
+    SOURCES: ClassVar[tuple[str, ...]] = (USAGE, COST)
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
@@ -121,30 +127,52 @@ class OpenAIProvider(Provider):
         self._names_retry_at = float("-inf")
         self._semaphore = asyncio.Semaphore(CONCURRENCY)
         self._source_ends: dict[str, int] = {}  # this poll's newest bucket end per endpoint
+        self._cost_read_until: int | None = None  # end of the last successful cost read (the cost cursor)
 
     # -- the poll ----------------------------------------------------------------------------------------------
+    @property
+    def data_sources(self) -> tuple[str, ...]:
+        return self.SOURCES if self.costs else (USAGE,)
+
+    def restore(self, cursors: Mapping[str, str]) -> None:
+        """The cost source's cursor (the end of its last successful read): after a cost outage the next read
+        reaches back from there, so no day is skipped while usage went on."""
+        self._cost_read_until = None  # also called after a failed poll: what was not committed never happened
+        raw = cursors.get(COST)
+        if raw is not None:
+            try:
+                self._cost_read_until = int(raw)
+            except ValueError:
+                log.warning("%s: ignoring unreadable cost cursor %r", self.name, raw)
+
+    def cost_start(self, window: Window) -> int:
+        """First day the cost read asks for: ``cost_lookback`` back (``cost_backfill`` on a first poll or after
+        an outage as long as the backfill), and never later than ``cost_lookback`` before its last success."""
+        now = window.end
+        catch_up = window.end - window.start >= self.backfill
+        start = min(window.start, now - int(self.cost_backfill if catch_up else self.cost_lookback))
+        if self._cost_read_until is not None:
+            floor = now - int(max(self.cost_backfill, self.cost_lookback))
+            start = min(start, max(floor, self._cost_read_until - int(self.cost_lookback)))
+        return start - start % DAY
+
     async def fetch(self, window: Window) -> PollResult:
         now = window.end
         usage_start = window.start - window.start % self.width
-        catch_up = window.end - window.start >= self.backfill
-        cost_from = min(window.start, now - int(self.cost_backfill if catch_up else self.cost_lookback))
         notes = Notes()
         self._source_ends = {}
-        usage: list[UsageRecord] = []
-        costs: list[CostRecord] = []
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(self._usage(e, usage_start, now, notes)) for e in self.endpoints
-                ]
-                cost_task = group.create_task(self._costs(cost_from - cost_from % DAY, now, notes)) \
-                    if self.costs else None
-        except* Exception as failures:  # one endpoint failed (the others were cancelled): report that one
-            raise self._one_error(failures) from None
-        for task in tasks:
-            usage.extend(task.result())
-        if cost_task is not None:
-            costs = cost_task.result()
+        failed: dict[str, SourceFailure] = {}
+        reads: list[Awaitable[Any]] = [read_source(USAGE, self._all_usage(usage_start, now, notes), failed)]
+        if self.costs:
+            reads.append(read_source(COST, self._cost_source(self.cost_start(window), now, notes), failed))
+        # usage and cost are separate sources, read side by side: a failure of one never blocks the other
+        found = await asyncio.gather(*reads)
+        usage: list[UsageRecord] = found[0] or []
+        costs: list[CostRecord] = (found[1] or []) if self.costs else []
+        polled = [source for source, got in zip((USAGE, COST), found, strict=False) if got is not None]
+        cursors = {COST: str(now)} if COST in polled else {}
+        if COST in polled:
+            self._cost_read_until = now
         self._log_notes(notes)
         tenancies = {r.tenancy_id for r in usage} | {c.tenancy_id for c in costs}
         return PollResult(
@@ -153,7 +181,25 @@ class OpenAIProvider(Provider):
             names=await self._names_for(tenancies),
             complete_until=now - now % self.width,
             source_data_until={source: min(end, now) for source, end in self._source_ends.items()},
+            cursors=cursors,
+            polled_sources=polled,
+            failed_sources=failed,
         )
+
+    async def _all_usage(self, start: int, end: int, notes: Notes) -> list[UsageRecord]:
+        """Every enabled usage type; one endpoint failing fails the usage source (the others are cancelled)."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._usage(e, start, end, notes)) for e in self.endpoints]
+        except* Exception as failures:  # report the one that failed
+            raise self._one_error(failures) from None
+        return [record for task in tasks for record in task.result()]
+
+    async def _cost_source(self, start: int, end: int, notes: Notes) -> list[CostRecord]:
+        try:
+            return await self._costs(start, end, notes)
+        except ShapeError as exc:
+            raise ProviderError(f"bad response: {exc}", provider=self.name, error_type="bad_response") from None
 
     async def _get_buckets(
         self, path: str, label: str, params: list[tuple[str, Any]], *, decimals: bool = False

@@ -9,7 +9,8 @@ Sources (``sources:``): ``vertex`` (default) reads ``publisher/online_serving/to
 ``model_invocation_count`` on ``aiplatform.googleapis.com/PublisherModel``, as ``gen_ai.provider.name``
 ``gcp.vertex_ai``; ``gemini_api`` reads the Gemini Developer API's project-level token metrics as ``gcp.gemini``.
 Money exists only in the Cloud Billing export: ``billing_export`` (``billing.py``) reads it on its own interval,
-and a failed cost query never costs the usage. Project names come from Resource Manager (``names.py``).
+and usage and cost are separate sources: a failed cost query never costs the usage, nor the reverse
+(`PollResult.failed_sources`). Project names come from Resource Manager (``names.py``).
 See docs/providers/vertex_ai.md.
 """
 
@@ -23,8 +24,8 @@ from typing import Any, ClassVar
 
 from ...config import Option, ProviderConfig
 from ...errors import ProviderError
-from ...model import CostRecord, PollResult, UsageRecord, Window
-from ..base import DAY, HOUR, Provider
+from ...model import COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
+from ..base import DAY, HOUR, Provider, read_source
 from ..http import HTTP_OPTIONS
 from . import billing, monitoring, names
 from .series import (
@@ -83,6 +84,7 @@ class VertexAIProvider(Provider):
     #: Billing export days are re-read up to 31 days back: their rows must outlive that, or a re-read would
     #: count a pruned day again.
     REVISION_HORIZON: ClassVar[float] = billing.MAX_LOOKBACK + DAY
+    SOURCES: ClassVar[tuple[str, ...]] = (USAGE, COST)
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
@@ -155,26 +157,35 @@ class VertexAIProvider(Provider):
         if value is not None and value.isdigit():
             self._billing_last_run = int(value)
 
+    @property
+    def data_sources(self) -> tuple[str, ...]:
+        return ((USAGE,) if self.sources else ()) + ((COST,) if self.billing is not None else ())
+
     async def fetch(self, window: Window) -> PollResult:
-        result = await self._usage(window) if self.sources else PollResult(complete_until=window.end)
+        # Usage (Cloud Monitoring) and cost (the billing export) are separate sources: one failing never
+        # blocks the other; the failed one is returned in failed_sources and its cursor does not move.
+        failed: dict[str, SourceFailure] = {}
+        polled: list[str] = []
+        result = PollResult(complete_until=window.end)
+        if self.sources:
+            read = await read_source(USAGE, self._usage(window), failed)
+            if read is not None:
+                result = read
+                polled.append(USAGE)
         found = await self._names.resolve(self.projects) if self._names is not None else {}
         if self.billing is None or not self._billing_due(window.end):
-            return PollResult(usage=result.usage, names=found, complete_until=result.complete_until)
+            return PollResult(usage=result.usage, names=found, complete_until=result.complete_until,
+                              polled_sources=polled, failed_sources=failed)
         billed: dict[tuple[str, str], str] = {}
-        try:
-            costs = await self._costs(self.billing, window, billed)
-        except ProviderError as exc:
-            exc.provider = self.name
-            if not self.sources:
-                raise  # a cost-only instance: its failure is the poll's
-            self._billing_failed_at = window.end
-            log.warning("%s: billing export query failed (%s), usage kept; next try in %s: %s", self.name,
-                        exc.error_type, "1h" if self.billing.interval > HOUR else "one interval", exc)
-            return PollResult(usage=result.usage, names=found, complete_until=result.complete_until)
+        costs = await read_source(COST, self._costs(self.billing, window, billed), failed)
+        if costs is None:
+            self._billing_failed_at = window.end  # next try in min(interval, 1h)
+            return PollResult(usage=result.usage, names=found, complete_until=result.complete_until,
+                              polled_sources=polled, failed_sources=failed)
         self._billing_last_run, self._billing_failed_at = window.end, None
         return PollResult(
             usage=result.usage, costs=costs, names={**billed, **found}, complete_until=result.complete_until,
-            cursors={billing.CURSOR: str(window.end)},
+            cursors={billing.CURSOR: str(window.end)}, polled_sources=[*polled, COST], failed_sources=failed,
         )
 
     async def aclose(self) -> None:
