@@ -31,7 +31,7 @@ from .model import PollResult, Window
 from .pricing import PriceBook
 from .providers import create_provider, provider_class
 from .providers.base import DAY, Provider
-from .retry import backoff_delay
+from .retry import POLL_DEADLINE, backoff_delay, retry_after_cap
 from .selfhealth import SelfHealth
 from .signals import Signals, SignalsReading, gauge_metrics
 
@@ -93,6 +93,8 @@ class Receiver:
             self.health.register(p.name, p.collection_interval)
         self.providers: dict[str, Provider] = {}
         self._restored: set[str] = set()  # instances whose saved cursors were handed back
+        #: instance -> monotonic time before which no poll may start (a Retry-After the API sent, capped)
+        self._not_before: dict[str, float] = {}
         if exporters is None:
             exporters = [(cfg, build_exporter(cfg)) for cfg in config.exporters]
         self.emitter = Emitter(exporters, clock=clock)
@@ -130,6 +132,9 @@ class Receiver:
         cfg = next(p for p in self.provider_configs if p.name == name)
         window: Window | None = None
         provider: Provider | None = None
+        wait = self._not_before.pop(name, 0.0) - time.monotonic()
+        if wait > 0:  # the API's Retry-After has not passed yet: never send a request before it
+            await asyncio.sleep(wait)
         try:
             provider = self._provider(name)
             if name not in self._restored:
@@ -139,12 +144,17 @@ class Receiver:
             cursor = await loop.run_in_executor(self._writer, self.ledger.cursor, name)
             window = poll_window(provider, cursor, int(self.clock()))
             deadline = max(cfg.collection_interval, 5 * cfg.timeout)
+            # Published to the HTTP clients (the fetch task copies this context): a Retry-After that outlasts
+            # the poll ends it as rate_limited at once instead of sleeping into this timeout.
+            published = POLL_DEADLINE.set(time.monotonic() + deadline)
             try:
                 result: PollResult = await asyncio.wait_for(provider.fetch(window), timeout=deadline)
             except TimeoutError as exc:
                 raise ProviderError(
                     f"poll did not finish within {deadline:g}s", provider=name, error_type="timeout"
                 ) from exc
+            finally:
+                POLL_DEADLINE.reset(published)
             if not isinstance(result, PollResult):
                 raise ProviderError(
                     f"provider returned {type(result).__name__}, not a PollResult", provider=name
@@ -164,6 +174,9 @@ class Receiver:
             # Whatever cursors the provider moved in memory were not committed: hand the saved ones back.
             self._restored.discard(name)
             error_type, message, retry_after = _classify(exc)
+            if retry_after is not None:
+                retry_after = _capped_retry_after(name, retry_after, cfg.collection_interval)
+                self._not_before[name] = time.monotonic() + retry_after
             message = redact(message)  # kept for /health: never hold a secret where it can be shown
             elapsed = time.monotonic() - t0
             self.health.poll_failed(name, elapsed, error_type, message)
@@ -387,6 +400,17 @@ class Receiver:
         if self._focus is not None:
             self._focus.ledger.close()
         self.ledger.close()
+
+
+def _capped_retry_after(name: str, retry_after: float, interval: float) -> float:
+    """``retry_after`` capped at min(1h, 10 x the collection interval), logged when capped: a huge or infinite
+    Retry-After must not stop an instance for good (docs/operations.md)."""
+    cap = retry_after_cap(interval)
+    if retry_after <= cap:
+        return retry_after
+    log.warning("%s: Retry-After of %gs capped at %gs (min(1h, 10 x collection_interval)); polling goes on",
+                name, retry_after, cap)
+    return cap
 
 
 def _classify(exc: BaseException) -> tuple[str, str, float | None]:

@@ -21,7 +21,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ...ledger import METRIC_TOOL_REQUESTS
-from ...model import CostRecord, UsageRecord
+from ...model import MAX_COUNT, CostRecord, UsageRecord, plausible_amount
 
 PROVIDER = "anthropic"
 OPERATION = "chat"  # the Messages API: the GenAI conventions' `chat`
@@ -49,6 +49,9 @@ COST_TOKEN_TYPES: Mapping[str, tuple[str, str | None]] = {
     "cache_creation.ephemeral_1h_input_tokens": ("cache_write", "1h"),
     "output_tokens": ("output", None),
 }
+
+#: Cost report fields that tell apart the rows of one ``description`` (part of a row's key, not grouped by).
+COST_SPLIT_FIELDS = ("model", "cost_type", "token_type", "service_tier", "context_window", "inference_geo")
 
 #: Digits after the decimal point of each currency's lowest unit (ISO 4217). The cost report says its amounts are
 #: "in lowest currency units (e.g. cents)" and its currency is "currently always USD".
@@ -78,6 +81,39 @@ class ReportPage:
     next_page: str | None
 
 
+class RowKeys:
+    """The (bucket, group) keys of one report's response, all pages: no key may repeat, none may be missing.
+
+    A report row is identified by its bucket and the value of every ``group_by[]`` field the request asked for;
+    the API documents no case where repeated keys are to be summed. A repeated key would be counted twice; a row
+    lacking a grouped field would be counted under a default (the default workspace, an unknown model) and again
+    once the field comes back. Both reject the whole response. A present ``null`` is kept: the reports document
+    it (``workspace_id`` null for the default workspace, ``api_key_id`` null for Console usage). Bucket
+    repetition is checked by the pager (``_report``). ``also`` are fields that split a row further without being
+    grouped by (the cost report's rows of one ``description`` differ by ``service_tier``, ``context_window``, ...):
+    part of the key, but optional.
+    """
+
+    def __init__(self, grouped: Sequence[str], also: Sequence[str] = ()) -> None:
+        self.grouped = tuple(grouped)
+        self.also = tuple(also)
+        self._rows: set[tuple[Any, ...]] = set()
+
+    def row(self, start: int, row: Mapping[str, Any], path: str) -> None:
+        missing = [g for g in self.grouped if g not in row]
+        if missing:
+            raise ShapeError(f"{path}: grouped by {', '.join(missing)} but the row has no such field")
+        key = (start, *[row[g] for g in self.grouped], *[row.get(f) for f in self.also])
+        try:
+            repeated = key in self._rows
+        except TypeError:
+            raise ShapeError(f"{path}: a grouped field is not a string or null") from None
+        if repeated:
+            shown = ", ".join(f"{g}={row[g]!r}" for g in self.grouped)
+            raise ShapeError(f"{path}: a second row for the same group ({shown}) in one bucket (would count twice)")
+        self._rows.add(key)
+
+
 # -- primitives ----------------------------------------------------------------------------------------------------
 def _object(value: Any, path: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
@@ -94,6 +130,8 @@ def _list(value: Any, path: str) -> list[Any]:
 def _count(value: Any, path: str) -> int:
     if type(value) is not int or value < 0:  # bool is an int subclass: not a count
         raise ShapeError(f"{path}: expected a non-negative integer, got {_kind(value)} {_excerpt(value)}")
+    if value > MAX_COUNT:
+        raise ShapeError(f"{path}: implausible count {_excerpt(value)} (more than 2^53 - 1 in one bucket)")
     return value
 
 
@@ -257,7 +295,10 @@ def amount_in_units(amount: Any, currency: Any, path: str) -> tuple[Decimal, str
     if not value.is_finite() or value < 0:
         raise ShapeError(f"{path}.amount: {_excerpt(amount)} is not a finite non-negative amount")
     code = currency.upper()
-    return value.scaleb(-MINOR_UNIT_DIGITS[code]), code
+    units = value.scaleb(-MINOR_UNIT_DIGITS[code])
+    if not plausible_amount(units):
+        raise ShapeError(f"{path}.amount: implausible amount {_excerpt(amount)} (bound: 2^60 nano-units)")
+    return units, code
 
 
 def cost_record(bucket: Bucket, row: Mapping[str, Any], path: str, dimensions: Sequence[str]) -> CostRecord:
@@ -287,6 +328,7 @@ __all__ = [
     "DIMENSIONS",
     "Bucket",
     "ReportPage",
+    "RowKeys",
     "ShapeError",
     "amount_in_units",
     "cost_record",
