@@ -200,7 +200,9 @@ class ApiClient:
         if response.status_code == 204:  # No Content: "no data" (Azure Cost Management), not a bad body
             return None
         try:
-            return json.loads(response.content, parse_float=Decimal) if decimals else response.json()
+            # Strict UTF-8 first (RFC 8259): json.loads(bytes) would let CESU-8 surrogates through as text.
+            text = response.content.decode("utf-8")
+            return json.loads(text, parse_float=Decimal) if decimals else json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise self._error(
                 f"{method} {path}: HTTP {response.status_code} body is not JSON ({exc.__class__.__name__}): "

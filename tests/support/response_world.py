@@ -220,19 +220,21 @@ def reference_rows(path: str, body: Any) -> dict[tuple[Any, ...], tuple[int, int
                 key = (start, row["project_id"], row["model"], row["batch"])
                 value = (row["input_tokens"] + row["output_tokens"], row["num_model_requests"], 0)
             elif path == OA_COSTS:
-                key = (start, row["project_id"], row["line_item"], row.get("api_key_id"))
+                key = (start, row["project_id"], row["line_item"])  # grouped by these two (not api_key_id)
                 amount = row.get("amount")
-                nanos = 0 if amount is None else int(Decimal(str(amount["value"])) * 10**9)
-                value = (0, 0, nanos)
+                if amount is None:
+                    continue  # the spec makes amount optional: a row without one carries no money (skipped)
+                value = (0, 0, int(Decimal(str(amount["value"])) * 10**9))
             elif path == AN_USAGE:
                 key = (start, row["workspace_id"], row["model"], *[row[f] for f in AN_SPLIT])
                 cache = row["cache_creation"]
                 tokens = (row["uncached_input_tokens"] + row["cache_read_input_tokens"] + row["output_tokens"]
                           + cache["ephemeral_5m_input_tokens"] + cache["ephemeral_1h_input_tokens"])
                 value = (tokens, 0, 0)
-            else:
-                key = (start, row["workspace_id"], row["description"], row.get("model"), row.get("cost_type"),
-                       row.get("token_type"), *[row.get(f) for f in AN_SPLIT])
+            else:  # the cost line a row is (docs/providers/anthropic.md): its token type, else cost type, else text
+                line = next((row[f] for f in ("token_type", "cost_type", "description") if row.get(f) is not None),
+                            None)
+                key = (start, row["workspace_id"], row.get("model"), line, *[row.get(f) for f in AN_SPLIT])
                 value = (0, 0, int(Decimal(str(row["amount"])) * 10**7))  # cents -> nano-units
             rows[key] = value
     return rows

@@ -31,12 +31,12 @@ from ..base import DAY, HOUR, Provider
 from ..http import HTTP_OPTIONS, MAX_RESPONSE_BYTES, ApiClient
 from .claude_code import code_records, day_param, parse_code_page
 from .reports import (
-    COST_SPLIT_FIELDS,
     DEFAULT_WORKSPACE,
     DIMENSIONS,
     Bucket,
     RowKeys,
     ShapeError,
+    cost_identity,
     cost_record,
     parse_report_page,
     parse_workspaces_page,
@@ -245,12 +245,13 @@ class AnthropicProvider(Provider):
     async def _costs(self, window: Window) -> list[CostRecord]:
         records: list[CostRecord] = []
         params = self.cost_params(window)
-        keys = RowKeys([value for key, value in params if key == "group_by[]"], COST_SPLIT_FIELDS)
+        keys = RowKeys([value for key, value in params if key == "group_by[]"])
         for bucket in await self._report(COST_PATH, params, DAY, "cost_report"):
             for i, row in enumerate(bucket.results):
                 path = f"{bucket.path}.results[{i}]"
-                records.append(cost_record(bucket, row, path, self.dimensions))
-                keys.row(bucket.start, row, path)
+                record = cost_record(bucket, row, path, self.dimensions)
+                keys.row(bucket.start, row, path, cost_identity(record))
+                records.append(record)
         return records
 
     async def _claude_code(self, window: Window) -> list[UsageRecord]:

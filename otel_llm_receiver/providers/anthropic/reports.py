@@ -50,9 +50,6 @@ COST_TOKEN_TYPES: Mapping[str, tuple[str, str | None]] = {
     "output_tokens": ("output", None),
 }
 
-#: Cost report fields that tell apart the rows of one ``description`` (part of a row's key, not grouped by).
-COST_SPLIT_FIELDS = ("model", "cost_type", "token_type", "service_tier", "context_window", "inference_geo")
-
 #: Digits after the decimal point of each currency's lowest unit (ISO 4217). The cost report says its amounts are
 #: "in lowest currency units (e.g. cents)" and its currency is "currently always USD".
 MINOR_UNIT_DIGITS: Mapping[str, int] = {"USD": 2, "EUR": 2, "GBP": 2, "CAD": 2, "AUD": 2, "JPY": 0}
@@ -89,26 +86,25 @@ class RowKeys:
     lacking a grouped field would be counted under a default (the default workspace, an unknown model) and again
     once the field comes back. Both reject the whole response. A present ``null`` is kept: the reports document
     it (``workspace_id`` null for the default workspace, ``api_key_id`` null for Console usage). Bucket
-    repetition is checked by the pager (``_report``). ``also`` are fields that split a row further without being
-    grouped by (the cost report's rows of one ``description`` differ by ``service_tier``, ``context_window``, ...):
-    part of the key, but optional.
+    repetition is checked by the pager (``_report``). A cost report row is keyed by the cost line it becomes
+    (``identity``: workspace, model, line item, attributes) besides its grouped fields, since rows of one
+    ``description`` differ by ``service_tier``, ``context_window``, ... and two rows of one line would add up.
     """
 
-    def __init__(self, grouped: Sequence[str], also: Sequence[str] = ()) -> None:
+    def __init__(self, grouped: Sequence[str]) -> None:
         self.grouped = tuple(grouped)
-        self.also = tuple(also)
         self._rows: set[tuple[Any, ...]] = set()
 
-    def row(self, start: int, row: Mapping[str, Any], path: str) -> None:
+    def row(self, start: int, row: Mapping[str, Any], path: str, identity: tuple[Any, ...] = ()) -> None:
         missing = [g for g in self.grouped if g not in row]
         if missing:
             raise ShapeError(f"{path}: grouped by {', '.join(missing)} but the row has no such field")
-        key = (start, *[row[g] for g in self.grouped], *[row.get(f) for f in self.also])
-        try:
-            repeated = key in self._rows
-        except TypeError:
-            raise ShapeError(f"{path}: a grouped field is not a string or null") from None
-        if repeated:
+        wrong = [g for g in self.grouped if row[g] is not None and not isinstance(row[g], str)]
+        if wrong:  # a field not otherwise read (e.g. the cost report's description) is still part of the key
+            kind = type(row[wrong[0]]).__name__
+            raise ShapeError(f"{path}.{wrong[0]}: expected a string or null, got {kind}")
+        key = (start, *[row[g] for g in self.grouped], *identity)
+        if key in self._rows:
             shown = ", ".join(f"{g}={row[g]!r}" for g in self.grouped)
             raise ShapeError(f"{path}: a second row for the same group ({shown}) in one bucket (would count twice)")
         self._rows.add(key)
@@ -301,6 +297,11 @@ def amount_in_units(amount: Any, currency: Any, path: str) -> tuple[Decimal, str
     return units, code
 
 
+def cost_identity(record: CostRecord) -> tuple[Any, ...]:
+    """The cost line a cost report row becomes: two rows of one line in one bucket would be added up."""
+    return (record.tenancy_id, record.model, record.line_item, tuple(sorted(record.dimensions.items())))
+
+
 def cost_record(bucket: Bucket, row: Mapping[str, Any], path: str, dimensions: Sequence[str]) -> CostRecord:
     """The record of one ``cost_report`` result row, keeping its model and token type or cost type."""
     amount, currency = amount_in_units(row.get("amount"), row.get("currency"), path)
@@ -331,6 +332,7 @@ __all__ = [
     "RowKeys",
     "ShapeError",
     "amount_in_units",
+    "cost_identity",
     "cost_record",
     "parse_report_page",
     "parse_time",

@@ -32,18 +32,18 @@ class RowKeys:
     def row(self, start: int, row: Mapping[str, Any], path: str) -> None:
         """Reject a row lacking a grouped field, or repeating the key of an earlier row of its bucket.
 
-        Call it after the row's fields were validated, so every grouped value is hashable (a string, a bool or
-        null: the spec documents null for several group fields, so a present null is a legitimate value).
+        A grouped value must be a string, a bool (``batch``) or null: the spec documents null for several group
+        fields, so a present null is a legitimate value; a missing key is not.
         """
         missing = [g for g in self.grouped if g not in row]
         if missing:
             raise ShapeError(f"{path}: grouped by {', '.join(missing)} but the row has no such field")
+        wrong = [g for g in self.grouped if row[g] is not None and not isinstance(row[g], str | bool)]
+        if wrong:  # a field not otherwise read (e.g. the cost report's description) is still part of the key
+            kind = type(row[wrong[0]]).__name__
+            raise ShapeError(f"{path}.{wrong[0]}: expected a string, boolean or null, got {kind}")
         key = (start, *[row[g] for g in self.grouped])
-        try:
-            repeated = key in self._rows
-        except TypeError:  # an unhashable group value (an array or object) was never a valid one
-            raise ShapeError(f"{path}: a grouped field is not a string, boolean or null") from None
-        if repeated:
+        if key in self._rows:
             shown = ", ".join(f"{g}={row[g]!r}" for g in self.grouped)
             raise ShapeError(f"{path}: a second row for the same group ({shown}) in one bucket (would count twice)")
         self._rows.add(key)
