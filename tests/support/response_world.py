@@ -20,6 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -263,6 +264,7 @@ class World:
     def __init__(self, tmp_path: Path, **options: Any) -> None:
         self.server = BodyServer()
         self.path = tmp_path / "ledger.db"
+        self._readers: list[sqlite3.Connection] = []
         self.reset()
         common = {"endpoint": self.server.base_url, "timeout": "1s", "collection_interval": "2s",
                   "retry_initial_interval": "10ms", "max_retries": 1, **options}
@@ -281,6 +283,13 @@ class World:
 
     async def poll(self, instance: str) -> PollOutcome:
         return await self.receiver.poll(instance)
+
+    def writes(self) -> Callable[[], int]:
+        """A cheap write detector: ``PRAGMA data_version`` of a reader connection changes when any other
+        connection commits to the ledger. Returns a function reading it (the connection stays open)."""
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        self._readers.append(db)
+        return lambda: int(db.execute("PRAGMA data_version").fetchone()[0])
 
     def fingerprint(self) -> str:
         """A digest of every row of every ledger table: equal before and after a poll that wrote nothing."""
@@ -311,20 +320,19 @@ class World:
 
     def integer_totals(self) -> bool:
         """True when no ledger column holds a REAL where an integer total belongs (no overflow into floats)."""
-        with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True) as db:
+        with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as db:
             tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
             for table in tables:
-                columns = [r[1] for r in db.execute(f'PRAGMA table_info("{table}")')]
-                for column in columns:
-                    if column in ("value", "total", "adjustments", "delta", "level"):
+                for column in [r[1] for r in db.execute(f'PRAGMA table_info("{table}")')]:
+                    if column in ("value", "total", "adjustments"):
                         query = f'SELECT count(*) FROM "{table}" WHERE typeof("{column}") = \'real\''
                         if db.execute(query).fetchone()[0]:
-                            db.close()
                             return False
-        db.close()
         return True
 
     async def close(self) -> None:
+        for db in self._readers:
+            db.close()
         await self.receiver.aclose()
         self.server.close()
 
