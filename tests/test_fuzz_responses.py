@@ -1,8 +1,8 @@
 """A seeded mutation fuzzer over OpenAI and Anthropic report responses (issue 17, fault tests).
 
 Each round serves one mutated body (truncated, wrong types, NaN/Infinity, negatives, huge numbers, duplicated
-buckets and rows, missing fields, a self-referencing cursor, an HTML page, invalid UTF-8, a slow body, or a
-legitimate revision) from a real loopback server to the production ``Receiver.poll``, and checks:
+buckets and rows, missing fields, a self-referencing cursor, an HTML page, invalid UTF-8, a slow body, a body that
+stalls past the read timeout, or a legitimate revision) from a real loopback server to the production ``Receiver.poll``, and checks:
 
 * no crash: the poll returns an outcome, and never one for an exception the providers did not expect;
 * no hang: every poll ends within its deadline (plus slack);
@@ -29,11 +29,12 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from tests.support.response_world import BASES, ENDPOINTS, Oracle, Served, World, encode
+from tests.support.response_world import BASES, ENDPOINTS, OPENAI, Oracle, Served, World, encode
 
 ROUNDS = int(os.environ.get("FUZZ_ROUNDS", "1000"))  # per instance
 SEED = int(os.environ.get("FUZZ_SEED", "17"))
-HANG_AFTER = 10.0  # seconds: far past the poll deadline (max(2s interval, 5 x 1s timeout) = 5s)
+HANG_AFTER = 10.0  # seconds: far past the poll deadline (max(2s interval, 5 x 0.5s timeout) = 2.5s)
+STALLS = 10  # bodies that stall past the read timeout (each costs about two timeouts): a few are enough
 
 Node = tuple[Any, Any]  # (container, key)
 
@@ -89,9 +90,11 @@ class Mutation:
         self.kind, self.served, self.body = kind, served, body
 
 
-def mutate(rng: random.Random, path: str) -> Mutation:
+def mutate(rng: random.Random, path: str, stall: bool = False) -> Mutation:
     body = copy.deepcopy(BASES[path]())
     raw = encode(body)
+    if stall:  # each chunk arrives after the 0.5s read timeout: the request times out (and its retry too)
+        return Mutation("stall", Served(raw, drip=8 * 0.7), None)
     kind = rng.choice(["truncate", "type", "nonfinite", "negative", "huge", "dup_bucket", "dup_row", "missing",
                        "cursor", "html", "utf8", "revision", "revision", "slow"])
     if kind == "truncate":
@@ -145,7 +148,7 @@ def mutate(rng: random.Random, path: str) -> Mutation:
 
 async def fuzz(tmp_path: Path) -> Counter[str]:
     rng = random.Random(SEED)
-    world = World(tmp_path)
+    world = World(tmp_path, timeout="500ms")
     oracle = Oracle()
     counts: Counter[str] = Counter()
     drift: dict[str, tuple[int, ...]] = {}
@@ -156,10 +159,11 @@ async def fuzz(tmp_path: Path) -> Counter[str]:
                 oracle.accept(path, BASES[path]())
             drift[instance] = (0, 0, 0)
         version = world.writes()
-        for _ in range(ROUNDS):
+        stall_at = set(rng.sample(range(ROUNDS), min(STALLS, ROUNDS)))
+        for round_number in range(ROUNDS):
             for instance, paths in ENDPOINTS.items():
                 path = rng.choice(paths)
-                mutation = mutate(rng, path)
+                mutation = mutate(rng, path, stall=round_number in stall_at and instance == OPENAI)
                 world.server.answers[path] = mutation.served
                 before = version()
                 counts["responses"] += 1
