@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/python benchmarks/ledger_apply.py
 	$(BIN)/python benchmarks/export.py
 	$(BIN)/python benchmarks/openai_poll.py
+	$(BIN)/python benchmarks/response_size.py
 	$(BIN)/python benchmarks/signals.py
 	$(BIN)/python benchmarks/focus_export.py
 

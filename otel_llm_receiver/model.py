@@ -22,6 +22,26 @@ CostSource = Literal["reported", "estimated"]
 NANOS_PER_UNIT = 1_000_000_000
 _NANO = Decimal(1).scaleb(-9)
 
+#: The largest count one bucket row may report (tokens, requests, images, bytes, ...): 2^53 - 1. No bucket holds
+#: 2^53 tokens, and every count stays exact as a float and far below SQLite's 64-bit integer limit after summing,
+#: so a ledger total never overflows into REAL. A larger value is an implausible, malformed response.
+MAX_COUNT = 2**53 - 1
+#: The largest amount of money one bucket row may report, in nano-units: 2^60 (about 1.15e9 currency units).
+#: Eight such rows still fit in a signed 64-bit integer; anything larger is a malformed response.
+MAX_NANOS = 2**60
+#: ``MAX_NANOS`` as an amount of currency, for checks on ``Decimal`` amounts before conversion.
+MAX_AMOUNT = Decimal(MAX_NANOS).scaleb(-9)
+
+
+def plausible_count(value: int) -> bool:
+    """True when ``value`` is a count one bucket row can hold (0 <= value <= ``MAX_COUNT``)."""
+    return 0 <= value <= MAX_COUNT
+
+
+def plausible_amount(amount: Decimal) -> bool:
+    """True when ``amount`` (currency units) is finite, non-negative and at most ``MAX_AMOUNT``."""
+    return amount.is_finite() and 0 <= amount <= MAX_AMOUNT
+
 
 def to_nanos(amount: Decimal | int | str) -> int:
     """Convert an amount of money to integer nano-units, rounding half-even past the ninth decimal."""

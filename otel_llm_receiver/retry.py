@@ -6,11 +6,31 @@ once per interval), and never shorter than a ``Retry-After`` the API sent.
 
 from __future__ import annotations
 
+import math
 import random
+import time
+from contextvars import ContextVar
 from email.utils import parsedate_to_datetime
 
 #: HTTP statuses worth retrying: rate limiting, and the server-side failures that are usually transient.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
+
+#: When the poll in progress must end (``time.monotonic()``), published by the scheduler for the HTTP clients:
+#: a retry whose wait (a ``Retry-After``, a backoff) would outlast it ends the poll at once with the API's own
+#: error, instead of sleeping into the scheduler's timeout. None outside a poll (no deadline).
+POLL_DEADLINE: ContextVar[float | None] = ContextVar("poll_deadline", default=None)
+
+#: The longest any ``Retry-After`` is honoured: one hour (and at most ``RETRY_AFTER_INTERVALS`` intervals).
+MAX_RETRY_AFTER = 3600.0
+RETRY_AFTER_INTERVALS = 10
+
+
+def retry_after_cap(collection_interval: float) -> float:
+    """The longest wait a ``Retry-After`` may impose on an instance: min(1h, 10 x its collection interval).
+
+    A huge (or infinite) value would otherwise stop the instance for good; the API is asked again after the cap.
+    """
+    return min(MAX_RETRY_AFTER, RETRY_AFTER_INTERVALS * collection_interval)
 
 
 def backoff_delay(
@@ -35,13 +55,15 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if math.isnan(seconds):
+            return None
+        return max(0.0, seconds)  # inf (or 1e400) stays inf: the caller caps it (retry_after_cap) and logs it
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    import time
-
     return max(0.0, when.timestamp() - (time.time() if now is None else now))

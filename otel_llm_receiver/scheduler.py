@@ -32,7 +32,7 @@ from .model import USAGE, PollResult, Window, first_window_start
 from .pricing import PriceBook
 from .providers import create_provider, provider_class
 from .providers.base import DAY, Provider
-from .retry import backoff_delay
+from .retry import POLL_DEADLINE, backoff_delay, retry_after_cap
 from .selfhealth import SelfHealth
 from .signals import Signals, SignalsReading, gauge_metrics
 
@@ -100,6 +100,8 @@ class Receiver:
             self.health.register(p.name, p.collection_interval)
         self.providers: dict[str, Provider] = {}
         self._restored: set[str] = set()  # instances whose saved cursors were handed back
+        #: instance -> monotonic time before which no poll may start (a Retry-After the API sent, capped)
+        self._not_before: dict[str, float] = {}
         if exporters is None:
             exporters = [(cfg, build_exporter(cfg)) for cfg in config.exporters]
         self.emitter = Emitter(exporters, clock=clock)
@@ -137,6 +139,9 @@ class Receiver:
         cfg = next(p for p in self.provider_configs if p.name == name)
         window: Window | None = None
         provider: Provider | None = None
+        wait = self._not_before.pop(name, 0.0) - time.monotonic()
+        if wait > 0:  # the API's Retry-After has not passed yet: never send a request before it
+            await asyncio.sleep(wait)
         try:
             provider = self._provider(name)
             if name not in self._restored:
@@ -146,12 +151,17 @@ class Receiver:
             cursor = await loop.run_in_executor(self._writer, self.ledger.cursor, name)
             window = poll_window(provider, cursor, int(self.clock()))
             deadline = max(cfg.collection_interval, 5 * cfg.timeout)
+            # Published to the HTTP clients (the fetch task copies this context): a Retry-After that outlasts
+            # the poll ends it as rate_limited at once instead of sleeping into this timeout.
+            published = POLL_DEADLINE.set(time.monotonic() + deadline)
             try:
                 result: PollResult = await asyncio.wait_for(provider.fetch(window), timeout=deadline)
             except TimeoutError as exc:
                 raise ProviderError(
                     f"poll did not finish within {deadline:g}s", provider=name, error_type="timeout"
                 ) from exc
+            finally:
+                POLL_DEADLINE.reset(published)
             if not isinstance(result, PollResult):
                 raise ProviderError(
                     f"provider returned {type(result).__name__}, not a PollResult", provider=name
@@ -174,6 +184,9 @@ class Receiver:
             # Whatever cursors the provider moved in memory were not committed: hand the saved ones back.
             self._restored.discard(name)
             error_type, message, retry_after = _classify(exc)
+            if retry_after is not None:
+                retry_after = _capped_retry_after(name, retry_after, cfg.collection_interval)
+                self._not_before[name] = time.monotonic() + retry_after
             message = redact(message)  # kept for /health: never hold a secret where it can be shown
             elapsed = time.monotonic() - t0
             sources = provider.data_sources if provider is not None else (USAGE,)
@@ -204,11 +217,17 @@ class Receiver:
                    "cursor": cursor_value, "duration_s": round(elapsed, 3)},
         )
         failed = tuple(sorted(result.failed_sources))
+        # A source the API rate-limited: the next poll of the instance waits out its (capped) Retry-After too.
+        waits = {src: _capped_retry_after(name, f.retry_after, cfg.collection_interval)
+                 for src, f in result.failed_sources.items() if f.retry_after is not None}
+        if waits:
+            self._not_before[name] = time.monotonic() + max(waits.values())
         if ok:
             return PollOutcome(name, True, failed_sources=failed)
-        first = result.failed_sources.get(USAGE) or next(iter(result.failed_sources.values()), None)
+        first_source = USAGE if USAGE in result.failed_sources else next(iter(result.failed_sources), None)
+        first = result.failed_sources.get(first_source) if first_source is not None else None
         return PollOutcome(name, False, first.error_type if first else None,
-                           first.retry_after if first else None, failed_sources=failed)
+                           waits.get(first_source) if first_source is not None else None, failed_sources=failed)
 
     def _count_requests(self, name: str, provider: Provider | None) -> None:
         if provider is not None and provider.api_requests:
@@ -468,6 +487,17 @@ class Receiver:
         if self._focus is not None:
             self._focus.ledger.close()
         self.ledger.close()
+
+
+def _capped_retry_after(name: str, retry_after: float, interval: float) -> float:
+    """``retry_after`` capped at min(1h, 10 x the collection interval), logged when capped: a huge or infinite
+    Retry-After must not stop an instance for good (docs/operations.md)."""
+    cap = retry_after_cap(interval)
+    if retry_after <= cap:
+        return retry_after
+    log.warning("%s: Retry-After of %gs capped at %gs (min(1h, 10 x collection_interval)); polling goes on",
+                name, retry_after, cap)
+    return cap
 
 
 def _classify(exc: BaseException) -> tuple[str, str, float | None]:

@@ -285,7 +285,7 @@ def test_errors_are_classified(tmp_path: Path, fake: FakeOpenAI, caplog: pytest.
     assert poll(tmp_path, fake, Clock(T0)).error_type == "config"
     fake.api.fail_next("/v1/organization/usage/embeddings", 429, count=10, retry_after="3600")
     outcome = poll(tmp_path, fake, Clock(T0))
-    assert (outcome.error_type, outcome.retry_after) == ("rate_limited", 3600.0)
+    assert (outcome.error_type, outcome.retry_after) == ("rate_limited", 600.0)  # capped: 10 x 60s interval
     fake.api.clear()
     fake.api.fail_next("/v1/organization/usage/embeddings", 500, count=10)
     assert poll(tmp_path, fake, Clock(T0), max_retries=1).error_type == "server_error"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -23,7 +24,7 @@ import httpx
 from .. import __version__
 from ..config import Option
 from ..errors import ErrorType, ProviderError
-from ..retry import RETRYABLE_STATUSES, backoff_delay, parse_retry_after
+from ..retry import POLL_DEADLINE, RETRYABLE_STATUSES, backoff_delay, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,14 @@ HTTP_OPTIONS: Mapping[str, Option] = {
         "duration", default="1s", maximum="30s",
         description="First backoff between retries; doubles per retry (with jitter), capped at 30s.",
     ),
+    "max_response_bytes": Option(
+        "int", default=32 * 1024 * 1024,
+        description="Largest response body read (bytes, default 32 MiB): a larger one fails the poll.",
+    ),
 }
+
+#: Default of ``max_response_bytes``: far above any real page (a 31-day 1h page is a few MiB).
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 
 Params = Mapping[str, Any] | Sequence[tuple[str, Any]] | None
 
@@ -61,6 +69,7 @@ class ApiClient:
         transport: httpx.AsyncBaseTransport | None = None,
         requests: Counter[str] | None = None,
         auth: httpx.Auth | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self.provider = provider
         self.base_url = base_url.rstrip("/")
@@ -69,6 +78,7 @@ class ApiClient:
         self.max_retries = max(0, max_retries)
         self.retry_initial_interval = retry_initial_interval
         self.max_retry_wait = max_retry_wait
+        self.max_response_bytes = max(1, max_response_bytes)
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={"user-agent": f"otel-llm-receiver/{__version__}", "accept": "application/json", **headers},
@@ -108,8 +118,7 @@ class ApiClient:
             attempt += 1
             self.requests[operation or path] += 1
             try:
-                # Params is wider than httpx's annotation (any Sequence of pairs); httpx accepts it at run time.
-                response = await self._client.request(method, path, params=cast(Any, params), json=json_body)
+                response = await self._send(method, path, params, json_body)
             except httpx.TimeoutException as exc:
                 error = self._error(f"{method} {path}: timed out ({type(exc).__name__})", "timeout")
             except (httpx.NetworkError, httpx.ProxyError) as exc:
@@ -131,8 +140,45 @@ class ApiClient:
             delay = backoff_delay(
                 attempt, base=self.retry_initial_interval, cap=_MAX_BACKOFF, retry_after=error.retry_after
             )
+            deadline = POLL_DEADLINE.get()
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                # Waiting would outlast the poll: end it now with what the API said (a 429 stays rate_limited
+                # and carries its Retry-After), so the scheduler waits it out instead of timing the poll out.
+                raise error
             log.debug("%s: %s; retry %d/%d in %.2fs", self.provider, error, attempt, self.max_retries, delay)
             await asyncio.sleep(delay)
+
+    async def _send(self, method: str, path: str, params: Params, json_body: Any) -> httpx.Response:
+        """Send one request and read its body, at most ``max_response_bytes`` of it (streamed, never more).
+
+        A body past the limit fails the poll (``bad_response``) after reading only the limit, so one huge page
+        costs a bounded amount of memory instead of the whole body plus its decoded JSON.
+        """
+        limit = self.max_response_bytes
+        # Params is wider than httpx's annotation (any Sequence of pairs); httpx accepts it at run time.
+        request = self._client.build_request(method, path, params=cast(Any, params), json=json_body)
+        response = await self._client.send(request, stream=True)
+        try:
+            declared = response.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                raise self._too_large(method, path, f"Content-Length {declared}")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise self._too_large(method, path, f"more than {limit} bytes")
+                chunks.append(chunk)
+        finally:
+            await response.aclose()
+        response._content = b"".join(chunks)  # what Response.read() would have set: .content and .json() work
+        return response
+
+    def _too_large(self, method: str, path: str, size: str) -> ProviderError:
+        return self._error(
+            f"{method} {path}: response body too large ({size}; max_response_bytes is {self.max_response_bytes})",
+            "bad_response",
+        )
 
     def _error(self, message: str, error_type: ErrorType, retry_after: float | None = None) -> ProviderError:
         return ProviderError(message, provider=self.provider, error_type=error_type, retry_after=retry_after)
@@ -159,7 +205,9 @@ class ApiClient:
         if response.status_code == 204:  # No Content: "no data" (Azure Cost Management), not a bad body
             return None
         try:
-            return json.loads(response.content, parse_float=Decimal) if decimals else response.json()
+            # Strict UTF-8 first (RFC 8259): json.loads(bytes) would let CESU-8 surrogates through as text.
+            text = response.content.decode("utf-8")
+            return json.loads(text, parse_float=Decimal) if decimals else json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise self._error(
                 f"{method} {path}: HTTP {response.status_code} body is not JSON ({exc.__class__.__name__}): "
@@ -224,7 +272,8 @@ def client_from_config(
         auth=auth,
         max_retries=int(options.get("max_retries", 4)),
         retry_initial_interval=float(options.get("retry_initial_interval", 1.0)),
+        max_response_bytes=int(options.get("max_response_bytes") or MAX_RESPONSE_BYTES),
     )
 
 
-__all__ = ["HTTP_OPTIONS", "ApiClient", "client_from_config"]
+__all__ = ["HTTP_OPTIONS", "MAX_RESPONSE_BYTES", "ApiClient", "client_from_config"]

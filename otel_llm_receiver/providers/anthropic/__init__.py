@@ -30,13 +30,15 @@ from ...config import Option, ProviderConfig
 from ...errors import ProviderError
 from ...model import CLAUDE_CODE, COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
 from ..base import DAY, HOUR, Provider, read_source
-from ..http import HTTP_OPTIONS, ApiClient
+from ..http import HTTP_OPTIONS, MAX_RESPONSE_BYTES, ApiClient
 from .claude_code import code_records, day_param, parse_code_page
 from .reports import (
     DEFAULT_WORKSPACE,
     DIMENSIONS,
     Bucket,
+    RowKeys,
     ShapeError,
+    cost_identity,
     cost_record,
     parse_report_page,
     parse_workspaces_page,
@@ -148,15 +150,17 @@ class AnthropicProvider(Provider):
         base_url = config.endpoint or DEFAULT_ENDPOINT
         retries = int(opts.get("max_retries", 4))
         initial = float(opts.get("retry_initial_interval", 1.0))
+        max_bytes = int(opts.get("max_response_bytes") or MAX_RESPONSE_BYTES)
         self.client = ApiClient(
             provider=self.name, base_url=base_url, headers=headers, timeout=config.timeout,
             max_retries=retries, retry_initial_interval=initial, requests=self.api_requests,
+            max_response_bytes=max_bytes,
         )
         # Names are a nicety: one quick retry, never a long Retry-After wait that would delay usage.
         self.names_client = ApiClient(
             provider=self.name, base_url=base_url, headers=headers, timeout=config.timeout,
             max_retries=min(retries, 1), retry_initial_interval=initial, max_retry_wait=5.0,
-            requests=self.api_requests,
+            requests=self.api_requests, max_response_bytes=max_bytes,
         )
         self._clock = clock
         self._names: dict[str, str] = {}
@@ -268,17 +272,26 @@ class AnthropicProvider(Provider):
 
     async def _usage(self, window: Window) -> list[UsageRecord]:
         records: list[UsageRecord] = []
-        for bucket in await self._report(USAGE_PATH, self.usage_params(window), self.width, "usage_report"):
+        params = self.usage_params(window)
+        keys = RowKeys([value for key, value in params if key == "group_by[]"])
+        for bucket in await self._report(USAGE_PATH, params, self.width, "usage_report"):
             for i, row in enumerate(bucket.results):
-                records += usage_records(bucket, row, f"{bucket.path}.results[{i}]", self.dimensions)
+                path = f"{bucket.path}.results[{i}]"
+                records += usage_records(bucket, row, path, self.dimensions)
+                keys.row(bucket.start, row, path)
         return records
 
     async def _costs(self, window: Window) -> list[CostRecord]:
-        return [
-            cost_record(bucket, row, f"{bucket.path}.results[{i}]", self.dimensions)
-            for bucket in await self._report(COST_PATH, self.cost_params(window), DAY, "cost_report")
-            for i, row in enumerate(bucket.results)
-        ]
+        records: list[CostRecord] = []
+        params = self.cost_params(window)
+        keys = RowKeys([value for key, value in params if key == "group_by[]"])
+        for bucket in await self._report(COST_PATH, params, DAY, "cost_report"):
+            for i, row in enumerate(bucket.results):
+                path = f"{bucket.path}.results[{i}]"
+                record = cost_record(bucket, row, path, self.dimensions)
+                keys.row(bucket.start, row, path, cost_identity(record))
+                records.append(record)
+        return records
 
     async def _claude_code(self, window: Window) -> list[UsageRecord]:
         """Claude Code analytics for every UTC day the cost report covers: one request (and its pages) a day."""

@@ -21,7 +21,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ...ledger import METRIC_TOOL_REQUESTS
-from ...model import CostRecord, UsageRecord
+from ...model import MAX_COUNT, CostRecord, UsageRecord, plausible_amount
 
 PROVIDER = "anthropic"
 OPERATION = "chat"  # the Messages API: the GenAI conventions' `chat`
@@ -80,6 +80,38 @@ class ReportPage:
     next_page: str | None
 
 
+class RowKeys:
+    """The (bucket, group) keys of one report's response, all pages: no key may repeat, none may be missing.
+
+    A report row is identified by its bucket and the value of every ``group_by[]`` field the request asked for;
+    the API documents no case where repeated keys are to be summed. A repeated key would be counted twice; a row
+    lacking a grouped field would be counted under a default (the default workspace, an unknown model) and again
+    once the field comes back. Both reject the whole response. A present ``null`` is kept: the reports document
+    it (``workspace_id`` null for the default workspace, ``api_key_id`` null for Console usage). Bucket
+    repetition is checked by the pager (``_report``). A cost report row is keyed by the cost line it becomes
+    (``identity``: workspace, model, line item, attributes) besides its grouped fields, since rows of one
+    ``description`` differ by ``service_tier``, ``context_window``, ... and two rows of one line would add up.
+    """
+
+    def __init__(self, grouped: Sequence[str]) -> None:
+        self.grouped = tuple(grouped)
+        self._rows: set[tuple[Any, ...]] = set()
+
+    def row(self, start: int, row: Mapping[str, Any], path: str, identity: tuple[Any, ...] = ()) -> None:
+        missing = [g for g in self.grouped if g not in row]
+        if missing:
+            raise ShapeError(f"{path}: grouped by {', '.join(missing)} but the row has no such field")
+        wrong = [g for g in self.grouped if row[g] is not None and not isinstance(row[g], str)]
+        if wrong:  # a field not otherwise read (e.g. the cost report's description) is still part of the key
+            kind = type(row[wrong[0]]).__name__
+            raise ShapeError(f"{path}.{wrong[0]}: expected a string or null, got {kind}")
+        key = (start, *[row[g] for g in self.grouped], *identity)
+        if key in self._rows:
+            shown = ", ".join(f"{g}={row[g]!r}" for g in self.grouped)
+            raise ShapeError(f"{path}: a second row for the same group ({shown}) in one bucket (would count twice)")
+        self._rows.add(key)
+
+
 # -- primitives ----------------------------------------------------------------------------------------------------
 def _object(value: Any, path: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
@@ -96,6 +128,8 @@ def _list(value: Any, path: str) -> list[Any]:
 def _count(value: Any, path: str) -> int:
     if type(value) is not int or value < 0:  # bool is an int subclass: not a count
         raise ShapeError(f"{path}: expected a non-negative integer, got {_kind(value)} {_excerpt(value)}")
+    if value > MAX_COUNT:
+        raise ShapeError(f"{path}: implausible count {_excerpt(value)} (more than 2^53 - 1 in one bucket)")
     return value
 
 
@@ -259,7 +293,15 @@ def amount_in_units(amount: Any, currency: Any, path: str) -> tuple[Decimal, str
     if not value.is_finite() or value < 0:
         raise ShapeError(f"{path}.amount: {_excerpt(amount)} is not a finite non-negative amount")
     code = currency.upper()
-    return value.scaleb(-MINOR_UNIT_DIGITS[code]), code
+    units = value.scaleb(-MINOR_UNIT_DIGITS[code])
+    if not plausible_amount(units):
+        raise ShapeError(f"{path}.amount: implausible amount {_excerpt(amount)} (bound: 2^60 nano-units)")
+    return units, code
+
+
+def cost_identity(record: CostRecord) -> tuple[Any, ...]:
+    """The cost line a cost report row becomes: two rows of one line in one bucket would be added up."""
+    return (record.tenancy_id, record.model, record.line_item, tuple(sorted(record.dimensions.items())))
 
 
 def cost_record(bucket: Bucket, row: Mapping[str, Any], path: str, dimensions: Sequence[str]) -> CostRecord:
@@ -289,8 +331,10 @@ __all__ = [
     "DIMENSIONS",
     "Bucket",
     "ReportPage",
+    "RowKeys",
     "ShapeError",
     "amount_in_units",
+    "cost_identity",
     "cost_record",
     "parse_report_page",
     "parse_time",

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from ...model import MAX_AMOUNT, MAX_COUNT
+
 
 class ShapeError(ValueError):
     """A JSON value is not what the API's spec says it is; the message starts with the field's path."""
@@ -40,6 +42,8 @@ def count(row: Mapping[str, Any], key: str, path: str, *, required: bool = False
         raise ShapeError(f"{path}.{key}: expected an integer, got {describe(value)}")
     if value < 0:
         raise ShapeError(f"{path}.{key}: expected a count >= 0, got {value}")
+    if value > MAX_COUNT:
+        raise ShapeError(f"{path}.{key}: implausible count {value} (more than 2^53 - 1 in one bucket)")
     return value
 
 
@@ -74,6 +78,8 @@ def decimal(value: Any, path: str) -> Decimal:
         except InvalidOperation:
             raise ShapeError(f"{path}: expected a number, got {describe(value)}") from None
         if result.is_finite():
+            if abs(result) > MAX_AMOUNT:
+                raise ShapeError(f"{path}: implausible amount {describe(value)} (bound {MAX_AMOUNT})")
             return result
     raise ShapeError(f"{path}: expected a finite number, got {describe(value)}")
 

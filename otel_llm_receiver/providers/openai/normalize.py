@@ -20,7 +20,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
-from ...model import CostRecord, UsageRecord
+from ...model import MAX_COUNT, CostRecord, UsageRecord
 from .fields import ShapeError, count, decimal, flag, mapping, text
 
 PROVIDER = "openai"
@@ -148,7 +148,7 @@ def _counts_ok(values: tuple[Any, ...], required: bool) -> bool:
         if v is None:
             if required:
                 return False
-        elif type(v) is not int or v < 0:
+        elif type(v) is not int or v < 0 or v > MAX_COUNT:
             return False
     return True
 

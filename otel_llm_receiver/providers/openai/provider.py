@@ -42,6 +42,7 @@ from .endpoints import (
     group_by,
 )
 from .fields import ShapeError, mapping
+from .keys import RowKeys
 from .normalize import ALL_PROJECTS, UNKNOWN_PROJECT, Notes, Row, cost
 
 log = logging.getLogger(__name__)
@@ -230,14 +231,17 @@ class OpenAIProvider(Provider):
         group_set = frozenset(grouped)
         normalize = endpoint.normalize
         expected = endpoint.result_object
+        keys = RowKeys(grouped)
         for bucket in await self._get_buckets(endpoint.path, endpoint.name, params):
             _check_bucket(bucket, start, width)
+            keys.bucket(bucket.start_time, bucket.path)
             for j, row in enumerate(bucket.results):
                 at = Row(bucket.start_time, width, group_set, bucket.path, j)
                 if type(row) is not dict or row.get("object") != expected:
                     found = mapping(row, at.path).get("object")
                     raise ShapeError(f"{at.path}.object: expected {expected!r}, got {found!r}")
                 records.extend(normalize(row, at, notes))
+                keys.row(bucket.start_time, row, at.path)
         return records
 
     async def _costs(self, start: int, end: int, notes: Notes) -> list[CostRecord]:
@@ -251,8 +255,10 @@ class OpenAIProvider(Provider):
         params += [("project_ids", p) for p in self.project_ids]
         records: list[CostRecord] = []
         group_set = frozenset(grouped)
+        keys = RowKeys(grouped)
         for bucket in await self._get_buckets("/v1/organization/costs", "costs", params, decimals=True):
             _check_bucket(bucket, start, DAY)
+            keys.bucket(bucket.start_time, bucket.path)
             for j, raw in enumerate(bucket.results):
                 at = Row(bucket.start_time, DAY, group_set, bucket.path, j)
                 row = mapping(raw, at.path)
@@ -261,6 +267,7 @@ class OpenAIProvider(Provider):
                         f"{at.path}.object: expected 'organization.costs.result', got {row.get('object')!r}"
                     )
                 record = cost(row, at, notes)
+                keys.row(bucket.start_time, row, at.path)
                 if record is not None:
                     records.append(record)
         return records

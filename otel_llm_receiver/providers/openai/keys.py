@@ -1,0 +1,49 @@
+"""What makes an OpenAI usage or cost row unique, and the check that no response repeats one.
+
+A row is identified by its bucket (``start_time``) and the value of every field the request grouped by
+(``group_by``): the API reports one row per group and bucket, and documents no case where repeated keys are to be
+summed. So a bucket that comes twice (on one page or across pages) or a row whose key repeats inside a bucket
+would be counted twice, and a row that lacks a grouped field would be counted under a key that changes once the
+field comes back: both are malformed responses, rejected whole (nothing reaches the ledger).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .fields import ShapeError
+
+
+class RowKeys:
+    """The keys seen so far in one query's response (all its pages): bucket starts and (bucket, group) keys."""
+
+    def __init__(self, grouped: Iterable[str]) -> None:
+        self.grouped = tuple(grouped)
+        self._buckets: set[int] = set()
+        self._rows: set[tuple[Any, ...]] = set()
+
+    def bucket(self, start: int, path: str) -> None:
+        """Reject a bucket whose start was already seen in this response."""
+        if start in self._buckets:
+            raise ShapeError(f"{path}.start_time: bucket {start} appears twice in the response (would count twice)")
+        self._buckets.add(start)
+
+    def row(self, start: int, row: Mapping[str, Any], path: str) -> None:
+        """Reject a row lacking a grouped field, or repeating the key of an earlier row of its bucket.
+
+        A grouped value must be a string, a bool (``batch``) or null: the spec documents null for several group
+        fields, so a present null is a legitimate value; a missing key is not.
+        """
+        missing = [g for g in self.grouped if g not in row]
+        if missing:
+            raise ShapeError(f"{path}: grouped by {', '.join(missing)} but the row has no such field")
+        wrong = [g for g in self.grouped if row[g] is not None and not isinstance(row[g], str | bool)]
+        if wrong:  # a field not otherwise read (e.g. the cost report's description) is still part of the key
+            kind = type(row[wrong[0]]).__name__
+            raise ShapeError(f"{path}.{wrong[0]}: expected a string, boolean or null, got {kind}")
+        key = (start, *[row[g] for g in self.grouped])
+        if key in self._rows:
+            shown = ", ".join(f"{g}={row[g]!r}" for g in self.grouped)
+            raise ShapeError(f"{path}: a second row for the same group ({shown}) in one bucket (would count twice)")
+        self._rows.add(key)
