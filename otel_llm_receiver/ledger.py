@@ -39,6 +39,7 @@ from typing import Final, Protocol
 
 from .errors import LedgerError
 from .ledger_check import create_atomically
+from .ledger_lock import WriterLock
 from .model import TOKEN_TYPES, PollResult, to_nanos
 
 log = logging.getLogger(__name__)
@@ -784,33 +785,16 @@ class Ledger:
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        self._writer_lock: WriterLock | None = None
         if readonly:
             _check_ledger_file(self.path)
         try:
-            if not readonly:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                if not self.path.exists():  # built beside, linked into place: never an empty file at path
-                    create_atomically(self.path, self._initialise)
-            self._conn = sqlite3.connect(
-                str(self.path), isolation_level=None, timeout=30.0, check_same_thread=False
-            )
-            self._conn.execute("PRAGMA busy_timeout = 30000")
-            if not readonly:
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                self._conn.execute("PRAGMA synchronous = NORMAL")
-                self._conn.execute("PRAGMA temp_store = MEMORY")  # the per-poll staging tables
-                self._migrate()
-            else:
-                self._conn.execute("PRAGMA query_only = ON")
-                self._check_is_ledger()
-        except sqlite3.DatabaseError as exc:
-            if "not a database" in str(exc):
-                raise LedgerError(f"{self.path} is not a receiver ledger (not an SQLite database)") from exc
-            raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
-        except OSError as exc:
-            raise LedgerError(f"cannot open ledger {self.path}: {exc.strerror or exc}") from exc
+            self._connect(readonly)
+        except BaseException:
+            if self._writer_lock is not None:  # a writer that failed to open holds nothing
+                self._writer_lock.release()
+                self._writer_lock = None
+            raise
         self._series_ids: dict[str, dict[tuple[str, str], int]] = {}
         # Parsed attribute sets of the rollup readers, shared and read-only: a series' attributes never change,
         # and a reader called once per day (FOCUS) or per export (signals) would parse the same strings again.
@@ -879,6 +863,9 @@ class Ledger:
     # -- lifecycle ---------------------------------------------------------------------------------------
     def close(self) -> None:
         self._conn.close()
+        if self._writer_lock is not None:
+            self._writer_lock.release()
+            self._writer_lock = None
 
     def __enter__(self) -> Ledger:
         return self
@@ -902,6 +889,35 @@ class Ledger:
             if isinstance(exc, sqlite3.Error):
                 raise LedgerError(f"ledger {self.path}: {exc}") from exc
             raise
+
+    def _connect(self, readonly: bool) -> None:
+        """Open (a writer: lock, create if missing, migrate) or attach read-only; every failure a LedgerError."""
+        try:
+            if not readonly:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._writer_lock = WriterLock(self.path)  # before creating or opening: one writer at a time
+                if not self.path.exists():  # built beside, linked into place: never an empty file at path
+                    create_atomically(self.path, self._initialise)
+            self._conn = sqlite3.connect(
+                str(self.path), isolation_level=None, timeout=30.0, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA busy_timeout = 30000")
+            if not readonly:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+                self._conn.execute("PRAGMA temp_store = MEMORY")  # the per-poll staging tables
+                self._migrate()
+            else:
+                self._conn.execute("PRAGMA query_only = ON")
+                self._check_is_ledger()
+        except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc):
+                raise LedgerError(f"{self.path} is not a receiver ledger (not an SQLite database)") from exc
+            raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open ledger {self.path}: {exc}") from exc
+        except OSError as exc:
+            raise LedgerError(f"cannot open ledger {self.path}: {exc.strerror or exc}") from exc
 
     def _check_is_ledger(self) -> None:
         """A reader must not guess at a database some other program made, nor at a newer schema."""

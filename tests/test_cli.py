@@ -161,6 +161,51 @@ def test_readers_of_a_ledger_that_is_not_one_say_so_and_create_nothing(tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # not a 0-byte typo.db, no x.csv, no -wal
 
 
+def test_a_second_writer_on_one_ledger_is_refused_with_the_holders_pid(tmp_path: Path) -> None:
+    """Issue 19.5: two `run` processes on one ledger: the second exits 1 in one line naming the path and the first's
+    pid, exports nothing; `report` still reads; after the holder is killed (-9), the lock does not outlive it."""
+    import signal
+    import urllib.request
+
+    from tests.support.prometheus_server import free_port
+
+    ledger = tmp_path / "ledger.db"
+    port = free_port()
+    with OTLPSink() as first_sink, OTLPSink() as second_sink:
+        def config(name: str, sink: OTLPSink, health: int | None) -> Path:
+            path = tmp_path / name
+            path.write_text(f"""
+storage: {{path: {ledger}}}
+{f"health: {{endpoint: 127.0.0.1:{health}}}" if health else ""}
+exporters: {{otlp: {{endpoint: {sink.grpc_endpoint}, tls: {{insecure: true}}}}}}
+providers: {{demo: {{backfill: 2h, collection_interval: 1h}}}}
+""")
+            return path
+
+        holder = subprocess.Popen([sys.executable, "-m", "otel_llm_receiver", "run", "--config",
+                                   str(config("first.yaml", first_sink, port))],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            # Started when its first export arrived (the ledger is open, the lock taken, the backfill applied).
+            assert first_sink.wait_for(lambda s: s.request_count >= 1, timeout=60)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/live", timeout=5) as live:
+                assert live.status == 200
+            second = cli("run", "--once", "--config", str(config("second.yaml", second_sink, None)))
+            assert second.returncode == 1, second.stderr
+            lines = second.stderr.strip().splitlines()
+            assert len(lines) == 1 and f"ledger {ledger} is in use by another writer (pid {holder.pid}" in lines[0]
+            assert second_sink.request_count == 0
+            assert cli("report", "--storage", str(ledger)).returncode == 0  # readers take no lock
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(timeout=30)
+            assert holder.stderr is not None
+            holder.stderr.close()
+        after = cli("run", "--once", "--config", str(config("second.yaml", second_sink, None)))
+        assert after.returncode == 0, after.stderr
+        assert second_sink.request_count >= 1
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

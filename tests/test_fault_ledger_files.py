@@ -167,7 +167,7 @@ def test_a_new_ledger_is_built_beside_the_path_and_linked_into_place(
     leftover.write_bytes(b"half a ledger from a start that was killed")
     code, _, err = _main(capsys, "run", "--once", "--config", str(_config(tmp_path, ledger, sink)))
     assert code == 0, err
-    assert sorted(p.name for p in ledger.parent.iterdir()) == ["ledger.db"]
+    assert sorted(p.name for p in ledger.parent.iterdir()) == ["ledger.db", "ledger.db.lock"]  # and the writer lock
     assert ledger.stat().st_size > 0
 
 
