@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.otlp_sink import OTLPSink
 
 SECRET = "sk-admin-test-cli-0123456789"
@@ -161,6 +163,7 @@ def test_readers_of_a_ledger_that_is_not_one_say_so_and_create_nothing(tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # not a 0-byte typo.db, no x.csv, no -wal
 
 
+@pytest.mark.slow
 def test_a_second_writer_on_one_ledger_is_refused_with_the_holders_pid(tmp_path: Path) -> None:
     """Issue 19.5: two `run` processes on one ledger: the second exits 1 in one line naming the path and the first's
     pid, exports nothing; `report` still reads; after the holder is killed (-9), the lock does not outlive it."""

@@ -91,6 +91,7 @@ def _read_ledger(path: Path) -> tuple[dict[int, tuple[str, str, str, int]], dict
     return series, totals, cursor
 
 
+@pytest.mark.slow
 def test_kill_9_storm_loses_and_doubles_nothing_and_keeps_start_times(
     tmp_path: Path, world: tuple[FakeOpenAI, OTLPSink, ForkServer]
 ) -> None:

@@ -19,7 +19,7 @@ import logging
 import sqlite3
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +44,6 @@ def _config(ledger: Path, sink: OTLPSink, **health: Any) -> Config:
         "pricing": {"genai_prices": False},
         "budgets": [{"name": "all", "amount": 1000, "period": "month", "source": "estimated"}],
     })
-
-
-@pytest.fixture
-def sink() -> Iterator[OTLPSink]:
-    with OTLPSink() as s:
-        yield s
 
 
 def _get(server: HealthServer, path: str) -> tuple[int, dict[str, Any]]:

@@ -30,6 +30,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.response_world import BASES, ENDPOINTS, OPENAI, SOURCE_OF, Oracle, Served, World, encode
 
 ROUNDS = int(os.environ.get("FUZZ_ROUNDS", "1000"))  # per instance
@@ -233,6 +235,7 @@ async def fuzz(tmp_path: Path) -> Counter[str]:
     return counts
 
 
+@pytest.mark.slow
 def test_mutated_responses_never_crash_hang_write_or_miscount(tmp_path: Path) -> None:
     t0 = time.monotonic()
     counts = asyncio.run(fuzz(tmp_path))

@@ -114,12 +114,6 @@ def metrics_data(openai_tokens: int = 1234, anthropic_tokens: int | None = 99, n
     return MetricsData(resource_metrics=[ResourceMetrics(Resource(RESOURCE), [scope], schema_url="")])
 
 
-@pytest.fixture
-def sink() -> Iterator[OTLPSink]:
-    with OTLPSink() as s:
-        yield s
-
-
 def grpc_exporter(sink: OTLPSink, timeout: float = 0.5) -> GRPCMetricExporter:
     return GRPCMetricExporter(
         endpoint=sink.grpc_endpoint, insecure=True, headers={"authorization": TOKEN}, timeout=timeout

@@ -11,7 +11,6 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,8 @@ METRICS = "/providers/Microsoft.Insights/metrics"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeAzure]:
-    azure = FakeAzure()
-    try:
-        yield azure
-    finally:
-        azure.close()
+def fake(azure_fake: FakeAzure) -> FakeAzure:
+    return azure_fake
 
 
 def make(fake: FakeAzure, credential: Any = None, **options: Any) -> AzureOpenAIProvider:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 from collections import Counter
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -33,12 +32,8 @@ NAME = "azure_openai/prod"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeAzure]:
-    azure = FakeAzure()
-    try:
-        yield azure
-    finally:
-        azure.close()
+def fake(azure_fake: FakeAzure) -> FakeAzure:
+    return azure_fake
 
 
 def config(tmp_path: Path, fake: FakeAzure, sink: OTLPSink) -> Config:

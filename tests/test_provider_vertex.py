@@ -42,12 +42,6 @@ def fake() -> Iterator[FakeMonitoring]:
         yield server
 
 
-@pytest.fixture
-def sink() -> Iterator[OTLPSink]:
-    with OTLPSink() as s:
-        yield s
-
-
 def make_config(tmp_path: Path, fake: FakeMonitoring, sink: OTLPSink, **options: Any) -> Config:
     provider = {"projects": PROJECTS, "endpoint": fake.endpoint, "timeout": "2s", "backfill": "6h",
                 "collection_interval": "5m", "retry_initial_interval": "10ms", **options}

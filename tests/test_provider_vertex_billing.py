@@ -51,12 +51,6 @@ def fake() -> Iterator[FakeMonitoring]:
         yield server
 
 
-@pytest.fixture
-def sink() -> Iterator[OTLPSink]:
-    with OTLPSink() as s:
-        yield s
-
-
 def make_config(tmp_path: Path, sink: OTLPSink, bq: FakeBigQuery, fake: FakeMonitoring | None, **options: Any
                 ) -> Config:
     provider: dict[str, Any] = {

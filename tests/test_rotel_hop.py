@@ -14,7 +14,6 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,12 +56,6 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path) -> None
             if time.monotonic() > deadline:
                 raise AssertionError(f"rotel did not listen on {port} within {STARTUP_TIMEOUT}s") from None
             time.sleep(0.02)  # polling for the listening socket, not waiting for a result
-
-
-@pytest.fixture
-def sink() -> Iterator[OTLPSink]:
-    with OTLPSink() as s:
-        yield s
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
