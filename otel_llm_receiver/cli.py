@@ -351,12 +351,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .attribution import Attributor
     from .errors import LedgerError
     from .ledger import Ledger
-    from .pricing import PriceBook
+    from .money import money_stack
     from .report import build_report, render
-    from .signals import Signals
 
     if args.config:
         config = _load(args.config, build_providers=False)
@@ -371,9 +369,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"report: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    labels = {p.name: dict(p.labels) for p in config.providers}
-    prices = PriceBook(config.pricing.entries, use_genai_prices=config.pricing.genai_prices)
-    signals = Signals(config.budgets, Attributor(config.attribution.rules), prices, labels)
+    money = money_stack(config)
+    signals, labels = money.signals, money.labels
     try:
         check_ledger(config.storage.path)
         with Ledger(config.storage.path, readonly=True) as ledger:

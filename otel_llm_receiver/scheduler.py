@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .attribution import Attributor
 from .builder import MetricsBuilder, make_resource
 from .config import Config, ExporterConfig
 from .emitter import BatchExporter, Emitter, build_exporter
@@ -29,12 +28,12 @@ from .focus import FocusWriter, WritePass, context_for
 from .ledger import ApplyStats, Ledger
 from .logs import redact
 from .model import USAGE, PollResult, Window, first_window_start
-from .pricing import PriceBook
+from .money import money_stack
 from .providers import create_provider, provider_class
 from .providers.base import DAY, Provider
 from .retry import POLL_DEADLINE, backoff_delay, retry_after_cap
 from .selfhealth import SelfHealth
-from .signals import Signals, SignalsReading, gauge_metrics
+from .signals import SignalsReading, gauge_metrics
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +90,9 @@ class Receiver:
         self.config = config
         self.clock = clock
         self.ledger = Ledger(config.storage.path)
+        money = money_stack(config)
         # Estimated cost is priced inside each apply; a changed catalog re-schedules every series once here.
-        self.prices = PriceBook(config.pricing.entries, use_genai_prices=config.pricing.genai_prices)
+        self.prices = money.prices
         self.ledger.set_pricer(self.prices)
         self.health = SelfHealth(clock=clock)
         self.provider_configs = [p for p in config.providers if p.enabled]
@@ -105,13 +105,12 @@ class Receiver:
         if exporters is None:
             exporters = [(cfg, build_exporter(cfg)) for cfg in config.exporters]
         self.emitter = Emitter(exporters, clock=clock)
-        labels = {p.name: dict(p.labels) for p in config.providers}
-        self.attributor = Attributor(config.attribution.rules)
+        self.attributor = money.attributor
         self.builder = MetricsBuilder(
-            make_resource(self.ledger.instance_id), labels=labels, enabled=config.metrics,
+            make_resource(self.ledger.instance_id), labels=money.labels, enabled=config.metrics,
             attributor=self.attributor,
         )
-        self.signals = Signals(config.budgets, self.attributor, self.prices, labels)
+        self.signals = money.signals
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ledger-writer")
         self._reader: Ledger | None = None
         self._export_lock = threading.Lock()

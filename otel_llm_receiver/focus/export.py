@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from ..attribution import Attributor
 from ..config import Config
 from ..ledger import Ledger
+from ..money import money_stack
 from ..pricing import PriceBook
 from .formats import FocusError, open_writer
 from .rows import DAY, Row, RowContext, day_rows
@@ -32,11 +32,9 @@ def context_for(config: Config | None, ledger: Ledger, prices: PriceBook | None 
     """Names from the ledger; attribution, provider labels and list prices from the config (if any)."""
     if config is None:
         return RowContext(names=ledger.names(), prices=prices)
-    labels: Mapping[str, Mapping[str, str]] = {p.name: dict(p.labels) for p in config.providers}
-    if prices is None:
-        prices = PriceBook(config.pricing.entries, use_genai_prices=config.pricing.genai_prices)
-    return RowContext(names=ledger.names(), attributor=Attributor(config.attribution.rules), labels=labels,
-                      prices=prices)
+    money = money_stack(config)
+    return RowContext(names=ledger.names(), attributor=money.attributor, labels=money.labels,
+                      prices=prices if prices is not None else money.prices)
 
 
 def iter_rows(ledger: Ledger, start: int, end: int, ctx: RowContext) -> Iterator[Row]:
