@@ -22,6 +22,8 @@ from tests.fakes.anthropic import ADMIN_KEY as ANTHROPIC_KEY
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.aws import FakeAws
 from tests.fakes.azure import FakeAccount, FakeAzure, FixedTokenCredential
+from tests.fakes.bigquery import FakeBigQuery
+from tests.fakes.monitoring import FakeMonitoring
 from tests.fakes.openai import ADMIN_KEY as OPENAI_KEY
 from tests.fakes.openai import FakeOpenAI
 from tests.support.moto_server import FAKE_CREDENTIALS
@@ -188,11 +190,50 @@ def test_cost_management_forbidden_while_monitor_works(tmp_path: Path, sink: OTL
         fake.close()
     found = by_source(lines)
     assert not ok
+    assert found[("azure_openai/prod", "accounts")].startswith("ok  "), lines
     assert found[("azure_openai/prod", "usage")].startswith("ok  "), lines
     cost = found[("azure_openai/prod", "cost")]
     assert cost.startswith("FAIL") and ": auth: " in cost and "needs Cost Management Reader on" in cost
     assert found[("exporters.otlp", "grpc")].startswith("ok  ")
     assert not (tmp_path / "ledger.db").exists()
+
+
+def test_vertex_one_line_per_project_and_the_denied_one_names_the_role(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sink: OTLPSink
+) -> None:
+    table = "acme-billing.billing_export.gcp_billing_export_v1_0123AB_CDEF45_6789AB"
+    with FakeMonitoring() as mon, FakeBigQuery(table=table, job_project="acme-billing") as bq:
+        mon.projects.add("acme-prod")
+        mon.denied.add("acme-research")
+        code, lines = run_check(tmp_path, capsys, {"vertex_ai/prod": {
+            "projects": ["acme-prod", "acme-research"], "endpoint": mon.endpoint, "retry_initial_interval": "10ms",
+            "billing_export": {"table": table, "endpoint": bq.endpoint},
+        }}, exporters(sink))
+    found = by_source(lines)
+    assert code == 1
+    assert found[("vertex_ai/prod", "usage acme-prod")].startswith("ok  "), lines
+    assert found[("vertex_ai/prod", "cost")].startswith("ok  "), lines
+    denied = found[("vertex_ai/prod", "usage acme-research")]
+    assert denied.startswith("FAIL") and ": auth: " in denied and "roles/monitoring.viewer" in denied
+    assert [line for line in lines if line.startswith("FAIL")] == [denied]
+
+
+def test_azure_account_list_refused_names_the_reader_role(tmp_path: Path, sink: OTLPSink) -> None:
+    fake = FakeAzure()
+    try:
+        fake.add_account(FakeAccount(SUB, "rg-ai", "aoai-prod", "OpenAI", {"chat": ("gpt-4o", "2024-11-20")}))
+        fake.api.fail_next(f"/subscriptions/{SUB}/providers/Microsoft.CognitiveServices/accounts", 403)
+        config = parse_config({
+            "storage": {"path": str(tmp_path / "ledger.db")},
+            "providers": {"azure_openai/prod": {"management_endpoint": fake.base_url, "subscriptions": [SUB]}},
+        })
+        lines: list[str] = []
+        ok = check_connect(config, lines.append, azure_factory)
+    finally:
+        fake.close()
+    assert not ok
+    assert len(lines) == 1 and lines[0].startswith("FAIL azure_openai/prod accounts: auth: "), lines
+    assert f"needs Reader on subscription {SUB}" in lines[0]
 
 
 def test_wrong_endpoint_is_a_network_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -133,6 +133,8 @@ class Provider(ABC):
             if failure is not None:
                 error = ProviderError(failure.message, provider=self.name, error_type=_error_type(failure.error_type))
                 out.append(ProbeResult(source, error=error))
+            elif result.polled_sources and source not in result.polled_sources:
+                out.append(ProbeResult(source, "not read: nothing to read for it yet (e.g. no account found)"))
             elif source in counts:
                 out.append(ProbeResult(source, f"read, {counts[source]} record(s) in the probe window"))
             else:
