@@ -258,3 +258,27 @@ def test_a_config_error_still_exits_2(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["check", "--config", str(path), "--connect"]) == 2
     assert capsys.readouterr().out == ""
     assert not (tmp_path / "ledger.db").exists()
+
+
+def test_http_exporter_refusing_its_headers_is_an_auth_failure(tmp_path: Path) -> None:
+    """A collector behind an auth extension: the probe's GET carries the configured headers; a 401 is named."""
+    from tests.fakes.api import FakeApi
+
+    with FakeApi(auth_header="authorization", auth_value="Bearer right-token-0001") as collector:
+        config = parse_config({
+            "storage": {"path": str(tmp_path / "ledger.db")},
+            "providers": {"demo": {"enabled": False}},
+            "exporters": {"otlphttp/good": {"endpoint": collector.base_url,
+                                   "headers": {"authorization": "Bearer right-token-0001"}},
+                          "otlphttp/bad": {"endpoint": collector.base_url,
+                                  "headers": {"authorization": "Bearer wrong-token-0002"}}},
+        })
+        lines: list[str] = []
+        ok = check_connect(config, lines.append)
+        assert all(r.method == "GET" for r in collector.requests)  # nothing was posted
+    found = by_source(lines)
+    assert not ok
+    assert found[("exporters.otlphttp/good", "http")].startswith("ok  "), lines
+    bad = found[("exporters.otlphttp/bad", "http")]
+    assert bad.startswith("FAIL") and ": auth: " in bad and "HTTP 401" in bad
+    assert "wrong-token-0002" not in "\n".join(lines) and "right-token-0001" not in "\n".join(lines)
