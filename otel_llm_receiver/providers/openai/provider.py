@@ -325,12 +325,12 @@ class OpenAIProvider(Provider):
         now = int(time.time())
         start = now - PROBE_WINDOW
         notes = Notes()
-        reads: list[tuple[str, Awaitable[list[Any]]]] = [
-            (f"{USAGE}.{e.name}", self._usage(e, start - start % self.width, now, notes)) for e in self.endpoints
+        results = [
+            await self._probe_one(f"{USAGE}.{e.name}", self._usage(e, start - start % self.width, now, notes))
+            for e in self.endpoints
         ]
         if self.costs:
-            reads.append((COST, self._costs(now - now % DAY, now, notes)))
-        results = [await self._probe_one(source, read) for source, read in reads]
+            results.append(await self._probe_one(COST, self._costs(now - now % DAY, now, notes)))
         if "project" in self.dimensions:
             names = await self._probe_one("projects", pages.project_names(self.client), what="listed")
             results.append(names)
