@@ -1,7 +1,8 @@
 """Command line: ``run`` (the sidecar), ``check`` (validate a config), ``demo`` (zero-setup tour), ``report``
 (spend, budgets, anomalies and attribution from the ledger, offline), ``focus`` (a FOCUS export, offline).
 
-Exit codes: 0 success; 1 a provider or exporter failed (``run --once``) or the receiver could not start;
+Exit codes: 0 success; 1 a provider or exporter failed (``run --once``, ``check --connect``) or the receiver could
+not start;
 2 the configuration is invalid (one line per problem on stderr, each naming its key path).
 """
 
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="poll every provider instance once, export once, and exit (non-zero on failure)")
     check = add_command("check", "validate a config and print what would run (secrets redacted)")
     check.add_argument("--config", required=True, help="YAML config file")
+    check.add_argument("--connect", action="store_true",
+                       help="also read one small page of every provider source and open every exporter's "
+                            "connection (nothing stored, nothing exported); exit 1 if any check fails")
     demo = add_command("demo", "run the synthetic demo provider with a live terminal summary")
     demo.add_argument("--duration", help="stop this long after the backfill landed (e.g. 30s, 5m); default: until Ctrl-C")
     demo.add_argument("--storage", help="ledger file (default ./otel-llm-data/demo-ledger.db)")
@@ -166,9 +170,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    print(config.describe())
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if args.connect:
+        from .connect import check_connect
+
+        return EXIT_OK if check_connect(config, lambda line: print(line, flush=True)) else EXIT_FAILURE
+    print(config.describe())
     return EXIT_OK
 
 

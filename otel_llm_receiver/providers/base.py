@@ -23,25 +23,46 @@ failure of one never blocks the others (``read_source``): the poll returns what 
 read in ``PollResult.polled_sources`` and the failed ones in ``failed_sources``, and a failed source's cursor
 does not move. Each source's polls are counted by ``llm.data.source`` in ``llm.receiver.polls``.
 
+``check --connect`` calls ``probe()``: authenticate and read one small page of every source, nothing kept. The
+default fetches a one-hour window and reports each of ``data_sources`` from the poll's ``failed_sources``;
+a provider with more to check (a names API, one line per endpoint) overrides it.
+
 Failures are raised as ``ProviderError`` with an ``error_type``; anything else a provider raises is a bug that
 the scheduler still contains (counted as ``bad_response``), never a crash of the receiver.
 """
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
 from ..config import Option, ProviderConfig
-from ..errors import ProviderError
-from ..model import USAGE, PollResult, SourceFailure, Window
+from ..errors import ERROR_TYPES, ErrorType, ProviderError
+from ..model import COST, USAGE, PollResult, SourceFailure, Window
 
 T = TypeVar("T")
 
 HOUR = 3600
 DAY = 86400
+#: How far back a ``probe()`` reads: enough for one small page of every source, little enough to be cheap.
+PROBE_WINDOW = HOUR
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One ``check --connect`` line: a source (or API) of an instance, and what was read or why it failed."""
+
+    source: str
+    what: str = ""
+    error: ProviderError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
 
 class Provider(ABC):
@@ -92,6 +113,38 @@ class Provider(ABC):
     async def aclose(self) -> None:
         """Release connections; called once when the receiver stops."""
         return None
+
+    async def probe(self) -> list[ProbeResult]:
+        """One result per source: a poll of the last ``PROBE_WINDOW`` whose records are discarded.
+
+        The poll itself already reads its sources apart (``read_source``), so a source that failed is in
+        ``failed_sources`` with the provider's own message (which names the missing role or key); a poll that
+        failed as a whole (authentication, discovery) fails every source with the same error.
+        """
+        now = int(time.time())
+        try:
+            result = await self.fetch(Window(now - PROBE_WINDOW, now))
+        except ProviderError as exc:
+            return [ProbeResult(source, error=exc) for source in self.data_sources]
+        counts = {USAGE: len(result.usage), COST: len(result.costs)}
+        out = []
+        for source in self.data_sources:
+            failure = result.failed_sources.get(source)
+            if failure is not None:
+                error = ProviderError(failure.message, provider=self.name, error_type=_error_type(failure.error_type))
+                out.append(ProbeResult(source, error=error))
+            elif result.polled_sources and source not in result.polled_sources:
+                out.append(ProbeResult(source, "not read: nothing to read for it yet (e.g. no account found)"))
+            elif source in counts:
+                out.append(ProbeResult(source, f"read, {counts[source]} record(s) in the probe window"))
+            else:
+                out.append(ProbeResult(source, "read"))
+        return out
+
+
+def _error_type(name: str) -> ErrorType:
+    """A ``SourceFailure``'s error type back as the ``ErrorType`` it was made from."""
+    return next((t for t in ERROR_TYPES if t == name), "bad_response")
 
 
 async def read_source(source: str, read: Awaitable[T], failed: dict[str, SourceFailure]) -> T | None:

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, TypeVar
 from ...config import Option, ProviderConfig
 from ...errors import ProviderError
 from ...model import CLAUDE_CODE, COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
-from ..base import DAY, HOUR, Provider, read_source
+from ..base import DAY, HOUR, ProbeResult, Provider, read_source
 from ..http import HTTP_OPTIONS, MAX_RESPONSE_BYTES, ApiClient
 from .claude_code import code_records, day_param, parse_code_page
 from .reports import (
@@ -367,6 +367,19 @@ class AnthropicProvider(Provider):
             return self._names or {DEFAULT_WORKSPACE: DEFAULT_WORKSPACE_NAME}
         self._names, self._names_at = names, now
         return names
+
+    async def probe(self) -> list[ProbeResult]:
+        """Every report (the default probe), plus one page of the workspaces list (names need it too)."""
+        results = await super().probe()
+        try:
+            page, _more, _last = parse_workspaces_page(await self._translated(
+                self.names_client.get_json(WORKSPACES_PATH, [("limit", "1"), ("include_archived", "true")])))
+        except ShapeError as exc:
+            error = ProviderError(f"response does not match the documented shape: {exc}", provider=self.name)
+            return [*results, ProbeResult("workspaces", error=error)]
+        except ProviderError as exc:
+            return [*results, ProbeResult("workspaces", error=exc)]
+        return [*results, ProbeResult("workspaces", f"listed ({len(page)} on the first page)")]
 
     async def aclose(self) -> None:
         await self.client.aclose()

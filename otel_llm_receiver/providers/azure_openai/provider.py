@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ...config import Option, ProviderConfig
 from ...errors import ProviderError
 from ...model import COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
-from ..base import DAY, HOUR, Provider, read_source
+from ..base import DAY, HOUR, ProbeResult, Provider, read_source
 from ..http import HTTP_OPTIONS, client_from_config
 from .auth import BearerAuth, build_credential, token_scope
 from .costs import CostReader, Pacer, cost_window
@@ -188,6 +188,15 @@ class AzureOpenAIProvider(Provider):
             polled_sources=polled,
             failed_sources=failed,
         )
+
+    async def probe(self) -> list[ProbeResult]:
+        """The account list first (Reader on each subscription): without it neither source has anything to
+        read, so its failure is the one line that matters; then Monitor and Cost Management (the default)."""
+        try:
+            accounts = await self.discovery.accounts()
+        except ProviderError as exc:
+            return [ProbeResult("accounts", error=exc)]
+        return [ProbeResult("accounts", f"listed {len(accounts)} account(s)"), *await super().probe()]
 
     def _cost_due(self, now: int) -> bool:
         return self._cost_polled_at is None or now - self._cost_polled_at >= self.cost_interval

@@ -27,7 +27,7 @@ from typing import ClassVar
 from ...config import Option, ProviderConfig
 from ...errors import ProviderError
 from ...model import COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
-from ..base import DAY, HOUR, Provider, read_source
+from ..base import DAY, HOUR, ProbeResult, Provider, read_source
 from .aws import SERVICES, AwsApi
 from .cloudwatch import MANTLE, RUNTIME, Namespace, read_usage
 from .costs import PROVIDER, CostQuery
@@ -245,6 +245,23 @@ class BedrockProvider(Provider):
         final = now - self.cost_lookback
         self._cost_final_until = max(final - final % DAY, self._cost_final_until or 0)
         return records
+
+    async def probe(self) -> list[ProbeResult]:
+        """CloudWatch and Cost Explorer (the default probe), plus one page of each region's application
+        inference profiles (they name the usage of a profile)."""
+        results = await super().probe()
+        for region in self.regions:
+            source = f"inference_profiles {region}"
+            try:
+                page = await self.api.call("bedrock", region, "ListInferenceProfiles",
+                                           typeEquals="APPLICATION", maxResults=1)
+            except ProviderError as exc:
+                results.append(ProbeResult(source, error=exc))
+                continue
+            listed = page.get("inferenceProfileSummaries")
+            results.append(ProbeResult(source, f"listed ({len(listed) if isinstance(listed, list) else 0} "
+                                               "on the first page)"))
+        return results
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.api.close)

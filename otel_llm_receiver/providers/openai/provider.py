@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 from ...config import Option, ProviderConfig
 from ...errors import ProviderError
 from ...model import COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
-from ..base import DAY, HOUR, Provider, read_source
+from ..base import DAY, HOUR, PROBE_WINDOW, ProbeResult, Provider, read_source
 from ..http import HTTP_OPTIONS, client_from_config
 from . import pages
 from .endpoints import (
@@ -318,6 +318,34 @@ class OpenAIProvider(Provider):
                 "%s: costs in %s are kept apart from USD (attribute llm.currency), never added into it",
                 self.name, ", ".join(sorted(notes.currencies)),
             )
+
+    async def probe(self) -> list[ProbeResult]:
+        """One line per enabled usage endpoint (each may be refused on its own), costs, and the projects list
+        when names are used (the ``project`` dimension): the last hour of usage, the last day of costs."""
+        now = int(time.time())
+        start = now - PROBE_WINDOW
+        notes = Notes()
+        results = [
+            await self._probe_one(f"{USAGE}.{e.name}", self._usage(e, start - start % self.width, now, notes))
+            for e in self.endpoints
+        ]
+        if self.costs:
+            results.append(await self._probe_one(COST, self._costs(now - now % DAY, now, notes)))
+        if "project" in self.dimensions:
+            names = await self._probe_one("projects", pages.project_names(self.client), what="listed")
+            results.append(names)
+        return results
+
+    async def _probe_one(self, source: str, read: Awaitable[Any], what: str = "read") -> ProbeResult:
+        try:
+            found = await read
+        except ShapeError as exc:
+            return ProbeResult(source, error=ProviderError(f"bad response: {exc}", provider=self.name))
+        except ProviderError as exc:
+            if exc.error_type == "auth" and _AUTH_HINT not in str(exc):
+                exc = ProviderError(str(exc) + _AUTH_HINT, provider=self.name, error_type="auth")
+            return ProbeResult(source, error=exc)
+        return ProbeResult(source, f"{what}, {len(found)} record(s)")
 
     async def aclose(self) -> None:
         await self.client.aclose()

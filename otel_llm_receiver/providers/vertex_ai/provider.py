@@ -16,6 +16,7 @@ See docs/providers/vertex_ai.md.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import time
@@ -25,7 +26,7 @@ from typing import Any, ClassVar
 from ...config import Option, ProviderConfig
 from ...errors import ProviderError
 from ...model import COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
-from ..base import DAY, HOUR, Provider, read_source
+from ..base import DAY, HOUR, ProbeResult, Provider, read_source
 from ..http import HTTP_OPTIONS
 from . import billing, monitoring, names
 from .series import (
@@ -187,6 +188,43 @@ class VertexAIProvider(Provider):
             usage=result.usage, costs=costs, names={**billed, **found}, complete_until=result.complete_until,
             cursors={billing.CURSOR: str(window.end)}, polled_sources=[*polled, COST], failed_sources=failed,
         )
+
+    async def probe(self) -> list[ProbeResult]:
+        """One line per project and usage source (Cloud Monitoring grants roles per project: one may be refused
+        while the others answer), then the billing export when configured, read over one day only."""
+        now = int(time.time())
+        end = now - now % self.width
+        results: list[ProbeResult] = []
+        client = monitoring.make_client(self.config.endpoint, self._credentials_for(monitoring.SCOPES))
+        reader = monitoring.MonitoringReader(
+            client, timeout=self.config.timeout, requests=self.api_requests, max_retries=self.max_retries,
+            retry_initial_interval=self.retry_initial_interval, max_retry_wait=self.config.timeout,
+        )
+        try:
+            for project in self.projects:
+                for source in self.sources:
+                    label = f"{USAGE} {project}" if source == "vertex" else f"{USAGE}.{source} {project}"
+                    try:
+                        if source == "vertex":
+                            found = len(await reader.series(project, VERTEX_QUERIES[0], end - self.width, end,
+                                                            self.width))
+                        else:
+                            found = len(await reader.metric_types(project, GEMINI_QUOTA_PREFIX))
+                    except ProviderError as exc:
+                        results.append(ProbeResult(label, error=exc))
+                        continue
+                    results.append(ProbeResult(label, f"read, {found} series"))
+        finally:
+            await _close(client)
+        if self.billing is not None:
+            settings = dataclasses.replace(self.billing, lookback=0.0)
+            try:
+                costs = await self._costs(settings, Window(now - HOUR, now), {})
+            except ProviderError as exc:
+                results.append(ProbeResult(COST, error=exc))
+            else:
+                results.append(ProbeResult(COST, f"read, {len(costs)} record(s) from the billing export today"))
+        return results
 
     async def aclose(self) -> None:
         if self._names is not None:
