@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,12 @@ import pytest
 from otel_llm_receiver.config import parse_config
 from otel_llm_receiver.ledger import Ledger
 from otel_llm_receiver.model import Window
-from otel_llm_receiver.progress import PollProgress, is_backfill
+from otel_llm_receiver.progress import POLL_PROGRESS, PollProgress, is_backfill
+from otel_llm_receiver.providers import create_provider
 from otel_llm_receiver.scheduler import Receiver
 from otel_llm_receiver.summary import render_summary
+from tests.fakes.anthropic import ADMIN_KEY as ANTHROPIC_KEY
+from tests.fakes.anthropic import COST_PATH, USAGE_PATH, FakeAnthropic
 from tests.fakes.api import Request, Response
 from tests.fakes.openai import ADMIN_KEY, FakeOpenAI, populate
 
@@ -222,3 +226,47 @@ def test_demo_summary_shows_a_backfill_in_flight(tmp_path: Path) -> None:
     assert ("demo: backfill 2025-12-18 10:30 UTC..2026-01-01 10:30 UTC: 50% (through 2025-12-25 10:30 UTC), "
             "1 page, 5,000 records, 12s elapsed, ETA 12s") in text
     assert "backfill" not in quiet
+
+
+def test_anthropic_reports_and_the_demo_report_their_pages(tmp_path: Path) -> None:
+    """The other paging hooks: Anthropic's report pager (usage, cost, Claude Code) and the demo's day pages."""
+    now = int(datetime(2026, 11, 20, 10, 17, tzinfo=UTC).timestamp())
+    with FakeAnthropic(max_page_buckets=5) as fake:
+        fake.populate(now - 20 * HOUR, now - 120, seed=5)
+        fake.populate_code(now - now % DAY - 2 * DAY, 3)
+        config = parse_config({"providers": {"anthropic/p": {
+            "admin_key": ANTHROPIC_KEY, "endpoint": fake.base_url, "retry_initial_interval": "10ms",
+            "sources": ["messages", "cost", "claude_code"]}}})
+        anthropic = create_provider(config.providers[0])
+        window = Window(now - now % DAY, now)
+        tracker = PollProgress("anthropic/p", window, clock=ManualClock())
+
+        async def go() -> None:
+            published = POLL_PROGRESS.set(tracker)
+            try:
+                await anthropic.fetch(window)
+            finally:
+                POLL_PROGRESS.reset(published)
+                await anthropic.aclose()
+
+        asyncio.run(go())
+        sources = {s.source: s for s in tracker.state().sources}
+        assert set(sources) == {"usage_report", "cost_report", "claude_code"}
+        assert sources["usage_report"].pages == len(fake.api.requests_to(USAGE_PATH)) > 1
+        assert sources["cost_report"].pages == len(fake.api.requests_to(COST_PATH))
+        assert all(s.fraction == 1.0 and s.records > 0 for s in sources.values()), sources
+
+    demo = create_provider(parse_config({"providers": {"demo": {"bucket_width": "1h"}}}).providers[0])
+    window = Window(T0 - T0 % DAY - 14 * DAY, T0)
+    tracker = PollProgress("demo", window, clock=ManualClock())
+
+    async def demo_fetch() -> int:
+        published = POLL_PROGRESS.set(tracker)
+        try:
+            return len((await demo.fetch(window)).usage)
+        finally:
+            POLL_PROGRESS.reset(published)
+
+    records = asyncio.run(demo_fetch())
+    (usage,) = tracker.state().sources
+    assert (usage.source, usage.pages, usage.records, usage.fraction) == ("usage", 15, records, 1.0)
