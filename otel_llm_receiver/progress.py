@@ -92,9 +92,12 @@ class ProgressState:
 
     @property
     def eta(self) -> float | None:
-        """Seconds still to go at the pace so far; None when nothing is known yet, 0 when all pages are read."""
-        if self.stage != "reading":
+        """Seconds still to go at the pace so far; None when nothing is known yet (or while the ledger writes:
+        its pace is not that of the pages), 0 once done."""
+        if self.stage == "done":
             return 0.0
+        if self.stage == "writing":
+            return None
         f = self.fraction
         if f is None or f <= 0.0:
             return None
