@@ -3,8 +3,9 @@
 A first poll may page through days of data for minutes; without a word in the log it looks hung. The scheduler
 makes one ``PollProgress`` per backfill poll and publishes it in ``POLL_PROGRESS`` (a context variable, like
 ``retry.POLL_DEADLINE``), so the shared paging helpers report each page without any provider passing it around:
-OpenAI's ``pages.buckets`` and Anthropic's report pager. Providers without a paging hook (Bedrock, Vertex AI,
-Azure OpenAI: SDK calls) report nothing; their line shows the elapsed time only. A steady-state poll gets no
+OpenAI's ``pages.buckets``, Anthropic's report pager and the demo's day pages. Providers without a paging hook
+(Azure OpenAI, Bedrock, Vertex AI) report only their answered API calls (``ApiClient``, the AWS and Cloud
+Monitoring wrappers): their line shows those and the elapsed time, no share and no ETA. A steady-state poll gets no
 tracker, so it logs its one result line and nothing else.
 
 "How far" is the newest bucket end a source has reached against that source's window; the poll's figure is the
@@ -66,6 +67,8 @@ class ProgressState:
     window: Window
     elapsed: float
     sources: tuple[SourceState, ...]
+    #: API calls answered so far (every provider: shown when no source reports pages)
+    requests: int = 0
     #: "reading" (pages coming in), "writing" (every page read, the ledger transaction running) or "done"
     stage: str = "reading"
 
@@ -112,7 +115,7 @@ class ProgressState:
         elif self.stage == "done":
             where = "done"
         elif f is None:
-            where = "no page progress reported by this provider yet"
+            where = f"no page progress reported by this provider yet, {self.requests:,} API calls answered"
         else:
             reached = self.reached
             where = f"{f:.0%}" + (f" (through {_day(reached)})" if reached is not None else "")
@@ -144,6 +147,7 @@ class PollProgress:
         self._last_line = self.started
         self._sources: dict[str, SourceState] = {}
         self._stage = "reading"
+        self._requests = 0
         #: every line logged, in order (the last one is what ``/health`` or a test may want to see)
         self.lines: list[str] = []
 
@@ -163,6 +167,11 @@ class PollProgress:
         self._sources[source] = SourceState(s.source, s.start, s.end, reached, s.pages + 1, s.records + records)
         self.tick()
 
+    def request(self) -> None:
+        """One API call answered (any provider: the HTTP client, the AWS and Cloud Monitoring wrappers)."""
+        self._requests += 1
+        self.tick()
+
     def writing(self) -> None:
         """Every page is read; what is left is the ledger transaction."""
         self._stage = "writing"
@@ -176,7 +185,7 @@ class PollProgress:
 
     def state(self) -> ProgressState:
         return ProgressState(self.instance, self.window, max(0.0, self.clock() - self.started),
-                             tuple(self._sources.values()), self._stage)
+                             tuple(self._sources.values()), self._requests, self._stage)
 
     def tick(self) -> None:
         """Log a line when ``interval`` has passed (by ``clock``) since the last one (or the start)."""
@@ -214,6 +223,13 @@ def report_page(source: str, *, records: int, newest: int | None,
         tracker.page(source, records=records, newest=newest, start=start, end=end)
 
 
+def report_request() -> None:
+    """For API clients: one call answered (a no-op outside a backfill poll)."""
+    tracker = POLL_PROGRESS.get()
+    if tracker is not None:
+        tracker.request()
+
+
 def report_begin(source: str, start: int | None = None, end: int | None = None) -> None:
     """For paging helpers: ``source`` starts reading ``[start, end)`` (a no-op outside a backfill poll)."""
     tracker = POLL_PROGRESS.get()
@@ -240,4 +256,4 @@ def _seconds(s: float) -> str:
 
 
 __all__ = ["DEFAULT_INTERVAL", "POLL_PROGRESS", "PollProgress", "ProgressState", "SourceState",
-           "is_backfill", "report_begin", "report_page"]
+           "is_backfill", "report_begin", "report_page", "report_request"]

@@ -23,17 +23,20 @@ from otel_llm_receiver.ledger import Ledger
 from otel_llm_receiver.model import Window
 from otel_llm_receiver.progress import POLL_PROGRESS, PollProgress, is_backfill
 from otel_llm_receiver.providers import create_provider
+from otel_llm_receiver.providers.azure_openai import AzureOpenAIProvider
 from otel_llm_receiver.scheduler import Receiver
 from otel_llm_receiver.summary import render_summary
 from tests.fakes.anthropic import ADMIN_KEY as ANTHROPIC_KEY
 from tests.fakes.anthropic import COST_PATH, USAGE_PATH, FakeAnthropic
 from tests.fakes.api import Request, Response
+from tests.fakes.azure import FakeAccount, FakeAzure, FixedTokenCredential
 from tests.fakes.openai import ADMIN_KEY, FakeOpenAI, populate
 
 HOUR, DAY = 3600, 86400
 T0 = 1_767_225_600 + 10 * HOUR + 1800  # 2026-01-01 10:30 UTC
 NAME = "openai/test"
 PRICING = "otel_llm_receiver.pricing"  # "no price for gpt-test-0": the fake's models are unpriced, once a model
+AZURE_SUB = "00000000-0000-0000-0000-0000000000a1"
 PAGED = ("/v1/organization/usage/", "/v1/organization/costs")
 
 
@@ -185,15 +188,41 @@ def test_backfill_is_the_first_poll_or_a_catch_up() -> None:
     assert is_backfill(outage, first_poll=False, lookback=2 * HOUR, collection_interval=60)
 
 
-def test_progress_without_a_paging_hook_shows_elapsed_time_only() -> None:
-    clock = ManualClock()
-    tracker = PollProgress("bedrock/us", Window(T0 - 7 * DAY, T0), interval=5, clock=clock)
+def test_a_provider_without_a_paging_hook_shows_its_answered_calls() -> None:
+    """Azure OpenAI (Monitor metrics, Cost Management) has no paging hook: the line counts the calls the shared
+    HTTP client got answered, and says that no share or ETA is known."""
+    fake = FakeAzure()
+    answered: list[Request] = []
+    fake.api.observers.append(lambda req, resp: answered.append(req) if resp.status < 300 else None)
+    try:
+        fake.add_account(FakeAccount(AZURE_SUB, "rg-ai", "aoai-prod", "OpenAI", {"chat": ("gpt-4o", "2024-11-20")}))
+        config = parse_config({"providers": {"azure_openai/test": {
+            "management_endpoint": fake.base_url, "subscriptions": [AZURE_SUB], "cost_query_spacing": "0s",
+            "retry_initial_interval": "10ms"}}})
+        azure = AzureOpenAIProvider(config.providers[0], credential=FixedTokenCredential())
+        window = Window(T0 - 7 * DAY, T0)
+        clock = ManualClock()
+        tracker = PollProgress("azure_openai/test", window, interval=5, clock=clock)
+
+        async def go() -> None:
+            published = POLL_PROGRESS.set(tracker)
+            try:
+                await azure.fetch(window)
+            finally:
+                POLL_PROGRESS.reset(published)
+                await azure.aclose()
+
+        asyncio.run(go())
+    finally:
+        fake.close()
     clock.advance(6)
     tracker.tick()
-    assert tracker.lines == [
-        "bedrock/us: backfill 2025-12-25 10:30 UTC..2026-01-01 10:30 UTC: no page progress reported by this "
-        "provider yet, 0 pages, 0 records, 6s elapsed, ETA unknown"
-    ]
+    (line,) = tracker.lines
+    calls = len(answered)
+    assert calls > 0
+    assert line == (
+        "azure_openai/test: backfill 2025-12-25 10:30 UTC..2026-01-01 10:30 UTC: no page progress reported by "
+        f"this provider yet, {calls} API calls answered, 0 pages, 0 records, 6s elapsed, ETA unknown")
 
 
 def test_eta_follows_the_pace_so_far() -> None:
