@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Literal
 
 from .durations import format_duration
 from .model import Window
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 #: Default seconds between two progress lines of one backfill (``progress_interval``).
 DEFAULT_INTERVAL = 5.0
+
+#: Where a backfill is: pages coming in, every page read and the ledger transaction running, or landed.
+Stage = Literal["reading", "writing", "done"]
 
 #: How far (seconds) beyond ``lookback`` a poll's window must reach to count as a catch-up (a backfill).
 CATCH_UP = 86400
@@ -70,7 +74,7 @@ class ProgressState:
     #: API calls answered so far (every provider: shown when no source reports pages)
     requests: int = 0
     #: "reading" (pages coming in), "writing" (every page read, the ledger transaction running) or "done"
-    stage: str = "reading"
+    stage: Stage = "reading"
 
     @property
     def pages(self) -> int:
@@ -146,7 +150,7 @@ class PollProgress:
         self.started = clock()
         self._last_line = self.started
         self._sources: dict[str, SourceState] = {}
-        self._stage = "reading"
+        self._stage: Stage = "reading"
         self._requests = 0
         #: every line logged, in order (the last one is what ``/health`` or a test may want to see)
         self.lines: list[str] = []
