@@ -29,6 +29,7 @@ from .errors import ConfigError, ReceiverError
 from .health import HealthServer
 from .ledger_check import check_ledger
 from .logs import redact, setup_logging
+from .progress import ProgressState
 from .providers import provider_problems
 from .scheduler import Receiver, wait_for_stop
 
@@ -277,18 +278,19 @@ async def _stop_after(stop: asyncio.Event, seconds: float, first_round: asyncio.
 
 async def _summary_loop(receiver: Receiver, stop: asyncio.Event, every: float) -> None:
     while True:
-        await asyncio.to_thread(_print_summary, receiver)
+        # the backfills' progress is read here, on the event loop that updates it; the table in a thread
+        await asyncio.to_thread(_print_summary, receiver, receiver.progress_states())
         if await wait_for_stop(stop, every):
             return
 
 
-def _print_summary(receiver: Receiver) -> None:
+def _print_summary(receiver: Receiver, progress: Sequence[ProgressState] = ()) -> None:
     from .ledger import Ledger
     from .summary import render_summary
 
     now = int(time.time())
     with Ledger(receiver.config.storage.path, readonly=True) as reader:
-        table = render_summary(reader, now, receiver.signals.read(reader, now, peak_days=7))
+        table = render_summary(reader, now, receiver.signals.read(reader, now, peak_days=7), progress)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     health = receiver.health.statuses()
     status = ", ".join(

@@ -91,7 +91,7 @@ EXPORTER_TYPES: Mapping[str, Literal["grpc", "http"]] = MappingProxyType(
 )
 
 _TOP_LEVEL_KEYS = (
-    "collection_interval", "export_interval", "storage", "health", "metrics", "exporters", "providers",
+    "collection_interval", "export_interval", "progress_interval", "storage", "health", "metrics", "exporters", "providers",
     "pricing", "budgets", "attribution", "focus",
 )
 _METRIC_KEYS = ("enabled",)
@@ -163,6 +163,8 @@ _MAX_INT = 2**31 - 1
 _MAX_DURATION = 3650 * 86_400.0  # any duration option without its own maximum
 _MAX_COLLECTION_INTERVAL = 86_400.0
 _MAX_EXPORT_INTERVAL = 3_600.0
+_DEFAULT_PROGRESS_INTERVAL = 5.0  # progress.DEFAULT_INTERVAL (not imported: config stays free of runtime modules)
+_MAX_PROGRESS_INTERVAL = 3_600.0
 _MAX_TIMEOUT = 3_600.0
 _MAX_WINDOW = 400 * 86_400.0  # lookback / backfill
 _MAX_RETENTION = 3650 * 86_400.0
@@ -310,6 +312,8 @@ class Config:
 
     collection_interval: float = _DEFAULT_COLLECTION_INTERVAL
     export_interval: float = _DEFAULT_EXPORT_INTERVAL
+    #: seconds between two progress lines of a backfill (a first poll reading days of data)
+    progress_interval: float = _DEFAULT_PROGRESS_INTERVAL
     storage: StorageConfig = field(default_factory=StorageConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     exporters: tuple[ExporterConfig, ...] = ()
@@ -342,6 +346,7 @@ class Config:
         lines = [
             f"collection_interval: {format_duration(self.collection_interval)} (default for providers)",
             f"export_interval: {format_duration(self.export_interval)}",
+            f"progress_interval: {format_duration(self.progress_interval)} (backfill progress lines)",
             f"providers ({len(self.providers)}):",
         ]
         for p in self.providers:
@@ -1016,6 +1021,7 @@ class _Parser:
             early, self.problems[before:] = self.problems[before:], []
 
         export_interval = _DEFAULT_EXPORT_INTERVAL
+        progress_interval = _DEFAULT_PROGRESS_INTERVAL
         storage = StorageConfig()
         health = HealthConfig()
         metrics: dict[str, bool] = {}
@@ -1033,6 +1039,11 @@ class _Parser:
                     interval = self.duration(value, key, positive=True, maximum=_MAX_EXPORT_INTERVAL)
                     if not isinstance(interval, _Invalid):
                         export_interval = interval
+            elif key == "progress_interval":
+                if value is not None:
+                    interval = self.duration(value, key, positive=True, maximum=_MAX_PROGRESS_INTERVAL)
+                    if not isinstance(interval, _Invalid):
+                        progress_interval = interval
             elif key == "storage":
                 storage = self.storage(value)
             elif key == "health":
@@ -1077,6 +1088,7 @@ class _Parser:
         return Config(
             collection_interval=collection_interval,
             export_interval=export_interval,
+            progress_interval=progress_interval,
             storage=storage,
             health=health,
             metrics=MappingProxyType(metrics),

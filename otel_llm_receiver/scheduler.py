@@ -29,6 +29,7 @@ from .ledger import ApplyStats, Ledger
 from .logs import redact
 from .model import USAGE, PollResult, Window, first_window_start
 from .money import money_stack
+from .progress import POLL_PROGRESS, PollProgress, ProgressState, is_backfill
 from .providers import create_provider, provider_class
 from .providers.base import DAY, Provider
 from .retry import POLL_DEADLINE, backoff_delay, retry_after_cap
@@ -86,9 +87,15 @@ class Receiver:
         *,
         exporters: Sequence[tuple[ExporterConfig | str, BatchExporter]] | None = None,
         clock: Callable[[], float] = time.time,
+        progress_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.clock = clock
+        #: times backfill progress (elapsed, ETA, when a line is due); tests pass a clock they move
+        self.progress_clock = progress_clock
+        #: instance -> the progress of its backfill in flight (none for a steady-state poll)
+        self.progress: dict[str, PollProgress] = {}
+        self._progress_timers: dict[str, asyncio.Task[None]] = {}
         self.ledger = Ledger(config.storage.path)
         money = money_stack(config)
         # Estimated cost is priced inside each apply; a changed catalog re-schedules every series once here.
@@ -150,9 +157,13 @@ class Receiver:
             cursor = await loop.run_in_executor(self._writer, self.ledger.cursor, name)
             window = poll_window(provider, cursor, int(self.clock()))
             deadline = max(cfg.collection_interval, 5 * cfg.timeout)
+            tracker = self._start_progress(name, window, first_poll=cursor is None, lookback=float(provider.lookback),
+                                           interval=cfg.collection_interval)
             # Published to the HTTP clients (the fetch task copies this context): a Retry-After that outlasts
-            # the poll ends it as rate_limited at once instead of sleeping into this timeout.
+            # the poll ends it as rate_limited at once instead of sleeping into this timeout. The progress
+            # tracker (backfills only) is published the same way to the paging helpers.
             published = POLL_DEADLINE.set(time.monotonic() + deadline)
+            tracked = POLL_PROGRESS.set(tracker)
             try:
                 result: PollResult = await asyncio.wait_for(provider.fetch(window), timeout=deadline)
             except TimeoutError as exc:
@@ -160,7 +171,10 @@ class Receiver:
                     f"poll did not finish within {deadline:g}s", provider=name, error_type="timeout"
                 ) from exc
             finally:
+                POLL_PROGRESS.reset(tracked)
                 POLL_DEADLINE.reset(published)
+            if tracker is not None:
+                tracker.writing()
             if not isinstance(result, PollResult):
                 raise ProviderError(
                     f"provider returned {type(result).__name__}, not a PollResult", provider=name
@@ -177,8 +191,10 @@ class Receiver:
                 ),
             )
         except asyncio.CancelledError:
+            self._stop_progress(name)
             raise
         except Exception as exc:
+            self._stop_progress(name)
             self._count_requests(name, provider)
             # Whatever cursors the provider moved in memory were not committed: hand the saved ones back.
             self._restored.discard(name)
@@ -195,6 +211,10 @@ class Receiver:
                 extra={"instance": name, "error_type": error_type, "duration_s": round(elapsed, 3)},
             )
             return PollOutcome(name, False, error_type, retry_after)
+        tracker = self.progress.get(name)
+        if tracker is not None:
+            tracker.finish()
+        self._stop_progress(name)
         self._count_requests(name, provider)
         self.health.unmatched(name, result.unmatched_records)
         elapsed = time.monotonic() - t0
@@ -227,6 +247,29 @@ class Receiver:
         first = result.failed_sources.get(first_source) if first_source is not None else None
         return PollOutcome(name, False, first.error_type if first else None,
                            waits.get(first_source) if first_source is not None else None, failed_sources=failed)
+
+    def _start_progress(
+        self, name: str, window: Window, *, first_poll: bool, lookback: float, interval: float
+    ) -> PollProgress | None:
+        """A tracker and its timer for a backfill (docs/configuration.md, ``progress_interval``); None for a
+        steady-state poll, which logs only its result line."""
+        self._stop_progress(name)
+        if not is_backfill(window, first_poll=first_poll, lookback=lookback, collection_interval=interval):
+            return None
+        tracker = PollProgress(name, window, interval=self.config.progress_interval, clock=self.progress_clock)
+        self.progress[name] = tracker
+        self._progress_timers[name] = asyncio.create_task(tracker.run(), name=f"{name} progress")
+        return tracker
+
+    def _stop_progress(self, name: str) -> None:
+        self.progress.pop(name, None)
+        timer = self._progress_timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+
+    def progress_states(self) -> list[ProgressState]:
+        """Snapshots of the backfills in flight, by instance (taken on the event loop: safe for a thread)."""
+        return [self.progress[name].state() for name in sorted(self.progress)]
 
     def _count_requests(self, name: str, provider: Provider | None) -> None:
         if provider is not None and provider.api_requests:

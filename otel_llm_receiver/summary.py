@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from decimal import Decimal
 
 from .ledger import METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS, METRIC_UNPRICED, Ledger
 from .model import from_nanos
+from .progress import ProgressState
 from .report import CURRENCY_ATTR, compare_days
 from .signals import SignalsReading
 
@@ -27,8 +29,11 @@ CENT = Decimal("0.01")
 TOP_ANOMALIES = 3
 
 
-def render_summary(reader: Ledger, now: int, signals: SignalsReading | None = None) -> str:
-    """A compact table, one row per (provider, model), sorted by token rate, and the money signals."""
+def render_summary(
+    reader: Ledger, now: int, signals: SignalsReading | None = None, progress: Sequence[ProgressState] = ()
+) -> str:
+    """A compact table, one row per (provider, model), sorted by token rate, and the money signals; first, while
+    a backfill runs, its progress (the table fills in as it lands)."""
     end = now - SETTLE
     recent: dict[tuple[str, str], int] = defaultdict(int)
     for _, metric, bucket_attrs, value in reader.bucket_sums_between(end - RATE_WINDOW, end):
@@ -56,6 +61,8 @@ def render_summary(reader: Ledger, now: int, signals: SignalsReading | None = No
     header = (f"{'provider':<10} {'model':<24} {'tokens/min':>12} {'tokens (all)':>16} {'UTC days':>13} "
               f"{'USD reported':>14} {'USD estimated':>14}")
     lines = [header, "-" * len(header)]
+    if progress:
+        lines[:0] = ["backfill in progress:", *(f"  {p.line()}" for p in progress), ""]
     spent_total = guess_total = Decimal(0)
     days_all: set[int] = set()
     for provider, model in rows:
@@ -76,7 +83,7 @@ def render_summary(reader: Ledger, now: int, signals: SignalsReading | None = No
             f"{provider:<10} {model[:24]:<24} {rate:>12,.0f} {tokens.get(key, 0):>16,} {shown_days:>13} "
             f"{spent.quantize(CENT):>14,} {shown_guess:>14}"
         )
-    if len(lines) == 2:
+    if not rows:
         lines.append("(no usage in the ledger yet)")
     total_rate = sum(recent.values()) / (RATE_WINDOW / 60)
     lines.append("-" * len(header))

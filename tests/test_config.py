@@ -218,6 +218,7 @@ def test_minimal_config_gets_every_default(tmp_path: Path) -> None:
     config = load(tmp_path, "providers:\n  demo:\n")
     assert config.collection_interval == 60.0
     assert config.export_interval == 30.0
+    assert config.progress_interval == 5.0
     assert config.storage.path == "./otel-llm-data/ledger.db"
     assert config.storage.retention == 90 * 86400
     assert config.health.endpoint == "127.0.0.1:13133"
@@ -256,6 +257,7 @@ def test_full_config(tmp_path: Path) -> None:
         """\
         collection_interval: 2m
         export_interval: 15s
+        progress_interval: 10s
         storage:
           path: /var/lib/otel-llm/ledger.db
           retention: 30d
@@ -298,6 +300,7 @@ def test_full_config(tmp_path: Path) -> None:
     )
     assert config.collection_interval == 120.0
     assert config.export_interval == 15.0
+    assert config.progress_interval == 10.0
     assert config.storage.path == "/var/lib/otel-llm/ledger.db"
     assert config.storage.retention == 30 * 86400
     assert config.health.endpoint == "0.0.0.0:13134"
@@ -615,7 +618,7 @@ def test_substitution_is_not_applied_to_keys(tmp_path: Path) -> None:
         (
             "whatever: 1\nproviders: {demo: }",
             "whatever: unknown key (valid keys: attribution, budgets, collection_interval, export_interval, exporters,"
-            " focus, health, metrics, pricing, providers, storage)",
+            " focus, health, metrics, pricing, progress_interval, providers, storage)",
         ),
         (
             "storage: {retension: 1d}\nproviders: {demo: }",
@@ -659,6 +662,7 @@ def test_substitution_is_not_applied_to_keys(tmp_path: Path) -> None:
         ),
         ("collection_interval: 0s\nproviders: {demo: }", "collection_interval: must be greater than 0"),
         ("export_interval: 0\nproviders: {demo: }", "export_interval: must be greater than 0"),
+        ("progress_interval: 0\nproviders: {demo: }", "progress_interval: must be greater than 0"),
         (
             "export_interval: -1s\nproviders: {demo: }",
             'export_interval: "-1s" is not a duration: durations must not be negative',
@@ -959,7 +963,7 @@ def test_every_problem_is_reported_at_once_in_file_order(tmp_path: Path) -> None
         "providers.demo.labels.llm.tenant: is reserved: gen_ai.*, llm.* and error.type are set by the receiver",
         'providers.nope: unknown provider type "nope" (known: demo, openai)',
         "collection_interval: must be greater than 0",
-        "bogus: unknown key (valid keys: attribution, budgets, collection_interval, export_interval, exporters, focus, health, metrics, pricing, providers, storage)",
+        "bogus: unknown key (valid keys: attribution, budgets, collection_interval, export_interval, exporters, focus, health, metrics, pricing, progress_interval, providers, storage)",
     ]
 
 

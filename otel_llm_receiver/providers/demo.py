@@ -18,6 +18,7 @@ injected spike: every Wednesday 14:00-15:00 UTC the ``proj-research`` project's 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 from collections.abc import Iterator
@@ -27,7 +28,8 @@ from typing import ClassVar
 
 from ..config import Option, ProviderConfig
 from ..errors import ProviderError
-from ..model import CostRecord, PollResult, UsageRecord, Window
+from ..model import USAGE, CostRecord, PollResult, UsageRecord, Window
+from ..progress import report_begin, report_page
 from .base import DAY, HOUR, Provider
 
 PROVIDER_NAME = "demo"
@@ -147,13 +149,14 @@ def daily_cost(seed: int, w: Workload, day_start: int) -> Decimal:
 
 
 def usage_records(
-    seed: int, workloads: tuple[Workload, ...], window: Window, width: int
+    seed: int, workloads: tuple[Workload, ...], window: Window, width: int, as_of: int | None = None
 ) -> Iterator[UsageRecord]:
-    """Every usage record the demo API returns for ``window`` (as of ``window.end``)."""
+    """Every usage record the demo API returns for ``window`` as of ``as_of`` (default: ``window.end``)."""
     first = window.start - window.start % width
+    when = window.end if as_of is None else as_of
     for start in range(first, window.end, width):
         for w in workloads:
-            values = bucket_as_of(seed, w, start, width, window.end)
+            values = bucket_as_of(seed, w, start, width, when)
             if values is not None:
                 yield UsageRecord(
                     provider=PROVIDER_NAME, model=w.model, operation=w.operation, tenancy_id=w.tenancy,
@@ -207,7 +210,17 @@ class DemoProvider(Provider):
         return self.config.lookback if self.config.lookback is not None else 5 * self.width
 
     async def fetch(self, window: Window) -> PollResult:
-        usage = list(usage_records(self.seed, self.workloads, window, self.width))
+        # A day of buckets at a time, like a paging API: each "page" is reported to a backfill's progress and
+        # the event loop gets a turn between them (the demo's summary shows the backfill as it goes).
+        usage: list[UsageRecord] = []
+        first = window.start - window.start % self.width
+        report_begin(USAGE, first, window.end)
+        for start in range(first, window.end, DAY):
+            end = min(start + DAY, window.end)
+            page = list(usage_records(self.seed, self.workloads, Window(start, end), self.width, window.end))
+            usage += page
+            report_page(USAGE, records=len(page), newest=end, start=first, end=window.end)
+            await asyncio.sleep(0)
         costs = list(cost_records(self.seed, self.workloads, window))
         settled = window.end - 2 * self.width
         complete_until = settled - settled % self.width + self.width

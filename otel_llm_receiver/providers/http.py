@@ -24,6 +24,7 @@ import httpx
 from .. import __version__
 from ..config import Option
 from ..errors import ErrorType, ProviderError
+from ..progress import report_request
 from ..retry import POLL_DEADLINE, RETRYABLE_STATUSES, backoff_delay, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,9 @@ class ApiClient:
                 error = self._error(f"{method} {path}: {type(exc).__name__}: {exc}", "server_error")
             else:
                 if response.status_code < 300:
-                    return self._decode(method, path, response, decimals)
+                    decoded = self._decode(method, path, response, decimals)
+                    report_request()  # a backfill's progress counts answered calls (a no-op otherwise)
+                    return decoded
                 error = self._status_error(method, path, response)
                 if response.status_code not in RETRYABLE_STATUSES:
                     raise error

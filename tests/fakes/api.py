@@ -106,6 +106,9 @@ class FakeApi:
         self._routes: dict[tuple[str, str], Handler] = {}
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
+        #: called with every handler's answer before it is sent (tests count pages, move a clock); in the
+        #: server's thread, so the client sees the effect no sooner than the answer
+        self.observers: list[Callable[[Request, Response], None]] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -191,9 +194,12 @@ class FakeApi:
         if handler is None:
             return Response(404, {"error": {"message": f"no route {request.method} {request.path}"}})
         try:
-            return handler(request)
+            response = handler(request)
         except Exception as exc:  # a bug in a fake must show up in the test, as a 500 with the reason
             return Response(500, {"error": {"message": f"fake handler failed: {exc!r}"}})
+        for observe in list(self.observers):
+            observe(request, response)
+        return response
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         api = self

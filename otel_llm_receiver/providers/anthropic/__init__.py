@@ -29,6 +29,7 @@ from typing import Any, ClassVar, TypeVar
 from ...config import Option, ProviderConfig
 from ...errors import ProviderError
 from ...model import CLAUDE_CODE, COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
+from ...progress import report_begin, report_page
 from ..base import DAY, HOUR, ProbeResult, Provider, read_source
 from ..http import HTTP_OPTIONS, MAX_RESPONSE_BYTES, ApiClient
 from .claude_code import code_records, day_param, parse_code_page
@@ -274,7 +275,8 @@ class AnthropicProvider(Provider):
         records: list[UsageRecord] = []
         params = self.usage_params(window)
         keys = RowKeys([value for key, value in params if key == "group_by[]"])
-        for bucket in await self._report(USAGE_PATH, params, self.width, "usage_report"):
+        span = (_floor(window.start, self.width), window.end)
+        for bucket in await self._report(USAGE_PATH, params, self.width, "usage_report", span):
             for i, row in enumerate(bucket.results):
                 path = f"{bucket.path}.results[{i}]"
                 records += usage_records(bucket, row, path, self.dimensions)
@@ -285,7 +287,7 @@ class AnthropicProvider(Provider):
         records: list[CostRecord] = []
         params = self.cost_params(window)
         keys = RowKeys([value for key, value in params if key == "group_by[]"])
-        for bucket in await self._report(COST_PATH, params, DAY, "cost_report"):
+        for bucket in await self._report(COST_PATH, params, DAY, "cost_report", (self.daily_start(window), window.end)):
             for i, row in enumerate(bucket.results):
                 path = f"{bucket.path}.results[{i}]"
                 record = cost_record(bucket, row, path, self.dimensions)
@@ -297,7 +299,9 @@ class AnthropicProvider(Provider):
         """Claude Code analytics for every UTC day the cost report covers: one request (and its pages) a day."""
         records: list[UsageRecord] = []
         with_actor = "actor" in self.dimensions
-        for day in range(self.daily_start(window, CLAUDE_CODE), window.end, DAY):
+        first = self.daily_start(window, CLAUDE_CODE)
+        report_begin("claude_code", first, window.end)
+        for day in range(first, window.end, DAY):
             page: str | None = None
             tokens: set[str] = set()
             for number in range(1, MAX_PAGES + 1):
@@ -306,6 +310,8 @@ class AnthropicProvider(Provider):
                     query.append(("page", page))
                 what = f"claude_code({day_param(day)}, page {number})"
                 rows, has_more, page = parse_code_page(await self.client.get_json(CLAUDE_CODE_PATH, query), what)
+                report_page("claude_code", records=len(rows), newest=day + DAY if not has_more else day,
+                            start=first, end=window.end)
                 for i, row in enumerate(rows):
                     records += code_records(row, f"{what}.data[{i}]", day, with_actor=with_actor)
                 if not has_more:
@@ -318,8 +324,12 @@ class AnthropicProvider(Provider):
                 raise ShapeError(f"claude_code({day_param(day)}): still has_more after {MAX_PAGES} pages")
         return records
 
-    async def _report(self, path: str, params: Sequence[tuple[str, str]], width: int, what: str) -> list[Bucket]:
-        """Every bucket of a report, following ``has_more`` / ``next_page`` to the last page."""
+    async def _report(
+        self, path: str, params: Sequence[tuple[str, str]], width: int, what: str, span: tuple[int, int]
+    ) -> list[Bucket]:
+        """Every bucket of a report, following ``has_more`` / ``next_page`` to the last page; each page is
+        reported to the backfill's progress (``progress.report_page``) against ``span``, the report's window."""
+        report_begin(what, *span)
         buckets: list[Bucket] = []
         starts: set[int] = set()
         tokens: set[str] = set()
@@ -332,6 +342,8 @@ class AnthropicProvider(Provider):
                     raise ShapeError(f"{bucket.path}: bucket {_rfc3339(bucket.start)} came on two pages")
                 starts.add(bucket.start)
             buckets += parsed.buckets
+            report_page(what, records=sum(len(b.results) for b in parsed.buckets),
+                        newest=max((b.end for b in parsed.buckets), default=None), start=span[0], end=span[1])
             if not parsed.has_more:
                 return buckets
             assert parsed.next_page is not None  # parse_report_page guarantees it

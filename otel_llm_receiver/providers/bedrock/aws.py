@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ...errors import ErrorType, ProviderError
+from ...progress import report_request
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +158,15 @@ class AwsApi:
     async def call(self, service: str, region: str, operation: str, **params: Any) -> dict[str, Any]:
         """One API call (``operation`` as AWS names it, e.g. ``GetMetricData``) in a worker thread."""
         try:
-            return await asyncio.to_thread(self._call, service, region, operation, params)
+            answer = await asyncio.to_thread(self._call, service, region, operation, params)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             raise translate(
                 exc, provider=self.provider, service=service, operation=operation, timeout=self.timeout
             ) from exc
+        report_request()  # a backfill's progress counts answered calls (a no-op otherwise)
+        return answer
 
     def close(self) -> None:
         with self._lock:

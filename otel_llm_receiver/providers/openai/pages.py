@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ...progress import report_page
 from ..http import ApiClient
 from .fields import ShapeError, flag, integer, mapping, text
 
@@ -32,9 +33,12 @@ class Bucket:
 async def buckets(
     client: ApiClient, path: str, label: str, params: Sequence[tuple[str, Any]], *, decimals: bool = False
 ) -> AsyncIterator[Bucket]:
-    """Every bucket of a usage or costs query, page after page."""
+    """Every bucket of a usage or costs query, page after page; each page is reported to the backfill's
+    progress (``progress.report_page``) under ``label``."""
     page: str | None = None
     seen: set[str] = set()
+    span = dict(params)
+    start, end = span.get("start_time"), span.get("end_time")
     for number in range(MAX_PAGES):
         query = list(params) + ([("page", page)] if page is not None else [])
         where = f"{label} page {number + 1}"
@@ -44,6 +48,7 @@ async def buckets(
         data = body.get("data")
         if not isinstance(data, list):
             raise ShapeError(f"{where}.data: expected an array")
+        found: list[Bucket] = []
         for i, raw in enumerate(data):
             at = f"{where}.data[{i}]"
             bucket = mapping(raw, at)
@@ -53,7 +58,12 @@ async def buckets(
             results = bucket.get("results", bucket.get("result"))
             if not isinstance(results, list):
                 raise ShapeError(f"{at}.results: expected an array")
-            yield Bucket(integer(bucket, "start_time", at), integer(bucket, "end_time", at), results, at)
+            found.append(Bucket(integer(bucket, "start_time", at), integer(bucket, "end_time", at), results, at))
+        report_page(label, records=sum(len(b.results) for b in found),
+                    newest=max((b.end_time for b in found), default=None),
+                    start=start if isinstance(start, int) else None, end=end if isinstance(end, int) else None)
+        for found_bucket in found:
+            yield found_bucket
         has_more = flag(body, "has_more", where)
         if has_more is None:
             raise ShapeError(f"{where}.has_more: required boolean is missing")

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from ...config import Option, ProviderConfig
 from ...errors import ProviderError
 from ...model import COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
+from ...progress import report_begin
 from ..base import DAY, HOUR, PROBE_WINDOW, ProbeResult, Provider, read_source
 from ..http import HTTP_OPTIONS, client_from_config
 from . import pages
@@ -205,6 +206,8 @@ class OpenAIProvider(Provider):
     async def _get_buckets(
         self, path: str, label: str, params: list[tuple[str, Any]], *, decimals: bool = False
     ) -> list[pages.Bucket]:
+        span = dict(params)  # counted in the backfill's progress before it waits its turn (CONCURRENCY)
+        report_begin(label, span.get("start_time"), span.get("end_time"))
         async with self._semaphore:
             try:
                 found = [b async for b in pages.buckets(self.client, path, label, params, decimals=decimals)]

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ...errors import ErrorType, ProviderError
+from ...progress import report_request
 from ...retry import backoff_delay
 from .series import Point, Query, Series
 
@@ -202,7 +203,9 @@ class MonitoringReader:
             attempt += 1
             self.requests[operation] += 1
             try:
-                return await call()
+                answer = await call()
+                report_request()  # a backfill's progress counts answered calls (a no-op otherwise)
+                return answer
             except ProviderError:
                 raise
             except Exception as exc:
