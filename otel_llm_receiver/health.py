@@ -16,15 +16,88 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl
 
+from .emitter import ExporterState
+from .errors import LedgerError
+from .ledger import Ledger
 from .logs import redact
+from .selfhealth import SelfHealth
 
 log = logging.getLogger(__name__)
+
+
+def health_document(
+    health: SelfHealth,
+    exporters: Sequence[ExporterState],
+    ledger_path: str | os.PathLike[str],
+    *,
+    export_failure_window: float,
+    now: float,
+) -> tuple[bool, dict[str, object]]:
+    """(healthy, document) for ``GET /health`` and ``GET /ready``: every instance polling, the ledger
+    readable, no loop failing, and every exporter with a successful export within ``export_failure_window``
+    (counted from the start before the first one)."""
+    instances: dict[str, object] = {}
+    healthy = True
+    statuses = health.statuses()
+    for st in statuses:
+        ok = health.healthy(st.name)
+        healthy = healthy and ok
+        instances[st.name] = {
+            "healthy": ok,
+            "interval_s": st.interval,
+            "polls": st.polls,
+            "last_success_unix": st.last_success_unix,
+            "last_error": st.last_error,
+            "last_error_type": st.last_error_type,
+            "last_error_unix": st.last_error_unix,
+            "consecutive_failures": st.consecutive_failures,
+            "data_lag_s": None if st.newest_bucket_end is None else max(0.0, now - st.newest_bucket_end),
+            "failing_sources": {
+                src: {"error_type": f.error_type, "error": f.error, "since_unix": f.since_unix,
+                      "consecutive_failures": f.consecutive_failures}
+                for src, f in sorted(st.failing_sources.items())},
+            **({"source_lag_s": {src: max(0.0, now - end) for src, end in sorted(st.source_ends.items())}}
+               if st.source_ends else {}),
+        }
+    ledger: dict[str, object] = {"path": str(ledger_path)}
+    try:
+        with Ledger(ledger_path, readonly=True) as reader:
+            ledger.update(reader.counts(), schema_version=reader.schema_version, ok=True)
+    except (LedgerError, OSError) as exc:
+        ledger.update(ok=False, error=str(exc))
+        healthy = False
+    exported_docs = []
+    for s in exporters:
+        since = s.last_success_unix if s.last_success_unix is not None else health.started_unix
+        exported = now - since <= export_failure_window
+        healthy = healthy and exported
+        exported_docs.append(
+            {"name": s.name, "endpoint": s.endpoint, "healthy": exported, "exports": s.exports,
+             "failures": s.failures, "consecutive_failures": s.consecutive_failures,
+             "last_success_unix": s.last_success_unix, "last_error": s.last_error})
+    loops: dict[str, object] = {}
+    for name, loop in sorted(health.loops().items()):
+        healthy = healthy and not loop.consecutive_errors
+        loops[name] = {"errors": loop.errors, "consecutive_errors": loop.consecutive_errors,
+                       "last_error": loop.last_error, "last_error_unix": loop.last_error_unix}
+    return healthy, {
+        "status": "ok" if healthy else "unhealthy",
+        # Sources failing while their instance's others land (a cost API refused, usage kept): not unhealthy
+        # on their own (only a failing usage source is), but listed so they are seen.
+        "failing_sources": sorted(f"{st.name}:{src}" for st in statuses for src in st.failing_sources),
+        "instances": instances,
+        "ledger": ledger,
+        "exporters": exported_docs,
+        "export_failure_window_s": export_failure_window,
+        "loops": loops,
+    }
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:

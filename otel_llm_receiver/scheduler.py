@@ -25,6 +25,7 @@ from .config import Config, ExporterConfig
 from .emitter import BatchExporter, Emitter, build_exporter
 from .errors import LedgerError, ProviderError
 from .focus import FocusWriter, WritePass, context_for
+from .health import health_document
 from .ledger import ApplyStats, Ledger
 from .logs import redact
 from .model import USAGE, PollResult, Window, first_window_start
@@ -456,65 +457,11 @@ class Receiver:
         return 0
 
     def health_report(self) -> tuple[bool, dict[str, object]]:
-        """(healthy, document) for ``GET /health`` and ``GET /ready``: every instance polling, the ledger
-        readable, no loop failing, and every exporter with a successful export within
-        ``health.export_failure_window`` (counted from the start before the first one)."""
-        now = self.clock()
-        instances: dict[str, object] = {}
-        healthy = True
-        for st in self.health.statuses():
-            ok = self.health.healthy(st.name)
-            healthy = healthy and ok
-            instances[st.name] = {
-                "healthy": ok,
-                "interval_s": st.interval,
-                "polls": st.polls,
-                "last_success_unix": st.last_success_unix,
-                "last_error": st.last_error,
-                "last_error_type": st.last_error_type,
-                "last_error_unix": st.last_error_unix,
-                "consecutive_failures": st.consecutive_failures,
-                "data_lag_s": None if st.newest_bucket_end is None else max(0.0, now - st.newest_bucket_end),
-                "failing_sources": {
-                    src: {"error_type": f.error_type, "error": f.error, "since_unix": f.since_unix,
-                          "consecutive_failures": f.consecutive_failures}
-                    for src, f in sorted(st.failing_sources.items())},
-                **({"source_lag_s": {src: max(0.0, now - end) for src, end in sorted(st.source_ends.items())}}
-                   if st.source_ends else {}),
-            }
-        ledger: dict[str, object] = {"path": str(self.config.storage.path)}
-        try:
-            with Ledger(self.config.storage.path, readonly=True) as reader:
-                ledger.update(reader.counts(), schema_version=reader.schema_version, ok=True)
-        except (LedgerError, OSError) as exc:
-            ledger.update(ok=False, error=str(exc))
-            healthy = False
-        window = self.config.export_failure_window
-        exporters = []
-        for s in self.emitter.states:
-            since = s.last_success_unix if s.last_success_unix is not None else self.health.started_unix
-            exported = now - since <= window
-            healthy = healthy and exported
-            exporters.append(
-                {"name": s.name, "endpoint": s.endpoint, "healthy": exported, "exports": s.exports,
-                 "failures": s.failures, "consecutive_failures": s.consecutive_failures,
-                 "last_success_unix": s.last_success_unix, "last_error": s.last_error})
-        loops: dict[str, object] = {}
-        for name, loop in sorted(self.health.loops().items()):
-            healthy = healthy and not loop.consecutive_errors
-            loops[name] = {"errors": loop.errors, "consecutive_errors": loop.consecutive_errors,
-                           "last_error": loop.last_error, "last_error_unix": loop.last_error_unix}
-        return healthy, {
-            "status": "ok" if healthy else "unhealthy",
-            # Sources failing while their instance's others land (a cost API refused, usage kept): not
-            # unhealthy on their own (only a failing usage source is), but listed so they are seen.
-            "failing_sources": sorted(f"{st.name}:{src}" for st in self.health.statuses() for src in st.failing_sources),
-            "instances": instances,
-            "ledger": ledger,
-            "exporters": exporters,
-            "export_failure_window_s": window,
-            "loops": loops,
-        }
+        """(healthy, document) for ``GET /health`` and ``GET /ready`` (``health.health_document``)."""
+        return health_document(
+            self.health, self.emitter.states, self.config.storage.path,
+            export_failure_window=self.config.export_failure_window, now=self.clock(),
+        )
 
     async def aclose(self) -> None:
         for provider in self.providers.values():
