@@ -14,7 +14,7 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -396,13 +396,14 @@ class Preload:
     """The ``history`` command run on the compose receiver's config, then a real ``run --once`` on its ledger."""
 
     history: Path  # the command's OpenMetrics file
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], list[tuple[int, float]]]  # that file, parsed
     config: Path
     exported: dict[tuple[str, frozenset[tuple[str, str]]], float]  # (Prometheus name, labels) -> value sent
     counters: set[str]  # Prometheus names of the monotonic sums among them
     at: int  # the export's timestamp (Unix seconds)
 
 
-def _om_samples(lines: Iterator[str]) -> dict[tuple[str, frozenset[tuple[str, str]]], list[tuple[int, float]]]:
+def _om_samples(lines: Iterable[str]) -> dict[tuple[str, frozenset[tuple[str, str]]], list[tuple[int, float]]]:
     out: dict[tuple[str, frozenset[tuple[str, str]]], list[tuple[int, float]]] = {}
     for line in lines:
         if line.startswith("#") or not line.strip():
@@ -454,15 +455,16 @@ def preload(tmp_path_factory: pytest.TempPathFactory) -> Preload:
                 labels = frozenset({(prometheus_label_name(k), str(v)) for k, v in key} | target)
                 exported[(base, labels)] = float(point.value)
                 at = point.time_unix_nano // 1_000_000_000
-    return Preload(history, config, exported, counters, at)
+    with history.open(encoding="utf-8") as f:
+        samples = _om_samples(iter(f))
+    return Preload(history, samples, config, exported, counters, at)
 
 
 def test_history_fills_the_dashboards_over_fourteen_days(preload: Preload, tmp_path: Path) -> None:
     # The command's own file, loaded by the real promtool into a real Prometheus: every usage, cost and money
     # panel answers at the end of the history, between two hours, and back over the 14 days of backfill.
     text = preload.history.read_text(encoding="utf-8")
-    samples = _om_samples(iter(text.splitlines()))
-    stamps = sorted({t for points in samples.values() for t, _ in points})
+    stamps = sorted({t for points in preload.samples.values() for t, _ in points})
     end = stamps[-1]
     assert end - stamps[0] >= 13 * DAY, "the history covers the 14-day backfill"
     assert end <= preload.at, "the history ends before the receiver's first export (no out-of-order samples)"
@@ -490,8 +492,7 @@ def test_history_continues_into_the_series_run_exports(preload: Preload) -> None
     def strip(key: tuple[str, frozenset[tuple[str, str]]]) -> tuple[str, frozenset[tuple[str, str]]]:
         return key[0], frozenset(kv for kv in key[1] if not kv[0].startswith("otel_scope_"))
 
-    text = preload.history.read_text(encoding="utf-8")
-    history = _om_samples(iter(text.splitlines()))
+    history = preload.samples
     assert all(dict(labels)["otel_scope_name"] == "otel_llm_receiver" for _, labels in history)
     wanted = {k for k in preload.exported if not k[0].startswith("llm_receiver_")}
     assert {strip(k) for k in history} == wanted
