@@ -1,5 +1,6 @@
 """Command line: ``run`` (the sidecar), ``check`` (validate a config), ``demo`` (zero-setup tour), ``report``
-(spend, budgets, anomalies and attribution from the ledger, offline), ``focus`` (a FOCUS export, offline).
+(spend, budgets, anomalies and attribution from the ledger, offline), ``focus`` (a FOCUS export, offline),
+``history`` (backfill, then the ledger's hourly history as OpenMetrics, for preloading Prometheus).
 
 Exit codes: 0 success; 1 a provider or exporter failed (``run --once``, ``check --connect``) or the receiver could
 not start;
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The demo's terminal summary is the output; its log lines would scroll it away, hence warning there.
     setup_logging(level or ("warning" if args.command == "demo" else "info"))
     handler = {"run": _cmd_run, "check": _cmd_check, "demo": _cmd_demo, "report": _cmd_report,
-               "focus": _cmd_focus}[args.command]
+               "focus": _cmd_focus, "history": _cmd_history}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:  # a second Ctrl-C: leave now (the ledger is transactional, nothing half-written)
@@ -147,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .focus.command import add_arguments as add_focus_arguments
 
     add_focus_arguments(add_command("focus", "export FOCUS cost and usage rows from the ledger"))
+    history = add_command("history", "poll once (the backfill), then write the ledger's hourly history as "
+                                     "OpenMetrics for promtool tsdb create-blocks-from openmetrics")
+    history.add_argument("--config", required=True, help="YAML config file (the one `run` will use)")
+    history.add_argument("--out", required=True,
+                         help="OpenMetrics file to write; when it exists already, nothing is done")
     return p
 
 
@@ -389,6 +395,41 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"report: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     sys.stdout.write(render(report, args.format))
+    return EXIT_OK
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    """Backfill the ledger ``run`` will continue, then write its history up to now (docs/deployment.md)."""
+    from .history import write_history
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    if os.path.exists(args.out):  # a second `docker compose up`: the history is loaded already
+        print(f"history: {args.out} exists; nothing to do", flush=True)
+        return EXIT_OK
+    try:
+        check_ledger(config.storage.path)
+        receiver = Receiver(config, exporters=[])
+    except ReceiverError as exc:
+        print(f"history: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+    async def backfill() -> list[str]:
+        try:
+            outcomes = await asyncio.gather(*(receiver.poll(p.name) for p in receiver.provider_configs))
+        finally:
+            await receiver.aclose()
+        return [o.instance for o in outcomes if not o.ok]
+
+    failed = asyncio.run(backfill())
+    if failed:
+        print(f"history: the backfill failed for {', '.join(failed)}; nothing written", file=sys.stderr)
+        return EXIT_FAILURE
+    now = int(time.time())
+    samples = write_history(config, args.out, now)
+    print(f"history: {samples} samples up to {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(now))} "
+          f"written to {args.out}", flush=True)
     return EXIT_OK
 
 

@@ -14,7 +14,7 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -388,3 +388,131 @@ def test_month_to_date_equals_report_for_the_month(signals_run: DemoRun) -> None
                       and ("llm_period", period) in labels and ("llm_cost_source", source) in labels]
             assert gauges, (period, source)
             assert sum(gauges) == pytest.approx(float(total[f"{source}_usd"]), rel=1e-9, abs=1e-9), (period, source)
+
+
+# ---------------------------------------------------------------- the compose stack's preloaded history (18.12)
+@dataclass(frozen=True)
+class Preload:
+    """The ``history`` command run on the compose receiver's config, then a real ``run --once`` on its ledger."""
+
+    history: Path  # the command's OpenMetrics file
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], list[tuple[int, float]]]  # that file, parsed
+    config: Path
+    exported: dict[tuple[str, frozenset[tuple[str, str]]], float]  # (Prometheus name, labels) -> value sent
+    counters: set[str]  # Prometheus names of the monotonic sums among them
+    at: int  # the export's timestamp (Unix seconds)
+
+
+def _om_samples(lines: Iterable[str]) -> dict[tuple[str, frozenset[tuple[str, str]]], list[tuple[int, float]]]:
+    out: dict[tuple[str, frozenset[tuple[str, str]]], list[tuple[int, float]]] = {}
+    for line in lines:
+        if line.startswith("#") or not line.strip():
+            continue
+        name, _, rest = line.partition("{")
+        body, _, tail = rest.partition("} ")
+        value, stamp = tail.split()
+        labels = frozenset(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)"', body))
+        out.setdefault((name, labels), []).append((int(stamp), float(value)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def preload(tmp_path_factory: pytest.TempPathFactory) -> Preload:
+    tmp = tmp_path_factory.mktemp("preload")
+    with OTLPSink() as sink:
+        raw = yaml.safe_load(COMPOSE_RECEIVER_CONFIG.read_text(encoding="utf-8"))
+        raw["storage"]["path"] = str(tmp / "ledger.db")
+        raw["health"]["endpoint"] = ""
+        raw["exporters"]["otlp"]["endpoint"] = sink.grpc_endpoint
+        config = tmp / "config.yaml"
+        config.write_text(yaml.safe_dump(raw), encoding="utf-8")
+        history = tmp / "history.om"
+        proc = subprocess.run(cli("history", "--config", str(config), "--out", str(history)), env=ENV,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert "samples up to" in proc.stdout
+        written = history.stat().st_mtime_ns
+        again = subprocess.run(cli("history", "--config", str(config), "--out", str(history)), env=ENV,
+                               capture_output=True, text=True, timeout=60)  # a second `docker compose up`
+        assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
+        assert history.stat().st_mtime_ns == written
+        proc = subprocess.run(cli("run", "--config", str(config), "--once"), env=ENV, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        resource = sink.resource_attributes()
+        target = {("job", str(resource["service.name"])), ("instance", str(resource["service.instance.id"]))}
+        exported: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        counters: set[str] = set()
+        at = 0
+        for name in sink.metric_names():
+            info = sink.metric_info(name)
+            points = sink.number_points(name) if info.kind != "histogram" else {}
+            monotonic = any(p.is_monotonic for p in points.values())
+            base = prometheus_metric_name(name, info.unit, "counter" if monotonic else "gauge")
+            if monotonic:
+                counters.add(base)
+            for key, point in points.items():
+                labels = frozenset({(prometheus_label_name(k), str(v)) for k, v in key} | target)
+                exported[(base, labels)] = float(point.value)
+                at = point.time_unix_nano // 1_000_000_000
+    with history.open(encoding="utf-8") as f:
+        samples = _om_samples(iter(f))
+    return Preload(history, samples, config, exported, counters, at)
+
+
+def test_history_fills_the_dashboards_over_fourteen_days(preload: Preload, tmp_path: Path) -> None:
+    # The command's own file, loaded by the real promtool into a real Prometheus: every usage, cost and money
+    # panel answers at the end of the history, between two hours, and back over the 14 days of backfill.
+    text = preload.history.read_text(encoding="utf-8")
+    stamps = sorted({t for points in preload.samples.values() for t, _ in points})
+    end = stamps[-1]
+    assert end - stamps[0] >= 13 * DAY, "the history covers the 14-day backfill"
+    assert end <= preload.at, "the history ends before the receiver's first export (no out-of-order samples)"
+    hours = [h for h in stamps if h % HOUR == 0]  # where the history is exact (between: the 5-minute fill)
+    with PrometheusServer(tmp_path, text, list(RULE_FILES), block_duration="24h") as prom:
+        empty = []
+        for path in (f for f in FILES if f.name != "receiver-health.json"):  # self-health: the live scrape's
+            for when in (end, hours[-1] - 25 * 60, hours[-1] - 6 * DAY, hours[-1] - 13 * DAY):
+                for q in panel_queries(path):
+                    if when < hours[0] + 5 * DAY and "llm_anomaly_score" in q.expr:
+                        continue  # no score before five days of baseline (docs/anomalies.md), live or not
+                    if not prom.query(runnable(q.expr, variable_names(path)), at=when):
+                        empty.append(f"{q} at {when}")
+    assert empty == [], "panels without data on the preloaded history"
+
+
+def test_history_continues_into_the_series_run_exports(preload: Preload) -> None:
+    # Same series: every name and label set of the history (job, instance and otel_scope_* included) is one the
+    # receiver's real export produces once translated as the Collector does, and none is missing (self-health
+    # aside: the live scrape brings it).
+    from otel_llm_receiver.config import load_config
+    from otel_llm_receiver.history import ledger_history
+    from otel_llm_receiver.ledger import Ledger
+
+    def strip(key: tuple[str, frozenset[tuple[str, str]]]) -> tuple[str, frozenset[tuple[str, str]]]:
+        return key[0], frozenset(kv for kv in key[1] if not kv[0].startswith("otel_scope_"))
+
+    history = preload.samples
+    assert all(dict(labels)["otel_scope_name"] == "otel_llm_receiver" for _, labels in history)
+    wanted = {k for k in preload.exported if not k[0].startswith("llm_receiver_")}
+    assert {strip(k) for k in history} == wanted
+    # Same values up to the moment the receiver takes over: the history of the ledger as it is after that
+    # export, ending at the export's time, ends with exactly what the export sent (gauges: the same reading,
+    # give or take the second the receiver's clock may have turned between stamping and reading).
+    config = load_config(str(preload.config))
+    with Ledger(config.storage.path, readonly=True) as ledger:
+        lines = ledger_history(config, ledger, preload.at).render()
+        last = {strip(k): points[-1] for k, points in _om_samples(lines).items()}
+    assert set(last) == wanted
+    for key, (t, value) in last.items():
+        assert t == preload.at
+        sent = preload.exported[key]
+        if key[0] in preload.counters:
+            assert value == sent, key
+        else:
+            assert value == pytest.approx(sent, rel=1e-4, abs=1e-9), key
+    # And the counters rise monotonically hour by hour to there.
+    for (name, _), points in history.items():
+        if name.endswith("_total"):
+            values = [v for _, v in points]
+            assert values == sorted(values), name

@@ -79,7 +79,86 @@ def compose_receiver_config() -> Config:
 
 
 def test_compose_has_the_whole_path() -> None:
-    assert set(SERVICES) == {"receiver", "otel-collector", "prometheus", "alertmanager", "grafana"}
+    assert set(SERVICES) == {"receiver-history", "prometheus-history", "receiver", "otel-collector", "prometheus",
+                             "alertmanager", "grafana"}
+    assert set(COMPOSE["volumes"]) == {"receiver-data", "prometheus-data"}
+
+
+def depends(service: str) -> dict[str, str]:
+    """The services ``service`` waits for -> the condition (a plain list means ``service_started``)."""
+    deps = SERVICES[service].get("depends_on", {})
+    if isinstance(deps, list):
+        return dict.fromkeys(deps, "service_started")
+    return {name: spec["condition"] for name, spec in deps.items()}
+
+
+def named_volumes(service: str) -> dict[str, tuple[str, bool]]:
+    """container path -> (named volume, read-only)."""
+    out = {}
+    for spec in SERVICES[service].get("volumes", []):
+        source, target, *mode = spec.split(":")
+        if not source.startswith((".", "/")):
+            out[target] = (source, mode == ["ro"])
+    return out
+
+
+def test_compose_preloads_prometheus_with_the_receivers_history() -> None:
+    # issue 18.12: the receiver's own image writes the history from the ledger the receiver then continues (same
+    # config, same volume), promtool loads it into the volume Prometheus serves, and each waits for the step
+    # before it to have *completed*: the history ends before the receiver's first export and before Prometheus
+    # starts (Prometheus refuses samples older than its head once blocks exist).
+    from otel_llm_receiver.cli import build_parser
+
+    init, receiver = SERVICES["receiver-history"], SERVICES["receiver"]
+    assert init["image"] == receiver["image"] and init["build"] == receiver["build"]
+    assert init["volumes"] == receiver["volumes"] and init["read_only"] is True
+    args = build_parser().parse_args(init["command"])
+    assert args.command == "history" and args.config == flag("receiver", "config")
+    ledger_dir = PurePosixPath(compose_receiver_config().storage.path).parent
+    assert named_volumes("receiver")[str(ledger_dir)] == ("receiver-data", False)
+    assert PurePosixPath(args.out).parent == ledger_dir  # in the receiver's volume, which it may write
+
+    load, prometheus = SERVICES["prometheus-history"], SERVICES["prometheus"]
+    assert load["image"] == prometheus["image"] and load["entrypoint"] == ["/bin/sh", "-c"]
+    volumes = named_volumes("prometheus-history")
+    history_dir = next(t for t, (v, ro) in volumes.items() if v == "receiver-data" and ro)
+    storage = flag("prometheus", "storage.tsdb.path")
+    assert volumes[storage] == ("prometheus-data", False) == named_volumes("prometheus")[storage]
+    (script,) = load["command"]
+    history_file = PurePosixPath(history_dir) / PurePosixPath(args.out).name
+    assert f"promtool tsdb create-blocks-from openmetrics --max-block-duration=24h {history_file} {storage}" in script
+    assert "chown -R 65534:65534" in script and load["user"] == "0:0"  # Prometheus (nobody) owns its blocks
+
+    completed = "service_completed_successfully"
+    assert depends("prometheus-history") == {"receiver-history": completed}
+    assert depends("receiver")["receiver-history"] == completed
+    assert depends("prometheus")["prometheus-history"] == completed
+    assert init["restart"] == load["restart"] == "no"
+
+
+def test_compose_history_load_runs_once(tmp_path: Path) -> None:
+    # The init step's own script, run twice by a real shell with the real promtool over a small history: the
+    # first run writes blocks and the marker, the second (the next `docker compose up`) leaves them alone.
+    (script,) = SERVICES["prometheus-history"]["command"]
+    storage, history = tmp_path / "prometheus", tmp_path / "history"
+    storage.mkdir()
+    history.mkdir()
+    (history / "history.om").write_text(
+        "# TYPE llm_usage_requests counter\n"
+        + "".join(f'llm_usage_requests_total{{job="otel-llm-receiver"}} {i} {1_795_000_000 + 300 * i}\n'
+                  for i in range(30))
+        + "# EOF\n", encoding="utf-8")
+    local = (script.replace(" /prometheus", f" {storage}").replace("/history/", f"{history}/")
+             .replace("chown -R 65534:65534", "true"))  # ownership: the container's root; not the test's
+    assert "/prometheus" not in local.replace(str(storage), "")
+    env = {"PATH": str(Path(tool("promtool")).parent) + ":/usr/bin:/bin"}
+    first = subprocess.run(["/bin/sh", "-c", local], env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    blocks = sorted(p.name for p in storage.iterdir() if (p / "meta.json").exists())
+    assert blocks and (storage / ".history-loaded").exists()
+    second = subprocess.run(["/bin/sh", "-c", local], env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0 and "history already loaded" in second.stdout
+    assert sorted(p.name for p in storage.iterdir() if (p / "meta.json").exists()) == blocks
 
 
 def test_compose_images_are_pinned_and_the_receiver_is_built_from_our_dockerfile() -> None:

@@ -38,15 +38,17 @@ class QueryError(AssertionError):
 class PrometheusServer:
     """``with PrometheusServer(workdir, openmetrics_text, rule_files) as prom: prom.query("up")``."""
 
-    def __init__(self, workdir: Path, openmetrics: str, rule_files: list[Path], *, rule_interval: str = "1s") -> None:
+    def __init__(self, workdir: Path, openmetrics: str, rule_files: list[Path], *, rule_interval: str = "1s",
+                 block_duration: str = "2h") -> None:
         self.workdir = workdir
         self.data = workdir / "data"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         source = workdir / "data.om"
         source.write_text(openmetrics, encoding="utf-8")
-        proc = subprocess.run([tool("promtool"), "tsdb", "create-blocks-from", "openmetrics", "-q", str(source),
-                               str(self.data)], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([tool("promtool"), "tsdb", "create-blocks-from", "openmetrics", "-q",
+                               f"--max-block-duration={block_duration}", str(source), str(self.data)],
+                              capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             raise AssertionError("promtool could not load the OpenMetrics data: " + proc.stderr[-2000:])
         # The rule files as given, but every group evaluated every `rule_interval`, so that recorded series
@@ -113,9 +115,10 @@ class PrometheusServer:
             raise QueryError(f"{body.get('errorType')}: {body.get('error')}") from None
         return body["data"]
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """An instant query at the server's now; the result vector (a scalar comes back as one sample)."""
-        data = self.api("query", query=expr)
+    def query(self, expr: str, at: int | None = None) -> list[dict[str, Any]]:
+        """An instant query at ``at`` (Unix seconds; default the server's now); the result vector (a scalar comes
+        back as one sample)."""
+        data = self.api("query", query=expr, **({} if at is None else {"time": str(at)}))
         if data["resultType"] == "scalar":
             return [{"metric": {}, "value": data["result"]}]
         return list(data["result"])
