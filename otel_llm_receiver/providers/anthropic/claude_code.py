@@ -40,7 +40,8 @@ def day_param(day: int) -> str:
 def parse_code_page(body: Any, what: str) -> tuple[list[Mapping[str, Any]], bool, str | None]:
     """One page of the Claude Code report: (records, has_more, next_page)."""
     root = shape.as_object(body, what)
-    records = [shape.as_object(r, f"{what}.data[{i}]") for i, r in enumerate(shape.as_list(root.get("data"), f"{what}.data"))]
+    data = shape.as_list(root.get("data"), f"{what}.data")
+    records = [shape.as_object(r, f"{what}.data[{i}]") for i, r in enumerate(data)]
     has_more, next_page = page_cursor(root, what)
     return records, has_more, next_page
 
@@ -85,7 +86,8 @@ def code_records(row: Mapping[str, Any], path: str, day: int, *, with_actor: boo
         record({}, METRIC_CODE_COMMITS,
                shape.count(core.get("commits_by_claude_code"), f"{path}.core_metrics.commits_by_claude_code")),
         record({}, METRIC_CODE_PULL_REQUESTS,
-               shape.count(core.get("pull_requests_by_claude_code"), f"{path}.core_metrics.pull_requests_by_claude_code")),
+               shape.count(core.get("pull_requests_by_claude_code"),
+                           f"{path}.core_metrics.pull_requests_by_claude_code")),
     ]
     for change in ("added", "removed"):
         n = shape.count(lines.get(change), f"{path}.core_metrics.lines_of_code.{change}")

@@ -104,7 +104,8 @@ class RowKeys:
         key = (start, *[row[g] for g in self.grouped], *identity)
         if key in self._rows:
             shown = ", ".join(f"{g}={row[g]!r}" for g in self.grouped)
-            raise ResponseShapeError(f"{path}: a second row for the same group ({shown}) in one bucket (would count twice)")
+            raise ResponseShapeError(
+                f"{path}: a second row for the same group ({shown}) in one bucket (would count twice)")
         self._rows.add(key)
 
 
@@ -134,8 +135,8 @@ def parse_report_page(body: Any, what: str, width: int) -> ReportPage:
                 f"{path}: bucket [{entry.get('starting_at')}, {entry.get('ending_at')}) is not one aligned "
                 f"{width}s bucket"
             )
-        results = [shape.as_object(r, f"{path}.results[{j}]") for j, r in enumerate(shape.as_list(entry.get("results"),
-                                                                                 f"{path}.results"))]
+        rows = shape.as_list(entry.get("results"), f"{path}.results")
+        results = [shape.as_object(r, f"{path}.results[{j}]") for j, r in enumerate(rows)]
         buckets.append(Bucket(start, end, results, path))
     has_more, next_page = page_cursor(root, what)
     return ReportPage(buckets, has_more, next_page)

@@ -26,7 +26,8 @@ class RowKeys:
     def bucket(self, start: int, path: str) -> None:
         """Reject a bucket whose start was already seen in this response."""
         if start in self._buckets:
-            raise ResponseShapeError(f"{path}.start_time: bucket {start} appears twice in the response (would count twice)")
+            raise ResponseShapeError(
+                f"{path}.start_time: bucket {start} appears twice in the response (would count twice)")
         self._buckets.add(start)
 
     def row(self, start: int, row: Mapping[str, Any], path: str) -> None:
@@ -45,5 +46,6 @@ class RowKeys:
         key = (start, *[row[g] for g in self.grouped])
         if key in self._rows:
             shown = ", ".join(f"{g}={row[g]!r}" for g in self.grouped)
-            raise ResponseShapeError(f"{path}: a second row for the same group ({shown}) in one bucket (would count twice)")
+            raise ResponseShapeError(
+                f"{path}: a second row for the same group ({shown}) in one bucket (would count twice)")
         self._rows.add(key)

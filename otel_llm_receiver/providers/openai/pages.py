@@ -72,7 +72,8 @@ async def buckets(
             return
         next_page = text(body, "next_page", where)
         if not next_page or next_page in seen:
-            raise ResponseShapeError(f"{where}.next_page: has_more is true but the cursor {next_page!r} does not advance")
+            raise ResponseShapeError(
+                f"{where}.next_page: has_more is true but the cursor {next_page!r} does not advance")
         seen.add(next_page)
         page = next_page
     raise ResponseShapeError(f"{label}: more than {MAX_PAGES} pages")
