@@ -4,6 +4,9 @@
     ├── ConfigError      .problems: every problem found, each naming its key path
     ├── ProviderError    .provider (instance name), .error_type (auth | rate_limited | timeout |
     │                    network | server_error | bad_response | config), .retry_after (seconds, when the API said)
+    ├── ResponseShapeError  a provider's answer does not fit its documented shape; the message starts with
+    │                    the JSON path of the field (``data[3].results[1].input_tokens``). Also a ValueError.
+    │                    The provider turns it into one ProviderError(error_type="bad_response") for the poll
     ├── LedgerError      the ledger could not be read or written (disk full, corrupt file, ...)
     └── ExportError      an OTLP exporter could not be built or failed
 
@@ -50,6 +53,15 @@ class ProviderError(ReceiverError):
         self.error_type: ErrorType = error_type
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class ResponseShapeError(ReceiverError, ValueError):
+    """A provider's response does not match its documented shape; the message starts with the field's JSON path.
+
+    Raised by the shared readers of ``providers/shape.py``, so that every provider rejects a malformed answer the
+    same way, whole, and the poll's one log line names the field. It stays a ``ValueError`` so that code written
+    against the parsing of numbers and times (``Decimal``, ``fromisoformat``) keeps catching it.
+    """
 
 
 class LedgerError(ReceiverError):

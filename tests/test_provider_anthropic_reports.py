@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from otel_llm_receiver.errors import ResponseShapeError as ShapeError
 from otel_llm_receiver.model import from_nanos, to_nanos
 from otel_llm_receiver.providers.anthropic.reports import (
     Bucket,
-    ShapeError,
     amount_in_units,
     cost_record,
     parse_report_page,

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from otel_llm_receiver.errors import ResponseShapeError as ShapeError
 from otel_llm_receiver.model import UsageRecord
-from otel_llm_receiver.providers.openai.fields import ShapeError, decimal
+from otel_llm_receiver.providers.openai.fields import decimal
 from otel_llm_receiver.providers.openai.normalize import Notes, Row, completions, cost
 
 AT = Row(1_730_419_200, 86400, frozenset({"project_id", "model", "batch", "service_tier"}), "completions.data[0]", 0)

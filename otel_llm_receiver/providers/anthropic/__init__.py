@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
 from ...config import Option, ProviderConfig
-from ...errors import ProviderError
+from ...errors import ProviderError, ResponseShapeError
 from ...model import CLAUDE_CODE, COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
 from ...progress import report_begin, report_page
 from ..base import DAY, HOUR, ProbeResult, Provider, read_source
@@ -38,7 +38,6 @@ from .reports import (
     DIMENSIONS,
     Bucket,
     RowKeys,
-    ShapeError,
     cost_identity,
     cost_record,
     parse_report_page,
@@ -214,7 +213,7 @@ class AnthropicProvider(Provider):
         key it needs."""
         try:
             return await read
-        except ShapeError as exc:
+        except ResponseShapeError as exc:
             raise ProviderError(
                 f"response does not match the documented shape: {exc}",
                 provider=self.name, error_type="bad_response",
@@ -318,10 +317,10 @@ class AnthropicProvider(Provider):
                     break
                 assert page is not None
                 if page in tokens:
-                    raise ShapeError(f"{what}.next_page: the token {page[:40]!r} repeated")
+                    raise ResponseShapeError(f"{what}.next_page: the token {page[:40]!r} repeated")
                 tokens.add(page)
             else:
-                raise ShapeError(f"claude_code({day_param(day)}): still has_more after {MAX_PAGES} pages")
+                raise ResponseShapeError(f"claude_code({day_param(day)}): still has_more after {MAX_PAGES} pages")
         return records
 
     async def _report(
@@ -339,7 +338,7 @@ class AnthropicProvider(Provider):
             parsed = parse_report_page(await self.client.get_json(path, query), f"{what}(page {number})", width)
             for bucket in parsed.buckets:
                 if bucket.start in starts:  # the same bucket twice would be counted twice
-                    raise ShapeError(f"{bucket.path}: bucket {_rfc3339(bucket.start)} came on two pages")
+                    raise ResponseShapeError(f"{bucket.path}: bucket {_rfc3339(bucket.start)} came on two pages")
                 starts.add(bucket.start)
             buckets += parsed.buckets
             report_page(what, records=sum(len(b.results) for b in parsed.buckets),
@@ -348,10 +347,10 @@ class AnthropicProvider(Provider):
                 return buckets
             assert parsed.next_page is not None  # parse_report_page guarantees it
             if parsed.next_page in tokens:
-                raise ShapeError(f"{what}.next_page: the token {parsed.next_page[:40]!r} repeated")
+                raise ResponseShapeError(f"{what}.next_page: the token {parsed.next_page[:40]!r} repeated")
             tokens.add(parsed.next_page)
             page = parsed.next_page
-        raise ShapeError(f"{what}: still has_more after {MAX_PAGES} pages")
+        raise ResponseShapeError(f"{what}: still has_more after {MAX_PAGES} pages")
 
     # -- names ----------------------------------------------------------------------------------------------------
     async def _workspace_names(self) -> dict[str, str]:
@@ -373,7 +372,7 @@ class AnthropicProvider(Provider):
                 if not has_more or last_id is None or last_id == after:
                     break
                 after = last_id
-        except (ProviderError, ShapeError) as exc:
+        except (ProviderError, ResponseShapeError) as exc:
             log.warning("%s: workspace names not refreshed (usage goes on with the %d known): %s",
                         self.name, len(self._names), exc)
             return self._names or {DEFAULT_WORKSPACE: DEFAULT_WORKSPACE_NAME}
@@ -386,7 +385,7 @@ class AnthropicProvider(Provider):
         try:
             page, _more, _last = parse_workspaces_page(await self._translated(
                 self.names_client.get_json(WORKSPACES_PATH, [("limit", "1"), ("include_archived", "true")])))
-        except ShapeError as exc:
+        except ResponseShapeError as exc:
             error = ProviderError(f"response does not match the documented shape: {exc}", provider=self.name)
             return [*results, ProbeResult("workspaces", error=error)]
         except ProviderError as exc:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from ...errors import ResponseShapeError
 from ...ledger import (
     METRIC_CODE_COMMITS,
     METRIC_CODE_LINES,
@@ -22,7 +23,8 @@ from ...ledger import (
     METRIC_CODE_TOOL_ACTIONS,
 )
 from ...model import UsageRecord
-from .reports import PROVIDER, ShapeError, _count, _list, _object, _optional_text, page_cursor
+from .. import shape
+from .reports import PROVIDER, optional_text, page_cursor
 
 DAY = 86400
 #: ``model_breakdown[].tokens`` field -> our token type (``cache_creation`` is the cache write).
@@ -37,21 +39,22 @@ def day_param(day: int) -> str:
 
 def parse_code_page(body: Any, what: str) -> tuple[list[Mapping[str, Any]], bool, str | None]:
     """One page of the Claude Code report: (records, has_more, next_page)."""
-    root = _object(body, what)
-    records = [_object(r, f"{what}.data[{i}]") for i, r in enumerate(_list(root.get("data"), f"{what}.data"))]
+    root = shape.as_object(body, what)
+    data = shape.as_list(root.get("data"), f"{what}.data")
+    records = [shape.as_object(r, f"{what}.data[{i}]") for i, r in enumerate(data)]
     has_more, next_page = page_cursor(root, what)
     return records, has_more, next_page
 
 
 def _actor(row: Mapping[str, Any], path: str) -> str:
-    actor = _object(row.get("actor"), f"{path}.actor")
+    actor = shape.as_object(row.get("actor"), f"{path}.actor")
     kind = actor.get("type")
     field = {"user_actor": "email_address", "api_actor": "api_key_name"}.get(kind if isinstance(kind, str) else "")
     if field is None:
-        raise ShapeError(f"{path}.actor.type: expected user_actor or api_actor, got {kind!r}")
-    value = _optional_text(actor, field, f"{path}.actor")
+        raise ResponseShapeError(f"{path}.actor.type: expected user_actor or api_actor, got {kind!r}")
+    value = optional_text(actor, field, f"{path}.actor")
     if not value:
-        raise ShapeError(f"{path}.actor.{field}: missing")
+        raise ResponseShapeError(f"{path}.actor.{field}: missing")
     return value
 
 
@@ -59,11 +62,11 @@ def code_records(row: Mapping[str, Any], path: str, day: int, *, with_actor: boo
     """The records of one Claude Code report row for the UTC day starting at ``day``."""
     date = row.get("date")
     if not isinstance(date, str) or date[:10] != day_param(day):
-        raise ShapeError(f"{path}.date: expected {day_param(day)}, got {date!r}")
-    tenancy = _optional_text(row, "organization_id", path) or "default"
+        raise ResponseShapeError(f"{path}.date: expected {day_param(day)}, got {date!r}")
+    tenancy = optional_text(row, "organization_id", path) or "default"
     dims: dict[str, str] = {}
     for field, attribute in (("customer_type", "llm.code.customer_type"), ("terminal_type", "llm.code.terminal_type")):
-        value = _optional_text(row, field, path)
+        value = optional_text(row, field, path)
         if value is not None:
             dims[attribute] = value
     actor = _actor(row, path)
@@ -76,32 +79,33 @@ def code_records(row: Mapping[str, Any], path: str, day: int, *, with_actor: boo
             dimensions={**dims, **extra}, measures={metric: value},
         )
 
-    core = _object(row.get("core_metrics"), f"{path}.core_metrics")
-    lines = _object(core.get("lines_of_code"), f"{path}.core_metrics.lines_of_code")
+    core = shape.as_object(row.get("core_metrics"), f"{path}.core_metrics")
+    lines = shape.as_object(core.get("lines_of_code"), f"{path}.core_metrics.lines_of_code")
     records = [
-        record({}, METRIC_CODE_SESSIONS, _count(core.get("num_sessions"), f"{path}.core_metrics.num_sessions")),
+        record({}, METRIC_CODE_SESSIONS, shape.count(core.get("num_sessions"), f"{path}.core_metrics.num_sessions")),
         record({}, METRIC_CODE_COMMITS,
-               _count(core.get("commits_by_claude_code"), f"{path}.core_metrics.commits_by_claude_code")),
+               shape.count(core.get("commits_by_claude_code"), f"{path}.core_metrics.commits_by_claude_code")),
         record({}, METRIC_CODE_PULL_REQUESTS,
-               _count(core.get("pull_requests_by_claude_code"), f"{path}.core_metrics.pull_requests_by_claude_code")),
+               shape.count(core.get("pull_requests_by_claude_code"),
+                           f"{path}.core_metrics.pull_requests_by_claude_code")),
     ]
     for change in ("added", "removed"):
-        n = _count(lines.get(change), f"{path}.core_metrics.lines_of_code.{change}")
+        n = shape.count(lines.get(change), f"{path}.core_metrics.lines_of_code.{change}")
         records.append(record({"llm.code.change": change}, METRIC_CODE_LINES, n))
     tools = row.get("tool_actions")
-    for tool, raw in (_object(tools, f"{path}.tool_actions").items() if tools is not None else ()):
-        counts = _object(raw, f"{path}.tool_actions.{tool}")
+    for tool, raw in (shape.as_object(tools, f"{path}.tool_actions").items() if tools is not None else ()):
+        counts = shape.as_object(raw, f"{path}.tool_actions.{tool}")
         for decision in ("accepted", "rejected"):
-            n = _count(counts.get(decision), f"{path}.tool_actions.{tool}.{decision}")
+            n = shape.count(counts.get(decision), f"{path}.tool_actions.{tool}.{decision}")
             records.append(record({"gen_ai.tool.name": tool, "llm.code.decision": decision},
                                   METRIC_CODE_TOOL_ACTIONS, n))
-    for i, raw in enumerate(_list(row.get("model_breakdown") or [], f"{path}.model_breakdown")):
+    for i, raw in enumerate(shape.as_list(row.get("model_breakdown") or [], f"{path}.model_breakdown")):
         item_path = f"{path}.model_breakdown[{i}]"
-        item = _object(raw, item_path)
-        model = _optional_text(item, "model", item_path) or "unknown"
-        tokens = _object(item.get("tokens"), f"{item_path}.tokens")
+        item = shape.as_object(raw, item_path)
+        model = optional_text(item, "model", item_path) or "unknown"
+        tokens = shape.as_object(item.get("tokens"), f"{item_path}.tokens")
         for field, token_type in CODE_TOKEN_TYPES.items():
-            n = _count(tokens.get(field, 0), f"{item_path}.tokens.{field}")
+            n = shape.count(tokens.get(field, 0), f"{item_path}.tokens.{field}")
             records.append(record({"gen_ai.token.type": token_type}, METRIC_CODE_TOKENS, n, model=model))
     return records
 

@@ -1,7 +1,7 @@
 """Anthropic Admin API responses -> canonical records: shape checks and the field mapping, nothing else.
 
 Pure functions over decoded JSON, so that every mapping rule (docs/providers/anthropic.md) is testable without a
-server. A response that does not match the documented shape raises ``ShapeError`` naming the field (JSON path)
+server. A response that does not match the documented shape raises ``ResponseShapeError`` naming the field (JSON path)
 that was wrong; the provider turns it into one ``bad_response`` for the whole poll, so nothing from a bad
 response reaches the ledger.
 
@@ -13,15 +13,15 @@ because the two lifetimes are priced differently.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from ...errors import ResponseShapeError
 from ...ledger import METRIC_TOOL_REQUESTS
-from ...model import MAX_COUNT, CostRecord, UsageRecord, plausible_amount
+from ...model import CostRecord, UsageRecord, plausible_amount
+from .. import shape
 
 PROVIDER = "anthropic"
 OPERATION = "chat"  # the Messages API: the GenAI conventions' `chat`
@@ -57,10 +57,6 @@ COST_TOKEN_TYPES: Mapping[str, tuple[str, str | None]] = {
 MINOR_UNIT_DIGITS: Mapping[str, int] = {"USD": 2, "EUR": 2, "GBP": 2, "CAD": 2, "AUD": 2, "JPY": 0}
 
 _MAX_ATTRIBUTE_LEN = 200
-
-
-class ShapeError(ValueError):
-    """A response field that does not match the documented shape; the message starts with its JSON path."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,88 +96,47 @@ class RowKeys:
     def row(self, start: int, row: Mapping[str, Any], path: str, identity: tuple[Any, ...] = ()) -> None:
         missing = [g for g in self.grouped if g not in row]
         if missing:
-            raise ShapeError(f"{path}: grouped by {', '.join(missing)} but the row has no such field")
+            raise ResponseShapeError(f"{path}: grouped by {', '.join(missing)} but the row has no such field")
         wrong = [g for g in self.grouped if row[g] is not None and not isinstance(row[g], str)]
         if wrong:  # a field not otherwise read (e.g. the cost report's description) is still part of the key
             kind = type(row[wrong[0]]).__name__
-            raise ShapeError(f"{path}.{wrong[0]}: expected a string or null, got {kind}")
+            raise ResponseShapeError(f"{path}.{wrong[0]}: expected a string or null, got {kind}")
         key = (start, *[row[g] for g in self.grouped], *identity)
         if key in self._rows:
             shown = ", ".join(f"{g}={row[g]!r}" for g in self.grouped)
-            raise ShapeError(f"{path}: a second row for the same group ({shown}) in one bucket (would count twice)")
+            raise ResponseShapeError(
+                f"{path}: a second row for the same group ({shown}) in one bucket (would count twice)")
         self._rows.add(key)
 
 
 # -- primitives ----------------------------------------------------------------------------------------------------
-def _object(value: Any, path: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ShapeError(f"{path}: expected an object, got {_kind(value)}")
-    return value
-
-
-def _list(value: Any, path: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise ShapeError(f"{path}: expected an array, got {_kind(value)}")
-    return value
-
-
-def _count(value: Any, path: str) -> int:
-    if type(value) is not int or value < 0:  # bool is an int subclass: not a count
-        raise ShapeError(f"{path}: expected a non-negative integer, got {_kind(value)} {_excerpt(value)}")
-    if value > MAX_COUNT:
-        raise ShapeError(f"{path}: implausible count {_excerpt(value)} (more than 2^53 - 1 in one bucket)")
-    return value
-
-
-def _optional_text(row: Mapping[str, Any], key: str, path: str) -> str | None:
-    """A group field: a string, or null / absent when the report is not grouped by it."""
-    value = row.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > _MAX_ATTRIBUTE_LEN:
-        raise ShapeError(f"{path}.{key}: expected a string or null, got {_kind(value)} {_excerpt(value)}")
-    return value
+def optional_text(row: Mapping[str, Any], key: str, path: str) -> str | None:
+    """A group field: a string (at most an attribute's length), or null / absent when not grouped by it."""
+    return shape.optional_text(row.get(key), f"{path}.{key}", max_len=_MAX_ATTRIBUTE_LEN)
 
 
 def parse_time(value: Any, path: str) -> int:
-    """An RFC 3339 timestamp as Unix seconds (it must carry a UTC offset)."""
-    if not isinstance(value, str):
-        raise ShapeError(f"{path}: expected an RFC 3339 timestamp, got {_kind(value)}")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ShapeError(f"{path}: {_excerpt(value)} is not an RFC 3339 timestamp") from None
-    if parsed.tzinfo is None:
-        raise ShapeError(f"{path}: {_excerpt(value)} has no UTC offset")
-    return math.floor(parsed.timestamp())
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _excerpt(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    """An RFC 3339 timestamp as Unix seconds (the reports always send a UTC offset: one missing is malformed)."""
+    return shape.timestamp(value, path, offset_required=True)
 
 
 # -- envelopes ------------------------------------------------------------------------------------------------------
 def parse_report_page(body: Any, what: str, width: int) -> ReportPage:
     """One page of ``usage_report/messages`` or ``cost_report``: time buckets of exactly ``width`` seconds."""
-    root = _object(body, what)
+    root = shape.as_object(body, what)
     buckets: list[Bucket] = []
-    for i, raw in enumerate(_list(root.get("data"), f"{what}.data")):
+    for i, raw in enumerate(shape.as_list(root.get("data"), f"{what}.data")):
         path = f"{what}.data[{i}]"
-        entry = _object(raw, path)
+        entry = shape.as_object(raw, path)
         start = parse_time(entry.get("starting_at"), f"{path}.starting_at")
         end = parse_time(entry.get("ending_at"), f"{path}.ending_at")
         if end - start != width or start % width:
-            raise ShapeError(
+            raise ResponseShapeError(
                 f"{path}: bucket [{entry.get('starting_at')}, {entry.get('ending_at')}) is not one aligned "
                 f"{width}s bucket"
             )
-        results = [_object(r, f"{path}.results[{j}]") for j, r in enumerate(_list(entry.get("results"),
-                                                                                 f"{path}.results"))]
+        rows = shape.as_list(entry.get("results"), f"{path}.results")
+        results = [shape.as_object(r, f"{path}.results[{j}]") for j, r in enumerate(rows)]
         buckets.append(Bucket(start, end, results, path))
     has_more, next_page = page_cursor(root, what)
     return ReportPage(buckets, has_more, next_page)
@@ -191,34 +146,34 @@ def page_cursor(root: Mapping[str, Any], what: str) -> tuple[bool, str | None]:
     """A report page's ``has_more`` and ``next_page`` (None when there is no more), checked."""
     has_more = root.get("has_more")
     if not isinstance(has_more, bool):
-        raise ShapeError(f"{what}.has_more: expected a boolean, got {_kind(has_more)}")
+        raise ResponseShapeError(f"{what}.has_more: expected a boolean, got {shape.describe(has_more)}")
     next_page = root.get("next_page")
     if next_page is not None and not isinstance(next_page, str):
-        raise ShapeError(f"{what}.next_page: expected a string or null, got {_kind(next_page)}")
+        raise ResponseShapeError(f"{what}.next_page: expected a string or null, got {shape.describe(next_page)}")
     if has_more and not next_page:
-        raise ShapeError(f"{what}.next_page: has_more is true but there is no next_page token")
+        raise ResponseShapeError(f"{what}.next_page: has_more is true but there is no next_page token")
     return has_more, next_page if has_more else None
 
 
 def parse_workspaces_page(body: Any) -> tuple[dict[str, str], bool, str | None]:
     """One page of ``GET /v1/organizations/workspaces``: ({id: name}, has_more, last_id)."""
     what = "workspaces"
-    root = _object(body, what)
+    root = shape.as_object(body, what)
     names: dict[str, str] = {}
-    for i, raw in enumerate(_list(root.get("data"), f"{what}.data")):
-        item = _object(raw, f"{what}.data[{i}]")
+    for i, raw in enumerate(shape.as_list(root.get("data"), f"{what}.data")):
+        item = shape.as_object(raw, f"{what}.data[{i}]")
         ident, name = item.get("id"), item.get("name")
         if not isinstance(ident, str) or not ident:
-            raise ShapeError(f"{what}.data[{i}].id: expected a string, got {_kind(ident)}")
+            raise ResponseShapeError(f"{what}.data[{i}].id: expected a string, got {shape.describe(ident)}")
         if not isinstance(name, str):
-            raise ShapeError(f"{what}.data[{i}].name: expected a string, got {_kind(name)}")
+            raise ResponseShapeError(f"{what}.data[{i}].name: expected a string, got {shape.describe(name)}")
         names[ident] = name
     has_more = root.get("has_more")
     if not isinstance(has_more, bool):
-        raise ShapeError(f"{what}.has_more: expected a boolean, got {_kind(has_more)}")
+        raise ResponseShapeError(f"{what}.has_more: expected a boolean, got {shape.describe(has_more)}")
     last_id = root.get("last_id")
     if has_more and (not isinstance(last_id, str) or not last_id):
-        raise ShapeError(f"{what}.last_id: has_more is true but last_id is {_kind(last_id)}")
+        raise ResponseShapeError(f"{what}.last_id: has_more is true but last_id is {shape.describe(last_id)}")
     return names, has_more, last_id if isinstance(last_id, str) else None
 
 
@@ -230,7 +185,7 @@ def _attributes(row: Mapping[str, Any], path: str, dimensions: Sequence[str]) ->
         field, attribute = DIMENSIONS.get(dim, ("", None))  # e.g. `actor` belongs to the Claude Code report
         if attribute is None:
             continue
-        value = _optional_text(row, field, path)
+        value = optional_text(row, field, path)
         if value is None and dim == "api_key":
             value = CONSOLE_KEY
         if value is not None:
@@ -247,18 +202,18 @@ def usage_records(
     ``llm.usage.tool_requests`` record per server tool counter. Zeros are kept: a bucket that drops back to zero
     must reach the ledger as a shrink, not vanish.
     """
-    tenancy = _optional_text(row, "workspace_id", path) or DEFAULT_WORKSPACE
-    model = _optional_text(row, "model", path) or UNKNOWN_MODEL
+    tenancy = optional_text(row, "workspace_id", path) or DEFAULT_WORKSPACE
+    model = optional_text(row, "model", path) or UNKNOWN_MODEL
     dims = _attributes(row, path, dimensions)
     tokens = {
-        "input": _count(row.get("uncached_input_tokens"), f"{path}.uncached_input_tokens"),
-        "cache_read": _count(row.get("cache_read_input_tokens"), f"{path}.cache_read_input_tokens"),
-        "output": _count(row.get("output_tokens"), f"{path}.output_tokens"),
+        "input": shape.count(row.get("uncached_input_tokens"), f"{path}.uncached_input_tokens"),
+        "cache_read": shape.count(row.get("cache_read_input_tokens"), f"{path}.cache_read_input_tokens"),
+        "output": shape.count(row.get("output_tokens"), f"{path}.output_tokens"),
     }
-    cache = _object(row.get("cache_creation"), f"{path}.cache_creation")
+    cache = shape.as_object(row.get("cache_creation"), f"{path}.cache_creation")
     writes = {
-        "5m": _count(cache.get("ephemeral_5m_input_tokens"), f"{path}.cache_creation.ephemeral_5m_input_tokens"),
-        "1h": _count(cache.get("ephemeral_1h_input_tokens"), f"{path}.cache_creation.ephemeral_1h_input_tokens"),
+        "5m": shape.count(cache.get("ephemeral_5m_input_tokens"), f"{path}.cache_creation.ephemeral_5m_input_tokens"),
+        "1h": shape.count(cache.get("ephemeral_1h_input_tokens"), f"{path}.cache_creation.ephemeral_1h_input_tokens"),
     }
 
     def record(extra: Mapping[str, str], operation: str = OPERATION, **values: Any) -> UsageRecord:
@@ -271,10 +226,10 @@ def usage_records(
     records += [record({"llm.cache.ttl": ttl}, tokens={"cache_write": n}) for ttl, n in writes.items()]
     tools = row.get("server_tool_use")
     if tools is not None:
-        for key, value in _object(tools, f"{path}.server_tool_use").items():
+        for key, value in shape.as_object(tools, f"{path}.server_tool_use").items():
             if not key.endswith("_requests"):
                 continue  # a future non-count field: not ours to guess at
-            count = _count(value, f"{path}.server_tool_use.{key}")
+            count = shape.count(value, f"{path}.server_tool_use.{key}")
             tool = key.removesuffix("_requests")
             records.append(record({"gen_ai.tool.name": tool}, TOOL_OPERATION, measures={METRIC_TOOL_REQUESTS: count}))
     return records
@@ -283,19 +238,19 @@ def usage_records(
 def amount_in_units(amount: Any, currency: Any, path: str) -> tuple[Decimal, str]:
     """A cost row's ``amount`` (a decimal string in the currency's lowest unit) as an exact amount of currency."""
     if not isinstance(currency, str) or currency.upper() not in MINOR_UNIT_DIGITS:
-        raise ShapeError(f"{path}.currency: unsupported currency {_excerpt(currency)}")
+        raise ResponseShapeError(f"{path}.currency: unsupported currency {shape.describe(currency)}")
     if isinstance(amount, bool) or not isinstance(amount, str | int):
-        raise ShapeError(f"{path}.amount: expected a decimal string, got {_kind(amount)} {_excerpt(amount)}")
+        raise ResponseShapeError(f"{path}.amount: expected a decimal string, got {shape.describe(amount)}")
     try:
         value = Decimal(amount)
     except InvalidOperation:
-        raise ShapeError(f"{path}.amount: {_excerpt(amount)} is not a decimal number") from None
+        raise ResponseShapeError(f"{path}.amount: {shape.describe(amount)} is not a decimal number") from None
     if not value.is_finite() or value < 0:
-        raise ShapeError(f"{path}.amount: {_excerpt(amount)} is not a finite non-negative amount")
+        raise ResponseShapeError(f"{path}.amount: {shape.describe(amount)} is not a finite non-negative amount")
     code = currency.upper()
     units = value.scaleb(-MINOR_UNIT_DIGITS[code])
     if not plausible_amount(units):
-        raise ShapeError(f"{path}.amount: implausible amount {_excerpt(amount)} (bound: 2^60 nano-units)")
+        raise ResponseShapeError(f"{path}.amount: implausible amount {shape.describe(amount)} (bound: 2^60 nano-units)")
     return units, code
 
 
@@ -307,10 +262,10 @@ def cost_identity(record: CostRecord) -> tuple[Any, ...]:
 def cost_record(bucket: Bucket, row: Mapping[str, Any], path: str, dimensions: Sequence[str]) -> CostRecord:
     """The record of one ``cost_report`` result row, keeping its model and token type or cost type."""
     amount, currency = amount_in_units(row.get("amount"), row.get("currency"), path)
-    tenancy = _optional_text(row, "workspace_id", path) or DEFAULT_WORKSPACE
-    model = _optional_text(row, "model", path)
-    cost_type = _optional_text(row, "cost_type", path)
-    token_type = _optional_text(row, "token_type", path)
+    tenancy = optional_text(row, "workspace_id", path) or DEFAULT_WORKSPACE
+    model = optional_text(row, "model", path)
+    cost_type = optional_text(row, "cost_type", path)
+    token_type = optional_text(row, "token_type", path)
     dims = _attributes(row, path, [d for d in dimensions if d != "api_key"])  # not a cost report grouping
     line_item = cost_type
     if token_type is not None:
@@ -318,7 +273,7 @@ def cost_record(bucket: Bucket, row: Mapping[str, Any], path: str, dimensions: S
         if ttl is not None:
             dims["llm.cache.ttl"] = ttl
     elif line_item is None:
-        line_item = _optional_text(row, "description", path)
+        line_item = optional_text(row, "description", path)
     return CostRecord(
         provider=PROVIDER, tenancy_id=tenancy, bucket_start=bucket.start, bucket_width=bucket.end - bucket.start,
         amount=amount, currency=currency, model=model, line_item=line_item, source="reported", dimensions=dims,
@@ -332,10 +287,11 @@ __all__ = [
     "Bucket",
     "ReportPage",
     "RowKeys",
-    "ShapeError",
     "amount_in_units",
     "cost_identity",
     "cost_record",
+    "optional_text",
+    "page_cursor",
     "parse_report_page",
     "parse_time",
     "parse_workspaces_page",

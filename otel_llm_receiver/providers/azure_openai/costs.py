@@ -40,14 +40,15 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, NamedTuple, TypeVar
 
-from ...errors import ProviderError
+from ...errors import ProviderError, ResponseShapeError
 from ...model import CostRecord, Window
+from .. import shape
 from ..base import DAY
 from ..http import ApiClient
-from .discovery import Account, normalize_resource_id, parse_account_id, same_origin_path
+from .discovery import Account, account_of, normalize_resource_id, same_origin_path
 from .metrics import PROVIDER_NAME
 
 log = logging.getLogger(__name__)
@@ -81,10 +82,8 @@ def unmatched_tenancy(resource: str, scope: str) -> str:
     """``llm.tenancy.id`` of a cost row whose (normalised) resource id matches no discovered account."""
     if resource == "/":
         return normalize_resource_id(scope)
-    try:
-        return parse_account_id(resource).tenancy_id
-    except ValueError:
-        return resource
+    account = account_of(resource)
+    return account.tenancy_id if account is not None else resource
 
 
 def cost_window(now: int, lookback: float) -> Window:
@@ -133,37 +132,31 @@ def billed_quantity(meter: str, quantity: Decimal | None, unit: str | None) -> t
 
 
 def _number(value: object, what: str) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
-        raise ValueError(f"{what} {value!r} is not a number")
+    """A cost or quantity cell: any finite number, exactly (no bound: a quantity is not money)."""
     try:
-        number = Decimal(str(value))
-    except InvalidOperation:
-        raise ValueError(f"{what} {value!r} is not a number") from None
-    if not number.is_finite():
-        raise ValueError(f"{what} {value!r} is not a number")
-    return number
+        return shape.decimal(value, what, bound=None)
+    except ResponseShapeError:
+        raise ResponseShapeError(f"{what} {value!r} is not a number") from None
 
 
 def _columns(props: dict[str, Any]) -> tuple[dict[str, int], list[Any]]:
     columns, rows = props.get("columns"), props.get("rows")
     if not isinstance(columns, list) or not isinstance(rows, list):
-        raise ValueError("properties.columns and properties.rows must be lists")
+        raise ResponseShapeError("properties.columns and properties.rows must be lists")
     index: dict[str, int] = {}
     for i, col in enumerate(columns):
-        name = col.get("name") if isinstance(col, dict) else None
-        if not isinstance(name, str):
-            raise ValueError(f"properties.columns[{i}].name is not a string")
+        name = shape.text(col.get("name") if isinstance(col, dict) else None, f"properties.columns[{i}].name")
         index[name.lower()] = i
     for r, row in enumerate(rows):
         if not isinstance(row, list) or len(row) != len(columns):
-            raise ValueError(f"properties.rows[{r}] does not have one value per column")
+            raise ResponseShapeError(f"properties.rows[{r}] does not have one value per column")
     return index, rows
 
 
 def _properties(body: Any) -> dict[str, Any]:
     props = body.get("properties") if isinstance(body, dict) else None
     if not isinstance(props, dict):
-        raise ValueError("the answer has no properties object")
+        raise ResponseShapeError("properties: the answer has no properties object")
     return props
 
 
@@ -173,12 +166,12 @@ def parse_units(body: Any) -> tuple[list[tuple[str, set[str]]], object]:
     index, rows = _columns(props)
     missing = [c for c in ("meter", "unitofmeasure") if c not in index]
     if missing:
-        raise ValueError(f"properties.columns lacks {', '.join(missing)}")
+        raise ResponseShapeError(f"properties.columns lacks {', '.join(missing)}")
     units: dict[str, set[str]] = defaultdict(set)
     for r, row in enumerate(rows):
         meter, unit = row[index["meter"]], row[index["unitofmeasure"]]
         if not isinstance(unit, str) or (meter is not None and not isinstance(meter, str)):
-            raise ValueError(f"properties.rows[{r}] needs Meter and UnitOfMeasure strings")
+            raise ResponseShapeError(f"properties.rows[{r}] needs Meter and UnitOfMeasure strings")
         if unit.strip():
             units[meter if meter else "unknown"].add(unit.strip())
     return list(units.items()), props.get("nextLink")
@@ -199,7 +192,7 @@ def parse_usage_date(value: object) -> int:
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=datetime.UTC)
             return int(parsed.timestamp()) // DAY * DAY
-    raise ValueError(f"UsageDate {value!r} is not a date")
+    raise ResponseShapeError(f"UsageDate {value!r} is not a date")
 
 
 def parse_table(body: Any) -> tuple[list[CostRow], object]:
@@ -210,7 +203,7 @@ def parse_table(body: Any) -> tuple[list[CostRow], object]:
     cost_col = next((index[c] for c in COST_COLUMNS if c in index), None)
     missing = [c for c in ("usagedate", "resourceid", "meter", "currency") if c not in index]
     if cost_col is None or missing:
-        raise ValueError(f"properties.columns lacks {', '.join(missing or ['Cost'])}")
+        raise ResponseShapeError(f"properties.columns lacks {', '.join(missing or ['Cost'])}")
     quantity_col = index.get(QUANTITY_COLUMN.lower())
     out: list[CostRow] = []
     for r, row in enumerate(rows):
@@ -218,11 +211,11 @@ def parse_table(body: Any) -> tuple[list[CostRow], object]:
         quantity = None if quantity_col is None else _number(row[quantity_col], f"properties.rows[{r}] quantity")
         resource, meter, currency = row[index["resourceid"]], row[index["meter"]], row[index["currency"]]
         if not isinstance(resource, str) or not isinstance(currency, str) or not currency.strip():
-            raise ValueError(f"properties.rows[{r}] needs ResourceId and Currency strings")
+            raise ResponseShapeError(f"properties.rows[{r}] needs ResourceId and Currency strings")
         try:
             day = parse_usage_date(row[index["usagedate"]])
-        except ValueError as exc:
-            raise ValueError(f"properties.rows[{r}]: {exc}") from None
+        except ResponseShapeError as exc:
+            raise ResponseShapeError(f"properties.rows[{r}]: {exc}") from None
         meter_name = meter if isinstance(meter, str) and meter else "unknown"
         out.append((day, normalize_resource_id(resource), meter_name, value, currency.strip().upper(), quantity))
     return out, props.get("nextLink")
@@ -345,7 +338,7 @@ class CostReader:
                 break
             try:
                 page, link = parse(answer)
-            except ValueError as exc:
+            except ResponseShapeError as exc:
                 raise ProviderError(f"{what} query at {scope}, page {pages}: {exc}", provider=self.provider,
                                     error_type="bad_response") from None
             rows += page

@@ -74,15 +74,27 @@ def normalize_resource_id(resource_id: str) -> str:
     return "/" + resource_id.strip().strip("/").lower()
 
 
-def parse_account_id(resource_id: str) -> Account:
-    """An ``Account`` from a full ARM id; ValueError when it is not a Cognitive Services account id."""
+def account_of(resource_id: str) -> Account | None:
+    """An ``Account`` from a full ARM id; None when it is not a Cognitive Services account id."""
     match = _ACCOUNT_ID.fullmatch("/" + resource_id.strip().strip("/"))
     if match is None:
-        raise ValueError(
-            f"{resource_id!r} is not an account id (/subscriptions/SUB/resourceGroups/RG/providers/"
-            "Microsoft.CognitiveServices/accounts/NAME)"
-        )
+        return None
     return Account(match.group(0), match["name"], match["sub"], match["rg"])
+
+
+def not_an_account(resource_id: str) -> str:
+    """Why ``resource_id`` is refused, with the form it should have."""
+    return (f"{resource_id!r} is not an account id (/subscriptions/SUB/resourceGroups/RG/providers/"
+            "Microsoft.CognitiveServices/accounts/NAME)")
+
+
+def parse_account_id(resource_id: str) -> Account:
+    """An ``Account`` from a configured ARM id (``resources``); ValueError (a config problem, not a bad response)
+    when it is not an account id."""
+    account = account_of(resource_id)
+    if account is None:
+        raise ValueError(not_an_account(resource_id))
+    return account
 
 
 def model_label(name: str, version: str) -> str:
@@ -159,10 +171,10 @@ class Discovery:
             resource_id = item.get("id")
             if not isinstance(resource_id, str):
                 raise self._bad(f"{path}: value[].id is not a string")
-            try:
-                accounts.append(parse_account_id(resource_id))
-            except ValueError as exc:
-                raise self._bad(f"{path}: value[].id: {exc}") from None
+            account = account_of(resource_id)
+            if account is None:
+                raise self._bad(f"{path}: value[].id: {not_an_account(resource_id)}")
+            accounts.append(account)
         return accounts
 
     async def _list_deployments(self, account: Account) -> dict[str, Deployment]:
@@ -225,6 +237,6 @@ def same_origin_path(link: object, client: ApiClient, provider: str) -> str | No
 
 
 __all__ = [
-    "ACCOUNT_KINDS", "ARM_API_VERSION", "Account", "Deployment", "Discovery", "model_label",
-    "normalize_resource_id", "parse_account_id", "same_origin_path",
+    "ACCOUNT_KINDS", "ARM_API_VERSION", "Account", "Deployment", "Discovery", "account_of", "model_label",
+    "normalize_resource_id", "not_an_account", "parse_account_id", "same_origin_path",
 ]

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import datetime
 import logging
-import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import ProviderError
+from ...errors import ProviderError, ResponseShapeError
 from ...model import UsageRecord, Window
+from .. import shape
 from ..http import ApiClient
 from .discovery import Account, Deployment, model_label
 
@@ -115,15 +115,8 @@ def iso(ts: int) -> str:
 
 
 def parse_time(value: object, where: str) -> int:
-    if not isinstance(value, str):
-        raise ValueError(f"{where} is not a string")
-    try:
-        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{where} is not an ISO 8601 time: {value!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.UTC)
-    return int(parsed.timestamp())
+    """A ``timeStamp`` (ISO 8601; read as UTC without an offset) as Unix seconds."""
+    return shape.timestamp(value, where)
 
 
 def chunks(window: Window, width: int) -> list[Window]:
@@ -136,64 +129,51 @@ def chunks(window: Window, width: int) -> list[Window]:
 def parse_metrics(body: Any, names: Sequence[str]) -> tuple[list[Point], dict[str, int]]:
     """The points of a metrics answer, and the number of series per metric (for truncation checks).
 
-    Raises ValueError naming the field when the answer is not shaped like the documented ``Response``.
+    Raises ``ResponseShapeError`` naming the field when the answer is not shaped like the documented ``Response``.
     """
     if not isinstance(body, dict) or not isinstance(body.get("value"), list):
-        raise ValueError("the answer has no value[] list")
+        raise ResponseShapeError("value: the answer has no value[] list")
     wanted = {n.lower(): n for n in names}
     points: list[Point] = []
     series: dict[str, int] = {}
     for i, metric in enumerate(body["value"]):
         where = f"value[{i}]"
-        if not isinstance(metric, dict):
-            raise ValueError(f"{where} is not an object")
+        metric = shape.as_object(metric, where)
         name = metric.get("name")
-        raw_name = name.get("value") if isinstance(name, dict) else None
-        if not isinstance(raw_name, str):
-            raise ValueError(f"{where}.name.value is not a string")
+        raw_name = shape.text(name.get("value") if isinstance(name, dict) else None, f"{where}.name.value")
         canonical = wanted.get(raw_name.lower())
         if canonical is None:
             continue  # a metric we did not ask for: not ours to count
         code = metric.get("errorCode")
         if code not in (None, "Success"):
-            raise ValueError(f"{where} ({raw_name}) errorCode {code!r}: {metric.get('errorMessage', '')}")
-        timeseries = metric.get("timeseries")
-        if not isinstance(timeseries, list):
-            raise ValueError(f"{where}.timeseries is not a list")
+            raise ResponseShapeError(f"{where} ({raw_name}) errorCode {code!r}: {metric.get('errorMessage', '')}")
+        timeseries = shape.as_list(metric.get("timeseries"), f"{where}.timeseries")
         series[canonical] = series.get(canonical, 0) + len(timeseries)
         for j, ts in enumerate(timeseries):
             points += _series_points(ts, canonical, f"{where}.timeseries[{j}]")
     return points, series
 
 
-def _series_points(ts: object, metric: str, where: str) -> list[Point]:
-    if not isinstance(ts, dict):
-        raise ValueError(f"{where} is not an object")
+def _series_points(raw: object, metric: str, where: str) -> list[Point]:
+    ts = shape.as_object(raw, where)
     dims: dict[str, str] = {}
-    metadata = ts.get("metadatavalues", [])
-    if not isinstance(metadata, list):
-        raise ValueError(f"{where}.metadatavalues is not a list")
+    metadata = shape.as_list(ts.get("metadatavalues", []), f"{where}.metadatavalues")
     for k, md in enumerate(metadata):
         name = md.get("name") if isinstance(md, dict) else None
         key = name.get("value") if isinstance(name, dict) else None
         value = md.get("value") if isinstance(md, dict) else None
         if not isinstance(key, str) or not isinstance(value, str | None):
-            raise ValueError(f"{where}.metadatavalues[{k}] needs name.value and value strings")
+            raise ResponseShapeError(f"{where}.metadatavalues[{k}] needs name.value and value strings")
         dims[key.lower()] = value or ""  # the API lower-cases names it was asked for in any case
-    data = ts.get("data")
-    if not isinstance(data, list):
-        raise ValueError(f"{where}.data is not a list")
+    data = shape.as_list(ts.get("data"), f"{where}.data")
     points = []
     for k, d in enumerate(data):
-        if not isinstance(d, dict):
-            raise ValueError(f"{where}.data[{k}] is not an object")
+        d = shape.as_object(d, f"{where}.data[{k}]")
         start = parse_time(d.get("timeStamp"), f"{where}.data[{k}].timeStamp")
         total = d.get("total")
         if total is None:
             continue  # no data in this grain (the API sends the time stamp alone)
-        if isinstance(total, bool) or not isinstance(total, int | float) or not math.isfinite(total) or total < 0:
-            raise ValueError(f"{where}.data[{k}].total is not a count: {total!r}")
-        points.append(Point(metric, dims, start, round(total)))
+        points.append(Point(metric, dims, start, shape.measured_count(total, f"{where}.data[{k}].total")))
     return points
 
 
@@ -267,7 +247,7 @@ class MetricsReader:
                 raise
             try:
                 points, series = parse_metrics(body, names)
-            except ValueError as exc:
+            except ResponseShapeError as exc:
                 raise ProviderError(f"{account.name} metrics: {exc}", provider=self.provider,
                                     error_type="bad_response") from None
             truncated = [n for n, count in series.items() if count >= top]

@@ -18,14 +18,14 @@ queries per call (the API's limit), following ``NextToken`` until the results ar
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ...errors import ProviderError
+from ...errors import ProviderError, ResponseShapeError
 from ...model import Window
+from .. import shape
 
 __all__ = ["MANTLE", "MAX_QUERIES", "RUNTIME", "Namespace", "Series", "read_usage"]
 
@@ -117,10 +117,12 @@ def _epoch(value: Any) -> int:
     raise ProviderError(f"GetMetricData: timestamp {value!r} is not a time", error_type="bad_response")
 
 
-def _count(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise ProviderError(f"GetMetricData: {what} value {value!r} is not a count", error_type="bad_response")
-    return round(value)
+def _count(value: Any, path: str) -> int:
+    """A data point's value: a whole count as CloudWatch sends it (a float), checked by the shared reader."""
+    try:
+        return shape.measured_count(value, path)
+    except ResponseShapeError as exc:
+        raise ProviderError(f"GetMetricData: {exc}", error_type="bad_response") from None
 
 
 async def read_points(
@@ -194,7 +196,7 @@ def _merge_page(
             if bucket in buckets:
                 raise ProviderError(f"GetMetricData: {s.metric} ({s.model_id}) has bucket {bucket} twice",
                                     error_type="bad_response")
-            buckets[bucket] = _count(value, s.metric)
+            buckets[bucket] = _count(value, f"{s.metric} ({s.model_id}) value")
 
 
 async def read_usage(

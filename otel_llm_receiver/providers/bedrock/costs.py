@@ -32,11 +32,12 @@ import fnmatch
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, NamedTuple
 
-from ...errors import ProviderError
+from ...errors import ProviderError, ResponseShapeError
 from ...model import CostRecord
+from .. import shape
 from .aws import CE_REGION
 
 __all__ = ["QUANTITY_METRIC", "CostQuery", "Group", "model_of", "service_selected", "token_kind"]
@@ -184,13 +185,10 @@ class CostQuery:
 def _decimal(value: Any, what: str) -> Decimal:
     """A metric's ``Amount`` (a decimal string) exactly; anything else is one bad_response error."""
     try:
-        amount = Decimal(str(value["Amount"]))
-        if not amount.is_finite():
-            raise InvalidOperation
-    except InvalidOperation as exc:
+        return shape.decimal(value["Amount"], what, bound=None)
+    except ResponseShapeError:
         raise ProviderError(f"GetCostAndUsage: {what} {value['Amount']!r} is not a decimal",
-                            error_type="bad_response") from exc
-    return amount
+                            error_type="bad_response") from None
 
 
 def _quantity(metrics: Any) -> tuple[Decimal | None, str | None]:

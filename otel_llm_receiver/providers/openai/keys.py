@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .fields import ShapeError
+from ...errors import ResponseShapeError
 
 
 class RowKeys:
@@ -26,7 +26,8 @@ class RowKeys:
     def bucket(self, start: int, path: str) -> None:
         """Reject a bucket whose start was already seen in this response."""
         if start in self._buckets:
-            raise ShapeError(f"{path}.start_time: bucket {start} appears twice in the response (would count twice)")
+            raise ResponseShapeError(
+                f"{path}.start_time: bucket {start} appears twice in the response (would count twice)")
         self._buckets.add(start)
 
     def row(self, start: int, row: Mapping[str, Any], path: str) -> None:
@@ -37,13 +38,14 @@ class RowKeys:
         """
         missing = [g for g in self.grouped if g not in row]
         if missing:
-            raise ShapeError(f"{path}: grouped by {', '.join(missing)} but the row has no such field")
+            raise ResponseShapeError(f"{path}: grouped by {', '.join(missing)} but the row has no such field")
         wrong = [g for g in self.grouped if row[g] is not None and not isinstance(row[g], str | bool)]
         if wrong:  # a field not otherwise read (e.g. the cost report's description) is still part of the key
             kind = type(row[wrong[0]]).__name__
-            raise ShapeError(f"{path}.{wrong[0]}: expected a string, boolean or null, got {kind}")
+            raise ResponseShapeError(f"{path}.{wrong[0]}: expected a string, boolean or null, got {kind}")
         key = (start, *[row[g] for g in self.grouped])
         if key in self._rows:
             shown = ", ".join(f"{g}={row[g]!r}" for g in self.grouped)
-            raise ShapeError(f"{path}: a second row for the same group ({shown}) in one bucket (would count twice)")
+            raise ResponseShapeError(
+                f"{path}: a second row for the same group ({shown}) in one bucket (would count twice)")
         self._rows.add(key)

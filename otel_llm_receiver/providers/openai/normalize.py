@@ -1,6 +1,6 @@
 """OpenAI usage and cost rows -> canonical records: the mapping table of docs/providers/openai.md, in code.
 
-Every reader validates as it goes (``fields``), so a row that does not fit the spec raises ``ShapeError``
+Every reader validates as it goes (``fields``), so a row that does not fit the spec raises ``ResponseShapeError``
 naming its field and the whole poll is rejected before anything reaches the ledger.
 
 The token partition (DESIGN.md, "Canonical records") is the delicate part. In the current spec
@@ -20,8 +20,9 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
+from ...errors import ResponseShapeError
 from ...model import MAX_COUNT, CostRecord, UsageRecord
-from .fields import ShapeError, count, decimal, flag, mapping, text
+from .fields import count, decimal, flag, mapping, text
 
 PROVIDER = "openai"
 #: ``llm.tenancy.id`` when a row carries no project id although grouped by project (never seen; kept apart).
@@ -167,7 +168,7 @@ def completions(row: Mapping[str, Any], at: Row, notes: Notes) -> list[UsageReco
     cached, cache_write, uncached, a_in, a_cached, a_out, i_in, i_cached, i_out = optional
     derived = total_in - (cached or 0) - (cache_write or 0)
     if derived < 0:
-        raise ShapeError(
+        raise ResponseShapeError(
             f"{at.path}: input_cached_tokens ({cached}) + input_cache_write_tokens ({cache_write or 0}) exceed "
             f"input_tokens ({total_in}), which the spec says includes both"
         )
@@ -264,10 +265,10 @@ def cost(row: Mapping[str, Any], at: Row, notes: Notes) -> CostRecord | None:
     amount_obj = mapping(row.get("amount"), f"{path}.amount")
     amount = decimal(amount_obj.get("value"), f"{path}.amount.value")
     if amount < 0:
-        raise ShapeError(f"{path}.amount.value: negative amount {amount} (a credit?) is not supported")
+        raise ResponseShapeError(f"{path}.amount.value: negative amount {amount} (a credit?) is not supported")
     currency = text(amount_obj, "currency", f"{path}.amount")
     if not currency:
-        raise ShapeError(f"{path}.amount.currency: required string is missing")
+        raise ResponseShapeError(f"{path}.amount.currency: required string is missing")
     currency = currency.upper()
     if currency != "USD":
         notes.currencies.add(currency)
@@ -276,7 +277,7 @@ def cost(row: Mapping[str, Any], at: Row, notes: Notes) -> CostRecord | None:
     if quantity_raw is not None:
         quantity = decimal(quantity_raw, f"{path}.quantity")
         if quantity < 0:
-            raise ShapeError(f"{path}.quantity: expected a quantity >= 0, got {quantity}")
+            raise ResponseShapeError(f"{path}.quantity: expected a quantity >= 0, got {quantity}")
     project = text(row, "project_id", path)
     dims = {"llm.cost.source": "reported"}
     if "api_key_id" in at.grouped:

@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ...errors import ResponseShapeError
 from ...progress import report_page
 from ..http import ApiClient
-from .fields import ShapeError, flag, integer, mapping, text
+from .fields import flag, integer, mapping, text
 
 #: Far more pages than any window needs (a 7-day 1m backfill is 7 pages): a cap against a runaway cursor.
 MAX_PAGES = 1000
@@ -44,20 +45,20 @@ async def buckets(
         where = f"{label} page {number + 1}"
         body = mapping(await client.get_json(path, query, decimals=decimals), where)
         if body.get("object") != "page":
-            raise ShapeError(f"{where}.object: expected 'page', got {body.get('object')!r}")
+            raise ResponseShapeError(f"{where}.object: expected 'page', got {body.get('object')!r}")
         data = body.get("data")
         if not isinstance(data, list):
-            raise ShapeError(f"{where}.data: expected an array")
+            raise ResponseShapeError(f"{where}.data: expected an array")
         found: list[Bucket] = []
         for i, raw in enumerate(data):
             at = f"{where}.data[{i}]"
             bucket = mapping(raw, at)
             if bucket.get("object") != "bucket":
-                raise ShapeError(f"{at}.object: expected 'bucket', got {bucket.get('object')!r}")
+                raise ResponseShapeError(f"{at}.object: expected 'bucket', got {bucket.get('object')!r}")
             # The spec names the array `results`; its older schemas said `result`.
             results = bucket.get("results", bucket.get("result"))
             if not isinstance(results, list):
-                raise ShapeError(f"{at}.results: expected an array")
+                raise ResponseShapeError(f"{at}.results: expected an array")
             found.append(Bucket(integer(bucket, "start_time", at), integer(bucket, "end_time", at), results, at))
         report_page(label, records=sum(len(b.results) for b in found),
                     newest=max((b.end_time for b in found), default=None),
@@ -66,15 +67,16 @@ async def buckets(
             yield found_bucket
         has_more = flag(body, "has_more", where)
         if has_more is None:
-            raise ShapeError(f"{where}.has_more: required boolean is missing")
+            raise ResponseShapeError(f"{where}.has_more: required boolean is missing")
         if not has_more:
             return
         next_page = text(body, "next_page", where)
         if not next_page or next_page in seen:
-            raise ShapeError(f"{where}.next_page: has_more is true but the cursor {next_page!r} does not advance")
+            raise ResponseShapeError(
+                f"{where}.next_page: has_more is true but the cursor {next_page!r} does not advance")
         seen.add(next_page)
         page = next_page
-    raise ShapeError(f"{label}: more than {MAX_PAGES} pages")
+    raise ResponseShapeError(f"{label}: more than {MAX_PAGES} pages")
 
 
 async def project_names(client: ApiClient) -> dict[str, str]:
@@ -89,7 +91,7 @@ async def project_names(client: ApiClient) -> dict[str, str]:
         body = mapping(await client.get_json("/v1/organization/projects", params), where)
         data = body.get("data")
         if body.get("object") != "list" or not isinstance(data, list):
-            raise ShapeError(f"{where}: expected a list object with a data array")
+            raise ResponseShapeError(f"{where}: expected a list object with a data array")
         for i, raw in enumerate(data):
             item: Mapping[str, Any] = mapping(raw, f"{where}.data[{i}]")
             ident = text(item, "id", f"{where}.data[{i}]")
@@ -100,6 +102,6 @@ async def project_names(client: ApiClient) -> dict[str, str]:
             return names
         last = text(body, "last_id", where)
         if not last or last == after:
-            raise ShapeError(f"{where}.last_id: has_more is true but the cursor {last!r} does not advance")
+            raise ResponseShapeError(f"{where}.last_id: has_more is true but the cursor {last!r} does not advance")
         after = last
-    raise ShapeError(f"projects: more than {MAX_PAGES} pages")
+    raise ResponseShapeError(f"projects: more than {MAX_PAGES} pages")

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Mapping
 from typing import Any, ClassVar
 
 from ...config import Option, ProviderConfig
-from ...errors import ProviderError
+from ...errors import ProviderError, ResponseShapeError
 from ...model import COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
 from ...progress import report_begin
 from ..base import DAY, HOUR, PROBE_WINDOW, ProbeResult, Provider, read_source
@@ -42,7 +42,7 @@ from .endpoints import (
     UsageEndpoint,
     group_by,
 )
-from .fields import ShapeError, mapping
+from .fields import mapping
 from .keys import RowKeys
 from .normalize import ALL_PROJECTS, UNKNOWN_PROJECT, Notes, Row, cost
 
@@ -200,7 +200,7 @@ class OpenAIProvider(Provider):
     async def _cost_source(self, start: int, end: int, notes: Notes) -> list[CostRecord]:
         try:
             return await self._costs(start, end, notes)
-        except ShapeError as exc:
+        except ResponseShapeError as exc:
             raise ProviderError(f"bad response: {exc}", provider=self.name, error_type="bad_response") from None
 
     async def _get_buckets(
@@ -242,7 +242,7 @@ class OpenAIProvider(Provider):
                 at = Row(bucket.start_time, width, group_set, bucket.path, j)
                 if type(row) is not dict or row.get("object") != expected:
                     found = mapping(row, at.path).get("object")
-                    raise ShapeError(f"{at.path}.object: expected {expected!r}, got {found!r}")
+                    raise ResponseShapeError(f"{at.path}.object: expected {expected!r}, got {found!r}")
                 records.extend(normalize(row, at, notes))
                 keys.row(bucket.start_time, row, at.path)
         return records
@@ -266,7 +266,7 @@ class OpenAIProvider(Provider):
                 at = Row(bucket.start_time, DAY, group_set, bucket.path, j)
                 row = mapping(raw, at.path)
                 if row.get("object") != "organization.costs.result":
-                    raise ShapeError(
+                    raise ResponseShapeError(
                         f"{at.path}.object: expected 'organization.costs.result', got {row.get('object')!r}"
                     )
                 record = cost(row, at, notes)
@@ -286,7 +286,7 @@ class OpenAIProvider(Provider):
                 async with self._semaphore:
                     self._names = await asyncio.wait_for(pages.project_names(self.client), self.config.timeout)
                 self._names_at = now
-            except (ProviderError, ShapeError, TimeoutError) as exc:
+            except (ProviderError, ResponseShapeError, TimeoutError) as exc:
                 self._names_retry_at = now + min(self.names_ttl, NAMES_RETRY)
                 log.warning(
                     "%s: project names lookup failed (usage is kept; names retried later): %s",
@@ -299,7 +299,7 @@ class OpenAIProvider(Provider):
         first: BaseException = failures
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
-        if isinstance(first, ShapeError):
+        if isinstance(first, ResponseShapeError):
             return ProviderError(f"bad response: {first}", provider=self.name, error_type="bad_response")
         return first if isinstance(first, Exception) else failures
 
@@ -342,7 +342,7 @@ class OpenAIProvider(Provider):
     async def _probe_one(self, source: str, read: Awaitable[Any], what: str = "read") -> ProbeResult:
         try:
             found = await read
-        except ShapeError as exc:
+        except ResponseShapeError as exc:
             return ProbeResult(source, error=ProviderError(f"bad response: {exc}", provider=self.name))
         except ProviderError as exc:
             if exc.error_type == "auth" and _AUTH_HINT not in str(exc):
@@ -361,8 +361,8 @@ def _width_name(width: int) -> str:
 def _check_bucket(bucket: pages.Bucket, start: int, width: int) -> None:
     """A bucket must start on the grid we asked for: an off-grid start would be counted under a second key."""
     if bucket.start_time < start or bucket.start_time % width:
-        raise ShapeError(
+        raise ResponseShapeError(
             f"{bucket.path}.start_time: {bucket.start_time} is not on the {width}s grid from {start}"
         )
     if bucket.end_time <= bucket.start_time or bucket.end_time > bucket.start_time + width:
-        raise ShapeError(f"{bucket.path}.end_time: {bucket.end_time} is not within one bucket of its start")
+        raise ResponseShapeError(f"{bucket.path}.end_time: {bucket.end_time} is not within one bucket of its start")

@@ -23,13 +23,13 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ...durations import parse_duration
-from ...errors import ProviderError
+from ...errors import ProviderError, ResponseShapeError
 from ...model import CostRecord
 from ...retry import backoff_delay
+from .. import shape
 from ..base import DAY, HOUR
 from . import monitoring
 from .series import GEMINI_PROVIDER, VERTEX_PROVIDER
@@ -209,9 +209,9 @@ def _record(row: Any, names: dict[tuple[str, str], str]) -> CostRecord:
             row["day"], row["project_id"], row["project_name"], row["service"], row["sku"], row["currency"],
             row["net_cost"])
         if not isinstance(day, date) or not project or not currency or amount is None:
-            raise ValueError("a required column is empty")
-        amount = Decimal(str(amount))
-    except (KeyError, TypeError, ValueError, InvalidOperation) as exc:
+            raise ResponseShapeError("day, project_id, currency, net_cost: a required column is empty")
+        amount = shape.decimal(amount, "net_cost", bound=None)
+    except (KeyError, TypeError, ResponseShapeError) as exc:
         raise ProviderError(f"billing export: unexpected row {dict(row.items()) if hasattr(row, 'items') else row!r}: "
                             f"{exc}") from exc
     if project_name:
