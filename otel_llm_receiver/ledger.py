@@ -35,61 +35,78 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final
 
 from .errors import LedgerError
 from .ledger_check import create_atomically
 from .ledger_lock import WriterLock
 from .model import TOKEN_TYPES, PollResult, to_nanos
+from .names import (
+    CURRENCY_ATTR,
+    LEVEL_METRICS,
+    MEASURE_OF_METRIC,
+    METRIC_BILLED_QUANTITY,
+    METRIC_CODE_COMMITS,
+    METRIC_CODE_LINES,
+    METRIC_CODE_PULL_REQUESTS,
+    METRIC_CODE_SESSIONS,
+    METRIC_CODE_TOKENS,
+    METRIC_CODE_TOOL_ACTIONS,
+    METRIC_COST,
+    METRIC_COST_ESTIMATED,
+    METRIC_COST_NON_USD,
+    METRIC_REQUESTS,
+    METRIC_THROTTLED,
+    METRIC_TOKENS,
+    METRIC_TOOL_REQUESTS,
+    METRIC_UNPRICED,
+    MONEY_METRICS,
+    NANO_METRICS,
+    ROLLUP_PICO_METRICS,
+)
+from .series import PICOS_PER_NANO, PricingPeriod, SeriesPricer, canonical_attrs
 
 log = logging.getLogger(__name__)
 
-METRIC_TOKENS: Final = "llm.usage.tokens"
-METRIC_REQUESTS: Final = "llm.usage.requests"
-METRIC_COST: Final = "llm.usage.cost"
-#: Spend billed in any currency but USD (Azure bills EUR, GBP, ...): a metric of its own, never summed into USD.
-METRIC_COST_NON_USD: Final = "llm.usage.cost.non_usd"
-METRIC_BILLED_QUANTITY: Final = "llm.usage.billed_quantity"
-METRIC_TOOL_REQUESTS: Final = "llm.usage.tool_requests"
-METRIC_THROTTLED: Final = "llm.usage.throttled_requests"
-#: Claude Code analytics (Anthropic): counters of their own, never added into llm.usage.tokens.
-METRIC_CODE_SESSIONS: Final = "llm.usage.code.sessions"
-METRIC_CODE_LINES: Final = "llm.usage.code.lines"
-METRIC_CODE_COMMITS: Final = "llm.usage.code.commits"
-METRIC_CODE_PULL_REQUESTS: Final = "llm.usage.code.pull_requests"
-METRIC_CODE_TOOL_ACTIONS: Final = "llm.usage.code.tool_actions"
-METRIC_CODE_TOKENS: Final = "llm.usage.code.tokens"
-#: Estimated cost and unpriced tokens are priced series (see ``PricingPeriod``): their deltas come from the
-#: deltas of the token and request series, inside the same apply transaction.
-METRIC_COST_ESTIMATED: Final = "llm.usage.cost.estimated"
-METRIC_UNPRICED: Final = "llm.pricing.unpriced_tokens"
-#: What ``llm.measure`` says for a shrink of each metric (``UsageRecord.measures`` may name these, or a level).
-MEASURE_OF_METRIC: Final = {
-    METRIC_TOKENS: "tokens", METRIC_REQUESTS: "requests", METRIC_COST: "cost", METRIC_COST_NON_USD: "cost",
-    "llm.usage.images": "images", "llm.usage.characters": "characters",
-    "llm.usage.audio.duration": "audio_duration", "llm.usage.sessions": "sessions",
-    METRIC_TOOL_REQUESTS: "tool_requests", METRIC_BILLED_QUANTITY: "billed_quantity", METRIC_THROTTLED: "requests",
-    METRIC_CODE_SESSIONS: "code.sessions", METRIC_CODE_LINES: "code.lines", METRIC_CODE_COMMITS: "code.commits",
-    METRIC_CODE_PULL_REQUESTS: "code.pull_requests", METRIC_CODE_TOOL_ACTIONS: "code.tool_actions",
-    METRIC_CODE_TOKENS: "code.tokens", METRIC_COST_ESTIMATED: "cost", METRIC_UNPRICED: "tokens",
-}
-#: Metrics whose ledger values are money (integer nano-units of their currency).
-MONEY_METRICS: Final = frozenset({METRIC_COST, METRIC_COST_NON_USD, METRIC_COST_ESTIMATED})
-#: Metrics whose values are integer nano-units (money, fractional billed quantities).
-NANO_METRICS: Final = MONEY_METRICS | {METRIC_BILLED_QUANTITY}
-#: Metrics that are levels (a gauge: the newest bucket's value), not flows summed over buckets.
-LEVEL_METRICS: Final = frozenset({"llm.usage.storage"})
-#: Estimated cost is priced in pico-units (1e-12 USD per token, exact for any price with at most six decimals
-#: per million tokens): totals are nano-units plus a sub-nano remainder (``series.sub_total``), and its hourly
-#: rollups are kept in pico-units, so a sum of hours equals the total exactly.
-PICOS_PER_NANO: Final = 1000
-#: Metrics whose hourly rollups are pico-units (every other money rollup is nano-units, counts are counts).
-ROLLUP_PICO_METRICS: Final = frozenset({METRIC_COST_ESTIMATED})
-
+__all__ = [
+    "CURRENCY_ATTR",
+    "LEGACY_CURRENCY_ATTR",
+    "LEVEL_METRICS",
+    "MEASURE_OF_METRIC",
+    "METRIC_BILLED_QUANTITY",
+    "METRIC_CODE_COMMITS",
+    "METRIC_CODE_LINES",
+    "METRIC_CODE_PULL_REQUESTS",
+    "METRIC_CODE_SESSIONS",
+    "METRIC_CODE_TOKENS",
+    "METRIC_CODE_TOOL_ACTIONS",
+    "METRIC_COST",
+    "METRIC_COST_ESTIMATED",
+    "METRIC_COST_NON_USD",
+    "METRIC_REQUESTS",
+    "METRIC_THROTTLED",
+    "METRIC_TOKENS",
+    "METRIC_TOOL_REQUESTS",
+    "METRIC_UNPRICED",
+    "MIGRATIONS",
+    "MONEY_METRICS",
+    "NANO_METRICS",
+    "PICOS_PER_NANO",
+    "ROLLUP_PICO_METRICS",
+    "SCHEMA_VERSION",
+    "UNPRICEABLE_METRICS",
+    "ApplyStats",
+    "ExportRows",
+    "Ledger",
+    "PricingPeriod",
+    "SeriesPricer",
+    "SeriesTotal",
+    "Snapshot",
+    "canonical_attrs",
+]
 
 SCHEMA_VERSION: Final = 4
-#: The attribute naming a non-USD amount's ISO 4217 code (``currency`` before schema version 3).
-CURRENCY_ATTR: Final = "llm.currency"
+#: ``CURRENCY_ATTR`` (names.py) was ``currency`` before schema version 3.
 LEGACY_CURRENCY_ATTR: Final = "currency"
 
 # --------------------------------------------------------------------------------------------------- schema
@@ -540,29 +557,6 @@ class ExportRows:
     levels: dict[int, int] = field(default_factory=dict)  # level series id -> its newest bucket's value
 
 
-@dataclass(frozen=True, slots=True)
-class PricingPeriod:
-    """Where a usage series' deltas go while ``valid_from <= bucket hour < valid_until``.
-
-    Each delta of the usage series (tokens, requests) times ``price`` is added to the target series
-    (``target_metric`` with ``target_attrs``), of which ``scale`` sub-units make one unit of its total: estimated
-    cost uses pico-USD per token with scale 1000 (totals in nano-USD); unpriced tokens use price 1, scale 1.
-    """
-
-    valid_from: int
-    valid_until: int
-    target_metric: str
-    target_attrs: dict[str, str]
-    price: int
-    scale: int
-
-
-class SeriesPricer(Protocol):
-    """Gives the pricing schedule of a usage series (``pricing.PriceBook`` is one); the ledger knows no prices."""
-
-    def schedule(self, metric: str, attrs: dict[str, str]) -> Sequence[PricingPeriod]: ...
-
-
 @dataclass(slots=True)
 class ApplyStats:
     """What one ``apply`` did, for the ``llm.receiver.records`` counter and the poll's log line."""
@@ -576,11 +570,6 @@ class ApplyStats:
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-def canonical_attrs(attrs: dict[str, str]) -> str:
-    """The series identity of an attribute set: compact JSON with sorted keys (stable across versions)."""
-    return json.dumps(attrs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 @dataclass(slots=True)
 class _Expansion:
     """Records -> series keys -> rows, with attribute JSON built once per distinct record identity.

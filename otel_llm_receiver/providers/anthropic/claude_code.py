@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from ...ledger import (
+from ...model import UsageRecord
+from ...names import (
     METRIC_CODE_COMMITS,
     METRIC_CODE_LINES,
     METRIC_CODE_PULL_REQUESTS,
@@ -21,7 +22,6 @@ from ...ledger import (
     METRIC_CODE_TOKENS,
     METRIC_CODE_TOOL_ACTIONS,
 )
-from ...model import UsageRecord
 from .reports import PROVIDER, ShapeError, _count, _list, _object, _optional_text, page_cursor
 
 DAY = 86400

@@ -20,8 +20,8 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ...ledger import METRIC_TOOL_REQUESTS
 from ...model import MAX_COUNT, CostRecord, UsageRecord, plausible_amount
+from ...names import METRIC_TOOL_REQUESTS
 
 PROVIDER = "anthropic"
 OPERATION = "chat"  # the Messages API: the GenAI conventions' `chat`
