@@ -26,7 +26,7 @@ from .durations import parse_duration, parse_window
 from .emitter import BatchExporter, build_exporter, failure_detail
 from .errors import ConfigError, ReceiverError
 from .health import HealthServer
-from .ledger_check import check_ledger
+from .ledger.check import check_ledger
 from .logs import redact, setup_logging
 from .providers import provider_problems
 from .scheduler import Receiver, wait_for_stop
