@@ -71,7 +71,7 @@ def test_non_usd_cost_gets_its_own_metric_and_billed_quantity_drops_the_currency
 
 
 def test_an_unknown_measure_is_a_provider_bug_not_a_storage_failure() -> None:
-    with pytest.raises(ValueError, match="unknown measure 'llm.usage.nope'"):
+    with pytest.raises(ValueError, match=r"unknown measure 'llm\.usage\.nope'"):
         expand(PollResult(usage=[usage(0, measures={"llm.usage.nope": 1})]), "default")
 
 
