@@ -42,7 +42,17 @@ from ..names import (
     ROLLUP_PICO_METRICS,
 )
 from ..series import PICOS_PER_NANO, PricingPeriod, SeriesPricer, canonical_attrs
-from .reader import ExportRows, LedgerReader, SeriesTotal, Snapshot
+from .reader import (
+    ExactTotal,
+    ExportRows,
+    HourValue,
+    LedgerReader,
+    RollupSeries,
+    SeriesHourValue,
+    SeriesSum,
+    SeriesTotal,
+    Snapshot,
+)
 from .schema import LEGACY_CURRENCY_ATTR, MIGRATIONS, SCHEMA_VERSION
 from .writer import UNPRICEABLE_METRICS, ApplyStats, LedgerWriter
 
@@ -74,10 +84,15 @@ __all__ = [
     "SCHEMA_VERSION",
     "UNPRICEABLE_METRICS",
     "ApplyStats",
+    "ExactTotal",
     "ExportRows",
+    "HourValue",
     "Ledger",
     "PricingPeriod",
+    "RollupSeries",
+    "SeriesHourValue",
     "SeriesPricer",
+    "SeriesSum",
     "SeriesTotal",
     "Snapshot",
     "canonical_attrs",

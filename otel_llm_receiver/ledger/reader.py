@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..errors import LedgerError
 from ..names import LEVEL_METRICS, ROLLUP_PICO_METRICS
@@ -112,6 +113,55 @@ class ExportRows:
 
 
 
+# Typed rows of the rollup readers. Named tuples, not dataclasses: the callers (signals, FOCUS, reports) unpack
+# them positionally and read many thousands per export, and a tuple is both the cheapest and compatible.
+class SeriesSum(NamedTuple):
+    """One series' sum over a time range (rollups or buckets), in the metric's rollup unit."""
+
+    instance: str
+    metric: str
+    attrs: dict[str, str]
+    value: int
+
+
+class ExactTotal(NamedTuple):
+    """One series' total and adjustments in sub-units (pico-USD for estimated cost), remainders included."""
+
+    instance: str
+    attrs: dict[str, str]
+    total: int
+    adjustments: int
+
+
+class HourValue(NamedTuple):
+    """One series' hourly rollup at one hour."""
+
+    instance: str
+    metric: str
+    attrs: dict[str, str]
+    hour: int
+    value: int
+
+
+class RollupSeries(NamedTuple):
+    """A series that has rollups: its identity, bucket width and first and last rollup hour."""
+
+    instance: str
+    metric: str
+    attrs: dict[str, str]
+    bucket_width: int
+    first_hour: int
+    last_hour: int
+
+
+class SeriesHourValue(NamedTuple):
+    """One rollup by series id: ``(series id, hour, value)``."""
+
+    series_id: int
+    hour: int
+    value: int
+
+
 class LedgerReader(LedgerEngine):
     """The read half of ``Ledger``: every reader on the engine's connection."""
 
@@ -171,34 +221,34 @@ class LedgerReader(LedgerEngine):
                 return
             after = rows[-1][0]
 
-    def rollup_totals_since(self, since: int) -> list[tuple[str, str, dict[str, str], int]]:
-        """Per series: the sum of its hourly rollups from ``since`` on, as (instance, metric, attrs, value)."""
+    def rollup_totals_since(self, since: int) -> list[SeriesSum]:
+        """Per series: the sum of its hourly rollups from ``since`` on."""
         return [
-            (instance, metric, json.loads(attrs), int(value))
+            SeriesSum(instance, metric, json.loads(attrs), int(value))
             for instance, metric, attrs, value in self._conn.execute(SQL_ROLLUPS_SINCE, (since,))
         ]
 
-    def bucket_sums_between(self, start: int, end: int) -> list[tuple[str, str, dict[str, str], int]]:
+    def bucket_sums_between(self, start: int, end: int) -> list[SeriesSum]:
         """Per series: the sum of the latest values of buckets lying inside ``[start, end)``."""
         return [
-            (instance, metric, json.loads(attrs), int(value))
+            SeriesSum(instance, metric, json.loads(attrs), int(value))
             for instance, metric, attrs, value in self._conn.execute(SQL_BUCKET_SUMS_BETWEEN, (start, end))
         ]
 
-    def exact_totals(self, metric: str) -> list[tuple[str, dict[str, str], int, int]]:
+    def exact_totals(self, metric: str) -> list[ExactTotal]:
         """Per series of ``metric``: (instance, attrs, total, adjustments) in sub-units, remainders included.
 
         For estimated cost that is pico-USD (``total * 1000 + sub_total``): the exact sum of every priced delta.
         """
         scale = PICOS_PER_NANO if metric in ROLLUP_PICO_METRICS else 1
         return [
-            (instance, json.loads(attrs), int(total) * scale + int(sub), int(adj) * scale + int(sub_adj))
+            ExactTotal(instance, json.loads(attrs), int(total) * scale + int(sub), int(adj) * scale + int(sub_adj))
             for instance, attrs, total, sub, adj, sub_adj in self._conn.execute(SQL_EXACT_TOTALS, (metric,))
         ]
 
     def rollup_sums_between(
         self, start: int, end: int, metrics: Sequence[str]
-    ) -> list[tuple[str, str, dict[str, str], int]]:
+    ) -> list[SeriesSum]:
         """Per series of ``metrics``: the sum of its hourly rollups with ``start <= hour < end``.
 
         Values are in the rollup unit of the metric (``ROLLUP_PICO_METRICS``: pico-units). The attribute dicts
@@ -208,7 +258,7 @@ class LedgerReader(LedgerEngine):
         sql = SQL_ROLLUP_SUMS_BETWEEN.format(metrics=marks)
         attrs_of = self._attrs
         return [
-            (instance, metric, attrs_of(attrs), int(value))
+            SeriesSum(instance, metric, attrs_of(attrs), int(value))
             for instance, metric, attrs, value in self._conn.execute(sql, (start, end, *metrics))
         ]
 
@@ -221,8 +271,8 @@ class LedgerReader(LedgerEngine):
 
     def rollup_hours(
         self, hours: Sequence[int], metrics: Sequence[str]
-    ) -> list[tuple[str, str, dict[str, str], int, int]]:
-        """The hourly rollups of ``metrics`` at exactly these hours: (instance, metric, attrs, hour, value).
+    ) -> list[HourValue]:
+        """The hourly rollups of ``metrics`` at exactly these hours.
 
         The attribute dicts are shared between calls: read-only.
         """
@@ -231,16 +281,16 @@ class LedgerReader(LedgerEngine):
         sql = SQL_ROLLUP_HOURS.format(hours=",".join("?" * len(hours)), metrics=",".join("?" * len(metrics)))
         attrs_of = self._attrs
         return [
-            (instance, metric, attrs_of(attrs), int(hour), int(value))
+            HourValue(instance, metric, attrs_of(attrs), int(hour), int(value))
             for instance, metric, attrs, hour, value in self._conn.execute(sql, (*hours, *metrics))
         ]
 
-    def rollup_series(self, metrics: Sequence[str]) -> dict[int, tuple[str, str, dict[str, str], int, int, int]]:
-        """Series of ``metrics`` that have rollups: id -> (instance, metric, attrs, bucket width, first hour,
-        last hour). The first and last hours come from the rollups' primary key (one index probe each)."""
+    def rollup_series(self, metrics: Sequence[str]) -> dict[int, RollupSeries]:
+        """Series of ``metrics`` that have rollups, by id. The first and last hours come from the rollups'
+        primary key (one index probe each)."""
         sql = SQL_ROLLUP_SERIES.format(metrics=",".join("?" * len(metrics)))
         return {
-            int(sid): (instance, metric, json.loads(attrs), int(width or 0), int(first), int(last))
+            int(sid): RollupSeries(instance, metric, json.loads(attrs), int(width or 0), int(first), int(last))
             for sid, instance, metric, attrs, width, first, last in self._conn.execute(sql, tuple(metrics))
             if first is not None
         }
@@ -274,8 +324,8 @@ class LedgerReader(LedgerEngine):
                 out[int(sid)] = [sum(row[i:j]) for i, j in spans]
         return out
 
-    def rollup_values_at(self, hours: Sequence[int], metrics: Sequence[str]) -> list[tuple[int, int, int]]:
-        """(series id, hour, value) of the rollups of ``metrics`` at exactly these hours (point lookups)."""
+    def rollup_values_at(self, hours: Sequence[int], metrics: Sequence[str]) -> list[SeriesHourValue]:
+        """The rollups of ``metrics`` at exactly these hours, by series id (point lookups)."""
         if not hours or not metrics:
             return []
         hours = sorted(set(hours))
@@ -283,9 +333,9 @@ class LedgerReader(LedgerEngine):
             f"(SELECT value FROM rollups WHERE series_id = s.id AND hour_start = {int(h)})" for h in hours
         )
         sql = SQL_ROLLUP_SEGMENT_SUMS.format(segments=lookups, metrics=",".join("?" * len(metrics)))
-        out = []
+        out: list[SeriesHourValue] = []
         for sid, *values in self._conn.execute(sql, tuple(metrics)):
-            out += [(int(sid), h, int(v)) for h, v in zip(hours, values, strict=True) if v is not None]
+            out += [SeriesHourValue(int(sid), h, int(v)) for h, v in zip(hours, values, strict=True) if v is not None]
         return out
 
     def names(self) -> dict[tuple[str, str, str], str]:
