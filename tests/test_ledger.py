@@ -290,5 +290,5 @@ def test_rollup_readers_return_typed_rows(ledger: Ledger) -> None:
     assert sums == {"input": 6, "output": 2}
     at = ledger.rollup_values_at([H], [METRIC_TOKENS])
     assert [(r.hour, r.value) for r in at if r.value] == [(H, 1)]
-    instance, metric, attrs, value = ledger.rollup_sums_between(0, H, [METRIC_TOKENS])[0]  # still unpacks
+    instance, metric, _attrs, value = ledger.rollup_sums_between(0, H, [METRIC_TOKENS])[0]  # still unpacks
     assert (instance, metric) == ("demo/a", METRIC_TOKENS) and value in (5, 2, 0)
