@@ -29,9 +29,10 @@ types: install
 unit: install
 	$(BIN)/python -m pytest
 
-## Regenerate docs/metrics.md and docs/collector.md's Prometheus-name table from the metric catalog.
+## Regenerate docs/metrics.md, otel_llm_receiver/names.py and docs/collector.md's Prometheus-name table from the catalog.
 docs: install
 	$(BIN)/python -m otel_llm_receiver.catalog > docs/metrics.md
+	$(BIN)/python -m otel_llm_receiver.catalog --names > otel_llm_receiver/names.py
 	$(BIN)/python -m tests.support.prometheus_names docs/collector.md
 
 ## Regenerate the image's hashed dependency lock (requirements/image.txt) with pip-tools; see docs/deployment.md.

@@ -18,10 +18,12 @@ import time
 from pathlib import Path
 
 from otel_llm_receiver.config import parse_config
-from otel_llm_receiver.ledger import Ledger, _expand, _rows
+from otel_llm_receiver.ledger import Ledger
+from otel_llm_receiver.ledger.writer import plan_points
 from otel_llm_receiver.model import PollResult, Window
 from otel_llm_receiver.pricing import PriceBook
 from otel_llm_receiver.providers import create_provider
+from otel_llm_receiver.series import expand
 
 
 def demo_backfill(days: int, width: str) -> PollResult:
@@ -61,7 +63,7 @@ def main() -> None:
     records = len(result.usage) + len(result.costs)
     keys: dict[tuple[str, str], int] = {}
     rows = [(keys.setdefault(key, len(keys)), s, w, v)
-            for key, s, w, v in _rows(result, _expand(result, "default"), {}, 0).pending]
+            for key, s, w, v in plan_points(result, expand(result, "default"), {}, 0).pending]
     points = len(rows)
     print(f"demo backfill: {args.days} days at {args.bucket_width}: {records:,} records, {points:,} points, "
           f"{len(keys)} series")

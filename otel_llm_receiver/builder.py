@@ -31,8 +31,9 @@ from opentelemetry.sdk.resources import Resource
 from . import __version__
 from .attribution import COST_CENTER, TEAM, Attributor
 from .catalog import CATALOG, MetricDef
-from .ledger import LEVEL_METRICS, MEASURE_OF_METRIC, NANO_METRICS, ExportRows
+from .ledger import ExportRows
 from .model import NANOS_PER_UNIT
+from .names import LEVEL_METRICS, MEASURE_OF_METRIC, NANO_METRICS
 from .selfhealth import SelfHealthReading
 
 __all__ = ["MAX_POINTS_PER_REQUEST", "Batch", "Export", "MetricsBuilder", "make_resource"]

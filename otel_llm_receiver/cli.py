@@ -28,7 +28,7 @@ from .durations import parse_duration, parse_window
 from .emitter import BatchExporter, build_exporter, failure_detail
 from .errors import ConfigError, ReceiverError
 from .health import HealthServer
-from .ledger_check import check_ledger
+from .ledger.check import check_ledger
 from .logs import redact, setup_logging
 from .progress import ProgressState
 from .providers import provider_problems

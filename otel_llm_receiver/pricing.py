@@ -40,15 +40,9 @@ from typing import Any
 
 import yaml
 
-from .ledger import (
-    METRIC_COST_ESTIMATED,
-    METRIC_REQUESTS,
-    METRIC_TOKENS,
-    METRIC_UNPRICED,
-    PICOS_PER_NANO,
-    PricingPeriod,
-)
 from .model import TOKEN_TYPES
+from .names import METRIC_COST_ESTIMATED, METRIC_REQUESTS, METRIC_TOKENS, METRIC_UNPRICED
+from .series import PICOS_PER_NANO, PricingPeriod
 
 log = logging.getLogger(__name__)
 

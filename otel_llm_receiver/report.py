@@ -21,7 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .attribution import UNATTRIBUTED, Attributor
-from .ledger import CURRENCY_ATTR, METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS, METRIC_UNPRICED, Ledger
+from .ledger import Ledger
+from .names import CURRENCY_ATTR, METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS, METRIC_UNPRICED
 from .signals import Anomaly, Signals, SignalsReading, day_label
 
 __all__ = ["CURRENCY_ATTR", "DayComparison", "Report", "SpendRow", "build_report", "compare_days", "render",

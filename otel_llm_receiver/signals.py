@@ -27,7 +27,8 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
 from . import anomalies, budgets
 from .attribution import UNATTRIBUTED, Attributor
 from .catalog import CATALOG
-from .ledger import CURRENCY_ATTR, METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS, Ledger
+from .ledger import Ledger
+from .names import CURRENCY_ATTR, METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS
 from .pricing import PriceBook
 from .signals_config import BudgetConfig, BudgetMatch, Period
 

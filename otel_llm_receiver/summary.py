@@ -17,8 +17,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from decimal import Decimal
 
-from .ledger import METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS, METRIC_UNPRICED, Ledger
+from .ledger import Ledger
 from .model import from_nanos
+from .names import METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS, METRIC_UNPRICED
 from .progress import ProgressState
 from .report import CURRENCY_ATTR, compare_days
 from .signals import SignalsReading

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_llm_receiver.catalog import CATALOG, MetricDef, load_catalog, render_markdown
+from otel_llm_receiver.catalog import CATALOG, MetricDef, load_catalog, render_markdown, render_names
 from otel_llm_receiver.config import parse_config
 from otel_llm_receiver.scheduler import Receiver
 from tests.support.otlp_sink import OTLPSink
@@ -22,6 +22,47 @@ def test_docs_metrics_md_is_generated_from_the_catalog() -> None:
     assert committed == render_markdown(), (
         "docs/metrics.md is stale: run `python -m otel_llm_receiver.catalog > docs/metrics.md`"
     )
+
+
+def test_names_py_is_generated_from_the_catalog() -> None:
+    committed = (ROOT / "otel_llm_receiver" / "names.py").read_text()
+    assert committed == render_names(), (
+        "otel_llm_receiver/names.py is stale: run `make docs` "
+        "(python -m otel_llm_receiver.catalog --names > otel_llm_receiver/names.py)"
+    )
+
+
+def test_names_carry_what_the_ledger_derives_from_the_catalog() -> None:
+    from otel_llm_receiver import names
+
+    assert names.MEASURE_OF_METRIC[names.METRIC_TOKENS] == "tokens"
+    assert names.MEASURE_OF_METRIC[names.METRIC_COST_NON_USD] == "cost"
+    assert set(names.MEASURE_OF_METRIC.values()) <= set(CATALOG.attributes["llm.measure"].enum)
+    assert {"llm.usage.storage"} == names.LEVEL_METRICS
+    assert {names.METRIC_COST, names.METRIC_COST_NON_USD, names.METRIC_COST_ESTIMATED} == names.MONEY_METRICS
+    assert names.MONEY_METRICS | {names.METRIC_BILLED_QUANTITY} == names.NANO_METRICS
+    assert {names.METRIC_COST_ESTIMATED} == names.ROLLUP_PICO_METRICS
+    assert names.CURRENCY_ATTR == "llm.currency"
+
+
+_ONE_METRIC = (
+    "schema_version: '1.0.0'\nattributes:\n  llm.measure: {{description: d, type: string, enum: [tokens]}}\n"
+    "metrics:\n  x:\n    description: d\n    instrument: {instrument}\n    unit: '1'\n    value_type: int\n"
+    "    attributes: [llm.measure]\n    prometheus_name: x\n{extra}"
+)
+
+
+@pytest.mark.parametrize(("instrument", "extra", "problem"), [
+    ("sum", "    measure: bytes\n", "not a value of llm.measure"),
+    ("sum", "    level: true\n", "needs instrument: gauge"),
+    ("sum", "    measure: tokens\n    money: true\n", "money: true needs ledger_scale: nano"),
+    ("sum", "    measure: tokens\n    ledger_scale: micro\n", "ledger_scale must be nano"),
+    ("sum", "    ledger_scale: nano\n", "ledger fields need a measure"),
+    ("sum", "    measure: tokens\n    const: tokens\n", "const must look like"),
+])
+def test_catalog_rejects_inconsistent_ledger_fields(instrument: str, extra: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        load_catalog(_ONE_METRIC.format(instrument=instrument, extra=extra))
 
 
 def _prometheus_name(m: MetricDef) -> str:

@@ -278,3 +278,17 @@ def test_migration_4_renames_anthropic_tool_requests_so_a_re_read_counts_nothing
         series = {(s.instance, json.loads(s.attrs)["gen_ai.operation.name"]): s.total
                   for s in led.snapshot().series if s.metric == "llm.usage.tool_requests"}
     assert series == {("anthropic/prod", "execute_tool"): 9, ("other", "chat"): 5}
+
+
+def test_rollup_readers_return_typed_rows(ledger: Ledger) -> None:
+    ledger.apply("demo/a", PollResult(usage=[usage(0, inp=5, out=2), usage(H, inp=1)]))
+    series = ledger.rollup_series([METRIC_TOKENS])
+    row = next(r for r in series.values() if r.attrs["gen_ai.token.type"] == "input")
+    assert (row.instance, row.metric, row.bucket_width, row.first_hour, row.last_hour) == (
+        "demo/a", METRIC_TOKENS, H, 0, H)
+    sums = {r.attrs["gen_ai.token.type"]: r.value for r in ledger.rollup_sums_between(0, 2 * H, [METRIC_TOKENS])}
+    assert sums == {"input": 6, "output": 2}
+    at = ledger.rollup_values_at([H], [METRIC_TOKENS])
+    assert [(r.hour, r.value) for r in at if r.value] == [(H, 1)]
+    instance, metric, _attrs, value = ledger.rollup_sums_between(0, H, [METRIC_TOKENS])[0]  # still unpacks
+    assert (instance, metric) == ("demo/a", METRIC_TOKENS) and value in (5, 2, 0)

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import load_config, parse_config
     from ..durations import parse_window
     from ..ledger import Ledger
-    from ..ledger_check import check_ledger
+    from ..ledger.check import check_ledger
     from .export import context_for, export
 
     try:

@@ -51,7 +51,9 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Final
 
 from ..attribution import COST_CENTER, TEAM, Attributor
-from ..ledger import (
+from ..ledger import Ledger
+from ..model import TOKEN_TYPES
+from ..names import (
     CURRENCY_ATTR,
     METRIC_BILLED_QUANTITY,
     METRIC_COST,
@@ -59,11 +61,9 @@ from ..ledger import (
     METRIC_COST_NON_USD,
     METRIC_REQUESTS,
     METRIC_TOKENS,
-    Ledger,
-    canonical_attrs,
 )
-from ..model import TOKEN_TYPES
 from ..pricing import REQUEST_UNIT, PriceBook
+from ..series import canonical_attrs
 from .providers import facts, publisher_of, service_provider_of
 
 DAY: Final = 86_400

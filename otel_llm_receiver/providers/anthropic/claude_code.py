@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ...errors import ResponseShapeError
-from ...ledger import (
+from ...model import UsageRecord
+from ...names import (
     METRIC_CODE_COMMITS,
     METRIC_CODE_LINES,
     METRIC_CODE_PULL_REQUESTS,
@@ -22,7 +23,6 @@ from ...ledger import (
     METRIC_CODE_TOKENS,
     METRIC_CODE_TOOL_ACTIONS,
 )
-from ...model import UsageRecord
 from .. import shape
 from .reports import PROVIDER, optional_text, page_cursor
 

@@ -19,8 +19,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ...errors import ResponseShapeError
-from ...ledger import METRIC_TOOL_REQUESTS
 from ...model import CostRecord, UsageRecord, plausible_amount
+from ...names import METRIC_TOOL_REQUESTS
 from .. import shape
 
 PROVIDER = "anthropic"

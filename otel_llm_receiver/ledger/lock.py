@@ -16,7 +16,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from .errors import LedgerError
+from ..errors import LedgerError
 
 __all__ = ["WriterLock", "lock_path"]
 

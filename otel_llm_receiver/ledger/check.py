@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import LedgerError
+from ..errors import LedgerError
 
 #: The remedy every refusal names (docs/troubleshooting.md, "The ledger is damaged").
 REMEDY = (

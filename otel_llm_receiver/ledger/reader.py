@@ -1,0 +1,355 @@
+"""The ledger's read path: totals for the emitter, rollups for budgets, signals, FOCUS and reports.
+
+Readers never write and take no writer lock; WAL lets them run beside the writer. A read that must be
+consistent across tables (``snapshot``, ``export_rows``) is one read transaction (``_read_transaction``).
+A level metric (``LEVEL_METRICS``, e.g. bytes stored) means its newest bucket's value, which ``snapshot``
+reads as ``SeriesTotal.level``; its ``total`` is not a meaningful number.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from ..errors import LedgerError
+from ..names import LEVEL_METRICS, ROLLUP_PICO_METRICS
+from ..series import PICOS_PER_NANO
+from .engine import EngineError, LedgerEngine
+from .schema import SQL_GET_META
+
+SQL_GET_CURSOR = "SELECT value FROM cursors WHERE instance = ? AND source = ?"
+SQL_GET_CURSORS = "SELECT source, value FROM cursors WHERE instance = ?"
+
+_LEVEL_LIST = ", ".join(f"'{m}'" for m in sorted(LEVEL_METRICS))  # constants: no injection
+SQL_SNAPSHOT = f"""
+SELECT s.id, s.instance, s.metric, s.attrs, s.total, s.adjustments, s.start_time_ns,
+       CASE WHEN s.metric IN ({_LEVEL_LIST}) THEN
+           (SELECT b.value FROM buckets AS b WHERE b.series_id = s.id ORDER BY b.bucket_start DESC LIMIT 1)
+       END
+FROM series AS s ORDER BY s.id"""
+SQL_NAMES = "SELECT instance, kind, id, name FROM names"
+SQL_EXPORT_TOTALS = "SELECT id, total, adjustments, start_time_ns FROM series ORDER BY id"
+SQL_EXPORT_LEVELS = f"""
+SELECT s.id, (SELECT b.value FROM buckets AS b WHERE b.series_id = s.id ORDER BY b.bucket_start DESC LIMIT 1)
+FROM series AS s WHERE s.metric IN ({_LEVEL_LIST})"""
+SQL_SERIES_AFTER = "SELECT id, instance, metric, attrs FROM series WHERE id > ? ORDER BY id LIMIT ?"
+SQL_SERIES_COUNT = "SELECT count(*) FROM series"
+SQL_BUCKET_COUNT = "SELECT count(*) FROM buckets"
+SQL_BUCKET_SUMS_BETWEEN = """
+SELECT s.instance, s.metric, s.attrs, sum(b.value)
+FROM buckets AS b JOIN series AS s ON s.id = b.series_id
+WHERE b.bucket_start >= ? AND b.bucket_start + b.bucket_width <= ?
+GROUP BY s.id"""
+SQL_EXACT_TOTALS = """
+SELECT instance, attrs, total, sub_total, adjustments, sub_adjustments FROM series WHERE metric = ? ORDER BY id"""
+SQL_ROLLUP_SUMS_BETWEEN = """
+SELECT s.instance, s.metric, s.attrs, sum(r.value)
+FROM series AS s JOIN rollups AS r ON r.series_id = s.id
+WHERE r.hour_start >= ? AND r.hour_start < ? AND s.metric IN ({metrics})
+GROUP BY s.id"""
+SQL_ROLLUP_SERIES = """
+SELECT s.id, s.instance, s.metric, s.attrs, s.bucket_width,
+       (SELECT min(hour_start) FROM rollups WHERE series_id = s.id),
+       (SELECT max(hour_start) FROM rollups WHERE series_id = s.id)
+FROM series AS s WHERE s.metric IN ({metrics})"""
+SQL_ROLLUP_SEGMENT_SUMS = """
+SELECT s.id, {segments} FROM series AS s WHERE s.metric IN ({metrics})"""
+SQL_ROLLUP_VALUES_AT = """
+SELECT r.series_id, r.hour_start, r.value FROM rollups AS r
+WHERE r.hour_start IN ({hours}) AND r.series_id IN (SELECT id FROM series WHERE metric IN ({metrics}))"""
+SQL_ROLLUP_HOURS = """
+SELECT s.instance, s.metric, s.attrs, r.hour_start, r.value
+FROM series AS s JOIN rollups AS r ON r.series_id = s.id
+WHERE r.hour_start IN ({hours}) AND s.metric IN ({metrics})"""
+SQL_ROLLUPS_SINCE = """
+SELECT s.instance, s.metric, s.attrs, sum(r.value)
+FROM rollups AS r JOIN series AS s ON s.id = r.series_id
+WHERE r.hour_start >= ?
+GROUP BY s.id"""
+
+
+
+# ------------------------------------------------------------------------------------------------- results
+@dataclass(frozen=True, slots=True)
+class SeriesTotal:
+    """One series as the emitter sees it: cumulative values and the start time they count from."""
+
+    id: int
+    instance: str
+    metric: str
+    attrs: str  # canonical JSON; parse with ``json.loads`` (the emitter caches the parse per id)
+    total: int
+    adjustments: int
+    start_time_ns: int
+    level: int | None = None  # newest bucket's value, for LEVEL_METRICS only
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A consistent read of every series total and name, taken in one read transaction."""
+
+    series: tuple[SeriesTotal, ...]
+    names: dict[tuple[str, str, str], str]  # (instance, kind, id) -> name
+    taken_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRows:
+    """What one export reads: every series' totals, the series the reader has not seen yet, and names.
+
+    A series' instance, metric and attributes never change once created (they are its identity) and series are
+    never deleted, so an emitter needs them once per series; only the totals are read on every export.
+    """
+
+    totals: list[tuple[int, int, int, int]]  # (series id, total, adjustments, start_time_ns)
+    new_series: Iterable[tuple[int, str, str, str]]  # (series id, instance, metric, canonical attrs JSON)
+    names: dict[tuple[str, str, str], str]  # (instance, kind, id) -> name
+    levels: dict[int, int] = field(default_factory=dict)  # level series id -> its newest bucket's value
+
+
+
+# Typed rows of the rollup readers. Named tuples, not dataclasses: the callers (signals, FOCUS, reports) unpack
+# them positionally and read many thousands per export, and a tuple is both the cheapest and compatible.
+class SeriesSum(NamedTuple):
+    """One series' sum over a time range (rollups or buckets), in the metric's rollup unit."""
+
+    instance: str
+    metric: str
+    attrs: dict[str, str]
+    value: int
+
+
+class ExactTotal(NamedTuple):
+    """One series' total and adjustments in sub-units (pico-USD for estimated cost), remainders included."""
+
+    instance: str
+    attrs: dict[str, str]
+    total: int
+    adjustments: int
+
+
+class HourValue(NamedTuple):
+    """One series' hourly rollup at one hour."""
+
+    instance: str
+    metric: str
+    attrs: dict[str, str]
+    hour: int
+    value: int
+
+
+class RollupSeries(NamedTuple):
+    """A series that has rollups: its identity, bucket width and first and last rollup hour."""
+
+    instance: str
+    metric: str
+    attrs: dict[str, str]
+    bucket_width: int
+    first_hour: int
+    last_hour: int
+
+
+class SeriesHourValue(NamedTuple):
+    """One rollup by series id: ``(series id, hour, value)``."""
+
+    series_id: int
+    hour: int
+    value: int
+
+
+class LedgerReader(LedgerEngine):
+    """The read half of ``Ledger``: every reader on the engine's connection."""
+
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
+        super().__init__(path, readonly=readonly)
+        # Parsed attribute sets of the rollup readers, shared and read-only: a series' attributes never change,
+        # and a reader called once per day (FOCUS) or per export (signals) would parse the same strings again.
+        self._parsed_attrs: dict[str, dict[str, str]] = {}
+
+    @property
+    def instance_id(self) -> str:
+        """The receiver's ``service.instance.id``: made once per ledger, so it survives restarts."""
+        row = self._conn.execute(SQL_GET_META, ("service.instance.id",)).fetchone()
+        if row is None:
+            raise LedgerError(f"ledger {self.path} has no service.instance.id (not initialised)")
+        return str(row[0])
+
+    def cursor(self, instance: str, source: str = "poll") -> str | None:
+        row = self._conn.execute(SQL_GET_CURSOR, (instance, source)).fetchone()
+        return None if row is None else str(row[0])
+
+    def cursors(self, instance: str) -> dict[str, str]:
+        """Every cursor of one instance, by source."""
+        return {str(k): str(v) for k, v in self._conn.execute(SQL_GET_CURSORS, (instance,))}
+
+    def snapshot(self) -> Snapshot:
+        """Every series total and every name, read in one transaction so they are mutually consistent."""
+        with self._read_transaction("a snapshot") as conn:
+            rows = conn.execute(SQL_SNAPSHOT).fetchall()
+            names = {(i, k, d): n for i, k, d, n in conn.execute(SQL_NAMES)}
+        return Snapshot(
+            series=tuple(SeriesTotal(*row) for row in rows), names=names, taken_ns=time.time_ns()
+        )
+
+    def export_rows(self, known_series: int = 0, *, page: int = 10_000) -> ExportRows:
+        """Every series' totals and the names (one read), and the series with an id above ``known_series``.
+
+        The new series are read lazily, ``page`` at a time, so that describing 100,000 series to a fresh
+        emitter never holds all their attributes in memory at once. They need not be in the totals' read:
+        a series' identity never changes, and one created after the totals were read is simply described early.
+        """
+        with self._read_transaction("the totals") as conn:
+            totals = conn.execute(SQL_EXPORT_TOTALS).fetchall()
+            names = {(i, k, d): n for i, k, d, n in conn.execute(SQL_NAMES)}
+            levels = {sid: v for sid, v in conn.execute(SQL_EXPORT_LEVELS) if v is not None}
+        return ExportRows(totals, self._series_after(known_series, page), names, levels)
+
+    def _series_after(self, after: int, page: int) -> Iterator[tuple[int, str, str, str]]:
+        while True:
+            with self._lock:
+                try:
+                    rows = self._conn.execute(SQL_SERIES_AFTER, (after, page)).fetchall()
+                except EngineError as exc:
+                    raise LedgerError(f"ledger {self.path}: cannot read the series: {exc}") from exc
+            yield from rows
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
+
+    def rollup_totals_since(self, since: int) -> list[SeriesSum]:
+        """Per series: the sum of its hourly rollups from ``since`` on."""
+        return [
+            SeriesSum(instance, metric, json.loads(attrs), int(value))
+            for instance, metric, attrs, value in self._conn.execute(SQL_ROLLUPS_SINCE, (since,))
+        ]
+
+    def bucket_sums_between(self, start: int, end: int) -> list[SeriesSum]:
+        """Per series: the sum of the latest values of buckets lying inside ``[start, end)``."""
+        return [
+            SeriesSum(instance, metric, json.loads(attrs), int(value))
+            for instance, metric, attrs, value in self._conn.execute(SQL_BUCKET_SUMS_BETWEEN, (start, end))
+        ]
+
+    def exact_totals(self, metric: str) -> list[ExactTotal]:
+        """Per series of ``metric``: (instance, attrs, total, adjustments) in sub-units, remainders included.
+
+        For estimated cost that is pico-USD (``total * 1000 + sub_total``): the exact sum of every priced delta.
+        """
+        scale = PICOS_PER_NANO if metric in ROLLUP_PICO_METRICS else 1
+        return [
+            ExactTotal(instance, json.loads(attrs), int(total) * scale + int(sub), int(adj) * scale + int(sub_adj))
+            for instance, attrs, total, sub, adj, sub_adj in self._conn.execute(SQL_EXACT_TOTALS, (metric,))
+        ]
+
+    def rollup_sums_between(
+        self, start: int, end: int, metrics: Sequence[str]
+    ) -> list[SeriesSum]:
+        """Per series of ``metrics``: the sum of its hourly rollups with ``start <= hour < end``.
+
+        Values are in the rollup unit of the metric (``ROLLUP_PICO_METRICS``: pico-units). The attribute dicts
+        are shared between calls: read-only.
+        """
+        marks = ",".join("?" * len(metrics))
+        sql = SQL_ROLLUP_SUMS_BETWEEN.format(metrics=marks)
+        attrs_of = self._attrs
+        return [
+            SeriesSum(instance, metric, attrs_of(attrs), int(value))
+            for instance, metric, attrs, value in self._conn.execute(sql, (start, end, *metrics))
+        ]
+
+    def _attrs(self, text: str) -> dict[str, str]:
+        """A series' attributes parsed once per ledger; callers must not change the dict they get."""
+        parsed = self._parsed_attrs.get(text)
+        if parsed is None:
+            parsed = self._parsed_attrs[text] = json.loads(text)
+        return parsed
+
+    def rollup_hours(
+        self, hours: Sequence[int], metrics: Sequence[str]
+    ) -> list[HourValue]:
+        """The hourly rollups of ``metrics`` at exactly these hours.
+
+        The attribute dicts are shared between calls: read-only.
+        """
+        if not hours or not metrics:
+            return []
+        sql = SQL_ROLLUP_HOURS.format(hours=",".join("?" * len(hours)), metrics=",".join("?" * len(metrics)))
+        attrs_of = self._attrs
+        return [
+            HourValue(instance, metric, attrs_of(attrs), int(hour), int(value))
+            for instance, metric, attrs, hour, value in self._conn.execute(sql, (*hours, *metrics))
+        ]
+
+    def rollup_series(self, metrics: Sequence[str]) -> dict[int, RollupSeries]:
+        """Series of ``metrics`` that have rollups, by id. The first and last hours come from the rollups'
+        primary key (one index probe each)."""
+        sql = SQL_ROLLUP_SERIES.format(metrics=",".join("?" * len(metrics)))
+        return {
+            int(sid): RollupSeries(instance, metric, json.loads(attrs), int(width or 0), int(first), int(last))
+            for sid, instance, metric, attrs, width, first, last in self._conn.execute(sql, tuple(metrics))
+            if first is not None
+        }
+
+    def rollup_window_sums(
+        self, windows: Sequence[tuple[int, int]], metrics: Sequence[str]
+    ) -> dict[int, list[int]]:
+        """Per series id of ``metrics``: the sum of its hourly rollups in each ``[start, end)`` window.
+
+        Budgets ask for several overlapping windows each (period to date, trailing hours, the part before and
+        after reported cost ends). The edges of all windows cut time into disjoint segments; each segment of
+        each series is one range walk of the rollups' primary key, so every row is read once whatever the
+        number of windows, and each window adds up its segments.
+        """
+        if not windows or not metrics:
+            return {}
+        edges = sorted({t for w in windows for t in w})
+        if len(edges) < 2:
+            return {}
+        segments = ", ".join(
+            f"(SELECT coalesce(sum(value), 0) FROM rollups WHERE series_id = s.id "
+            f"AND hour_start >= {int(a)} AND hour_start < {int(b)})"
+            for a, b in itertools.pairwise(edges)
+        )
+        sql = SQL_ROLLUP_SEGMENT_SUMS.format(segments=segments, metrics=",".join("?" * len(metrics)))
+        position = {t: i for i, t in enumerate(edges)}
+        spans = [(position[a], position[b]) for a, b in windows]
+        out: dict[int, list[int]] = {}
+        for sid, *row in self._conn.execute(sql, tuple(metrics)):
+            if any(row):
+                out[int(sid)] = [sum(row[i:j]) for i, j in spans]
+        return out
+
+    def rollup_values_at(self, hours: Sequence[int], metrics: Sequence[str]) -> list[SeriesHourValue]:
+        """The rollups of ``metrics`` at exactly these hours, by series id (point lookups)."""
+        if not hours or not metrics:
+            return []
+        hours = sorted(set(hours))
+        lookups = ", ".join(
+            f"(SELECT value FROM rollups WHERE series_id = s.id AND hour_start = {int(h)})" for h in hours
+        )
+        sql = SQL_ROLLUP_SEGMENT_SUMS.format(segments=lookups, metrics=",".join("?" * len(metrics)))
+        out: list[SeriesHourValue] = []
+        for sid, *values in self._conn.execute(sql, tuple(metrics)):
+            out += [SeriesHourValue(int(sid), h, int(v)) for h, v in zip(hours, values, strict=True) if v is not None]
+        return out
+
+    def names(self) -> dict[tuple[str, str, str], str]:
+        """Every resolved name: (instance, kind, id) -> name."""
+        return {(i, k, d): n for i, k, d, n in self._conn.execute(SQL_NAMES)}
+
+    def rollup_range(self) -> tuple[int, int] | None:
+        """The first and last hour with a rollup, or None when there are none."""
+        row = self._conn.execute("SELECT min(hour_start), max(hour_start) FROM rollups").fetchone()
+        return None if row[0] is None else (int(row[0]), int(row[1]))
+
+    def counts(self) -> dict[str, int]:
+        """Sizes for the health endpoint and logs."""
+        return {
+            "series": int(self._conn.execute(SQL_SERIES_COUNT).fetchone()[0]),
+            "buckets": int(self._conn.execute(SQL_BUCKET_COUNT).fetchone()[0]),
+        }
