@@ -1,11 +1,21 @@
-"""Ledger apply throughput on the demo provider's 7-day backfill, next to a plain-SQLite baseline.
+"""Ledger apply throughput and memory, against a same-key SQLite anchor, on the demo and a large organisation.
 
-Run by hand (`python benchmarks/ledger_apply.py`); it prints its figures. Three numbers matter:
-- backfill: applying the whole 7-day backfill to an empty ledger (first poll of a new install);
-- re-apply: applying the same records again, all unchanged (the steady-state overlap every poll re-reads);
-- baseline: `executemany` of the same (series, bucket, value) rows into a bare table, one transaction,
-  same PRAGMAs: the floor cost of writing the rows at all. Targets: ledger >= 30% of baseline's rate,
-  re-apply at least as fast as the backfill.
+Run by hand: ``python benchmarks/ledger_apply.py [--sizes 10000,100000,1000000] [--large] [--repeat 3]``.
+It prints one table. Every figure is the median of ``--repeat`` (>= 3) runs, each in a fresh child process
+(``harness.py``): wall and CPU seconds of the timed part, and the child's peak RSS (inputs included).
+
+Shapes (what a user counts: API rows, series, days):
+* ``org``: a large organisation's hourly usage: 834 (tenancy x model) API rows per hour, each with input and
+  output tokens and a request count, i.e. 2,502 series; ``N`` rows span ``N / 834`` hours. ``--large`` adds the
+  90-day case (1.8M rows, 5.4M points) the issue names.
+* ``demo``: the demo provider's 7-day backfill at its default bucket width.
+
+Cases, on the same points (the ledger's own ``plan_points`` of the records):
+* ``anchor``: ``executemany`` into a bare table with the ledger's primary key (``series_id, bucket_start``,
+  WITHOUT ROWID), one transaction, the ledger's PRAGMAs: the floor cost of writing these rows at all;
+* ``apply``: ``Ledger.apply`` of the records to an empty ledger, with pricing on (as the receiver runs);
+* ``reapply``: the same records again, all unchanged (the overlap every steady-state poll re-reads).
+Goal (issue 20): apply >= 50% of the anchor's rate at 10k, 100k and 1M rows; any backfill under 300 MiB.
 """
 
 from __future__ import annotations
@@ -13,89 +23,119 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sqlite3
+import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from otel_llm_receiver.config import parse_config
-from otel_llm_receiver.ledger import Ledger
-from otel_llm_receiver.ledger.writer import plan_points
-from otel_llm_receiver.model import PollResult, Window
-from otel_llm_receiver.pricing import PriceBook
-from otel_llm_receiver.providers import create_provider
-from otel_llm_receiver.series import expand
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import machine, measure, table, timed
+
+if TYPE_CHECKING:
+    from otel_llm_receiver.model import UsageRecord
+
+MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o3-mini", "o4-mini")
+TENANCIES = 139  # x 6 models = 834 API rows an hour, 2,502 series
+HOUR = 3600
+START = 1_767_225_600  # 2026-01-01T00:00Z
 
 
-def demo_backfill(days: int, width: str) -> PollResult:
-    config = parse_config({
-        "exporters": {"otlp": {"endpoint": "127.0.0.1:4317"}},
-        "providers": {"demo": {"backfill": f"{days * 24}h", "bucket_width": width}},
-    })
+def org_records(rows: int) -> list[UsageRecord]:
+    from otel_llm_receiver.model import UsageRecord
+
+    out: list[UsageRecord] = []
+    keys = TENANCIES * len(MODELS)
+    for i in range(rows):
+        hour, k = divmod(i, keys)
+        out.append(UsageRecord(
+            "openai", MODELS[k % len(MODELS)], "chat", f"proj_{k // len(MODELS):04d}", START + hour * HOUR, HOUR,
+            {"input": 1000 + (i * 7919) % 50_000, "output": 100 + (i * 104_729) % 5_000}, requests=1 + i % 40,
+        ))
+    return out
+
+
+def demo_records() -> list[UsageRecord]:
+    from otel_llm_receiver.config import parse_config
+    from otel_llm_receiver.model import Window
+    from otel_llm_receiver.providers import create_provider
+
+    config = parse_config({"providers": {"demo": {"backfill": "168h"}}})
     provider = create_provider(config.providers[0])
-    now = int(time.time())
-    return asyncio.run(provider.fetch(Window(now - days * 86400, now)))
+    now = START + 30 * 86400
+    return list(asyncio.run(provider.fetch(Window(now - 7 * 86400, now))).usage)
 
 
-def baseline(rows: list[tuple[int, int, int, int]], path: Path) -> float:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("CREATE TABLE t (series_id INTEGER, bucket_start INTEGER, bucket_width INTEGER, value INTEGER)")
-    t0 = time.perf_counter()
-    conn.execute("BEGIN")
-    conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", rows)
-    conn.execute("COMMIT")
-    elapsed = time.perf_counter() - t0
-    conn.close()
-    return elapsed
+def child(case: str, shape: str, size: int) -> None:
+    from otel_llm_receiver.ledger import Ledger
+    from otel_llm_receiver.ledger.writer import plan_points
+    from otel_llm_receiver.model import PollResult
+    from otel_llm_receiver.pricing import PriceBook
+    from otel_llm_receiver.series import expand
+
+    records = org_records(size) if shape == "org" else demo_records()
+    result = PollResult(usage=records)
+    with tempfile.TemporaryDirectory() as tmp:
+        if case == "anchor":
+            keys: dict[tuple[str, str], int] = {}
+            rows = [(keys.setdefault(key, len(keys)), s, w, v)
+                    for key, s, w, v in plan_points(result, expand(result, "default"), {}, 0).pending]
+            conn = sqlite3.connect(Path(tmp) / "anchor.db", isolation_level=None)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("CREATE TABLE buckets (series_id INTEGER NOT NULL, bucket_start INTEGER NOT NULL, "
+                         "bucket_width INTEGER NOT NULL, value INTEGER NOT NULL, "
+                         "PRIMARY KEY (series_id, bucket_start)) WITHOUT ROWID")
+            with timed({"records": len(records), "points": len(rows), "series": len(keys)}):
+                conn.execute("BEGIN")
+                conn.executemany("INSERT INTO buckets VALUES (?, ?, ?, ?)", rows)
+                conn.execute("COMMIT")
+            conn.close()
+            return
+        book = PriceBook()
+        book.schedule("llm.usage.tokens", {"gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o",
+                                           "gen_ai.token.type": "input"})  # the price data, loaded untimed
+        with Ledger(Path(tmp) / "ledger.db") as ledger:
+            ledger.set_pricer(book)
+            if case == "reapply":
+                ledger.apply("bench", result)
+            with timed({"records": len(records)}) as out:
+                stats = ledger.apply("bench", result)
+            out["points"] = stats.points
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--days", type=int, default=7)
-    parser.add_argument("--bucket-width", default="1m")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the best is reported")
-    parser.add_argument("--no-pricing", action="store_true",
-                        help="apply without a price book (no estimated cost), as before pricing existed")
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="org-shape API rows, comma separated")
+    parser.add_argument("--large", action="store_true", help="also the 90-day organisation (1.8M rows)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (>= 3); medians are printed")
+    parser.add_argument("--child", nargs=3, metavar=("CASE", "SHAPE", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        case, shape, size = args.child
+        child(case, shape, int(size))
+        return
 
-    result = demo_backfill(args.days, args.bucket_width)
-    records = len(result.usage) + len(result.costs)
-    keys: dict[tuple[str, str], int] = {}
-    rows = [(keys.setdefault(key, len(keys)), s, w, v)
-            for key, s, w, v in plan_points(result, expand(result, "default"), {}, 0).pending]
-    points = len(rows)
-    print(f"demo backfill: {args.days} days at {args.bucket_width}: {records:,} records, {points:,} points, "
-          f"{len(keys)} series")
-
-    book = PriceBook()
-    book.schedule("llm.usage.tokens", {"gen_ai.provider.name": "demo", "gen_ai.request.model": "gpt-4o",
-                                       "gen_ai.token.type": "input"})  # load the price data outside the timing
-    best = {"baseline": float("inf"), "backfill": float("inf"), "reapply": float("inf")}
-    for _ in range(args.repeat):
-        with tempfile.TemporaryDirectory() as tmp:
-            best["baseline"] = min(best["baseline"], baseline(rows, Path(tmp) / "baseline.db"))
-            with Ledger(Path(tmp) / "ledger.db") as ledger:
-                if not args.no_pricing:  # as the receiver runs: every token delta is priced in the apply
-                    ledger.set_pricer(book)
-                t0 = time.perf_counter()
-                stats = ledger.apply("demo", result)
-                best["backfill"] = min(best["backfill"], time.perf_counter() - t0)
-                assert stats.outcomes["new"] == points, stats.outcomes
-                t0 = time.perf_counter()
-                stats = ledger.apply("demo", result)
-                best["reapply"] = min(best["reapply"], time.perf_counter() - t0)
-                assert stats.outcomes["unchanged"] == points, stats.outcomes
-
-    def rate(seconds: float, n: int) -> str:
-        return f"{n / seconds:>12,.0f}/s"
-
-    print(f"{'':<28}{'seconds':>9}{'records':>15}{'points':>15}")
-    for name, label in (("baseline", "baseline executemany"), ("backfill", "ledger apply (backfill)"),
-                        ("reapply", "ledger re-apply unchanged")):
-        print(f"{label:<28}{best[name]:>9.3f}{rate(best[name], records)}{rate(best[name], points)}")
-    print(f"ledger backfill rate = {best['baseline'] / best['backfill']:.0%} of baseline (target >= 30%)")
-    print(f"re-apply / backfill speed = {best['backfill'] / best['reapply']:.2f}x (target >= 1.00x)")
+    script = Path(__file__).resolve()
+    shapes = [("demo", 0)] + [("org", int(n)) for n in args.sizes.split(",") if n]
+    if args.large:
+        shapes.append(("org", TENANCIES * len(MODELS) * 24 * 90))
+    print(f"ledger apply, {machine()}; medians of {max(3, args.repeat)} runs, each a fresh process")
+    rows = []
+    for shape, size in shapes:
+        figures = {case: measure(case, script, [case, shape, str(size)], args.repeat)
+                   for case in ("anchor", "apply", "reapply")}
+        anchor = figures["anchor"]
+        points = anchor.extra["points"]
+        for case, f in figures.items():
+            rate = points / f.wall if f.wall else float("inf")
+            rows.append([
+                f"{shape} {int(anchor.extra['records']):,} rows" if case == "anchor" else "", case,
+                f"{int(points):,}", f"{f.wall:.3f}", f"{f.cpu:.3f}", f"{f.rss_mib:.0f}", f"{rate:,.0f}",
+                "100%" if case == "anchor" else f"{anchor.wall / f.wall:.0%}",
+            ])
+    print(table(rows, ["shape", "case", "points", "wall s", "cpu s", "peak MiB", "points/s", "of anchor"]))
+    print("goal: apply >= 50% of anchor at 10k/100k/1M rows; every backfill < 300 MiB peak RSS")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,100 @@
+"""What every benchmark here measures the same way: a whole child process per run, medians, CPU time, peak RSS.
+
+Why a child per run: peak RSS is only honest for a process that did nothing else (a parent that already built the
+inputs, or ran another case, carries that memory), and a fresh interpreter cannot reuse a warm cache from the
+previous run. The child times only the work (``timed``) and reports wall and CPU seconds of that part; the parent
+reads the child's peak RSS from the kernel (``wait4``), so it includes the inputs, as a user's process would.
+Figures are the median of the runs; ``--repeat`` is at least 3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MARK = "BENCH-RESULT "
+
+
+@dataclass(frozen=True)
+class Run:
+    wall: float  # seconds of the timed part
+    cpu: float  # CPU seconds (user + system) of the timed part, this process
+    rss_mib: float  # peak RSS of the whole child process
+    extra: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """Medians over the runs of one case."""
+
+    name: str
+    runs: int
+    wall: float
+    cpu: float
+    rss_mib: float
+    extra: dict[str, float]
+
+
+@contextmanager
+def timed(extra: dict[str, float] | None = None) -> Iterator[dict[str, float]]:
+    """In the child: time the block and print its figures for the parent (one marked line on stdout)."""
+    out: dict[str, float] = dict(extra or {})
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    yield out
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    print(MARK + json.dumps({"wall": wall, "cpu": cpu, "extra": out}), flush=True)
+
+
+def run_child(script: Path, args: Sequence[str]) -> Run:
+    """One run of ``script --child ARGS`` in a fresh interpreter; its timed figures and its peak RSS."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(script), "--child", *args], stdout=subprocess.PIPE, env=env,
+                            text=True)
+    assert proc.stdout is not None
+    lines = proc.stdout.read().splitlines()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{script.name} --child {' '.join(args)} failed with exit {proc.returncode}")
+    found = [json.loads(line[len(MARK):]) for line in lines if line.startswith(MARK)]
+    if len(found) != 1:
+        raise SystemExit(f"{script.name} --child {' '.join(args)} printed {len(found)} results, not 1")
+    doc = found[0]
+    return Run(doc["wall"], doc["cpu"], usage.ru_maxrss / 1024, {k: float(v) for k, v in doc["extra"].items()})
+
+
+def measure(name: str, script: Path, args: Sequence[str], repeat: int) -> Figure:
+    """Median wall, CPU and peak RSS of ``repeat`` (>= 3) child runs of one case."""
+    runs = [run_child(script, args) for _ in range(max(3, repeat))]
+    keys = set().union(*(r.extra for r in runs))
+    return Figure(
+        name, len(runs),
+        statistics.median(r.wall for r in runs), statistics.median(r.cpu for r in runs),
+        statistics.median(r.rss_mib for r in runs),
+        {k: statistics.median(r.extra.get(k, 0.0) for r in runs) for k in sorted(keys)},
+    )
+
+
+def machine() -> str:
+    """One line naming the machine and the moment, printed above every table (figures are only comparable
+    within one run on one machine)."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}, load average {load:.2f} at start")
+
+
+def table(rows: Sequence[Sequence[str]], head: Sequence[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
+    fmt: Callable[[Sequence[str]], str] = lambda r: "  ".join(  # noqa: E731
+        str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths, strict=True)))
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)])
