@@ -12,7 +12,8 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..config import Option, ProviderConfig
+    from ..config_parse import Option
+    from ..config_providers import ProviderConfig
     from .base import Provider
 
 #: type -> "module:Class"

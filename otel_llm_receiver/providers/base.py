@@ -40,7 +40,8 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
-from ..config import Option, ProviderConfig
+from ..config_parse import Option
+from ..config_providers import ProviderConfig
 from ..errors import ERROR_TYPES, ErrorType, ProviderError
 from ..model import COST, USAGE, PollResult, SourceFailure, Window
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import ClassVar
 
-from ..config import Option, ProviderConfig
+from ..config_parse import Option
+from ..config_providers import ProviderConfig
 from ..errors import ProviderError
 from ..model import USAGE, CostRecord, PollResult, UsageRecord, Window
 from ..progress import report_begin, report_page

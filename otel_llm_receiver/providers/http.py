@@ -22,7 +22,7 @@ from typing import Any, cast
 import httpx
 
 from .. import __version__
-from ..config import Option
+from ..config_parse import Option
 from ..errors import ErrorType, ProviderError
 from ..progress import report_request
 from ..retry import POLL_DEADLINE, RETRYABLE_STATUSES, backoff_delay, parse_retry_after

@@ -26,7 +26,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
-from ...config import Option, ProviderConfig
+from ...config_parse import Option
+from ...config_providers import ProviderConfig
 from ...errors import ProviderError
 from ...model import CLAUDE_CODE, COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
 from ...progress import report_begin, report_page

@@ -20,7 +20,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ...config import Option, ProviderConfig
+from ...config_parse import Option
+from ...config_providers import ProviderConfig
 from ...errors import ProviderError
 from ...model import COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
 from ..base import DAY, HOUR, ProbeResult, Provider, read_source

@@ -24,7 +24,8 @@ import threading
 from collections.abc import Mapping
 from typing import ClassVar
 
-from ...config import Option, ProviderConfig
+from ...config_parse import Option
+from ...config_providers import ProviderConfig
 from ...errors import ProviderError
 from ...model import COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
 from ..base import DAY, HOUR, ProbeResult, Provider, read_source

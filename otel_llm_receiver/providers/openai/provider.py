@@ -27,7 +27,8 @@ import time
 from collections.abc import Awaitable, Mapping
 from typing import Any, ClassVar
 
-from ...config import Option, ProviderConfig
+from ...config_parse import Option
+from ...config_providers import ProviderConfig
 from ...errors import ProviderError
 from ...model import COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
 from ...progress import report_begin
