@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from ..config_parse import Option, OptionKind, option_default
 from ..config_providers import DEFAULT_PROVIDER_TIMEOUT, ProviderConfig
@@ -61,15 +61,19 @@ def common(default: Any = None) -> Any:
 class ProviderOptions:
     """Base of every provider's options class (see the module docstring)."""
 
+    #: Whether ``schema()`` lists the provider's own keys before the inherited (``HttpOptions``) ones.
+    OWN_KEYS_FIRST: ClassVar[bool] = True
+
     @classmethod
     def schema(cls) -> dict[str, Option]:
         """The ``Option`` schema of the provider-specific keys, for config validation.
 
-        A provider's own keys come first, then the inherited ones (``HttpOptions``): ``check`` lists them in
-        this order.
+        ``check`` lists a section's options in this order: the provider's own keys, then the inherited ones
+        (``OWN_KEYS_FIRST``), or the other way round.
         """
         by_name = {f.name: f for f in fields(cls) if _OPTION in f.metadata}
-        order = [name for klass in cls.__mro__ for name in inspect.get_annotations(klass)]
+        classes = cls.__mro__ if cls.OWN_KEYS_FIRST else reversed(cls.__mro__)
+        order = [name for klass in classes for name in inspect.get_annotations(klass)]
         return {name: by_name[name].metadata[_OPTION] for name in dict.fromkeys(order) if name in by_name}
 
     @classmethod
