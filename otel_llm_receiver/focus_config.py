@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import _Parser
+    from .config_parse import Parser
 
 VERSIONS = ("1.0", "1.2", "1.3")
 FORMATS = ("csv", "parquet", "jsonl")
@@ -47,7 +47,7 @@ def _have_pyarrow() -> bool:
         return False
 
 
-def parse_focus(p: _Parser, raw: Any) -> FocusConfig | None:
+def parse_focus(p: Parser, raw: Any) -> FocusConfig | None:
     section = p.mapping(raw, "focus")
     if section is None:
         return None

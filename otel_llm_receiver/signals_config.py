@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
-from .pricing import PriceEntry, load_catalog_file, parse_price_entries
+from .price_entries import PriceEntry, load_catalog_file, parse_price_entries
 
 if TYPE_CHECKING:
-    from .config import _Parser
+    from .config_parse import Parser
 
 Period = Literal["day", "week", "month", "quarter"]
 BudgetSource = Literal["reported", "estimated", "best"]
@@ -90,7 +90,7 @@ def _unknown(key: str, valid: tuple[str, ...]) -> str:
     return f"unknown key (valid: {', '.join(valid)})"
 
 
-def parse_pricing(p: _Parser, raw: Any) -> PricingConfig:
+def parse_pricing(p: Parser, raw: Any) -> PricingConfig:
     section = p.mapping(raw, "pricing") or {}
     genai, catalog_file = True, None
     overrides: list[PriceEntry] = []
@@ -113,17 +113,17 @@ def parse_pricing(p: _Parser, raw: Any) -> PricingConfig:
     return PricingConfig(genai, catalog_file, tuple(overrides), tuple(catalog))
 
 
-def _string(p: _Parser, value: Any, path: str) -> str | None:
+def _string(p: Parser, value: Any, path: str) -> str | None:
     text = p.text(value, path, nonempty=True, coerce=True)
     return text if isinstance(text, str) else None
 
 
-def _labels(p: _Parser, value: Any, path: str) -> dict[str, str]:
+def _labels(p: Parser, value: Any, path: str) -> dict[str, str]:
     labels = p.string_map(value, path)
     return labels if isinstance(labels, dict) else {}
 
 
-def parse_budgets(p: _Parser, raw: Any) -> tuple[BudgetConfig, ...]:
+def parse_budgets(p: Parser, raw: Any) -> tuple[BudgetConfig, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -182,7 +182,7 @@ def parse_budgets(p: _Parser, raw: Any) -> tuple[BudgetConfig, ...]:
     return tuple(budgets)
 
 
-def _budget_match(p: _Parser, raw: Any, path: str) -> BudgetMatch:
+def _budget_match(p: Parser, raw: Any, path: str) -> BudgetMatch:
     section = p.mapping(raw, path) or {}
     values: dict[str, Any] = {}
     for key, value in section.items():
@@ -196,7 +196,7 @@ def _budget_match(p: _Parser, raw: Any, path: str) -> BudgetMatch:
     return BudgetMatch(**values)
 
 
-def parse_attribution(p: _Parser, raw: Any) -> AttributionConfig:
+def parse_attribution(p: Parser, raw: Any) -> AttributionConfig:
     section = p.mapping(raw, "attribution") or {}
     rules: list[AttributionRule] = []
     for key, value in section.items():
@@ -213,7 +213,7 @@ def parse_attribution(p: _Parser, raw: Any) -> AttributionConfig:
     return AttributionConfig(tuple(rules))
 
 
-def _rule(p: _Parser, raw: Any, path: str) -> AttributionRule | None:
+def _rule(p: Parser, raw: Any, path: str) -> AttributionRule | None:
     section = p.mapping(raw, path)
     if section is None:
         return None

@@ -81,11 +81,13 @@ providers:
     proc = cli("check", "--config", str(config))
     assert proc.returncode == 2, proc.stdout
     lines = proc.stderr.strip().splitlines()
-    bedrock = [line for line in lines if line.startswith("providers.bedrock/prod: ")]
-    vertex = [line for line in lines if line.startswith("providers.vertex_ai/prod: ")]
-    assert len(bedrock) == 1 and "'moon-base-1' is not an AWS region name" in bedrock[0]
-    assert "bucket_width must divide a day" in bedrock[0]
-    assert len(vertex) == 1 and "projects must name at least one" in vertex[0]
+    bedrock = [line for line in lines if line.startswith("providers.bedrock/prod")]
+    vertex = [line for line in lines if line.startswith("providers.vertex_ai/prod")]
+    assert bedrock == [  # each with its key path (issue 19.3)
+        "providers.bedrock/prod.regions[1]: 'moon-base-1' is not an AWS region name",
+        "providers.bedrock/prod.bucket_width: must divide a day and be at least 5m, not 420s",
+    ]
+    assert vertex == ["providers.vertex_ai/prod.projects: must name at least one GCP project id"]
     assert not any(line.startswith("providers.demo") for line in lines)
     assert "Traceback" not in proc.stderr
     assert cli("run", "--config", str(config), "--once").returncode == 2

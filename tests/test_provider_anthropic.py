@@ -377,7 +377,7 @@ def test_required_dimensions_and_cost_window_limits_fail_the_poll_as_config(
         outcome = await h.poll()
         assert not outcome.ok and outcome.error_type == "config"
         message = h.receiver.health.statuses()[0].last_error or ""
-        assert "dimensions must include model" in message and "cost_lookback must be at most 7d" in message
+        assert "dimensions: must include model" in message and "cost_lookback: must be at most 7d" in message
 
     run(tmp_path, fake, scenario, dimensions=["workspace"], cost_lookback="30d")
     assert fake.api.requests == []
@@ -445,3 +445,19 @@ def test_a_cost_outage_while_usage_lands_is_re_read_from_the_cost_cursor(tmp_pat
             "%Y-%m-%dT%H:%M:%SZ")
 
     run(tmp_path, fake, scenario, max_retries=0)
+
+
+def test_check_reports_what_the_provider_refuses_with_key_paths() -> None:
+    """Issue 19.3: ``AnthropicOptions.validate()`` lines come out of ``check`` under their key paths."""
+    from otel_llm_receiver.providers import provider_problems
+    from otel_llm_receiver.providers.anthropic.options import AnthropicOptions
+
+    config = parse_config({"providers": {"anthropic/prod": {
+        "admin_key": "sk-ant-admin-test-0", "dimensions": ["workspace"], "cost_backfill": "30d"}}})
+    assert provider_problems(config.providers) == [
+        "providers.anthropic/prod.dimensions: must include model",
+        "providers.anthropic/prod.cost_backfill: must be at most 7d (the ledger's revision horizon for cost days)",
+    ]
+    options = AnthropicOptions.from_config(config.providers[0])
+    assert (options.max_retries, options.cost_lookback, options.sources) == (4, 3 * 86400.0, ("messages", "cost"))
+    assert AnthropicOptions(admin_key="k", dimensions=()).dimensions == AnthropicOptions().dimensions

@@ -453,8 +453,8 @@ def _accounts(fake: FakeAzure) -> list[Any]:
 @pytest.mark.parametrize(("options", "message"), [
     ({"subscriptions": []}, "set subscriptions or resources"),
     ({"resources": ["/subscriptions/x/resourceGroups/y"]}, "is not an account id"),
-    ({"bucket_width": "2h"}, "bucket_width must be"),
-    ({"cost_lookback": "10d"}, "cost_lookback is at most 7d"),
+    ({"bucket_width": "2h"}, "bucket_width: must be"),
+    ({"cost_lookback": "10d"}, "cost_lookback: is at most 7d"),
     ({"client_id": "abc"}, "client_id set without tenant_id, client_secret"),
     ({"authority_host": "http://login.example"}, "authority_host: 'http://login.example' is an invalid authority"),
 ])
@@ -769,3 +769,19 @@ def test_a_cost_row_of_no_discovered_account_is_kept_counted_and_logged(
     assert {c.tenancy_id for c in result.costs} == {child}
     assert result.unmatched_records == {"cost": 2}
     assert "2 cost row(s) matched no discovered account" in caplog.text and child in caplog.text
+
+
+def test_check_reports_what_the_provider_refuses_with_key_paths() -> None:
+    """Issue 19.3: ``AzureOpenAIOptions.validate()`` lines come out of ``check`` under their key paths."""
+    from otel_llm_receiver.providers import provider_problems
+    from otel_llm_receiver.providers.azure_openai.options import AzureOpenAIOptions
+
+    cfg = parse_config({"providers": {"azure_openai/prod": {
+        "resources": ["/subscriptions/x/resourceGroups/y"], "cost_lookback": "10d", "client_id": "abc"}}})
+    problems = provider_problems(cfg.providers)
+    assert [p.split(": ")[0] for p in problems] == [
+        "providers.azure_openai/prod.resources[0]", "providers.azure_openai/prod.cost_lookback",
+        "providers.azure_openai/prod.tenant_id",
+    ]
+    assert list(AzureOpenAIOptions.schema())[:3] == ["max_retries", "retry_initial_interval", "max_response_bytes"]
+    assert AzureOpenAIOptions.from_config(cfg.providers[0]).cost_query_spacing == 15.0

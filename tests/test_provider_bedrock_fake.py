@@ -25,8 +25,9 @@ from otel_llm_receiver.config import parse_config
 from otel_llm_receiver.errors import ProviderError
 from otel_llm_receiver.ledger import Ledger
 from otel_llm_receiver.model import PollResult, Window, to_nanos
-from otel_llm_receiver.providers import create_provider
+from otel_llm_receiver.providers import create_provider, provider_problems
 from otel_llm_receiver.providers.base import Provider
+from otel_llm_receiver.providers.bedrock.options import BedrockOptions
 from otel_llm_receiver.scheduler import Receiver
 from tests.fakes.api import Response
 from tests.fakes.aws import ACCOUNT, ROLE_KEY, CostRow, FakeAws
@@ -320,9 +321,23 @@ def test_config_problems_are_one_config_error() -> None:
         }}}).providers[0])
     message = str(info.value)
     assert info.value.error_type == "config"
-    for part in ("'Frankfurt' is not an AWS region", "bucket_width", "cannot be used together",
-                 "endpoint_url.s3", "cost_lookback must be at most 14d"):
+    for part in ("regions[1]: 'Frankfurt' is not an AWS region", "bucket_width: ", "cannot be used together",
+                 "endpoint_url.s3: ", "cost_lookback: must be at most 14d"):
         assert part in message
+
+
+def test_check_reports_what_the_provider_refuses_with_key_paths() -> None:
+    """Issue 19.3: ``BedrockOptions.validate()`` lines come out of ``check`` under their key paths."""
+    config = parse_config({"providers": {"bedrock/prod": {
+        "regions": ["us-east-1", "Frankfurt"], "endpoint_url": {"s3": "http://127.0.0.1:1"}, "cost_lookback": "30d",
+    }}})
+    assert provider_problems(config.providers) == [
+        "providers.bedrock/prod.regions[1]: 'Frankfurt' is not an AWS region name",
+        "providers.bedrock/prod.cost_lookback: must be at most 14d",
+        "providers.bedrock/prod.endpoint_url.s3: is not one of cloudwatch, ce, bedrock, sts",
+    ]
+    options = BedrockOptions.from_config(parse_config({"providers": {"bedrock": {}}}).providers[0])
+    assert options == BedrockOptions() and (options.bucket_width, options.cost_lookback) == (3600.0, 3 * 86400.0)
 
 
 # -- Cost Explorer ------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from otel_llm_receiver.errors import ConfigError, ProviderError
 from otel_llm_receiver.model import Window
 from otel_llm_receiver.providers import create_provider
 from otel_llm_receiver.providers.openai import OpenAIProvider
+from otel_llm_receiver.providers.openai.options import OpenAIOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-admin-test-config-key-0123456789"
@@ -45,7 +47,38 @@ def test_a_cost_lookback_past_the_revision_horizon_is_a_config_error() -> None:
     config = parse_config({"providers": {"openai": {"admin_key": KEY, "cost_lookback": "10d"}}})
     with pytest.raises(ProviderError) as info:
         create_provider(config.providers[0])
-    assert info.value.error_type == "config" and "at most 7d" in str(info.value)
+    assert info.value.error_type == "config" and "cost_lookback: must be at most 7d" in str(info.value)
+
+
+def test_check_reports_an_option_the_provider_refuses_with_its_key_path(tmp_path: Path) -> None:
+    """Issue 19.3: ``OpenAIOptions.validate()`` problems come out of ``check`` like every other config error."""
+    config = tmp_path / "c.yaml"
+    config.write_text("providers:\n  openai/prod:\n    admin_key: ${env:K}\n    cost_lookback: 10d\n")
+    proc = subprocess.run([sys.executable, "-m", "otel_llm_receiver", "check", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "K": KEY})
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "providers.openai/prod.cost_lookback: must be at most 7d (buckets older than 8d are pruned), not 10d"
+    ]
+
+
+def test_the_typed_options_are_the_schema_and_the_defaults_written_once() -> None:
+    config = parse_config({"providers": {"openai": {"admin_key": KEY}}}).providers[0]
+    options = OpenAIOptions.from_config(config)
+    assert options == OpenAIOptions(admin_key=KEY)  # every parsed default is the dataclass default
+    assert (options.max_retries, options.retry_initial_interval, options.timeout) == (4, 1.0, 30.0)
+    assert list(config.options) == list(OpenAIOptions.schema()) == list(OpenAIProvider.OPTIONS)
+    assert OpenAIOptions(admin_key=KEY, cost_lookback=8 * 86400.0).validate() == [
+        "cost_lookback: must be at most 7d (buckets older than 8d are pruned), not 8d"
+    ]
+    assert OpenAIOptions().validate() == ["admin_key: is required"]
+
+
+def test_the_constructor_takes_typed_options() -> None:
+    config = parse_config({"providers": {"openai": {"admin_key": KEY}}}).providers[0]
+    provider = OpenAIProvider(config, OpenAIOptions(admin_key=KEY, bucket_width="1d", max_retries=1, timeout=5.0))
+    assert provider.width == 86400 and provider.client.max_retries == 1
+    assert provider.options.timeout == 5.0
 
 
 def test_check_cli_redacts_the_key(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def provider(**options: Any) -> VertexAIProvider:
 
 
 @pytest.mark.parametrize(("options", "problem"), [
-    ({"bucket_width": "7m"}, "bucket_width must divide a day"),
+    ({"bucket_width": "7m"}, "bucket_width: must divide a day"),
     ({"bucket_width": "30s"}, "at least 1m"),
     ({"endpoint": "http://monitoring.example.com:80"}, "plaintext endpoint must be http://<loopback"),
     ({"endpoint": "http://127.0.0.1:9", "credentials_file": "/secrets/gcp.json"}, "cannot be used with a plaintext"),
@@ -50,6 +50,23 @@ def test_bad_config_is_one_config_error(options: dict[str, Any], problem: str) -
     with pytest.raises(ProviderError) as info:
         provider(**options)
     assert info.value.error_type == "config" and problem in str(info.value)
+
+
+def test_check_reports_what_the_provider_refuses_with_key_paths() -> None:
+    """Issue 19.3: ``VertexAIOptions.validate()`` lines come out of ``check`` under their key paths."""
+    from otel_llm_receiver.providers import provider_problems
+    from otel_llm_receiver.providers.vertex_ai.options import VertexAIOptions
+
+    config = parse_config({"providers": {"vertex_ai/prod": {
+        "projects": ["acme-prod"], "bucket_width": "7m", "endpoint": "http://127.0.0.1:9",
+        "credentials_file": "/secrets/gcp.json", "billing_export": {"table": "nope", "colour": "red"},
+    }}})
+    assert [line.split(": ")[0] for line in provider_problems(config.providers)] == [
+        "providers.vertex_ai/prod.bucket_width", "providers.vertex_ai/prod.credentials_file",
+        "providers.vertex_ai/prod.billing_export.colour", "providers.vertex_ai/prod.billing_export.table",
+    ]
+    options = VertexAIOptions.from_config(config.providers[0])
+    assert (options.max_retries, options.sources, options.project_names) == (4, ("vertex",), True)
 
 
 def test_defaults() -> None:

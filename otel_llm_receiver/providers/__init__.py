@@ -12,7 +12,8 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..config import Option, ProviderConfig
+    from ..config_parse import Option
+    from ..config_providers import ProviderConfig
     from .base import Provider
 
 #: type -> "module:Class"
@@ -44,18 +45,26 @@ def create_provider(config: ProviderConfig) -> Provider:
 
 
 def provider_problems(configs: Iterable[ProviderConfig]) -> list[str]:
-    """What each enabled instance's own checks reject, one ``providers.NAME: ...`` line per instance.
+    """What each enabled instance's own checks reject, one ``providers.NAME...: ...`` line per problem.
 
-    The config schema cannot see everything (a region that is not one, a bucket width that does not divide a
-    day, a missing SDK extra); providers check those when they are built, without any network call. ``check``
-    and ``run`` build each one up front so such a config fails at once with exit 2, not at its first poll.
+    The config schema cannot see everything (a cost lookback past the revision horizon, a region that is not
+    one, a missing SDK extra); ``check`` and ``run`` ask each instance up front, without any network call, so
+    such a config fails at once with exit 2, not at its first poll. A typed provider's ``validate()`` problems
+    carry their key (``providers.openai/prod.cost_lookback: ...``); the others are the message of the
+    ``ProviderError`` its constructor raised.
     """
     from ..errors import ProviderError
 
-    problems = []
+    problems: list[str] = []
     for config in configs:
         if not config.enabled:
             continue
+        options_type = provider_class(config.type).OPTIONS_TYPE
+        if options_type is not None:
+            found = options_type.from_config(config).validate()
+            if found:
+                problems.extend(f"providers.{config.name}.{problem}" for problem in found)
+                continue
         try:
             provider = create_provider(config)
         except ProviderError as exc:

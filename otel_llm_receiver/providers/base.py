@@ -5,7 +5,9 @@ live in its module; no OpenTelemetry, no SQL, no global state. The scheduler own
 and the ledger, so adding a provider is filling in this form:
 
 * ``TYPE`` — the config key (``openai`` in ``providers: {openai/prod: ...}``);
-* ``OPTIONS`` — its own config keys beside the common ones, as ``config.Option`` schemas;
+* ``OPTIONS_TYPE`` — its options as a frozen dataclass (``providers/options.py``: defaults written once, a
+  ``validate()`` whose problems ``check`` reports with their key paths); ``OPTIONS`` is its ``schema()``
+  (a provider not yet typed writes ``OPTIONS`` by hand and keeps ``OPTIONS_TYPE`` None);
 * ``DEFAULT_LOOKBACK`` / ``DEFAULT_BACKFILL`` / ``MAX_BACKFILL`` — how far each poll re-reads, how far the first
   poll reaches back, and what the API allows at most;
 * ``REVISION_HORIZON`` — how old a bucket can be and still change (older bucket rows are pruned);
@@ -40,9 +42,11 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
-from ..config import Option, ProviderConfig
+from ..config_parse import Option
+from ..config_providers import ProviderConfig
 from ..errors import ERROR_TYPES, ErrorType, ProviderError
 from ..model import COST, USAGE, PollResult, SourceFailure, Window
+from .options import ProviderOptions
 
 T = TypeVar("T")
 
@@ -69,6 +73,7 @@ class Provider(ABC):
     """Base class of every provider module's provider."""
 
     TYPE: ClassVar[str]
+    OPTIONS_TYPE: ClassVar[type[ProviderOptions] | None] = None
     OPTIONS: ClassVar[Mapping[str, Option]] = {}
     DEFAULT_LOOKBACK: ClassVar[float] = 2 * HOUR
     DEFAULT_BACKFILL: ClassVar[float] = DAY

@@ -21,16 +21,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import ClassVar
 
-from ..config import Option, ProviderConfig
+from ..config_parse import Option
+from ..config_providers import ProviderConfig
 from ..errors import ProviderError
 from ..model import USAGE, CostRecord, PollResult, UsageRecord, Window
 from ..progress import report_begin, report_page
 from .base import DAY, HOUR, Provider
+from .options import ProviderOptions, option
 
 PROVIDER_NAME = "demo"
 
@@ -177,32 +179,42 @@ def cost_records(seed: int, workloads: tuple[Workload, ...], window: Window) -> 
             )
 
 
+@dataclass(frozen=True, kw_only=True)
+class DemoOptions(ProviderOptions):
+    """A ``demo`` section's own keys, written once (no HTTP: the data is made up)."""
+
+    seed: int = option("int", 42, description="Seed of the synthetic data: same seed, same numbers.")
+    models: tuple[str, ...] | None = option(
+        "list[str]", None, choices=tuple(sorted({w.model for w in WORKLOADS})),
+        description="Only these models (default: all).",
+    )
+    bucket_width: float = option("duration", 60.0, description="Usage bucket width (1m .. 1d).")
+
+    def validate(self) -> list[str]:
+        width = int(self.bucket_width)
+        if width < 60 or DAY % width:
+            return [f"bucket_width: must divide a day and be at least 1m, not {width}s"]
+        return []
+
+
 class DemoProvider(Provider):
     """Synthetic usage for demos and tests (see the module docstring for the shape of the data)."""
 
     TYPE: ClassVar[str] = "demo"
-    OPTIONS: ClassVar[dict[str, Option]] = {
-        "seed": Option("int", default=42, description="Seed of the synthetic data: same seed, same numbers."),
-        "models": Option(
-            "list[str]", default=None, choices=tuple(sorted({w.model for w in WORKLOADS})),
-            description="Only these models (default: all).",
-        ),
-        "bucket_width": Option("duration", default=60.0, description="Usage bucket width (1m .. 1d)."),
-    }
+    OPTIONS_TYPE: ClassVar[type[DemoOptions]] = DemoOptions
+    OPTIONS: ClassVar[Mapping[str, Option]] = DemoOptions.schema()
     DEFAULT_BACKFILL: ClassVar[float] = 7 * DAY
     REVISION_HORIZON: ClassVar[float] = COST_LOOKBACK + DAY
 
-    def __init__(self, config: ProviderConfig) -> None:
+    def __init__(self, config: ProviderConfig, options: DemoOptions | None = None) -> None:
         super().__init__(config)
-        self.seed = int(config.options.get("seed", 42))
-        models = config.options.get("models")
-        self.workloads = tuple(w for w in WORKLOADS if not models or w.model in models)
-        self.width = int(config.options.get("bucket_width") or 60)
-        if self.width < 60 or DAY % self.width:
-            raise ProviderError(
-                f"{self.name}: bucket_width must divide a day and be at least 1m, not {self.width}s",
-                provider=self.name, error_type="config",
-            )
+        self.options = options = options if options is not None else DemoOptions.from_config(config)
+        problems = options.validate()
+        if problems:
+            raise ProviderError(f"{self.name}: " + "; ".join(problems), provider=self.name, error_type="config")
+        self.seed = options.seed
+        self.workloads = tuple(w for w in WORKLOADS if not options.models or w.model in options.models)
+        self.width = int(options.bucket_width)
 
     @property
     def lookback(self) -> float:

@@ -22,31 +22,17 @@ from typing import Any, cast
 import httpx
 
 from .. import __version__
-from ..config import Option
+from ..config_parse import Option
 from ..errors import ErrorType, ProviderError
 from ..progress import report_request
 from ..retry import POLL_DEADLINE, RETRYABLE_STATUSES, backoff_delay, parse_retry_after
+from .options import MAX_RESPONSE_BYTES, HttpOptions
 
 log = logging.getLogger(__name__)
 
-#: Options every HTTP provider accepts besides the common keys (merged into its ``OPTIONS``).
-HTTP_OPTIONS: Mapping[str, Option] = {
-    "max_retries": Option(
-        "int", default=4, minimum=0, maximum=20,
-        description="Retries of one request after a 429, 5xx, timeout or connection error (0 to 20).",
-    ),
-    "retry_initial_interval": Option(
-        "duration", default="1s", maximum="30s",
-        description="First backoff between retries; doubles per retry (with jitter), capped at 30s.",
-    ),
-    "max_response_bytes": Option(
-        "int", default=32 * 1024 * 1024,
-        description="Largest response body read (bytes, default 32 MiB): a larger one fails the poll.",
-    ),
-}
-
-#: Default of ``max_response_bytes``: far above any real page (a 31-day 1h page is a few MiB).
-MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+#: Options every HTTP provider accepts besides the common keys (``HttpOptions``, merged into its ``OPTIONS``).
+HTTP_OPTIONS: Mapping[str, Option] = HttpOptions.schema()
+_DEFAULTS = HttpOptions()
 
 Params = Mapping[str, Any] | Sequence[tuple[str, Any]] | None
 
@@ -64,8 +50,8 @@ class ApiClient:
         base_url: str,
         headers: Mapping[str, str],
         timeout: float,
-        max_retries: int = 4,
-        retry_initial_interval: float = 1.0,
+        max_retries: int = _DEFAULTS.max_retries,
+        retry_initial_interval: float = _DEFAULTS.retry_initial_interval,
         max_retry_wait: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
         requests: Counter[str] | None = None,
@@ -260,23 +246,27 @@ def client_from_config(
     provider: str,
     base_url: str,
     headers: Mapping[str, str],
-    timeout: float,
-    options: Mapping[str, Any],
+    timeout: float | None = None,
+    options: HttpOptions | Mapping[str, Any],
     requests: Counter[str] | None = None,
     auth: httpx.Auth | None = None,
 ) -> ApiClient:
-    """An ``ApiClient`` with the retry settings of a provider section (``HTTP_OPTIONS``)."""
+    """An ``ApiClient`` with the retry settings of a provider section (typed ``HttpOptions``, or the parsed
+    options of a provider not yet typed); ``timeout`` defaults to the options' own."""
+    if not isinstance(options, HttpOptions):
+        values = {key: options[key] for key in HTTP_OPTIONS if options.get(key) is not None}
+        options = HttpOptions(**values, timeout=timeout if timeout is not None else _DEFAULTS.timeout)
     return ApiClient(
         provider=provider,
         base_url=base_url,
         headers=headers,
-        timeout=timeout,
+        timeout=options.timeout if timeout is None else timeout,
         requests=requests,
         auth=auth,
-        max_retries=int(options.get("max_retries", 4)),
-        retry_initial_interval=float(options.get("retry_initial_interval", 1.0)),
-        max_response_bytes=int(options.get("max_response_bytes") or MAX_RESPONSE_BYTES),
+        max_retries=options.max_retries,
+        retry_initial_interval=options.retry_initial_interval,
+        max_response_bytes=options.max_response_bytes,
     )
 
 
-__all__ = ["HTTP_OPTIONS", "MAX_RESPONSE_BYTES", "ApiClient", "client_from_config"]
+__all__ = ["HTTP_OPTIONS", "MAX_RESPONSE_BYTES", "ApiClient", "HttpOptions", "client_from_config"]

@@ -26,13 +26,20 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
-from ...config import Option, ProviderConfig
+from ...config_parse import Option
+from ...config_providers import ProviderConfig
 from ...errors import ProviderError, ResponseShapeError
 from ...model import CLAUDE_CODE, COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
 from ...progress import report_begin, report_page
 from ..base import DAY, HOUR, ProbeResult, Provider, read_source
-from ..http import HTTP_OPTIONS, MAX_RESPONSE_BYTES, ApiClient
+from ..http import ApiClient, client_from_config
 from .claude_code import code_records, day_param, parse_code_page
+from .options import (
+    BUCKET_WIDTHS,
+    REVISION_HORIZON_DAYS,
+    SOURCES,
+    AnthropicOptions,
+)
 from .reports import (
     DEFAULT_WORKSPACE,
     DIMENSIONS,
@@ -54,25 +61,14 @@ COST_PATH = "/v1/organizations/cost_report"
 WORKSPACES_PATH = "/v1/organizations/workspaces"
 CLAUDE_CODE_PATH = "/v1/organizations/usage_report/claude_code"
 CLAUDE_CODE_PAGE_LIMIT = 1000  # claude_code: limit 1..1000 records a page
-API_VERSION = "2023-06-01"
 FAST_MODE_BETA = "fast-mode-2026-02-01"  # the docs: needed to group the usage report by `speed`
 
-#: ``bucket_width`` -> (seconds, the most buckets one page may hold, per the API reference).
-BUCKET_WIDTHS: Mapping[str, tuple[int, int]] = {"1m": (60, 1440), "1h": (HOUR, 168), "1d": (DAY, 31)}
 COST_PAGE_LIMIT = 31  # cost_report: daily buckets only, limit 1..31
 WORKSPACES_PAGE_LIMIT = 1000  # workspaces: limit 1..1000
 DATA_DELAY = 5 * 60  # "typically appears within 5 minutes": buckets older than this count as complete
 MAX_PAGES = 500  # a runaway pager (the same token forever) ends the poll instead of looping
-REVISION_HORIZON_DAYS = 8
-MAX_COST_WINDOW = (REVISION_HORIZON_DAYS - 1) * DAY  # cost is re-read within the ledger's revision horizon
-DEFAULT_DIMENSIONS = ("workspace", "model", "service_tier", "context_window", "inference_geo")
-REQUIRED_DIMENSIONS = ("workspace", "model")
-SOURCES = ("messages", "cost", "claude_code")
-DEFAULT_SOURCES = ("messages", "cost")
 #: Each report (``sources:``) as the data source it is (``llm.data.source`` on ``llm.receiver.polls``).
 DATA_SOURCE = {"messages": USAGE, "cost": COST, "claude_code": CLAUDE_CODE}
-#: Dimensions of the Claude Code report only (not a usage report group_by[]).
-CODE_DIMENSIONS = ("actor",)
 DEFAULT_WORKSPACE_NAME = "Default Workspace"
 
 
@@ -88,79 +84,48 @@ def _ceil(t: int, width: int) -> int:
     return -(-t // width) * width
 
 
-def _seconds(value: object, default: float) -> float:
-    """A duration option's seconds; ``0`` is a value, only None takes the default."""
-    return float(value) if isinstance(value, int | float) else float(default)
-
-
 class AnthropicProvider(Provider):
     """Claude API usage (tokens by type, cache TTL, server tools) and reported cost, by workspace and model."""
 
     TYPE: ClassVar[str] = "anthropic"
-    OPTIONS: ClassVar[Mapping[str, Option]] = {
-        "admin_key": Option(
-            "secret", required=True,
-            description="Admin API key (sk-ant-admin...), sent as x-api-key. Workspace API keys are refused.",
-        ),
-        "anthropic_version": Option("str", default=API_VERSION, description="The anthropic-version header."),
-        "bucket_width": Option(
-            "str", default="1h", choices=tuple(BUCKET_WIDTHS),
-            description="Usage bucket width (the API's own default is 1d, so it is always sent).",
-        ),
-        "cost_lookback": Option(
-            "duration", default="72h", description="Cost days re-read every poll (Anthropic restates recent days)."
-        ),
-        "cost_backfill": Option("duration", default="7d", description="Cost days read on a first poll."),
-        "names_ttl": Option("duration", default="1h", description="How long workspace names are cached."),
-        "dimensions": Option(
-            "list[str]", default=DEFAULT_DIMENSIONS, choices=(*DIMENSIONS, *CODE_DIMENSIONS),
-            description="Usage group_by[] dimensions; workspace and model are required; api_key, speed and actor "
-            "(Claude Code) opt in.",
-        ),
-        "sources": Option(
-            "list[str]", default=DEFAULT_SOURCES, choices=SOURCES, description="Which reports to poll."
-        ),
-        **HTTP_OPTIONS,
-    }
+    OPTIONS_TYPE: ClassVar[type[AnthropicOptions]] = AnthropicOptions
+    OPTIONS: ClassVar[Mapping[str, Option]] = AnthropicOptions.schema()
     DEFAULT_LOOKBACK: ClassVar[float] = 2 * HOUR
     DEFAULT_BACKFILL: ClassVar[float] = DAY
     REVISION_HORIZON: ClassVar[float] = REVISION_HORIZON_DAYS * DAY
 
-    def __init__(self, config: ProviderConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: ProviderConfig,
+        options: AnthropicOptions | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``options`` default to the section's own (``AnthropicOptions.from_config``); invalid ones are refused
+        with the ``key: message`` lines of ``AnthropicOptions.validate`` (``check`` reports the same lines)."""
         super().__init__(config)
-        opts = config.options
-        self.width, self.page_limit = BUCKET_WIDTHS[str(opts.get("bucket_width") or "1h")]
-        self.dimensions: tuple[str, ...] = tuple(opts.get("dimensions") or DEFAULT_DIMENSIONS)
-        self.reports: tuple[str, ...] = tuple(opts.get("sources") or DEFAULT_SOURCES)
-        self.cost_lookback = _seconds(opts.get("cost_lookback"), 72 * HOUR)
-        self.cost_backfill = _seconds(opts.get("cost_backfill"), 7 * DAY)
-        self.names_ttl = _seconds(opts.get("names_ttl"), HOUR)
-        problems = [f"dimensions must include {d}" for d in REQUIRED_DIMENSIONS if d not in self.dimensions]
-        problems += [
-            f"{key} must be at most {MAX_COST_WINDOW // DAY}d (the ledger's revision horizon for cost days)"
-            for key, value in (("cost_lookback", self.cost_lookback), ("cost_backfill", self.cost_backfill))
-            if value > MAX_COST_WINDOW
-        ]
+        self.options = options = options if options is not None else AnthropicOptions.from_config(config)
+        problems = options.validate()
         if problems:
             raise ProviderError("; ".join(problems), provider=self.name, error_type="config")
-        headers = {"x-api-key": str(opts["admin_key"]), "anthropic-version": str(opts.get("anthropic_version")
-                                                                                 or API_VERSION)}
+        self.width, self.page_limit = BUCKET_WIDTHS[options.bucket_width]
+        self.dimensions: tuple[str, ...] = options.dimensions
+        self.reports: tuple[str, ...] = options.sources
+        self.cost_lookback = options.cost_lookback
+        self.cost_backfill = options.cost_backfill
+        self.names_ttl = options.names_ttl
+        headers = {"x-api-key": str(options.admin_key), "anthropic-version": options.anthropic_version}
         if "speed" in self.dimensions:
             headers["anthropic-beta"] = FAST_MODE_BETA
-        base_url = config.endpoint or DEFAULT_ENDPOINT
-        retries = int(opts.get("max_retries", 4))
-        initial = float(opts.get("retry_initial_interval", 1.0))
-        max_bytes = int(opts.get("max_response_bytes") or MAX_RESPONSE_BYTES)
-        self.client = ApiClient(
-            provider=self.name, base_url=base_url, headers=headers, timeout=config.timeout,
-            max_retries=retries, retry_initial_interval=initial, requests=self.api_requests,
-            max_response_bytes=max_bytes,
+        base_url = options.endpoint or DEFAULT_ENDPOINT
+        self.client = client_from_config(
+            provider=self.name, base_url=base_url, headers=headers, options=options, requests=self.api_requests
         )
         # Names are a nicety: one quick retry, never a long Retry-After wait that would delay usage.
         self.names_client = ApiClient(
-            provider=self.name, base_url=base_url, headers=headers, timeout=config.timeout,
-            max_retries=min(retries, 1), retry_initial_interval=initial, max_retry_wait=5.0,
-            requests=self.api_requests, max_response_bytes=max_bytes,
+            provider=self.name, base_url=base_url, headers=headers, timeout=options.timeout,
+            max_retries=min(options.max_retries, 1), retry_initial_interval=options.retry_initial_interval,
+            max_retry_wait=5.0, requests=self.api_requests, max_response_bytes=options.max_response_bytes,
         )
         self._clock = clock
         self._names: dict[str, str] = {}

@@ -20,15 +20,17 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ...config import Option, ProviderConfig
+from ...config_parse import Option
+from ...config_providers import ProviderConfig
 from ...errors import ProviderError
 from ...model import COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
 from ..base import DAY, HOUR, ProbeResult, Provider, read_source
-from ..http import HTTP_OPTIONS, client_from_config
+from ..http import client_from_config
 from .auth import BearerAuth, build_credential, token_scope
 from .costs import CostReader, Pacer, cost_window
-from .discovery import Account, Discovery, parse_account_id
-from .metrics import INTERVALS, METRIC_SETS, MetricsReader
+from .discovery import Account, Discovery
+from .metrics import METRIC_SETS, MetricsReader
+from .options import MAX_COST_LOOKBACK, AzureOpenAIOptions
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -47,101 +49,59 @@ class AzureOpenAIProvider(Provider):
     """Azure OpenAI / AI Foundry accounts: usage from Azure Monitor, spend from Cost Management."""
 
     TYPE: ClassVar[str] = "azure_openai"
-    OPTIONS: ClassVar[Mapping[str, Option]] = {
-        **HTTP_OPTIONS,
-        "subscriptions": Option(
-            "list[str]", default=(), description="Subscription ids whose OpenAI / AIServices accounts are polled."),
-        "resources": Option(
-            "list[str]", default=(),
-            description="Account resource ids to poll (besides those found in `subscriptions`)."),
-        "tenant_id": Option("str", description="Entra ID tenant of a service principal (with client_id/secret)."),
-        "client_id": Option("str", description="Service principal application id."),
-        "client_secret": Option("secret", description="Service principal secret, e.g. ${env:AZURE_CLIENT_SECRET}."),
-        "authority_host": Option(
-            "str", description="Entra ID authority for sovereign clouds (https), e.g. login.microsoftonline.us."),
-        "management_endpoint": Option(
-            "str", description="Resource Manager endpoint (default https://management.azure.com; the common "
-                               "`endpoint` key is an alias). The token scope is ENDPOINT/.default."),
-        "bucket_width": Option("duration", default="1h", description="Metrics time grain: 1m, 5m, 15m, 30m or 1h."),
-        "metric_set": Option(
-            "str", default="models", choices=tuple(METRIC_SETS),
-            description="`models`: InputTokens/OutputTokens (+ Anthropic cache metrics, ModelRequests); "
-                        "`azure_openai`: ProcessedPromptTokens/GeneratedTokens, AzureOpenAIRequests."),
-        "max_series": Option(
-            "int", default=1000, description="`top` of each metrics query: series per metric per account."),
-        "discovery_interval": Option(
-            "duration", default="1h", description="How long account and deployment lists are cached."),
-        "cost": Option("bool", default=True, description="Query Cost Management for spend."),
-        "cost_interval": Option("duration", default="6h", description="How often spend is queried."),
-        "cost_lookback": Option(
-            "duration", default="72h", description="How far back each cost query re-reads (at most 7d)."),
-        "cost_scopes": Option(
-            "list[str]", default=(),
-            description="Cost query scopes (/subscriptions/ID[/resourceGroups/RG]); default: the accounts' "
-                        "subscriptions."),
-        "cost_query_spacing": Option(
-            "duration", default="15s", description="Least time between two cost queries to one scope."),
-    }
+    OPTIONS_TYPE: ClassVar[type[AzureOpenAIOptions]] = AzureOpenAIOptions
+    OPTIONS: ClassVar[Mapping[str, Option]] = AzureOpenAIOptions.schema()
     DEFAULT_LOOKBACK: ClassVar[float] = 3 * HOUR
     DEFAULT_BACKFILL: ClassVar[float] = DAY
     MAX_BACKFILL: ClassVar[float | None] = 30 * DAY
     #: Cost rows change for up to cost_lookback (at most 7d) after their day: keep a day more than that.
     REVISION_HORIZON: ClassVar[float] = 8 * DAY
-    MAX_COST_LOOKBACK: ClassVar[float] = 7 * DAY
+    MAX_COST_LOOKBACK: ClassVar[float] = MAX_COST_LOOKBACK
     SOURCES: ClassVar[tuple[str, ...]] = (USAGE, COST)
 
     def __init__(
         self,
         config: ProviderConfig,
+        options: AzureOpenAIOptions | None = None,
         *,
         credential: TokenCredential | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """``options`` default to the section's own (``AzureOpenAIOptions.from_config``); invalid ones are
+        refused with the ``key: message`` lines of ``AzureOpenAIOptions.validate`` (``check`` reports them)."""
         super().__init__(config)
-        opts = config.options
-        problems = []
-        self.width = int(opts.get("bucket_width") or HOUR)
-        if self.width not in INTERVALS or self.width > HOUR:
-            problems.append(f"bucket_width must be 1m, 5m, 15m, 30m or 1h, not {self.width}s")
-        subscriptions = tuple(opts.get("subscriptions") or ())
-        resources = tuple(opts.get("resources") or ())
-        if not subscriptions and not resources:
-            problems.append("set subscriptions or resources: there is nothing to poll")
-        for r in resources:
-            try:
-                parse_account_id(r)
-            except ValueError as exc:
-                problems.append(f"resources: {exc}")
-        self.cost_enabled = bool(opts.get("cost", True))
-        self.cost_interval = _duration(opts.get("cost_interval"), 6 * HOUR)
-        self.cost_lookback = _duration(opts.get("cost_lookback"), 72 * HOUR)
-        if self.cost_lookback > self.MAX_COST_LOOKBACK:
-            problems.append("cost_lookback is at most 7d (older spend is final)")
-        max_series = int(opts.get("max_series") or 1000)
-        if max_series < 1:
-            problems.append("max_series must be at least 1")
+        self.options = options = options if options is not None else AzureOpenAIOptions.from_config(config)
+        problems = options.validate()
         if problems:
             raise ProviderError(f"{self.name}: " + "; ".join(problems), provider=self.name, error_type="config")
+        self.width = int(options.bucket_width)
+        self.cost_enabled = options.cost
+        self.cost_interval = options.cost_interval
+        self.cost_lookback = options.cost_lookback
 
-        endpoint = str(opts.get("management_endpoint") or config.endpoint or PUBLIC_MANAGEMENT_ENDPOINT)
-        self.credential = credential if credential is not None else build_credential(self.name, opts)
+        endpoint = options.management_endpoint or options.endpoint or PUBLIC_MANAGEMENT_ENDPOINT
+        credentials = {
+            "tenant_id": options.tenant_id, "client_id": options.client_id,
+            "client_secret": options.client_secret, "authority_host": options.authority_host,
+        }
+        self.credential = credential if credential is not None else build_credential(self.name, credentials)
         self.auth = BearerAuth(self.credential, token_scope(endpoint), provider=self.name, clock=clock)
         self.client = client_from_config(
-            provider=self.name, base_url=endpoint, headers={}, timeout=config.timeout, options=opts,
-            requests=self.api_requests, auth=self.auth,
+            provider=self.name, base_url=endpoint, headers={}, options=options, requests=self.api_requests,
+            auth=self.auth,
         )
         self.discovery = Discovery(
-            self.client, provider=self.name, subscriptions=subscriptions, resources=resources,
-            ttl=_duration(opts.get("discovery_interval"), HOUR),
+            self.client, provider=self.name, subscriptions=options.subscriptions, resources=options.resources,
+            ttl=options.discovery_interval,
         )
         self.metrics = MetricsReader(
-            self.client, provider=self.name, metric_set=METRIC_SETS[str(opts.get("metric_set") or "models")],
-            width=self.width, top=max_series,
+            self.client, provider=self.name, metric_set=METRIC_SETS[options.metric_set], width=self.width,
+            top=options.max_series,
         )
         self.cost_reader = CostReader(
-            self.client, provider=self.name, scopes=tuple(opts.get("cost_scopes") or ()),
-            pacer=Pacer(_duration(opts.get("cost_query_spacing"), 15.0), sleep=sleep),
+            self.client, provider=self.name, scopes=options.cost_scopes,
+            pacer=Pacer(options.cost_query_spacing, sleep=sleep),
         )
         self._cost_polled_at: int | None = None
 
@@ -224,11 +184,6 @@ class AzureOpenAIProvider(Provider):
         close: Any = getattr(self.credential, "close", None)
         if callable(close):
             close()
-
-
-def _duration(value: object, default: float) -> float:
-    """A duration option in seconds; ``0s`` is a valid value, not "unset"."""
-    return default if value is None else float(value)  # type: ignore[arg-type]
 
 
 __all__ = ["AzureOpenAIProvider"]

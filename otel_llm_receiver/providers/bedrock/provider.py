@@ -19,28 +19,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
 from collections.abc import Mapping
 from typing import ClassVar
 
-from ...config import Option, ProviderConfig
+from ...config_parse import Option
+from ...config_providers import ProviderConfig
 from ...errors import ProviderError
 from ...model import COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
 from ..base import DAY, HOUR, ProbeResult, Provider, read_source
-from .aws import SERVICES, AwsApi
+from .aws import AwsApi
 from .cloudwatch import MANTLE, RUNTIME, Namespace, read_usage
 from .costs import PROVIDER, CostQuery
 from .models import ModelRef, ProfileCache, looks_like_application_profile, parse_model_id
+from .options import MAX_COST_LOOKBACK, BedrockOptions
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BedrockProvider"]
 
-_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]")
 COST_CHECKED = "cost_checked"
 COST_FINAL_UNTIL = "cost_final_until"
-MAX_COST_LOOKBACK = 14 * DAY
 THROTTLED = "llm.usage.throttled_requests"
 
 
@@ -53,23 +52,8 @@ class BedrockProvider(Provider):
     """AWS Bedrock usage (CloudWatch ``AWS/Bedrock`` and ``AWS/BedrockMantle``) and cost (Cost Explorer)."""
 
     TYPE: ClassVar[str] = "bedrock"
-    OPTIONS: ClassVar[dict[str, Option]] = {
-        "regions": Option("list[str]", default=["us-east-1"], description="Regions whose CloudWatch to read."),
-        "bucket_width": Option("duration", default="1h", description="CloudWatch period: 5m .. 1d, dividing a day."),
-        "mantle": Option("bool", default=True, description="Also read AWS/BedrockMantle (bedrock-mantle endpoint)."),
-        "costs": Option("bool", default=True, description="Read spend from Cost Explorer ($0.01 a request)."),
-        "cost_interval": Option("duration", default="6h", description="How often to ask Cost Explorer."),
-        "cost_lookback": Option("duration", default="72h", description="Recent days re-read (restated); at most 14d."),
-        "cost_metric": Option("str", default="UnblendedCost", choices=("UnblendedCost", "NetUnblendedCost")),
-        "cost_services": Option("list[str]", default=["*Bedrock*"],
-                                description="Services that are Bedrock spend (shell patterns, case-insensitive)."),
-        "cost_tag": Option("str", description="Cost-allocation tag whose value owns the spend (llm.tenancy.id)."),
-        "linked_accounts": Option("bool", default=False, description="Spend per linked account (payer view)."),
-        "role_arn": Option("str", description="IAM role to assume with the default credential chain."),
-        "endpoint_url": Option("map[str,str]", description="URL per service: cloudwatch, ce, bedrock, sts."),
-        "profile_ttl": Option("duration", default="1h", description="How long inference profiles are cached."),
-        "max_attempts": Option("int", default=3, description="botocore attempts per call (throttling, 5xx)."),
-    }
+    OPTIONS_TYPE: ClassVar[type[BedrockOptions]] = BedrockOptions
+    OPTIONS: ClassVar[Mapping[str, Option]] = BedrockOptions.schema()
     DEFAULT_LOOKBACK: ClassVar[float] = 3 * HOUR
     DEFAULT_BACKFILL: ClassVar[float] = 7 * DAY
     #: 5-minute CloudWatch data is kept 63 days (1-hour data 455 days).
@@ -78,48 +62,34 @@ class BedrockProvider(Provider):
     REVISION_HORIZON: ClassVar[float] = MAX_COST_LOOKBACK + DAY
     SOURCES: ClassVar[tuple[str, ...]] = (USAGE, COST)
 
-    def __init__(self, config: ProviderConfig) -> None:
+    def __init__(self, config: ProviderConfig, options: BedrockOptions | None = None) -> None:
+        """``options`` default to the section's own (``BedrockOptions.from_config``); invalid ones are refused
+        with the ``key: message`` lines of ``BedrockOptions.validate`` (``check`` reports the same lines)."""
         super().__init__(config)
-        opts = config.options
-        problems: list[str] = []
-        self.regions: tuple[str, ...] = tuple(opts.get("regions") or ())
-        if not self.regions:
-            problems.append("regions must list at least one region")
-        problems += [f"region {r!r} is not an AWS region name" for r in self.regions if not _REGION.fullmatch(r)]
-        self.width = int(opts.get("bucket_width") or HOUR)
-        if self.width < 300 or self.width % 60 or DAY % self.width:
-            problems.append(f"bucket_width must divide a day and be at least 5m, not {self.width}s")
-        self.cost_interval = float(opts.get("cost_interval") or 6 * HOUR)
-        lookback = opts.get("cost_lookback")
-        self.cost_lookback = int(lookback) if lookback is not None else 3 * DAY
-        if self.cost_lookback > MAX_COST_LOOKBACK:
-            problems.append("cost_lookback must be at most 14d")
-        self.cost_tag: str | None = opts.get("cost_tag") or None
-        self.linked_accounts = bool(opts.get("linked_accounts"))
-        if self.cost_tag and self.linked_accounts:
-            problems.append("cost_tag and linked_accounts cannot be used together "
-                            "(Cost Explorer groups by two keys at most)")
-        endpoints: Mapping[str, str] = opts.get("endpoint_url") or {}
-        problems += [f"endpoint_url.{k} is not one of {', '.join(SERVICES)}" for k in endpoints if k not in SERVICES]
-        max_attempts = int(opts.get("max_attempts") or 3)
-        if max_attempts < 1:
-            problems.append("max_attempts must be at least 1")
+        self.options = options = options if options is not None else BedrockOptions.from_config(config)
+        problems = options.validate()
         try:  # an extra, not a base dependency: say how to get it rather than fail on first use
             import boto3  # noqa: F401
         except ImportError:
             problems.append("needs the AWS SDK: pip install 'otel-llm-receiver[bedrock]'")
         if problems:
             raise ProviderError("; ".join(problems), provider=self.name, error_type="config")
-        self.namespaces: tuple[Namespace, ...] = (RUNTIME, MANTLE) if opts.get("mantle", True) else (RUNTIME,)
-        self.costs_enabled = bool(opts.get("costs", True))
-        self.cost_metric = str(opts.get("cost_metric") or "UnblendedCost")
-        self.cost_services = tuple(opts.get("cost_services") or ("*Bedrock*",))
+        self.regions: tuple[str, ...] = options.regions
+        self.width = int(options.bucket_width)
+        self.cost_interval = options.cost_interval
+        self.cost_lookback = int(options.cost_lookback)
+        self.cost_tag: str | None = options.cost_tag or None
+        self.linked_accounts = options.linked_accounts
+        self.namespaces: tuple[Namespace, ...] = (RUNTIME, MANTLE) if options.mantle else (RUNTIME,)
+        self.costs_enabled = options.costs
+        self.cost_metric = options.cost_metric
+        self.cost_services = options.cost_services
         self._count_lock = threading.Lock()
         self.api = AwsApi(
-            provider=self.name, timeout=config.timeout, max_attempts=max_attempts, count=self._count,
-            endpoints=endpoints, endpoint=config.endpoint, role_arn=opts.get("role_arn") or None,
+            provider=self.name, timeout=options.timeout, max_attempts=options.max_attempts, count=self._count,
+            endpoints=options.endpoint_url or {}, endpoint=options.endpoint, role_arn=options.role_arn or None,
         )
-        self.profiles = ProfileCache(self.api.call, ttl=float(opts.get("profile_ttl") or HOUR), provider=self.name)
+        self.profiles = ProfileCache(self.api.call, ttl=options.profile_ttl, provider=self.name)
         self._account: str | None = None
         self._cost_checked: int | None = None
         self._cost_final_until: int | None = None

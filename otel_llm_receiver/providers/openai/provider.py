@@ -27,16 +27,16 @@ import time
 from collections.abc import Awaitable, Mapping
 from typing import Any, ClassVar
 
-from ...config import Option, ProviderConfig
+from ...config_parse import Option
+from ...config_providers import ProviderConfig
 from ...errors import ProviderError, ResponseShapeError
 from ...model import COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
 from ...progress import report_begin
 from ..base import DAY, HOUR, PROBE_WINDOW, ProbeResult, Provider, read_source
-from ..http import HTTP_OPTIONS, client_from_config
+from ..http import client_from_config
 from . import pages
 from .endpoints import (
     COST_PAGE_LIMIT,
-    DIMENSION_FIELDS,
     USAGE_ENDPOINTS,
     USAGE_PAGE_LIMITS,
     UsageEndpoint,
@@ -45,11 +45,11 @@ from .endpoints import (
 from .fields import mapping
 from .keys import RowKeys
 from .normalize import ALL_PROJECTS, UNKNOWN_PROJECT, Notes, Row, cost
+from .options import BUCKET_WIDTHS, MAX_COST_LOOKBACK, OpenAIOptions
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://api.openai.com"
-BUCKET_WIDTHS: dict[str, int] = {"1m": 60, "1h": HOUR, "1d": DAY}
 COST_GROUP_BY = ("project_id", "line_item")
 #: Concurrent requests of one poll: the endpoints are independent, and OpenAI rate-limits per organization.
 CONCURRENCY = 4
@@ -64,65 +64,38 @@ class OpenAIProvider(Provider):
     """OpenAI organization usage and costs (see the module docstring and docs/providers/openai.md)."""
 
     TYPE: ClassVar[str] = "openai"
-    OPTIONS: ClassVar[dict[str, Option]] = {
-        "admin_key": Option("secret", required=True, description="An OpenAI Admin API key (sk-admin-...)."),
-        "usage_endpoints": Option(
-            "list[str]", default=[e.name for e in USAGE_ENDPOINTS], choices=tuple(e.name for e in USAGE_ENDPOINTS),
-            description="Usage types to poll (default: all).",
-        ),
-        "costs": Option("bool", default=True, description="Poll /v1/organization/costs (daily, reported spend)."),
-        "bucket_width": Option(
-            "str", default="1h", choices=tuple(BUCKET_WIDTHS), description="Usage bucket width: 1m, 1h or 1d."
-        ),
-        "dimensions": Option(
-            "list[str]", default=["project", "model", "batch"], choices=tuple(DIMENSION_FIELDS),
-            description="Group usage by these (api_key and user add per-key / per-user series: opt in).",
-        ),
-        "cost_lookback": Option(
-            "duration", default="72h", description="How far back each poll re-reads costs (at most 7d)."
-        ),
-        "cost_backfill": Option("duration", default="7d", description="How far back the first poll reads costs."),
-        "names_ttl": Option("duration", default="1h", description="How long project names are cached."),
-        "project_ids": Option("list[str]", default=None, description="Only these projects (passed to the API)."),
-        **HTTP_OPTIONS,
-    }
+    OPTIONS_TYPE: ClassVar[type[OpenAIOptions]] = OpenAIOptions
+    OPTIONS: ClassVar[Mapping[str, Option]] = OpenAIOptions.schema()
     DEFAULT_LOOKBACK: ClassVar[float] = 2 * HOUR
     DEFAULT_BACKFILL: ClassVar[float] = DAY
     #: Costs are re-read up to 7 days back (cost_lookback): bucket rows must live a day longer than that.
     REVISION_HORIZON: ClassVar[float] = 8 * DAY
-    MAX_COST_LOOKBACK: ClassVar[float] = 7 * DAY
+    MAX_COST_LOOKBACK: ClassVar[float] = MAX_COST_LOOKBACK
     SOURCES: ClassVar[tuple[str, ...]] = (USAGE, COST)
 
-    def __init__(self, config: ProviderConfig) -> None:
+    def __init__(self, config: ProviderConfig, options: OpenAIOptions | None = None) -> None:
+        """``options`` default to the section's own (``OpenAIOptions.from_config``); invalid ones are refused
+        with the ``key: message`` lines of ``OpenAIOptions.validate`` (``check`` reports the same lines)."""
         super().__init__(config)
-        options = config.options
-        self.width = BUCKET_WIDTHS[str(options.get("bucket_width") or "1h")]
-        names = options.get("usage_endpoints")
+        self.options = options = options if options is not None else OpenAIOptions.from_config(config)
+        problems = options.validate()
+        if problems:
+            raise ProviderError(f"{self.name}: " + "; ".join(problems), provider=self.name, error_type="config")
+        self.width = BUCKET_WIDTHS[options.bucket_width]
         self.endpoints: tuple[UsageEndpoint, ...] = tuple(
-            e for e in USAGE_ENDPOINTS if names is None or e.name in names
+            e for e in USAGE_ENDPOINTS if e.name in options.usage_endpoints
         )
-        self.costs = bool(options.get("costs", True))
-        dimensions = options.get("dimensions")
-        self.dimensions: tuple[str, ...] = (
-            ("project", "model", "batch") if dimensions is None else tuple(dict.fromkeys(dimensions))
-        )
-        self.cost_lookback = float(options.get("cost_lookback") or 3 * DAY)
-        self.cost_backfill = float(options.get("cost_backfill") or 7 * DAY)
-        self.names_ttl = float(options.get("names_ttl") or HOUR)
-        self.project_ids: tuple[str, ...] = tuple(options.get("project_ids") or ())
-        if self.cost_lookback > self.MAX_COST_LOOKBACK:
-            raise ProviderError(
-                f"{self.name}: cost_lookback must be at most 7d (buckets older than 8d are pruned), "
-                f"not {self.cost_lookback:g}s", provider=self.name, error_type="config",
-            )
-        key = options.get("admin_key")
-        if not key:
-            raise ProviderError(f"{self.name}: admin_key is required", provider=self.name, error_type="config")
-        base_url = (config.endpoint or DEFAULT_ENDPOINT).rstrip("/")
+        self.costs = options.costs
+        self.dimensions: tuple[str, ...] = tuple(dict.fromkeys(options.dimensions))
+        self.cost_lookback = options.cost_lookback
+        self.cost_backfill = options.cost_backfill
+        self.names_ttl = options.names_ttl
+        self.project_ids: tuple[str, ...] = tuple(options.project_ids or ())
+        base_url = (options.endpoint or DEFAULT_ENDPOINT).rstrip("/")
         base_url = base_url.removesuffix("/v1")  # paths carry /v1 already
         self.client = client_from_config(
-            provider=self.name, base_url=base_url, headers={"authorization": f"Bearer {key}"},
-            timeout=config.timeout, options=options, requests=self.api_requests,
+            provider=self.name, base_url=base_url, headers={"authorization": f"Bearer {options.admin_key}"},
+            options=options, requests=self.api_requests,
         )
         self._names: dict[str, str] = {}
         self._names_at = float("-inf")  # monotonic time of the last successful lookup

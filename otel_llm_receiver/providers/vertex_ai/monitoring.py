@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from ...errors import ErrorType, ProviderError
 from ...progress import report_request
 from ...retry import backoff_delay
+from ..options import HttpOptions
 from .series import Point, Query, Series
 
 log = logging.getLogger(__name__)
@@ -193,8 +194,8 @@ class MonitoringReader:
     client: Any
     timeout: float
     requests: Counter[str]
-    max_retries: int = 4
-    retry_initial_interval: float = 1.0
+    max_retries: int = HttpOptions.max_retries  # the section's own, passed by the provider; defaults written once
+    retry_initial_interval: float = HttpOptions.retry_initial_interval
     max_retry_wait: float = 60.0
 
     async def _call(self, operation: str, project: str, call: Callable[[], Awaitable[T]]) -> T:

@@ -23,12 +23,13 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ...config import Option, ProviderConfig
+from ...config_parse import Option
+from ...config_providers import ProviderConfig
 from ...errors import ProviderError
 from ...model import COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
 from ..base import DAY, HOUR, ProbeResult, Provider, read_source
-from ..http import HTTP_OPTIONS
 from . import billing, monitoring, names
+from .options import VertexAIOptions
 from .series import (
     GEMINI_INPUT_QUOTA,
     GEMINI_PROVIDER,
@@ -43,7 +44,6 @@ from .series import (
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("vertex", "gemini_api")
 #: How long the list of Gemini input-token quota metrics of a project is trusted before it is listed again.
 DESCRIPTOR_TTL = 6 * HOUR
 
@@ -52,34 +52,8 @@ class VertexAIProvider(Provider):
     """Token usage of Vertex AI publisher models (and, opt-in, the Gemini Developer API) per GCP project."""
 
     TYPE: ClassVar[str] = "vertex_ai"
-    OPTIONS: ClassVar[dict[str, Option]] = {
-        "projects": Option("list[str]", required=True, description="GCP project ids to read (the tenancies)."),
-        "sources": Option(
-            "list[str]", default=("vertex",), choices=SOURCES,
-            description="What to read: `vertex` (Vertex AI publisher models), `gemini_api` (Gemini Developer "
-                        "API, per project).",
-        ),
-        "bucket_width": Option("duration", default="1h", description="Alignment period of the buckets (1m .. 1d)."),
-        "credentials_file": Option(
-            "secret", default=None,
-            description="Service-account or other Google credentials JSON (a path, or the JSON via ${file:...}); "
-                        "default: Application Default Credentials.",
-        ),
-        "billing_export": Option(
-            "map[str,str]", default=None,
-            description="Reported cost from the Cloud Billing export: `table` (project.dataset.table), optional "
-                        "`project` (runs the query), `interval` (6h), `lookback` (3d), `location`.",
-        ),
-        "project_names": Option(
-            "bool", default=True,
-            description="Look project display names up in Resource Manager (resourcemanager.projects.get).",
-        ),
-        "resource_manager_endpoint": Option(
-            "str", default=None,
-            description="Resource Manager base URL (default https://cloudresourcemanager.googleapis.com).",
-        ),
-        **HTTP_OPTIONS,
-    }
+    OPTIONS_TYPE: ClassVar[type[VertexAIOptions]] = VertexAIOptions
+    OPTIONS: ClassVar[Mapping[str, Option]] = VertexAIOptions.schema()
     DEFAULT_LOOKBACK: ClassVar[float] = 3 * HOUR  # Monitoring points arrive minutes late
     MAX_BACKFILL: ClassVar[float | None] = 6 * 7 * DAY  # DELTA metric data are kept six weeks
     #: Billing export days are re-read up to 31 days back: their rows must outlive that, or a re-read would
@@ -87,43 +61,28 @@ class VertexAIProvider(Provider):
     REVISION_HORIZON: ClassVar[float] = billing.MAX_LOOKBACK + DAY
     SOURCES: ClassVar[tuple[str, ...]] = (USAGE, COST)
 
-    def __init__(self, config: ProviderConfig) -> None:
+    def __init__(self, config: ProviderConfig, options: VertexAIOptions | None = None) -> None:
+        """``options`` default to the section's own (``VertexAIOptions.from_config``); invalid ones are refused
+        with the ``key: message`` lines of ``VertexAIOptions.validate`` (``check`` reports the same lines), a
+        missing SDK extra with its own line."""
         super().__init__(config)
-        opts = config.options
-        self.projects: tuple[str, ...] = tuple(opts.get("projects") or ())
-        sources = opts.get("sources")
-        self.sources: tuple[str, ...] = ("vertex",) if sources is None else tuple(sources)
-        self.width = int(opts.get("bucket_width") or HOUR)
-        self.credentials_file: str | None = opts.get("credentials_file")
-        self.max_retries = int(opts.get("max_retries", 4))
-        self.retry_initial_interval = float(opts.get("retry_initial_interval") or 1.0)
-        problems = []
-        if not self.projects:
-            problems.append("projects must name at least one GCP project id")
-        if self.width < 60 or DAY % self.width:
-            problems.append(f"bucket_width must divide a day and be at least 1m, not {self.width}s")
-        try:
-            self.plaintext = monitoring.plaintext_target(config.endpoint) is not None
-        except ValueError as exc:
-            problems.append(str(exc))
-        else:
-            if self.plaintext and self.credentials_file:
-                problems.append("credentials_file cannot be used with a plaintext (http://) endpoint")
-        try:
-            monitoring.plaintext_target(opts.get("resource_manager_endpoint"))
-        except ValueError as exc:
-            problems.append(f"resource_manager_endpoint: {exc}")
+        self.options = options = options if options is not None else VertexAIOptions.from_config(config)
+        self.projects: tuple[str, ...] = options.projects
+        self.sources: tuple[str, ...] = options.sources
+        self.width = int(options.bucket_width)
+        self.credentials_file: str | None = options.credentials_file
+        self.max_retries = options.max_retries
+        self.retry_initial_interval = options.retry_initial_interval
+        problems = options.validate()
+        if not problems:
+            self.plaintext = monitoring.plaintext_target(options.endpoint) is not None
         self.billing: billing.BillingExport | None = None
-        if opts.get("billing_export"):
-            try:
-                self.billing = billing.BillingExport.parse(opts["billing_export"])
-            except ValueError as exc:
-                problems.append(str(exc))
+        if options.billing_export:
+            if not problems:
+                self.billing = billing.BillingExport.parse(options.billing_export)
             if importlib.util.find_spec("google.cloud.bigquery") is None:
                 problems.append(
                     "billing_export needs google-cloud-bigquery: pip install 'otel-llm-receiver[vertex-billing]'")
-        elif not self.sources:
-            problems.append("sources is empty and no billing_export is configured: nothing to read")
         if self.sources and importlib.util.find_spec("google.cloud.monitoring_v3") is None:
             problems.append("needs google-cloud-monitoring: pip install 'otel-llm-receiver[vertex]'")
         if problems:
@@ -137,10 +96,10 @@ class VertexAIProvider(Provider):
         # Against a loopback emulator there is no Resource Manager: names only from one given explicitly.
         emulated = self.plaintext or (
             self.billing is not None and monitoring.plaintext_target(self.billing.endpoint) is not None)
-        if opts.get("project_names", True) and (opts.get("resource_manager_endpoint") or not emulated):
+        if options.project_names and (options.resource_manager_endpoint or not emulated):
             self._names = names.ProjectNames(
-                endpoint=opts.get("resource_manager_endpoint"), credentials=self._credentials_for(names.SCOPES),
-                timeout=config.timeout, requests=self.api_requests, instance=self.name,
+                endpoint=options.resource_manager_endpoint, credentials=self._credentials_for(names.SCOPES),
+                timeout=options.timeout, requests=self.api_requests, instance=self.name,
             )
 
     def _credentials_for(self, scopes: tuple[str, ...]) -> Any:
@@ -195,10 +154,10 @@ class VertexAIProvider(Provider):
         now = int(time.time())
         end = now - now % self.width
         results: list[ProbeResult] = []
-        client = monitoring.make_client(self.config.endpoint, self._credentials_for(monitoring.SCOPES))
+        client = monitoring.make_client(self.options.endpoint, self._credentials_for(monitoring.SCOPES))
         reader = monitoring.MonitoringReader(
-            client, timeout=self.config.timeout, requests=self.api_requests, max_retries=self.max_retries,
-            retry_initial_interval=self.retry_initial_interval, max_retry_wait=self.config.timeout,
+            client, timeout=self.options.timeout, requests=self.api_requests, max_retries=self.max_retries,
+            retry_initial_interval=self.retry_initial_interval, max_retry_wait=self.options.timeout,
         )
         try:
             for project in self.projects:
@@ -243,7 +202,7 @@ class VertexAIProvider(Provider):
         start = first - first % DAY
         end = window.end - window.end % DAY + DAY
         reader = billing.BillingReader(
-            settings, credentials=self._credentials_for(billing.SCOPES), timeout=self.config.timeout,
+            settings, credentials=self._credentials_for(billing.SCOPES), timeout=self.options.timeout,
             requests=self.api_requests, max_retries=self.max_retries,
             retry_initial_interval=self.retry_initial_interval, max_retry_wait=self.config.collection_interval,
         )
@@ -255,9 +214,9 @@ class VertexAIProvider(Provider):
         end = window.end - window.end % self.width
         if end <= start:
             return PollResult(complete_until=start)
-        client = monitoring.make_client(self.config.endpoint, self._credentials_for(monitoring.SCOPES))
+        client = monitoring.make_client(self.options.endpoint, self._credentials_for(monitoring.SCOPES))
         reader = monitoring.MonitoringReader(
-            client, timeout=self.config.timeout, requests=self.api_requests, max_retries=self.max_retries,
+            client, timeout=self.options.timeout, requests=self.api_requests, max_retries=self.max_retries,
             retry_initial_interval=self.retry_initial_interval, max_retry_wait=self.config.collection_interval,
         )
         usage: list[UsageRecord] = []
