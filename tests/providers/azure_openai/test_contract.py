@@ -530,7 +530,7 @@ def test_example_config_is_valid_and_builds_the_provider() -> None:
 
     from otel_llm_receiver.config import load_config
 
-    path = Path(__file__).parent.parent / "examples" / "azure_openai.yaml"
+    path = Path(__file__).resolve().parents[3] / "examples" / "azure_openai.yaml"
     plain = load_config(path, environ={})
     assert [p.type for p in plain.providers] == ["azure_openai"]
     provider = AzureOpenAIProvider(plain.providers[0])

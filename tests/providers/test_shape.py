@@ -19,7 +19,7 @@ from otel_llm_receiver.errors import ReceiverError, ResponseShapeError
 from otel_llm_receiver.model import MAX_AMOUNT, MAX_COUNT
 from otel_llm_receiver.providers import shape
 
-PROVIDERS = Path(__file__).resolve().parent.parent / "otel_llm_receiver" / "providers"
+PROVIDERS = Path(__file__).resolve().parents[2] / "otel_llm_receiver" / "providers"
 
 #: The only ``raise ValueError`` left under providers/: each parses configuration, not a response, and its
 #: caller turns it into a config problem (or an auth error for a credentials file) naming the key.

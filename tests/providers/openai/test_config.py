@@ -16,7 +16,7 @@ from otel_llm_receiver.providers import create_provider
 from otel_llm_receiver.providers.openai import OpenAIProvider
 from otel_llm_receiver.providers.openai.options import OpenAIOptions
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 KEY = "sk-admin-test-config-key-0123456789"
 
 

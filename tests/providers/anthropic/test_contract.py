@@ -386,7 +386,7 @@ def test_required_dimensions_and_cost_window_limits_fail_the_poll_as_config(
 def test_the_shipped_example_config_is_valid() -> None:
     from otel_llm_receiver.config import load_config
 
-    example = Path(__file__).resolve().parent.parent / "examples" / "anthropic.yaml"
+    example = Path(__file__).resolve().parents[3] / "examples" / "anthropic.yaml"
     config = load_config(str(example), environ={"ANTHROPIC_ADMIN_KEY": ADMIN_KEY})
     (provider,) = config.providers
     assert provider.type == "anthropic" and provider.options["bucket_width"] == "1h"

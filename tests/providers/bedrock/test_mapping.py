@@ -95,7 +95,7 @@ def test_the_example_config_is_valid_and_builds_a_provider() -> None:
     from otel_llm_receiver.config import load_config
     from otel_llm_receiver.providers import create_provider
 
-    config = load_config(Path(__file__).parent.parent / "examples" / "bedrock.yaml")
+    config = load_config(Path(__file__).resolve().parents[3] / "examples" / "bedrock.yaml")
     (section,) = config.providers
     provider = create_provider(section)
     assert section.type == "bedrock" and provider.lookback == 3 * 3600 and provider.backfill == 7 * 86400

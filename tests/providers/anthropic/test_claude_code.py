@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.anthropic import CLAUDE_CODE_PATH, DAY, HOUR, MINUTE, FakeAnthropic
+from tests.providers.anthropic.test_contract import NOW, assert_exact
 from tests.support.anthropic_harness import Harness, code_totals
-from tests.test_provider_anthropic import NOW, assert_exact
 
 SOURCES = ["messages", "cost", "claude_code"]
 TODAY = NOW - NOW % DAY

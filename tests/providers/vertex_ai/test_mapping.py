@@ -1,5 +1,5 @@
 """Unit tests of the Vertex AI provider's pure parts: config checks, endpoint rules, credentials, error mapping,
-token-type mapping. The gRPC paths are exercised against the fake server in test_provider_vertex.py."""
+token-type mapping. The gRPC paths are exercised against the fake server in test_contract.py."""
 
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ def test_a_service_account_file_loads_offline(tmp_path: Path) -> None:
 def test_the_example_config_builds_both_instances() -> None:
     from otel_llm_receiver.config import load_config
 
-    config = load_config(Path(__file__).parent.parent / "examples" / "vertex_ai.yaml")
+    config = load_config(Path(__file__).resolve().parents[3] / "examples" / "vertex_ai.yaml")
     built = [create_provider(p) for p in config.providers]
     assert [type(p).__name__ for p in built] == ["VertexAIProvider", "VertexAIProvider"]
     usage, cost = built
