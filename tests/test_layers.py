@@ -85,3 +85,13 @@ def test_module_does_not_import_the_ledger(module: str) -> None:
     assert not direct, f"{module} imports {direct}: take names from otel_llm_receiver.names instead"
     loaded = sorted(m for m in _closure(module) if _is_ledger(m))
     assert not loaded, f"importing {module} loads {loaded}"
+
+
+def test_the_architecture_page_names_every_module() -> None:
+    """docs/architecture.md is the map a newcomer reads first: a module it does not name is one they cannot find."""
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text("utf-8")
+    modules = [p for p in (*PACKAGE.glob("*.py"), *(PACKAGE / "ledger").glob("*.py"))
+               if p.name not in ("__init__.py", "__main__.py")]
+    missing = sorted(str(p.relative_to(PACKAGE)) for p in modules
+                     if f"`{p.relative_to(PACKAGE)}`" not in page and f"`{p.name}`" not in page)
+    assert not missing, missing
