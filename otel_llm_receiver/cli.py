@@ -18,21 +18,22 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from . import __version__
 from .config import Config, load_config, parse_config
 from .durations import parse_duration, parse_window
-from .emitter import BatchExporter, build_exporter, failure_detail
 from .errors import ConfigError, ReceiverError
-from .health import HealthServer
-from .ledger.check import check_ledger
 from .logs import redact, setup_logging
-from .progress import ProgressState
-from .providers import provider_problems
-from .scheduler import Receiver, wait_for_stop
+
+# The runtime (OTLP exporters, the scheduler, provider SDK wrappers) is imported by the commands that use it:
+# `--help`, `check` and a config error answer without loading it.
+if TYPE_CHECKING:
+    from .emitter import BatchExporter
+    from .progress import ProgressState
+    from .scheduler import Receiver
 
 log = logging.getLogger("otel_llm_receiver.cli")
 
@@ -161,6 +162,8 @@ def _load(path: str, *, build_providers: bool = True) -> Config | None:
 
     ``report`` reads only the ledger: it skips the providers (their SDK extras need not be installed there).
     """
+    from .providers import provider_problems
+
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -211,6 +214,10 @@ def _serve(
     summary_every: float | None = None,
     health_required: bool = True,
 ) -> int:
+    from .health import HealthServer
+    from .ledger.check import check_ledger
+    from .scheduler import Receiver
+
     try:
         check_ledger(config.storage.path)  # a damaged ledger is refused here, in one line, before anything runs
         receiver = Receiver(config, exporters=exporters)
@@ -283,6 +290,8 @@ async def _stop_after(stop: asyncio.Event, seconds: float, first_round: asyncio.
 
 
 async def _summary_loop(receiver: Receiver, stop: asyncio.Event, every: float) -> None:
+    from .scheduler import wait_for_stop
+
     while True:
         # the backfills' progress is read here, on the event loop that updates it; the table in a thread
         await asyncio.to_thread(_print_summary, receiver, receiver.progress_states())
@@ -335,6 +344,8 @@ class ProbingExporter:
 
     @property
     def last_failure(self) -> str | None:
+        from .emitter import failure_detail
+
         return failure_detail(self.inner)
 
     def shutdown(self) -> None:
@@ -342,6 +353,8 @@ class ProbingExporter:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from .emitter import build_exporter
+
     raw = yaml.safe_load(DEMO_CONFIG)
     if args.storage:
         raw["storage"]["path"] = args.storage
@@ -369,6 +382,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .errors import LedgerError
     from .ledger import Ledger
+    from .ledger.check import check_ledger
     from .money import money_stack
     from .report import build_report, render
 
@@ -401,6 +415,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_history(args: argparse.Namespace) -> int:
     """Backfill the ledger ``run`` will continue, then write its history up to now (docs/deployment.md)."""
     from .history import write_history
+    from .ledger.check import check_ledger
+    from .scheduler import Receiver
 
     config = _load(args.config)
     if config is None:
