@@ -47,6 +47,7 @@ from .price_entries import (
     parse_price_entries,
 )
 from .price_entries import glob_match as _glob
+from .providers.descriptors import facts_by_genai_name
 from .series import PICOS_PER_NANO, PricingPeriod
 
 log = logging.getLogger(__name__)
@@ -66,14 +67,10 @@ __all__ = [
 FAR_FUTURE = 2**62
 
 
-# Our provider names (gen_ai.provider.name) -> genai-prices provider ids; others are matched by model name.
+# Our provider names (gen_ai.provider.name) -> genai-prices provider ids, from each provider's provider.yaml;
+# others are matched by model name.
 GENAI_PROVIDER_IDS: Mapping[str, str] = {
-    "openai": "openai",
-    "anthropic": "anthropic",
-    "azure.ai.openai": "azure",
-    "aws.bedrock": "aws",
-    "gcp.vertex_ai": "google",
-    "gcp.gemini": "google",
+    name: f.genai_prices_id for name, f in facts_by_genai_name().items() if f.genai_prices_id is not None
 }
 _FALLBACK_PROVIDER_IDS = ("openai", "anthropic", "google")
 _GENAI_PRICE_KEYS: Mapping[str, str] = {

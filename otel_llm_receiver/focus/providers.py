@@ -17,32 +17,16 @@ Marketplace that is the model's maker, while AWS stays host (the customer chose 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Final
 
+from ..providers.descriptors import ProviderFacts, facts_by_genai_name
 
-@dataclass(frozen=True, slots=True)
-class ProviderFacts:
-    service_name: str
-    provider_name: str
-    invoice_issuer: str
-    host_provider: str
-    #: The publisher when the platform only serves its own models; None: the model's maker (``publisher_of``).
-    publisher: str | None
-    #: Third-party models are sold through the cloud's marketplace (their maker is the 1.3 ServiceProviderName).
-    marketplace: bool = False
+__all__ = ["PROVIDERS", "ProviderFacts", "facts", "publisher_of", "service_provider_of"]
 
 
-#: By ``gen_ai.provider.name`` (catalog.yaml). The cloud names are the ones the clouds' own FOCUS exports use.
-PROVIDERS: Final[Mapping[str, ProviderFacts]] = {
-    "openai": ProviderFacts("OpenAI API", "OpenAI", "OpenAI", "OpenAI", "OpenAI"),
-    "anthropic": ProviderFacts("Claude API", "Anthropic", "Anthropic", "Anthropic", "Anthropic"),
-    "azure.ai.openai": ProviderFacts("Azure OpenAI", "Microsoft", "Microsoft", "Microsoft", None),
-    "aws.bedrock": ProviderFacts("Amazon Bedrock", "AWS", "AWS", "AWS", None, marketplace=True),
-    "gcp.vertex_ai": ProviderFacts("Vertex AI", "Google Cloud", "Google Cloud", "Google Cloud", None),
-    "gcp.gemini": ProviderFacts("Gemini API", "Google Cloud", "Google Cloud", "Google Cloud", "Google"),
-    "demo": ProviderFacts("Demo LLM API", "Demo", "Demo", "Demo", None),
-}
+#: By ``gen_ai.provider.name`` (catalog.yaml), from each provider folder's ``provider.yaml``. The cloud names are
+#: the ones the clouds' own FOCUS exports use.
+PROVIDERS: Final[Mapping[str, ProviderFacts]] = facts_by_genai_name()
 
 #: Model makers, by the vendor prefix of a model id (``anthropic.claude-...`` on Bedrock), the ``llm.publisher``
 #: label (Vertex AI), or a word in the model's name; first match wins.

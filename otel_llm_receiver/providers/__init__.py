@@ -16,15 +16,10 @@ if TYPE_CHECKING:
     from ..config_providers import ProviderConfig
     from .base import Provider
 
-#: type -> "module:Class"
-PROVIDER_TYPES: dict[str, str] = {
-    "demo": "otel_llm_receiver.providers.demo:DemoProvider",
-    "anthropic": "otel_llm_receiver.providers.anthropic:AnthropicProvider",
-    "azure_openai": "otel_llm_receiver.providers.azure_openai:AzureOpenAIProvider",
-    "bedrock": "otel_llm_receiver.providers.bedrock:BedrockProvider",
-    "openai": "otel_llm_receiver.providers.openai:OpenAIProvider",
-    "vertex_ai": "otel_llm_receiver.providers.vertex_ai:VertexAIProvider",
-}
+from .descriptors import descriptors
+
+#: type -> "module:Class", from each provider folder's ``provider.yaml`` (tests may register more)
+PROVIDER_TYPES: dict[str, str] = {d.type_name: d.provider_class for d in descriptors().values()}
 
 
 def provider_class(type_name: str) -> type[Provider]:

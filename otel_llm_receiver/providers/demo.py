@@ -32,9 +32,10 @@ from ..errors import ProviderError
 from ..model import USAGE, CostRecord, PollResult, UsageRecord, Window
 from ..progress import report_begin, report_page
 from .base import DAY, HOUR, Provider
+from .descriptors import genai_name
 from .options import ProviderOptions, option
 
-PROVIDER_NAME = "demo"
+PROVIDER_NAME = genai_name("demo")
 
 TENANCIES: dict[str, str] = {
     "proj-search": "Search",

@@ -22,8 +22,9 @@ from ...errors import ResponseShapeError
 from ...model import CostRecord, UsageRecord, plausible_amount
 from ...names import METRIC_TOOL_REQUESTS
 from .. import shape
+from ..descriptors import genai_name
 
-PROVIDER = "anthropic"
+PROVIDER = genai_name("anthropic")
 OPERATION = "chat"  # the Messages API: the GenAI conventions' `chat`
 #: Server-tool requests (web search, web fetch): the GenAI conventions' `execute_tool`, as OpenAI's tool calls.
 TOOL_OPERATION = "execute_tool"

@@ -33,12 +33,13 @@ from typing import Any
 from ...errors import ProviderError, ResponseShapeError
 from ...model import UsageRecord, Window
 from .. import shape
+from ..descriptors import genai_name
 from ..http import ApiClient
 from .discovery import Account, Deployment, model_label
 
 log = logging.getLogger(__name__)
 
-PROVIDER_NAME = "azure.ai.openai"
+PROVIDER_NAME = genai_name("azure_openai")
 METRICS_API_VERSION = "2023-10-01"
 METRIC_NAMESPACE = "Microsoft.CognitiveServices/accounts"
 #: Time grains the metrics API accepts, by our bucket width in seconds.

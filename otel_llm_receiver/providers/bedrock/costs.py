@@ -38,12 +38,13 @@ from typing import Any, NamedTuple
 from ...errors import ProviderError, ResponseShapeError
 from ...model import CostRecord
 from .. import shape
+from ..descriptors import genai_name
 from .aws import CE_REGION
 
 __all__ = ["QUANTITY_METRIC", "CostQuery", "Group", "model_of", "service_selected", "token_kind"]
 
 DAY = 86400
-PROVIDER = "aws.bedrock"
+PROVIDER = genai_name("bedrock")
 Call = Callable[..., Awaitable[dict[str, Any]]]
 #: The metric asked beside the cost metric: the billed quantity of each group, in its usage type's unit.
 QUANTITY_METRIC = "UsageQuantity"

@@ -22,9 +22,10 @@ from typing import Any
 
 from ...errors import ResponseShapeError
 from ...model import MAX_COUNT, CostRecord, UsageRecord
+from ..descriptors import genai_name
 from .fields import count, decimal, flag, mapping, text
 
-PROVIDER = "openai"
+PROVIDER = genai_name("openai")
 #: ``llm.tenancy.id`` when a row carries no project id although grouped by project (never seen; kept apart).
 UNKNOWN_PROJECT = "unknown"
 #: ``llm.tenancy.id`` of usage not grouped by project (``dimensions`` without ``project``): every project.
