@@ -19,6 +19,7 @@ from otel_llm_receiver.ledger import (
     Ledger,
 )
 from otel_llm_receiver.model import CostRecord, PollResult, UsageRecord, from_nanos
+from tests.support.ledger_reads import rollup_totals_since
 
 H = 3600
 D = 86400
@@ -228,12 +229,12 @@ def test_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
 def test_rollups_follow_the_latest_values(ledger: Ledger) -> None:
     ledger.apply("demo", PollResult(usage=[usage(0, 60, inp=5), usage(60, 60, inp=5), usage(H, 60, inp=1)]))
     ledger.apply("demo", PollResult(usage=[usage(60, 60, inp=2)]))  # shrink inside the first hour
-    rows = {(m, a.get("gen_ai.token.type")): v for _, m, a, v in ledger.rollup_totals_since(0)}
+    rows = {(m, a.get("gen_ai.token.type")): v for _, m, a, v in rollup_totals_since(ledger, 0)}
     assert rows[(METRIC_TOKENS, "input")] == 5 + 2 + 1
-    hour_rows = {(m, a.get("gen_ai.token.type")): v for _, m, a, v in ledger.rollup_totals_since(H)}
+    hour_rows = {(m, a.get("gen_ai.token.type")): v for _, m, a, v in rollup_totals_since(ledger, H)}
     assert hour_rows[(METRIC_TOKENS, "input")] == 1
     assert ledger.prune_rollups(H) > 0
-    rows = {(m, a.get("gen_ai.token.type")): v for _, m, a, v in ledger.rollup_totals_since(0)}
+    rows = {(m, a.get("gen_ai.token.type")): v for _, m, a, v in rollup_totals_since(ledger, 0)}
     assert rows[(METRIC_TOKENS, "input")] == 1
 
 

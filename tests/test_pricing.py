@@ -17,6 +17,7 @@ from otel_llm_receiver.errors import ConfigError
 from otel_llm_receiver.ledger import METRIC_COST_ESTIMATED, METRIC_TOKENS, METRIC_UNPRICED, Ledger
 from otel_llm_receiver.model import PollResult, UsageRecord
 from otel_llm_receiver.pricing import PICOS_PER_USD, PriceBook, PriceEntry, to_genai_usage
+from tests.support.ledger_reads import exact_totals
 
 H = 3600
 D = 86400
@@ -43,7 +44,7 @@ ACME = {"provider": "acme", "model": "acme-*",
 def estimated_picos(ledger: Ledger) -> dict[str, int]:
     """Token type -> exact estimated cost (pico-USD), summed over series."""
     out: dict[str, int] = {}
-    for _, attrs, total, _ in ledger.exact_totals(METRIC_COST_ESTIMATED):
+    for _, attrs, total, _ in exact_totals(ledger, METRIC_COST_ESTIMATED):
         key = attrs.get("gen_ai.token.type", "request")
         out[key] = out.get(key, 0) + total
     return out
@@ -78,7 +79,7 @@ def test_estimated_cost_is_exact_and_survives_restart_and_re_polls(tmp_path: Pat
         assert after["output"] - expected["output"] == picos("7.5", 1)
         # What goes on the wire: whole nano-USD totals, the sub-nano remainder kept in the ledger.
         wire = sorted(s.total for s in ledger.snapshot().series if s.metric == METRIC_COST_ESTIMATED)
-        assert wire == sorted(t // 1000 for _, _, t, _ in ledger.exact_totals(METRIC_COST_ESTIMATED))
+        assert wire == sorted(t // 1000 for _, _, t, _ in exact_totals(ledger, METRIC_COST_ESTIMATED))
 
 
 @settings(max_examples=40, deadline=None)
@@ -194,7 +195,7 @@ def test_multipliers_and_ttl_rule_on_override_prices(tmp_path: Path) -> None:
         ledger.set_pricer(book)
         ledger.apply("anthropic", PollResult(usage=records))
         by = {(a.get("llm.cache.ttl"), a["gen_ai.token.type"]): t for _, a, t, _ in
-              ledger.exact_totals(METRIC_COST_ESTIMATED)}
+              exact_totals(ledger, METRIC_COST_ESTIMATED)}
     assert by == {("5m", "cache_write"): 4 * PICOS_PER_USD, ("1h", "cache_write"): picos("6.4", 1_000_000),
                   (None, "input"): picos("1.5", 1_000_000)}
 
@@ -208,8 +209,8 @@ def test_unknown_models_are_counted_not_priced_at_zero(tmp_path: Path, caplog: p
                 record(start, {"input": 100, "output": 10}, model="mystery-7b"),
                 record(start, {"input": 5}, model="acme-1"),
             ]))
-        unpriced = ledger.exact_totals(METRIC_UNPRICED)
-        estimated = ledger.exact_totals(METRIC_COST_ESTIMATED)
+        unpriced = exact_totals(ledger, METRIC_UNPRICED)
+        estimated = exact_totals(ledger, METRIC_COST_ESTIMATED)
     assert [(a, t) for _, a, t, _ in unpriced] == [
         ({"gen_ai.provider.name": "acme", "gen_ai.request.model": "mystery-7b"}, 220)]
     assert {a["gen_ai.request.model"] for _, a, _, _ in estimated} == {"acme-1"}
@@ -222,12 +223,12 @@ def test_a_price_added_later_prices_new_deltas(tmp_path: Path) -> None:
     with Ledger(path) as ledger:
         ledger.set_pricer(book_from([]))
         ledger.apply("acme", PollResult(usage=[record(JAN, {"input": 1_000_000})]))
-        assert ledger.exact_totals(METRIC_COST_ESTIMATED) == []
+        assert exact_totals(ledger, METRIC_COST_ESTIMATED) == []
     with Ledger(path) as ledger:  # restarted with an override for the model
         ledger.set_pricer(book_from([ACME]))
         ledger.apply("acme", PollResult(usage=[record(JAN, {"input": 3_000_000})]))
         assert estimated_picos(ledger) == {"input": picos("1.25", 2_000_000)}
-        assert ledger.exact_totals(METRIC_UNPRICED)[0][2] == 1_000_000
+        assert exact_totals(ledger, METRIC_UNPRICED)[0][2] == 1_000_000
 
 
 def test_bucket_width_change_is_priced_like_its_tokens(tmp_path: Path) -> None:
@@ -235,7 +236,7 @@ def test_bucket_width_change_is_priced_like_its_tokens(tmp_path: Path) -> None:
         ledger.set_pricer(book_from([ACME]))
         ledger.apply("acme", PollResult(usage=[record(JAN + i * 60, {"output": 100}, width=60) for i in range(60)]))
         ledger.apply("acme", PollResult(usage=[record(JAN, {"output": 7_000}, width=H)]))  # coarser, larger
-        tokens = sum(t for _, a, t, _ in ledger.exact_totals(METRIC_TOKENS))
+        tokens = sum(t for _, a, t, _ in exact_totals(ledger, METRIC_TOKENS))
         assert tokens == 7_000
         assert estimated_picos(ledger) == {"output": picos("7.5", 7_000)}
 

@@ -23,6 +23,7 @@ from otel_llm_receiver.model import CostRecord, PollResult, UsageRecord, Window
 from otel_llm_receiver.providers import PROVIDER_TYPES
 from otel_llm_receiver.providers.base import Provider
 from otel_llm_receiver.scheduler import Receiver
+from tests.support.ledger_reads import rollup_totals_since
 from tests.support.otlp_sink import OTLPSink
 
 
@@ -286,13 +287,13 @@ def test_rollups_older_than_retention_are_pruned(tmp_path: Path) -> None:
         try:
             asyncio.run(receiver.poll("demo"))
             with Ledger(config.storage.path, readonly=True) as reader:
-                kept = reader.rollup_totals_since(0)
-                old = reader.rollup_totals_since(int(now[0]) - 86400)
+                kept = rollup_totals_since(reader, 0)
+                old = rollup_totals_since(reader, int(now[0]) - 86400)
             # The 3-day backfill was applied, then everything older than 1 day was pruned from the rollups.
             assert kept and sorted(map(repr, kept)) == sorted(map(repr, old))
             with Ledger(config.storage.path, readonly=True) as reader:
                 totals = sum(s.total for s in reader.snapshot().series if s.metric == "llm.usage.tokens")
-                rolled = sum(v for _, m, _, v in reader.rollup_totals_since(0) if m == "llm.usage.tokens")
+                rolled = sum(v for _, m, _, v in rollup_totals_since(reader, 0) if m == "llm.usage.tokens")
             assert 0 < rolled < totals  # totals keep everything; only the hourly history was trimmed
         finally:
             asyncio.run(receiver.aclose())

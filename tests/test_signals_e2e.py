@@ -10,6 +10,7 @@ from otel_llm_receiver.catalog import CATALOG
 from otel_llm_receiver.config import parse_config
 from otel_llm_receiver.ledger import METRIC_COST_ESTIMATED, METRIC_UNPRICED, Ledger
 from otel_llm_receiver.scheduler import Receiver
+from tests.support.ledger_reads import exact_totals
 from tests.support.otlp_sink import OTLPSink
 
 NEW_METRICS = {
@@ -43,8 +44,8 @@ def test_the_sink_receives_every_new_metric(tmp_path: Path) -> None:
         for name in NEW_METRICS:
             assert sink.metric_info(name).unit == CATALOG.metrics[name].unit
         with Ledger(tmp_path / "ledger.db", readonly=True) as ledger:
-            estimated = sum(t for _, _, t, _ in ledger.exact_totals(METRIC_COST_ESTIMATED))
-            unpriced = {a["gen_ai.request.model"]: t for _, a, t, _ in ledger.exact_totals(METRIC_UNPRICED)}
+            estimated = sum(t for _, _, t, _ in exact_totals(ledger, METRIC_COST_ESTIMATED))
+            unpriced = {a["gen_ai.request.model"]: t for _, a, t, _ in exact_totals(ledger, METRIC_UNPRICED)}
         wire = sum(p.value for p in sink.number_points("llm.usage.cost.estimated").values())
         assert abs(Decimal(str(wire)) - Decimal(estimated) / 10**12) < Decimal("1e-6")
         assert set(unpriced) == {"claude-sonnet-4", "claude-opus-4"}

@@ -43,7 +43,6 @@ from ..names import (
 )
 from ..series import PICOS_PER_NANO, PricingPeriod, SeriesPricer, canonical_attrs
 from .reader import (
-    ExactTotal,
     ExportRows,
     HourValue,
     LedgerReader,
@@ -84,7 +83,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "UNPRICEABLE_METRICS",
     "ApplyStats",
-    "ExactTotal",
     "ExportRows",
     "HourValue",
     "Ledger",

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..errors import LedgerError
-from ..names import LEVEL_METRICS, ROLLUP_PICO_METRICS
-from ..series import PICOS_PER_NANO
+from ..names import LEVEL_METRICS
 from .engine import EngineError, LedgerEngine
 from .schema import SQL_GET_META
 
@@ -45,8 +44,6 @@ SELECT s.instance, s.metric, s.attrs, sum(b.value)
 FROM buckets AS b JOIN series AS s ON s.id = b.series_id
 WHERE b.bucket_start >= ? AND b.bucket_start + b.bucket_width <= ?
 GROUP BY s.id"""
-SQL_EXACT_TOTALS = """
-SELECT instance, attrs, total, sub_total, adjustments, sub_adjustments FROM series WHERE metric = ? ORDER BY id"""
 SQL_ROLLUP_SUMS_BETWEEN = """
 SELECT s.instance, s.metric, s.attrs, sum(r.value)
 FROM series AS s JOIN rollups AS r ON r.series_id = s.id
@@ -66,12 +63,6 @@ SQL_ROLLUP_HOURS = """
 SELECT s.instance, s.metric, s.attrs, r.hour_start, r.value
 FROM series AS s JOIN rollups AS r ON r.series_id = s.id
 WHERE r.hour_start IN ({hours}) AND s.metric IN ({metrics})"""
-SQL_ROLLUPS_SINCE = """
-SELECT s.instance, s.metric, s.attrs, sum(r.value)
-FROM rollups AS r JOIN series AS s ON s.id = r.series_id
-WHERE r.hour_start >= ?
-GROUP BY s.id"""
-
 
 
 # ------------------------------------------------------------------------------------------------- results
@@ -122,15 +113,6 @@ class SeriesSum(NamedTuple):
     metric: str
     attrs: dict[str, str]
     value: int
-
-
-class ExactTotal(NamedTuple):
-    """One series' total and adjustments in sub-units (pico-USD for estimated cost), remainders included."""
-
-    instance: str
-    attrs: dict[str, str]
-    total: int
-    adjustments: int
 
 
 class HourValue(NamedTuple):
@@ -221,29 +203,11 @@ class LedgerReader(LedgerEngine):
                 return
             after = rows[-1][0]
 
-    def rollup_totals_since(self, since: int) -> list[SeriesSum]:
-        """Per series: the sum of its hourly rollups from ``since`` on."""
-        return [
-            SeriesSum(instance, metric, json.loads(attrs), int(value))
-            for instance, metric, attrs, value in self._conn.execute(SQL_ROLLUPS_SINCE, (since,))
-        ]
-
     def bucket_sums_between(self, start: int, end: int) -> list[SeriesSum]:
         """Per series: the sum of the latest values of buckets lying inside ``[start, end)``."""
         return [
             SeriesSum(instance, metric, json.loads(attrs), int(value))
             for instance, metric, attrs, value in self._conn.execute(SQL_BUCKET_SUMS_BETWEEN, (start, end))
-        ]
-
-    def exact_totals(self, metric: str) -> list[ExactTotal]:
-        """Per series of ``metric``: (instance, attrs, total, adjustments) in sub-units, remainders included.
-
-        For estimated cost that is pico-USD (``total * 1000 + sub_total``): the exact sum of every priced delta.
-        """
-        scale = PICOS_PER_NANO if metric in ROLLUP_PICO_METRICS else 1
-        return [
-            ExactTotal(instance, json.loads(attrs), int(total) * scale + int(sub), int(adj) * scale + int(sub_adj))
-            for instance, attrs, total, sub, adj, sub_adj in self._conn.execute(SQL_EXACT_TOTALS, (metric,))
         ]
 
     def rollup_sums_between(
