@@ -74,5 +74,5 @@ def genai_name(type_name: str) -> str:
     """The one ``gen_ai.provider.name`` of a provider that reports one (its modules' ``PROVIDER`` constant)."""
     names = list(descriptors()[type_name].gen_ai)
     if len(names) != 1:
-        raise ValueError(f"provider type {type_name!r} reports {len(names)} gen_ai.provider.name values")
+        raise LookupError(f"provider type {type_name!r} reports {len(names)} gen_ai.provider.name values")
     return names[0]
