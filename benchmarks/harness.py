@@ -5,6 +5,10 @@ inputs, or ran another case, carries that memory), and a fresh interpreter canno
 previous run. The child times only the work (``timed``) and reports wall and CPU seconds of that part; the parent
 reads the child's peak RSS from the kernel (``wait4``), so it includes the inputs, as a user's process would.
 Figures are the median of the runs; ``--repeat`` is at least 3.
+
+Before and after in one run: ``BENCH_CODE=/path/to/old/checkout python benchmarks/X.py`` runs the same benchmark
+against another checkout's package (and its test fakes), e.g. a ``git worktree`` of the commit before a change, so
+the "before" figure comes from the same machine, day and benchmark as the "after" one.
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK = "BENCH-RESULT "
+#: The checkout whose ``otel_llm_receiver`` (and ``tests.fakes``) is measured: this one unless ``BENCH_CODE`` names
+#: another. Imported first, ahead of this checkout, in this process and in every child.
+CODE = Path(os.environ.get("BENCH_CODE") or ROOT).resolve()
+if CODE != ROOT:
+    sys.path.insert(0, str(CODE))
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,7 @@ def timed(extra: dict[str, float] | None = None) -> Iterator[dict[str, float]]:
 
 def run_child(script: Path, args: Sequence[str]) -> Run:
     """One run of ``script --child ARGS`` in a fresh interpreter; its timed figures and its peak RSS."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys([str(CODE), str(ROOT)]))}
     proc = subprocess.Popen([sys.executable, str(script), "--child", *args], stdout=subprocess.PIPE, env=env,
                             text=True)
     assert proc.stdout is not None
@@ -89,8 +98,13 @@ def machine() -> str:
     """One line naming the machine and the moment, printed above every table (figures are only comparable
     within one run on one machine)."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    try:
+        commit = subprocess.run(["git", "-C", str(CODE), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=False).stdout.strip() or "?"
+    except OSError:
+        commit = "?"
     return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, {os.cpu_count()} CPUs, "
-            f"Python {platform.python_version()}, load average {load:.2f} at start")
+            f"Python {platform.python_version()}, load average {load:.2f} at start, code {CODE} at {commit}")
 
 
 def table(rows: Sequence[Sequence[str]], head: Sequence[str]) -> str:
