@@ -9,7 +9,7 @@ Shape (docs/configuration.md is the reference)::
 
     collection_interval: 60s          # default poll interval of every provider instance
     export_interval: 30s
-    storage: {path: ./otel-llm-data/ledger.db, retention: 90d}
+    storage: {path: ./otel-llm-data/ledger.db, retention: 90d}   # or backend: postgresql, dsn, lease_duration
     health: {endpoint: 127.0.0.1:13133}
     exporters:
       otlp:                           # or otlp_grpc; otlphttp / otlp_http for OTLP over HTTP; "/NAME" suffixes
@@ -69,6 +69,7 @@ from otel_llm_receiver.config_providers import (
     ProviderConfig,
     parse_provider,
 )
+from otel_llm_receiver.config_storage import StorageConfig, parse_storage
 from otel_llm_receiver.config_yaml import compose_config, read_config_text
 from otel_llm_receiver.durations import format_duration
 from otel_llm_receiver.errors import ConfigError
@@ -105,27 +106,16 @@ _TOP_LEVEL_KEYS = (
     "pricing", "budgets", "attribution", "focus",
 )
 _METRIC_KEYS = ("enabled",)
-_STORAGE_KEYS = ("path", "retention")
 _HEALTH_KEYS = ("endpoint", "export_failure_window")
 _MIN_SUBSTRING_SECRET = 4
 _DEFAULT_EXPORT_INTERVAL = 30.0
-_DEFAULT_RETENTION = 90 * 86_400.0
 #: The Collector prometheus exporter's default ``metric_expiration``: exports must come more often than this.
 _PROMETHEUS_METRIC_EXPIRATION = 300.0
 _MAX_COLLECTION_INTERVAL = 86_400.0
 _MAX_EXPORT_INTERVAL = 3_600.0
 _DEFAULT_PROGRESS_INTERVAL = 5.0  # progress.DEFAULT_INTERVAL (not imported: config stays free of runtime modules)
 _MAX_PROGRESS_INTERVAL = 3_600.0
-_MAX_RETENTION = 3650 * 86_400.0
 
-
-
-@dataclass(frozen=True)
-class StorageConfig:
-    """Where the ledger lives and how long it keeps buckets (``path`` is relative to the working directory)."""
-
-    path: str = "./otel-llm-data/ledger.db"
-    retention: float = _DEFAULT_RETENTION
 
 
 @dataclass(frozen=True)
@@ -225,9 +215,7 @@ class Config:
                 if v is not None
             ]
             lines.append("    tls: " + ", ".join(show(t) for t in tls))
-        lines.append(
-            f"storage: path {show(self.storage.path)}, retention {format_duration(self.storage.retention)}"
-        )
+        lines.append(self.storage.describe(show))
         health = show(self.health.endpoint) if self.health.endpoint else "(disabled)"
         lines.append(f"health: endpoint {health}, export failure window "
                      f"{format_duration(self.export_failure_window)}")
@@ -487,25 +475,7 @@ class _ConfigParser(Parser):
         )
 
     def storage(self, raw: Any) -> StorageConfig:
-        section = self.mapping(raw, "storage")
-        path, retention = StorageConfig.path, StorageConfig.retention
-        for key, value in (section or {}).items():
-            key_path = join_path("storage", key)
-            if key == "path":
-                if value is None:
-                    self.problem(key_path, "must not be empty")
-                    continue
-                text = self.text(value, key_path, nonempty=True)
-                if not isinstance(text, Invalid):
-                    path = text
-            elif key == "retention":
-                if value is not None:
-                    seconds = self.duration(value, key_path, positive=True, maximum=_MAX_RETENTION)
-                    if not isinstance(seconds, Invalid):
-                        retention = seconds
-            else:
-                self.problem(key_path, unknown_key_message(key, _STORAGE_KEYS))
-        return StorageConfig(path=path, retention=retention)
+        return parse_storage(self, raw)
 
     def metrics(self, raw: Any) -> dict[str, bool]:
         from otel_llm_receiver.catalog import CATALOG  # the catalog is data; imported late like providers

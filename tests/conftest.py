@@ -12,11 +12,15 @@ Markers: ``slow`` marks the tests that take more than ~20 s on their own (fault 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.fakes.azure import FakeAzure
 from tests.support.otlp_sink import OTLPSink
+
+if TYPE_CHECKING:
+    from tests.support.postgres import Database, PostgresCluster
 
 
 @pytest.fixture
@@ -34,3 +38,34 @@ def azure_fake() -> Iterator[FakeAzure]:
         yield azure
     finally:
         azure.close()
+
+
+# -- PostgreSQL (issue 21): one throw-away cluster per session, a fresh database per test ----------------------
+# Imported inside the fixtures so the rest of the suite never needs psycopg; without the server binaries the
+# fixture fails with one line naming Debian's `postgresql` package (tests/support/postgres.py), never skips.
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """initdb'd once per session into a temp dir, listening on 127.0.0.1 and a socket; stopped at the end."""
+    from tests.support.postgres import PostgresCluster
+
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def pg_database(postgres_cluster: PostgresCluster) -> Iterator[Database]:
+    """A fresh empty database for one test (CREATE DATABASE: milliseconds); dropped afterwards. Restarts the
+    server first if an earlier test left it stopped."""
+    postgres_cluster.start()
+    database = postgres_cluster.create_database()
+    try:
+        yield database
+    finally:
+        postgres_cluster.start()
+        postgres_cluster.drop_database(database.name)
