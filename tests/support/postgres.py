@@ -47,9 +47,12 @@ class PostgresUnavailable(RuntimeError):
     """The server binaries are missing or the cluster would not start: one line saying what to install or why."""
 
 
-def find_bin_dir() -> Path:
-    """The directory holding ``initdb`` and ``postgres``: $PG_BIN, else Debian's newest, else on $PATH."""
-    candidates: list[Path] = []
+def find_bin_dir(candidates: list[Path] | None = None) -> Path:
+    """The directory holding ``initdb`` and ``postgres``: $PG_BIN, else Debian's newest, else on $PATH
+    (``candidates`` replaces that search: the test of the missing-binaries message)."""
+    if candidates is not None:
+        return _first_with_server(candidates)
+    candidates = []
     if os.environ.get("PG_BIN"):
         candidates.append(Path(os.environ["PG_BIN"]))
 
@@ -61,6 +64,10 @@ def find_bin_dir() -> Path:
     on_path = shutil.which("initdb")
     if on_path:
         candidates.append(Path(on_path).parent)
+    return _first_with_server(candidates)
+
+
+def _first_with_server(candidates: list[Path]) -> Path:
     for directory in candidates:
         if (directory / "initdb").is_file() and (directory / "postgres").is_file():
             return directory
