@@ -153,7 +153,8 @@ def test_the_docs_show_configs_and_commands() -> None:
 
 
 #: Test values for ``${env:...}`` by the key it fills: an endpoint must look like one, a switch like a boolean.
-ENV_VALUE_BY_KEY = {"endpoint": "http://127.0.0.1:4317", "enabled": "true"}
+ENV_VALUE_BY_KEY = {"endpoint": "http://127.0.0.1:4317", "enabled": "true",
+                    "dsn": "postgresql://ledger:pw-test@127.0.0.1:5432/llm_ledger"}
 
 
 def _materialise(text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
