@@ -11,8 +11,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 
 WORKDIR /src
 # The exact dependency set, every file checked against its hash: requirements/image.txt is a pip-compile lock of
-# the package with its azure, bedrock, vertex-billing and focus extras (every provider SDK and the Parquet writer,
-# so one image runs any config) and of its build backend. `make lock` regenerates it (docs/deployment.md).
+# the package with its azure, bedrock, vertex-billing, focus and postgresql extras (every provider SDK, the Parquet
+# writer and the PostgreSQL driver, so one image runs any config) and of its build backend. `make lock` regenerates it (docs/deployment.md).
 COPY requirements/image.txt ./requirements/image.txt
 RUN pip install --require-hashes --no-deps -r requirements/image.txt
 COPY pyproject.toml README.md LICENSE ./

@@ -40,7 +40,7 @@ lock: install
 	$(BIN)/python -m pip install --quiet pip-tools
 	PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
 		--no-emit-index-url --no-emit-find-links --all-build-deps \
-		--extra azure --extra bedrock --extra vertex-billing --extra focus \
+		--extra azure --extra bedrock --extra vertex-billing --extra focus --extra postgresql \
 		--output-file requirements/image.txt pyproject.toml
 
 bench: install

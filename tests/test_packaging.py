@@ -62,7 +62,7 @@ def test_every_file_the_dockerfile_copies_exists() -> None:
 # --- The image's hashed lock (issue 18, point 11) ---------------------------------------------------------------
 
 LOCK = ROOT / "requirements" / "image.txt"
-IMAGE_EXTRAS = ("azure", "bedrock", "vertex-billing", "focus")
+IMAGE_EXTRAS = ("azure", "bedrock", "vertex-billing", "focus", "postgresql")
 
 
 def _normalise(name: str) -> str:
