@@ -19,13 +19,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import psycopg
 import pytest
 
 from otel_llm_receiver.ledger.postgres import leases
 from otel_llm_receiver.ledger.postgres.connect import PgConnection, connect
 from otel_llm_receiver.ledger.postgres.leases import LEADER, Lease, StaleLeaseError
 from otel_llm_receiver.ledger.postgres.schema import migrate
-from tests.support.postgres import Database
+from tests.support.postgres import Database, PostgresCluster
 
 REPO = Path(__file__).resolve().parent.parent
 SHORT = 1.0  # seconds: a lease that lapses within a test
@@ -274,17 +275,29 @@ def test_a_dead_replicas_instances_are_taken_after_its_leases_lapse(replicas: di
     assert "r3" not in _holders(replicas["r1"]).values()
 
 
-def test_concurrent_replicas_never_share_an_instance(ledger_dsn: str) -> None:
-    """Three replicas balancing at once in threads (own connections): at every observation no instance has two
-    live holders, and they settle at two each."""
+def test_concurrent_replicas_never_write_for_an_instance_they_do_not_hold(ledger_dsn: str) -> None:
+    """Three replicas balancing at once in threads (own connections), each applying (fence + write) for every
+    instance it believes it holds, as fast as it can. Whatever the interleaving: each (instance, epoch) was written
+    by one replica only, and an instance's writes never go back to an older epoch. They settle at two each."""
+    with connect(ledger_dsn, autocommit=True) as setup:
+        setup.execute("CREATE TABLE applies (seq bigserial PRIMARY KEY, instance text, holder text, epoch bigint)")
     stop = threading.Event()
     errors: list[BaseException] = []
+    rejected: list[str] = []
 
     def run(name: str) -> None:
         try:
             with connect(ledger_dsn, application_name=name, autocommit=True) as conn:
                 while not stop.is_set():
-                    leases.balance(conn, name, INSTANCES, LONG)
+                    assignment = leases.balance(conn, name, INSTANCES, LONG)
+                    for lease in assignment.held.values():
+                        try:
+                            with conn.transaction():
+                                leases.fence(conn, lease.name, lease.epoch, name)
+                                conn.execute("INSERT INTO applies (instance, holder, epoch) VALUES (%s, %s, %s)",
+                                             (lease.name, name, lease.epoch))
+                        except StaleLeaseError:
+                            rejected.append(lease.name)  # released by balance between our read and the apply
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -300,13 +313,38 @@ def test_concurrent_replicas_never_share_an_instance(ledger_dsn: str) -> None:
                 return sorted(c for _, c in rows) == [2, 2, 2]
 
             wait_for(settled, 30, "three concurrent replicas to settle at 2 each")
-            count = observer.execute("SELECT count(*), count(DISTINCT name) FROM leases").fetchone()
-            assert count is not None and count[0] == count[1] == len(INSTANCES)  # one row, so one holder, each
     finally:
         stop.set()
         for t in threads:
             t.join(30)
     assert not errors
+    with connect(ledger_dsn, autocommit=True) as conn:
+        shared = conn.execute("SELECT instance, epoch FROM applies GROUP BY instance, epoch"
+                              " HAVING count(DISTINCT holder) > 1").fetchall()
+        assert shared == []
+        backwards = conn.execute(
+            "SELECT count(*) FROM (SELECT epoch, lag(epoch) OVER (PARTITION BY instance ORDER BY seq) AS before"
+            " FROM applies) AS ordered WHERE epoch < before").fetchone()
+        assert backwards == (0,)
+        written = conn.execute("SELECT count(DISTINCT instance), count(*) FROM applies").fetchone()
+        assert written is not None and written[0] == len(INSTANCES) and written[1] > len(INSTANCES)
+
+
+def test_leases_survive_a_postgresql_restart(postgres_cluster: PostgresCluster, ledger_dsn: str) -> None:
+    """PostgreSQL restarted mid-poll: the replica's connection breaks (one error), a new one finds the lease
+    still its own at the same epoch, and the fence accepts its next apply."""
+    conn = connect(ledger_dsn, autocommit=True)
+    lease = leases.acquire(conn, "openai/prod", "r1", LONG)
+    assert lease is not None
+    postgres_cluster.restart()
+    with pytest.raises(psycopg.OperationalError):
+        leases.renew(conn, lease, LONG)
+    conn.close()
+    with connect(ledger_dsn, autocommit=True) as again:
+        renewed = leases.renew(again, lease, LONG)
+        assert renewed is not None and renewed.epoch == lease.epoch
+        _apply(again, renewed, 7)
+        assert _cursor(again, "openai/prod") == "7"
 
 
 # -- the leader ----------------------------------------------------------------------------------------------
