@@ -10,7 +10,9 @@ locks, the database clock) are properties of PostgreSQL itself; a fake would tes
 - The postmaster listens on 127.0.0.1 on a free port and on a unix socket in the temp dir; fsync, full page
   writes and synchronous commit are off (a crash of a test cluster loses nothing anyone needs).
 - The postmaster is our child with a parent-death signal (SIGQUIT: immediate shutdown), so a pytest killed with
-  -9 leaves no stray server; ``stop()`` is also registered with ``atexit``.
+  -9 leaves no stray server; ``stop()`` is also registered with ``atexit``. (The signal follows the *thread* that
+  started the postmaster: start clusters from the main thread, as the session fixture does.) The temp dir of a
+  killed run is deleted by the next run: each dir records the pid that made it.
 - Authentication: ``trust`` over the unix socket, SCRAM passwords over TCP, so a DSN carries a password the way a
   production one does (and a wrong one fails the way it would). The password is random per session.
 """
@@ -41,6 +43,8 @@ SUPERUSER = "postgres"
 _PR_SET_PDEATHSIG = 1
 _START_TIMEOUT = 60.0
 _STOP_TIMEOUT = 30.0
+_PREFIX = "otel-llm-pg-"
+_CREATOR = "creator.pid"
 
 
 class PostgresUnavailable(RuntimeError):
@@ -94,6 +98,33 @@ def _owner() -> pwd.struct_passwd | None:
     raise PostgresUnavailable("running as root and no `postgres` or `nobody` account to run PostgreSQL as")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_orphans() -> None:
+    """Delete the temp dirs of earlier runs whose creator died without cleaning up (killed with -9)."""
+    for path in Path(tempfile.gettempdir()).glob(_PREFIX + "*"):
+        try:
+            creator = int((path / _CREATOR).read_text("utf-8"))
+        except (OSError, ValueError):
+            continue
+        if creator == os.getpid() or _pid_alive(creator):
+            continue
+        try:
+            postmaster = int((path / "data" / "postmaster.pid").read_text("utf-8").split()[0])
+        except (OSError, ValueError, IndexError):
+            postmaster = None
+        if postmaster is None or not _pid_alive(postmaster):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _die_with_parent() -> None:
     """In the child, after the uid change (which would clear it): SIGQUIT the postmaster if pytest dies."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -116,7 +147,9 @@ class PostgresCluster:
     def __init__(self) -> None:
         self.bin_dir = find_bin_dir()
         self.owner = _owner()
-        self.root = Path(tempfile.mkdtemp(prefix="otel-llm-pg-"))
+        _remove_orphans()
+        self.root = Path(tempfile.mkdtemp(prefix=_PREFIX))
+        (self.root / _CREATOR).write_text(str(os.getpid()), "utf-8")
         self.data = self.root / "data"
         self.socket_dir = self.root / "sock"
         self.port = free_port()
