@@ -20,11 +20,20 @@ as a secret: redacted from every log line, and shown as ``<redacted>`` by ``chec
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from otel_llm_receiver.config_parse import REDACTED, Invalid, Parser, Secret, join_path, unknown_key_message
+from otel_llm_receiver.config_parse import (
+    MAX_TEXT,
+    REDACTED,
+    Invalid,
+    Parser,
+    Secret,
+    join_path,
+    unknown_key_message,
+)
 from otel_llm_receiver.durations import format_duration
 
 __all__ = [
@@ -86,7 +95,7 @@ class StorageConfig:
     dsn: str | None = None
     lease_duration: float = DEFAULT_LEASE_DURATION
 
-    def describe(self, show: Any = str) -> str:
+    def describe(self, show: Callable[[str], str] = str) -> str:
         """One line for ``check``: the engine, where it is (password redacted) and the durations."""
         if self.backend == "postgresql":
             where = show(redact_dsn(self.dsn)) if self.dsn else "(no dsn)"
@@ -323,6 +332,9 @@ def _dsn(parser: Parser, raw: Any, path: str) -> str | None:
         return None
     if not isinstance(value, str):
         parser.problem(path, "must be a string (a postgresql:// URI or key=value pairs)")
+        return None
+    if len(value) > MAX_TEXT:
+        parser.problem(path, f"is longer than {MAX_TEXT} characters")
         return None
     problem = dsn_problem(value)
     secrets = dsn_password(value)

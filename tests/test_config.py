@@ -1191,7 +1191,8 @@ def _doc_yaml_blocks() -> list[str]:
 def test_docs_examples_are_valid_configs() -> None:
     blocks = _doc_yaml_blocks()
     assert len(blocks) >= 4
-    env = {"OPENAI_ADMIN_KEY": ADMIN_KEY, "OTEL_TOKEN": HEADER_TOKEN, "POLL_STAGING": "true"}
+    env = {"OPENAI_ADMIN_KEY": ADMIN_KEY, "OTEL_TOKEN": HEADER_TOKEN, "POLL_STAGING": "true",
+           "LEDGER_DSN": "postgresql://ledger:pw-test@db.internal:5432/llm_ledger?sslmode=require"}
     for block in blocks:
         raw = yaml.safe_load(block)
         raw.setdefault("providers", {"demo": None})
@@ -1207,7 +1208,7 @@ def test_docs_name_every_key() -> None:
     text = DOCS.read_text(encoding="utf-8")
     keys = [
         *("collection_interval", "export_interval", "storage", "health", "exporters", "providers"),
-        *("path", "retention", "endpoint", "headers", "compression", "timeout"),
+        *("path", "retention", "backend", "dsn", "lease_duration", "endpoint", "headers", "compression", "timeout"),
         *("tls.insecure", "tls.ca_file", "tls.cert_file", "tls.key_file"),
         *sorted(COMMON_PROVIDER_KEYS),
         *("otlp", "otlp_grpc", "otlphttp", "otlp_http", "gzip", "none"),
