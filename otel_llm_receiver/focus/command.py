@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError, LedgerError
-from .formats import FORMATS, SUFFIX, FocusError
-from .schema import DEFAULT_VERSION, VERSIONS
+from .schema import DEFAULT_VERSION, FORMATS, SUFFIX, VERSIONS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -42,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ..ledger import Ledger
     from ..ledger.check import check_ledger
     from .export import context_for, export
+    from .formats import FocusError
 
     try:
         if args.config:

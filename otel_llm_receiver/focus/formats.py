@@ -20,10 +20,8 @@ from decimal import Decimal
 from typing import IO, Any, Final, Protocol
 
 from ..errors import ReceiverError
-from .schema import Column
+from .schema import FORMATS, Column
 
-FORMATS: Final = ("csv", "parquet", "jsonl")
-SUFFIX: Final = {"csv": ".csv", "parquet": ".parquet", "jsonl": ".jsonl"}
 BATCH_ROWS: Final = 10_000  # Parquet row groups and CSV flushes: memory stays flat however long the range
 DECIMAL_PRECISION: Final = 38
 DECIMAL_SCALE: Final = 12
