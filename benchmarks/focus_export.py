@@ -157,8 +157,8 @@ def main() -> None:
                 f = median_figure(name, runs[name])
                 size = f"{out.stat().st_size / 2**20:.1f}" if out is not None else ""
                 if name == "focus csv":  # what a user counts: FOCUS rows (the header line aside)
-                    with out.open("rb") as f:
-                        size += f" ({sum(1 for _ in f) - 1:,} rows)"
+                    with out.open("rb") as lines:
+                        size += f" ({sum(1 for _ in lines) - 1:,} rows)"
                 goal = name.startswith("focus")
                 verdict = ""
                 if goal:
