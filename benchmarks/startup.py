@@ -11,6 +11,9 @@ CPU column.
 Cases:
 * ``python -c pass``: the interpreter's own start (with this environment's ``site``): the floor of any command;
 * ``python -c "import yaml, httpx"``: the two libraries a config-reading HTTP client needs, for scale;
+* ``genai-prices data`` and ``OTLP gRPC exporter``: the third-party floors ``run`` stands on (the price data every
+  export's price gauges and the ledger's pricing schedules read; the official exporter, the SDK and protobuf),
+  each alone in a bare interpreter;
 * ``--help``: the parser and its help text (goal: < 0.2 s);
 * ``check``: ``check --config`` of the demo config (the ``demo`` command's own, with an OTLP exporter);
 * ``run --once``: one poll of the demo provider into an existing demo ledger, one export to an OTLP sink on
@@ -68,6 +71,11 @@ attribution:
 """
 
 GOALS = {"--help": 0.2, "run --once": 0.6}
+#: What ``run`` cannot do without, whoever's code it is: genai-prices' data (the price gauges of every export and
+#: the schedules ``Ledger.set_pricer`` writes at start), and the official OTLP exporter with the SDK types it uses.
+GENAI = "from genai_prices import data_snapshot; data_snapshot.get_snapshot()"
+OTLP = ("import opentelemetry.sdk.metrics.export, opentelemetry.exporter.otlp.proto.grpc.metric_exporter, "
+        "opentelemetry.proto.collector.metrics.v1.metrics_service_pb2")
 
 
 def cli(*args: str) -> list[str]:
@@ -105,6 +113,8 @@ def main() -> None:
         cases: dict[str, list[str]] = {
             "python -c pass": [sys.executable, "-c", "pass"],
             'python -c "import yaml, httpx"': [sys.executable, "-c", "import yaml, httpx"],
+            "  genai-prices data": [sys.executable, "-c", GENAI],
+            "  OTLP gRPC exporter": [sys.executable, "-c", OTLP],
             "--help": cli("--help"),
             "check": cli("check", "--config", str(config)),
             "run --once": cli("run", "--config", str(config), "--once"),

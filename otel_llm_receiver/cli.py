@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -337,8 +338,6 @@ class ProbingExporter:
         self.warned = False
 
     def _listening(self) -> bool:
-        import socket
-
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5):
                 return True
