@@ -199,7 +199,7 @@ class ParquetWriter:
         for c, f, column in zip(self.columns, self.schema, zip(*self._batch, strict=True), strict=True):
             values: Any = column
             if c.kind == "datetime":  # Unix seconds -> the column's milliseconds (pyarrow takes the integers)
-                values = [None if v is None else v * 1000 for v in column]
+                values = [None if v is None else int(v * 1000) for v in column]
             try:
                 arrays.append(pa.array(values, type=f.type))
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:  # e.g. a decimal finer than 12 places
