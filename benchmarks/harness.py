@@ -19,6 +19,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -112,3 +113,77 @@ def table(rows: Sequence[Sequence[str]], head: Sequence[str]) -> str:
     fmt: Callable[[Sequence[str]], str] = lambda r: "  ".join(  # noqa: E731
         str(x).rjust(w) if i else str(x).ljust(w) for i, (x, w) in enumerate(zip(r, widths, strict=True)))
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)])
+
+
+# -- whole commands ------------------------------------------------------------------------------------------
+# A command's start-up is part of what a user waits for (``--help``, ``run --once``), so for those the whole
+# process is the figure: wall from spawn to exit, and CPU and peak RSS from the kernel (``wait4``). No Python of
+# ours runs in that process before the command: the figure is the command's own.
+#
+# Why a spawner: a process's peak RSS as ``wait4`` reports it is never below that of the process that forked it
+# (the kernel carries the forking process's high-water mark through ``exec``), so a command forked by this
+# process (with a gRPC sink, a built ledger) would report this process's size. A bare interpreter (``-S -E``,
+# about 8 MiB, under any Python command's own) forks and waits for the command instead, and reports.
+
+_SPAWNER = """\
+import os, sys, time
+fd, argv = int(sys.argv[1]), sys.argv[2:]
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.close(fd)
+    try:
+        os.execv(argv[0], argv)
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+os.write(fd, ("%r %r %r %r" % (os.waitstatus_to_exitcode(status), wall, ru.ru_utime + ru.ru_stime,
+                                 ru.ru_maxrss)).encode())
+"""
+
+
+def command_env(**extra: str) -> dict[str, str]:
+    """The environment a measured command runs in: ``CODE`` first on the path, so it imports the measured
+    checkout's package (an editable install elsewhere comes after it)."""
+    return {**os.environ, "PYTHONPATH": str(CODE), **extra}
+
+
+def run_command(argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: str | Path | None = None,
+                ok_codes: Sequence[int] = (0,)) -> Run:
+    """One run of a whole command (``argv[0]`` a path): wall seconds from fork to exit, CPU seconds (user +
+    system) and peak RSS of that process, from ``wait4`` in a bare spawner. Output goes to temporary files
+    (read back only when the exit code is not one of ``ok_codes``), so a full pipe never stalls the command."""
+    read_end, write_end = os.pipe()
+    try:
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            subprocess.run([sys.executable, "-S", "-E", "-c", _SPAWNER, str(write_end), *argv], stdout=out,
+                           stderr=err, stdin=subprocess.DEVNULL, env=env if env is not None else command_env(),
+                           cwd=cwd, pass_fds=(write_end,), check=True)
+            os.close(write_end)
+            write_end = -1
+            with os.fdopen(read_end, "rb") as result:
+                read_end = -1
+                code_text, wall_text, cpu_text, rss_text = result.read().decode().split()
+            code = int(code_text)
+            if code not in ok_codes:
+                err.seek(0)
+                tail = err.read().decode("utf-8", "replace").strip().splitlines()[-5:]
+                raise SystemExit(f"{' '.join(argv)} exited {code}:\n" + "\n".join(tail))
+    finally:
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                os.close(fd)
+    return Run(float(wall_text), float(cpu_text), int(rss_text) / 1024, {})
+
+
+def median_figure(name: str, runs: Sequence[Run]) -> Figure:
+    """Medians of runs gathered by the caller (e.g. whole commands interleaved with their anchors, round by
+    round, so that a change in the machine's load moves every case alike)."""
+    keys = set().union(*(r.extra for r in runs))
+    return Figure(
+        name, len(runs),
+        statistics.median(r.wall for r in runs), statistics.median(r.cpu for r in runs),
+        statistics.median(r.rss_mib for r in runs),
+        {k: statistics.median(r.extra.get(k, 0.0) for r in runs) for k in sorted(keys)},
+    )

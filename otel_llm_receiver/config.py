@@ -133,7 +133,7 @@ class Config:
 
     ``secrets`` holds every secret value seen (for log redaction) and is left out of ``repr()``. ``warnings``
     are things that are allowed but probably not meant (``check`` prints them). ``provider_options`` is the
-    option schema the config was validated against, by provider type.
+    option schema the config was validated against, by provider type (the types it names).
     """
 
     collection_interval: float = DEFAULT_COLLECTION_INTERVAL
@@ -471,7 +471,8 @@ class _ConfigParser(Parser):
             secrets=frozenset(self.secrets),
             substituted=frozenset(self.substituted),
             warnings=tuple(self.warnings),
-            provider_options=MappingProxyType(dict(self.schemas)),
+            # the schemas of the types it names, not every registered one: looking one up imports its module
+            provider_options=MappingProxyType({t: self.schemas[t] for t in dict.fromkeys(p.type for p in providers)}),
         )
 
     def storage(self, raw: Any) -> StorageConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -246,3 +247,72 @@ def test_demo_exports_to_a_listening_collector(tmp_path: Path) -> None:
         assert "nothing listens" not in proc.stderr
         providers = {dict(k)["gen_ai.provider.name"] for k in sink.number_points("llm.usage.tokens")}
         assert providers == {"demo"}
+
+
+# -- what each command loads (issue 20: start-up). Asserted on the modules a fresh process ends with, not on time.
+_PROBE = """\
+import json, sys
+from otel_llm_receiver.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+print("MODULES " + json.dumps(sorted(sys.modules)), file=sys.stderr)
+sys.exit(code)
+"""
+#: Provider client libraries and cloud SDKs: only a provider that uses one loads it.
+PROVIDER_LIBRARIES = {"httpx", "httpcore", "boto3", "botocore", "azure", "google.cloud", "google.auth"}
+#: What exporting loads (OTLP over gRPC, protobuf) and what pricing loads (genai-prices and its pydantic).
+RUNTIME_LIBRARIES = {"grpc", "opentelemetry", "google.protobuf", "genai_prices", "pydantic", "sqlite3", "rich",
+                     "pyarrow"}
+
+
+def _modules_after(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    proc = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("MODULES "))
+    return proc, set(json.loads(line.removeprefix("MODULES ")))
+
+
+def _loaded(modules: set[str], names: set[str]) -> list[str]:
+    return sorted(n for n in names if any(m == n or m.startswith(n + ".") for m in modules))
+
+
+def _ours(modules: set[str]) -> set[str]:
+    return {m.removeprefix("otel_llm_receiver.") for m in modules if m.startswith("otel_llm_receiver.")}
+
+
+def _demo_config(path: Path, ledger: Path, endpoint: str) -> Path:
+    path.write_text(f"storage: {{path: {ledger}}}\nhealth: {{endpoint: ''}}\n"
+                    f"exporters: {{otlp: {{endpoint: {endpoint}, tls: {{insecure: true}}}}}}\n"
+                    "providers: {demo: {backfill: 2h}}\n")
+    return path
+
+
+def test_help_loads_the_parser_and_nothing_of_the_receiver(tmp_path: Path) -> None:
+    proc, modules = _modules_after("--help", cwd=tmp_path)
+    assert proc.returncode == 0 and "run the receiver" in proc.stdout and "focus" in proc.stdout
+    assert _ours(modules) == {"cli", "errors", "focus", "focus.command", "focus.schema"}
+    assert _loaded(modules, PROVIDER_LIBRARIES | RUNTIME_LIBRARIES | {"yaml", "asyncio"}) == []
+
+
+def test_check_of_a_demo_config_loads_the_config_and_the_demo_provider_only(tmp_path: Path) -> None:
+    config = _demo_config(tmp_path / "config.yaml", tmp_path / "l.db", "127.0.0.1:4317")
+    proc, modules = _modules_after("check", "--config", str(config), cwd=tmp_path)
+    assert proc.returncode == 0 and "demo (type demo): enabled" in proc.stdout, proc.stderr
+    providers = {m for m in _ours(modules) if m.startswith("providers.")}
+    assert providers == {"providers.base", "providers.demo", "providers.descriptors", "providers.options"}
+    assert not {"scheduler", "emitter", "builder", "ledger", "pricing", "catalog"} & _ours(modules)
+    assert _loaded(modules, PROVIDER_LIBRARIES | RUNTIME_LIBRARIES) == []
+
+
+def test_run_once_of_a_demo_config_loads_no_other_provider_nor_their_libraries(tmp_path: Path) -> None:
+    with OTLPSink() as sink:
+        config = _demo_config(tmp_path / "config.yaml", tmp_path / "l.db", sink.grpc_endpoint)
+        proc, modules = _modules_after("run", "--config", str(config), "--once", cwd=tmp_path)
+        assert proc.returncode == 0 and "poll ok" in proc.stderr, proc.stderr
+        assert sink.number_points("llm.usage.tokens")
+    providers = {m for m in _ours(modules) if m.startswith("providers.")}
+    assert providers == {"providers.base", "providers.demo", "providers.descriptors", "providers.options"}
+    assert _loaded(modules, PROVIDER_LIBRARIES) == []
+    assert _loaded(modules, {"grpc", "opentelemetry"}) == ["grpc", "opentelemetry"]  # what it exports with

@@ -151,3 +151,21 @@ def test_the_image_installs_from_the_lock_as_an_unprivileged_user_with_a_healthc
     assert users and users[-1].split(":")[0] not in ("0", "root")
     healthcheck = re.search(r"^HEALTHCHECK .*", dockerfile, flags=re.M | re.S)
     assert healthcheck is not None and "/health" in healthcheck.group(0)
+
+
+def test_yaml_is_parsed_by_libyaml_and_agrees_with_the_pure_python_loader() -> None:
+    """Issue 20: the catalog (27 KB) and the provider descriptors are parsed at every start with
+    ``yaml.CSafeLoader`` when PyYAML was built with libyaml (its wheels are), 7x faster than the pure-Python
+    loader they fall back to; the environment that runs the receiver has it, and both read the files alike."""
+    import yaml
+
+    from otel_llm_receiver.catalog import load_catalog
+
+    assert hasattr(yaml, "CSafeLoader"), "PyYAML without libyaml: every start parses the catalog 7x slower"
+    package = ROOT / "otel_llm_receiver"
+    files = [package / "catalog.yaml", package / "providers" / "demo.yaml",
+             *sorted((package / "providers").glob("*/provider.yaml"))]
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert yaml.load(text, Loader=yaml.CSafeLoader) == yaml.load(text, Loader=yaml.SafeLoader), path
+    assert "llm.usage.tokens" in load_catalog().metrics

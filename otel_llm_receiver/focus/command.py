@@ -10,13 +10,15 @@ to stdout instead).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ConfigError, LedgerError
-from .formats import FORMATS, SUFFIX, FocusError
-from .schema import DEFAULT_VERSION, VERSIONS
+from .schema import DEFAULT_VERSION, FORMATS, SUFFIX, VERSIONS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ..ledger import Ledger
     from ..ledger.check import check_ledger
     from .export import context_for, export
+    from .formats import FocusError
 
     try:
         if args.config:
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout if args.out == "-" else Path(args.out)
     try:
         check_ledger(config.storage.path)  # a damaged ledger: one line saying what to do, never a traceback
-        with Ledger(config.storage.path, readonly=True) as ledger:
+        with Ledger(config.storage.path, readonly=True) as ledger, _collector_paused():
             count = export(ledger, start, end, version=version, fmt=fmt, out=out, ctx=context_for(config, ledger))
     except BrokenPipeError:
         raise  # the reader went away (`| head`): cli.main leaves quietly
@@ -87,3 +90,20 @@ def run(args: argparse.Namespace) -> int:
     if args.out != "-":
         print(f"focus: {count} FOCUS {version} rows written to {args.out}", file=sys.stderr)
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for the export (this command's whole work; no other thread runs).
+
+    An export allocates a few hundred thousand dicts, decimals and strings, none in a reference cycle: reference
+    counting frees each day's rows and each written batch. A collection finds nothing, yet each full one walks
+    every live object (a day's rows, a Parquet batch, the imported libraries): 10-15% of a 90-day export's CPU.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

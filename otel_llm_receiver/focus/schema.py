@@ -21,6 +21,10 @@ from typing import Final, Literal
 Kind = Literal["string", "decimal", "datetime", "json"]
 VERSIONS: Final = ("1.0", "1.2", "1.3")
 DEFAULT_VERSION: Final = "1.2"
+#: The file formats ``formats`` writes, and each one's file name suffix (here, with the versions: the ``focus``
+#: command's options need them, and ``--help`` must not load the writers).
+FORMATS: Final = ("csv", "parquet", "jsonl")
+SUFFIX: Final = {"csv": ".csv", "parquet": ".parquet", "jsonl": ".jsonl"}
 
 
 @dataclass(frozen=True, slots=True)

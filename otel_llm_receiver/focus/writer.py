@@ -28,8 +28,8 @@ from typing import Any
 
 from ..ledger import Ledger
 from .export import days_between, write_atomically
-from .formats import SUFFIX
 from .rows import DAY, Row, RowContext, day_rows
+from .schema import SUFFIX
 
 log = logging.getLogger(__name__)
 

@@ -1,14 +1,17 @@
 """Provider registry: config type name -> provider class.
 
 Classes are imported on demand so that a provider's SDK (boto3, azure-identity, ...) is only needed when a
-config uses it.
+config uses it, and so that validating a config imports the modules of the types it names and no other
+(``provider_options()`` is a mapping that imports a type's module when its schema is asked for; the type names
+come from the providers' ``provider.yaml`` files). A demo-only ``check`` or ``run`` never loads httpx, gRPC or
+a cloud SDK for providers it does not run (tests/test_config_layers.py holds it to that).
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -29,9 +32,32 @@ def provider_class(type_name: str) -> type[Provider]:
     return cls
 
 
-def provider_options() -> dict[str, Mapping[str, Option]]:
-    """Every provider type's own option schema, for config validation."""
-    return {name: provider_class(name).OPTIONS for name in PROVIDER_TYPES}
+class _OptionSchemas(Mapping[str, Mapping[str, "Option"]]):
+    """Provider type -> its option schema; a type's module is imported when its schema is first looked up.
+
+    Keys (and ``in``, ``len``, iteration: what an "unknown provider type" message lists) come from
+    ``PROVIDER_TYPES`` as it is at that moment, without importing anything.
+    """
+
+    def __getitem__(self, type_name: str) -> Mapping[str, Option]:
+        if type_name not in PROVIDER_TYPES:
+            raise KeyError(type_name)
+        return provider_class(type_name).OPTIONS
+
+    def __contains__(self, type_name: object) -> bool:
+        return type_name in PROVIDER_TYPES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(PROVIDER_TYPES))
+
+    def __len__(self) -> int:
+        return len(PROVIDER_TYPES)
+
+
+def provider_options() -> Mapping[str, Mapping[str, Option]]:
+    """Every provider type's own option schema, for config validation; a type's module is imported only when
+    its schema is looked up (a config that names it)."""
+    return _OptionSchemas()
 
 
 def create_provider(config: ProviderConfig) -> Provider:

@@ -25,7 +25,8 @@ from typing import IO, Any
 
 def _preload() -> Any:
     """Import everything a ``run`` with an OpenAI provider and an OTLP/HTTP exporter needs, before any fork."""
-    from otel_llm_receiver import cli
+    # cli imports what each command needs when it runs (issue 20): the config and the runtime are named here
+    from otel_llm_receiver import cli, config, health, ledger, scheduler  # noqa: F401
     from otel_llm_receiver.emitter import _http_exporter_class
     from otel_llm_receiver.providers import provider_class
 
