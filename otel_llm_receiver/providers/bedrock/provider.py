@@ -23,6 +23,7 @@ import threading
 from collections.abc import Mapping
 from typing import ClassVar
 
+from ...chunks import reads_secondary
 from ...config_parse import Option
 from ...config_providers import ProviderConfig
 from ...errors import ProviderError
@@ -133,7 +134,7 @@ class BedrockProvider(Provider):
         usage = await read_source(USAGE, self._all_regions(window, account, names), failed)
         polled = [USAGE] if usage is not None else []
         costs: list[CostRecord] = []
-        if self._cost_due(window.end):
+        if reads_secondary() and self._cost_due(window.end):  # a chunked poll: in its last chunk only
             read = await read_source(COST, self._costs(window, account), failed)
             if read is not None:  # on a failure its cursors did not move: retried next poll
                 costs = read

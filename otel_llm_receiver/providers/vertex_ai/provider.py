@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from ...chunks import reads_secondary, whole_window
 from ...config_parse import Option
 from ...config_providers import ProviderConfig
 from ...errors import ProviderError
@@ -133,11 +134,13 @@ class VertexAIProvider(Provider):
                 result = read
                 polled.append(USAGE)
         found = await self._names.resolve(self.projects) if self._names is not None else {}
-        if self.billing is None or not self._billing_due(window.end):
+        # In a chunk of a long poll (chunks.py) the billing export is read once, in the last chunk, over the
+        # whole window.
+        if self.billing is None or not reads_secondary() or not self._billing_due(window.end):
             return PollResult(usage=result.usage, names=found, complete_until=result.complete_until,
                               polled_sources=polled, failed_sources=failed)
         billed: dict[tuple[str, str], str] = {}
-        costs = await read_source(COST, self._costs(self.billing, window, billed), failed)
+        costs = await read_source(COST, self._costs(self.billing, whole_window(window), billed), failed)
         if costs is None:
             self._billing_failed_at = window.end  # next try in min(interval, 1h)
             return PollResult(usage=result.usage, names=found, complete_until=result.complete_until,
