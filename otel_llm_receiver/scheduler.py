@@ -202,6 +202,7 @@ class Receiver:
                                            interval=cfg.collection_interval)
             parts = split(window, int(cfg.backfill_chunk or DEFAULT_CHUNK))
             polled = _Landed()
+            source_cursors: dict[str, str] = {}
             for index, part in enumerate(parts):
                 chunk = PollChunk(window, part, index, len(parts)) if len(parts) > 1 else None
                 if tracker is not None:
@@ -213,15 +214,18 @@ class Receiver:
                     tracker.writing()
                 cursor_value: str | None = None
                 applied = result
+                source_cursors.update(result.cursors)
                 if final:
                     cursor_value = str(
                         result.complete_until if result.complete_until is not None else window.end)
                     if stopped:
                         cursor_value = cursor  # the next poll re-reads from where it was
-                    kept = {k: v for k, v in result.cursors.items() if k not in polled.failed}
-                    if (stopped and chunk is not None and not chunk.last) or len(kept) != len(result.cursors):
-                        kept = {}  # cursors of a poll that stopped early (or of a source that failed in a chunk)
-                        self._restored.discard(name)  # stay as saved, in the ledger and in memory
+                    # Every chunk's source cursors (the latest of each) land with the last chunk, except those of a
+                    # source that failed in any chunk: it stays as saved, in the ledger and in the provider.
+                    failing = polled.failed.keys() | result.failed_sources.keys()
+                    kept = {k: v for k, v in source_cursors.items() if k not in failing}
+                    if len(kept) != len(source_cursors):
+                        self._restored.discard(name)
                     if kept != result.cursors:
                         applied = replace(result, cursors=kept)
                 elif result.cursors:
