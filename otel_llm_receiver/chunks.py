@@ -14,9 +14,12 @@ While a chunk is fetched the scheduler publishes it in ``POLL_CHUNK`` (a context
 
 * ``poll_now(window)`` is the poll's "now" (``window.end`` outside a chunked poll): a provider that models
   data as of a time (the demo's partial buckets) must use it, not the chunk's end;
-* ``reads_secondary()`` is True in the last chunk only (and outside a chunked poll): sources other than
+* ``reads_secondary()`` is True in the first chunk only (and outside a chunked poll): sources other than
   usage (daily costs, Claude Code analytics), whose reach is set by their own lookback from "now", are read
-  once per poll, in its last chunk, over ``whole_window(window)``, exactly as an unchunked poll reads them.
+  once per poll, in its first chunk, over ``whole_window(window)`` and as of ``poll_now(window)``, exactly as
+  an unchunked poll reads them. The first, not the last: a usage failure in any chunk ends the poll, and the
+  other sources must land all the same (a failing usage API never costs the cost data, as in an unchunked
+  poll). Their cursors, like every cursor, are written with the poll's final transaction.
 
 A steady-state poll (a window no longer than a chunk) is one chunk: ``POLL_CHUNK`` stays None, and it runs
 exactly as before (one fetch, one transaction).
@@ -96,9 +99,9 @@ def whole_window(window: Window) -> Window:
 
 
 def reads_secondary() -> bool:
-    """Whether this fetch reads the sources other than usage: always, except in a chunk before the last."""
+    """Whether this fetch reads the sources other than usage: always, except in a chunk after the first."""
     chunk = POLL_CHUNK.get()
-    return chunk is None or chunk.last
+    return chunk is None or chunk.index == 0
 
 
 __all__ = ["DEFAULT_CHUNK", "MAX_CHUNK", "MIN_CHUNK", "POLL_CHUNK", "PollChunk", "chunk_problem", "poll_now",

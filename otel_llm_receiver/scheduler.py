@@ -93,7 +93,9 @@ class _Landed:
     failed: dict[str, SourceFailure] = field(default_factory=dict)
     newest_bucket_end: int | None = None
     source_data_until: dict[str, int] = field(default_factory=dict)
-    #: the sources the last applied chunk read (the one that read every source)
+    _data_until: int | None = None
+    _ends: int | None = None
+    #: the sources any chunk read (the first reads them all, the others usage only)
     polled_sources: tuple[str, ...] = ()
 
     @property
@@ -102,13 +104,18 @@ class _Landed:
 
     def add(self, result: PollResult, stats: ApplyStats) -> None:
         self.chunks += 1
-        self.polled_sources = tuple(result.polled_sources)
+        self.polled_sources = tuple(dict.fromkeys([*self.polled_sources, *result.polled_sources]))
         self.outcomes.update(stats.outcomes)
         self.unmatched.update(result.unmatched_records)
         self.failed.update(result.failed_sources)
-        newest = result.newest_bucket_end
-        if newest is not None:
-            self.newest_bucket_end = max(newest, self.newest_bucket_end or newest)
+        # What one unchunked result would say: the newest ``data_until`` a chunk gave (the provider knew better
+        # than its bucket ends), else the newest bucket end of any chunk.
+        if result.data_until is not None:
+            self._data_until = max(result.data_until, self._data_until or result.data_until)
+        ends = result.newest_bucket_end if result.data_until is None else None
+        if ends is not None:
+            self._ends = max(ends, self._ends or ends)
+        self.newest_bucket_end = self._data_until if self._data_until is not None else self._ends
         for source, until in result.source_data_until.items():
             self.source_data_until[source] = max(until, self.source_data_until.get(source, until))
 

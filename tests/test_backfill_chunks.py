@@ -2,7 +2,7 @@
 
 A real ``Receiver`` backfills from the fake OpenAI admin API on loopback (every usage type, daily costs). The
 window is split on the UTC grid of ``backfill_chunk``; each chunk is one fetch and one ledger transaction, the
-cursors move only with the last one, costs are read once (in the last chunk) over the whole window. A usage
+cursors move only with the last one, costs are read once (in the first chunk) over the whole window. A usage
 failure in chunk k stops the poll there: the chunks before it stay (they count nothing twice when the next poll
 applies them again), no cursor moves. A steady-state poll is one fetch and one transaction, as before.
 """
@@ -97,15 +97,15 @@ def test_split_cuts_on_the_utc_grid_and_never_splits_a_short_window() -> None:
         Window(DAY0, DAY0 + 2 * HOUR), Window(DAY0 + 2 * HOUR, DAY0 + 4 * HOUR), Window(DAY0 + 4 * HOUR, DAY0 + 5 * HOUR)]
 
 
-def test_providers_see_the_polls_now_and_read_other_sources_in_the_last_chunk_only() -> None:
+def test_providers_see_the_polls_now_and_read_other_sources_in_the_first_chunk_only() -> None:
     whole = Window(DAY0 - 2 * DAY, T0)
     chunk = Window(DAY0 - 2 * DAY, DAY0 - DAY)
     assert poll_now(chunk) == chunk.end and reads_secondary()  # outside a chunked poll: the window's own end
     token = POLL_CHUNK.set(PollChunk(whole, chunk, 0, 3))
     try:
-        assert poll_now(chunk) == T0 and not reads_secondary()
+        assert poll_now(chunk) == T0 and reads_secondary()
         POLL_CHUNK.set(PollChunk(whole, Window(DAY0, T0), 2, 3))
-        assert reads_secondary()
+        assert poll_now(chunk) == T0 and not reads_secondary()
     finally:
         POLL_CHUNK.reset(token)
 
@@ -179,9 +179,10 @@ def test_a_steady_state_poll_is_one_fetch_and_one_transaction(
 def test_usage_failing_in_a_chunk_stops_the_poll_keeps_earlier_chunks_and_moves_no_cursor(
     tmp_path: Path, fake: FakeOpenAI, loop: asyncio.Runner
 ) -> None:
-    """Chunk 3 of 5 fails (a 400 on completions): chunks 1 and 2 stay applied, chunk 3 on are not read, no cursor
-    (poll or cost) is written; the next poll re-reads from the old (absent) cursor, re-applies chunks 1 and 2
-    (which adds nothing: bucket values are absolute) and lands exactly, with the same series start times."""
+    """Chunk 3 of 5 fails (a 400 on completions): chunks 1 and 2 stay applied, chunks 4 and 5 are not read, the
+    poll cursor is not written (the costs, read in chunk 1, land with their cursor, as in an unchunked poll whose
+    usage failed); the next poll re-reads from the old (absent) cursor, re-applies chunks 1 and 2 (which adds
+    nothing: bucket values are absolute) and lands exactly, with the same series start times."""
 
     def fail_third(request: Request, response: Response) -> None:
         if request.path == COMPLETIONS and request.param("start_time") == str(DAY0 - 3 * DAY):
@@ -193,10 +194,10 @@ def test_usage_failing_in_a_chunk_stops_the_poll_keeps_earlier_chunks_and_moves_
     try:
         outcome = loop.run(receiver.poll(NAME))
         assert not outcome.ok and outcome.failed_sources == ("usage",), outcome
-        assert len(requests_to(fake, COMPLETIONS)) == 3 and not requests_to(fake, COSTS)
+        assert len(requests_to(fake, COMPLETIONS)) == 3 and len(requests_to(fake, COSTS)) == 1
         tokens, starts, cursors = ledger_state(tmp_path / "ledger.db")
         assert tokens == truth(fake, DAY0 - 4 * DAY, DAY0 - 2 * DAY)  # exactly chunks 1 and 2
-        assert cursors == {}
+        assert cursors == {"cost": str(T0)}
         assert receiver.health.instances[NAME].consecutive_failures == 1
 
         fake.api.observers.clear()
@@ -209,7 +210,7 @@ def test_usage_failing_in_a_chunk_stops_the_poll_keeps_earlier_chunks_and_moves_
         loop.run(receiver.aclose())
 
 
-def test_a_cost_failure_in_the_last_chunk_keeps_usage_and_moves_only_the_poll_cursor(
+def test_a_cost_failure_keeps_every_chunk_of_usage_and_moves_only_the_poll_cursor(
     tmp_path: Path, fake: FakeOpenAI, loop: asyncio.Runner
 ) -> None:
     fake.api.fail_next(COSTS, 400)

@@ -227,7 +227,7 @@ class DemoProvider(Provider):
         # A day of buckets at a time, like a paging API: each "page" is reported to a backfill's progress and
         # the event loop gets a turn between them (the demo's summary shows the backfill as it goes).
         # In a chunk of a long poll (chunks.py) the data are as of the poll's "now", not the chunk's end, and
-        # the daily costs are read once, in the last chunk, over the whole window.
+        # the daily costs are read once, in the first chunk, over the whole window.
         usage: list[UsageRecord] = []
         now = poll_now(window)
         first = window.start - window.start % self.width

@@ -153,7 +153,7 @@ class AnthropicProvider(Provider):
         failed: dict[str, SourceFailure] = {}
         reads = {USAGE: self._usage, COST: self._costs, CLAUDE_CODE: self._claude_code}
         found: dict[str, Any] = {}
-        # In a chunk of a long poll (chunks.py) the daily reports are read once, in the last chunk, over the
+        # In a chunk of a long poll (chunks.py) the daily reports are read once, in the first chunk, over the
         # whole window (their reach is set from "now" by cost_lookback / cost_backfill).
         whole = whole_window(window)
         daily = reads_secondary()
@@ -169,8 +169,8 @@ class AnthropicProvider(Provider):
         usage: list[UsageRecord] = found.get(USAGE, [])
         costs: list[CostRecord] = found.get(COST, [])
         code: list[UsageRecord] = found.get(CLAUDE_CODE, [])
-        cursors: dict[str, str] = {s: str(window.end) for s in (COST, CLAUDE_CODE) if s in found}
-        self._read_until.update({source: window.end for source in cursors})
+        cursors: dict[str, str] = {s: str(whole.end) for s in (COST, CLAUDE_CODE) if s in found}
+        self._read_until.update({source: whole.end for source in cursors})
         names = {("tenancy", ident): name for ident, name in (await self._workspace_names()).items()} \
             if found else {}  # nothing landed (a wrong key): no names lookup either
         settled = window.end - DATA_DELAY
