@@ -23,6 +23,7 @@ import pytest
 from otel_llm_receiver.chunks import POLL_CHUNK, PollChunk, chunk_problem, poll_now, reads_secondary, split
 from otel_llm_receiver.config import ConfigError, parse_config
 from otel_llm_receiver.model import Window
+from otel_llm_receiver.progress import PollProgress
 from otel_llm_receiver.scheduler import Receiver
 from tests.fakes.api import Request, Response
 from tests.fakes.openai import ADMIN_KEY, FakeOpenAI, populate
@@ -237,3 +238,19 @@ def test_a_smaller_chunk_splits_further_and_lands_exactly(tmp_path: Path, fake: 
         assert tokens == truth(fake, DAY0 - 4 * DAY, T0)
     finally:
         loop.run(receiver.aclose())
+
+
+def test_progress_of_a_chunked_backfill_is_over_the_whole_window_and_names_the_chunk() -> None:
+    now = [0.0]
+    tracker = PollProgress(NAME, Window(DAY0 - 4 * DAY, T0), interval=5.0, clock=lambda: now[0])
+    tracker.chunk(2, 5)
+    # a request spans chunk 3 only; its share is still of the whole window: 3 of 4.4 days read
+    tracker.begin("completions", DAY0 - 2 * DAY, DAY0 - DAY)
+    now[0] = 6.0
+    tracker.page("completions", records=10, newest=DAY0 - DAY, start=DAY0 - 2 * DAY, end=DAY0 - DAY)
+    (line,) = tracker.lines
+    share = round(100 * 3 * DAY / (T0 - (DAY0 - 4 * DAY)))
+    assert f": {share}% (through " in line and ", chunk 3 of 5, " in line, line
+    tracker.writing()
+    tracker.finish()
+    assert "chunk" not in tracker.lines[-1] and ": done, " in tracker.lines[-1]
