@@ -38,7 +38,8 @@ import harness  # before any otel_llm_receiver import (BENCH_CODE), all of them 
 HOUR, DAY = 3600, 86400
 NOW = 1_767_225_600 + 10 * HOUR + 1800  # 2026-01-01 10:30 UTC: the last day is partial, as in real life
 TENANCIES = 84  # x 6 models = 504 API rows an hour; 5 series each (4 token types, requests): 2,520 series
-MODELS = 6
+#: Real model names, so that every token is priced (genai-prices), as the receiver runs.
+MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "o3-mini")
 NAME = "openai/bench"
 ADMIN = "sk-admin-bench-0123456789"
 
@@ -52,9 +53,9 @@ def organisation(tenancies: int) -> Any:
         first = start + (-start) % HOUR  # atoms sit at the start of each hour
         for t in range(first, end, HOUR):
             for p in range(tenancies):
-                for m in range(MODELS):
+                for m, model in enumerate(MODELS):
                     k = (p * 31 + m * 7 + t // HOUR) % 997
-                    yield t, {"project_id": f"proj_{p:03d}", "model": f"gpt-bench-{m}"}, {
+                    yield t, {"project_id": f"proj_{p:03d}", "model": model}, {
                         "text_in": 1000 + k, "text_out": 200 + k, "requests": 1 + k % 20}
 
     return generate
@@ -86,7 +87,7 @@ def child(days: int, endpoint: str, tenancies: int) -> None:
                    "max_response_bytes": 1 << 30, "timeout": "120s", "collection_interval": "1h"}
         config = parse_config({"storage": {"path": str(Path(tmp) / "ledger.db")}, "providers": {NAME: section}})
         receiver = Receiver(config, exporters=[], clock=lambda: float(NOW))
-        rows = -(-(NOW - (NOW - NOW % DAY - days * DAY)) // HOUR) * tenancies * MODELS
+        rows = -(-(NOW - (NOW - NOW % DAY - days * DAY)) // HOUR) * tenancies * len(MODELS)
         try:
             with harness.timed({"api_rows": float(rows)}) as extra:
                 outcome = asyncio.run(receiver.poll(NAME))
