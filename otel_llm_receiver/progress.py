@@ -11,6 +11,10 @@ tracker, so it logs its one result line and nothing else.
 "How far" is the newest bucket end a source has reached against that source's window; the poll's figure is the
 least advanced source seen so far (a source not yet started is not counted). The ETA is the time taken so far
 stretched by the share still to go.
+
+A long poll read in chunks (``chunks.py``) has one tracker for its whole window: each request spans one chunk,
+so a source's share is taken against the poll's window, not the request's, and the line names the chunk in
+flight (``chunk 12 of 91``); the stage goes to "writing" only for the last chunk's transaction.
 """
 
 from __future__ import annotations
