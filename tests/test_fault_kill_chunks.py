@@ -142,7 +142,7 @@ def test_kill_9_between_chunks_keeps_applied_chunks_counts_nothing_twice_and_kee
         assert cursors == {}, f"kill {i}: a cursor moved before the last chunk"
         for sid, identity in series.items():
             assert starts.setdefault(sid, identity) == identity, f"series {sid} changed after kill {i}"
-        assert '"poll ok' not in log.read_text() and "poll ok" not in log.read_text()
+        assert "poll ok" not in log.read_text()  # the killed receiver never finished its poll
 
     final_log = tmp_path / "final.log"
     pid = server.run(["run", "--once", "--config", str(config)], final_log, env)
