@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from otel_llm_receiver.chunks import chunk_problem
 from otel_llm_receiver.config_parse import (
     HINT_CUTOFF,
     INSTANCE_NAME,
@@ -38,7 +39,8 @@ __all__ = [
 
 #: Keys every provider instance accepts, whatever its type (DESIGN.md, the provider contract).
 COMMON_PROVIDER_KEYS: frozenset[str] = frozenset(
-    {"collection_interval", "timeout", "tenant", "endpoint", "lookback", "backfill", "labels", "enabled"}
+    {"collection_interval", "timeout", "tenant", "endpoint", "lookback", "backfill", "backfill_chunk", "labels",
+     "enabled"}
 )
 
 
@@ -57,7 +59,8 @@ _MAX_NAME = 256  # tenant and label values: they become metric attributes
 class ProviderConfig:
     """One provider instance (``providers:`` entry).
 
-    ``lookback`` / ``backfill`` / ``endpoint`` are None when the provider's own default applies. ``options``
+    ``lookback`` / ``backfill`` / ``endpoint`` are None when the provider's own default applies;
+    ``backfill_chunk`` is None for the default chunk of a long poll (``chunks.DEFAULT_CHUNK``). ``options``
     holds the type-specific keys, validated against the provider's ``Option`` schema with defaults filled in.
     """
 
@@ -69,6 +72,7 @@ class ProviderConfig:
     endpoint: str | None = None
     lookback: float | None = None
     backfill: float | None = None
+    backfill_chunk: float | None = None
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     enabled: bool = True
     options: Mapping[str, Any] = field(default_factory=dict, hash=False)
@@ -109,6 +113,7 @@ def parse_provider(
         "endpoint": None,
         "lookback": None,
         "backfill": None,
+        "backfill_chunk": None,
         "labels": {},
         "enabled": True,
     }
@@ -161,6 +166,7 @@ def parse_provider(
         endpoint=common["endpoint"],
         lookback=common["lookback"],
         backfill=common["backfill"],
+        backfill_chunk=common["backfill_chunk"],
         labels=common["labels"],
         enabled=common["enabled"],
         options={key: options[key] for key in schema},
@@ -179,6 +185,12 @@ def _common_key(p: Parser, key: str, value: Any, path: str) -> Any:
         return p.duration(value, path, positive=True, maximum=MAX_TIMEOUT)
     if key in ("lookback", "backfill"):
         return p.duration(value, path, maximum=_MAX_WINDOW)
+    if key == "backfill_chunk":  # a long poll is read and applied a chunk at a time (chunks.py)
+        seconds = p.duration(value, path, positive=True)
+        if isinstance(seconds, Invalid):
+            return seconds
+        problem = chunk_problem(seconds)
+        return p.problem(path, problem) if problem else seconds
     if key == "tenant":
         return p.text(value, path, nonempty=True, max_length=_MAX_NAME)
     if key == "enabled":

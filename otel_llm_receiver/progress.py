@@ -11,6 +11,10 @@ tracker, so it logs its one result line and nothing else.
 "How far" is the newest bucket end a source has reached against that source's window; the poll's figure is the
 least advanced source seen so far (a source not yet started is not counted). The ETA is the time taken so far
 stretched by the share still to go.
+
+A long poll read in chunks (``chunks.py``) has one tracker for its whole window: each request spans one chunk,
+so a source's share is taken against the poll's window, not the request's, and the line names the chunk in
+flight (``chunk 12 of 91``); the stage goes to "writing" only for the last chunk's transaction.
 """
 
 from __future__ import annotations
@@ -75,6 +79,9 @@ class ProgressState:
     requests: int = 0
     #: "reading" (pages coming in), "writing" (every page read, the ledger transaction running) or "done"
     stage: Stage = "reading"
+    #: a chunked poll (``chunks.py``): the chunk being read (0-based) and how many there are; 1 when unchunked
+    chunk: int = 0
+    chunks: int = 1
 
     @property
     def pages(self) -> int:
@@ -123,6 +130,8 @@ class ProgressState:
         else:
             reached = self.reached
             where = f"{f:.0%}" + (f" (through {_day(reached)})" if reached is not None else "")
+        if self.chunks > 1 and self.stage != "done":
+            where += f", chunk {self.chunk + 1} of {self.chunks}"
         eta = self.eta
         text = (f"{head}: {where}, {self.pages:,} page{'s' if self.pages != 1 else ''}, {self.records:,} records, "
                 f"{_seconds(self.elapsed)} elapsed, ETA {_seconds(eta) if eta is not None else 'unknown'}")
@@ -152,15 +161,26 @@ class PollProgress:
         self._sources: dict[str, SourceState] = {}
         self._stage: Stage = "reading"
         self._requests = 0
+        self._chunk = 0
+        self._chunks = 1
         #: every line logged, in order (the last one is what ``/health`` or a test may want to see)
         self.lines: list[str] = []
 
     def begin(self, source: str, start: int | None = None, end: int | None = None) -> None:
-        """A source starts reading ``[start, end)`` (default: the poll's window); its share counts from now on."""
+        """A source starts reading ``[start, end)`` (default: the poll's window); its share counts from now on.
+
+        In a chunked poll a request spans one chunk only: the share is of the poll's whole window."""
+        if self._chunks > 1:
+            start, end = None, None
         if source not in self._sources:
             self._sources[source] = SourceState(
                 source, self.window.start if start is None else start, self.window.end if end is None else end,
                 None, 0, 0)
+
+    def chunk(self, index: int, count: int) -> None:
+        """A chunked poll (``chunks.py``) starts reading chunk ``index`` of ``count``: pages come in again."""
+        self._chunk, self._chunks = index, count
+        self._stage = "reading"
 
     def page(self, source: str, *, records: int, newest: int | None,
              start: int | None = None, end: int | None = None) -> None:
@@ -177,7 +197,7 @@ class PollProgress:
         self.tick()
 
     def writing(self) -> None:
-        """Every page is read; what is left is the ledger transaction."""
+        """Every page is read; what is left is the ledger transaction (of the last chunk, when chunked)."""
         self._stage = "writing"
 
     def finish(self) -> None:
@@ -189,7 +209,7 @@ class PollProgress:
 
     def state(self) -> ProgressState:
         return ProgressState(self.instance, self.window, max(0.0, self.clock() - self.started),
-                             tuple(self._sources.values()), self._requests, self._stage)
+                             tuple(self._sources.values()), self._requests, self._stage, self._chunk, self._chunks)
 
     def tick(self) -> None:
         """Log a line when ``interval`` has passed (by ``clock``) since the last one (or the start)."""

@@ -14,13 +14,16 @@ import random
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .builder import MetricsBuilder, make_resource
+from .chunks import DEFAULT_CHUNK, POLL_CHUNK, PollChunk, split
 from .config import Config, ExporterConfig
 from .emitter import BatchExporter, Emitter, build_exporter
 from .errors import LedgerError, ProviderError
@@ -28,7 +31,7 @@ from .focus import FocusWriter, WritePass, context_for
 from .health import health_document
 from .ledger import ApplyStats, Ledger
 from .logs import redact
-from .model import USAGE, PollResult, Window, first_window_start
+from .model import USAGE, PollResult, SourceFailure, Window, first_window_start
 from .money import money_stack
 from .progress import POLL_PROGRESS, PollProgress, ProgressState, is_backfill
 from .providers import create_provider, provider_class
@@ -77,6 +80,44 @@ class PollOutcome:
     retry_after: float | None = None
     #: Sources that failed while the others landed (``ok`` is False only when usage failed or every source read failed).
     failed_sources: tuple[str, ...] = ()
+
+
+@dataclass
+class _Landed:
+    """What the applied chunks of one poll added up to: the poll's outcome counts, its log line and its
+    self-health, as if it had been one fetch and one transaction."""
+
+    chunks: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    unmatched: Counter[str] = field(default_factory=Counter)
+    failed: dict[str, SourceFailure] = field(default_factory=dict)
+    newest_bucket_end: int | None = None
+    source_data_until: dict[str, int] = field(default_factory=dict)
+    _data_until: int | None = None
+    _ends: int | None = None
+    #: the sources any chunk read (the first reads them all, the others usage only)
+    polled_sources: tuple[str, ...] = ()
+
+    @property
+    def points(self) -> int:
+        return sum(self.outcomes.values())
+
+    def add(self, result: PollResult, stats: ApplyStats) -> None:
+        self.chunks += 1
+        self.polled_sources = tuple(dict.fromkeys([*self.polled_sources, *result.polled_sources]))
+        self.outcomes.update(stats.outcomes)
+        self.unmatched.update(result.unmatched_records)
+        self.failed.update(result.failed_sources)
+        # What one unchunked result would say: the newest ``data_until`` a chunk gave (the provider knew better
+        # than its bucket ends), else the newest bucket end of any chunk.
+        if result.data_until is not None:
+            self._data_until = max(result.data_until, self._data_until or result.data_until)
+        ends = result.newest_bucket_end if result.data_until is None else None
+        if ends is not None:
+            self._ends = max(ends, self._ends or ends)
+        self.newest_bucket_end = self._data_until if self._data_until is not None else self._ends
+        for source, until in result.source_data_until.items():
+            self.source_data_until[source] = max(until, self.source_data_until.get(source, until))
 
 
 class Receiver:
@@ -140,7 +181,12 @@ class Receiver:
         return provider
 
     async def poll(self, name: str) -> PollOutcome:
-        """One poll of one instance: fetch, apply atomically, record self-health. Never raises."""
+        """One poll of one instance: fetch, apply atomically, record self-health. Never raises.
+
+        A window longer than the instance's ``backfill_chunk`` (a backfill, a catch-up) is read in chunks
+        (``chunks.py``): each chunk is fetched, then applied in one transaction; only the last one moves the
+        cursors. A steady-state poll is one chunk: one fetch, one transaction, as always.
+        """
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
         cfg = next(p for p in self.provider_configs if p.name == name)
@@ -157,40 +203,50 @@ class Receiver:
                 self._restored.add(name)
             cursor = await loop.run_in_executor(self._writer, self.ledger.cursor, name)
             window = poll_window(provider, cursor, int(self.clock()))
+            # Per chunk (each is bounded work): a long backfill never times out for being long.
             deadline = max(cfg.collection_interval, 5 * cfg.timeout)
             tracker = self._start_progress(name, window, first_poll=cursor is None, lookback=float(provider.lookback),
                                            interval=cfg.collection_interval)
-            # Published to the HTTP clients (the fetch task copies this context): a Retry-After that outlasts
-            # the poll ends it as rate_limited at once instead of sleeping into this timeout. The progress
-            # tracker (backfills only) is published the same way to the paging helpers.
-            published = POLL_DEADLINE.set(time.monotonic() + deadline)
-            tracked = POLL_PROGRESS.set(tracker)
-            try:
-                result: PollResult = await asyncio.wait_for(provider.fetch(window), timeout=deadline)
-            except TimeoutError as exc:
-                raise ProviderError(
-                    f"poll did not finish within {deadline:g}s", provider=name, error_type="timeout"
-                ) from exc
-            finally:
-                POLL_PROGRESS.reset(tracked)
-                POLL_DEADLINE.reset(published)
-            if tracker is not None:
-                tracker.writing()
-            if not isinstance(result, PollResult):
-                raise ProviderError(
-                    f"provider returned {type(result).__name__}, not a PollResult", provider=name
-                )
-            cursor_value: str | None = str(
-                result.complete_until if result.complete_until is not None else window.end)
-            if USAGE in result.failed_sources:
-                cursor_value = cursor  # usage did not land: the next poll re-reads from where it was
-            stats: ApplyStats = await loop.run_in_executor(
-                self._writer,
-                lambda: self.ledger.apply(
-                    name, result, tenant=cfg.tenant, cursor=cursor_value,
-                    prune_before=prune_horizon(provider, window),
-                ),
-            )
+            parts = split(window, int(cfg.backfill_chunk or DEFAULT_CHUNK))
+            polled = _Landed()
+            source_cursors: dict[str, str] = {}
+            for index, part in enumerate(parts):
+                chunk = PollChunk(window, part, index, len(parts)) if len(parts) > 1 else None
+                if tracker is not None:
+                    tracker.chunk(index, len(parts))
+                result = await self._fetch(name, provider, part, chunk, deadline, tracker)
+                stopped = USAGE in result.failed_sources  # usage did not land: the poll ends with this chunk
+                final = stopped or chunk is None or chunk.last
+                if tracker is not None and final:
+                    tracker.writing()
+                cursor_value: str | None = None
+                applied = result
+                source_cursors.update(result.cursors)
+                if final:
+                    cursor_value = str(
+                        result.complete_until if result.complete_until is not None else window.end)
+                    if stopped:
+                        cursor_value = cursor  # the next poll re-reads from where it was
+                    # Every chunk's source cursors (the latest of each) land with the last chunk, except those of a
+                    # source that failed in any chunk: it stays as saved, in the ledger and in the provider.
+                    failing = polled.failed.keys() | result.failed_sources.keys()
+                    kept = {k: v for k, v in source_cursors.items() if k not in failing}
+                    if len(kept) != len(source_cursors):
+                        self._restored.discard(name)
+                    if kept != result.cursors:
+                        applied = replace(result, cursors=kept)
+                elif result.cursors:
+                    applied = replace(result, cursors={})  # an earlier chunk writes no cursor
+                stats: ApplyStats = await loop.run_in_executor(self._writer, partial(
+                    self.ledger.apply, name, applied, tenant=cfg.tenant, cursor=cursor_value,
+                    prune_before=prune_horizon(provider, window) if final else None,
+                ))
+                polled.add(result, stats)
+                del result, applied  # the chunk landed: its records are not kept while the next one is read
+                if final:
+                    break
+                log.debug("%s: chunk %d of %d applied (%s .. %s), %d points", name, index + 1, len(parts),
+                          part.start, part.end, stats.points)
         except asyncio.CancelledError:
             self._stop_progress(name)
             raise
@@ -217,37 +273,67 @@ class Receiver:
             tracker.finish()
         self._stop_progress(name)
         self._count_requests(name, provider)
-        self.health.unmatched(name, result.unmatched_records)
+        self.health.unmatched(name, polled.unmatched)
         elapsed = time.monotonic() - t0
         await self._prune_rollups_hourly(loop)
+        failed_sources = polled.failed
         ok = self.health.poll_succeeded(
-            name, elapsed, stats.outcomes, result.newest_bucket_end, result.source_data_until,
-            polled=list(result.polled_sources), failed=result.failed_sources,
+            name, elapsed, polled.outcomes, polled.newest_bucket_end, polled.source_data_until,
+            polled=[s for s in polled.polled_sources if s not in failed_sources], failed=failed_sources,
         )
-        for source, failure in sorted(result.failed_sources.items()):
+        for source, failure in sorted(failed_sources.items()):
             log.warning(
                 "%s: %s source failed (%s), other sources kept; retried next poll: %s", name, source,
                 failure.error_type, redact(failure.message),
                 extra={"instance": name, "source": source, "error_type": failure.error_type},
             )
+        chunked = f" in {polled.chunks} chunks" if polled.chunks > 1 else ""
         log.info(
-            "%s: poll %s, %d points (%s) in %.2fs", name, "ok" if not result.failed_sources else "partial",
-            stats.points, ", ".join(f"{k} {v}" for k, v in sorted(stats.outcomes.items())) or "none", elapsed,
+            "%s: poll %s, %d points (%s) in %.2fs%s", name, "ok" if not failed_sources else "partial",
+            polled.points, ", ".join(f"{k} {v}" for k, v in sorted(polled.outcomes.items())) or "none", elapsed,
+            chunked,
             extra={"instance": name, "window_start": window.start, "window_end": window.end,
-                   "cursor": cursor_value, "duration_s": round(elapsed, 3)},
+                   "cursor": cursor_value, "duration_s": round(elapsed, 3), "chunks": polled.chunks},
         )
-        failed = tuple(sorted(result.failed_sources))
+        failed = tuple(sorted(failed_sources))
         # A source the API rate-limited: the next poll of the instance waits out its (capped) Retry-After too.
         waits = {src: _capped_retry_after(name, f.retry_after, cfg.collection_interval)
-                 for src, f in result.failed_sources.items() if f.retry_after is not None}
+                 for src, f in failed_sources.items() if f.retry_after is not None}
         if waits:
             self._not_before[name] = time.monotonic() + max(waits.values())
         if ok:
             return PollOutcome(name, True, failed_sources=failed)
-        first_source = USAGE if USAGE in result.failed_sources else next(iter(result.failed_sources), None)
-        first = result.failed_sources.get(first_source) if first_source is not None else None
+        first_source = USAGE if USAGE in failed_sources else next(iter(failed_sources), None)
+        first = failed_sources.get(first_source) if first_source is not None else None
         return PollOutcome(name, False, first.error_type if first else None,
                            waits.get(first_source) if first_source is not None else None, failed_sources=failed)
+
+    async def _fetch(self, name: str, provider: Provider, window: Window, chunk: PollChunk | None,
+                     deadline: float, tracker: PollProgress | None) -> PollResult:
+        """One fetch (of a whole poll, or of one chunk of it) within ``deadline`` seconds."""
+        # Published to the HTTP clients (the fetch task copies this context): a Retry-After that outlasts
+        # the deadline ends the poll as rate_limited at once instead of sleeping into this timeout. The progress
+        # tracker (backfills only) and the chunk (chunked polls only) are published the same way to the
+        # paging helpers and the provider.
+        published = POLL_DEADLINE.set(time.monotonic() + deadline)
+        tracked = POLL_PROGRESS.set(tracker)
+        chunked = POLL_CHUNK.set(chunk)
+        try:
+            result = await asyncio.wait_for(provider.fetch(window), timeout=deadline)
+        except TimeoutError as exc:
+            what = "poll" if chunk is None else f"chunk {chunk.index + 1} of {chunk.count} of the poll"
+            raise ProviderError(
+                f"{what} did not finish within {deadline:g}s", provider=name, error_type="timeout"
+            ) from exc
+        finally:
+            POLL_CHUNK.reset(chunked)
+            POLL_PROGRESS.reset(tracked)
+            POLL_DEADLINE.reset(published)
+        if not isinstance(result, PollResult):
+            raise ProviderError(
+                f"provider returned {type(result).__name__}, not a PollResult", provider=name
+            )
+        return result
 
     def _start_progress(
         self, name: str, window: Window, *, first_poll: bool, lookback: float, interval: float

@@ -448,6 +448,7 @@ def test_common_provider_keys() -> None:
                 "endpoint",
                 "lookback",
                 "backfill",
+                "backfill_chunk",
                 "labels",
                 "enabled",
             }

@@ -313,8 +313,10 @@ def test_source_cursors_survive_a_restart_and_api_requests_are_counted(tmp_path:
                 asyncio.run(receiver.aclose())
             requests = {dict(k)["llm.api.operation"]: p.value
                         for k, p in sink.number_points("llm.receiver.provider_requests").items()}
-            # first process: cost fetched once (2 pages) over two polls; second: not again, the cursor says so
-            assert requests == ({"usage": 2, "cost": 2} if run == 0 else {"usage": 2})
+            # first process: cost fetched once (2 pages) over two polls, the first of them a 24h backfill from
+            # 00:00 UTC yesterday in two 1-day chunks (its cost cursor, from chunk 1, lands with chunk 2);
+            # second process: not again, the cursor says so
+            assert requests == ({"usage": 3, "cost": 2} if run == 0 else {"usage": 2})
             sink.clear()
     assert "cost" not in DailyCostProvider.restored[0]
     assert set(DailyCostProvider.restored[1]) == {"poll", "cost"}

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import ClassVar
 
+from ..chunks import poll_now, reads_secondary, whole_window
 from ..config_parse import Option
 from ..config_providers import ProviderConfig
 from ..errors import ProviderError
@@ -225,16 +226,19 @@ class DemoProvider(Provider):
     async def fetch(self, window: Window) -> PollResult:
         # A day of buckets at a time, like a paging API: each "page" is reported to a backfill's progress and
         # the event loop gets a turn between them (the demo's summary shows the backfill as it goes).
+        # In a chunk of a long poll (chunks.py) the data are as of the poll's "now", not the chunk's end, and
+        # the daily costs are read once, in the first chunk, over the whole window.
         usage: list[UsageRecord] = []
+        now = poll_now(window)
         first = window.start - window.start % self.width
         report_begin(USAGE, first, window.end)
         for start in range(first, window.end, DAY):
             end = min(start + DAY, window.end)
-            page = list(usage_records(self.seed, self.workloads, Window(start, end), self.width, window.end))
+            page = list(usage_records(self.seed, self.workloads, Window(start, end), self.width, now))
             usage += page
             report_page(USAGE, records=len(page), newest=end, start=first, end=window.end)
             await asyncio.sleep(0)
-        costs = list(cost_records(self.seed, self.workloads, window))
+        costs = list(cost_records(self.seed, self.workloads, whole_window(window))) if reads_secondary() else []
         settled = window.end - 2 * self.width
         complete_until = settled - settled % self.width + self.width
         return PollResult(

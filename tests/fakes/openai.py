@@ -106,6 +106,10 @@ class FakeOpenAI:
     # (day, dims) -> atom
     cost_atoms: dict[tuple[int, tuple[tuple[str, Any], ...]], CostAtom] = field(default_factory=dict)
     projects: list[Project] = field(default_factory=list)
+    #: Generator mode, for organisations too large to store (a benchmark's 90 days x 2,500 series): usage atoms
+    #: made on request, ``(usage_type, start, end) -> (minute, dims, values)`` for the minutes in
+    #: ``[start, end)``. It must be deterministic: it is the ground truth as well. Stored atoms still count.
+    generate: Callable[[str, int, int], Iterable[tuple[int, dict[str, Any], dict[str, int]]]] | None = None
     _corrupt: dict[str, tuple[str, Any, int]] = field(default_factory=dict)
     api: FakeApi = field(init=False)
 
@@ -162,6 +166,8 @@ class FakeOpenAI:
 
     # -- ground truth, from the atoms ---------------------------------------------------------------------------
     def _atoms(self, usage_type: str, start: int, end: int) -> Iterable[tuple[int, dict[str, Any], dict[str, int]]]:
+        if self.generate is not None:
+            yield from self.generate(usage_type, start, end)
         by_minute = self.usage.get(usage_type, {})
         first = start + (-start) % 60
         if (end - first) // 60 <= len(by_minute):

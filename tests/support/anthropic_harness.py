@@ -30,7 +30,9 @@ class Harness:
         self.now = now
         section: dict[str, Any] = {
             "admin_key": ADMIN_KEY, "endpoint": fake.base_url, "tenant": "acme", "timeout": "5s",
-            "retry_initial_interval": "10ms", **options,
+            "retry_initial_interval": "10ms",
+            # the provider's own requests and paging, read in one fetch (chunked polls: tests/test_backfill_chunks.py)
+            "backfill_chunk": "31d", **options,
         }
         self.config = parse_config({"storage": {"path": str(self.path)}, "providers": {INSTANCE: section}})
         self.receiver = Receiver(self.config, exporters=[], clock=lambda: self.now)

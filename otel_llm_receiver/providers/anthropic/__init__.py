@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
+from ...chunks import reads_secondary, whole_window
 from ...config_parse import Option
 from ...config_providers import ProviderConfig
 from ...errors import ProviderError, ResponseShapeError
@@ -152,23 +153,30 @@ class AnthropicProvider(Provider):
         failed: dict[str, SourceFailure] = {}
         reads = {USAGE: self._usage, COST: self._costs, CLAUDE_CODE: self._claude_code}
         found: dict[str, Any] = {}
+        # In a chunk of a long poll (chunks.py) the daily reports are read once, in the first chunk, over the
+        # whole window (their reach is set from "now" by cost_lookback / cost_backfill).
+        whole = whole_window(window)
+        daily = reads_secondary()
         for report in SOURCES:
             if report in self.reports:
                 source = DATA_SOURCE[report]
-                got = await read_source(source, self._translated(reads[source](window)), failed)
+                if source != USAGE and not daily:
+                    continue
+                got = await read_source(
+                    source, self._translated(reads[source](window if source == USAGE else whole)), failed)
                 if got is not None:
                     found[source] = got
         usage: list[UsageRecord] = found.get(USAGE, [])
         costs: list[CostRecord] = found.get(COST, [])
         code: list[UsageRecord] = found.get(CLAUDE_CODE, [])
-        cursors: dict[str, str] = {s: str(window.end) for s in (COST, CLAUDE_CODE) if s in found}
-        self._read_until.update({source: window.end for source in cursors})
+        cursors: dict[str, str] = {s: str(whole.end) for s in (COST, CLAUDE_CODE) if s in found}
+        self._read_until.update({source: whole.end for source in cursors})
         names = {("tenancy", ident): name for ident, name in (await self._workspace_names()).items()} \
             if found else {}  # nothing landed (a wrong key): no names lookup either
         settled = window.end - DATA_DELAY
         return PollResult(
             usage=usage + code, costs=costs, names=names,
-            complete_until=max(window.start, min(_floor(settled, self.width), window.end)),
+            complete_until=max(whole.start, min(_floor(settled, self.width), window.end)),
             data_until=self._data_until(window, usage, costs),
             cursors=cursors, polled_sources=list(found), failed_sources=failed,
         )

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ...chunks import reads_secondary, whole_window
 from ...config_parse import Option
 from ...config_providers import ProviderConfig
 from ...errors import ProviderError
@@ -128,14 +129,16 @@ class AzureOpenAIProvider(Provider):
         unmatched = 0
         cursors: dict[str, str] = {}
         now = window.end
-        if self.cost_enabled and accounts and self._cost_due(now):
+        whole = whole_window(window)  # a chunked poll (chunks.py) reads costs in its first chunk, as of now
+        if self.cost_enabled and accounts and reads_secondary() and self._cost_due(whole.end):
             lookback = self.cost_lookback if self._cost_polled_at is not None else max(
-                self.cost_lookback, float(window.end - window.start))
-            read = await read_source(COST, self.cost_reader.costs(accounts, cost_window(now, lookback)), failed)
+                self.cost_lookback, float(whole.end - whole.start))
+            read = await read_source(
+                COST, self.cost_reader.costs(accounts, cost_window(whole.end, lookback)), failed)
             if read is not None:
                 costs, unmatched = read
-                self._cost_polled_at = now
-                cursors[COST_CURSOR] = str(now)
+                self._cost_polled_at = whole.end
+                cursors[COST_CURSOR] = str(whole.end)
                 polled.append(COST)
         settled = now - METRICS_SETTLE
         return PollResult(

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Mapping
 from typing import ClassVar
 
+from ...chunks import reads_secondary, whole_window
 from ...config_parse import Option
 from ...config_providers import ProviderConfig
 from ...errors import ProviderError
@@ -133,8 +134,9 @@ class BedrockProvider(Provider):
         usage = await read_source(USAGE, self._all_regions(window, account, names), failed)
         polled = [USAGE] if usage is not None else []
         costs: list[CostRecord] = []
-        if self._cost_due(window.end):
-            read = await read_source(COST, self._costs(window, account), failed)
+        whole = whole_window(window)  # a chunked poll (chunks.py) reads costs in its first chunk, as of now
+        if reads_secondary() and self._cost_due(whole.end):
+            read = await read_source(COST, self._costs(whole, account), failed)
             if read is not None:  # on a failure its cursors did not move: retried next poll
                 costs = read
                 polled.append(COST)

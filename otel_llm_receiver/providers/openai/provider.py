@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Mapping
 from typing import Any, ClassVar
 
+from ...chunks import reads_secondary, whole_window
 from ...config_parse import Option
 from ...config_providers import ProviderConfig
 from ...errors import ProviderError, ResponseShapeError
@@ -138,16 +139,20 @@ class OpenAIProvider(Provider):
         self._source_ends = {}
         failed: dict[str, SourceFailure] = {}
         reads: list[Awaitable[Any]] = [read_source(USAGE, self._all_usage(usage_start, now, notes), failed)]
-        if self.costs:
-            reads.append(read_source(COST, self._cost_source(self.cost_start(window), now, notes), failed))
+        # In a chunk of a long poll (chunks.py) costs are read once, in the first chunk, over the whole window.
+        costs_now = self.costs and reads_secondary()
+        whole = whole_window(window)
+        if costs_now:
+            reads.append(read_source(
+                COST, self._cost_source(self.cost_start(whole), whole.end, notes), failed))
         # usage and cost are separate sources, read side by side: a failure of one never blocks the other
         found = await asyncio.gather(*reads)
         usage: list[UsageRecord] = found[0] or []
-        costs: list[CostRecord] = (found[1] or []) if self.costs else []
+        costs: list[CostRecord] = (found[1] or []) if costs_now else []
         polled = [source for source, got in zip((USAGE, COST), found, strict=False) if got is not None]
-        cursors = {COST: str(now)} if COST in polled else {}
+        cursors = {COST: str(whole.end)} if COST in polled else {}
         if COST in polled:
-            self._cost_read_until = now
+            self._cost_read_until = whole.end
         self._log_notes(notes)
         tenancies = {r.tenancy_id for r in usage} | {c.tenancy_id for c in costs}
         return PollResult(

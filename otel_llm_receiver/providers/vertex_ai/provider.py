@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from ...chunks import reads_secondary, whole_window
 from ...config_parse import Option
 from ...config_providers import ProviderConfig
 from ...errors import ProviderError
@@ -133,19 +134,22 @@ class VertexAIProvider(Provider):
                 result = read
                 polled.append(USAGE)
         found = await self._names.resolve(self.projects) if self._names is not None else {}
-        if self.billing is None or not self._billing_due(window.end):
+        # In a chunk of a long poll (chunks.py) the billing export is read once, in the first chunk, over the
+        # whole window and as of its end.
+        whole = whole_window(window)
+        if self.billing is None or not reads_secondary() or not self._billing_due(whole.end):
             return PollResult(usage=result.usage, names=found, complete_until=result.complete_until,
                               polled_sources=polled, failed_sources=failed)
         billed: dict[tuple[str, str], str] = {}
-        costs = await read_source(COST, self._costs(self.billing, window, billed), failed)
+        costs = await read_source(COST, self._costs(self.billing, whole, billed), failed)
         if costs is None:
-            self._billing_failed_at = window.end  # next try in min(interval, 1h)
+            self._billing_failed_at = whole.end  # next try in min(interval, 1h)
             return PollResult(usage=result.usage, names=found, complete_until=result.complete_until,
                               polled_sources=polled, failed_sources=failed)
-        self._billing_last_run, self._billing_failed_at = window.end, None
+        self._billing_last_run, self._billing_failed_at = whole.end, None
         return PollResult(
             usage=result.usage, costs=costs, names={**billed, **found}, complete_until=result.complete_until,
-            cursors={billing.CURSOR: str(window.end)}, polled_sources=[*polled, COST], failed_sources=failed,
+            cursors={billing.CURSOR: str(whole.end)}, polled_sources=[*polled, COST], failed_sources=failed,
         )
 
     async def probe(self) -> list[ProbeResult]:

@@ -46,7 +46,9 @@ class Clock:
 
 
 def receiver(tmp_path: Path, fake: FakeOpenAI, clock: Clock, **options: Any) -> Receiver:
-    section = {"admin_key": ADMIN_KEY, "endpoint": fake.base_url, "retry_initial_interval": "10ms", **options}
+    # the provider's own requests and paging, read in one fetch (chunked polls: tests/test_backfill_chunks.py)
+    section = {"admin_key": ADMIN_KEY, "endpoint": fake.base_url, "retry_initial_interval": "10ms",
+               "backfill_chunk": "31d", **options}
     config = parse_config({"storage": {"path": str(tmp_path / "ledger.db")}, "providers": {NAME: section}})
     return Receiver(config, exporters=[], clock=clock)
 
