@@ -180,7 +180,7 @@ def test_the_official_exporters_send_built_requests_unchanged(ledger: Ledger, pr
                             "providers": {"demo": {}}}).exporters[0]
         exporter = build_exporter(cfg)
         try:
-            assert all(exporter.export_request(b.request(), b.points) for b in export.batches)
+            assert all(exporter.export_request(b.payload, b.points) for b in export.batches)
         finally:
             exporter.shutdown()
         assert [r.data_point_count for r in sink.requests] == [5, 5, 2]
