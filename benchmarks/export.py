@@ -172,7 +172,7 @@ def _sdk_metrics_data(data: Any, resource: Any) -> tuple[Any, int]:
                 kind = m.WhichOneof("data")
                 if kind not in ("sum", "gauge"):
                     continue  # self-health histograms: not in the receiver's first export without polls
-                head, out = by_name.setdefault(m.name, (m, []))
+                _head, out = by_name.setdefault(m.name, (m, []))
                 for dp in getattr(m, kind).data_points:
                     value = dp.as_int if dp.WhichOneof("value") == "as_int" else dp.as_double
                     out.append(NumberDataPoint(

@@ -361,7 +361,7 @@ class Emitter:
         try:
             # Stop at the first failed request: the collector is down or refusing, and the next export
             # re-sends every series anyway.
-            ok = all(exporter.export_request(b.payload, b.points) for b in data.batches)
+            ok = all(exporter.export_request(b.payload, b.points) for b in data.iter_batches())
             error = None
             if not ok:
                 detail = failure_detail(exporter) or "the collector is unreachable or refused the data"
