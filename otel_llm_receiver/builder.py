@@ -20,7 +20,6 @@ import struct
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any, Literal
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
@@ -247,8 +246,18 @@ class _View:
     level: _Group | None = None  # a level metric's (gauge) wire series: the newest bucket's value, not a total
 
 
-#: New series are described this many at a time: their attribute JSON is parsed with one ``json.loads`` each.
-_DESCRIBE_PAGE = 2_048
+_TENANCY_FRAGMENT = '"llm.tenancy.id":"'
+
+
+def _simple_fragments(text: str) -> list[str] | None:
+    """The ``key":"value`` fragments of a JSON object whose keys and values are strings without escapes, in
+    their order; None for anything else (then every ``"`` is a delimiter, so the split is exact)."""
+    if "\\" in text or len(text) < 9:
+        return None
+    fragments = text[2:-2].split('","')
+    if text.count('"') != 4 * len(fragments):
+        return None
+    return fragments
 
 
 @dataclass
@@ -260,7 +269,8 @@ class MetricsBuilder:
     enabled: Mapping[str, bool] = field(default_factory=dict)  # metric -> enabled (default: the catalog's)
     attributor: Attributor = field(default_factory=lambda: Attributor(()))  # llm.team on usage and cost series
     max_points_per_request: int = MAX_POINTS_PER_REQUEST
-    _views: dict[int, _View] = field(default_factory=dict)
+    #: by ledger series id (ids are dense: SQLite's rowids, never deleted): 8 bytes a series, not a dict entry
+    _views: list[_View | None] = field(default_factory=list)
     _max_id: int = 0
     _groups: dict[str, dict[bytes, _Group]] = field(default_factory=dict)  # metric -> head -> group
     _pairs: dict[tuple[str, str], bytes] = field(default_factory=dict)  # encoded attribute, framed
@@ -269,6 +279,7 @@ class MetricsBuilder:
     _headers: dict[str, bytes] = field(default_factory=dict)  # metric -> its encoded name, description, unit
     _enabled: dict[str, bool] = field(default_factory=dict)  # is_enabled, per metric
     _metric_facts: dict[str, tuple[bool, ValueKind, bool, bool, dict[bytes, _Group]]] = field(default_factory=dict)
+    _fragments: dict[str, bytes] = field(default_factory=dict)  # ``key":"value`` of canonical JSON -> encoded
 
     def is_enabled(self, name: str) -> bool:
         on = self._enabled.get(name)
@@ -295,12 +306,13 @@ class MetricsBuilder:
         shared: dict[_Group, list[int]] = {}
         adjustments: dict[_Group, list[int]] = {}
         adjustments_on = self.is_enabled("llm.usage.adjustments")
-        views_get = self._views.get
+        views = self._views
+        known = len(views)
         names_get = names.get
         current: _Points | None = None
         current_metric = ""
         for sid, total, adjusted, start in rows.totals:
-            view = views_get(sid)
+            view = views[sid] if sid < known else None
             if view is None:  # created after the totals were read: described, but sent next time
                 continue
             if view.tenancy_key is not None and names_get(view.tenancy_key) != view.tenancy_name:
@@ -334,7 +346,7 @@ class MetricsBuilder:
                     slot[0] += adjusted
                     slot[1] = min(slot[1], start)
         for sid, value in rows.levels.items():  # gauges: several instances' levels of one set add up
-            view = views_get(sid)
+            view = views[sid] if sid < known else None
             if view is None or view.level is None:
                 continue
             slot = shared.get(view.level)
@@ -365,54 +377,113 @@ class MetricsBuilder:
     def _describe(self, new_series: Iterable[tuple[int, str, str, str]], names: Mapping[Any, str]) -> None:
         """Remember the series not seen yet: their wire series, with the attributes encoded once.
 
-        The attribute JSON of a page of series is parsed as one JSON array (one ``json.loads`` per page rather
-        than per series: at 100,000 series the per-call overhead was most of the parsing).
+        This runs once per series, at start, so it decides how long the first export takes (issue 20). A
+        series' attributes are canonical JSON (string values, keys sorted: ``series.canonical_attrs``); when the
+        text has no escapes, its ``key":"value`` fragments are exactly its pairs, in key order, and each
+        fragment's encoding is cached (values repeat across series): no JSON parse, no dict and no sort. Static
+        labels and the tenancy name are merged in key order; anything else (escapes, non-string values, the
+        attribution rules, which read the whole set) takes the general path: ``json.loads`` and a sorted dict.
         """
         views = self._views
         strings = self._strings.setdefault
         names_get = names.get
         labels_get = self.labels.get
-        attributor = self.attributor
-        pairs_get = self._pairs.get
-        pair = self._pair
+        rules = bool(self.attributor)
+        fragments_get = self._fragments.get
+        fragment = self._fragment
         facts_of = self._facts
-        rows = iter(new_series)
-        while page := list(islice(rows, _DESCRIBE_PAGE)):
-            parsed = json.loads("[" + ",".join([attrs for _, _, _, attrs in page]) + "]")
-            for (sid, instance, metric, _), raw in zip(page, parsed, strict=True):
-                if sid in views:
-                    continue
-                instance = strings(instance, instance)
-                metric = strings(metric, metric)
-                tenancy = raw.get("llm.tenancy.id")
+        for sid, instance, metric, text in new_series:
+            if sid < len(views) and views[sid] is not None:
+                continue
+            instance = strings(instance, instance)
+            metric = strings(metric, metric)
+            enabled, kind, level, usage, groups = facts_of(metric)
+            frags = _simple_fragments(text)
+            if frags is None or (rules and usage and enabled):
+                view, head = self._describe_parsed(instance, metric, json.loads(text), names)
+            else:
                 tkey = tname = None
-                if tenancy is not None:
-                    tkey = (instance, "tenancy", tenancy)
+                at = text.find(_TENANCY_FRAGMENT)
+                if at >= 0:
+                    at += len(_TENANCY_FRAGMENT)
+                    tkey = (instance, "tenancy", text[at:text.index('"', at)])
                     tkey = strings(tkey, tkey)
                     tname = names_get(tkey)
-                view = views[sid] = _View(instance, metric, tkey, tname, None)
-                if sid > self._max_id:
-                    self._max_id = sid
-                enabled, kind, level, usage, groups = facts_of(metric)
-                if not enabled:
-                    continue
-                # What ``_attach`` does for a new series, inline: this loop runs once per series at start.
-                labels = labels_get(instance)
-                attributes = {**labels, **raw} if labels else raw
-                if tname:
-                    attributes["llm.tenancy.name"] = tname
-                if attributor and usage:
-                    attributes.update(attributor.attributes(attributes, tname, labels))
-                attrs = b"".join([pairs_get(item) or pair(item) for item in sorted(attributes.items())])
-                head = _TAG_DATA_POINT + _varint(len(attrs) + _TAIL_SIZE) + attrs
-                group = groups.get(head)
-                if group is None:
-                    group = groups[head] = _Group(metric, kind, head)
-                if level:
-                    view.level = group
-                else:
-                    view.group = group
-                    group.feeders += 1
+                view = _View(instance, metric, tkey, tname, None)
+                head = None
+                if enabled:
+                    labels = labels_get(instance)
+                    encoded = [fragments_get(f) or fragment(f) for f in frags]
+                    if labels or tname:
+                        extra = {k: v for k, v in labels.items() if f'"{k}":"' not in text} if labels else {}
+                        if tname:
+                            extra["llm.tenancy.name"] = tname
+                        if '"llm.tenancy.name":"' in text:
+                            raw = json.loads(text)
+                            raw.update(extra)
+                            attrs = self._encode(raw)
+                        else:
+                            attrs = self._merge(frags, encoded, extra)
+                    else:
+                        attrs = b"".join(encoded)
+                    head = _TAG_DATA_POINT + _varint(len(attrs) + _TAIL_SIZE) + attrs
+            if sid >= len(views):
+                views.extend([None] * (sid + 1 - len(views)))
+            views[sid] = view
+            if sid > self._max_id:
+                self._max_id = sid
+            if head is None:
+                continue
+            group = groups.get(head)
+            if group is None:
+                group = groups[head] = _Group(metric, kind, head)
+            if level:
+                view.level = group
+            else:
+                view.group = group
+                group.feeders += 1
+
+    def _describe_parsed(
+        self, instance: str, metric: str, raw: dict[str, str], names: Mapping[Any, str]
+    ) -> tuple[_View, bytes | None]:
+        """The general path of ``_describe``: the view and the head of a series from its parsed attributes."""
+        enabled, _, _, usage, _ = self._facts(metric)
+        tenancy = raw.get("llm.tenancy.id")
+        tkey = tname = None
+        if tenancy is not None:
+            tkey = (instance, "tenancy", tenancy)
+            tkey = self._strings.setdefault(tkey, tkey)
+            tname = names.get(tkey)
+        view = _View(instance, metric, tkey, tname, None)
+        if not enabled:
+            return view, None
+        labels = self.labels.get(instance)
+        attributes = {**labels, **raw} if labels else raw
+        if tname:
+            attributes["llm.tenancy.name"] = tname
+        if self.attributor and usage:
+            attributes.update(self.attributor.attributes(attributes, tname, labels))
+        attrs = self._encode(attributes)
+        return view, _TAG_DATA_POINT + _varint(len(attrs) + _TAIL_SIZE) + attrs
+
+    def _encode(self, attributes: Mapping[str, str]) -> bytes:
+        """Attributes encoded in key order: equal sets encode to equal bytes."""
+        pairs_get = self._pairs.get
+        return b"".join([pairs_get(item) or self._pair(item) for item in sorted(attributes.items())])
+
+    def _merge(self, frags: list[str], encoded: list[bytes], extra: Mapping[str, str]) -> bytes:
+        """A series' encoded fragments and ``extra`` attributes (keys not among the fragments), in key order."""
+        items = [(f[:f.index('":"')], e) for f, e in zip(frags, encoded, strict=True)]
+        pairs_get = self._pairs.get
+        items += [(k, pairs_get((k, v)) or self._pair((k, v))) for k, v in extra.items()]
+        items.sort()
+        return b"".join([e for _, e in items])
+
+    def _fragment(self, fragment: str) -> bytes:
+        """One ``key":"value`` fragment of canonical JSON without escapes, encoded (cached)."""
+        key, value = fragment.split('":"', 1)
+        encoded = self._fragments[fragment] = self._pairs.get((key, value)) or self._pair((key, value))
+        return encoded
 
     def _facts(self, metric: str) -> tuple[bool, ValueKind, bool, bool, dict[bytes, _Group]]:
         """What describing a series needs of its metric: enabled, wire kind, level, usage, its wire series."""
