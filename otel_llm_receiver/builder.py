@@ -5,9 +5,13 @@ temporality, DESIGN.md invariant 4), so with 100,000 series the SDK's pure-Pytho
 export. Almost nothing about a series changes between exports: its attributes and start time are fixed, only the
 value and the timestamp move. So each series' attributes are encoded once into protobuf bytes (with the official
 ``opentelemetry-proto`` messages), and each export only appends the fixed-width timestamp and value fields
-(``struct``) and lets the C protobuf runtime parse the concatenation into messages. Concatenated protobuf
-encodings are a valid encoding of the merged message, which is what makes this sound; ``tests/test_builder.py``
-checks the result field by field against messages built the ordinary way.
+(``struct``) and frames the requests by hand; the bytes go on the wire as they are (``emitter.py``). Concatenated
+protobuf encodings are a valid encoding of the merged message, which is what makes this sound;
+``tests/test_builder.py`` checks the result field by field against messages built the ordinary way.
+
+Memory is bounded by the series, not by the export: an export keeps its values in per-metric int64 columns and
+encodes its requests one at a time while they are sent (never all of them at once), and the ledger's totals are
+read into one flat int64 array (issue 20: 1M series).
 
 Counters are built here rather than through SDK instruments because only data objects can carry each series'
 persisted start time (invariant 3).

@@ -9,7 +9,8 @@ The exporters' public ``export()`` takes SDK ``MetricsData`` and encodes it in p
 100,000-series export take seconds. We pass our encoded requests through the exporters' own send paths instead:
 the gRPC exporter's ``_export`` with ``_translate_data`` / ``_count_data`` overridden, and the HTTP exporter's
 ``_export_batch``. They are private, so ``build_exporter`` checks that they exist and fails with one clear line if
-an incompatible exporter release is installed, and ``tests/test_builder.py`` pins their behaviour.
+an incompatible exporter release is installed, and ``tests/test_emitter.py`` and ``tests/test_builder.py`` pin
+their behaviour.
 
 The builder's bytes go on the wire as they are: parsing them back into a message only for gRPC or the HTTP
 exporter to serialise it again cost as much as the rest of the send (issue 20). The gRPC exporter builds its stub
