@@ -79,7 +79,7 @@ TOKEN_KINDS = 4  # len(model.TOKEN_TYPES): input, cache_read, cache_write, outpu
 def child(case: str, path: str) -> None:
     from otel_llm_receiver.attribution import Attributor
     from otel_llm_receiver.config import parse_config
-    from otel_llm_receiver.ledger import METRIC_TOKENS, MONEY_METRICS, Ledger
+    from otel_llm_receiver.ledger import Ledger
     from otel_llm_receiver.pricing import PriceBook
     from otel_llm_receiver.signals import Signals, gauge_metrics
 
