@@ -17,6 +17,8 @@ Cases, each in a new process that builds the receiver untimed (config, price boo
   every total, compute the money signals (budgets, anomalies, coverage, reconciliation, prices), build, and send
   over OTLP/gRPC, waiting for every reply;
 * ``later``: the same receiver's second export (the first one untimed);
+* ``bare`` (only with ``--cases``): the first export with the money signals left out, to show the export path's
+  own time and memory apart from the signals';
 * ``anchor``: the official ``OTLPMetricExporter`` (gRPC, the same 5,000-point batches) encoding and sending the
   same points: the child builds the receiver's first export untimed, decodes it into the SDK's ``MetricsData``
   (the exporter's input: the same metrics, attributes, values and start times), then times
@@ -106,6 +108,8 @@ def child(case: str, path: str, endpoint: str) -> None:
         if case == "anchor":
             anchor(receiver, endpoint)
             return
+        if case == "bare":  # the export path alone: the money signals left out (not what the receiver does)
+            receiver._signal_gauges = lambda reader, now_ns: []
         if case == "later":
             assert receiver.export_now(wait=True), "the first export failed"
         # What the export read, for the parent's check: series (usage points) and all points sent.
