@@ -5,9 +5,13 @@ temporality, DESIGN.md invariant 4), so with 100,000 series the SDK's pure-Pytho
 export. Almost nothing about a series changes between exports: its attributes and start time are fixed, only the
 value and the timestamp move. So each series' attributes are encoded once into protobuf bytes (with the official
 ``opentelemetry-proto`` messages), and each export only appends the fixed-width timestamp and value fields
-(``struct``) and lets the C protobuf runtime parse the concatenation into messages. Concatenated protobuf
-encodings are a valid encoding of the merged message, which is what makes this sound; ``tests/test_builder.py``
-checks the result field by field against messages built the ordinary way.
+(``struct``) and frames the requests by hand; the bytes go on the wire as they are (``emitter.py``). Concatenated
+protobuf encodings are a valid encoding of the merged message, which is what makes this sound;
+``tests/test_builder.py`` checks the result field by field against messages built the ordinary way.
+
+Memory is bounded by the series, not by the export: an export keeps its values in per-metric int64 columns and
+encodes its requests one at a time while they are sent (never all of them at once), and the ledger's totals are
+read into one flat int64 array (issue 20: 1M series).
 
 Counters are built here rather than through SDK instruments because only data objects can carry each series'
 persisted start time (invariant 3).
@@ -17,9 +21,9 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any, Literal
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
@@ -75,8 +79,8 @@ def make_resource(instance_id: str, extra: Mapping[str, str] | None = None) -> R
 class Batch:
     """One OTLP request, encoded, and the number of data points in it.
 
-    Kept as bytes (a quarter of the memory of parsed messages); each exporter parses its own copy with
-    ``request()`` just before sending, in C.
+    Sent as these bytes (``emitter.py`` passes them through the exporters unchanged); ``request()`` parses them,
+    for tests and for ``history.py``.
     """
 
     payload: bytes
@@ -88,18 +92,91 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
-class Export:
-    """Everything one export sends, split into requests of at most ``MAX_POINTS_PER_REQUEST`` points."""
+class _Column:
+    """One metric's points in one export: its wire series, their values and start times (parallel)."""
 
-    batches: tuple[Batch, ...]
+    header: bytes  # the encoded Metric's name, description and unit
+    gauge: bool
+    groups: list[_Group]
+    values: array[int]  # ledger units: the wire value follows from each group's kind
+    starts: array[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    """Everything one export sends, encoded into requests of at most ``limit`` points as they are sent.
+
+    The values are this export's own (the builder keeps none of them), so an export still being sent is not
+    changed by the next build; its requests are made one at a time (``iter_batches``): an exporter holds one
+    request's bytes at a time, not the whole export (1M series: ~250 MB of requests), and each exporter thread
+    encodes its own.
+    """
+
+    columns: tuple[_Column, ...]
+    extra: tuple[bytes, ...]  # other metrics (self-health, signals), encoded
+    extra_points: int
+    now_ns: int
+    limit: int
+    envelope: tuple[bytes, bytes]  # encoded ResourceMetrics and ScopeMetrics heads, without metrics
 
     @property
     def points(self) -> int:
-        return sum(b.points for b in self.batches)
+        return sum(len(c.groups) for c in self.columns) + self.extra_points
+
+    @property
+    def batches(self) -> tuple[Batch, ...]:
+        """Every request at once (tests, ``history.py``); the emitter sends ``iter_batches()``."""
+        return tuple(self.iter_batches())
 
     def requests(self) -> Iterator[ExportMetricsServiceRequest]:
-        for batch in self.batches:
+        for batch in self.iter_batches():
             yield batch.request()
+
+    def iter_batches(self) -> Iterator[Batch]:
+        """The requests, encoded one at a time; a metric may span several requests."""
+        limit, now_ns = max(1, self.limit), self.now_ns
+        pack_int, pack_double = _TAIL_INT.pack, _TAIL_DOUBLE.pack
+        metrics: list[bytes] = []  # encoded Metric messages of the request being filled
+        points = 0
+        sent = False
+        for column in self.columns:
+            data_tag, data_fields = (_TAG_METRIC_GAUGE, b"") if column.gauge else (_TAG_METRIC_SUM, _SUM_FIELDS)
+            groups, values, starts = column.groups, column.values, column.starts
+            done, remaining = 0, len(groups)
+            while remaining:
+                if points >= limit:
+                    yield self._batch(metrics, points)
+                    sent = True
+                    metrics, points = [], 0
+                take = min(limit - points, remaining)
+                framed: list[bytes] = []
+                append = framed.append
+                for i in range(done, done + take):
+                    group = groups[i]
+                    kind = group.kind
+                    append(group.head)
+                    if kind == "int":
+                        append(pack_int(_TAG_START, starts[i], _TAG_TIME, now_ns, _TAG_INT, values[i]))
+                    else:
+                        amount = values[i] / NANOS_PER_UNIT if kind == "money" else float(values[i])
+                        append(pack_double(_TAG_START, starts[i], _TAG_TIME, now_ns, _TAG_DOUBLE, amount))
+                body = b"".join(framed) + data_fields
+                metrics.append(column.header + data_tag + _varint(len(body)) + body)
+                points += take
+                done += take
+                remaining -= take
+        for metric in self.extra:
+            metrics.append(metric)
+        points += self.extra_points
+        if points or metrics or not sent:
+            yield self._batch(metrics, points)
+
+    def _batch(self, metrics: list[bytes], points: int) -> Batch:
+        """Frame encoded metrics into ScopeMetrics, ResourceMetrics and the request (fields 2, 2 and 1)."""
+        rm_head, sm_head = self.envelope
+        scope = sm_head + b"".join(_TAG_FIELD_2 + _varint(len(m)) + m for m in metrics)
+        resource_metrics = rm_head + _TAG_FIELD_2 + _varint(len(scope)) + scope
+        return Batch(_TAG_FIELD_1 + _varint(len(resource_metrics)) + resource_metrics, points)
 
 
 def _varint(n: int) -> bytes:
@@ -138,6 +215,18 @@ def _key_values(attributes: Mapping[str, Any]) -> list[KeyValue]:
     return [KeyValue(key=k, value=_any_value(v)) for k, v in attributes.items()]
 
 
+class _Points:
+    """One metric's points as an export collects them (a ``_Column`` once the export is built)."""
+
+    __slots__ = ("group", "groups", "start", "starts", "value", "values")
+
+    def __init__(self) -> None:
+        self.groups: list[_Group] = []
+        self.values: array[int] = array("q")
+        self.starts: array[int] = array("q")
+        self.group, self.value, self.start = self.groups.append, self.values.append, self.starts.append
+
+
 @dataclass(slots=True, eq=False)  # identity hash: groups are dict keys, one object per wire series
 class _Group:
     """One wire series: a metric and its final attribute set (several ledger series may feed it)."""
@@ -145,6 +234,7 @@ class _Group:
     metric: str
     kind: ValueKind  # how a ledger total goes on the wire
     head: bytes  # the data-point tag, its length and the encoded attributes: all but the tail
+    feeders: int = 0  # ledger series sending their totals here: above 1, their totals are added up
 
 
 @dataclass(slots=True)
@@ -160,6 +250,20 @@ class _View:
     level: _Group | None = None  # a level metric's (gauge) wire series: the newest bucket's value, not a total
 
 
+_TENANCY_FRAGMENT = '"llm.tenancy.id":"'
+
+
+def _simple_fragments(text: str) -> list[str] | None:
+    """The ``key":"value`` fragments of a JSON object whose keys and values are strings without escapes, in
+    their order; None for anything else (then every ``"`` is a delimiter, so the split is exact)."""
+    if "\\" in text or len(text) < 9:
+        return None
+    fragments = text[2:-2].split('","')
+    if text.count('"') != 4 * len(fragments):
+        return None
+    return fragments
+
+
 @dataclass
 class MetricsBuilder:
     """Builds export batches from ledger rows; remembers each series' encoded attributes between exports."""
@@ -169,15 +273,23 @@ class MetricsBuilder:
     enabled: Mapping[str, bool] = field(default_factory=dict)  # metric -> enabled (default: the catalog's)
     attributor: Attributor = field(default_factory=lambda: Attributor(()))  # llm.team on usage and cost series
     max_points_per_request: int = MAX_POINTS_PER_REQUEST
-    _views: dict[int, _View] = field(default_factory=dict)
+    #: by ledger series id (ids are dense: SQLite's rowids, never deleted): 8 bytes a series, not a dict entry
+    _views: list[_View | None] = field(default_factory=list)
     _max_id: int = 0
     _groups: dict[str, dict[bytes, _Group]] = field(default_factory=dict)  # metric -> head -> group
     _pairs: dict[tuple[str, str], bytes] = field(default_factory=dict)  # encoded attribute, framed
     _strings: dict[Any, Any] = field(default_factory=dict)  # one copy of each instance, metric, tenancy key
     _envelope: tuple[bytes, bytes] | None = None  # encoded ResourceMetrics and ScopeMetrics, without metrics
+    _headers: dict[str, bytes] = field(default_factory=dict)  # metric -> its encoded name, description, unit
+    _enabled: dict[str, bool] = field(default_factory=dict)  # is_enabled, per metric
+    _metric_facts: dict[str, tuple[bool, ValueKind, bool, bool, dict[bytes, _Group]]] = field(default_factory=dict)
+    _fragments: dict[str, bytes] = field(default_factory=dict)  # ``key":"value`` of canonical JSON -> encoded
 
     def is_enabled(self, name: str) -> bool:
-        return self.enabled.get(name, CATALOG.metrics[name].enabled)
+        on = self._enabled.get(name)
+        if on is None:
+            on = self._enabled[name] = self.enabled.get(name, CATALOG.metrics[name].enabled)
+        return on
 
     @property
     def known_series(self) -> int:
@@ -190,45 +302,45 @@ class MetricsBuilder:
         """Every series' current total, the self-health metrics and ``gauges`` (the money signals, already
         encoded by ``signals.py``), as ready-to-send OTLP requests."""
         names = rows.names
-        strings = self._strings
-        for sid, instance, metric, attrs in rows.new_series:
-            if sid not in self._views:
-                raw = json.loads(attrs)
-                instance = strings.setdefault(instance, instance)
-                metric = strings.setdefault(metric, metric)
-                tenancy = raw.get("llm.tenancy.id")
-                tkey = None
-                if tenancy is not None:
-                    tkey = (instance, "tenancy", tenancy)
-                    tkey = strings.setdefault(tkey, tkey)
-                new = _View(instance, metric, tkey, None, None)
-                self._attach(new, names.get(tkey) if tkey else None, raw)
-                self._views[sid] = new
-                self._max_id = max(self._max_id, sid)
+        self._describe(rows.new_series, names)
 
-        # value and start time per wire series (per metric), summed over the ledger series that feed it
-        sums: dict[str, dict[_Group, list[Any]]] = {}
-        adjustments: dict[_Group, list[Any]] = {}
+        # Value and start time per wire series, per metric. Most wire series have one ledger series: their
+        # totals go straight into the metric's columns; the others (``feeders`` > 1) are added up first.
+        points: dict[str, _Points] = {}
+        shared: dict[_Group, list[int]] = {}
+        adjustments: dict[_Group, list[int]] = {}
         adjustments_on = self.is_enabled("llm.usage.adjustments")
         views = self._views
+        known = len(views)
+        names_get = names.get
+        current: _Points | None = None
+        current_metric = ""
         for sid, total, adjusted, start in rows.totals:
-            view = views.get(sid)
+            view = views[sid] if sid < known else None
             if view is None:  # created after the totals were read: described, but sent next time
                 continue
-            if view.tenancy_key is not None and names.get(view.tenancy_key) != view.tenancy_name:
-                self._attach(view, names.get(view.tenancy_key))  # a project was renamed
+            if view.tenancy_key is not None and names_get(view.tenancy_key) != view.tenancy_name:
+                self._attach(view, names_get(view.tenancy_key))  # a project was renamed
             group = view.group
             if group is None:
                 continue
-            metric_sums = sums.get(group.metric)
-            if metric_sums is None:
-                metric_sums = sums[group.metric] = {}
-            slot = metric_sums.get(group)
-            if slot is None:
-                metric_sums[group] = [total, start]
+            if group.feeders == 1:
+                if group.metric is not current_metric:
+                    current_metric = group.metric
+                    current = points.get(current_metric)
+                    if current is None:
+                        current = points[current_metric] = _Points()
+                assert current is not None
+                current.group(group)
+                current.value(total)
+                current.start(start)
             else:  # two instances reporting the same attribute set: add them up
-                slot[0] += total
-                slot[1] = min(slot[1], start)
+                slot = shared.get(group)
+                if slot is None:
+                    shared[group] = [total, start]
+                else:
+                    slot[0] += total
+                    slot[1] = min(slot[1], start)
             if adjusted and adjustments_on:
                 adj = view.adjustment or self._adjustment_group(view)
                 slot = adjustments.get(adj)
@@ -237,23 +349,157 @@ class MetricsBuilder:
                 else:
                     slot[0] += adjusted
                     slot[1] = min(slot[1], start)
-        if adjustments:
-            sums["llm.usage.adjustments"] = adjustments
         for sid, value in rows.levels.items():  # gauges: several instances' levels of one set add up
-            view = views.get(sid)
+            view = views[sid] if sid < known else None
             if view is None or view.level is None:
                 continue
-            metric_levels = sums.setdefault(view.level.metric, {})
-            slot = metric_levels.get(view.level)
+            slot = shared.get(view.level)
             if slot is None:
-                metric_levels[view.level] = [value, 0]
+                shared[view.level] = [value, 0]
             else:
                 slot[0] += value
+        for group, (value, start) in [*shared.items(), *adjustments.items()]:
+            column = points.get(group.metric)
+            if column is None:
+                column = points[group.metric] = _Points()
+            column.group(group)
+            column.value(value)
+            column.start(start)
+
         extra = self._self_health(health, now_ns) if health is not None else []
         extra += [g for g in gauges if self.is_enabled(g.name)]
-        return Export(self._batches(sums, extra, now_ns))
+        columns = tuple(
+            _Column(self._metric_header(name), name in LEVEL_METRICS, p.groups, p.values, p.starts)
+            for name, p in points.items()
+        )
+        return Export(
+            columns, tuple(m.SerializeToString() for m in extra), sum(_points(m) for m in extra), now_ns,
+            self.max_points_per_request, self._resource_envelope(),
+        )
 
     # -- attributes, encoded once -----------------------------------------------------------------------
+    def _describe(self, new_series: Iterable[tuple[int, str, str, str]], names: Mapping[Any, str]) -> None:
+        """Remember the series not seen yet: their wire series, with the attributes encoded once.
+
+        This runs once per series, at start, so it decides how long the first export takes (issue 20). A
+        series' attributes are canonical JSON (string values, keys sorted: ``series.canonical_attrs``); when the
+        text has no escapes, its ``key":"value`` fragments are exactly its pairs, in key order, and each
+        fragment's encoding is cached (values repeat across series): no JSON parse, no dict and no sort. Static
+        labels and the tenancy name are merged in key order; anything else (escapes, non-string values, the
+        attribution rules, which read the whole set) takes the general path: ``json.loads`` and a sorted dict.
+        """
+        views = self._views
+        strings = self._strings.setdefault
+        names_get = names.get
+        labels_get = self.labels.get
+        rules = bool(self.attributor)
+        fragments_get = self._fragments.get
+        fragment = self._fragment
+        facts_of = self._facts
+        for sid, instance, metric, text in new_series:
+            if sid < len(views) and views[sid] is not None:
+                continue
+            instance = strings(instance, instance)
+            metric = strings(metric, metric)
+            enabled, kind, level, usage, groups = facts_of(metric)
+            frags = _simple_fragments(text)
+            if frags is None or (rules and usage and enabled):
+                view, head = self._describe_parsed(instance, metric, json.loads(text), names)
+            else:
+                tkey = tname = None
+                at = text.find(_TENANCY_FRAGMENT)
+                if at >= 0:
+                    at += len(_TENANCY_FRAGMENT)
+                    tkey = (instance, "tenancy", text[at:text.index('"', at)])
+                    tkey = strings(tkey, tkey)
+                    tname = names_get(tkey)
+                view = _View(instance, metric, tkey, tname, None)
+                head = None
+                if enabled:
+                    labels = labels_get(instance)
+                    encoded = [fragments_get(f) or fragment(f) for f in frags]
+                    if labels or tname:
+                        extra = {k: v for k, v in labels.items() if f'"{k}":"' not in text} if labels else {}
+                        if tname:
+                            extra["llm.tenancy.name"] = tname
+                        if '"llm.tenancy.name":"' in text:
+                            raw = json.loads(text)
+                            raw.update(extra)
+                            attrs = self._encode(raw)
+                        else:
+                            attrs = self._merge(frags, encoded, extra)
+                    else:
+                        attrs = b"".join(encoded)
+                    head = _TAG_DATA_POINT + _varint(len(attrs) + _TAIL_SIZE) + attrs
+            if sid >= len(views):
+                views.extend([None] * (sid + 1 - len(views)))
+            views[sid] = view
+            if sid > self._max_id:
+                self._max_id = sid
+            if head is None:
+                continue
+            group = groups.get(head)
+            if group is None:
+                group = groups[head] = _Group(metric, kind, head)
+            if level:
+                view.level = group
+            else:
+                view.group = group
+                group.feeders += 1
+
+    def _describe_parsed(
+        self, instance: str, metric: str, raw: dict[str, str], names: Mapping[Any, str]
+    ) -> tuple[_View, bytes | None]:
+        """The general path of ``_describe``: the view and the head of a series from its parsed attributes."""
+        enabled, _, _, usage, _ = self._facts(metric)
+        tenancy = raw.get("llm.tenancy.id")
+        tkey = tname = None
+        if tenancy is not None:
+            tkey = (instance, "tenancy", tenancy)
+            tkey = self._strings.setdefault(tkey, tkey)
+            tname = names.get(tkey)
+        view = _View(instance, metric, tkey, tname, None)
+        if not enabled:
+            return view, None
+        labels = self.labels.get(instance)
+        attributes = {**labels, **raw} if labels else raw
+        if tname:
+            attributes["llm.tenancy.name"] = tname
+        if self.attributor and usage:
+            attributes.update(self.attributor.attributes(attributes, tname, labels))
+        attrs = self._encode(attributes)
+        return view, _TAG_DATA_POINT + _varint(len(attrs) + _TAIL_SIZE) + attrs
+
+    def _encode(self, attributes: Mapping[str, str]) -> bytes:
+        """Attributes encoded in key order: equal sets encode to equal bytes."""
+        pairs_get = self._pairs.get
+        return b"".join([pairs_get(item) or self._pair(item) for item in sorted(attributes.items())])
+
+    def _merge(self, frags: list[str], encoded: list[bytes], extra: Mapping[str, str]) -> bytes:
+        """A series' encoded fragments and ``extra`` attributes (keys not among the fragments), in key order."""
+        items = [(f[:f.index('":"')], e) for f, e in zip(frags, encoded, strict=True)]
+        pairs_get = self._pairs.get
+        items += [(k, pairs_get((k, v)) or self._pair((k, v))) for k, v in extra.items()]
+        items.sort()
+        return b"".join([e for _, e in items])
+
+    def _fragment(self, fragment: str) -> bytes:
+        """One ``key":"value`` fragment of canonical JSON without escapes, encoded (cached)."""
+        key, value = fragment.split('":"', 1)
+        encoded = self._fragments[fragment] = self._pairs.get((key, value)) or self._pair((key, value))
+        return encoded
+
+    def _facts(self, metric: str) -> tuple[bool, ValueKind, bool, bool, dict[bytes, _Group]]:
+        """What describing a series needs of its metric: enabled, wire kind, level, usage, its wire series."""
+        facts = self._metric_facts.get(metric)
+        if facts is None:
+            groups = self._groups.setdefault(metric, {})
+            facts = self._metric_facts[metric] = (
+                self.is_enabled(metric), _value_kind(metric), metric in LEVEL_METRICS,
+                metric.startswith("llm.usage."), groups,
+            )
+        return facts
+
     def _attach(self, view: _View, tenancy_name: str | None, raw: dict[str, str] | None = None) -> None:
         """(Re)build the view's wire series; ``raw`` is given for a new series, else read back from the wire."""
         if raw is None:  # a rename: the encoded attributes are the only copy kept (memory: one per series)
@@ -265,9 +511,12 @@ class MetricsBuilder:
             for derived in ("llm.tenancy.name", TEAM, COST_CENTER):
                 attributes.pop(derived, None)
         else:
-            attributes = {**self.labels.get(view.instance, {}), **raw}
+            labels = self.labels.get(view.instance)
+            attributes = {**labels, **raw} if labels else raw
         view.tenancy_name = tenancy_name
         view.adjustment = None
+        if view.group is not None:
+            view.group.feeders -= 1
         if not self.is_enabled(view.metric):
             view.group = None
             return
@@ -280,6 +529,7 @@ class MetricsBuilder:
             view.group, view.level = None, group
         else:
             view.group = group
+            group.feeders += 1
 
     def _adjustment_group(self, view: _View) -> _Group:
         assert view.group is not None
@@ -292,11 +542,12 @@ class MetricsBuilder:
 
     def _group(self, metric: str, attributes: dict[str, str], kind: ValueKind) -> _Group:
         """The wire series for ``attributes``; equal attribute sets (sorted) encode to equal bytes."""
-        pairs = self._pairs
-        parts = [pairs.get(item) or self._pair(item) for item in sorted(attributes.items())]
-        attrs = b"".join(parts)
+        pairs_get = self._pairs.get
+        attrs = b"".join([pairs_get(item) or self._pair(item) for item in sorted(attributes.items())])
         head = _TAG_DATA_POINT + _varint(len(attrs) + _TAIL_SIZE) + attrs
-        groups = self._groups.setdefault(metric, {})
+        groups = self._groups.get(metric)
+        if groups is None:
+            groups = self._groups[metric] = {}
         group = groups.get(head)
         if group is None:
             group = groups[head] = _Group(metric, kind, head)
@@ -309,60 +560,22 @@ class MetricsBuilder:
         return encoded
 
     # -- requests -----------------------------------------------------------------------------------------
-    def _batches(
-        self, sums: dict[str, dict[_Group, list[Any]]], extra: list[pb.Metric], now_ns: int
-    ) -> tuple[Batch, ...]:
-        """Requests of at most ``max_points_per_request`` points; a metric may span several requests."""
-        limit = max(1, self.max_points_per_request)
-        batches: list[Batch] = []
-        metrics: list[bytes] = []  # encoded Metric messages of the request being filled
-        points = 0
-        for name, groups in sums.items():
-            header = self._metric_header(name)
-            gauge = name in LEVEL_METRICS
-            data_tag, data_fields = (_TAG_METRIC_GAUGE, b"") if gauge else (_TAG_METRIC_SUM, _SUM_FIELDS)
-            items = iter(groups.items())
-            remaining = len(groups)
-            while remaining:
-                if points >= limit:
-                    batches.append(self._batch(metrics, points))
-                    metrics, points = [], 0
-                take = min(limit - points, remaining)
-                framed = []
-                for group, (value, start) in islice(items, take):
-                    if group.kind == "int":
-                        tail = _TAIL_INT.pack(_TAG_START, start, _TAG_TIME, now_ns, _TAG_INT, value)
-                    else:
-                        amount = value / NANOS_PER_UNIT if group.kind == "money" else float(value)
-                        tail = _TAIL_DOUBLE.pack(_TAG_START, start, _TAG_TIME, now_ns, _TAG_DOUBLE, amount)
-                    framed.append(group.head)
-                    framed.append(tail)
-                body = b"".join(framed) + data_fields
-                metrics.append(header + data_tag + _varint(len(body)) + body)
-                points += take
-                remaining -= take
-        for metric in extra:
-            metrics.append(metric.SerializeToString())
-            points += _points(metric)
-        if points or not batches:
-            batches.append(self._batch(metrics, points))
-        return tuple(batches)
-
     def _metric_header(self, name: str) -> bytes:
-        d = CATALOG.metrics[name]
-        return bytes(pb.Metric(name=d.name, description=d.description, unit=d.unit).SerializeToString())
+        header = self._headers.get(name)
+        if header is None:
+            d = CATALOG.metrics[name]
+            header = self._headers[name] = pb.Metric(
+                name=d.name, description=d.description, unit=d.unit).SerializeToString()
+        return header
 
-    def _batch(self, metrics: list[bytes], points: int) -> Batch:
-        """Frame encoded metrics into ScopeMetrics, ResourceMetrics and the request (fields 2, 2 and 1)."""
+    def _resource_envelope(self) -> tuple[bytes, bytes]:
+        """The encoded ResourceMetrics (resource, schema URL) and ScopeMetrics (scope) heads, made once."""
         if self._envelope is None:
             resource = ResourcePb(attributes=_key_values(dict(self.resource.attributes)))
             rm = pb.ResourceMetrics(resource=resource, schema_url=self.resource.schema_url or "")
             sm = pb.ScopeMetrics(scope=InstrumentationScope(name=SCOPE_NAME, version=CATALOG.schema_version))
             self._envelope = (rm.SerializeToString(), sm.SerializeToString())
-        rm_head, sm_head = self._envelope
-        scope = sm_head + b"".join(_TAG_FIELD_2 + _varint(len(m)) + m for m in metrics)
-        resource_metrics = rm_head + _TAG_FIELD_2 + _varint(len(scope)) + scope
-        return Batch(_TAG_FIELD_1 + _varint(len(resource_metrics)) + resource_metrics, points)
+        return self._envelope
 
     def _self_health(self, h: SelfHealthReading, now_ns: int) -> list[pb.Metric]:
         start = h.started_ns

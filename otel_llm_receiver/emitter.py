@@ -9,7 +9,16 @@ The exporters' public ``export()`` takes SDK ``MetricsData`` and encodes it in p
 100,000-series export take seconds. We pass our encoded requests through the exporters' own send paths instead:
 the gRPC exporter's ``_export`` with ``_translate_data`` / ``_count_data`` overridden, and the HTTP exporter's
 ``_export_batch``. They are private, so ``build_exporter`` checks that they exist and fails with one clear line if
-an incompatible exporter release is installed, and ``tests/test_emitter.py`` pins their behaviour.
+an incompatible exporter release is installed, and ``tests/test_emitter.py`` and ``tests/test_builder.py`` pin
+their behaviour.
+
+The builder's bytes go on the wire as they are: parsing them back into a message only for gRPC or the HTTP
+exporter to serialise it again cost as much as the rest of the send (issue 20). The gRPC exporter builds its stub
+from ``self._stub`` (also when it reconnects), so ours is the generated stub's one method with a serializer that
+passes bytes through; the HTTP exporter only calls ``SerializeToString()`` on what it is given, and counts its
+points for its own self-metrics, which ``_Payload`` answers from the count the builder kept. Everything else
+(retries and backoff, ``RetryInfo``, deadline, reconnect on UNAVAILABLE, compression, headers, TLS, and the
+error details the emitter logs) is the exporters' own code, unchanged.
 """
 
 from __future__ import annotations
@@ -31,10 +40,17 @@ from .errors import ExportError
 log = logging.getLogger(__name__)
 
 
+#: ``MetricsService/Export``, the one RPC of OTLP metrics over gRPC (as in the generated ``MetricsServiceStub``).
+EXPORT_METHOD = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+
+#: A request as the emitter sends it: the builder's encoded bytes (or, from older callers, a message).
+Request = bytes | ExportMetricsServiceRequest
+
+
 class BatchExporter(Protocol):
     """What the emitter needs of an exporter: send one ready-made request, and shut down."""
 
-    def export_request(self, request: ExportMetricsServiceRequest, points: int) -> bool: ...
+    def export_request(self, request: Request, points: int) -> bool: ...
 
     def shutdown(self) -> None: ...
 
@@ -89,12 +105,74 @@ class _RecordingHttpClient:
         return getattr(self._inner, name)
 
 
+def _encoded(request: Request) -> bytes:
+    """The request's wire bytes: the builder's as they are, a message serialised (the stub's serializer)."""
+    if isinstance(request, bytes):
+        return request
+    return bytes(request.SerializeToString())
+
+
+class _PassThroughStub:
+    """``MetricsServiceStub`` whose ``Export`` sends already-encoded bytes unchanged.
+
+    The exporter makes its stub as ``self._stub(channel)``, on start and on every reconnect, so this class takes
+    the generated stub's place; the response is decoded as the generated stub decodes it.
+    """
+
+    def __init__(self, channel: Any) -> None:
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
+
+        self.Export = channel.unary_unary(
+            EXPORT_METHOD, request_serializer=_encoded,
+            response_deserializer=ExportMetricsServiceResponse.FromString,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class _Encoded:
     """A request already encoded by the builder, passed through the gRPC exporter's ``_export``."""
 
-    request: ExportMetricsServiceRequest
+    payload: bytes
     points: int
+
+
+class _PointCount:
+    """Just enough of a ``Metric`` for the HTTP exporter to count a payload's points (its self-metrics)."""
+
+    __slots__ = ("sum",)
+
+    def __init__(self, points: int) -> None:
+        self.sum = _DataPoints(points)
+
+    @staticmethod
+    def WhichOneof(_group: str) -> str:  # protobuf's method name
+        return "sum"
+
+
+@dataclass(frozen=True, slots=True)
+class _DataPoints:
+    points: int
+
+    @property
+    def data_points(self) -> range:
+        return range(self.points)
+
+
+class _Payload:
+    """An encoded request where the HTTP exporter expects a message: ``SerializeToString()`` returns the bytes
+    unchanged, and the nesting it counts data points through yields the builder's count."""
+
+    __slots__ = ("_payload", "resource_metrics")
+
+    def __init__(self, payload: bytes, points: int) -> None:
+        from types import SimpleNamespace
+
+        self._payload = payload
+        scope = SimpleNamespace(metrics=(_PointCount(points),))
+        self.resource_metrics = (SimpleNamespace(scope_metrics=(scope,)),)
+
+    def SerializeToString(self) -> bytes:  # protobuf's method name
+        return self._payload
 
 
 def _grpc_exporter_class() -> type[Any]:
@@ -113,13 +191,14 @@ def _grpc_exporter_class() -> type[Any]:
         last_failure: str | None = None
 
         def _initialize_channel_and_stub(self) -> None:
+            self._stub = _PassThroughStub  # before the parent makes the stub from it (also on reconnects)
             super()._initialize_channel_and_stub()  # type: ignore[no-untyped-call]
             if getattr(self, "_client", None) is not None:  # also after the exporter's reconnects
                 self._client = cast(Any, _RecordingStub(self._client, self))
 
-        def _translate_data(self, data: Any) -> ExportMetricsServiceRequest:
+        def _translate_data(self, data: Any) -> Any:
             if isinstance(data, _Encoded):
-                return data.request
+                return data.payload  # sent as it is by _PassThroughStub
             return super()._translate_data(data)
 
         def _count_data(self, data: Any) -> int:
@@ -127,9 +206,9 @@ def _grpc_exporter_class() -> type[Any]:
                 return data.points
             return int(super()._count_data(data))
 
-        def export_request(self, request: ExportMetricsServiceRequest, points: int) -> bool:
+        def export_request(self, request: Request, points: int) -> bool:
             self.last_failure = None
-            result = self._export(data=cast(Any, _Encoded(request, points)))
+            result = self._export(data=cast(Any, _Encoded(_encoded(request), points)))
             return result == MetricExportResult.SUCCESS
 
         def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
@@ -161,11 +240,12 @@ def _http_exporter_class() -> type[Any]:
                 )
             self._client = cast(Any, _RecordingHttpClient(self._client, self))
 
-        def export_request(self, request: ExportMetricsServiceRequest, points: int) -> bool:
+        def export_request(self, request: Request, points: int) -> bool:
             if self._shutdown:
                 return False
             self.last_failure = None
-            return self._export_batch(request) == MetricExportResult.SUCCESS
+            payload = cast(Any, _Payload(_encoded(request), points))
+            return self._export_batch(payload) == MetricExportResult.SUCCESS
 
         def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
             super().shutdown(timeout_millis, **kwargs)
@@ -282,7 +362,7 @@ class Emitter:
         try:
             # Stop at the first failed request: the collector is down or refusing, and the next export
             # re-sends every series anyway.
-            ok = all(exporter.export_request(b.request(), b.points) for b in data.batches)
+            ok = all(exporter.export_request(b.payload, b.points) for b in data.iter_batches())
             error = None
             if not ok:
                 detail = failure_detail(exporter) or "the collector is unreachable or refused the data"

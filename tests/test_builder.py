@@ -7,6 +7,7 @@ sending path against a real OTLP sink through the official exporters' hooks.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -180,7 +181,7 @@ def test_the_official_exporters_send_built_requests_unchanged(ledger: Ledger, pr
                             "providers": {"demo": {}}}).exporters[0]
         exporter = build_exporter(cfg)
         try:
-            assert all(exporter.export_request(b.request(), b.points) for b in export.batches)
+            assert all(exporter.export_request(b.payload, b.points) for b in export.batches)
         finally:
             exporter.shutdown()
         assert [r.data_point_count for r in sink.requests] == [5, 5, 2]
@@ -217,3 +218,38 @@ def test_measures_levels_and_billed_quantities_go_out_with_their_own_instruments
     (quantity,) = metrics["llm.usage.billed_quantity"].sum.data_points
     assert quantity.as_double == 2.5
     assert "llm.usage.adjustments" not in metrics
+
+
+def test_attributes_reach_the_wire_exactly_whatever_their_text(ledger: Ledger) -> None:
+    """The first export encodes canonical JSON without escapes from its fragments, and anything else through
+    ``json.loads``: both must put exactly ``{**labels, **attributes, tenancy name}`` on the wire, and a label
+    never overrides an attribute of the series."""
+    models = ["gpt-4o", 'we"ird\\model', "модель-ü", "a,b:c", 'x":"y', "tab\there"]
+    ledger.apply("openai/prod", PollResult(
+        usage=[usage(m, t, 0, {"input": i + 1}) for i, m in enumerate(models) for t in ("proj_a", "proj_b")],
+        names={("tenancy", "proj_a"): 'Proj "A" ü'},
+    ), tenant="acme")
+    labels = {"deployment.environment": "prod", "gen_ai.provider.name": "a label loses", "zz.last": "1"}
+    builder = MetricsBuilder(make_resource("x"), labels={"openai/prod": labels})
+    merged = merge_requests(builder.build(ledger.export_rows(0), None, NOW).requests())
+    expected = {}
+    for s in ledger.snapshot().series:
+        attrs = {**labels, **json.loads(s.attrs)}
+        if attrs["llm.tenancy.id"] == "proj_a":
+            attrs["llm.tenancy.name"] = 'Proj "A" ü'
+        expected[attr_key(attrs)] = s.total
+    assert {k: p.value for k, p in merged["llm.usage.tokens"].items()} == expected
+    assert len(expected) == 2 * len(models)
+
+
+def test_equal_attribute_sets_from_two_instances_are_one_wire_series_on_either_path(ledger: Ledger) -> None:
+    """One instance's series go through the fragments, the other's (a label that its attributes also carry,
+    and a tenancy name) through the merge: the same final set must still be one wire series, added up."""
+    ledger.apply("openai/a", PollResult(usage=[usage("gpt-4o", "p", 0, {"input": 10})],
+                                        names={("tenancy", "p"): "P"}))
+    ledger.apply("openai/b", PollResult(usage=[usage("gpt-4o", "p", 0, {"input": 32})],
+                                        names={("tenancy", "p"): "P"}))
+    builder = MetricsBuilder(make_resource("x"), labels={"openai/b": {"gen_ai.request.model": "loses"}})
+    merged = merge_requests(builder.build(ledger.export_rows(0), None, NOW).requests())
+    (point,) = merged["llm.usage.tokens"].values()
+    assert isinstance(point, Point) and point.value == 42
