@@ -57,6 +57,19 @@ def fingerprint(path: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.parent.iterdir())}
 
 
+def assert_untouched(path: Path, before: dict[str, str]) -> None:
+    """The database and any WAL it had are byte for byte the same. A read-only SQLite connection to a WAL
+    database may leave an empty -wal and its -shm index beside it (SQLite's own, holding no data)."""
+    after = fingerprint(path)
+    for name, digest in before.items():
+        if not name.endswith("-shm"):
+            assert after.get(name) == digest, name
+    for name in set(after) - set(before):
+        assert name in (f"{path.name}-wal", f"{path.name}-shm"), name
+        if name.endswith("-wal"):
+            assert (path.parent / name).stat().st_size == 0
+
+
 def write_config(tmp_path: Path, dsn: str) -> Path:
     config = tmp_path / "new.yaml"
     config.write_text("storage:\n  backend: postgresql\n  dsn: ${env:LEDGER_DSN}\nproviders:\n  demo: {}\n")
@@ -116,7 +129,7 @@ def test_copy_is_exact_and_leaves_the_source_untouched(demo_ledger: Path, pg_dat
     assert lines[0].startswith("copied ledger ") and "series 48" in lines[0], lines
     assert lines[1].startswith("verified: row counts of 9 tables"), lines
     assert pg_database.password not in result.stdout + result.stderr
-    assert fingerprint(demo_ledger) == before
+    assert_untouched(demo_ledger, before)
     non_empty = 0
     for table, order in TABLES:
         source = sqlite_rows(demo_ledger, table, order)
@@ -188,14 +201,30 @@ def test_a_copy_killed_mid_copy_leaves_the_target_empty_and_a_rerun_succeeds(
     assert rerun.returncode == 0, rerun.stderr
     assert pg_rows(dsn, demo_ledger, "buckets", "series_id, bucket_start, bucket_width") == sqlite_rows(
         demo_ledger, "buckets", "series_id, bucket_start, bucket_width")
-    # The database's bytes are unchanged. The killed reader left SQLite's empty -wal (and its -shm index) beside
-    # it, as a killed `report` would: they hold no data, and the next opener of the ledger takes them over.
-    after = fingerprint(demo_ledger)
-    assert after["ledger.db"] == before["ledger.db"]
-    assert (demo_ledger.parent / "ledger.db-wal").stat().st_size == 0
-    for name in ("ledger.db-wal", "ledger.db-shm"):
-        (demo_ledger.parent / name).unlink()  # the module's other tests compare whole directories
-    assert fingerprint(demo_ledger) == before
+    assert_untouched(demo_ledger, before)
+
+
+def test_a_wal_left_by_a_killed_writer_is_copied_and_not_checkpointed(demo_ledger: Path, pg_database: Database,
+                                                                      tmp_path: Path) -> None:
+    """A receiver killed with -9 leaves committed polls in ledger.db-wal: the copy must carry them, and must not
+    fold them into ledger.db (the last closer of a WAL database does, unless it opened read-only)."""
+    source = tmp_path / "crashed" / "ledger.db"
+    source.parent.mkdir()
+    source.write_bytes(demo_ledger.read_bytes())
+    writer = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute(\"UPDATE names SET name = name || ' (renamed)'\")\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"), str(source)], check=False)
+    assert writer.returncode == -signal.SIGKILL
+    wal = source.parent / "ledger.db-wal"
+    assert wal.stat().st_size > 0
+    database, log = source.read_bytes(), wal.read_bytes()
+    result = run_copy(source, tmp_path, pg_database.dsn)
+    assert result.returncode == 0, result.stderr
+    assert source.read_bytes() == database and wal.read_bytes() == log  # only SQLite's -shm index is rewritten
+    names = pg_rows(pg_database.dsn, source, "names", "instance, kind, id")
+    assert names and all(row[3].endswith(" (renamed)") for row in names)
 
 
 def test_an_older_sqlite_ledger_is_refused_with_what_to_do(pg_database: Database, tmp_path: Path) -> None:
@@ -209,7 +238,7 @@ def test_an_older_sqlite_ledger_is_refused_with_what_to_do(pg_database: Database
     assert result.returncode == 1
     assert "has schema version 2, older than this release's (4): run this release's `otel-llm-receiver run`" \
         in result.stderr
-    assert fingerprint(old) == before
+    assert_untouched(old, before)
     assert not pg_table_exists(pg_database.dsn, "series")
 
 

@@ -7,9 +7,10 @@ A fresh PostgreSQL ledger would start new series at zero with a new resource, wh
 
 How it stays safe:
 
-* **The source is never modified.** It is opened exactly as the ledger's readers open it
-  (``LedgerEngine(readonly=True)``: an existing file, ``query_only``) and read in one read transaction, so a
-  receiver still running on it cannot make the copy see half a poll.
+* **The source is never modified.** It is opened read-only at the SQLite level (``mode=ro``, ``query_only``;
+  the readers' checks that it is an existing ledger) and read in one read transaction, so a receiver still
+  running on it cannot make the copy see half a poll, and a WAL left by a killed writer is read, never
+  checkpointed into the file (see ``_source``).
 * **All or nothing.** Migrating the target, the ledger id, every table (``COPY ... FROM STDIN`` through psycopg's
   ``cursor.copy()``), the id sequence's reset and the verification run in ONE PostgreSQL transaction, under the
   migration advisory lock (so a replica starting meanwhile waits rather than migrating beside it). A crash,
@@ -39,7 +40,7 @@ from typing import Any, Final
 
 from ...errors import LedgerError
 from .. import schema as sqlite_schema
-from ..engine import LedgerEngine
+from ..engine import _check_ledger_file
 from . import schema as pg_schema
 from .connect import PgConnection, Timeouts, connect, target
 
@@ -131,22 +132,47 @@ def _split(script: str) -> list[str]:
 
 @contextmanager
 def _source(path: Path) -> Iterator[sqlite3.Connection]:
-    """The SQLite ledger, opened as the ledger's readers open it, inside one read transaction."""
-    engine = LedgerEngine(path, readonly=True)
+    """The SQLite ledger, opened read-only at the SQLite level, inside one read transaction.
+
+    Why ``mode=ro`` and not only the readers' ``query_only`` (``LedgerEngine(readonly=True)``): a ledger whose
+    writer was killed keeps its WAL beside it, and the last connection to close a WAL database checkpoints it
+    into the main file, rewriting the source's bytes. A ``mode=ro`` connection reads the WAL (so the copy sees
+    every committed poll) but never checkpoints: the source's files stay byte for byte as they were.
+    """
+    _check_ledger_file(path)
     try:
-        version = engine.schema_version
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=30.0)
+    except sqlite3.Error as e:
+        raise CopyError(f"cannot open ledger {path} read-only: {e}") from None
+    try:
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA query_only = ON")
+        found = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        ).fetchone()
+        if found is None:
+            raise CopyError(f"{path} is an SQLite database but not a receiver ledger")
+        version = int(conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0])
         if version < COPIED_SQLITE_SCHEMA:
             raise CopyError(
                 f"ledger {path} has schema version {version}, older than this release's "
                 f"({COPIED_SQLITE_SCHEMA}): run this release's `otel-llm-receiver run` on it once (it migrates "
                 "at start), stop it, then copy"
             )
-        if version > COPIED_SQLITE_SCHEMA:  # the engine refuses newer than it knows; this is the copy's own map
-            raise CopyError(f"ledger {path} has schema version {version}; this copy maps {COPIED_SQLITE_SCHEMA}")
-        with engine._read_transaction("the ledger to copy") as conn:
+        if version > COPIED_SQLITE_SCHEMA:
+            raise CopyError(f"ledger {path} has schema version {version}, newer than this release understands "
+                            f"({COPIED_SQLITE_SCHEMA}); upgrade otel-llm-receiver")
+        conn.execute("BEGIN")  # one snapshot of every table, even with a receiver still writing
+        try:
             yield conn
+        finally:
+            conn.execute("COMMIT")
+    except sqlite3.DatabaseError as e:
+        if "not a database" in str(e):
+            raise CopyError(f"{path} is not a receiver ledger (not an SQLite database)") from None
+        raise CopyError(f"cannot read ledger {path}: {e}") from None
     finally:
-        engine.close()
+        conn.close()
 
 
 def _columns_sqlite(src: sqlite3.Connection, table: str) -> list[str]:
