@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The demo's terminal summary is the output; its log lines would scroll it away, hence warning there.
     setup_logging(level or ("warning" if args.command == "demo" else "info"))
     handler = {"run": _cmd_run, "check": _cmd_check, "demo": _cmd_demo, "report": _cmd_report,
-               "focus": _cmd_focus, "history": _cmd_history}[args.command]
+               "focus": _cmd_focus, "history": _cmd_history, "ledger": _cmd_ledger}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:  # a second Ctrl-C: leave now (the ledger is transactional, nothing half-written)
@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--config", required=True, help="YAML config file (the one `run` will use)")
     history.add_argument("--out", required=True,
                          help="OpenMetrics file to write; when it exists already, nothing is done")
+    from .ledger_cli import add_arguments as add_ledger_arguments
+
+    add_ledger_arguments(add_command("ledger", "ledger maintenance: copy an SQLite ledger into PostgreSQL"), [common])
     return p
 
 
@@ -466,6 +469,12 @@ def _cmd_history(args: argparse.Namespace) -> int:
     print(f"history: {samples} samples up to {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(now))} "
           f"written to {args.out}", flush=True)
     return EXIT_OK
+
+
+def _cmd_ledger(args: argparse.Namespace) -> int:
+    from .ledger_cli import run
+
+    return run(args)
 
 
 def _cmd_focus(args: argparse.Namespace) -> int:

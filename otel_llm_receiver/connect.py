@@ -146,6 +146,26 @@ def _tcp_connect(target: str, timeout: float) -> None:
         return
 
 
+def probe_storage(config: Config) -> list[Check]:
+    """With ``storage.backend: postgresql``, one line: the ledger database reachable and its schema usable.
+
+    SQLite's ledger file is not opened (a check leaves nothing behind); the PostgreSQL probe only reads.
+    """
+    storage = config.storage
+    if storage.backend != "postgresql" or not storage.dsn:
+        return []
+    from .errors import LedgerError
+
+    try:
+        from .ledger.postgres.probe import probe_schema
+    except LedgerError as exc:  # psycopg not installed: the extra is missing
+        return [Check("storage", ProbeResult("postgresql", error=ProviderError(str(exc), error_type="config")))]
+    probe = probe_schema(str(storage.dsn))
+    if probe.ok:
+        return [Check("storage", ProbeResult("postgresql", probe.message))]
+    return [Check("storage", ProbeResult("postgresql", error=ProviderError(probe.message, error_type=probe.kind)))]
+
+
 def _read(path: str | None) -> bytes | None:
     if not path:
         return None
@@ -168,9 +188,10 @@ def check_connect(config: Config, emit: Callable[[str], None], create: Factory =
     for group in asyncio.run(_all_providers(enabled, create)):
         checks += group
     checks += [probe_exporter(e) for e in config.exporters]
+    checks += probe_storage(config)
     for check in checks:
         emit(check.line())
     return all(c.result.ok for c in checks)
 
 
-__all__ = ["Check", "check_connect", "probe_config", "probe_exporter", "probe_provider"]
+__all__ = ["Check", "check_connect", "probe_config", "probe_exporter", "probe_provider", "probe_storage"]

@@ -91,6 +91,7 @@ class SelfHealthReading:
     source_lag: dict[tuple[str, str], float] = field(default_factory=dict)  # (instance, source) -> seconds
     loop_errors: dict[str, int] = field(default_factory=dict)  # loop -> iterations that ended in an error
     unmatched: dict[tuple[str, str], int] = field(default_factory=dict)  # (instance, source) -> records
+    stale_writes: dict[str, int] = field(default_factory=dict)  # instance -> polls whose write was fenced off
 
 
 class SelfHealth:
@@ -106,6 +107,7 @@ class SelfHealth:
         self._durations: dict[str, DurationHistogram] = {}
         self._api_requests: Counter[tuple[str, str]] = Counter()
         self._unmatched: Counter[tuple[str, str]] = Counter()
+        self._stale_writes: Counter[str] = Counter()
         self.instances: dict[str, InstanceStatus] = {}
         self._loops: dict[str, LoopStatus] = {}
 
@@ -208,6 +210,18 @@ class SelfHealth:
                 if n:
                     self._unmatched[(name, source)] += n
 
+    def stale_write(self, name: str) -> int:
+        """Count a poll of instance ``name`` whose ledger write was rejected by the lease fence (a
+        ``StaleLeaseError``: this replica's lease lapsed or moved while it polled); returns the count so far.
+
+        Why a counter of its own and not a failed poll: nothing is wrong with the provider or the ledger, and
+        the instance is now another replica's to poll; a replica that keeps counting these was paused (GC,
+        SIGSTOP, a partition) for longer than ``storage.lease_duration`` (``llm.receiver.stale_writes``).
+        """
+        with self._lock:
+            self._stale_writes[name] += 1
+            return self._stale_writes[name]
+
     def reading(self) -> SelfHealthReading:
         now = self._clock()
         with self._lock:
@@ -223,6 +237,7 @@ class SelfHealth:
                 },
                 api_requests=dict(self._api_requests),
                 unmatched=dict(self._unmatched),
+                stale_writes=dict(self._stale_writes),
                 source_lag={
                     (n, source): max(0.0, now - end)
                     for n, s in self.instances.items() for source, end in s.source_ends.items()

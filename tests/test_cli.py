@@ -292,7 +292,7 @@ def _demo_config(path: Path, ledger: Path, endpoint: str) -> Path:
 def test_help_loads_the_parser_and_nothing_of_the_receiver(tmp_path: Path) -> None:
     proc, modules = _modules_after("--help", cwd=tmp_path)
     assert proc.returncode == 0 and "run the receiver" in proc.stdout and "focus" in proc.stdout
-    assert _ours(modules) == {"cli", "errors", "focus", "focus.command", "focus.schema"}
+    assert _ours(modules) == {"cli", "errors", "focus", "focus.command", "focus.schema", "ledger_cli"}
     assert _loaded(modules, PROVIDER_LIBRARIES | RUNTIME_LIBRARIES | {"yaml", "asyncio"}) == []
 
 

@@ -35,3 +35,13 @@ def test_a_failing_usage_source_fails_the_instance_and_nothing_due_does_not() ->
     assert health.healthy("vertex-cost-only")
     health.poll_failed("bedrock", 0.1, "timeout", "timed out", ("usage", "cost"))  # a poll that fails whole
     assert health.reading().polls[("bedrock", "cost", "failure", "timeout")] == 1
+
+
+def test_stale_writes_are_counted_per_instance_and_read_out() -> None:
+    """Issue 21: a write rejected by the lease fence is counted (``llm.receiver.stale_writes``), per instance."""
+    health = SelfHealth(clock=lambda: 1000.0)
+    assert health.reading().stale_writes == {}
+    assert health.stale_write("openai/prod") == 1
+    assert health.stale_write("openai/prod") == 2
+    assert health.stale_write("demo") == 1
+    assert health.reading().stale_writes == {"openai/prod": 2, "demo": 1}
