@@ -610,6 +610,7 @@ class MetricsBuilder:
         loops = [number({"llm.loop": loop}, n) for loop, n in sorted(h.loop_errors.items())]
         unmatched = [number({"llm.source": s, "llm.data.source": src}, n)
                      for (s, src), n in sorted(h.unmatched.items())]
+        stale = [number({"llm.source": s}, n) for s, n in sorted(h.stale_writes.items())]
         out: list[pb.Metric] = []
         c = CATALOG.metrics
         if polls:
@@ -634,6 +635,9 @@ class MetricsBuilder:
         if unmatched:
             out.append(_metric(c["llm.receiver.unmatched_records"], sum=pb.Sum(
                 data_points=unmatched, aggregation_temporality=CUMULATIVE, is_monotonic=True)))
+        if stale:
+            out.append(_metric(c["llm.receiver.stale_writes"], sum=pb.Sum(
+                data_points=stale, aggregation_temporality=CUMULATIVE, is_monotonic=True)))
         return [m for m in out if self.is_enabled(m.name)]
 
 

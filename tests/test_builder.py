@@ -253,3 +253,20 @@ def test_equal_attribute_sets_from_two_instances_are_one_wire_series_on_either_p
     merged = merge_requests(builder.build(ledger.export_rows(0), None, NOW).requests())
     (point,) = merged["llm.usage.tokens"].values()
     assert isinstance(point, Point) and point.value == 42
+
+
+def test_stale_writes_are_exported_per_instance(ledger: Ledger) -> None:
+    """Issue 21: a write fenced off by a lost lease is counted in ``llm.receiver.stale_writes``, per instance."""
+    from otel_llm_receiver.selfhealth import SelfHealth
+
+    health = SelfHealth(clock=lambda: NOW / 1e9)
+    health.register("openai/prod", 300.0)
+    built = MetricsBuilder(make_resource("x")).build(ledger.export_rows(0), health.reading(), NOW)
+    assert "llm.receiver.stale_writes" not in merge_requests(built.requests())
+    health.stale_write("openai/prod")
+    health.stale_write("openai/prod")
+    built = MetricsBuilder(make_resource("x")).build(ledger.export_rows(0), health.reading(), NOW)
+    stale = merge_requests(built.requests())["llm.receiver.stale_writes"]
+    assert list(stale) == [frozenset({("llm.source", "openai/prod")})]
+    point = next(iter(stale.values()))
+    assert isinstance(point, Point) and point.value == 2 and point.is_monotonic
