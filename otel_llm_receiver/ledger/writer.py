@@ -18,6 +18,7 @@ costs one lookup.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -329,10 +330,11 @@ class PointPlanner:
 
     def __init__(
         self, keys: SeriesKeys, ids: Mapping[SeriesKey, int], tenant: str, horizon: int, first_new_id: int,
-        *, id_step: int = 1, slice_points: int = SLICE_POINTS,
+        *, id_step: int = 1, slice_points: int | None = None,
     ) -> None:
         self.keys, self.ids, self.tenant, self.horizon = keys, ids, tenant, horizon
-        self.first_new_id, self.id_step, self.slice_points = first_new_id, id_step, slice_points
+        self.first_new_id, self.id_step = first_new_id, id_step
+        self.slice_points = SLICE_POINTS if slice_points is None else slice_points
         #: Series to create, in id order: the id each is expected to get.
         self.new_ids: dict[SeriesKey, int] = {}
         #: Points before the pruned horizon (already counted, no longer revisable).
@@ -434,11 +436,9 @@ class PointPlanner:
             yield rows
 
 
+@functools.lru_cache(maxsize=8)
 def _stage_sql(rows: int) -> str:
     return "INSERT INTO staged VALUES " + ",".join(["(?,?,?,?)"] * rows) + SQL_STAGE_UPSERT
-
-
-SQL_STAGE_MANY: Final = _stage_sql(STAGE_ROWS)
 
 
 def stage(tx: Connection, rows: Sequence[Point]) -> None:
@@ -447,7 +447,7 @@ def stage(tx: Connection, rows: Sequence[Point]) -> None:
     step = STAGE_ROWS * 4
     full = len(flat) - len(flat) % step
     if full:
-        tx.executemany(SQL_STAGE_MANY, (flat[i:i + step] for i in range(0, full, step)))
+        tx.executemany(_stage_sql(STAGE_ROWS), (flat[i:i + step] for i in range(0, full, step)))
     if full < len(flat):
         tx.execute(_stage_sql((len(flat) - full) // 4), flat[full:])
 
