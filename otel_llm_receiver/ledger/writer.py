@@ -597,7 +597,7 @@ class LedgerWriter(LedgerEngine):
             distinct = int(tx.execute(SQL_COUNT_STAGED).fetchone()[0])
             changed = 0
             shrunk: list[tuple[str, str, int, int]] = []
-            lo = MIN_ID
+            lo: int | None = MIN_ID
             while lo is not None:
                 # A range of whole series holding about RANGE_POINTS points: every step below reads one
                 # series' points together, so applying range by range is the same as applying all at once.
