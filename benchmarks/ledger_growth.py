@@ -18,16 +18,32 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import shutil
 import sqlite3
 import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import CODE, machine, measure, table, timed
-from benchmarks.ledger_apply import MODELS, START, TENANCIES, anchor_points, org_records
+
+
+def _this_checkouts(name: str) -> ModuleType:
+    """A sibling benchmark module of this checkout (``benchmarks`` is a namespace package: with ``BENCH_CODE``
+    its name would find the other checkout's file first)."""
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", Path(__file__).resolve().parent / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_apply = _this_checkouts("ledger_apply")
+MODELS, START, TENANCIES = _apply.MODELS, _apply.START, _apply.TENANCIES
+anchor_points, org_records = _apply.anchor_points, _apply.org_records
 
 ROWS_PER_HOUR = TENANCIES * len(MODELS)
 POLL_HOURS = 24
