@@ -1,8 +1,8 @@
 """The normalise step: records -> series and points with canonical attributes, no database (DESIGN.md).
 
-A series is a metric with a fixed attribute set, identified by ``canonical_attrs``. ``expand`` gives every
-record's series keys (metric, canonical attrs JSON), built once per distinct record identity; the ledger writer
-maps those keys to its ids. ``pricing`` builds ``PricingPeriod`` schedules for the ledger's ``SeriesPricer``
+A series is a metric with a fixed attribute set, identified by ``canonical_attrs``. ``SeriesKeys`` gives a
+record identity's series keys (metric, canonical attrs JSON), encoded once per identity and kept across polls;
+the ledger writer maps those keys to its ids. ``pricing`` builds ``PricingPeriod`` schedules for the ledger's ``SeriesPricer``
 seam; neither side needs the other's module.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol, TypeAlias
 
-from .model import TOKEN_TYPES, PollResult
+from .model import TOKEN_TYPES, CostRecord, UsageRecord
 from .names import (
     CURRENCY_ATTR,
     LEVEL_METRICS,
@@ -59,88 +59,128 @@ class SeriesPricer(Protocol):
     def schedule(self, metric: str, attrs: dict[str, str]) -> Sequence[PricingPeriod]: ...
 
 
+#: A series' identity in the ledger: (metric, canonical attributes JSON).
+SeriesKey: TypeAlias = tuple[str, str]
+#: What identifies a usage record's series set: provider, model, operation, tenancy, tenant, sorted dimensions.
+UsageIdent: TypeAlias = tuple[str, str, str, str, str, tuple[tuple[str, str], ...]]
+#: The same for a cost record: provider, tenancy, tenant, model, line item, currency, sorted dimensions.
+CostIdent: TypeAlias = tuple[str, str, str, str | None, str | None, str, tuple[tuple[str, str], ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageKeys:
+    """The series of one usage identity: one per token type (in ``TOKEN_TYPES`` order) and requests."""
+
+    tokens: tuple[tuple[str, SeriesKey], ...]
+    requests: SeriesKey
+
+
 @dataclass(slots=True)
-class Expansion:
-    """Records -> series keys -> rows, with attribute JSON built once per distinct record identity.
+class SeriesKeys:
+    """Record identity -> series keys, each attribute set encoded to JSON once for the life of the cache.
 
-    Providers return many buckets of few series, so the per-point work is a dict lookup and a tuple; the
-    JSON encoding and the series lookup happen once per identity, not once per point.
+    Why a cache that outlives a poll: every poll re-reads the same few thousand series (the lookback), and
+    encoding their attributes was most of a steady-state apply. The keys are a pure function of the identity
+    (no database), so a cached key can never be stale; the ledger maps keys to ids on its own, and forgets
+    those ids when a transaction fails. Bounded: cleared when it holds more than ``limit`` identities (more
+    than any bounded-cardinality configuration has), so a churn of identities cannot grow it for ever.
     """
 
-    usage_idents: list[tuple[object, ...]] = field(default_factory=list)  # one per usage record, in order
-    cost_idents: list[tuple[object, ...]] = field(default_factory=list)  # one per cost record, in order
-    usage_keys: dict[tuple[object, ...], tuple[list[tuple[str, tuple[str, str]]], tuple[str, str]]] = field(
-        default_factory=dict)
-    cost_keys: dict[tuple[object, ...], tuple[str, str]] = field(default_factory=dict)
-    usage_bases: dict[tuple[object, ...], dict[str, str]] = field(default_factory=dict)
-    measure_keys: dict[tuple[tuple[object, ...], str], tuple[str, str]] = field(default_factory=dict)
-    quantity_keys: dict[tuple[tuple[object, ...], str], tuple[str, str]] = field(default_factory=dict)
+    limit: int = 200_000
+    usage_keys: dict[UsageIdent, UsageKeys] = field(default_factory=dict)
+    measure_keys: dict[tuple[UsageIdent, str], SeriesKey] = field(default_factory=dict)
+    cost_keys: dict[CostIdent, SeriesKey] = field(default_factory=dict)
+    quantity_keys: dict[tuple[CostIdent, str], SeriesKey] = field(default_factory=dict)
 
+    def _room(self, cache: dict[Any, Any]) -> None:
+        if len(cache) >= self.limit:
+            cache.clear()
 
-def expand(result: PollResult, tenant: str) -> Expansion:
-    """The series keys of every record of ``result`` (``tenant`` for records that name none).
+    def usage(self, ident: UsageIdent) -> UsageKeys:
+        """The token-type and request series of a usage identity."""
+        keys = self.usage_keys.get(ident)
+        if keys is None:
+            base = _usage_base(ident)
+            keys = UsageKeys(
+                tuple((t, (METRIC_TOKENS, canonical_attrs({**base, "gen_ai.token.type": t}))) for t in TOKEN_TYPES),
+                (METRIC_REQUESTS, canonical_attrs(base)),
+            )
+            self._room(self.usage_keys)
+            self.usage_keys[ident] = keys
+        return keys
 
-    Raises ``ValueError`` for a measure that is neither a usage counter nor a level (a provider bug).
-    """
-    ex = Expansion()
-    # Providers share one dimensions dict among the records of a group: sort each distinct dict once. (The
-    # records hold the dicts alive for this whole call, so their ids are stable keys.)
-    sorted_dims: dict[int, tuple[tuple[str, str], ...]] = {}
-    for r in result.usage:
-        dims: tuple[tuple[str, str], ...] = ()
-        if r.dimensions:
-            dims = sorted_dims.get(id(r.dimensions)) or sorted_dims.setdefault(
-                id(r.dimensions), tuple(sorted(r.dimensions.items())))
-        ident = (r.provider, r.model, r.operation, r.tenancy_id, r.tenant or tenant, dims)
-        ex.usage_idents.append(ident)
-        if ident not in ex.usage_keys:
-            base = {
-                "gen_ai.provider.name": r.provider,
-                "llm.tenancy.id": r.tenancy_id,
-                "llm.tenant": r.tenant or tenant,
-                **dict(dims),
-            }
-            if r.model:  # measures that belong to no model (e.g. Claude Code sessions) leave these out
-                base["gen_ai.request.model"] = r.model
-            if r.operation:
-                base["gen_ai.operation.name"] = r.operation
-            by_type: list[tuple[str, tuple[str, str]]] = [
-                (t, (METRIC_TOKENS, canonical_attrs({**base, "gen_ai.token.type": t}))) for t in TOKEN_TYPES
-            ]
-            ex.usage_keys[ident] = (by_type, (METRIC_REQUESTS, canonical_attrs(base)))
-            ex.usage_bases[ident] = base
-        for metric in r.measures:
-            if metric not in MEASURE_OF_METRIC and metric not in LEVEL_METRICS:
-                # a provider bug, not a storage failure: the scheduler counts it as bad_response
-                raise ValueError(f"unknown measure {metric!r} in a usage record (not a usage counter or level)")
-            if (ident, metric) not in ex.measure_keys:
-                ex.measure_keys[(ident, metric)] = (metric, canonical_attrs(ex.usage_bases[ident]))
-    for c in result.costs:
-        dims = tuple(sorted(c.dimensions.items())) if c.dimensions else ()
-        currency = c.currency.upper()
-        cost_ident = (c.provider, c.tenancy_id, c.tenant or tenant, c.model, c.line_item, currency, dims)
-        ex.cost_idents.append(cost_ident)
-        if cost_ident not in ex.cost_keys:
-            base = {
-                "gen_ai.provider.name": c.provider,
-                "llm.tenancy.id": c.tenancy_id,
-                "llm.tenant": c.tenant or tenant,
-                **dict(dims),
-            }
-            if c.model:
-                base["gen_ai.request.model"] = c.model
-            if c.line_item:
-                base["llm.cost.line_item"] = c.line_item
+    def measure(self, ident: UsageIdent, metric: str) -> SeriesKey:
+        """The series of another usage measure (``UsageRecord.measures``): the record's attributes, its metric.
+
+        Raises ``ValueError`` for a measure that is neither a usage counter nor a level (a provider bug).
+        """
+        key = self.measure_keys.get((ident, metric))
+        if key is None:
+            check_measure(metric)
+            key = (metric, canonical_attrs(_usage_base(ident)))
+            self._room(self.measure_keys)
+            self.measure_keys[(ident, metric)] = key
+        return key
+
+    def cost(self, ident: CostIdent) -> SeriesKey:
+        """The money series of a cost identity (USD in ``llm.usage.cost``, other currencies in their own)."""
+        key = self.cost_keys.get(ident)
+        if key is None:
+            currency = ident[5]
+            base = _cost_base(ident)
             if currency != "USD":
                 base[CURRENCY_ATTR] = currency
-            metric = METRIC_COST if currency == "USD" else METRIC_COST_NON_USD
-            ex.cost_keys[cost_ident] = (metric, canonical_attrs(base))
-        if c.quantity is not None and (cost_ident, c.quantity_unit or "") not in ex.quantity_keys:
-            # What was billed for the money, per unit: the cost series' attributes (less currency) and the unit.
-            quantity_attrs = {k: v for k, v in json.loads(ex.cost_keys[cost_ident][1]).items() if k != CURRENCY_ATTR}
-            quantity_attrs["llm.cost.quantity_unit"] = c.quantity_unit or "unknown"
-            ex.quantity_keys[(cost_ident, c.quantity_unit or "")] = (
-                METRIC_BILLED_QUANTITY, canonical_attrs(quantity_attrs))
-    return ex
+            key = (METRIC_COST if currency == "USD" else METRIC_COST_NON_USD, canonical_attrs(base))
+            self._room(self.cost_keys)
+            self.cost_keys[ident] = key
+        return key
+
+    def quantity(self, ident: CostIdent, unit: str | None) -> SeriesKey:
+        """What was billed for the money, per unit: the cost series' attributes (less currency) and the unit."""
+        key = self.quantity_keys.get((ident, unit or ""))
+        if key is None:
+            attrs = _cost_base(ident)
+            attrs["llm.cost.quantity_unit"] = unit or "unknown"
+            key = (METRIC_BILLED_QUANTITY, canonical_attrs(attrs))
+            self._room(self.quantity_keys)
+            self.quantity_keys[(ident, unit or "")] = key
+        return key
 
 
+def check_measure(metric: str) -> None:
+    """Refuse a measure that is neither a usage counter nor a level: a provider bug, not a storage failure
+    (the scheduler counts it as ``bad_response``)."""
+    if metric not in MEASURE_OF_METRIC and metric not in LEVEL_METRICS:
+        raise ValueError(f"unknown measure {metric!r} in a usage record (not a usage counter or level)")
+
+
+def usage_ident(r: UsageRecord, tenant: str) -> UsageIdent:
+    """The identity of a usage record's series set (``tenant`` when the record names none)."""
+    dims = tuple(sorted(r.dimensions.items())) if r.dimensions else ()
+    return (r.provider, r.model, r.operation, r.tenancy_id, r.tenant or tenant, dims)
+
+
+def cost_ident(c: CostRecord, tenant: str) -> CostIdent:
+    """The identity of a cost record's series (``tenant`` when the record names none)."""
+    dims = tuple(sorted(c.dimensions.items())) if c.dimensions else ()
+    return (c.provider, c.tenancy_id, c.tenant or tenant, c.model, c.line_item, c.currency.upper(), dims)
+
+
+def _usage_base(ident: UsageIdent) -> dict[str, str]:
+    provider, model, operation, tenancy, tenant, dims = ident
+    base = {"gen_ai.provider.name": provider, "llm.tenancy.id": tenancy, "llm.tenant": tenant, **dict(dims)}
+    if model:  # measures that belong to no model (e.g. Claude Code sessions) leave these out
+        base["gen_ai.request.model"] = model
+    if operation:
+        base["gen_ai.operation.name"] = operation
+    return base
+
+
+def _cost_base(ident: CostIdent) -> dict[str, str]:
+    provider, tenancy, tenant, model, line_item, _currency, dims = ident
+    base = {"gen_ai.provider.name": provider, "llm.tenancy.id": tenancy, "llm.tenant": tenant, **dict(dims)}
+    if model:
+        base["gen_ai.request.model"] = model
+    if line_item:
+        base["llm.cost.line_item"] = line_item
+    return base

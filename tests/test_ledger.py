@@ -293,3 +293,97 @@ def test_rollup_readers_return_typed_rows(ledger: Ledger) -> None:
     assert [(r.hour, r.value) for r in at if r.value] == [(H, 1)]
     instance, metric, _attrs, value = ledger.rollup_sums_between(0, H, [METRIC_TOKENS])[0]  # still unpacks
     assert (instance, metric) == ("demo/a", METRIC_TOKENS) and value in (5, 2, 0)
+
+
+def test_a_width_change_is_found_by_the_series_own_widths_not_the_widest_in_the_ledger(ledger: Ledger) -> None:
+    """The overlap check reads each series' own buckets (no ``max(bucket_width)`` over the whole ledger): a
+    series with daily buckets beside it must not hide, nor stand in for, the widths of the one that changes."""
+    other = [usage(d * D, D, inp=1000, model="daily") for d in range(3)]  # the widest buckets: another series
+    hourly = [usage(h * H, inp=10 + h) for h in range(24)]
+    ledger.apply("demo", PollResult(usage=other + hourly))
+    hourly_sum = sum(10 + h for h in range(24))
+    ledger.apply("demo", PollResult(usage=[usage(0, D, inp=hourly_sum + 5)]))  # coarser replaces the hours
+    ledger.apply("demo", PollResult(usage=[usage(D, D, inp=50)]))  # the (now mixed) series' next day
+    # Back to hourly inside day 2: found through the mixed series' own widest bucket, refined, not re-counted.
+    ledger.apply("demo", PollResult(usage=[usage(D, inp=30), usage(D + H, inp=15)]))
+    ledger.apply("demo", PollResult(usage=[usage(D, inp=30), usage(D + H, inp=15), usage(D + 2 * H, inp=20)]))
+    inputs = {json.loads(s.attrs)["gen_ai.request.model"]: s.total for s in ledger.snapshot().series
+              if s.metric == METRIC_TOKENS and json.loads(s.attrs)["gen_ai.token.type"] == "input"}
+    assert inputs == {"daily": 3000, "m1": hourly_sum + 5 + 65}
+    assert totals(ledger)[(METRIC_TOKENS, "input")][1] == 0  # nothing shrank on the way
+
+
+def test_no_apply_statement_scans_the_buckets_or_refined_tables(ledger: Ledger) -> None:
+    """Every statement a poll runs (new series, re-reads, growth, a width change, pruning) reads ``buckets``
+    and ``refined`` by key, so an apply costs the same in a ledger of any size (EXPLAIN QUERY PLAN)."""
+    statements: list[str] = []
+    ledger._conn.set_trace_callback(statements.append)
+    ledger.apply("demo", PollResult(usage=[usage(h * H, inp=h + 1) for h in range(48)]))
+    ledger.apply("demo", PollResult(usage=[usage(h * H, inp=h + 2) for h in range(40, 48)]))
+    ledger.apply("demo", PollResult(usage=[usage(D, D, inp=10_000)]))  # a width change
+    ledger.apply("demo", PollResult(usage=[usage(D + 3 * H, 60, inp=1)]), prune_before=D)
+    ledger._conn.set_trace_callback(None)
+    scans = []
+    for sql in dict.fromkeys(statements):
+        if not any(t in sql for t in ("buckets", "refined")) or sql.lstrip().upper().startswith(("BEGIN", "COMMIT")):
+            continue
+        for row in ledger._conn.execute("EXPLAIN QUERY PLAN " + sql):
+            detail = row[3]
+            if detail.startswith("SCAN ") and detail.split()[1] in ("buckets", "refined", "b", "r"):
+                scans.append((detail, sql))
+    assert len(statements) > 50
+    assert scans == []
+
+
+def test_cached_series_ids_never_outlive_a_rolled_back_poll(ledger: Ledger) -> None:
+    """A failed poll's new series are rolled back; their ids go to the next poll's series. The writer must not
+    keep the failed poll's ids: a later poll of the first series would land on the other's counters."""
+    bad = PollResult(usage=[usage(0, inp=3, model="first"), usage(H, inp=-1, model="first")])
+    with pytest.raises(LedgerError):
+        ledger.apply("demo", bad)
+    ledger.apply("demo", PollResult(usage=[usage(0, inp=100, model="second")]))  # takes the rolled-back ids
+    ledger.apply("demo", PollResult(usage=[usage(0, inp=3, model="first")]))
+    ledger.apply("demo", PollResult(usage=[usage(0, inp=7, model="first"), usage(0, inp=100, model="second")]))
+    by_model = {json.loads(s.attrs)["gen_ai.request.model"]: (s.id, s.total) for s in ledger.snapshot().series
+                if s.metric == METRIC_TOKENS and json.loads(s.attrs)["gen_ai.token.type"] == "input"}
+    assert {m: total for m, (_, total) in by_model.items()} == {"first": 7, "second": 100}
+    assert by_model["first"][0] != by_model["second"][0]
+
+
+def test_cached_series_ids_stay_right_after_pruning_and_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with Ledger(path) as led:
+        led.apply("demo", PollResult(usage=[usage(0, inp=5), usage(D, inp=6)]))
+        led.apply("demo", PollResult(usage=[usage(D, inp=6), usage(D + H, inp=1)]), prune_before=D)
+        assert led.counts()["buckets"] == 4  # input and output of the two hours of day 2
+        led.apply("demo", PollResult(usage=[usage(D + H, inp=4), usage(D + 2 * H, inp=2)]))
+        ids = {s.attrs: s.id for s in led.snapshot().series}
+    with Ledger(path) as led:  # a new writer: ids read from the file, the same series continue
+        led.apply("demo", PollResult(usage=[usage(D + 2 * H, inp=3), usage(0, inp=50)]))
+        assert {s.attrs: s.id for s in led.snapshot().series} == ids
+        assert totals(led)[(METRIC_TOKENS, "input")] == (5 + 6 + 4 + 3, 0)
+
+
+def test_a_poll_larger_than_one_range_is_applied_exactly(tmp_path: Path) -> None:
+    """Points are staged in slices and applied in ranges of whole series: a poll spanning many of each, with
+    parts of one bucket far apart in the poll, counts exactly what one small poll would."""
+    from otel_llm_receiver.ledger import writer
+
+    records = [usage(h * H, inp=h + m, out=1, model=f"m{m}") for h in range(60) for m in range(40)]
+    parts = [usage(0, inp=1000, model=f"m{m}") for m in range(40)]  # a second part of bucket 0 of each series
+    small, large = tmp_path / "small.db", tmp_path / "large.db"
+    with Ledger(small) as led:
+        led.apply("demo", PollResult(usage=records + parts))
+        led.apply("demo", PollResult(usage=[usage(59 * H, inp=1, model="m3")]))  # a shrink
+        expected = totals(led)
+    old = (writer.SLICE_POINTS, writer.RANGE_POINTS, writer.STAGE_ROWS)
+    writer.SLICE_POINTS, writer.RANGE_POINTS, writer.STAGE_ROWS = 97, 50, 7
+    try:
+        with Ledger(large) as led:
+            first = led.apply("demo", PollResult(usage=records + parts))
+            second = led.apply("demo", PollResult(usage=[usage(59 * H, inp=1, model="m3")]))
+            assert totals(led) == expected
+    finally:
+        writer.SLICE_POINTS, writer.RANGE_POINTS, writer.STAGE_ROWS = old
+    assert first.outcomes == {"new": 40 * 60 * 2} and second.outcomes == {"shrunk": 2}  # input and output
+    assert expected[(METRIC_TOKENS, "input")] == (sum(h + m for h in range(60) for m in range(40)) + 40_000, 61)

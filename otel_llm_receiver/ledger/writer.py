@@ -9,33 +9,90 @@ bucket, the last value seen, and turns each poll into differences against it:
 * a bucket that shrank adds nothing to ``total`` (counters never go down) and the shrink to ``adjustments``,
   so ``total - adjustments`` is exactly the sum of the latest bucket values (DESIGN.md invariant 1).
 
-One poll is one write transaction holding its records, names and cursor (invariant 2). The points come from
-the pure normalise step (``series.expand``); staging them in temp tables keyed like the ``buckets`` primary
-key, so an unchanged re-read costs one lookup, is this module's SQL.
+One poll is one write transaction holding its records, names and cursor (invariant 2). The series keys come
+from the pure normalise step (``series.SeriesKeys``, cached across polls); the points are staged in a temp table
+keyed like the ``buckets`` primary key, a slice at a time, and applied in ranges of whole series, so neither
+Python nor SQLite holds more than a slice of working lists beside the staged points, and an unchanged re-read
+costs one lookup.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Final
 
 from ..errors import LedgerError
 from ..model import PollResult, to_nanos
 from ..names import LEVEL_METRICS, METRIC_COST, METRIC_COST_ESTIMATED, METRIC_UNPRICED
-from ..series import Expansion, PricingPeriod, SeriesPricer, canonical_attrs, expand
+from ..series import (
+    CostIdent,
+    PricingPeriod,
+    SeriesKey,
+    SeriesKeys,
+    SeriesPricer,
+    UsageIdent,
+    canonical_attrs,
+    check_measure,
+)
 from .engine import Connection, LedgerEngine
 
 log = logging.getLogger("otel_llm_receiver.ledger")
 
+#: Points the planner hands over at a time (Python's working set: a list of this many 4-tuples).
+SLICE_POINTS: Final = 50_000
+#: Rows of one multi-row ``INSERT`` when staging: one statement per 250 points instead of one per point.
+STAGE_ROWS: Final = 250
+#: About this many staged points are applied at a time, in ranges of whole series (SQLite's working set).
+RANGE_POINTS: Final = 50_000
+MAX_ID: Final = 2**63 - 1
+MIN_ID: Final = -(2**63)
+
 SQL_SERIES_OF_INSTANCE = "SELECT id, metric, attrs FROM series WHERE instance = ?"
+SQL_NEW_SERIES_OF_INSTANCE = "SELECT id, metric, attrs FROM series WHERE id > ? AND instance = ?"
 SQL_INSERT_SERIES = """
 INSERT INTO series (instance, metric, attrs, start_time_ns, updated_ns) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (instance, metric, attrs) DO NOTHING"""
+
+# Every point of the poll, parts of one bucket summed on the way in, keyed like buckets: read back in key
+# order, each point finds its bucket's last value with one step of a join that walks both tables in order.
+SQL_CREATE_STAGED = """
+CREATE TEMP TABLE IF NOT EXISTS staged (
+    series_id    INTEGER NOT NULL,
+    bucket_start INTEGER NOT NULL,
+    bucket_width INTEGER NOT NULL,
+    value        INTEGER NOT NULL,
+    PRIMARY KEY (series_id, bucket_start, bucket_width)
+) WITHOUT ROWID"""
+SQL_CLEAR_STAGED = "DELETE FROM staged"
+SQL_STAGE_UPSERT = """
+ON CONFLICT (series_id, bucket_start, bucket_width) DO UPDATE SET value = value + excluded.value"""
+SQL_COUNT_STAGED = "SELECT count(*) FROM staged"
+# The first series id of the range after ``lo`` that starts more than RANGE_POINTS points further on.
+SQL_NEXT_RANGE = "SELECT series_id FROM staged WHERE series_id >= ? ORDER BY series_id LIMIT 1 OFFSET ?"
+# A rare fallback (SQLite gave new series other ids than predicted): staged points move to the real ids.
+SQL_CREATE_REMAP = """
+CREATE TEMP TABLE IF NOT EXISTS remap (old INTEGER PRIMARY KEY, new INTEGER NOT NULL)"""
+SQL_INSERT_REMAP = "INSERT INTO remap (old, new) VALUES (?, ?)"
+SQL_CREATE_MOVED = """
+CREATE TEMP TABLE IF NOT EXISTS moved (
+    series_id INTEGER NOT NULL, bucket_start INTEGER NOT NULL, bucket_width INTEGER NOT NULL,
+    value INTEGER NOT NULL)"""
+SQL_REMAP_STAGED = (
+    "INSERT INTO moved SELECT m.new, s.bucket_start, s.bucket_width, s.value "
+    "FROM staged AS s JOIN remap AS m ON m.old = s.series_id",
+    "DELETE FROM staged WHERE series_id IN (SELECT old FROM remap)",
+    "INSERT INTO staged SELECT * FROM moved WHERE true" + SQL_STAGE_UPSERT,
+    "DELETE FROM moved",
+    "DELETE FROM remap",
+)
 
 SQL_CREATE_INCOMING = """
 CREATE TEMP TABLE IF NOT EXISTS incoming (
@@ -49,60 +106,50 @@ CREATE TEMP TABLE IF NOT EXISTS incoming (
     -- In this order the per-(series, hour) aggregation and the bucket upsert read it without sorting.
     PRIMARY KEY (series_id, hour_start, bucket_start, bucket_width)
 ) WITHOUT ROWID"""
-SQL_CREATE_STAGED = """
-CREATE TEMP TABLE IF NOT EXISTS staged (
-    series_id    INTEGER NOT NULL,
-    bucket_start INTEGER NOT NULL,
-    bucket_width INTEGER NOT NULL,
-    value        INTEGER NOT NULL
-)"""
 SQL_CLEAR_INCOMING = "DELETE FROM incoming"
-SQL_CLEAR_STAGED = "DELETE FROM staged"
-# Points of series created by this very poll have no prior value: they go straight to incoming.
-SQL_STAGE_NEW_SERIES_POINT = """
-INSERT INTO incoming (series_id, hour_start, bucket_start, bucket_width, value, prior)
-VALUES (?1, ?2 - ?2 % 3600, ?2, ?3, ?4, NULL)"""
-SQL_STAGE_NEW_SERIES_POINT_SUMMED = SQL_STAGE_NEW_SERIES_POINT + """
-ON CONFLICT (series_id, hour_start, bucket_start, bucket_width) DO UPDATE SET value = value + excluded.value"""
-SQL_COUNT_STAGED = "SELECT count(*) FROM (SELECT 1 FROM staged GROUP BY series_id, bucket_start, bucket_width)"
-SQL_STAGE_POINT = "INSERT INTO staged (series_id, bucket_start, bucket_width, value) VALUES (?, ?, ?, ?)"
-# Keep only the points that changed, each with its prior value: an unchanged re-read (most of every poll)
-# costs one primary-key lookup and writes nothing further.
+# Keep only the points of one range of series that changed, each with its prior value: an unchanged re-read
+# (most of every poll) costs one step of the join and writes nothing further.
 SQL_KEEP_CHANGED = """
 INSERT INTO incoming (series_id, hour_start, bucket_start, bucket_width, value, prior)
 SELECT s.series_id, s.bucket_start - s.bucket_start % 3600, s.bucket_start, s.bucket_width, s.value, b.value
 FROM staged AS s LEFT JOIN buckets AS b
   ON b.series_id = s.series_id AND b.bucket_start = s.bucket_start AND b.bucket_width = s.bucket_width
-WHERE b.value IS NOT s.value"""
-# The same when some records of the poll are parts of one bucket (rows that normalize to the same series
-# and bucket): their values add up first.
-SQL_KEEP_CHANGED_SUMMED = """
+WHERE s.series_id >= :lo AND s.series_id <= :last AND b.value IS NOT s.value"""
+# Series created by this very poll have no buckets (their ids are above every id the ledger had): no join.
+SQL_KEEP_NEW = """
 INSERT INTO incoming (series_id, hour_start, bucket_start, bucket_width, value, prior)
-SELECT s.series_id, s.bucket_start - s.bucket_start % 3600, s.bucket_start, s.bucket_width, s.value, b.value
-FROM (SELECT series_id, bucket_start, bucket_width, sum(value) AS value FROM staged
-      GROUP BY series_id, bucket_start, bucket_width) AS s
-LEFT JOIN buckets AS b
-  ON b.series_id = s.series_id AND b.bucket_start = s.bucket_start AND b.bucket_width = s.bucket_width
-WHERE b.value IS NOT s.value"""
-SQL_MAX_WIDTH = "SELECT max(w) FROM (SELECT max(bucket_width) AS w FROM buckets UNION ALL SELECT max(bucket_width) FROM refined)"
-# A new bucket that overlaps a bucket of another width (or a refined region) is a bucket-width change.
-# Only points of series whose bucket width changed (or was ever mixed) can overlap buckets of another
-# width; for those, look for the overlap precisely. Every other point takes the set-based fast path.
+SELECT series_id, bucket_start - bucket_start % 3600, bucket_start, bucket_width, value, NULL
+FROM staged WHERE series_id >= :lo AND series_id <= :last"""
+# A new bucket that overlaps a bucket of another width (or a refined region) is a bucket-width change. Only
+# points of series whose bucket width differs from theirs (or was ever mixed) can; for those series, ``bounds``
+# holds the widest bucket they have, found by each series' own key range (never a scan of the whole ledger):
+# a series of one width has only buckets of that width, a mixed one is read in its own rows.
+SQL_CREATE_BOUNDS = """
+CREATE TEMP TABLE IF NOT EXISTS bounds (
+    series_id INTEGER PRIMARY KEY, width INTEGER NOT NULL, max_width INTEGER NOT NULL)"""
+SQL_CLEAR_BOUNDS = "DELETE FROM bounds"
+SQL_FILL_BOUNDS = """
+INSERT INTO bounds (series_id, width, max_width)
+SELECT s.id, s.bucket_width, CASE WHEN s.bucket_width > 0 THEN s.bucket_width ELSE max(
+           coalesce((SELECT max(b.bucket_width) FROM buckets AS b WHERE b.series_id = s.id), 0),
+           coalesce((SELECT max(r.bucket_width) FROM refined AS r WHERE r.series_id = s.id), 0)) END
+FROM series AS s
+WHERE s.id >= :lo AND s.id <= :last AND s.bucket_width IS NOT NULL
+  AND EXISTS (SELECT 1 FROM incoming AS i WHERE i.series_id = s.id AND i.bucket_width <> s.bucket_width)"""
 SQL_MARK_SLOW = """
 UPDATE incoming SET slow = 1
-WHERE incoming.series_id IN (
-    SELECT s.id FROM series AS s
-    WHERE s.id = incoming.series_id AND s.bucket_width IS NOT NULL AND s.bucket_width <> incoming.bucket_width)
+FROM bounds AS w
+WHERE incoming.series_id = w.series_id AND incoming.bucket_width <> w.width
 AND (
     EXISTS (SELECT 1 FROM buckets AS b
             WHERE b.series_id = incoming.series_id
-              AND b.bucket_start > incoming.bucket_start - :max_width
+              AND b.bucket_start > incoming.bucket_start - w.max_width
               AND b.bucket_start < incoming.bucket_start + incoming.bucket_width
               AND b.bucket_start + b.bucket_width > incoming.bucket_start
               AND (b.bucket_start <> incoming.bucket_start OR b.bucket_width <> incoming.bucket_width))
     OR EXISTS (SELECT 1 FROM refined AS r
             WHERE r.series_id = incoming.series_id
-              AND r.bucket_start > incoming.bucket_start - :max_width
+              AND r.bucket_start > incoming.bucket_start - w.max_width
               AND r.bucket_start < incoming.bucket_start + incoming.bucket_width
               AND r.bucket_start + r.bucket_width > incoming.bucket_start))"""
 SQL_FIND_INVALID = """
@@ -192,8 +239,6 @@ SELECT target_id, hour_start, net FROM priced WHERE net <> 0
 ON CONFLICT (series_id, hour_start) DO UPDATE SET value = value + excluded.value"""
 SQL_STAGE_SLOW_DELTA = """
 INSERT INTO deltas VALUES (?, ?, ?, ?, ?, 0, 0, 0, 0, 0)"""
-SQL_DELETE_PRICING_OF_INSTANCE = """
-DELETE FROM pricing WHERE series_id IN (SELECT id FROM series WHERE instance = ?)"""
 SQL_INSERT_PRICING = """
 INSERT INTO pricing (series_id, valid_from, valid_until, target_id, price, scale) VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (series_id, valid_from) DO UPDATE SET
@@ -204,9 +249,13 @@ SQL_PRICEABLE_SERIES = "SELECT id, instance, metric, attrs FROM series WHERE met
 #: pricer, which decides: tokens, requests, and any unit a price entry names).
 UNPRICEABLE_METRICS: Final = frozenset({METRIC_COST, METRIC_COST_ESTIMATED, METRIC_UNPRICED})
 SQL_MARK_MIXED = "UPDATE series SET bucket_width = 0 WHERE id = ?"
+# The widest bucket a slow point's series may have: what it had (bounds) or what this poll brings.
 SQL_SLOW_POINTS = """
-SELECT series_id, bucket_start, bucket_width, value, prior FROM incoming WHERE slow = 1
-ORDER BY series_id, bucket_width DESC, bucket_start"""
+SELECT i.series_id, i.bucket_start, i.bucket_width, i.value, i.prior,
+       max(w.max_width, (SELECT max(o.bucket_width) FROM incoming AS o WHERE o.series_id = i.series_id))
+FROM incoming AS i JOIN bounds AS w ON w.series_id = i.series_id
+WHERE i.slow = 1
+ORDER BY i.series_id, i.bucket_width DESC, i.bucket_start"""
 
 SQL_OVERLAPPING_BUCKETS = """
 SELECT bucket_start, bucket_width, value FROM buckets
@@ -261,101 +310,146 @@ class ApplyStats:
         return sum(self.outcomes.values())
 
 
-
-@dataclass(slots=True)
-class PointPlan:
-    rows: list[tuple[int, int, int, int]]  # (series_id, bucket_start, bucket_width, value)
-    pending: list[tuple[int, int, int, int]]  # points of series not in the ledger yet, with their new ids
-    new_ids: dict[tuple[str, str], int]  # series to create, in id order: the id SQLite will give each
-    rejected: int  # points before the pruned horizon
-    repeats: bool  # some record identity and bucket came twice (parts of one bucket to add up)
+Point = tuple[int, int, int, int]  # (series id, bucket start, bucket width, value)
+# A usage identity's series ids (None: not in the ledger yet) with their keys, per token type, then requests.
+_UsageEntry = tuple[tuple[tuple[str, int | None, SeriesKey], ...], int | None, SeriesKey]
 
 
-def plan_points(
-    result: PollResult, ex: Expansion, ids: dict[tuple[str, str], int], horizon: int, max_id: int = 0
-) -> PointPlan:
-    """Every point as ``(series id, start, width, value)``.
+class PointPlanner:
+    """A poll's records -> points ``(series id, start, width, value)``, handed over a slice at a time.
 
-    A series not in the ledger yet gets the id SQLite will assign it (``max_id`` + its rank among the new
-    series: ``INTEGER PRIMARY KEY`` rows inserted in order in one write transaction get consecutive ids), so
-    its points need no second pass to swap keys for ids; ``Ledger._apply`` checks the prediction and remaps if
-    it ever fails.
+    Why slices: a backfill can hold a million records; building every point (and every record's identity) in
+    lists first more than doubled the memory of the records themselves. The planner keeps only the current
+    slice, the identities it resolved (a few thousand) and the series it will create.
+
+    A series not in the ledger yet gets the id SQLite will assign it (``first_new_id`` + its rank among the
+    new series: ``INTEGER PRIMARY KEY`` rows inserted in order in one write transaction get consecutive ids),
+    so its points need no second pass; ``LedgerWriter`` checks the prediction and moves the points if it ever
+    fails. Pure: no database, the ids come in as a mapping.
     """
-    rows: list[tuple[int, int, int, int]] = []
-    pending: list[tuple[int, int, int, int]] = []
-    new_ids: dict[tuple[str, str], int] = {}
 
-    def new_id(key: tuple[str, str]) -> int:
-        sid = new_ids.get(key)
+    def __init__(
+        self, keys: SeriesKeys, ids: Mapping[SeriesKey, int], tenant: str, horizon: int, first_new_id: int,
+        *, id_step: int = 1, slice_points: int | None = None,
+    ) -> None:
+        self.keys, self.ids, self.tenant, self.horizon = keys, ids, tenant, horizon
+        self.first_new_id, self.id_step = first_new_id, id_step
+        self.slice_points = SLICE_POINTS if slice_points is None else slice_points
+        #: Series to create, in id order: the id each is expected to get.
+        self.new_ids: dict[SeriesKey, int] = {}
+        #: Points before the pruned horizon (already counted, no longer revisable).
+        self.rejected = 0
+
+    def _new_id(self, key: SeriesKey) -> int:
+        sid = self.new_ids.get(key)
         if sid is None:
-            sid = new_ids[key] = max_id + len(new_ids) + 1
+            sid = self.new_ids[key] = self.first_new_id + self.id_step * len(self.new_ids)
         return sid
 
-    append = rows.append
-    rejected = 0
-    seen: set[tuple[int, int, int]] = set()
-    repeats = False
-    usage_sids = {
-        ident: ([(t, key, ids.get(key)) for t, key in by_type], req, ids.get(req))
-        for ident, (by_type, req) in ex.usage_keys.items()
-    }
-    for r, ident in zip(result.usage, ex.usage_idents, strict=True):
-        start, width, tokens = r.bucket_start, r.bucket_width, r.tokens
-        if start < horizon:
-            rejected += len(tokens) + (r.requests is not None) + len(r.measures)
-            continue
-        entry = usage_sids[ident]
-        bucket = (id(entry), start, width)
-        if bucket in seen:
-            repeats = True
-        seen.add(bucket)
-        by_type_sids, req_key, req_sid = entry
-        creates_zero = not r.sparse  # a sparse record's zeros create no series (see UsageRecord)
-        for token_type, key, sid in by_type_sids:
-            value = tokens.get(token_type)
-            if value is not None:
-                if sid is None:
-                    if value or creates_zero:
-                        pending.append((new_ids.get(key) or new_id(key), start, width, value))
-                else:
-                    append((sid, start, width, value))
-        if r.requests is not None:
-            if req_sid is None:
-                if r.requests or creates_zero:
-                    pending.append((new_ids.get(req_key) or new_id(req_key), start, width, r.requests))
-            else:
-                append((req_sid, start, width, r.requests))
-        for metric, value in r.measures.items():
-            key = ex.measure_keys[(ident, metric)]
-            sid = ids.get(key)
-            if sid is None:
-                if value or creates_zero:
-                    pending.append((new_id(key), start, width, value))
-            else:
-                append((sid, start, width, value))
-    for c, ident in zip(result.costs, ex.cost_idents, strict=True):
-        if c.bucket_start < horizon:
-            rejected += 1 + (c.quantity is not None)
-            continue
-        key = ex.cost_keys[ident]
-        cost_bucket = (id(key), c.bucket_start, c.bucket_width)
-        if cost_bucket in seen:
-            repeats = True
-        seen.add(cost_bucket)
-        sid = ids.get(key)
-        if sid is None:
-            pending.append((new_id(key), c.bucket_start, c.bucket_width, to_nanos(c.amount)))
-        else:
-            append((sid, c.bucket_start, c.bucket_width, to_nanos(c.amount)))
-        if c.quantity is not None:
-            qkey = ex.quantity_keys[(ident, c.quantity_unit or "")]
-            qsid = ids.get(qkey)
-            if qsid is None:
-                pending.append((new_id(qkey), c.bucket_start, c.bucket_width, to_nanos(c.quantity)))
-            else:
-                append((qsid, c.bucket_start, c.bucket_width, to_nanos(c.quantity)))
-    return PointPlan(rows, pending, new_ids, rejected, repeats)
+    def _usage_entry(self, ident: UsageIdent) -> _UsageEntry:
+        keys, ids = self.keys.usage(ident), self.ids
+        return (tuple((t, ids.get(key), key) for t, key in keys.tokens), ids.get(keys.requests), keys.requests)
 
+    def slices(self, result: PollResult) -> Iterator[list[Point]]:
+        """The points of ``result``, ``slice_points`` (or a few more) at a time; the last slice may be short."""
+        rows: list[Point] = []
+        append = rows.append
+        limit = self.slice_points
+        horizon, tenant, ids, new_id = self.horizon, self.tenant, self.ids, self._new_id
+        entries: dict[UsageIdent, _UsageEntry] = {}
+        # Providers share one dimensions dict among the records of a group: sort each distinct dict once. (The
+        # records hold the dicts alive meanwhile, so their ids are stable keys; bounded, in case they do not.)
+        sorted_dims: dict[int, tuple[tuple[str, str], ...]] = {}
+        for r in result.usage:
+            d = r.dimensions
+            dims: tuple[tuple[str, str], ...] = ()
+            if d:
+                found = sorted_dims.get(id(d))
+                if found is None:
+                    if len(sorted_dims) >= 4096:
+                        sorted_dims.clear()
+                    found = sorted_dims[id(d)] = tuple(sorted(d.items()))
+                dims = found
+            ident = (r.provider, r.model, r.operation, r.tenancy_id, r.tenant or tenant, dims)
+            entry = entries.get(ident)
+            if entry is None:
+                entry = entries[ident] = self._usage_entry(ident)
+            measures = r.measures
+            if measures:
+                for metric in measures:
+                    check_measure(metric)
+            start = r.bucket_start
+            if start < horizon:
+                self.rejected += len(r.tokens) + (r.requests is not None) + len(measures)
+                continue
+            width, tokens = r.bucket_width, r.tokens
+            creates_zero = not r.sparse  # a sparse record's zeros create no series (see UsageRecord)
+            for token_type, sid, key in entry[0]:
+                value = tokens.get(token_type)
+                if value is not None:
+                    if sid is not None:
+                        append((sid, start, width, value))
+                    elif value or creates_zero:
+                        append((new_id(key), start, width, value))
+            requests = r.requests
+            if requests is not None:
+                sid = entry[1]
+                if sid is not None:
+                    append((sid, start, width, requests))
+                elif requests or creates_zero:
+                    append((new_id(entry[2]), start, width, requests))
+            if measures:
+                for metric, value in measures.items():
+                    key = self.keys.measure(ident, metric)
+                    sid = ids.get(key)
+                    if sid is not None:
+                        append((sid, start, width, value))
+                    elif value or creates_zero:
+                        append((new_id(key), start, width, value))
+            if len(rows) >= limit:
+                yield rows
+                rows = []
+                append = rows.append
+        cost_entries: dict[CostIdent, tuple[int | None, SeriesKey]] = {}
+        for c in result.costs:
+            cdims = tuple(sorted(c.dimensions.items())) if c.dimensions else ()
+            cident = (c.provider, c.tenancy_id, c.tenant or tenant, c.model, c.line_item, c.currency.upper(), cdims)
+            centry = cost_entries.get(cident)
+            if centry is None:
+                ckey = self.keys.cost(cident)
+                centry = cost_entries[cident] = (ids.get(ckey), ckey)
+            start, width = c.bucket_start, c.bucket_width
+            if start < horizon:
+                self.rejected += 1 + (c.quantity is not None)
+                continue
+            sid = centry[0]
+            append((new_id(centry[1]) if sid is None else sid, start, width, to_nanos(c.amount)))
+            if c.quantity is not None:
+                qkey = self.keys.quantity(cident, c.quantity_unit)
+                qsid = ids.get(qkey)
+                append((new_id(qkey) if qsid is None else qsid, start, width, to_nanos(c.quantity)))
+            if len(rows) >= limit:
+                yield rows
+                rows = []
+                append = rows.append
+        if rows:
+            yield rows
+
+
+@functools.lru_cache(maxsize=8)
+def _stage_sql(rows: int) -> str:
+    return "INSERT INTO staged VALUES " + ",".join(["(?,?,?,?)"] * rows) + SQL_STAGE_UPSERT
+
+
+def stage(tx: Connection, rows: Sequence[Point]) -> None:
+    """Add ``rows`` to ``staged`` (parts of one bucket add up), ``STAGE_ROWS`` points to a statement."""
+    flat = list(chain.from_iterable(rows))
+    step = STAGE_ROWS * 4
+    full = len(flat) - len(flat) % step
+    if full:
+        tx.executemany(_stage_sql(STAGE_ROWS), (flat[i:i + step] for i in range(0, full, step)))
+    if full < len(flat):
+        tx.execute(_stage_sql((len(flat) - full) // 4), flat[full:])
 
 
 class LedgerWriter(LedgerEngine):
@@ -363,7 +457,10 @@ class LedgerWriter(LedgerEngine):
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         super().__init__(path, readonly=readonly)
-        self._series_ids: dict[str, dict[tuple[str, str], int]] = {}
+        #: Series ids by key, per instance: dropped whenever a transaction fails (its new series do not exist).
+        self._series_ids: dict[str, dict[SeriesKey, int]] = {}
+        #: Record identity -> series keys, kept across polls (pure: never stale; see ``SeriesKeys``).
+        self._keys = SeriesKeys()
         self._pricer: SeriesPricer | None = None
 
     def pruned_before(self, instance: str) -> int:
@@ -465,84 +562,60 @@ class LedgerWriter(LedgerEngine):
     ) -> ApplyStats:
         stats = ApplyStats()
         with self._transaction() as tx:
-            tx.execute(SQL_CREATE_INCOMING)
-            tx.execute(SQL_CREATE_STAGED)
+            for create in (SQL_CREATE_STAGED, SQL_CREATE_INCOMING, SQL_CREATE_BOUNDS, SQL_CREATE_DELTAS,
+                           SQL_CREATE_PRICED):
+                tx.execute(create)
+            tx.execute(SQL_CLEAR_STAGED)
             tx.execute(SQL_CLEAR_INCOMING)
             ids = self._ids_for(tx, instance)
             horizon = self.pruned_before(instance)
-            max_id = tx.execute(SQL_MAX_SERIES_ID).fetchone()[0]
-            staged = plan_points(result, expand(result, tenant), ids, horizon, max_id)
-            rows, pending, rejected = staged.rows, staged.pending, staged.rejected
-            if rejected:
-                stats.outcomes["rejected"] = rejected
+            max_id = int(tx.execute(SQL_MAX_SERIES_ID).fetchone()[0])
+            # New series get max + 1, max + 2, ...; next to the largest possible id, placeholders below zero.
+            planner = (PointPlanner(self._keys, ids, tenant, horizon, max_id + 1) if max_id < 2**62
+                       else PointPlanner(self._keys, ids, tenant, horizon, -1, id_step=-1))
+            for rows in planner.slices(result):
+                stage(tx, rows)
+            if planner.rejected:
+                stats.outcomes["rejected"] = planner.rejected
                 log.info(
                     "%s: %d points for buckets before the pruned horizon %d were rejected "
-                    "(already counted, no longer revisable)", instance, rejected, horizon,
+                    "(already counted, no longer revisable)", instance, planner.rejected, horizon,
                 )
-            if rows:  # points of known series: keep those that changed, with their prior values
-                tx.executemany(SQL_STAGE_POINT, rows)
-                if staged.repeats:  # parts of one bucket in one poll add up
-                    changed = tx.execute(SQL_KEEP_CHANGED_SUMMED).rowcount
-                    distinct = tx.execute(SQL_COUNT_STAGED).fetchone()[0]
-                else:
-                    changed = tx.execute(SQL_KEEP_CHANGED).rowcount
-                    distinct = len(rows)
-                tx.execute(SQL_CLEAR_STAGED)
-                if distinct > changed:
-                    stats.outcomes["unchanged"] = distinct - changed
-            if pending:  # first points of new series: create the series, then stage the points as new
-                missing = staged.new_ids
+            if planner.new_ids:  # create the new series, then make sure their points carry their real ids
+                missing = planner.new_ids
                 tx.executemany(SQL_INSERT_SERIES, [(instance, m, a, now_ns, now_ns) for m, a in missing])
                 stats.series_created = len(missing)
-                ids = self._ids_for(tx, instance, refresh=True)
-                remap = {predicted: ids[key] for key, predicted in missing.items() if ids[key] != predicted}
+                ids = self._ids_after_insert(tx, instance, max_id, missing)
+                remap = [(predicted, ids[key]) for key, predicted in missing.items() if ids[key] != predicted]
                 if remap:  # SQLite chose other ids than max + 1, ... (never seen; correct either way)
-                    pending = [(remap.get(sid, sid), start, width, value) for sid, start, width, value in pending]
+                    tx.execute(SQL_CREATE_REMAP)
+                    tx.execute(SQL_CREATE_MOVED)
+                    tx.executemany(SQL_INSERT_REMAP, remap)
+                    for statement in SQL_REMAP_STAGED:
+                        tx.execute(statement)
                 self._price_series(tx, instance, [(ids[key], key[0], key[1]) for key in missing], now_ns)
-                tx.executemany(
-                    SQL_STAGE_NEW_SERIES_POINT_SUMMED if staged.repeats else SQL_STAGE_NEW_SERIES_POINT, pending
+            distinct = int(tx.execute(SQL_COUNT_STAGED).fetchone()[0])
+            changed = 0
+            shrunk: list[tuple[str, str, int, int]] = []
+            lo: int | None = MIN_ID
+            while lo is not None:
+                # A range of whole series holding about RANGE_POINTS points: every step below reads one
+                # series' points together, so applying range by range is the same as applying all at once.
+                row = tx.execute(SQL_NEXT_RANGE, (lo, RANGE_POINTS)).fetchone()
+                nxt = None if row is None else max(int(row[0]), lo + 1)
+                if lo <= max_id < 2**62 and (nxt is None or nxt > max_id + 1):
+                    nxt = max_id + 1  # ranges of new series only need no look-up of prior values
+                last = MAX_ID if nxt is None else nxt - 1
+                changed += self._apply_range(tx, instance, lo, last, lo > max_id, now_ns, stats, shrunk)
+                lo = nxt
+            if distinct > changed:
+                stats.outcomes["unchanged"] += distinct - changed
+            for metric, attrs, shrunk_points, amount in sorted(shrunk, key=lambda s: -s[3])[:5]:
+                log.warning(
+                    "%s: %d bucket(s) of %s %s shrank by %d in total (counted in llm.usage.adjustments)",
+                    instance, shrunk_points, metric, attrs, amount,
                 )
-            bad = tx.execute(SQL_FIND_INVALID).fetchone()
-            if bad is not None:
-                raise LedgerError(
-                    f"{instance}: {bad[0]} {bad[1]} has an invalid point: bucket start {bad[2]}, "
-                    f"width {bad[3]}s, value {bad[4]}; the poll was not applied"
-                )
-            max_width = tx.execute(SQL_MAX_WIDTH).fetchone()[0]
-            if max_width:
-                tx.execute(SQL_MARK_SLOW, {"max_width": max_width})
-            tx.execute(SQL_CREATE_DELTAS)
-            tx.execute(SQL_CLEAR_DELTAS)
-            tx.execute(SQL_FILL_DELTAS)
-            counts = tx.execute(SQL_COUNT_OUTCOMES).fetchone()
-            for outcome, count in zip(("new", "grown", "shrunk"), counts, strict=True):
-                if count:
-                    stats.outcomes[outcome] += count
-            if stats.outcomes["shrunk"]:
-                for metric, attrs, shrunk_points, amount in tx.execute(SQL_SHRUNK):
-                    if metric in LEVEL_METRICS:  # a level going down is news, not a correction
-                        continue
-                    log.warning(
-                        "%s: %d bucket(s) of %s %s shrank by %d in total (counted in llm.usage.adjustments)",
-                        instance, shrunk_points, metric, attrs, amount,
-                    )
-            tx.execute(SQL_APPLY_TOTALS, {"now": now_ns})
-            tx.execute(SQL_APPLY_ROLLUPS)
-            tx.execute(SQL_APPLY_BUCKETS)
-            tx.execute(SQL_CREATE_PRICED)
-            self._apply_priced(tx, instance, now_ns)
-            slow = tx.execute(SQL_SLOW_POINTS).fetchall()
-            if slow:
-                slow_deltas: list[tuple[int, int, int, int, int]] = []
-                for sid, start, width, value, prior in slow:
-                    outcome = self._apply_width_change(
-                        tx, instance, sid, start, width, value, prior, now_ns, slow_deltas)
-                    stats.outcomes[outcome] += 1
-                tx.execute(SQL_CLEAR_DELTAS)
-                tx.executemany(SQL_STAGE_SLOW_DELTA, slow_deltas)
-                self._apply_priced(tx, instance, now_ns)
-            tx.execute(SQL_CLEAR_INCOMING)
-            tx.execute(SQL_CLEAR_DELTAS)
+            tx.execute(SQL_CLEAR_STAGED)
 
             if result.names:
                 tx.executemany(
@@ -562,6 +635,60 @@ class LedgerWriter(LedgerEngine):
                 tx.execute(SQL_SET_HORIZON, (instance, prune_before))
         return stats
 
+    def _apply_range(
+        self, tx: Connection, instance: str, lo: int, last: int, all_new: bool, now_ns: int, stats: ApplyStats,
+        shrunk: list[tuple[str, str, int, int]],
+    ) -> int:
+        """Apply the staged points of series ``lo..last``; returns how many changed (incl. new and slow ones).
+
+        ``all_new``: every series of the range was created by this poll (its ids are above the ledger's
+        largest before it), so no point has a prior value to look up.
+        """
+        span = {"lo": lo, "last": last}
+        changed = int(tx.execute(SQL_KEEP_NEW if all_new else SQL_KEEP_CHANGED, span).rowcount)
+        if not changed:
+            return 0
+        bad = tx.execute(SQL_FIND_INVALID).fetchone()
+        if bad is not None:
+            raise LedgerError(
+                f"{instance}: {bad[0]} {bad[1]} has an invalid point: bucket start {bad[2]}, "
+                f"width {bad[3]}s, value {bad[4]}; the poll was not applied"
+            )
+        tx.execute(SQL_CLEAR_BOUNDS)
+        if not all_new and tx.execute(SQL_FILL_BOUNDS, span).rowcount:
+            tx.execute(SQL_MARK_SLOW)
+        tx.execute(SQL_CLEAR_DELTAS)
+        tx.execute(SQL_FILL_DELTAS)
+        counts = tx.execute(SQL_COUNT_OUTCOMES).fetchone()
+        for outcome, count in zip(("new", "grown", "shrunk"), counts, strict=True):
+            if count:
+                stats.outcomes[outcome] += count
+        if counts[2]:
+            shrunk.extend(
+                (metric, attrs, n, amount) for metric, attrs, n, amount in tx.execute(SQL_SHRUNK)
+                if metric not in LEVEL_METRICS  # a level going down is news, not a correction
+            )
+        tx.execute(SQL_APPLY_TOTALS, {"now": now_ns})
+        tx.execute(SQL_APPLY_ROLLUPS)
+        tx.execute(SQL_APPLY_BUCKETS)
+        self._apply_priced(tx, instance, now_ns)
+        slow = tx.execute(SQL_SLOW_POINTS).fetchall() if not all_new else []
+        if slow:
+            slow_deltas: list[tuple[int, int, int, int, int]] = []
+            widest: dict[int, int] = {}
+            for sid, start, width, value, prior, max_width in slow:
+                bound = max(widest.get(sid, 0), int(max_width or 0), width)
+                widest[sid] = bound
+                outcome = self._apply_width_change(
+                    tx, instance, sid, start, width, value, prior, bound, now_ns, slow_deltas)
+                stats.outcomes[outcome] += 1
+            tx.execute(SQL_CLEAR_DELTAS)
+            tx.executemany(SQL_STAGE_SLOW_DELTA, slow_deltas)
+            self._apply_priced(tx, instance, now_ns)
+        tx.execute(SQL_CLEAR_INCOMING)
+        tx.execute(SQL_CLEAR_DELTAS)
+        return changed
+
     def prune_rollups(self, before: int) -> int:
         """Drop hourly rollups older than ``before`` (storage.retention); returns rows removed."""
         with self._lock, self._transaction() as tx:
@@ -569,11 +696,23 @@ class LedgerWriter(LedgerEngine):
 
     def _ids_for(
         self, tx: Connection, instance: str, *, refresh: bool = False
-    ) -> dict[tuple[str, str], int]:
+    ) -> dict[SeriesKey, int]:
         ids = self._series_ids.get(instance)
         if ids is None or refresh:
             ids = {(m, a): i for i, m, a in tx.execute(SQL_SERIES_OF_INSTANCE, (instance,))}
             self._series_ids[instance] = ids
+        return ids
+
+    def _ids_after_insert(
+        self, tx: Connection, instance: str, max_id: int, inserted: Mapping[SeriesKey, int]
+    ) -> dict[SeriesKey, int]:
+        """The instance's ids once ``inserted`` were created: only the rows above ``max_id`` are read, unless
+        some were not there (SQLite picked other ids, or another writer made them): then all are read again."""
+        ids = self._ids_for(tx, instance)
+        for sid, metric, attrs in tx.execute(SQL_NEW_SERIES_OF_INSTANCE, (max_id, instance)):
+            ids[(metric, attrs)] = sid
+        if any(key not in ids for key in inserted):
+            ids = self._ids_for(tx, instance, refresh=True)
         return ids
 
     def _apply_width_change(
@@ -585,6 +724,7 @@ class LedgerWriter(LedgerEngine):
         width: int,
         value: int,
         prior: int | None,
+        max_width: int,
         now_ns: int,
         slow_deltas: list[tuple[int, int, int, int, int]],
     ) -> str:
@@ -593,10 +733,11 @@ class LedgerWriter(LedgerEngine):
         A coarser bucket replaces the finer ones it covers, counting only its difference from their sum.
         A finer bucket inside an already counted coarser one refines it: that region counts
         ``max(coarse value, sum of the finer buckets)``, so tokens are neither lost nor counted twice.
+        ``max_width`` is at least the widest bucket (or refined region) the series has: how far before
+        ``start`` an overlapping bucket can begin.
         """
         end = start + width
         tx.execute(SQL_MARK_MIXED, (sid,))
-        max_width = int(tx.execute(SQL_MAX_WIDTH).fetchone()[0] or width)
         lower = start - max(max_width, width)
         containing = tx.execute(SQL_CONTAINING_REFINED, (sid, lower, start, end)).fetchone()
         if containing is None:
