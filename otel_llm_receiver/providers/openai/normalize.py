@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -24,6 +25,7 @@ from ...errors import ResponseShapeError
 from ...model import MAX_COUNT, CostRecord, UsageRecord
 from ..descriptors import genai_name
 from .fields import count, decimal, flag, mapping, text
+from .records import new_usage_record
 
 PROVIDER = genai_name("openai")
 #: ``llm.tenancy.id`` when a row carries no project id although grouped by project (never seen; kept apart).
@@ -233,6 +235,7 @@ def completions(row: Mapping[str, Any], at: Row, notes: Notes) -> list[UsageReco
 
 
 _COUNT_FIELDS = (*_REQUIRED, *_OPTIONAL)
+_COUNTS_OF = itemgetter(*_COUNT_FIELDS)  # every count of the 2026 shape at once; KeyError when one is absent
 _INTS = frozenset({int})
 _INTS_OR_NULL = frozenset({int, type(None)})
 
@@ -248,7 +251,9 @@ def _plain_counts(values: tuple[Any, ...], required: int) -> bool:
         present = [v for v in values if v is not None]
     else:
         return False
-    return bool(min(present) >= 0 and max(present) <= MAX_COUNT)
+    # Each is at most MAX_COUNT when their sum is (a row whose sum is larger is left to the readers, which
+    # check each count on its own).
+    return bool(min(present) >= 0 and sum(present) <= MAX_COUNT)
 
 
 def completions_fast(
@@ -257,7 +262,10 @@ def completions_fast(
     """``completions`` for a row of an already validated group whose counts are plainly valid; None for anything
     else (a bad field, or an oddity to note: uncached disagreeing, modalities over their totals), which
     ``completions`` then decides. Same records as ``completions``, in the same order, with the same dicts."""
-    values: tuple[Any, ...] = tuple(map(row.get, _COUNT_FIELDS))
+    try:
+        values: tuple[Any, ...] = _COUNTS_OF(row)
+    except KeyError:  # the live 2025 shape leaves some out: absent is null
+        values = tuple(map(row.get, _COUNT_FIELDS))
     if not _plain_counts(values, 3):
         return None
     total_in, total_out, requests, cached, cache_write, uncached, a_in, a_cached, a_out, i_in, i_cached, i_out = values
@@ -282,19 +290,19 @@ def completions_fast(
         if cache_write is not None:
             text["cache_write"] = cache_write
     model, tenancy, by_modality = group.model, group.tenancy, group.by_modality
-    records = [UsageRecord(PROVIDER, model, "chat", tenancy, start, width, text, None, tenant,
+    records = [new_usage_record(PROVIDER, model, "chat", tenancy, start, width, text, None, tenant,
                            by_modality["text"], _NO_MEASURES, False)]
     if a_in is not None or a_cached is not None or a_out is not None:
         audio = ({"input": a_in or 0, "output": a_out or 0, "cache_read": a_cached or 0} if with_cached
                  else {"input": a_in or 0, "output": a_out or 0})
-        records.append(UsageRecord(PROVIDER, model, "chat", tenancy, start, width, audio, None, tenant,
+        records.append(new_usage_record(PROVIDER, model, "chat", tenancy, start, width, audio, None, tenant,
                                    by_modality["audio"], _NO_MEASURES, True))
     if i_in is not None or i_cached is not None or i_out is not None:
         image = ({"input": i_in or 0, "output": i_out or 0, "cache_read": i_cached or 0} if with_cached
                  else {"input": i_in or 0, "output": i_out or 0})
-        records.append(UsageRecord(PROVIDER, model, "chat", tenancy, start, width, image, None, tenant,
+        records.append(new_usage_record(PROVIDER, model, "chat", tenancy, start, width, image, None, tenant,
                                    by_modality["image"], _NO_MEASURES, True))
-    records.append(UsageRecord(PROVIDER, model, "chat", tenancy, start, width, _NO_TOKENS, requests, tenant,
+    records.append(new_usage_record(PROVIDER, model, "chat", tenancy, start, width, _NO_TOKENS, requests, tenant,
                                group.dims, _NO_MEASURES, False))
     return records
 
@@ -316,7 +324,7 @@ def input_tokens(operation: str) -> Mapper:
         if not (type(tokens) is int and type(requests) is int and 0 <= tokens <= MAX_COUNT
                 and 0 <= requests <= MAX_COUNT):
             return None
-        return [UsageRecord(PROVIDER, group.model, operation, group.tenancy, start, width, {"input": tokens},
+        return [new_usage_record(PROVIDER, group.model, operation, group.tenancy, start, width, {"input": tokens},
                             requests, tenant, group.dims, _NO_MEASURES, False)]
 
     return Mapper(normalize, fast)
@@ -343,7 +351,7 @@ def measure(
         values: tuple[Any, ...] = tuple(map(row.get, required))
         if not _plain_counts(values, len(values)):
             return None
-        return [UsageRecord(PROVIDER, group.model, operation, group.tenancy, start, width, _NO_TOKENS,
+        return [new_usage_record(PROVIDER, group.model, operation, group.tenancy, start, width, _NO_TOKENS,
                             values[1] if with_requests else None, tenant, _tool_dims(group, tool),
                             {metric: values[0]}, False)]
 

@@ -13,7 +13,8 @@ it exactly as before and names the bad field.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 from ...errors import ResponseShapeError
@@ -42,9 +43,11 @@ class UsageReader:
         self.notes = notes
         self.tenant = tenant
         self.keys = RowKeys(self.grouped)
-        # A row's group is its grouped fields' values plus project_id, which is validated whether grouped or not.
-        self._fields = self.grouped if "project_id" in self.group_set else (*self.grouped, "project_id")
-        self._key_length = len(self.grouped)
+        #: row -> the values of its grouped fields (its key in its bucket); KeyError when one is missing
+        self._key_of = _getter(self.grouped)
+        # A row's group is its key plus project_id, which is validated whether grouped or not.
+        self._whole = "project_id" in self.group_set
+        self._fields = self.grouped if self._whole else (*self.grouped, "project_id")
         #: (values of ``_fields``) -> the group of a row that was accepted whole by the reference mapping
         self._groups: dict[tuple[Any, ...], Group] = {}
 
@@ -52,21 +55,20 @@ class UsageReader:
         """Append the records of one bucket's ``results`` (JSON path ``where``) to ``out``; a repeated bucket, a
         repeated row key or any malformed row raises ``ResponseShapeError`` naming its path."""
         seen = self.keys.bucket(start, where)
-        expected, group_set, fields, groups = self.result_object, self.group_set, self._fields, self._groups
+        expected, key_of, whole, groups = self.result_object, self._key_of, self._whole, self._groups
         fast, width, tenant = self.mapper.fast, self.width, self.tenant
-        whole, length = len(fields) == self._key_length, self._key_length
         for j, row in enumerate(results):
-            if type(row) is dict and row.get("object") == expected and row.keys() >= group_set:
-                values = tuple(map(row.get, fields))
+            if type(row) is dict and row.get("object") == expected:
                 try:
-                    group = groups.get(values)
-                except TypeError:  # an unhashable (so wrong-typed) value: the reference names it
+                    key = key_of(row)
+                    group = groups.get(key if whole else (*key, row.get("project_id")))
+                except (KeyError, TypeError):  # a grouped field missing, or unhashable: the reference names it
                     group = None
-                if group is not None and set(map(type, values)) <= _GROUP_VALUE_TYPES:
+                if group is not None and set(map(type, key)) <= _GROUP_VALUE_TYPES:
                     records = fast(row, group, start, width, tenant)
                     if records is not None:
                         size = len(seen)
-                        seen.add(values if whole else values[:length])
+                        seen.add(key)
                         if len(seen) == size:
                             raise duplicate(self.grouped, row, f"{where}.results[{j}]")
                         out += records
@@ -84,3 +86,13 @@ class UsageReader:
         values = tuple(map(row.get, self._fields))
         if set(map(type, values)) <= _GROUP_VALUE_TYPES:
             self._groups[values] = group_of(row, at, self.notes)
+
+
+def _getter(fields: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """``row -> tuple(row[f] for f in fields)`` in one C call (``itemgetter``), a tuple whatever the count."""
+    if len(fields) >= 2:
+        return itemgetter(*fields)
+    if len(fields) == 1:
+        only = fields[0]
+        return lambda row: (row[only],)
+    return lambda row: ()
