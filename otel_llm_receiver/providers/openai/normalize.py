@@ -119,11 +119,12 @@ _MODALITIES = ("text", "audio", "image")
 def group_of(row: Mapping[str, Any], at: Row, notes: Notes) -> Group:
     """The row's ``Group``, validated once per distinct set of group-field values in a poll."""
     get = row.get
-    key = (at.grouped, *[get(f) for f in _GROUP_FIELDS])
+    # project_id is read whether grouped or not; a field not grouped by is not read (and may hold anything)
+    key: tuple[Any, ...] | None = (at.grouped, get("project_id"), *[get(f) for f in _GROUP_FIELDS if f in at.grouped])
     try:
         cached = notes.groups.get(key)
     except TypeError:  # an unhashable (so wrong-typed) group field: validation below names it
-        cached = None
+        cached, key = None, None
     if cached is not None:
         return cached
     path = at.path
@@ -143,7 +144,8 @@ def group_of(row: Mapping[str, Any], at: Row, notes: Notes) -> Group:
             if value is not None:
                 dims[attribute] = value
     group = Group(tenancy, model, dims, {m: {**dims, "llm.token.modality": m} for m in _MODALITIES})
-    notes.groups[key] = group
+    if key is not None:
+        notes.groups[key] = group
     return group
 
 
