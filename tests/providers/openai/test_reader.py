@@ -178,6 +178,16 @@ def test_a_bad_field_of_a_later_row_is_rejected_naming_its_path(change: dict[str
     assert found.startswith("rejected: completions page 1.data[1].results[1]")
 
 
+@pytest.mark.parametrize("shape", [FULL, LIVE_2025], ids=["2026", "live-2025"])
+def test_cached_tokens_over_the_input_of_a_later_row_are_rejected(shape: dict[str, Any]) -> None:
+    # without input_uncached_tokens (the live 2025 shape, or null) nothing else disagrees first
+    buckets = rows_of(shape, groups=2, hours=2)
+    buckets[1][1][1].update(input_cached_tokens=buckets[1][1][1]["input_tokens"] + 1, input_uncached_tokens=None)
+    found = assert_same(COMPLETIONS, GROUPED, buckets)
+    assert isinstance(found, str) and found.startswith("rejected: completions page 1.data[1].results[1]: ")
+    assert "exceed input_tokens" in found
+
+
 @pytest.mark.parametrize("field", ["project_id", "model", "batch"])
 def test_a_later_row_lacking_a_grouped_field_is_rejected(field: str) -> None:
     buckets = rows_of(FULL, groups=2, hours=2)
