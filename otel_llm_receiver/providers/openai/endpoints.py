@@ -7,11 +7,9 @@ Note the two result objects that do not follow the path: ``file_search_calls`` a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from ...model import UsageRecord
 from . import normalize as n
 
 #: Page ``limit`` maximum per bucket width, in buckets (spec: 1d max 31, 1h max 168, 1m max 1440).
@@ -21,9 +19,6 @@ COST_PAGE_LIMIT = 180
 
 _USER_DIMS = frozenset({"project_id", "user_id", "api_key_id", "model"})
 
-Normalizer = Callable[[Mapping[str, Any], n.Row, n.Notes], list[UsageRecord]]
-
-
 @dataclass(frozen=True)
 class UsageEndpoint:
     """One ``/v1/organization/usage/{name}`` type."""
@@ -31,7 +26,7 @@ class UsageEndpoint:
     name: str
     result_object: str
     group_fields: frozenset[str]  # what its group_by accepts
-    normalize: Normalizer
+    mapper: n.Mapper  # its rows -> records
     always_group: tuple[str, ...] = ()  # grouped whatever the dimensions say (they are bounded attributes)
 
     @property
@@ -42,7 +37,7 @@ class UsageEndpoint:
 USAGE_ENDPOINTS: tuple[UsageEndpoint, ...] = (
     UsageEndpoint(
         "completions", "organization.usage.completions.result",
-        _USER_DIMS | {"batch", "service_tier"}, n.completions,
+        _USER_DIMS | {"batch", "service_tier"}, n.COMPLETIONS,
     ),
     UsageEndpoint("embeddings", "organization.usage.embeddings.result", _USER_DIMS, n.input_tokens("embeddings")),
     UsageEndpoint("moderations", "organization.usage.moderations.result", _USER_DIMS, n.input_tokens("moderation")),

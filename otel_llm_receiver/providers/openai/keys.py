@@ -16,19 +16,25 @@ from ...errors import ResponseShapeError
 
 
 class RowKeys:
-    """The keys seen so far in one query's response (all its pages): bucket starts and (bucket, group) keys."""
+    """The keys seen so far in one query's response (all its pages): bucket starts and, per bucket, the group keys
+    of its rows (the values of the grouped fields, in ``grouped`` order)."""
 
     def __init__(self, grouped: Iterable[str]) -> None:
         self.grouped = tuple(grouped)
-        self._buckets: set[int] = set()
-        self._rows: set[tuple[Any, ...]] = set()
+        self._rows: dict[int, set[tuple[Any, ...]]] = {}
 
-    def bucket(self, start: int, path: str) -> None:
-        """Reject a bucket whose start was already seen in this response."""
-        if start in self._buckets:
+    def bucket(self, start: int, path: str) -> set[tuple[Any, ...]]:
+        """Reject a bucket whose start was already seen in this response; the set its rows' keys go into.
+
+        A caller that checks a row's grouped fields itself (``reader.UsageReader``) adds the row's key to this set
+        directly: ``row`` below and such callers share one set per bucket, so a repeat is caught either way.
+        """
+        if start in self._rows:
             raise ResponseShapeError(
                 f"{path}.start_time: bucket {start} appears twice in the response (would count twice)")
-        self._buckets.add(start)
+        seen: set[tuple[Any, ...]] = set()
+        self._rows[start] = seen
+        return seen
 
     def row(self, start: int, row: Mapping[str, Any], path: str) -> None:
         """Reject a row lacking a grouped field, or repeating the key of an earlier row of its bucket.
@@ -43,9 +49,14 @@ class RowKeys:
         if wrong:  # a field not otherwise read (e.g. the cost report's description) is still part of the key
             kind = type(row[wrong[0]]).__name__
             raise ResponseShapeError(f"{path}.{wrong[0]}: expected a string, boolean or null, got {kind}")
-        key = (start, *[row[g] for g in self.grouped])
-        if key in self._rows:
-            shown = ", ".join(f"{g}={row[g]!r}" for g in self.grouped)
-            raise ResponseShapeError(
-                f"{path}: a second row for the same group ({shown}) in one bucket (would count twice)")
-        self._rows.add(key)
+        key = tuple([row[g] for g in self.grouped])
+        seen = self._rows.setdefault(start, set())
+        if key in seen:
+            raise duplicate(self.grouped, row, path)
+        seen.add(key)
+
+
+def duplicate(grouped: tuple[str, ...], row: Mapping[str, Any], path: str) -> ResponseShapeError:
+    """The error for a row whose group key an earlier row of its bucket already had."""
+    shown = ", ".join(f"{g}={row[g]!r}" for g in grouped)
+    return ResponseShapeError(f"{path}: a second row for the same group ({shown}) in one bucket (would count twice)")

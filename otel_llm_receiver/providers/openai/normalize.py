@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -24,6 +25,7 @@ from ...errors import ResponseShapeError
 from ...model import MAX_COUNT, CostRecord, UsageRecord
 from ..descriptors import genai_name
 from .fields import count, decimal, flag, mapping, text
+from .records import new_usage_record
 
 PROVIDER = genai_name("openai")
 #: ``llm.tenancy.id`` when a row carries no project id although grouped by project (never seen; kept apart).
@@ -83,22 +85,46 @@ class Group:
     model: str
     dims: dict[str, str]
     by_modality: dict[str, dict[str, str]]  # dims plus llm.token.modality, per modality
+    variants: dict[str, dict[str, str]] = field(default_factory=dict)  # dims plus gen_ai.tool.name, per tool
 
 
+#: One row -> its records, validating every field (``ResponseShapeError`` naming the bad one).
+Normalizer = Callable[[Mapping[str, Any], Row, Notes], list[UsageRecord]]
+#: One row of a validated group -> its records, when every count is plainly valid; None: let the Normalizer decide.
+FastNormalizer = Callable[[Mapping[str, Any], Group, int, int, str | None], list[UsageRecord] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Mapper:
+    """How the rows of one usage type become records (the mapping table of docs/providers/openai.md).
+
+    ``row`` is the reference: it validates every field and raises naming the one that is wrong. ``fast`` maps
+    the common case, a row of a group already seen whose counts are plainly valid, with a few C-level checks
+    instead of one reader per field; it returns None for anything else, and ``row`` decides. Both give the same
+    records for the same row (``tests/providers/openai/test_reader.py`` holds them to it).
+    """
+
+    row: Normalizer
+    fast: FastNormalizer
+
+
+_NO_TOKENS: Mapping[str, int] = MappingProxyType({})  # shared, read-only
+_NO_MEASURES: Mapping[str, int] = MappingProxyType({})
 _GROUP_FIELDS = ("project_id", "model", "batch", "service_tier", "api_key_id", "user_id", "size", "source")
 _TEXT_DIMS = (("service_tier", "llm.service_tier"), ("api_key_id", "llm.api_key.id"), ("user_id", "llm.user.id"),
               ("size", "llm.image.size"), ("source", "llm.image.source"))
 _MODALITIES = ("text", "audio", "image")
 
 
-def _group(row: Mapping[str, Any], at: Row, notes: Notes) -> Group:
+def group_of(row: Mapping[str, Any], at: Row, notes: Notes) -> Group:
     """The row's ``Group``, validated once per distinct set of group-field values in a poll."""
     get = row.get
-    key = (at.grouped, *[get(f) for f in _GROUP_FIELDS])
+    # project_id is read whether grouped or not; a field not grouped by is not read (and may hold anything)
+    key: tuple[Any, ...] | None = (at.grouped, get("project_id"), *[get(f) for f in _GROUP_FIELDS if f in at.grouped])
     try:
         cached = notes.groups.get(key)
     except TypeError:  # an unhashable (so wrong-typed) group field: validation below names it
-        cached = None
+        cached, key = None, None
     if cached is not None:
         return cached
     path = at.path
@@ -118,7 +144,8 @@ def _group(row: Mapping[str, Any], at: Row, notes: Notes) -> Group:
             if value is not None:
                 dims[attribute] = value
     group = Group(tenancy, model, dims, {m: {**dims, "llm.token.modality": m} for m in _MODALITIES})
-    notes.groups[key] = group
+    if key is not None:
+        notes.groups[key] = group
     return group
 
 
@@ -128,8 +155,8 @@ def _record(
     sparse: bool = False,
 ) -> UsageRecord:
     return UsageRecord(
-        PROVIDER, group.model, operation, group.tenancy, at.bucket_start, at.bucket_width, tokens or {},
-        requests, at.tenant, dims, measures or {}, sparse,
+        PROVIDER, group.model, operation, group.tenancy, at.bucket_start, at.bucket_width, tokens or _NO_TOKENS,
+        requests, at.tenant, dims, measures or _NO_MEASURES, sparse,
     )
 
 
@@ -138,33 +165,20 @@ _REQUIRED = ("input_tokens", "output_tokens", "num_model_requests")
 _OPTIONAL = ("input_cached_tokens", "input_cache_write_tokens", "input_uncached_tokens",
              "input_audio_tokens", "input_cached_audio_tokens", "output_audio_tokens",
              "input_image_tokens", "input_cached_image_tokens", "output_image_tokens")
-_NO_TOKENS: Mapping[str, int] = MappingProxyType({})  # shared, read-only
-_NO_MEASURES: Mapping[str, int] = MappingProxyType({})
 _NEW_SHAPE_FIELDS = ("input_uncached_tokens", "input_text_tokens", "input_cached_text_tokens",
                      "input_cached_audio_tokens", "input_cached_image_tokens")
 
 
-def _counts_ok(values: tuple[Any, ...], required: bool) -> bool:
-    """The fast check of many counts at once; on failure the slow readers name the bad field."""
-    for v in values:
-        if v is None:
-            if required:
-                return False
-        elif type(v) is not int or v < 0 or v > MAX_COUNT:
-            return False
-    return True
-
-
 def completions(row: Mapping[str, Any], at: Row, notes: Notes) -> list[UsageRecord]:
-    """Tokens by type and modality, and requests, of one completions result."""
+    """Tokens by type and modality, and requests, of one completions result.
+
+    The reference mapping: every field is read through the validating readers, so a wrong one raises naming its
+    path. ``reader.UsageReader`` takes it for the first row of each group and for any row the fast mapping
+    (``completions_fast``) declines; both give the same records for the same row.
+    """
     get = row.get
-    required: tuple[Any, ...] = (get("input_tokens"), get("output_tokens"), get("num_model_requests"))
-    optional: tuple[Any, ...] = tuple(get(k) for k in _OPTIONAL)
-    if not (_counts_ok(required, True) and _counts_ok(optional, False)):
-        for key in _REQUIRED:
-            count(row, key, at.path, required=True)
-        for key in _OPTIONAL:
-            count(row, key, at.path)
+    required: tuple[Any, ...] = tuple(count(row, key, at.path, required=True) for key in _REQUIRED)
+    optional: tuple[Any, ...] = tuple(count(row, key, at.path) for key in _OPTIONAL)
     total_in, total_out, requests = required
     cached, cache_write, uncached, a_in, a_cached, a_out, i_in, i_cached, i_out = optional
     derived = total_in - (cached or 0) - (cache_write or 0)
@@ -175,7 +189,7 @@ def completions(row: Mapping[str, Any], at: Row, notes: Notes) -> list[UsageReco
         )
     if uncached is not None and uncached != derived:
         notes.uncached_disagrees += 1
-    group = _group(row, at, notes)
+    group = group_of(row, at, notes)
 
     # The full partition first: it is what the totals must equal, whatever the modalities say.
     partition = {"input": derived, "output": total_out}
@@ -222,35 +236,142 @@ def completions(row: Mapping[str, Any], at: Row, notes: Notes) -> list[UsageReco
     return records
 
 
+_COUNT_FIELDS = (*_REQUIRED, *_OPTIONAL)
+_COUNTS_OF = itemgetter(*_COUNT_FIELDS)  # every count of the 2026 shape at once; KeyError when one is absent
+_INTS = frozenset({int})
+_INTS_OR_NULL = frozenset({int, type(None)})
+
+
+def _plain_counts(values: tuple[Any, ...], required: int) -> bool:
+    """True when every value is an int from 0 to ``MAX_COUNT`` (the first ``required`` ones present, the rest
+    possibly null): the whole check of a row's counts in a few C-level passes. False sends the row to the
+    validating readers, which name the field that is wrong."""
+    kinds = set(map(type, values))
+    if kinds == _INTS:
+        present: tuple[int, ...] | list[int] = values
+    elif kinds == _INTS_OR_NULL and None not in values[:required]:
+        present = [v for v in values if v is not None]
+    else:
+        return False
+    # Each is at most MAX_COUNT when their sum is (a row whose sum is larger is left to the readers, which
+    # check each count on its own).
+    return bool(min(present) >= 0 and sum(present) <= MAX_COUNT)
+
+
+def completions_fast(
+    row: Mapping[str, Any], group: Group, start: int, width: int, tenant: str | None
+) -> list[UsageRecord] | None:
+    """``completions`` for a row of an already validated group whose counts are plainly valid; None for anything
+    else (a bad field, or an oddity to note: uncached disagreeing, modalities over their totals), which
+    ``completions`` then decides. Same records as ``completions``, in the same order, with the same dicts."""
+    try:
+        values: tuple[Any, ...] = _COUNTS_OF(row)
+    except KeyError:  # the live 2025 shape leaves some out: absent is null
+        values = tuple(map(row.get, _COUNT_FIELDS))
+    if not _plain_counts(values, 3):
+        return None
+    total_in, total_out, requests, cached, cache_write, uncached, a_in, a_cached, a_out, i_in, i_cached, i_out = values
+    derived = total_in - (cached or 0) - (cache_write or 0)
+    if derived < 0 or (uncached is not None and uncached != derived):
+        return None
+    # As in ``completions``: text is what the audio and image parts leave of the partition.
+    with_cached = cached is not None and (
+        uncached is not None or a_cached is not None or i_cached is not None
+        or row.get("input_text_tokens") is not None or row.get("input_cached_text_tokens") is not None)
+    text_in = derived - (a_in or 0) - (i_in or 0)
+    text_out = total_out - (a_out or 0) - (i_out or 0)
+    text_cached = cached - (a_cached or 0) - (i_cached or 0) if with_cached else cached
+    if text_in < 0 or text_out < 0 or (text_cached is not None and text_cached < 0):
+        return None  # a modality over its totals: counted as text by ``completions``, and noted
+    if cached is not None and cache_write is not None:
+        text = {"input": text_in, "output": text_out, "cache_read": text_cached, "cache_write": cache_write}
+    else:
+        text = {"input": text_in, "output": text_out}
+        if cached is not None:
+            text["cache_read"] = text_cached
+        if cache_write is not None:
+            text["cache_write"] = cache_write
+    model, tenancy, by_modality = group.model, group.tenancy, group.by_modality
+    records = [new_usage_record(PROVIDER, model, "chat", tenancy, start, width, text, None, tenant,
+                           by_modality["text"], _NO_MEASURES, False)]
+    if a_in is not None or a_cached is not None or a_out is not None:
+        audio = ({"input": a_in or 0, "output": a_out or 0, "cache_read": a_cached or 0} if with_cached
+                 else {"input": a_in or 0, "output": a_out or 0})
+        records.append(new_usage_record(PROVIDER, model, "chat", tenancy, start, width, audio, None, tenant,
+                                   by_modality["audio"], _NO_MEASURES, True))
+    if i_in is not None or i_cached is not None or i_out is not None:
+        image = ({"input": i_in or 0, "output": i_out or 0, "cache_read": i_cached or 0} if with_cached
+                 else {"input": i_in or 0, "output": i_out or 0})
+        records.append(new_usage_record(PROVIDER, model, "chat", tenancy, start, width, image, None, tenant,
+                                   by_modality["image"], _NO_MEASURES, True))
+    records.append(new_usage_record(PROVIDER, model, "chat", tenancy, start, width, _NO_TOKENS, requests, tenant,
+                               group.dims, _NO_MEASURES, False))
+    return records
+
+
 # ------------------------------------------------------------------------------------- the other usage types
-def input_tokens(operation: str) -> Callable[[Mapping[str, Any], Row, Notes], list[UsageRecord]]:
+def input_tokens(operation: str) -> Mapper:
     """Embeddings and moderations: input tokens and requests."""
 
     def normalize(row: Mapping[str, Any], at: Row, notes: Notes) -> list[UsageRecord]:
         tokens = count(row, "input_tokens", at.path, required=True) or 0
         requests = count(row, "num_model_requests", at.path, required=True)
-        group = _group(row, at, notes)
+        group = group_of(row, at, notes)
         return [_record(at, group, operation, group.dims, tokens={"input": tokens}, requests=requests)]
 
-    return normalize
+    def fast(
+        row: Mapping[str, Any], group: Group, start: int, width: int, tenant: str | None
+    ) -> list[UsageRecord] | None:
+        tokens, requests = row.get("input_tokens"), row.get("num_model_requests")
+        if not (type(tokens) is int and type(requests) is int and 0 <= tokens <= MAX_COUNT
+                and 0 <= requests <= MAX_COUNT):
+            return None
+        return [new_usage_record(PROVIDER, group.model, operation, group.tenancy, start, width, {"input": tokens},
+                            requests, tenant, group.dims, _NO_MEASURES, False)]
+
+    return Mapper(normalize, fast)
 
 
 def measure(
     operation: str, source_field: str, metric: str, *, with_requests: bool = True, tool: str | None = None,
     also_required: tuple[str, ...] = (),
-) -> Callable[[Mapping[str, Any], Row, Notes], list[UsageRecord]]:
+) -> Mapper:
     """A usage type with one measure (images, characters, seconds, sessions, bytes, tool calls)."""
+    required = (source_field, *(("num_model_requests",) if with_requests else ()), *also_required)
 
     def normalize(row: Mapping[str, Any], at: Row, notes: Notes) -> list[UsageRecord]:
         value = count(row, source_field, at.path, required=True) or 0
         requests = count(row, "num_model_requests", at.path, required=True) if with_requests else None
         for key in also_required:
             count(row, key, at.path, required=True)
-        group = _group(row, at, notes)
-        dims = group.dims if tool is None else {**group.dims, "gen_ai.tool.name": tool}
-        return [_record(at, group, operation, dims, requests=requests, measures={metric: value})]
+        group = group_of(row, at, notes)
+        return [_record(at, group, operation, _tool_dims(group, tool), requests=requests, measures={metric: value})]
 
-    return normalize
+    def fast(
+        row: Mapping[str, Any], group: Group, start: int, width: int, tenant: str | None
+    ) -> list[UsageRecord] | None:
+        values: tuple[Any, ...] = tuple(map(row.get, required))
+        if not _plain_counts(values, len(values)):
+            return None
+        return [new_usage_record(PROVIDER, group.model, operation, group.tenancy, start, width, _NO_TOKENS,
+                            values[1] if with_requests else None, tenant, _tool_dims(group, tool),
+                            {metric: values[0]}, False)]
+
+    return Mapper(normalize, fast)
+
+
+def _tool_dims(group: Group, tool: str | None) -> dict[str, str]:
+    """The group's dimensions, plus ``gen_ai.tool.name`` for a tool's usage: one dict per group and tool, shared
+    by its records like every other dimensions dict."""
+    if tool is None:
+        return group.dims
+    dims = group.variants.get(tool)
+    if dims is None:
+        dims = group.variants[tool] = {**group.dims, "gen_ai.tool.name": tool}
+    return dims
+
+
+COMPLETIONS = Mapper(completions, completions_fast)
 
 
 # -------------------------------------------------------------------------------------------------- costs

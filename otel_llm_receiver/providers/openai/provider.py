@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping
+from contextlib import aclosing
 from typing import Any, ClassVar
 
 from ...chunks import reads_secondary, whole_window
@@ -47,6 +48,7 @@ from .fields import mapping
 from .keys import RowKeys
 from .normalize import ALL_PROJECTS, UNKNOWN_PROJECT, Notes, Row, cost
 from .options import BUCKET_WIDTHS, MAX_COST_LOOKBACK, OpenAIOptions
+from .reader import UsageReader
 
 log = logging.getLogger(__name__)
 
@@ -181,17 +183,21 @@ class OpenAIProvider(Provider):
         except ResponseShapeError as exc:
             raise ProviderError(f"bad response: {exc}", provider=self.name, error_type="bad_response") from None
 
-    async def _get_buckets(
+    async def _buckets(
         self, path: str, label: str, params: list[tuple[str, Any]], *, decimals: bool = False
-    ) -> list[pages.Bucket]:
+    ) -> AsyncGenerator[pages.Bucket, None]:
+        """Every bucket of one query, page after page, each page handed on as soon as it is read (so that it is
+        normalised and freed before the next one arrives: one page's JSON in memory at a time, not all)."""
         span = dict(params)  # counted in the backfill's progress before it waits its turn (CONCURRENCY)
         report_begin(label, span.get("start_time"), span.get("end_time"))
+        newest: int | None = None
         async with self._semaphore:
             try:
-                found = [b async for b in pages.buckets(self.client, path, label, params, decimals=decimals)]
-                if found:  # how current this endpoint is: the end of the newest bucket it returned
-                    self._source_ends[label] = max(b.end_time for b in found)
-                return found
+                async for bucket in pages.buckets(self.client, path, label, params, decimals=decimals):
+                    newest = bucket.end_time if newest is None else max(newest, bucket.end_time)
+                    yield bucket
+                if newest is not None:  # how current this endpoint is: the end of the newest bucket it returned
+                    self._source_ends[label] = newest
             except ProviderError as exc:
                 if exc.error_type == "auth":
                     raise ProviderError(str(exc) + _AUTH_HINT, provider=self.name, error_type="auth") from None
@@ -209,20 +215,11 @@ class OpenAIProvider(Provider):
         params += [("group_by", g) for g in grouped]
         params += [("project_ids", p) for p in self.project_ids]
         records: list[UsageRecord] = []
-        group_set = frozenset(grouped)
-        normalize = endpoint.normalize
-        expected = endpoint.result_object
-        keys = RowKeys(grouped)
-        for bucket in await self._get_buckets(endpoint.path, endpoint.name, params):
-            _check_bucket(bucket, start, width)
-            keys.bucket(bucket.start_time, bucket.path)
-            for j, row in enumerate(bucket.results):
-                at = Row(bucket.start_time, width, group_set, bucket.path, j)
-                if type(row) is not dict or row.get("object") != expected:
-                    found = mapping(row, at.path).get("object")
-                    raise ResponseShapeError(f"{at.path}.object: expected {expected!r}, got {found!r}")
-                records.extend(normalize(row, at, notes))
-                keys.row(bucket.start_time, row, at.path)
+        reader = UsageReader(endpoint.mapper, endpoint.result_object, grouped, width, notes)
+        async with aclosing(self._buckets(endpoint.path, endpoint.name, params)) as buckets:
+            async for bucket in buckets:
+                _check_bucket(bucket, start, width)
+                reader.bucket(bucket.start_time, bucket.results, bucket.path, records)
         return records
 
     async def _costs(self, start: int, end: int, notes: Notes) -> list[CostRecord]:
@@ -237,20 +234,21 @@ class OpenAIProvider(Provider):
         records: list[CostRecord] = []
         group_set = frozenset(grouped)
         keys = RowKeys(grouped)
-        for bucket in await self._get_buckets("/v1/organization/costs", "costs", params, decimals=True):
-            _check_bucket(bucket, start, DAY)
-            keys.bucket(bucket.start_time, bucket.path)
-            for j, raw in enumerate(bucket.results):
-                at = Row(bucket.start_time, DAY, group_set, bucket.path, j)
-                row = mapping(raw, at.path)
-                if row.get("object") != "organization.costs.result":
-                    raise ResponseShapeError(
-                        f"{at.path}.object: expected 'organization.costs.result', got {row.get('object')!r}"
-                    )
-                record = cost(row, at, notes)
-                keys.row(bucket.start_time, row, at.path)
-                if record is not None:
-                    records.append(record)
+        async with aclosing(self._buckets("/v1/organization/costs", "costs", params, decimals=True)) as buckets:
+            async for bucket in buckets:
+                _check_bucket(bucket, start, DAY)
+                keys.bucket(bucket.start_time, bucket.path)
+                for j, raw in enumerate(bucket.results):
+                    at = Row(bucket.start_time, DAY, group_set, bucket.path, j)
+                    row = mapping(raw, at.path)
+                    if row.get("object") != "organization.costs.result":
+                        raise ResponseShapeError(
+                            f"{at.path}.object: expected 'organization.costs.result', got {row.get('object')!r}"
+                        )
+                    record = cost(row, at, notes)
+                    keys.row(bucket.start_time, row, at.path)
+                    if record is not None:
+                        records.append(record)
         return records
 
     # -- names ---------------------------------------------------------------------------------------------------
