@@ -139,7 +139,7 @@ def test_a_page_corrupted_under_a_running_receiver_is_logged_counted_and_shown(
 
 
 def test_a_collector_outage_fails_readiness_after_the_window_never_liveness(tmp_path: Path, sink: OTLPSink) -> None:
-    receiver = Receiver(_config(tmp_path / "ledger.db", sink, export_failure_window="1s"))
+    receiver = Receiver(_config(tmp_path / "ledger.db", sink, export_failure_window="2s"))
     server = HealthServer("127.0.0.1:0", receiver.health_report).start()
     state = receiver.emitter.states[0]
 
@@ -148,9 +148,12 @@ def test_a_collector_outage_fails_readiness_after_the_window_never_liveness(tmp_
         run = asyncio.create_task(receiver.run_forever(stop))
         try:
             await _until(lambda: state.last_success_unix is not None and receiver.health.statuses()[0].polls > 0)
-            await _until(lambda: _get(server, "/ready")[0] == 200)
-            status, doc = await asyncio.to_thread(_get, server, "/health")
-            assert status == 200 and doc["export_failure_window_s"] == 1.0
+            # One reading taken when ready (on a loaded machine an export can outlast the 2 s window, so the
+            # document is read until it shows the exports succeeding, not once right after /ready).
+            healthy: list[tuple[int, dict[str, Any]]] = []
+            await _until(lambda: healthy.append(_get(server, "/health")) or healthy[-1][0] == 200)
+            status, doc = healthy[-1]
+            assert doc["export_failure_window_s"] == 2.0
             assert doc["exporters"][0]["healthy"] and doc["exporters"][0]["consecutive_failures"] == 0
 
             sink.stop()  # the Collector goes away
