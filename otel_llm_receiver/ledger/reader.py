@@ -328,6 +328,42 @@ class LedgerReader(LedgerEngine):
             out += [SeriesHourValue(int(sid), h, int(v)) for h, v in zip(hours, values, strict=True) if v is not None]
         return out
 
+    def rollup_series_rows(
+        self, metrics: Sequence[str]
+    ) -> Iterator[tuple[int, str, str, str, int, int, int]]:
+        """``rollup_series`` unparsed: ``(id, instance, metric, attrs JSON, bucket width, first, last hour)``.
+
+        For callers that keep what they derive from a series' attributes by id (the money signals): they parse
+        a series' JSON once per process, not once per export. Rows come in id order, read a page at a time.
+        """
+        sql = SQL_ROLLUP_SERIES.format(metrics=",".join("?" * len(metrics)))
+        cursor = self._conn.execute(sql, tuple(metrics))
+        while rows := cursor.fetchmany(10_000):
+            for sid, instance, metric, attrs, width, first, last in rows:
+                if first is not None:
+                    yield sid, instance, metric, attrs, width or 0, first, last
+
+    def rollup_values_rows(
+        self, hours: Sequence[int], metrics: Sequence[str]
+    ) -> tuple[list[int], dict[int, tuple[int | None, ...]]]:
+        """The rollups of ``metrics`` at exactly these hours: the sorted distinct hours, and per series id that
+        has a value at one of them its values in that order (None where it has none). Point lookups, as
+        ``rollup_values_at``, without a tuple per value."""
+        hours = sorted(set(hours))
+        if not hours or not metrics:
+            return hours, {}
+        lookups = ", ".join(
+            f"(SELECT value FROM rollups WHERE series_id = s.id AND hour_start = {int(h)})" for h in hours
+        )
+        sql = SQL_ROLLUP_SEGMENT_SUMS.format(segments=lookups, metrics=",".join("?" * len(metrics)))
+        empty = (None,) * len(hours)
+        out: dict[int, tuple[int | None, ...]] = {}
+        for sid, *values in self._conn.execute(sql, tuple(metrics)):
+            row = tuple(values)
+            if row != empty:
+                out[sid] = row
+        return hours, out
+
     def names(self) -> dict[tuple[str, str, str], str]:
         """Every resolved name: (instance, kind, id) -> name."""
         return {(i, k, d): n for i, k, d, n in self._conn.execute(SQL_NAMES)}
