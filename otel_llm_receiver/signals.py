@@ -268,7 +268,7 @@ class Signals:
         windows.update(periods.values())
         order = sorted(windows)
         index = {w: i for i, w in enumerate(order)}
-        cells, first_of_key = self._cells(money, ledger.rollup_window_sums(order, MONEY_METRICS), len(order))
+        cells, first_of_key = self._cells(money, *ledger.rollup_segment_sums(order, MONEY_METRICS))
 
         def spend(chosen: Sequence[_Cell], window: tuple[int, int], source: str) -> Decimal:
             a, b = window
@@ -323,22 +323,28 @@ class Signals:
 
     @staticmethod
     def _cells(
-        money: Sequence[_Series], sums: Mapping[int, list[int]], n: int
+        money: Sequence[_Series], spans: Sequence[tuple[int, int]], segments: Mapping[int, Sequence[int]]
     ) -> tuple[list[_Cell], dict[tuple[str, str], _Series]]:
         """The money series' window sums added up per cell (in the order cells are first seen), and the first
-        series of each (instance, tenancy): what names a reconciliation."""
+        series of each (instance, tenancy): what names a reconciliation.
+
+        ``segments`` are the series' sums over disjoint time segments and ``spans`` each window's range of them
+        (``Ledger.rollup_segment_sums``): a cell adds its members' segments, then each window once."""
         cells: dict[tuple[Any, ...], _Cell] = {}
         first_of_key: dict[tuple[str, str], _Series] = {}
+        width = max((j for _, j in spans), default=0)
         for s in money:
             ck = (s.key, s.metric, s.provider, s.tenant, s.team, s.matches)
             c = cells.get(ck)
             if c is None:
-                c = cells[ck] = _Cell(s.key, s.metric, s.provider, s.tenant, s.team, s.matches, s.unit, [0] * n)
+                c = cells[ck] = _Cell(s.key, s.metric, s.provider, s.tenant, s.team, s.matches, s.unit, [0] * width)
                 first_of_key.setdefault(s.key, s)
-            values = sums.get(s.sid)
+            values = segments.get(s.sid)
             if values is not None:
                 c.present = True
                 c.sums = list(map(operator.add, c.sums, values))
+        for c in cells.values():
+            c.sums = [sum(c.sums[i:j]) for i, j in spans]
         return list(cells.values()), first_of_key
 
     def _period_to_date(self, cells: Sequence[_Cell], periods: Mapping[str, int]) -> list[tuple[dict[str, str], Decimal]]:

@@ -295,11 +295,21 @@ class LedgerReader(LedgerEngine):
         each series is one range walk of the rollups' primary key, so every row is read once whatever the
         number of windows, and each window adds up its segments.
         """
+        spans, segments = self.rollup_segment_sums(windows, metrics)
+        return {sid: [sum(row[i:j]) for i, j in spans] for sid, row in segments.items()}
+
+    def rollup_segment_sums(
+        self, windows: Sequence[tuple[int, int]], metrics: Sequence[str]
+    ) -> tuple[list[tuple[int, int]], dict[int, tuple[int, ...]]]:
+        """``rollup_window_sums`` before the windows are added up: per series id of ``metrics`` with a non-zero
+        sum, its sums over the disjoint segments that the windows' edges cut time into, and for each window
+        the ``[i, j)`` range of segments it covers. Callers that add many series together (the money signals)
+        add their segments first and each window once at the end."""
         if not windows or not metrics:
-            return {}
+            return [], {}
         edges = sorted({t for w in windows for t in w})
         if len(edges) < 2:
-            return {}
+            return [], {}
         segments = ", ".join(
             f"(SELECT coalesce(sum(value), 0) FROM rollups WHERE series_id = s.id "
             f"AND hour_start >= {int(a)} AND hour_start < {int(b)})"
@@ -308,11 +318,11 @@ class LedgerReader(LedgerEngine):
         sql = SQL_ROLLUP_SEGMENT_SUMS.format(segments=segments, metrics=",".join("?" * len(metrics)))
         position = {t: i for i, t in enumerate(edges)}
         spans = [(position[a], position[b]) for a, b in windows]
-        out: dict[int, list[int]] = {}
+        out: dict[int, tuple[int, ...]] = {}
         for sid, *row in self._conn.execute(sql, tuple(metrics)):
             if any(row):
-                out[int(sid)] = [sum(row[i:j]) for i, j in spans]
-        return out
+                out[int(sid)] = tuple(row)
+        return spans, out
 
     def rollup_values_at(self, hours: Sequence[int], metrics: Sequence[str]) -> list[SeriesHourValue]:
         """The rollups of ``metrics`` at exactly these hours, by series id (point lookups)."""

@@ -1,95 +1,39 @@
-"""The money signals, read from the ledger: budgets, anomaly scores, attribution coverage, reconciliation and
-token prices, as one ``SignalsReading`` (for the terminal) and as OTLP gauges (for the emitter).
-
-Everything here reads the ledger's hourly rollups with a few aggregate queries (``Ledger.rollup_series``,
-``rollup_window_sums``, ``rollup_hours``) and never calls a provider, so a restart mid-month loses nothing and
-``report`` works with no network. Money is exact ``Decimal`` until it becomes a gauge's double.
-
-Spend sources (``budgets[].source``): ``estimated`` (``llm.usage.cost.estimated``), ``reported``
-(``llm.usage.cost``, USD only) and ``best``: per provider instance and tenancy, reported cost up to the end of
-its newest complete reported bucket, estimated cost after that (the hours reported cost has not reached yet),
-and estimated cost alone where the provider reports no cost at all.
+"""The money signals computed the straightforward way, series by series, as ``otel_llm_receiver.signals`` did
+before it kept per-series facts by id and added money up per cell (issue 20): the reference the fast path is
+compared with on randomized ledgers (tests/test_signals_fast.py). Not used by the receiver.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import fnmatch
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
+from otel_llm_receiver import anomalies, budgets
+from otel_llm_receiver.attribution import UNATTRIBUTED, Attributor
+from otel_llm_receiver.catalog import CATALOG
+from otel_llm_receiver.ledger import Ledger
+from otel_llm_receiver.names import CURRENCY_ATTR, METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS
+from otel_llm_receiver.pricing import PriceBook
+from otel_llm_receiver.signals import (
+    DAY,
+    HOUR,
+    MONEY_METRICS,
+    NANO,
+    PERIODS,
+    PICO,
+    RECONCILE_SETTLE,
+    SETTLE,
+    Anomaly,
+    Reconciliation,
+    SignalsReading,
+)
+from otel_llm_receiver.signals_config import BudgetConfig, BudgetMatch
 
-from . import anomalies, budgets
-from .attribution import UNATTRIBUTED, Attributor
-from .catalog import CATALOG
-from .ledger import Ledger
-from .names import CURRENCY_ATTR, METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS
-from .pricing import PriceBook
-from .signals_config import BudgetConfig, BudgetMatch, Period
-
-__all__ = ["Anomaly", "Reconciliation", "Signals", "SignalsReading", "gauge_metrics"]
-
-HOUR = 3600
-DAY = 86400
-#: Buckets still filling in are left out of "the newest complete hour" for this long after it ends.
-SETTLE = 5 * 60
-#: A day's reconciliation waits this long after the day ends, for the token buckets to settle.
-RECONCILE_SETTLE = 2 * HOUR
-PICO = Decimal(10) ** -12
-NANO = Decimal(10) ** -9
-MONEY_METRICS = (METRIC_COST_ESTIMATED, METRIC_COST)
-#: The periods of ``llm.cost.period_to_date``: the UTC day and calendar month, as the dashboards' "today" and
-#: "this month" mean them.
-PERIODS: tuple[Period, ...] = ("day", "month")
-
-
-@dataclass(frozen=True, slots=True)
-class Anomaly:
-    provider: str
-    model: str
-    tenancy_id: str
-    tenancy_name: str | None
-    signal: str  # cost or tokens
-    hour: int
-    value: float
-    baseline: float  # the median it was compared with
-    score: float
-
-
-@dataclass(frozen=True, slots=True)
-class Reconciliation:
-    provider: str
-    tenant: str
-    tenancy_id: str
-    tenancy_name: str | None
-    day: int
-    estimated: Decimal
-    reported: Decimal
-
-    @property
-    def ratio(self) -> Decimal | None:
-        return self.estimated / self.reported if self.reported else None
-
-
-@dataclass(frozen=True)
-class SignalsReading:
-    """One consistent computation of every money signal at ``now``."""
-
-    now: int
-    budgets: list[budgets.BudgetStatus] = field(default_factory=list)
-    anomalies: list[Anomaly] = field(default_factory=list)
-    coverage: dict[str, Decimal] = field(default_factory=dict)  # provider -> attributed share of 24 h spend
-    reconciliation: list[Reconciliation] = field(default_factory=list)
-    token_prices: list[tuple[dict[str, str], Decimal]] = field(default_factory=list)
-    #: USD spent in the current UTC day / month, by period, source, provider, tenant (and team with rules).
-    period_to_date: list[tuple[dict[str, str], Decimal]] = field(default_factory=list)
-    hour: int = 0  # the hour the anomaly scores are about
-    peak: Anomaly | None = None  # the highest score of the last week (with ``peak_days``)
+__all__ = ["ReferenceSignals"]
 
 
 @dataclass(slots=True)
@@ -118,7 +62,7 @@ def _glob(pattern: str | None, *values: str | None) -> bool:
     return any(v is not None and fnmatch.fnmatchcase(v, pattern) for v in values)
 
 
-class Signals:
+class ReferenceSignals:
     """Computes ``SignalsReading``s from a ledger, for given budgets, attribution rules and prices."""
 
     def __init__(
@@ -378,52 +322,3 @@ class Signals:
             out.append(Anomaly(provider, model, tenancy, members[0].tenancy_name, signal, hour, x,
                                sorted(history)[len(history) // 2], score))
         return out
-
-
-# ----------------------------------------------------------------------------------------------- gauges
-def _kv(attrs: Mapping[str, str]) -> list[KeyValue]:
-    return [KeyValue(key=k, value=AnyValue(string_value=str(v))) for k, v in sorted(attrs.items())]
-
-
-def _gauge(name: str, points: list[tuple[dict[str, str], float]], now_ns: int) -> pb.Metric:
-    d = CATALOG.metrics[name]
-    return pb.Metric(name=d.name, description=d.description, unit=d.unit, gauge=pb.Gauge(data_points=[
-        pb.NumberDataPoint(attributes=_kv(attrs), time_unix_nano=now_ns, as_double=value)
-        for attrs, value in points
-    ]))
-
-
-def gauge_metrics(reading: SignalsReading, now_ns: int) -> list[pb.Metric]:
-    """The reading as OTLP gauge metrics (the builder drops disabled ones and frames them)."""
-    series: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
-    for b in reading.budgets:
-        name = {"llm.budget.name": b.name}
-        series["llm.budget.limit"].append((name, float(b.limit)))
-        series["llm.budget.spent"].append((name, float(b.spent)))
-        series["llm.budget.utilization"].append((name, float(b.utilization)))
-        series["llm.budget.projected"].append((name, float(b.projected)))
-        for window, rate in b.burn_rates.items():
-            series["llm.budget.burn_rate"].append(({**name, "llm.budget.window": window}, float(rate)))
-    for a in reading.anomalies:
-        attrs = {"gen_ai.provider.name": a.provider, "gen_ai.request.model": a.model,
-                 "llm.tenancy.id": a.tenancy_id, "llm.anomaly.signal": a.signal}
-        if a.tenancy_name:
-            attrs["llm.tenancy.name"] = a.tenancy_name
-        series["llm.anomaly.score"].append((attrs, a.score))
-    for provider, share in sorted(reading.coverage.items()):
-        series["llm.attribution.coverage"].append(({"gen_ai.provider.name": provider}, float(share)))
-    for r in reading.reconciliation:
-        if r.ratio is not None:
-            attrs = {"gen_ai.provider.name": r.provider, "llm.tenant": r.tenant, "llm.tenancy.id": r.tenancy_id}
-            if r.tenancy_name:
-                attrs["llm.tenancy.name"] = r.tenancy_name
-            series["llm.cost.reconciliation.ratio"].append((attrs, float(r.ratio)))
-    for attrs, usd in reading.token_prices:
-        series["llm.pricing.token_price"].append((attrs, float(usd)))
-    for attrs, usd in reading.period_to_date:
-        series["llm.cost.period_to_date"].append((attrs, float(usd)))
-    return [_gauge(name, points, now_ns) for name, points in series.items() if points]
-
-
-def day_label(day: int) -> str:
-    return dt.datetime.fromtimestamp(day, dt.UTC).strftime("%Y-%m-%d")
