@@ -117,7 +117,7 @@ class _Series:
     matches: int  # bit i set: ``budget_configs[i]`` matches the series
     width: int = 0
     first: int = 0
-    last: int = 0
+    last: int = 0  # read for reported cost only (``_reported_until``): the first hour for other series
 
     @property
     def unit(self) -> Decimal:
@@ -179,6 +179,7 @@ class Signals:
         self._known: dict[int, _Series] = {}
         self._names: dict[tuple[str, str, str], str] = {}
         self._shared: dict[Any, Any] = {}  # one copy of each repeated string and tuple
+        self._last_groups: tuple[list[_Series], dict[tuple[str, str, str, str], list[_Series]]] = ([], {})
         declared = frozenset(CATALOG.metrics["llm.pricing.token_price"].attributes)
         self._price_attrs = declared or PRICE_GAUGE_ATTRIBUTES
 
@@ -197,7 +198,7 @@ class Signals:
             self._names = names
         known = self._known
         out = []
-        for sid, instance, metric, text, width, first, last in ledger.rollup_series_rows(metrics):
+        for sid, instance, metric, text, width, first, last in ledger.rollup_series_rows(metrics, (METRIC_COST,)):
             s = known.get(sid)
             digest = hash(text)
             if s is None or s.digest != digest or s.metric != metric or s.instance != instance:
@@ -454,6 +455,23 @@ class Signals:
             out += cached
         return out
 
+    def _groups(self, series: Sequence[_Series]) -> dict[tuple[str, str, str, str], list[_Series]]:
+        """The anomaly groups' members, in series order; kept while the series are the same objects in the
+        same order (the usual export: no new series), since a series' group never changes."""
+        seen, groups = self._last_groups
+        if len(seen) == len(series) and seen == series:  # identity of each element (no __eq__): a C loop
+            return groups
+        groups = {}
+        for s in series:
+            if s.metric == METRIC_COST_ESTIMATED or s.metric == METRIC_TOKENS:
+                members = groups.get(s.group)
+                if members is None:
+                    groups[s.group] = [s]
+                else:
+                    members.append(s)
+        self._last_groups = (list(series), groups)
+        return groups
+
     def anomalies(self, ledger: Ledger, hour: int, series: Sequence[_Series] | None = None) -> list[Anomaly]:
         """Scores of ``hour`` for every (provider, model, tenancy), for cost and for tokens.
 
@@ -462,14 +480,7 @@ class Signals:
         """
         if series is None:
             series = self._series(ledger, (METRIC_COST_ESTIMATED, METRIC_TOKENS))
-        groups: dict[tuple[str, str, str, str], list[_Series]] = {}
-        for s in series:
-            if s.metric == METRIC_COST_ESTIMATED or s.metric == METRIC_TOKENS:
-                members = groups.get(s.group)
-                if members is None:
-                    groups[s.group] = [s]
-                else:
-                    members.append(s)
+        groups = self._groups(series)
         pasts: dict[int, list[int]] = {}
         scored = []
         for group, members in groups.items():
