@@ -115,6 +115,7 @@ class _Series:
     tenancy_name: str | None
     team: str
     matches: int  # bit i set: ``budget_configs[i]`` matches the series
+    cell: tuple[Any, ...] = ()  # what puts it in a ``_Cell``: key, metric, provider, tenant, team, matches
     width: int = 0
     first: int = 0
     last: int = 0  # read for reported cost only (``_reported_until``): the first hour for other series
@@ -234,6 +235,7 @@ class Signals:
             shared.setdefault(team, team), 0,
         )
         s.matches = sum(1 << i for i, b in enumerate(self.budget_configs) if self._matches(b.match, s, attrs))
+        s.cell = shared.setdefault(c := (s.key, s.metric, s.provider, s.tenant, s.team, s.matches), c)
         return s
 
     def read(
@@ -335,7 +337,7 @@ class Signals:
         first_of_key: dict[tuple[str, str], _Series] = {}
         width = max((j for _, j in spans), default=0)
         for s in money:
-            ck = (s.key, s.metric, s.provider, s.tenant, s.team, s.matches)
+            ck = s.cell
             c = cells.get(ck)
             if c is None:
                 c = cells[ck] = _Cell(s.key, s.metric, s.provider, s.tenant, s.team, s.matches, s.unit, [0] * width)
@@ -354,19 +356,25 @@ class Signals:
         Every group that has a money series gets a point, 0 included: "nothing reported today yet" is a value,
         and a missing point would make a dashboard's sum fall back to something else.
         """
+        # The cells of one point share a metric (so a unit): their integers add up first, exactly.
+        points: dict[tuple[str, str, str, str], list[_Cell]] = defaultdict(list)
+        for c in cells:
+            points[(c.metric, c.provider, c.tenant, c.team if self.attributor else "")].append(c)
         totals: dict[tuple[tuple[str, str], ...], Decimal] = {}
         for period, i in periods.items():
-            for c in cells:
+            for (metric, provider, tenant, team), group in points.items():
                 attrs = {
                     "llm.period": period,
-                    "llm.cost.source": "reported" if c.metric == METRIC_COST else "estimated",
-                    "gen_ai.provider.name": c.provider,
-                    "llm.tenant": c.tenant,
+                    "llm.cost.source": "reported" if metric == METRIC_COST else "estimated",
+                    "gen_ai.provider.name": provider,
+                    "llm.tenant": tenant,
                 }
                 if self.attributor:
-                    attrs["llm.team"] = c.team
+                    attrs["llm.team"] = team
                 key = tuple(sorted(attrs.items()))
-                totals[key] = totals.get(key, Decimal(0)) + (c.money(i) if c.present else Decimal(0))
+                present = [c.sums[i] for c in group if c.present]
+                usd = Decimal(sum(present)) * group[0].unit if present else Decimal(0)
+                totals[key] = totals.get(key, Decimal(0)) + usd
         return [(dict(key), usd) for key, usd in sorted(totals.items())]
 
     def _matches(self, match: BudgetMatch, s: _Series, a: Mapping[str, str]) -> bool:
