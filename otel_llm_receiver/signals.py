@@ -180,6 +180,8 @@ class Signals:
         self._known: dict[int, _Series] = {}
         self._names: dict[tuple[str, str, str], str] = {}
         self._shared: dict[Any, Any] = {}  # one copy of each repeated string and tuple
+        self._match_labels = tuple(sorted({k for b in self.budget_configs for k in b.match.labels}))
+        self._match_memo: dict[tuple[Any, ...], int] = {}
         self._last_groups: tuple[list[_Series], dict[tuple[str, str, str, str], list[_Series]]] = ([], {})
         declared = frozenset(CATALOG.metrics["llm.pricing.token_price"].attributes)
         self._price_attrs = declared or PRICE_GAUGE_ATTRIBUTES
@@ -196,6 +198,7 @@ class Signals:
             }
             if changed:
                 self._known = {sid: s for sid, s in self._known.items() if s.key not in changed}
+                self._match_memo.clear()
             self._names = names
         known = self._known
         out = []
@@ -234,7 +237,14 @@ class Signals:
             shared.setdefault(g := (provider, model or "", tenancy_id, signal), g), price_key, name,
             shared.setdefault(team, team), 0,
         )
-        s.matches = sum(1 << i for i, b in enumerate(self.budget_configs) if self._matches(b.match, s, attrs))
+        # Budget matches depend on these few fields only: many series (token types, cost of each) share them.
+        facts = (instance, attrs.get("gen_ai.provider.name"), attrs.get("llm.tenant"), tenancy, name, model, team,
+                 tuple(attrs.get(k) for k in self._match_labels))  # None where absent: not the same as ""
+        matches = self._match_memo.get(facts)
+        if matches is None:
+            matches = self._match_memo[facts] = sum(
+                1 << i for i, b in enumerate(self.budget_configs) if self._matches(b.match, s, attrs))
+        s.matches = matches
         s.cell = shared.setdefault(c := (s.key, s.metric, s.provider, s.tenant, s.team, s.matches), c)
         return s
 
