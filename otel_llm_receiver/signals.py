@@ -1,9 +1,17 @@
 """The money signals, read from the ledger: budgets, anomaly scores, attribution coverage, reconciliation and
 token prices, as one ``SignalsReading`` (for the terminal) and as OTLP gauges (for the emitter).
 
-Everything here reads the ledger's hourly rollups with a few aggregate queries (``Ledger.rollup_series``,
-``rollup_window_sums``, ``rollup_hours``) and never calls a provider, so a restart mid-month loses nothing and
-``report`` works with no network. Money is exact ``Decimal`` until it becomes a gauge's double.
+Everything here reads the ledger's hourly rollups with a few aggregate queries (``Ledger.rollup_series_rows``,
+``rollup_segment_sums``, ``rollup_values_rows``) and never calls a provider, so a restart mid-month loses nothing
+and ``report`` works with no network. Money is exact ``Decimal`` until it becomes a gauge's double.
+
+At scale (issue 20: 100,000 to 1,000,000 series) the per-series Python work is kept small: what a series'
+attributes imply (team, budget matches, anomaly group, price attributes) is derived once per process and kept by
+series id (attributes never change; a renamed tenancy re-derives its series); money series that no signal tells
+apart are added up as integers per ``_Cell`` before any ``Decimal``; anomaly groups without a baseline read no
+rollups. Nothing that depends on time or on rollups is kept between reads, so moving time (a new hour, day or
+month with no new data) is handled exactly as before; tests/test_signals_fast.py compares every reading with the
+straightforward series-by-series computation (tests/support/signals_reference.py) on randomized ledgers.
 
 Spend sources (``budgets[].source``): ``estimated`` (``llm.usage.cost.estimated``), ``reported``
 (``llm.usage.cost``, USD only) and ``best``: per provider instance and tenancy, reported cost up to the end of
