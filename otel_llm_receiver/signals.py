@@ -1,9 +1,17 @@
 """The money signals, read from the ledger: budgets, anomaly scores, attribution coverage, reconciliation and
 token prices, as one ``SignalsReading`` (for the terminal) and as OTLP gauges (for the emitter).
 
-Everything here reads the ledger's hourly rollups with a few aggregate queries (``Ledger.rollup_series``,
-``rollup_window_sums``, ``rollup_hours``) and never calls a provider, so a restart mid-month loses nothing and
-``report`` works with no network. Money is exact ``Decimal`` until it becomes a gauge's double.
+Everything here reads the ledger's hourly rollups with a few aggregate queries (``Ledger.rollup_series_rows``,
+``rollup_segment_sums``, ``rollup_values_rows``) and never calls a provider, so a restart mid-month loses nothing
+and ``report`` works with no network. Money is exact ``Decimal`` until it becomes a gauge's double.
+
+At scale (issue 20: 100,000 to 1,000,000 series) the per-series Python work is kept small: what a series'
+attributes imply (team, budget matches, anomaly group, price attributes) is derived once per process and kept by
+series id (attributes never change; a renamed tenancy re-derives its series); money series that no signal tells
+apart are added up as integers per ``_Cell`` before any ``Decimal``; anomaly groups without a baseline read no
+rollups. Nothing that depends on time or on rollups is kept between reads, so moving time (a new hour, day or
+month with no new data) is handled exactly as before; tests/test_signals_fast.py compares every reading with the
+straightforward series-by-series computation (tests/support/signals_reference.py) on randomized ledgers.
 
 Spend sources (``budgets[].source``): ``estimated`` (``llm.usage.cost.estimated``), ``reported``
 (``llm.usage.cost``, USD only) and ``best``: per provider instance and tenancy, reported cost up to the end of
@@ -15,8 +23,10 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import json
+import operator
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -29,7 +39,7 @@ from .attribution import UNATTRIBUTED, Attributor
 from .catalog import CATALOG
 from .ledger import Ledger
 from .names import CURRENCY_ATTR, METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS
-from .pricing import PriceBook
+from .pricing import PRICE_GAUGE_ATTRIBUTES, PriceBook
 from .signals_config import BudgetConfig, BudgetMatch, Period
 
 __all__ = ["Anomaly", "Reconciliation", "Signals", "SignalsReading", "gauge_metrics"]
@@ -92,24 +102,61 @@ class SignalsReading:
     peak: Anomaly | None = None  # the highest score of the last week (with ``peak_days``)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Series:
+    """A series of the money signals: what they need of its attributes, derived once per process (a series'
+    attributes never change; its tenancy's name may, see ``Signals._series``), and its rollups' extent
+    (``width``, ``first``, ``last``), read at every export. Only these few fields are kept, not the attribute
+    dict, so that a million series stay small."""
+
     sid: int
     instance: str
     metric: str
-    attrs: dict[str, str]
-    width: int
-    first: int
-    last: int
+    digest: int  # hash of the attributes' JSON: an id that SQLite reuses for another series is noticed
+    usd: bool  # False for reported cost in another currency: budgets are USD
+    provider: str
+    tenant: str
+    model: str | None
+    key: tuple[str, str]  # provider instance and tenancy: where reported and estimated meet
+    group: tuple[str, str, str, str]  # the anomaly score's (provider, model, tenancy, signal)
+    price_key: tuple[tuple[str, str], ...] | None  # token series: the price gauge's attributes
     tenancy_name: str | None
     team: str
+    matches: int  # bit i set: ``budget_configs[i]`` matches the series
+    cell: tuple[Any, ...] = ()  # what puts it in a ``_Cell``: key, metric, provider, tenant, team, matches
+    width: int = 0
+    first: int = 0
+    last: int = 0  # read for reported cost only (``_reported_until``): the first hour for other series
 
     @property
-    def key(self) -> tuple[str, str]:  # provider instance and tenancy: where reported and estimated meet
-        return (self.instance, self.attrs.get("llm.tenancy.id", ""))
+    def unit(self) -> Decimal:
+        return PICO if self.metric == METRIC_COST_ESTIMATED else NANO
 
     def money(self, value: int) -> Decimal:
-        return Decimal(value) * (PICO if self.metric == METRIC_COST_ESTIMATED else NANO)
+        return Decimal(value) * self.unit
+
+
+@dataclass(slots=True, eq=False)
+class _Cell:
+    """The money series that no money signal tells apart, their window sums added up as integers.
+
+    Every signal groups or filters money series by at most these fields (provider instance and tenancy, metric,
+    provider, tenant, team, budget matches), so summing their integer rollups first and turning each cell into
+    ``Decimal`` once gives exactly the sum of the series' ``Decimal``s (exact arithmetic: no rounding below 28
+    digits, and the same exponents since the same units are added)."""
+
+    key: tuple[str, str]
+    metric: str
+    provider: str
+    tenant: str
+    team: str
+    matches: int
+    unit: Decimal
+    sums: list[int]
+    present: bool = False  # some member has rollups in one of the windows (else it adds nothing, not even 0)
+
+    def money(self, i: int) -> Decimal:
+        return Decimal(self.sums[i]) * self.unit
 
 
 def _glob(pattern: str | None, *values: str | None) -> bool:
@@ -119,7 +166,12 @@ def _glob(pattern: str | None, *values: str | None) -> bool:
 
 
 class Signals:
-    """Computes ``SignalsReading``s from a ledger, for given budgets, attribution rules and prices."""
+    """Computes ``SignalsReading``s from a ledger, for given budgets, attribution rules and prices.
+
+    What depends only on a series' attributes (team, budget matches, anomaly group, price attributes) is kept by
+    series id for the object's life; everything that depends on time or on rollups is computed at each ``read``,
+    so a reading is the same whether it is the first or the hundredth.
+    """
 
     def __init__(
         self,
@@ -133,25 +185,84 @@ class Signals:
         self.prices = prices
         self.labels = labels or {}
         self._scores: dict[int, list[Anomaly]] = {}
+        self._known: dict[int, _Series] = {}
+        self._names: dict[tuple[str, str, str], str] = {}
+        self._shared: dict[Any, Any] = {}  # one copy of each repeated string and tuple
+        self._match_labels = tuple(sorted({k for b in self.budget_configs for k in b.match.labels}))
+        self._match_memo: dict[tuple[Any, ...], int] = {}
+        self._last_groups: tuple[list[_Series], dict[tuple[str, str, str, str], list[_Series]]] = ([], {})
+        declared = frozenset(CATALOG.metrics["llm.pricing.token_price"].attributes)
+        self._price_attrs = declared or PRICE_GAUGE_ATTRIBUTES
 
     # -- reading -----------------------------------------------------------------------------------------
     def _series(self, ledger: Ledger, metrics: Sequence[str]) -> list[_Series]:
+        """The series of ``metrics`` with rollups, in id order (reported cost in other currencies included:
+        ``usd`` says). Attributes are parsed only for series not seen before, or whose tenancy name changed."""
         names = ledger.names()
+        if names != self._names:
+            changed = {
+                (i, d) for (i, k, d) in names.keys() | self._names.keys()
+                if k == "tenancy" and names.get((i, k, d)) != self._names.get((i, k, d))
+            }
+            if changed:
+                self._known = {sid: s for sid, s in self._known.items() if s.key not in changed}
+                self._match_memo.clear()
+            self._names = names
+        known = self._known
         out = []
-        for sid, (instance, metric, attrs, width, first, last) in ledger.rollup_series(metrics).items():
-            if metric == METRIC_COST and CURRENCY_ATTR in attrs:
-                continue  # budgets are USD
-            tenancy = attrs.get("llm.tenancy.id")
-            name = names.get((instance, "tenancy", tenancy)) if tenancy else None
-            team = self.attributor.team(attrs, name, self.labels.get(instance))
-            out.append(_Series(sid, instance, metric, attrs, width, first, last, name, team))
+        for sid, instance, metric, text, width, first, last in ledger.rollup_series_rows(metrics, (METRIC_COST,)):
+            s = known.get(sid)
+            digest = hash(text)
+            if s is None or s.digest != digest or s.metric != metric or s.instance != instance:
+                s = known[sid] = self._derive(sid, instance, metric, text, digest, names)
+            s.width, s.first, s.last = width, first, last
+            out.append(s)
         return out
+
+    def _derive(
+        self, sid: int, instance: str, metric: str, text: str, digest: int, names: Mapping[tuple[str, str, str], str]
+    ) -> _Series:
+        shared = self._shared
+        attrs: dict[str, str] = json.loads(text)
+        tenancy = attrs.get("llm.tenancy.id")
+        name = names.get((instance, "tenancy", tenancy)) if tenancy else None
+        labels = self.labels.get(instance)
+        team = self.attributor.team(attrs, name, labels)
+        provider = attrs.get("gen_ai.provider.name", "")
+        model = attrs.get("gen_ai.request.model")
+        tenancy_id = attrs.get("llm.tenancy.id", "")
+        instance = shared.setdefault(instance, instance)
+        signal = "cost" if metric == METRIC_COST_ESTIMATED else "tokens"
+        price_key = None
+        if metric == METRIC_TOKENS:
+            key_attrs = tuple(sorted((k, v) for k, v in attrs.items() if k in self._price_attrs))
+            price_key = shared.setdefault(key_attrs, key_attrs)
+        s = _Series(
+            sid, instance, shared.setdefault(metric, metric), digest,
+            not (metric == METRIC_COST and CURRENCY_ATTR in attrs),
+            shared.setdefault(provider, provider), shared.setdefault(t := attrs.get("llm.tenant", ""), t), model,
+            shared.setdefault(k := (instance, tenancy_id), k),
+            shared.setdefault(g := (provider, model or "", tenancy_id, signal), g), price_key, name,
+            shared.setdefault(team, team), 0,
+        )
+        # Budget matches depend on these few fields only: many series (token types, cost of each) share them.
+        facts = (instance, attrs.get("gen_ai.provider.name"), attrs.get("llm.tenant"), tenancy, name, model, team,
+                 tuple(attrs.get(k) for k in self._match_labels))  # None where absent: not the same as ""
+        matches = self._match_memo.get(facts)
+        if matches is None:
+            matches = self._match_memo[facts] = sum(
+                1 << i for i, b in enumerate(self.budget_configs) if self._matches(b.match, s, attrs))
+        s.matches = matches
+        s.cell = shared.setdefault(c := (s.key, s.metric, s.provider, s.tenant, s.team, s.matches), c)
+        return s
 
     def read(
         self, ledger: Ledger, now: int, *, anomaly_hour: int | None = None, peak_days: int = 0
     ) -> SignalsReading:
         every = self._series(ledger, (*MONEY_METRICS, METRIC_TOKENS))
-        money = [s for s in every if s.metric in MONEY_METRICS]
+        if len(self._known) > len(every):  # series pruned away (or seen only by other reads): forget them
+            self._known = {s.sid: s for s in every}
+        money = [s for s in every if s.usd and s.metric in MONEY_METRICS]
         hour_end = (now - SETTLE) // HOUR * HOUR  # end of the newest complete hour
         reported_until = self._reported_until(money, now)
         base_windows: list[tuple[int, int]] = [(hour_end - DAY, hour_end)]
@@ -178,35 +289,34 @@ class Signals:
         windows.update(periods.values())
         order = sorted(windows)
         index = {w: i for i, w in enumerate(order)}
-        sums = ledger.rollup_window_sums(order, MONEY_METRICS)
+        cells, first_of_key = self._cells(money, *ledger.rollup_segment_sums(order, MONEY_METRICS))
 
-        def spend(series: Iterable[_Series], window: tuple[int, int], source: str) -> Decimal:
+        def spend(chosen: Sequence[_Cell], window: tuple[int, int], source: str) -> Decimal:
             a, b = window
+            i = index[window]
             total = Decimal(0)
-            chosen = list(series)
-            keys_reported = {s.key for s in chosen if s.metric == METRIC_COST}
-            for s in chosen:
-                values = sums.get(s.sid)
-                if values is None:
+            keys_reported = {c.key for c in chosen if c.metric == METRIC_COST}
+            own = METRIC_COST_ESTIMATED if source == "estimated" else METRIC_COST
+            for c in chosen:
+                if not c.present:
                     continue
-                own = METRIC_COST_ESTIMATED if source == "estimated" else METRIC_COST
                 if source != "best":
-                    if s.metric == own:
-                        total += s.money(values[index[window]])
+                    if c.metric == own:
+                        total += c.money(i)
+                    continue
+                r = reported_until.get(c.key)
+                if c.key not in keys_reported or r is None:
+                    if c.metric == METRIC_COST_ESTIMATED:
+                        total += c.money(i)
+                elif c.metric == METRIC_COST:
+                    total += c.money(index[(a, max(a, min(b, r)))])
                 else:
-                    r = reported_until.get(s.key)
-                    if s.key not in keys_reported or r is None:
-                        if s.metric == METRIC_COST_ESTIMATED:
-                            total += s.money(values[index[window]])
-                    elif s.metric == METRIC_COST:
-                        total += s.money(values[index[(a, max(a, min(b, r)))]])
-                    else:
-                        total += s.money(values[index[(min(b, max(a, r)), b)]])
+                    total += c.money(index[(min(b, max(a, r)), b)])
             return total
 
         statuses = []
-        for budget, bounds, plan in plans:
-            matched = [s for s in money if self._matches(budget.match, s)]
+        for bi, (budget, bounds, plan) in enumerate(plans):
+            matched = [c for c in cells if c.matches >> bi & 1]
             amounts = {k: spend(matched, w, budget.source) for k, w in plan.items()}
             statuses.append(budgets.status(
                 budget.name, budget.amount, bounds, now, amounts["spent"], amounts["trailing"],
@@ -214,50 +324,78 @@ class Signals:
             ))
         coverage = {}
         if self.attributor:  # without rules every share would be 0: nothing to say
-            coverage = self._coverage(money, lambda ss: spend(ss, (hour_end - DAY, hour_end), "best"))
-        recon = self._reconcile(money, recon_days, lambda ss, d, src: spend(ss, (d, d + DAY), src))
+            coverage = self._coverage(cells, lambda cs: spend(cs, (hour_end - DAY, hour_end), "best"))
+        recon = self._reconcile(cells, first_of_key, recon_days, lambda cs, d, src: spend(cs, (d, d + DAY), src))
         hour = anomaly_hour if anomaly_hour is not None else hour_end - HOUR
         token_prices = []
         if self.prices is not None:
-            declared = frozenset(CATALOG.metrics["llm.pricing.token_price"].attributes)
+            distinct = dict.fromkeys(s.price_key for s in every if s.price_key is not None)
             token_prices = self.prices.token_prices(
-                (s.attrs for s in every if s.metric == METRIC_TOKENS), now, declared)
+                (dict(k) for k in distinct), now, frozenset(CATALOG.metrics["llm.pricing.token_price"].attributes))
         peak = None
         if peak_days:
             week = self.anomalies_between(ledger, hour - peak_days * DAY + HOUR, hour + HOUR)
             peak = max(week, key=lambda a: a.score, default=None)
-        to_date = self._period_to_date(money, {p: (sums, index[w]) for p, w in periods.items()})
+        to_date = self._period_to_date(cells, {p: index[w] for p, w in periods.items()})
         return SignalsReading(
             now=now, budgets=statuses, anomalies=self.anomalies(ledger, hour, every), coverage=coverage,
             reconciliation=recon, token_prices=token_prices, period_to_date=to_date, hour=hour, peak=peak,
         )
 
-    def _period_to_date(
-        self, money: Sequence[_Series], periods: Mapping[str, tuple[Mapping[int, list[int]], int]]
-    ) -> list[tuple[dict[str, str], Decimal]]:
+    @staticmethod
+    def _cells(
+        money: Sequence[_Series], spans: Sequence[tuple[int, int]], segments: Mapping[int, Sequence[int]]
+    ) -> tuple[list[_Cell], dict[tuple[str, str], _Series]]:
+        """The money series' window sums added up per cell (in the order cells are first seen), and the first
+        series of each (instance, tenancy): what names a reconciliation.
+
+        ``segments`` are the series' sums over disjoint time segments and ``spans`` each window's range of them
+        (``Ledger.rollup_segment_sums``): a cell adds its members' segments, then each window once."""
+        cells: dict[tuple[Any, ...], _Cell] = {}
+        first_of_key: dict[tuple[str, str], _Series] = {}
+        width = max((j for _, j in spans), default=0)
+        for s in money:
+            ck = s.cell
+            c = cells.get(ck)
+            if c is None:
+                c = cells[ck] = _Cell(s.key, s.metric, s.provider, s.tenant, s.team, s.matches, s.unit, [0] * width)
+                first_of_key.setdefault(s.key, s)
+            values = segments.get(s.sid)
+            if values is not None:
+                c.present = True
+                c.sums = list(map(operator.add, c.sums, values))
+        for c in cells.values():
+            c.sums = [sum(c.sums[i:j]) for i, j in spans]
+        return list(cells.values()), first_of_key
+
+    def _period_to_date(self, cells: Sequence[_Cell], periods: Mapping[str, int]) -> list[tuple[dict[str, str], Decimal]]:
         """Reported and estimated USD per period, provider, tenant (and team when rules exist).
 
         Every group that has a money series gets a point, 0 included: "nothing reported today yet" is a value,
         and a missing point would make a dashboard's sum fall back to something else.
         """
+        # The cells of one point share a metric (so a unit): their integers add up first, exactly.
+        points: dict[tuple[str, str, str, str], list[_Cell]] = defaultdict(list)
+        for c in cells:
+            points[(c.metric, c.provider, c.tenant, c.team if self.attributor else "")].append(c)
         totals: dict[tuple[tuple[str, str], ...], Decimal] = {}
-        for period, (sums, i) in periods.items():
-            for s in money:
+        for period, i in periods.items():
+            for (metric, provider, tenant, team), group in points.items():
                 attrs = {
                     "llm.period": period,
-                    "llm.cost.source": "reported" if s.metric == METRIC_COST else "estimated",
-                    "gen_ai.provider.name": s.attrs.get("gen_ai.provider.name", ""),
-                    "llm.tenant": s.attrs.get("llm.tenant", ""),
+                    "llm.cost.source": "reported" if metric == METRIC_COST else "estimated",
+                    "gen_ai.provider.name": provider,
+                    "llm.tenant": tenant,
                 }
                 if self.attributor:
-                    attrs["llm.team"] = s.team
+                    attrs["llm.team"] = team
                 key = tuple(sorted(attrs.items()))
-                values = sums.get(s.sid)
-                totals[key] = totals.get(key, Decimal(0)) + (s.money(values[i]) if values else Decimal(0))
+                present = [c.sums[i] for c in group if c.present]
+                usd = Decimal(sum(present)) * group[0].unit if present else Decimal(0)
+                totals[key] = totals.get(key, Decimal(0)) + usd
         return [(dict(key), usd) for key, usd in sorted(totals.items())]
 
-    def _matches(self, match: BudgetMatch, s: _Series) -> bool:
-        a = s.attrs
+    def _matches(self, match: BudgetMatch, s: _Series, a: Mapping[str, str]) -> bool:
         if match.model is not None and "gen_ai.request.model" not in a:
             return False
         labels = self.labels.get(s.instance, {})
@@ -292,33 +430,35 @@ class Signals:
                 out[key] = end - DAY
         return out
 
-    def _coverage(self, money: Sequence[_Series], spend: Any) -> dict[str, Decimal]:
-        by_provider: dict[str, list[_Series]] = defaultdict(list)
-        for s in money:
-            by_provider[s.attrs.get("gen_ai.provider.name", "")].append(s)
+    @staticmethod
+    def _coverage(cells: Sequence[_Cell], spend: Any) -> dict[str, Decimal]:
+        by_provider: dict[str, list[_Cell]] = defaultdict(list)
+        for c in cells:
+            by_provider[c.provider].append(c)
         out = {}
-        for provider, series in by_provider.items():
-            total = spend(series)
+        for provider, group in by_provider.items():
+            total = spend(group)
             if total > 0:
-                out[provider] = spend([s for s in series if s.team != UNATTRIBUTED]) / total
+                out[provider] = spend([c for c in group if c.team != UNATTRIBUTED]) / total
         return out
 
     @staticmethod
-    def _reconcile(money: Sequence[_Series], days: Mapping[tuple[str, str], int], spend: Any) -> list[Reconciliation]:
-        by_key: dict[tuple[str, str], list[_Series]] = defaultdict(list)
-        for s in money:
-            by_key[s.key].append(s)
+    def _reconcile(
+        cells: Sequence[_Cell], first_of_key: Mapping[tuple[str, str], _Series], days: Mapping[tuple[str, str], int],
+        spend: Any,
+    ) -> list[Reconciliation]:
+        by_key: dict[tuple[str, str], list[_Cell]] = defaultdict(list)
+        for c in cells:
+            by_key[c.key].append(c)
         out = []
         for key, day in sorted(days.items()):
-            series = by_key[key]
-            reported = spend(series, day, "reported")
+            group = by_key[key]
+            reported = spend(group, day, "reported")
             if not reported:
                 continue
-            a = series[0].attrs
-            out.append(Reconciliation(
-                a.get("gen_ai.provider.name", ""), a.get("llm.tenant", ""), key[1], series[0].tenancy_name, day,
-                spend(series, day, "estimated"), reported,
-            ))
+            s = first_of_key[key]
+            out.append(Reconciliation(s.provider, s.tenant, key[1], s.tenancy_name, day,
+                                      spend(group, day, "estimated"), reported))
         return out
 
     # -- anomalies -----------------------------------------------------------------------------------------
@@ -341,34 +481,57 @@ class Signals:
             out += cached
         return out
 
+    def _groups(self, series: Sequence[_Series]) -> dict[tuple[str, str, str, str], list[_Series]]:
+        """The anomaly groups' members, in series order; kept while the series are the same objects in the
+        same order (the usual export: no new series), since a series' group never changes."""
+        seen, groups = self._last_groups
+        if len(seen) == len(series) and seen == series:  # identity of each element (no __eq__): a C loop
+            return groups
+        groups = {}
+        for s in series:
+            if s.metric == METRIC_COST_ESTIMATED or s.metric == METRIC_TOKENS:
+                members = groups.get(s.group)
+                if members is None:
+                    groups[s.group] = [s]
+                else:
+                    members.append(s)
+        self._last_groups = (list(series), groups)
+        return groups
+
     def anomalies(self, ledger: Ledger, hour: int, series: Sequence[_Series] | None = None) -> list[Anomaly]:
-        """Scores of ``hour`` for every (provider, model, tenancy), for cost and for tokens."""
+        """Scores of ``hour`` for every (provider, model, tenancy), for cost and for tokens.
+
+        Groups without a baseline yet (``anomalies.baseline_hours``) are left out before any rollup is read:
+        when none has one (a young ledger), no rollup is read at all.
+        """
         if series is None:
             series = self._series(ledger, (METRIC_COST_ESTIMATED, METRIC_TOKENS))
-        series = [s for s in series if s.metric in (METRIC_COST_ESTIMATED, METRIC_TOKENS)]
-        groups: dict[tuple[str, str, str, str], list[_Series]] = defaultdict(list)
-        for s in series:
-            a = s.attrs
-            signal = "cost" if s.metric == METRIC_COST_ESTIMATED else "tokens"
-            groups[(a.get("gen_ai.provider.name", ""), a.get("gen_ai.request.model", ""),
-                    a.get("llm.tenancy.id", ""), signal)].append(s)
-        wanted = {hour} | {hour - k * anomalies.WEEK for k in range(1, anomalies.WEEKS + 1)}
-        wanted |= {hour - k * anomalies.DAY for k in range(1, anomalies.DAYS + 1)}
-        values: dict[int, dict[int, int]] = defaultdict(dict)  # series id -> hour -> value
-        for sid, h, v in ledger.rollup_values_at(sorted(wanted), (METRIC_COST_ESTIMATED, METRIC_TOKENS)):
-            values[sid][h] = v
-        out = []
-        for (provider, model, tenancy, signal), members in sorted(groups.items()):
+        groups = self._groups(series)
+        pasts: dict[int, list[int]] = {}
+        scored = []
+        for group, members in groups.items():
             first = min(s.first for s in members)
             if hour < first:
                 continue
-            past = anomalies.baseline_hours(hour, first)
-            if not past:
-                continue
+            past = pasts.get(first)
+            if past is None:
+                past = pasts[first] = anomalies.baseline_hours(hour, first)
+            if past:
+                scored.append((group, members, past))
+        if not scored:
+            return []
+        wanted = {hour} | {hour - k * anomalies.WEEK for k in range(1, anomalies.WEEKS + 1)}
+        wanted |= {hour - k * anomalies.DAY for k in range(1, anomalies.DAYS + 1)}
+        hours, values = ledger.rollup_values_rows(sorted(wanted), (METRIC_COST_ESTIMATED, METRIC_TOKENS))
+        position = {h: i for i, h in enumerate(hours)}
+        out = []
+        for (provider, model, tenancy, signal), members, past in sorted(scored, key=lambda g: g[0]):
+            rows = [values[s.sid] for s in members if s.sid in values]
+            scale = 1e-12 if members[0].metric == METRIC_COST_ESTIMATED else 1.0
 
-            def at(h: int, members: list[_Series] = members) -> float:
-                total = sum(values[s.sid].get(h, 0) for s in members)
-                return float(total) * (1e-12 if members[0].metric == METRIC_COST_ESTIMATED else 1.0)
+            def at(h: int, rows: list[tuple[int | None, ...]] = rows, scale: float = scale) -> float:
+                i = position[h]
+                return float(sum(r[i] or 0 for r in rows)) * scale
 
             history = [at(h) for h in past]
             x = at(hour)

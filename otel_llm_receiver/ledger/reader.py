@@ -56,6 +56,10 @@ SELECT s.id, s.instance, s.metric, s.attrs, s.bucket_width,
        (SELECT min(hour_start) FROM rollups WHERE series_id = s.id),
        (SELECT max(hour_start) FROM rollups WHERE series_id = s.id)
 FROM series AS s WHERE s.metric IN ({metrics})"""
+SQL_ROLLUP_SERIES_ROWS = """
+SELECT s.id, s.instance, s.metric, s.attrs, s.bucket_width,
+       (SELECT min(hour_start) FROM rollups WHERE series_id = s.id), {last}
+FROM series AS s WHERE s.metric IN ({metrics}) ORDER BY s.id"""
 SQL_ROLLUP_SEGMENT_SUMS = """
 SELECT s.id, {segments} FROM series AS s WHERE s.metric IN ({metrics})"""
 SQL_ROLLUP_VALUES_AT = """
@@ -295,11 +299,21 @@ class LedgerReader(LedgerEngine):
         each series is one range walk of the rollups' primary key, so every row is read once whatever the
         number of windows, and each window adds up its segments.
         """
+        spans, segments = self.rollup_segment_sums(windows, metrics)
+        return {sid: [sum(row[i:j]) for i, j in spans] for sid, row in segments.items()}
+
+    def rollup_segment_sums(
+        self, windows: Sequence[tuple[int, int]], metrics: Sequence[str]
+    ) -> tuple[list[tuple[int, int]], dict[int, tuple[int, ...]]]:
+        """``rollup_window_sums`` before the windows are added up: per series id of ``metrics`` with a non-zero
+        sum, its sums over the disjoint segments that the windows' edges cut time into, and for each window
+        the ``[i, j)`` range of segments it covers. Callers that add many series together (the money signals)
+        add their segments first and each window once at the end."""
         if not windows or not metrics:
-            return {}
+            return [], {}
         edges = sorted({t for w in windows for t in w})
         if len(edges) < 2:
-            return {}
+            return [], {}
         segments = ", ".join(
             f"(SELECT coalesce(sum(value), 0) FROM rollups WHERE series_id = s.id "
             f"AND hour_start >= {int(a)} AND hour_start < {int(b)})"
@@ -308,11 +322,11 @@ class LedgerReader(LedgerEngine):
         sql = SQL_ROLLUP_SEGMENT_SUMS.format(segments=segments, metrics=",".join("?" * len(metrics)))
         position = {t: i for i, t in enumerate(edges)}
         spans = [(position[a], position[b]) for a, b in windows]
-        out: dict[int, list[int]] = {}
+        out: dict[int, tuple[int, ...]] = {}
         for sid, *row in self._conn.execute(sql, tuple(metrics)):
             if any(row):
-                out[int(sid)] = [sum(row[i:j]) for i, j in spans]
-        return out
+                out[int(sid)] = tuple(row)
+        return spans, out
 
     def rollup_values_at(self, hours: Sequence[int], metrics: Sequence[str]) -> list[SeriesHourValue]:
         """The rollups of ``metrics`` at exactly these hours, by series id (point lookups)."""
@@ -327,6 +341,47 @@ class LedgerReader(LedgerEngine):
         for sid, *values in self._conn.execute(sql, tuple(metrics)):
             out += [SeriesHourValue(int(sid), h, int(v)) for h, v in zip(hours, values, strict=True) if v is not None]
         return out
+
+    def rollup_series_rows(
+        self, metrics: Sequence[str], last_of: Sequence[str] | None = None
+    ) -> Iterator[tuple[int, str, str, str, int, int, int]]:
+        """``rollup_series`` unparsed: ``(id, instance, metric, attrs JSON, bucket width, first, last hour)``.
+
+        For callers that keep what they derive from a series' attributes by id (the money signals): they parse
+        a series' JSON once per process, not once per export. With ``last_of``, only series of those metrics
+        get their last hour read (one index probe fewer for each other series, whose "last" is their first).
+        Rows come in id order, read a page at a time.
+        """
+        last = "(SELECT max(hour_start) FROM rollups WHERE series_id = s.id)"
+        if last_of is not None:
+            last = f"CASE WHEN s.metric IN ({','.join('?' * len(last_of))}) THEN {last} END"
+        sql = SQL_ROLLUP_SERIES_ROWS.format(last=last, metrics=",".join("?" * len(metrics)))
+        cursor = self._conn.execute(sql, (*(last_of or ()), *metrics))
+        while rows := cursor.fetchmany(10_000):
+            for sid, instance, metric, attrs, width, first, last_hour in rows:
+                if first is not None:
+                    yield sid, instance, metric, attrs, width or 0, first, first if last_hour is None else last_hour
+
+    def rollup_values_rows(
+        self, hours: Sequence[int], metrics: Sequence[str]
+    ) -> tuple[list[int], dict[int, tuple[int | None, ...]]]:
+        """The rollups of ``metrics`` at exactly these hours: the sorted distinct hours, and per series id that
+        has a value at one of them its values in that order (None where it has none). Point lookups, as
+        ``rollup_values_at``, without a tuple per value."""
+        hours = sorted(set(hours))
+        if not hours or not metrics:
+            return hours, {}
+        lookups = ", ".join(
+            f"(SELECT value FROM rollups WHERE series_id = s.id AND hour_start = {int(h)})" for h in hours
+        )
+        sql = SQL_ROLLUP_SEGMENT_SUMS.format(segments=lookups, metrics=",".join("?" * len(metrics)))
+        empty = (None,) * len(hours)
+        out: dict[int, tuple[int | None, ...]] = {}
+        for sid, *values in self._conn.execute(sql, tuple(metrics)):
+            row = tuple(values)
+            if row != empty:
+                out[sid] = row
+        return hours, out
 
     def names(self) -> dict[tuple[str, str, str], str]:
         """Every resolved name: (instance, kind, id) -> name."""
