@@ -199,6 +199,24 @@ SQL_APPLY_ROLLUPS = """
 INSERT INTO rollups (series_id, hour_start, value)
 SELECT series_id, hour_start, net FROM deltas WHERE net <> 0
 ON CONFLICT (series_id, hour_start) DO UPDATE SET value = value + excluded.value"""
+# Ranges of series created by this poll skip ``incoming``: no prior values, nothing slow, every point new, so
+# the checks, the deltas (fewer aggregates) and the bucket inserts read ``staged`` itself.
+SQL_FIND_INVALID_NEW = """
+SELECT s.metric, s.attrs, i.bucket_start, i.bucket_width, i.value
+FROM staged AS i JOIN series AS s ON s.id = i.series_id
+WHERE i.series_id >= :lo AND i.series_id <= :last AND (i.bucket_width <= 0 OR i.bucket_start < 0 OR i.value < 0)
+LIMIT 1"""
+SQL_FILL_DELTAS_NEW = """
+INSERT INTO deltas
+SELECT series_id, bucket_start - bucket_start % 3600 AS hour, sum(value), 0, sum(value), count(*), 0, 0,
+       min(bucket_width), max(bucket_width)
+FROM staged WHERE series_id >= :lo AND series_id <= :last
+GROUP BY series_id, hour"""
+SQL_APPLY_BUCKETS_NEW = """
+INSERT INTO buckets (series_id, bucket_start, bucket_width, value)
+SELECT series_id, bucket_start, bucket_width, value
+FROM staged WHERE series_id >= :lo AND series_id <= :last
+ON CONFLICT (series_id, bucket_start, bucket_width) DO UPDATE SET value = excluded.value"""
 SQL_APPLY_BUCKETS = """
 INSERT INTO buckets (series_id, bucket_start, bucket_width, value)
 SELECT series_id, bucket_start, bucket_width, value
@@ -473,6 +491,13 @@ def stage(tx: Connection, rows: Sequence[Point]) -> None:
         tx.execute(_stage_sql((len(flat) - full) // 4), flat[full:])
 
 
+def _invalid_point(instance: str, bad: Sequence[object]) -> LedgerError:
+    return LedgerError(
+        f"{instance}: {bad[0]} {bad[1]} has an invalid point: bucket start {bad[2]}, "
+        f"width {bad[3]}s, value {bad[4]}; the poll was not applied"
+    )
+
+
 class LedgerWriter(LedgerEngine):
     """The write half of ``Ledger``: ``apply``, ``set_pricer``, ``prune_rollups`` on the engine's connection."""
 
@@ -601,8 +626,11 @@ class LedgerWriter(LedgerEngine):
         for sid, metric, attrs in series:
             if metric in UNPRICEABLE_METRICS:
                 continue
-            for period in pricer.schedule(metric, json.loads(attrs)):
-                planned.append((sid, period, (period.target_metric, canonical_attrs(period.target_attrs))))
+            parsed = json.loads(attrs)
+            for period in pricer.schedule(metric, parsed):
+                # Estimated cost keeps its usage series' attributes: their canonical JSON is ``attrs`` itself.
+                target = attrs if period.target_attrs == parsed else canonical_attrs(period.target_attrs)
+                planned.append((sid, period, (period.target_metric, target)))
         if not planned:
             return
         ids = self._target_ids(tx, instance, list(dict.fromkeys(key for _, _, key in planned)), now_ns,
@@ -759,17 +787,16 @@ class LedgerWriter(LedgerEngine):
         largest before it), so no point has a prior value to look up.
         """
         span = {"lo": lo, "last": last}
-        changed = int(tx.execute(SQL_KEEP_NEW if all_new else SQL_KEEP_CHANGED, span).rowcount)
+        if all_new:
+            return self._apply_new_range(tx, instance, span, now_ns, stats)
+        changed = int(tx.execute(SQL_KEEP_CHANGED, span).rowcount)
         if not changed:
             return 0
         bad = tx.execute(SQL_FIND_INVALID).fetchone()
         if bad is not None:
-            raise LedgerError(
-                f"{instance}: {bad[0]} {bad[1]} has an invalid point: bucket start {bad[2]}, "
-                f"width {bad[3]}s, value {bad[4]}; the poll was not applied"
-            )
+            raise _invalid_point(instance, bad)
         tx.execute(SQL_CLEAR_BOUNDS)
-        if not all_new and tx.execute(SQL_FILL_BOUNDS, span).rowcount:
+        if tx.execute(SQL_FILL_BOUNDS, span).rowcount:
             tx.execute(SQL_MARK_SLOW)
         tx.execute(SQL_CLEAR_DELTAS)
         tx.execute(SQL_FILL_DELTAS)
@@ -786,7 +813,7 @@ class LedgerWriter(LedgerEngine):
         tx.execute(SQL_APPLY_ROLLUPS)
         tx.execute(SQL_APPLY_BUCKETS)
         self._apply_priced(tx, instance, now_ns)
-        slow = tx.execute(SQL_SLOW_POINTS).fetchall() if not all_new else []
+        slow = tx.execute(SQL_SLOW_POINTS).fetchall()
         if slow:
             slow_deltas: list[tuple[int, int, int, int, int]] = []
             widest: dict[int, int] = {}
@@ -800,6 +827,26 @@ class LedgerWriter(LedgerEngine):
             tx.executemany(SQL_STAGE_SLOW_DELTA, slow_deltas)
             self._apply_priced(tx, instance, now_ns)
         tx.execute(SQL_CLEAR_INCOMING)
+        tx.execute(SQL_CLEAR_DELTAS)
+        return changed
+
+    def _apply_new_range(
+        self, tx: Connection, instance: str, span: Mapping[str, int], now_ns: int, stats: ApplyStats,
+    ) -> int:
+        """Apply a range of series this poll created, straight from ``staged``: every point is new."""
+        bad = tx.execute(SQL_FIND_INVALID_NEW, span).fetchone()
+        if bad is not None:
+            raise _invalid_point(instance, bad)
+        tx.execute(SQL_CLEAR_DELTAS)
+        tx.execute(SQL_FILL_DELTAS_NEW, span)
+        changed = int(tx.execute(SQL_COUNT_OUTCOMES).fetchone()[0])
+        if not changed:
+            return 0
+        stats.outcomes["new"] += changed
+        tx.execute(SQL_APPLY_TOTALS, {"now": now_ns})
+        tx.execute(SQL_APPLY_ROLLUPS)
+        tx.execute(SQL_APPLY_BUCKETS_NEW, span)
+        self._apply_priced(tx, instance, now_ns)
         tx.execute(SQL_CLEAR_DELTAS)
         return changed
 
