@@ -212,6 +212,15 @@ SELECT series_id, bucket_start - bucket_start % 3600 AS hour, sum(value), 0, sum
        min(bucket_width), max(bucket_width)
 FROM staged WHERE series_id >= :lo AND series_id <= :last
 GROUP BY series_id, hour"""
+# Where no bucket is shorter than an hour, two points of a series rarely share an hour, and the consumers of
+# ``deltas`` (sums per series, rollup upserts that add, pricing grouped per target and hour) take repeated
+# (series, hour) rows as they are: one row per point, no sort for a GROUP BY.
+SQL_HAS_SUB_HOUR = """
+SELECT EXISTS (SELECT 1 FROM staged WHERE series_id >= :lo AND series_id <= :last AND bucket_width < 3600)"""
+SQL_FILL_DELTAS_PER_POINT = """
+INSERT INTO deltas
+SELECT series_id, bucket_start - bucket_start % 3600, value, 0, value, 1, 0, 0, bucket_width, bucket_width
+FROM staged WHERE series_id >= :lo AND series_id <= :last"""
 SQL_APPLY_BUCKETS_NEW = """
 INSERT INTO buckets (series_id, bucket_start, bucket_width, value)
 SELECT series_id, bucket_start, bucket_width, value
@@ -838,7 +847,8 @@ class LedgerWriter(LedgerEngine):
         if bad is not None:
             raise _invalid_point(instance, bad)
         tx.execute(SQL_CLEAR_DELTAS)
-        tx.execute(SQL_FILL_DELTAS_NEW, span)
+        sub_hour = tx.execute(SQL_HAS_SUB_HOUR, span).fetchone()[0]
+        tx.execute(SQL_FILL_DELTAS_NEW if sub_hour else SQL_FILL_DELTAS_PER_POINT, span)
         changed = int(tx.execute(SQL_COUNT_OUTCOMES).fetchone()[0])
         if not changed:
             return 0
