@@ -120,3 +120,15 @@ def test_run_once_on_an_unchanged_ledger_loads_no_price_data_and_exports_the_sam
     assert prices[0][1] == ["genai_prices"]  # the first start priced the new ledger's series
     assert prices[1][1] == prices[2][1] == []  # later starts read the schedules and gauge prices it kept
     assert prices[0][0] == prices[1][0] == prices[2][0]
+
+
+def test_an_estimated_cost_beyond_64_bits_is_refused_and_nothing_is_applied(tmp_path: Path) -> None:
+    from otel_llm_receiver.errors import LedgerError
+    from otel_llm_receiver.ledger import METRIC_TOKENS
+    from tests.support.ledger_reads import exact_totals
+
+    with Ledger(tmp_path / "l.db") as ledger:
+        ledger.set_pricer(book_from([{"provider": "acme", "model": "acme-*", "prices": {"input": "9000000"}}]))
+        with pytest.raises(LedgerError, match="64-bit"):  # 2M tokens x 9 USD: 1.8e19 pico-USD
+            ledger.apply("acme", PollResult(usage=[usage(JAN, {"input": 2_000_000})]))
+        assert exact_totals(ledger, METRIC_TOKENS) == []

@@ -238,13 +238,13 @@ CREATE TEMP TABLE IF NOT EXISTS priced (
     grow INTEGER NOT NULL, shrink INTEGER NOT NULL, net INTEGER NOT NULL, scale INTEGER NOT NULL
 )"""
 SQL_CLEAR_PRICED = "DELETE FROM priced"
+# One row per (series, hour) delta and period, not grouped: what reads ``priced`` sums per target or adds
+# into rollups, so repeated (target, hour) rows are the same as their sum, without a sort.
 SQL_FILL_PRICED = """
 INSERT INTO priced
-SELECT p.target_id, d.hour_start, sum(d.grow * p.price), sum(d.shrink * p.price), sum(d.net * p.price),
-       max(p.scale)
+SELECT p.target_id, d.hour_start, d.grow * p.price, d.shrink * p.price, d.net * p.price, p.scale
 FROM deltas AS d JOIN pricing AS p
-  ON p.series_id = d.series_id AND p.valid_from <= d.hour_start AND d.hour_start < p.valid_until
-GROUP BY p.target_id, d.hour_start"""
+  ON p.series_id = d.series_id AND p.valid_from <= d.hour_start AND d.hour_start < p.valid_until"""
 # SQLite turns an overflowing integer product into a float: refuse it rather than lose exactness.
 SQL_PRICED_OVERFLOW = """
 SELECT count(*) FROM priced
