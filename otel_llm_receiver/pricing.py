@@ -34,6 +34,7 @@ import importlib.metadata
 import json
 import logging
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -154,6 +155,8 @@ class PriceBook:
         #: (``memo_state``/``restore_memo``), so an export of an unchanged book loads no genai-prices data.
         self._gauge_memo: dict[str, list[tuple[int, int, str | None]]] = {}
         self._gauge_memo_dirty = False
+        #: The export thread fills the memo while the poll's apply may store it (``memo_state``).
+        self._gauge_memo_lock = threading.Lock()
 
     def fingerprint(self) -> str:
         """What every schedule this book gives depends on, as a digest: the ledger rebuilds its schedules only
@@ -373,22 +376,26 @@ class PriceBook:
         for start, until in zip(edges, [*edges[1:], FAR_FUTURE], strict=True):
             found = self.price(provider, model, unit, key_attrs, start)
             memo.append((start, until, None if found is None else str(found.usd)))
-        self._gauge_memo[memo_key] = memo
-        self._gauge_memo_dirty = True
+        with self._gauge_memo_lock:
+            self._gauge_memo[memo_key] = memo
+            self._gauge_memo_dirty = True
         price = self.price(provider, model, unit, key_attrs, at)
         return None if price is None else price.usd
 
     def memo_state(self) -> str | None:
         """The gauge memo as JSON when it gained entries since the last call (the ledger stores it), else None."""
-        if not self._gauge_memo_dirty:
-            return None
-        self._gauge_memo_dirty = False
-        return json.dumps(self._gauge_memo, separators=(",", ":"), sort_keys=True)
+        with self._gauge_memo_lock:
+            if not self._gauge_memo_dirty:
+                return None
+            self._gauge_memo_dirty = False
+            return json.dumps(self._gauge_memo, separators=(",", ":"), sort_keys=True)
 
     def restore_memo(self, state: str) -> None:
         """Take back a memo ``memo_state`` gave, stored under this book's own fingerprint (so still valid)."""
-        for key, periods in json.loads(state).items():
-            self._gauge_memo.setdefault(key, [(int(a), int(b), None if u is None else str(u)) for a, b, u in periods])
+        restored = json.loads(state)
+        with self._gauge_memo_lock:
+            for key, periods in restored.items():
+                self._gauge_memo.setdefault(key, [(int(a), int(b), None if u is None else str(u)) for a, b, u in periods])
 
 
 #: What selects a price (the gauge's attributes when the catalog does not say): no tenancy.
