@@ -29,8 +29,12 @@ most six decimals per million tokens. The ledger multiplies token deltas by it i
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import importlib.metadata
+import json
 import logging
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -65,6 +69,9 @@ __all__ = [
 ]
 
 FAR_FUTURE = 2**62
+#: Part of ``PriceBook.fingerprint``: bump when the resolution of prices or schedules changes, so every ledger
+#: rebuilds its schedules once on its next start.
+SCHEDULE_LOGIC = 1
 
 
 # Our provider names (gen_ai.provider.name) -> genai-prices provider ids, from each provider's provider.yaml;
@@ -144,6 +151,30 @@ class PriceBook:
         self._schedules: dict[tuple[object, ...], list[tuple[int, int, Price | None]]] = {}
         # The attributes a price can depend on: the ones genai-prices variants read, and every ``when`` key.
         self._relevant = frozenset(PRICE_GAUGE_ATTRIBUTES) | {k for e in self.entries for k in e.when}
+        #: The price gauges' prices over time, by gauge key (JSON): kept in the ledger beside the schedules
+        #: (``memo_state``/``restore_memo``), so an export of an unchanged book loads no genai-prices data.
+        self._gauge_memo: dict[str, list[tuple[int, int, str | None]]] = {}
+        self._gauge_memo_dirty = False
+        #: The export thread fills the memo while the poll's apply may store it (``memo_state``).
+        self._gauge_memo_lock = threading.Lock()
+
+    def fingerprint(self) -> str:
+        """What every schedule this book gives depends on, as a digest: the ledger rebuilds its schedules only
+        when it changes (``LedgerWriter.set_pricer``), so a start with an unchanged price book loads no price
+        data at all.
+
+        It covers the entries (overrides, the catalog file's and the packaged defaults', as parsed, in rank
+        order), whether genai-prices is used and that package's installed version (read from its metadata, not
+        its data), and ``SCHEDULE_LOGIC``, bumped whenever this module's way of resolving prices changes.
+        """
+        genai = "off"
+        if self.use_genai_prices:
+            try:
+                genai = importlib.metadata.version("genai-prices")
+            except importlib.metadata.PackageNotFoundError:
+                genai = "missing"
+        text = repr((SCHEDULE_LOGIC, genai, self.entries))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     # -- genai-prices ------------------------------------------------------------------------------------
     def _genai_model(self, provider: str, model: str) -> Any:
@@ -324,13 +355,47 @@ class PriceBook:
             key = tuple(sorted(key_attrs.items()))
             if key in out:
                 continue
-            price = self.price(
-                key_attrs.get("gen_ai.provider.name", ""), key_attrs.get("gen_ai.request.model", ""),
-                key_attrs.get("gen_ai.token.type", ""), key_attrs, at,
-            )
-            if price is not None:
-                out[key] = (key_attrs, price.usd)
+            usd = self._gauge_price(key_attrs, key, at)
+            if usd is not None:
+                out[key] = (key_attrs, usd)
         return list(out.values())
+
+    def _gauge_price(self, key_attrs: Mapping[str, str], key: tuple[tuple[str, str], ...], at: int) -> Decimal | None:
+        """A gauge's price at ``at``: from the memo when it has the gauge, else resolved (and memoised over
+        time, between the same boundaries the ledger's schedules use, as exact decimal strings)."""
+        memo_key = json.dumps(key, separators=(",", ":"))
+        periods = self._gauge_memo.get(memo_key)
+        if periods is not None:
+            for start, until, usd in periods:
+                if start <= at < until:
+                    return None if usd is None else Decimal(usd)
+        provider, model = key_attrs.get("gen_ai.provider.name", ""), key_attrs.get("gen_ai.request.model", "")
+        unit = key_attrs.get("gen_ai.token.type", "")
+        edges = self.boundaries(provider, model)
+        memo: list[tuple[int, int, str | None]] = []
+        for start, until in zip(edges, [*edges[1:], FAR_FUTURE], strict=True):
+            found = self.price(provider, model, unit, key_attrs, start)
+            memo.append((start, until, None if found is None else str(found.usd)))
+        with self._gauge_memo_lock:
+            self._gauge_memo[memo_key] = memo
+            self._gauge_memo_dirty = True
+        price = self.price(provider, model, unit, key_attrs, at)
+        return None if price is None else price.usd
+
+    def memo_state(self) -> str | None:
+        """The gauge memo as JSON when it gained entries since the last call (the ledger stores it), else None."""
+        with self._gauge_memo_lock:
+            if not self._gauge_memo_dirty:
+                return None
+            self._gauge_memo_dirty = False
+            return json.dumps(self._gauge_memo, separators=(",", ":"), sort_keys=True)
+
+    def restore_memo(self, state: str) -> None:
+        """Take back a memo ``memo_state`` gave, stored under this book's own fingerprint (so still valid)."""
+        restored = json.loads(state)
+        with self._gauge_memo_lock:
+            for key, periods in restored.items():
+                self._gauge_memo.setdefault(key, [(int(a), int(b), None if u is None else str(u)) for a, b, u in periods])
 
 
 #: What selects a price (the gauge's attributes when the catalog does not say): no tenancy.

@@ -199,6 +199,33 @@ SQL_APPLY_ROLLUPS = """
 INSERT INTO rollups (series_id, hour_start, value)
 SELECT series_id, hour_start, net FROM deltas WHERE net <> 0
 ON CONFLICT (series_id, hour_start) DO UPDATE SET value = value + excluded.value"""
+# Ranges of series created by this poll skip ``incoming``: no prior values, nothing slow, every point new, so
+# the checks, the deltas (fewer aggregates) and the bucket inserts read ``staged`` itself.
+SQL_FIND_INVALID_NEW = """
+SELECT s.metric, s.attrs, i.bucket_start, i.bucket_width, i.value
+FROM staged AS i JOIN series AS s ON s.id = i.series_id
+WHERE i.series_id >= :lo AND i.series_id <= :last AND (i.bucket_width <= 0 OR i.bucket_start < 0 OR i.value < 0)
+LIMIT 1"""
+SQL_FILL_DELTAS_NEW = """
+INSERT INTO deltas
+SELECT series_id, bucket_start - bucket_start % 3600 AS hour, sum(value), 0, sum(value), count(*), 0, 0,
+       min(bucket_width), max(bucket_width)
+FROM staged WHERE series_id >= :lo AND series_id <= :last
+GROUP BY series_id, hour"""
+# Where no bucket is shorter than an hour, two points of a series rarely share an hour, and the consumers of
+# ``deltas`` (sums per series, rollup upserts that add, pricing grouped per target and hour) take repeated
+# (series, hour) rows as they are: one row per point, no sort for a GROUP BY.
+SQL_HAS_SUB_HOUR = """
+SELECT EXISTS (SELECT 1 FROM staged WHERE series_id >= :lo AND series_id <= :last AND bucket_width < 3600)"""
+SQL_FILL_DELTAS_PER_POINT = """
+INSERT INTO deltas
+SELECT series_id, bucket_start - bucket_start % 3600, value, 0, value, 1, 0, 0, bucket_width, bucket_width
+FROM staged WHERE series_id >= :lo AND series_id <= :last"""
+SQL_APPLY_BUCKETS_NEW = """
+INSERT INTO buckets (series_id, bucket_start, bucket_width, value)
+SELECT series_id, bucket_start, bucket_width, value
+FROM staged WHERE series_id >= :lo AND series_id <= :last
+ON CONFLICT (series_id, bucket_start, bucket_width) DO UPDATE SET value = excluded.value"""
 SQL_APPLY_BUCKETS = """
 INSERT INTO buckets (series_id, bucket_start, bucket_width, value)
 SELECT series_id, bucket_start, bucket_width, value
@@ -211,13 +238,13 @@ CREATE TEMP TABLE IF NOT EXISTS priced (
     grow INTEGER NOT NULL, shrink INTEGER NOT NULL, net INTEGER NOT NULL, scale INTEGER NOT NULL
 )"""
 SQL_CLEAR_PRICED = "DELETE FROM priced"
+# One row per (series, hour) delta and period, not grouped: what reads ``priced`` sums per target or adds
+# into rollups, so repeated (target, hour) rows are the same as their sum, without a sort.
 SQL_FILL_PRICED = """
 INSERT INTO priced
-SELECT p.target_id, d.hour_start, sum(d.grow * p.price), sum(d.shrink * p.price), sum(d.net * p.price),
-       max(p.scale)
+SELECT p.target_id, d.hour_start, d.grow * p.price, d.shrink * p.price, d.net * p.price, p.scale
 FROM deltas AS d JOIN pricing AS p
-  ON p.series_id = d.series_id AND p.valid_from <= d.hour_start AND d.hour_start < p.valid_until
-GROUP BY p.target_id, d.hour_start"""
+  ON p.series_id = d.series_id AND p.valid_from <= d.hour_start AND d.hour_start < p.valid_until"""
 # SQLite turns an overflowing integer product into a float: refuse it rather than lose exactness.
 SQL_PRICED_OVERFLOW = """
 SELECT count(*) FROM priced
@@ -244,7 +271,28 @@ INSERT INTO pricing (series_id, valid_from, valid_until, target_id, price, scale
 ON CONFLICT (series_id, valid_from) DO UPDATE SET
     valid_until = excluded.valid_until, target_id = excluded.target_id, price = excluded.price,
     scale = excluded.scale"""
-SQL_PRICEABLE_SERIES = "SELECT id, instance, metric, attrs FROM series WHERE metric NOT IN (?, ?, ?)"
+# One page of the series to (re)price, in id order: a rebuild never holds more than a page of rows.
+SQL_PRICEABLE_PAGE = """
+SELECT id, instance, metric, attrs FROM series WHERE id > ? AND metric NOT IN (?, ?, ?) ORDER BY id LIMIT ?"""
+#: Series priced per page (and per statement batch) when the schedules are rebuilt.
+PRICING_PAGE: Final = 5_000
+# The price book the schedules in ``pricing`` were built with (``PriceBook.fingerprint``); absent: unknown.
+META_PRICING = "pricing_fingerprint"
+SQL_GET_PRICING_FINGERPRINT = "SELECT value FROM meta WHERE key = ?"
+SQL_SET_PRICING_FINGERPRINT = """
+INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"""
+SQL_FORGET_PRICING_FINGERPRINT = "DELETE FROM meta WHERE key = ?"
+# The pricer's memo (``PriceBook.memo_state``: the price gauges' prices), valid for the fingerprint stored
+# with it: ``{"fingerprint": ..., "memo": ...}``.
+META_PRICER_MEMO = "pricer_memo"
+# The ids of a batch of priced target series, found by the (instance, metric, attrs) index, never by reading
+# every series of the instance.
+SQL_CREATE_WANTED = "CREATE TEMP TABLE IF NOT EXISTS wanted (metric TEXT NOT NULL, attrs TEXT NOT NULL)"
+SQL_INSERT_WANTED = "INSERT INTO wanted (metric, attrs) VALUES (?, ?)"
+SQL_FIND_WANTED = """
+SELECT s.id, w.metric, w.attrs FROM wanted AS w
+JOIN series AS s ON s.instance = ? AND s.metric = w.metric AND s.attrs = w.attrs"""
+SQL_CLEAR_WANTED = "DELETE FROM wanted"
 #: Series whose deltas are money or already priced: never priced again (every other series is offered to the
 #: pricer, which decides: tokens, requests, and any unit a price entry names).
 UNPRICEABLE_METRICS: Final = frozenset({METRIC_COST, METRIC_COST_ESTIMATED, METRIC_UNPRICED})
@@ -452,6 +500,13 @@ def stage(tx: Connection, rows: Sequence[Point]) -> None:
         tx.execute(_stage_sql((len(flat) - full) // 4), flat[full:])
 
 
+def _invalid_point(instance: str, bad: Sequence[object]) -> LedgerError:
+    return LedgerError(
+        f"{instance}: {bad[0]} {bad[1]} has an invalid point: bucket start {bad[2]}, "
+        f"width {bad[3]}s, value {bad[4]}; the poll was not applied"
+    )
+
+
 class LedgerWriter(LedgerEngine):
     """The write half of ``Ledger``: ``apply``, ``set_pricer``, ``prune_rollups`` on the engine's connection."""
 
@@ -462,6 +517,10 @@ class LedgerWriter(LedgerEngine):
         #: Record identity -> series keys, kept across polls (pure: never stale; see ``SeriesKeys``).
         self._keys = SeriesKeys()
         self._pricer: SeriesPricer | None = None
+        #: The price book the schedules are current for (None: unknown, nothing is memoised).
+        self._pricing_fingerprint: str | None = None
+        #: How many times ``set_pricer`` rebuilt the schedules (0 when every start found them current).
+        self.pricing_rebuilds = 0
 
     def pruned_before(self, instance: str) -> int:
         """Buckets of ``instance`` starting before this were pruned: records for them are rejected."""
@@ -470,48 +529,139 @@ class LedgerWriter(LedgerEngine):
 
     # -- pricing -------------------------------------------------------------------------------------------
     def set_pricer(self, pricer: SeriesPricer | None, *, now_ns: int | None = None) -> int:
-        """Price every token and request series with ``pricer`` from now on; returns the series priced.
+        """Price every token and request series with ``pricer`` from now on; returns the series re-priced.
 
-        The schedules of all existing series are rebuilt in one transaction, so a changed catalog applies to
-        every delta from here on; what was already counted stays (counters never go down). New series get
-        their schedule inside the apply that creates them.
+        A pricer with a ``fingerprint()`` (``PriceBook``) is compared with the one the ledger's schedules were
+        built with (the ``meta`` table): unchanged, nothing is rebuilt, so a start reads no price data and
+        writes nothing. Otherwise the schedules of all existing series are rebuilt in one transaction, a page
+        of series at a time (bounded memory at any ledger size), so a changed catalog applies to every delta
+        from here on; what was already counted stays (counters never go down). New series get their schedule
+        inside the apply that creates them.
         """
         self._pricer = pricer
         if pricer is None or self.readonly:
             return 0
+        fingerprint_of = getattr(pricer, "fingerprint", None)
+        fingerprint = str(fingerprint_of()) if callable(fingerprint_of) else None
         now_ns = time.time_ns() if now_ns is None else now_ns
-        with self._lock, self._transaction() as tx:
-            tx.execute("DELETE FROM pricing")
-            rows = tx.execute(SQL_PRICEABLE_SERIES, sorted(UNPRICEABLE_METRICS)).fetchall()
-            by_instance: dict[str, list[tuple[int, str, str]]] = {}
-            for sid, instance, metric, attrs in rows:
-                by_instance.setdefault(instance, []).append((sid, metric, attrs))
-            for instance, series in by_instance.items():
-                self._price_series(tx, instance, series, now_ns)
-            self._series_ids.clear()
-        return len(rows)
+        with self._lock:
+            if fingerprint is not None:
+                row = self._conn.execute(SQL_GET_PRICING_FINGERPRINT, (META_PRICING,)).fetchone()
+                if row is not None and row[0] == fingerprint:
+                    self._restore_memo(pricer, fingerprint)
+                    return 0
+            priced = 0
+            with self._transaction() as tx:
+                tx.execute("DELETE FROM pricing")
+                after = MIN_ID
+                while True:
+                    page = tx.execute(
+                        SQL_PRICEABLE_PAGE, (after, *sorted(UNPRICEABLE_METRICS), PRICING_PAGE)).fetchall()
+                    if not page:
+                        break
+                    after = int(page[-1][0])
+                    priced += len(page)
+                    by_instance: dict[str, list[tuple[int, str, str]]] = {}
+                    for sid, instance, metric, attrs in page:
+                        by_instance.setdefault(instance, []).append((sid, metric, attrs))
+                    for instance, series in by_instance.items():
+                        self._price_series(tx, instance, series, now_ns, cached=False)
+                tx.execute(SQL_FORGET_PRICING_FINGERPRINT, (META_PRICER_MEMO,))
+                if fingerprint is None:
+                    tx.execute(SQL_FORGET_PRICING_FINGERPRINT, (META_PRICING,))
+                else:
+                    tx.execute(SQL_SET_PRICING_FINGERPRINT, (META_PRICING, fingerprint))
+                self._series_ids.clear()
+            self.pricing_rebuilds += 1
+            self._pricing_fingerprint = fingerprint
+        return priced
+
+    def _restore_memo(self, pricer: SeriesPricer, fingerprint: str) -> None:
+        self._pricing_fingerprint = fingerprint
+        restore = getattr(pricer, "restore_memo", None)
+        row = self._conn.execute(SQL_GET_PRICING_FINGERPRINT, (META_PRICER_MEMO,)).fetchone()
+        if row is None or not callable(restore):
+            return
+        try:
+            stored = json.loads(row[0])
+        except ValueError:
+            return
+        if isinstance(stored, dict) and stored.get("fingerprint") == fingerprint:
+            restore(json.dumps(stored.get("memo", {})))
+
+    def _memo_value(self) -> str | None:
+        """What the pricer memoised since the last call (the gauges' prices) with the fingerprint it is valid
+        for, as the ``meta`` value to store; None when there is nothing new."""
+        state_of = getattr(self._pricer, "memo_state", None)
+        if self._pricing_fingerprint is None or not callable(state_of):
+            return None
+        state = state_of()
+        if not isinstance(state, str):
+            return None
+        return json.dumps({"fingerprint": self._pricing_fingerprint, "memo": json.loads(state)},
+                          separators=(",", ":"))
+
+    def _save_memo(self, tx: Connection) -> None:
+        value = self._memo_value()
+        if value is not None:
+            tx.execute(SQL_SET_PRICING_FINGERPRINT, (META_PRICER_MEMO, value))
+
+    def close(self) -> None:
+        """Close, keeping first what the pricer memoised (an export's gauge prices) for the next start."""
+        value = None if self.readonly else self._memo_value()
+        if value is not None:
+            try:
+                with self._lock, self._transaction() as tx:
+                    tx.execute(SQL_SET_PRICING_FINGERPRINT, (META_PRICER_MEMO, value))
+            except LedgerError as exc:  # a cache: losing it costs the next start a price-data load, no more
+                log.warning("ledger %s: could not keep the price memo: %s", self.path, exc)
+        super().close()
 
     def _price_series(
-        self, tx: Connection, instance: str, series: list[tuple[int, str, str]], now_ns: int
+        self, tx: Connection, instance: str, series: list[tuple[int, str, str]], now_ns: int, *,
+        cached: bool = True,
     ) -> None:
-        """Write the pricing schedules of new usage series (one pricer call per series, never per point)."""
+        """Write the pricing schedules of new usage series (one pricer call per series, never per point).
+
+        ``cached``: the instance's cached series ids are used and extended (an apply); a rebuild leaves them
+        alone and looks the targets up by the index, so it never holds every series' id at once.
+        """
         pricer = self._pricer
         if pricer is None:
+            # Series created without a pricer have no schedule: the next ``set_pricer`` must rebuild.
+            tx.execute(SQL_FORGET_PRICING_FINGERPRINT, (META_PRICING,))
             return
         planned: list[tuple[int, PricingPeriod, tuple[str, str]]] = []
         for sid, metric, attrs in series:
             if metric in UNPRICEABLE_METRICS:
                 continue
-            for period in pricer.schedule(metric, json.loads(attrs)):
-                planned.append((sid, period, (period.target_metric, canonical_attrs(period.target_attrs))))
+            parsed = json.loads(attrs)
+            for period in pricer.schedule(metric, parsed):
+                # Estimated cost keeps its usage series' attributes: their canonical JSON is ``attrs`` itself.
+                target = attrs if period.target_attrs == parsed else canonical_attrs(period.target_attrs)
+                planned.append((sid, period, (period.target_metric, target)))
         if not planned:
             return
-        targets = dict.fromkeys(key for _, _, key in planned)
-        tx.executemany(SQL_INSERT_SERIES, [(instance, m, a, now_ns, now_ns) for m, a in targets])
-        ids = self._ids_for(tx, instance, refresh=True)
+        ids = self._target_ids(tx, instance, list(dict.fromkeys(key for _, _, key in planned)), now_ns,
+                               self._series_ids.get(instance) if cached else None)
         tx.executemany(SQL_INSERT_PRICING, [
             (sid, p.valid_from, p.valid_until, ids[key], p.price, p.scale) for sid, p, key in planned
         ])
+
+    def _target_ids(
+        self, tx: Connection, instance: str, keys: list[SeriesKey], now_ns: int, cache: dict[SeriesKey, int] | None,
+    ) -> Mapping[SeriesKey, int]:
+        """The ids of ``keys`` (priced target series), created where missing; ``cache`` is used and extended."""
+        missing = keys if cache is None else [k for k in keys if k not in cache]
+        found: dict[SeriesKey, int] = {} if cache is None else cache
+        if missing:
+            tx.executemany(SQL_INSERT_SERIES, [(instance, m, a, now_ns, now_ns) for m, a in missing])
+            tx.execute(SQL_CREATE_WANTED)
+            tx.executemany(SQL_INSERT_WANTED, missing)
+            for sid, metric, attrs in tx.execute(SQL_FIND_WANTED, (instance,)):
+                found[(metric, attrs)] = sid
+            tx.execute(SQL_CLEAR_WANTED)
+        return found
 
     def _apply_priced(self, tx: Connection, instance: str, now_ns: int) -> None:
         """Turn the ``deltas`` just applied into deltas of their priced series (estimated cost, unpriced)."""
@@ -629,6 +779,7 @@ class LedgerWriter(LedgerEngine):
                 tx.executemany(
                     SQL_UPSERT_CURSOR, [(instance, s, v, now_ns) for s, v in cursors.items()]
                 )
+            self._save_memo(tx)
             if prune_before is not None and prune_before > horizon:
                 tx.execute(SQL_PRUNE_BUCKETS, {"before": prune_before, "instance": instance})
                 tx.execute(SQL_PRUNE_REFINED, {"before": prune_before, "instance": instance})
@@ -645,17 +796,16 @@ class LedgerWriter(LedgerEngine):
         largest before it), so no point has a prior value to look up.
         """
         span = {"lo": lo, "last": last}
-        changed = int(tx.execute(SQL_KEEP_NEW if all_new else SQL_KEEP_CHANGED, span).rowcount)
+        if all_new:
+            return self._apply_new_range(tx, instance, span, now_ns, stats)
+        changed = int(tx.execute(SQL_KEEP_CHANGED, span).rowcount)
         if not changed:
             return 0
         bad = tx.execute(SQL_FIND_INVALID).fetchone()
         if bad is not None:
-            raise LedgerError(
-                f"{instance}: {bad[0]} {bad[1]} has an invalid point: bucket start {bad[2]}, "
-                f"width {bad[3]}s, value {bad[4]}; the poll was not applied"
-            )
+            raise _invalid_point(instance, bad)
         tx.execute(SQL_CLEAR_BOUNDS)
-        if not all_new and tx.execute(SQL_FILL_BOUNDS, span).rowcount:
+        if tx.execute(SQL_FILL_BOUNDS, span).rowcount:
             tx.execute(SQL_MARK_SLOW)
         tx.execute(SQL_CLEAR_DELTAS)
         tx.execute(SQL_FILL_DELTAS)
@@ -672,7 +822,7 @@ class LedgerWriter(LedgerEngine):
         tx.execute(SQL_APPLY_ROLLUPS)
         tx.execute(SQL_APPLY_BUCKETS)
         self._apply_priced(tx, instance, now_ns)
-        slow = tx.execute(SQL_SLOW_POINTS).fetchall() if not all_new else []
+        slow = tx.execute(SQL_SLOW_POINTS).fetchall()
         if slow:
             slow_deltas: list[tuple[int, int, int, int, int]] = []
             widest: dict[int, int] = {}
@@ -686,6 +836,27 @@ class LedgerWriter(LedgerEngine):
             tx.executemany(SQL_STAGE_SLOW_DELTA, slow_deltas)
             self._apply_priced(tx, instance, now_ns)
         tx.execute(SQL_CLEAR_INCOMING)
+        tx.execute(SQL_CLEAR_DELTAS)
+        return changed
+
+    def _apply_new_range(
+        self, tx: Connection, instance: str, span: Mapping[str, int], now_ns: int, stats: ApplyStats,
+    ) -> int:
+        """Apply a range of series this poll created, straight from ``staged``: every point is new."""
+        bad = tx.execute(SQL_FIND_INVALID_NEW, span).fetchone()
+        if bad is not None:
+            raise _invalid_point(instance, bad)
+        tx.execute(SQL_CLEAR_DELTAS)
+        sub_hour = tx.execute(SQL_HAS_SUB_HOUR, span).fetchone()[0]
+        tx.execute(SQL_FILL_DELTAS_NEW if sub_hour else SQL_FILL_DELTAS_PER_POINT, span)
+        changed = int(tx.execute(SQL_COUNT_OUTCOMES).fetchone()[0])
+        if not changed:
+            return 0
+        stats.outcomes["new"] += changed
+        tx.execute(SQL_APPLY_TOTALS, {"now": now_ns})
+        tx.execute(SQL_APPLY_ROLLUPS)
+        tx.execute(SQL_APPLY_BUCKETS_NEW, span)
+        self._apply_priced(tx, instance, now_ns)
         tx.execute(SQL_CLEAR_DELTAS)
         return changed
 
