@@ -120,9 +120,10 @@ def group_of(row: Mapping[str, Any], at: Row, notes: Notes) -> Group:
     """The row's ``Group``, validated once per distinct set of group-field values in a poll."""
     get = row.get
     # project_id is read whether grouped or not; a field not grouped by is not read (and may hold anything)
-    key: tuple[Any, ...] | None = (at.grouped, get("project_id"), *[get(f) for f in _GROUP_FIELDS if f in at.grouped])
+    values: tuple[Any, ...] = (at.grouped, get("project_id"), *[get(f) for f in _GROUP_FIELDS if f in at.grouped])
+    key: tuple[Any, ...] | None = values
     try:
-        cached = notes.groups.get(key)
+        cached = notes.groups.get(values)
     except TypeError:  # an unhashable (so wrong-typed) group field: validation below names it
         cached, key = None, None
     if cached is not None:
