@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint types unit docs bench lock clean
+.PHONY: install demo test lint types unit docs bench bench-large lock clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,14 @@ bench: install
 	$(BIN)/python benchmarks/response_size.py
 	$(BIN)/python benchmarks/signals.py
 	$(BIN)/python benchmarks/focus_export.py
+	$(BIN)/python benchmarks/startup.py
+	$(BIN)/python benchmarks/ledger_growth.py
+	$(BIN)/python benchmarks/backfill_memory.py --days 7,14
+
+## The 90-day backfill of a large organisation (about 1.1M API rows; 15-25 min for its 3 runs).
+bench-large: install
+	$(BIN)/python benchmarks/ledger_apply.py --sizes 1000000 --large
+	$(BIN)/python benchmarks/backfill_memory.py --days 90
 
 clean:
 	rm -rf $(VENV) otel-llm-data .pytest_cache .mypy_cache .ruff_cache .hypothesis
