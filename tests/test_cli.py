@@ -292,8 +292,9 @@ def _demo_config(path: Path, ledger: Path, endpoint: str) -> Path:
 def test_help_loads_the_parser_and_nothing_of_the_receiver(tmp_path: Path) -> None:
     proc, modules = _modules_after("--help", cwd=tmp_path)
     assert proc.returncode == 0 and "run the receiver" in proc.stdout and "focus" in proc.stdout
-    assert _ours(modules) == {"cli", "errors", "focus", "focus.command", "focus.schema", "ledger_cli"}
+    assert _ours(modules) == {"_version", "cli", "errors", "focus", "focus.command", "focus.schema", "ledger_cli"}
     assert _loaded(modules, PROVIDER_LIBRARIES | RUNTIME_LIBRARIES | {"yaml", "asyncio"}) == []
+    assert "importlib.metadata" not in modules  # the version comes from _version.py, not a scan of distributions
 
 
 def test_check_of_a_demo_config_loads_the_config_and_the_demo_provider_only(tmp_path: Path) -> None:

@@ -43,7 +43,9 @@ def test_security_policy_and_changelog_exist_and_say_what_they_must() -> None:
     # What the receiver stores and what it never stores are both stated.
     assert "never written to the ledger" in security and "never sees prompts" in security
     changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
-    assert f"## [{PYPROJECT['project']['version']}]" in changelog, "the current version has a changelog entry"
+    from otel_llm_receiver._version import __version__
+
+    assert f"## [{__version__}]" in changelog, "the current version has a changelog entry"
 
 
 def test_every_file_the_dockerfile_copies_exists() -> None:
@@ -169,3 +171,17 @@ def test_yaml_is_parsed_by_libyaml_and_agrees_with_the_pure_python_loader() -> N
         text = path.read_text(encoding="utf-8")
         assert yaml.load(text, Loader=yaml.CSafeLoader) == yaml.load(text, Loader=yaml.SafeLoader), path
     assert "llm.usage.tokens" in load_catalog().metrics
+
+
+def test_the_installed_version_is_the_one_the_package_reports() -> None:
+    """The version is written once (``_version.py``); the installed metadata is built from it (setuptools'
+    dynamic ``attr``), so ``--version``, ``service.version`` and ``pip show`` agree."""
+    from importlib.metadata import version
+
+    import otel_llm_receiver
+    from otel_llm_receiver._version import __version__
+
+    assert "version" in PYPROJECT["project"]["dynamic"] and "version" not in PYPROJECT["project"]
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "otel_llm_receiver._version.__version__"}
+    assert version("otel-llm-receiver") == __version__ == otel_llm_receiver.__version__
+    Version(__version__)  # a valid PEP 440 version
