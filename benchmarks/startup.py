@@ -37,45 +37,25 @@ from benchmarks.harness import Run, command_env, machine, median_figure, run_com
 #: What the installed ``otel-llm-receiver`` console script runs (setuptools' entry-point wrapper).
 ENTRY = "import sys; from otel_llm_receiver.cli import main; sys.exit(main())"
 
-#: The demo command's configuration (cli.DEMO_CONFIG), pointed at a ledger and a sink of this run.
-DEMO_CONFIG = """\
-collection_interval: 10s
-export_interval: 10s
-storage:
-  path: {ledger}
-health:
-  endpoint: ""
-exporters:
-  otlp:
-    endpoint: {endpoint}
-    tls:
-      insecure: true
-providers:
-  demo:
-    backfill: 336h
-    seed: 42
-budgets:
-  - name: demo-monthly
-    amount: 20000
-    period: month
-    source: best
-  - name: research-daily
-    amount: 150
-    period: day
-    source: estimated
-    match: {{team: research}}
-attribution:
-  rules:
-    - {{tenancy: Search, team: search, cost_center: CC-100}}
-    - {{tenancy: Research, team: research, cost_center: CC-200}}
-"""
-
 GOALS = {"--help": 0.2, "run --once": 0.6}
 #: What ``run`` cannot do without, whoever's code it is: genai-prices' data (the price gauges of every export and
 #: the schedules ``Ledger.set_pricer`` writes at start), and the official OTLP exporter with the SDK types it uses.
 GENAI = "from genai_prices import data_snapshot; data_snapshot.get_snapshot()"
 OTLP = ("import opentelemetry.sdk.metrics.export, opentelemetry.exporter.otlp.proto.grpc.metric_exporter, "
         "opentelemetry.proto.collector.metrics.v1.metrics_service_pb2")
+
+
+def demo_config(ledger: Path, endpoint: str) -> str:
+    """The ``demo`` command's own configuration (``cli.DEMO_CONFIG`` of the code measured), at this run's ledger
+    and sink, so the benchmark measures what a user's demo runs and never drifts from it."""
+    import yaml
+
+    from otel_llm_receiver.cli import DEMO_CONFIG  # after the harness: BENCH_CODE's code when given
+
+    raw = yaml.safe_load(DEMO_CONFIG)
+    raw["storage"]["path"] = str(ledger)
+    raw["exporters"]["otlp"]["endpoint"] = endpoint
+    return str(yaml.safe_dump(raw, sort_keys=False))
 
 
 def cli(*args: str) -> list[str]:
@@ -98,10 +78,10 @@ def main() -> None:
         env = command_env()
         # The existing demo ledger: built and settled once, untimed, at the base path.
         base.parent.mkdir()
-        config.write_text(DEMO_CONFIG.format(ledger=base, endpoint=sink.grpc_endpoint))
+        config.write_text(demo_config(base, sink.grpc_endpoint))
         for _ in range(2):
             run_command(cli("run", "--config", str(config), "--once"), env=env, cwd=work)
-        config.write_text(DEMO_CONFIG.format(ledger=ledger, endpoint=sink.grpc_endpoint))
+        config.write_text(demo_config(ledger, sink.grpc_endpoint))
 
         def fresh_ledger() -> None:
             shutil.rmtree(ledger.parent, ignore_errors=True)
