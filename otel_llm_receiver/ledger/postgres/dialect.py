@@ -174,7 +174,9 @@ def _additive_upsert(sql: str) -> str:
     value = match.group("col")
     if set(columns) != {*keys, value}:
         raise UnsupportedSQL(f"an additive upsert into {table} must insert exactly its key and {value}")
-    select = ", ".join(f"CAST(sum({c}) AS BIGINT)" if c == value else c for c in columns)
+    # Every column of an additive upsert is an integer: typed here, so parameters of a VALUES source are too.
+    select = ", ".join(f"CAST(sum(CAST({c} AS BIGINT)) AS BIGINT)" if c == value else f"CAST({c} AS BIGINT)"
+                       for c in columns)
     return (
         f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} FROM ({source}) AS src ({', '.join(columns)})"
         f" GROUP BY {', '.join(keys)} ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {value} = {table}.{value}"
@@ -220,7 +222,7 @@ def translate(sql: str) -> str:
     if "::" in masked:
         raise UnsupportedSQL(f"'::' is not SQLite: {sql.strip()[:80]}")
     masked = re.sub(r"\bWITHOUT\s+ROWID\b", "", masked, flags=re.IGNORECASE)
-    if re.search(r"\bINSERT\s+OR\b|\bREPLACE\s+INTO\b|\bPRAGMA\b|\bsqlite_\w+|\bAUTOINCREMENT\b|\bGLOB\b",
+    if re.search(r"\bINSERT\s+OR\b|\bREPLACE\s+INTO\b|\bPRAGMA|\bsqlite_\w+|\bAUTOINCREMENT\b|\bGLOB\b",
                  masked, re.IGNORECASE):
         raise UnsupportedSQL(f"SQLite-only construct in: {sql.strip()[:80]}")
     masked = re.sub(r"\bINTEGER\b", "BIGINT", masked, flags=re.IGNORECASE)
