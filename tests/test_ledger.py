@@ -134,6 +134,24 @@ def test_money_is_exact_over_a_year_of_cents(ledger: Ledger) -> None:
     assert sum([0.01] * 365) != 3.65
 
 
+def test_money_near_2_to_the_62_stays_exact(ledger: Ledger) -> None:
+    """Nano-units near 2**62 (4.6 billion USD) in buckets, totals, rollups and sums: 64-bit integers on both
+    engines, never a float (a double has 53 bits: these values would lose their last digits)."""
+    big = 2**62 - 123_456_789
+    costs = [CostRecord("demo", "t1", 0, D, from_nanos(big)), CostRecord("demo", "t1", D, D, from_nanos(7))]
+    ledger.apply("demo", PollResult(costs=costs))
+    grown = [CostRecord("demo", "t1", D, D, from_nanos(big + 11))]
+    ledger.apply("demo", PollResult(costs=grown))
+    ledger.apply("demo", PollResult(costs=[CostRecord("demo", "t1", 0, D, from_nanos(big - 5))]))  # a shrink
+    (series,) = [s for s in ledger.snapshot().series if s.metric == METRIC_COST]
+    assert (series.total, series.adjustments) == (2 * big + 11, 5)
+    assert int(float(series.total)) != series.total  # the point: a double could not hold these totals
+    (summed,) = ledger.rollup_sums_between(0, 2 * D, [METRIC_COST])  # nano-units: cost is not a pico metric
+    assert summed.value == (big - 5) + (big + 11)
+    assert [s.value for s in ledger.bucket_sums_between(0, 2 * D)] == [2 * big + 6]
+    assert rollup_totals_since(ledger, 0)[0].value == summed.value
+
+
 def test_costs_in_other_currencies_are_separate_series(ledger: Ledger) -> None:
     ledger.apply("demo", PollResult(costs=[
         CostRecord("demo", "t1", 0, D, Decimal("1.5"), currency="usd"),
