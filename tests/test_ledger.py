@@ -408,3 +408,19 @@ def test_a_poll_larger_than_one_range_is_applied_exactly(tmp_path: Path) -> None
         writer.SLICE_POINTS, writer.RANGE_POINTS, writer.STAGE_ROWS = old
     assert first.outcomes == {"new": 40 * 60 * 2} and second.outcomes == {"shrunk": 2}  # input and output
     assert expected[(METRIC_TOKENS, "input")] == (sum(h + m for h in range(60) for m in range(40)) + 40_000, 61)
+
+
+def test_awkward_text_round_trips_exactly(ledger: Ledger) -> None:
+    """Quotes, backslashes, braces, commas, tabs, newlines and non-ASCII in ids, names and cursors come back
+    exactly (PostgreSQL: they travel in array literals and COPY text, which have escapes of their own)."""
+    awkward = ['q"uote', "back\\slash", "{br,ace}", "tab\tnew\nline", "ünï", "NULL", ""]
+    records = [usage(0, inp=i + 1, tenancy=t) for i, t in enumerate(awkward)]
+    names = {("tenancy", t): f"name of {t}" for t in awkward}
+    cursors = {f"src{i}": t for i, t in enumerate(awkward)}
+    ledger.apply("demo", PollResult(usage=records, names=names, cursors=cursors))
+    ledger.apply("demo", PollResult(usage=records, names=names))  # found again: no second series
+    inputs = {json.loads(s.attrs)["llm.tenancy.id"]: s.total for s in ledger.snapshot().series
+              if s.metric == METRIC_TOKENS and json.loads(s.attrs)["gen_ai.token.type"] == "input"}
+    assert inputs == {t: i + 1 for i, t in enumerate(awkward)}
+    assert ledger.names() == {("demo", k, i): n for (k, i), n in names.items()}
+    assert ledger.cursors("demo") == cursors

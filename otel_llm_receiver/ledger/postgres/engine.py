@@ -26,6 +26,7 @@ psycopg's server-side prepared statements are off (``prepare_threshold = None``)
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import threading
@@ -57,6 +58,13 @@ INSERT INTO staged (series_id, bucket_start, bucket_width, value)
 SELECT series_id, bucket_start, bucket_width, CAST(sum(value) AS BIGINT) FROM staged_in
 GROUP BY series_id, bucket_start, bucket_width
 ON CONFLICT (series_id, bucket_start, bucket_width) DO UPDATE SET value = staged.value + excluded.value"""
+# The first slice of a poll (``staged`` empty: the writer clears it first) needs no conflict handling, which
+# costs a speculative insertion per row.
+SQL_STAGED_EMPTY = "SELECT NOT EXISTS (SELECT 1 FROM staged)"
+SQL_SUM_STAGE_IN_FIRST = """
+INSERT INTO staged (series_id, bucket_start, bucket_width, value)
+SELECT series_id, bucket_start, bucket_width, CAST(sum(value) AS BIGINT) FROM staged_in
+GROUP BY series_id, bucket_start, bucket_width"""
 SQL_CLEAR_STAGE_IN = "TRUNCATE staged_in"
 _LOST: Final = (pg_errors.AdminShutdown, pg_errors.CrashShutdown, pg_errors.CannotConnectNow)
 
@@ -66,6 +74,72 @@ class PostgresConnectionLost(LedgerError):
     reconnects. Retryable: nothing of the transaction in flight was committed."""
 
     retryable = True
+
+
+_INSERT_VALUES = re.compile(
+    r"^\s*INSERT\s+INTO\s+(?P<table>\w+)\s*(?P<cols>\([^()]*\))?\s*VALUES\s*\((?P<values>[^()]*)\)\s*(?P<tail>.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+_CONFLICT_KEYS = re.compile(r"ON\s+CONFLICT\s*\((?P<keys>[^()]*)\)\s*DO\s+UPDATE", re.IGNORECASE)
+
+
+def _column_type(values: Sequence[Any]) -> str | None:
+    kinds = {type(v) for v in values if v is not None}
+    if kinds <= {int}:
+        return "BIGINT"
+    if kinds == {str}:
+        return "TEXT"
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _unnest_sql(sql: str, types: tuple[str, ...]) -> str | None:
+    match = _INSERT_VALUES.match(sql)
+    if match is None:
+        return None
+    items = [item.strip() for item in match.group("values").split(",")]
+    if sum(item == "?" for item in items) != len(types):
+        return None
+    names = iter(f"c{i}" for i in range(len(types)))
+    select = ", ".join(next(names) if item == "?" else item for item in items)
+    arrays = ", ".join(f"CAST(? AS {t}[])" for t in types)
+    columns = ", ".join(f"c{i}" for i in range(len(types)))
+    return (f"INSERT INTO {match.group('table')} {match.group('cols') or ''} SELECT {select} "
+            f"FROM unnest({arrays}) AS u ({columns}) {match.group('tail')}")
+
+
+def _as_unnest(sql: str, rows: list[Any]) -> tuple[str, list[str]] | None:
+    """``INSERT ... VALUES (?, ...)`` over ``rows`` as one ``INSERT ... SELECT FROM unnest(...)``, or None when
+    it cannot be one statement: not that shape, columns of mixed types, or an upsert whose conflict key repeats
+    (PostgreSQL updates a row once per statement; executemany applies repeats one after the other)."""
+    columns = [list(c) for c in zip(*rows, strict=True)]
+    types = tuple(_column_type(c) for c in columns)
+    if not columns or None in types:
+        return None
+    batched = _unnest_sql(sql, types)
+    if batched is None:
+        return None
+    conflict = _CONFLICT_KEYS.search(sql)
+    if conflict is not None:
+        match = _INSERT_VALUES.match(sql)
+        assert match is not None
+        names = [c.strip() for c in (match.group("cols") or "")[1:-1].split(",")]
+        keys = [c.strip() for c in conflict.group("keys").split(",")]
+        if not set(keys) <= set(names):
+            return None
+        at = [names.index(k) for k in keys]
+        if len({tuple(row[i] for i in at) for row in rows}) != len(rows):
+            return None
+    return batched, [_array_literal(c, t) for c, t in zip(columns, types, strict=True)]
+
+
+def _array_literal(values: list[Any], kind: str | None) -> str:
+    """A PostgreSQL array literal of ``values`` (psycopg adapts a list element by element in Python: 2,500
+    series' five columns took ~0.1 s; one joined string per column takes a millisecond)."""
+    if kind == "BIGINT":
+        return "{" + ",".join("NULL" if v is None else str(int(v)) for v in values) + "}"
+    return "{" + ",".join(
+        "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
 
 
 class PgAdapter:
@@ -91,6 +165,13 @@ class PgAdapter:
         raw = connect(self._dsn, application_name=self._application_name, timeouts=self._timeouts,
                       autocommit=True)
         raw.prepare_threshold = None  # no server-side prepared statements: poolers in transaction mode
+        # The per-poll staging tables live in temp buffers (8 MB by default: a 100k-row poll spilled to files).
+        # Settable only before the session's first temp table, so here; memory is used only as tables fill.
+        try:
+            raw.execute("SET temp_buffers = '64MB'")
+        except psycopg.Error as exc:
+            raw.close()
+            raise self.error(exc) from exc
         self._raw = raw
         self._temp.clear()
         self._temp_pending.clear()
@@ -169,7 +250,14 @@ class PgAdapter:
             raise self.error(exc) from exc
 
     def executemany(self, sql: str, rows: Any) -> None:
+        """``sql`` for each row. An ``INSERT ... VALUES`` of many rows is one statement over ``unnest`` of one
+        array per column (one round trip and one plan instead of one per row: 2,500 new series took 0.2 s)."""
+        rows = rows if isinstance(rows, list) else list(rows)
+        batched = _as_unnest(sql, rows) if len(rows) > 1 else None
         try:
+            if batched is not None:
+                self.raw.execute(translate(batched[0]), batched[1])
+                return
             with self.raw.cursor() as cur:
                 cur.executemany(translate(sql), rows)
         except psycopg.Error as exc:
@@ -285,12 +373,6 @@ class PostgresEngine(LedgerEngine):
         following = int(row[0]) + 1 if row[1] else int(row[0])
         return max(following, max_id + 1)
 
-    def _stage(self, tx: Connection, rows: Sequence[tuple[int, int, int, int]]) -> None:
-        adapter: PgAdapter = tx  # type: ignore[assignment]
-        adapter.execute(SQL_STAGE_IN)
-        adapter.copy_rows(SQL_COPY_STAGE_IN, rows)
-        adapter.execute(SQL_SUM_STAGE_IN)
-        adapter.execute(SQL_CLEAR_STAGE_IN)
 
 
 class PostgresLedger(Ledger, PostgresEngine):
@@ -304,3 +386,15 @@ class PostgresLedger(Ledger, PostgresEngine):
                  application_name: str = "otel-llm-receiver") -> None:
         self._application_name = application_name
         super().__init__(dsn, readonly=readonly)
+
+    # Here, not in PostgresEngine: ``LedgerWriter._stage`` comes before the engine in the MRO.
+    def _stage(self, tx: Connection, rows: Sequence[tuple[int, int, int, int]]) -> None:
+        """One COPY of the slice into an unindexed table, summed per bucket into ``staged`` by one statement
+        (parts of one bucket add up, as the SQLite staging upsert does), instead of many multi-row INSERTs."""
+        adapter: PgAdapter = tx  # type: ignore[assignment]
+        adapter.execute(SQL_STAGE_IN)
+        adapter.copy_rows(SQL_COPY_STAGE_IN, rows)
+        row = adapter.execute(SQL_STAGED_EMPTY).fetchone()
+        first = row is not None and bool(row[0])
+        adapter.execute(SQL_SUM_STAGE_IN_FIRST if first else SQL_SUM_STAGE_IN)
+        adapter.execute(SQL_CLEAR_STAGE_IN)
