@@ -21,7 +21,7 @@ from typing import NamedTuple
 from ..errors import LedgerError
 from ..names import LEVEL_METRICS
 from .engine import EngineError, LedgerEngine
-from .schema import SQL_GET_META
+from .schema import SQL_GENERATIONS, SQL_GET_META
 
 SQL_GET_CURSOR = "SELECT value FROM cursors WHERE instance = ? AND source = ?"
 SQL_GET_CURSORS = "SELECT source, value FROM cursors WHERE instance = ?"
@@ -186,6 +186,20 @@ class LedgerReader(LedgerEngine):
         if row is None:
             raise LedgerError(f"ledger {self.path} has no service.instance.id (not initialised)")
         return str(row[0])
+
+    def generation(self) -> tuple[tuple[str, str], ...]:
+        """A token that changes whenever a transaction changes what readers see (every apply, prune and
+        pricing rebuild bumps it in the same transaction; ``schema.SQL_BUMP_GENERATION``).
+
+        Read it before the data it guards: data read afterwards is at least as new as the token, so a cache
+        keyed by it can be early (recomputed once more than needed), never stale. Per provider instance
+        (``("generation/openai/prod", "12")``), so a caller may also tell which instances changed.
+        """
+        try:
+            with self._lock:
+                return tuple((str(k), str(v)) for k, v in self._conn.execute(SQL_GENERATIONS))
+        except EngineError as exc:
+            raise LedgerError(f"ledger {self.path}: cannot read the generation: {exc}") from exc
 
     def cursor(self, instance: str, source: str = "poll") -> str | None:
         row = self._conn.execute(SQL_GET_CURSOR, (instance, source)).fetchone()
