@@ -205,6 +205,8 @@ class Signals:
         ``Ledger.generation``). Unchanged, the series, cells and scores computed since are reused."""
         generation = ledger.generation()
         if generation != self._generation:
+            if dict(generation).get("service.instance.id") != dict(self._generation or ()).get("service.instance.id"):
+                self._known, self._names = {}, {}  # another ledger: its series ids mean other series
             self._generation = generation
             self._series_of.clear()
             self._cells_of.clear()
@@ -228,16 +230,32 @@ class Signals:
                 self._match_memo.clear()
             self._names = names
         known = self._known
-        out = []
-        for sid, instance, metric, text, width, first, last in ledger.rollup_series_rows(metrics, (METRIC_COST,)):
+        # Series ids are never reused (series are never deleted), so a known id needs no attributes: they are
+        # read with the rows only when nothing is known yet, else only for the ids not seen before.
+        with_attrs = not known
+        out: list[_Series | None] = []
+        unseen: list[tuple[int, int, str, str, int, int, int]] = []  # (position in out, sid, instance, ...)
+        for sid, instance, metric, text, width, first, last in ledger.rollup_series_rows(
+                metrics, (METRIC_COST,), attrs=with_attrs):
             s = known.get(sid)
-            digest = hash(text)
-            if s is None or s.digest != digest or s.metric != metric or s.instance != instance:
-                s = known[sid] = self._derive(sid, instance, metric, text, digest, names)
+            if s is None or s.metric != metric or s.instance != instance:
+                if text is None:
+                    unseen.append((len(out), sid, instance, metric, width, first, last))
+                    out.append(None)
+                    continue
+                s = known[sid] = self._derive(sid, instance, metric, text, hash(text), names)
             s.width, s.first, s.last = width, first, last
             out.append(s)
-        self._series_of[tuple(metrics)] = out
-        return out
+        if unseen:
+            texts = ledger.series_attrs([u[1] for u in unseen])
+            for at, sid, instance, metric, width, first, last in unseen:
+                text = texts[sid]
+                s = known[sid] = self._derive(sid, instance, metric, text, hash(text), names)
+                s.width, s.first, s.last = width, first, last
+                out[at] = s
+        series = [s for s in out if s is not None]  # every None was filled in above
+        self._series_of[tuple(metrics)] = series
+        return series
 
     def _derive(
         self, sid: int, instance: str, metric: str, text: str, digest: int, names: Mapping[tuple[str, str, str], str]

@@ -27,16 +27,18 @@ def test_applies_prunes_and_pricing_rebuilds_bump_the_generation_and_reads_do_no
     path = tmp_path / "ledger.db"
     with Ledger(path) as writer, Ledger(path, readonly=True) as reader:
         start = reader.generation()
-        assert start == ()  # a new ledger: nothing applied yet
+        ledger_id = ("service.instance.id", reader.instance_id)
+        assert start == (ledger_id,)  # a new ledger: nothing applied yet
         writer.apply("openai/a", PollResult(usage=[_usage(T0, 100)]))
         after_a = reader.generation()
-        assert after_a != start and dict(after_a) == {"generation/openai/a": "1"}
+        assert after_a != start and dict(after_a) == {"generation/openai/a": "1", ledger_id[0]: ledger_id[1]}
         reader.export_rows(0)
         reader.snapshot()
         assert reader.generation() == after_a  # reading changes nothing
         writer.apply("openai/b", PollResult(usage=[_usage(T0, 5)]))
         writer.apply("openai/a", PollResult(usage=[_usage(T0, 100)]))  # unchanged values: still a new generation
-        assert dict(reader.generation()) == {"generation/openai/a": "2", "generation/openai/b": "1"}
+        assert dict(reader.generation()) == {"generation/openai/a": "2", "generation/openai/b": "1",
+                                             ledger_id[0]: ledger_id[1]}
         before = reader.generation()
         assert writer.prune_rollups(T0 - H) == 0  # nothing older: nothing changed, no bump
         assert reader.generation() == before

@@ -176,7 +176,9 @@ META_GENERATION = "generation"
 SQL_BUMP_GENERATION = """
 INSERT INTO meta (key, value) VALUES (?, '1')
 ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS TEXT)"""
-SQL_GENERATIONS = "SELECT key, value FROM meta WHERE substr(key, 1, 10) = 'generation' ORDER BY key"
+# With the ledger's own id (``service.instance.id``): a token read from another ledger never equals this one's.
+SQL_GENERATIONS = """
+SELECT key, value FROM meta WHERE substr(key, 1, 10) = 'generation' OR key = 'service.instance.id' ORDER BY key"""
 
 
 def generation_key(instance: str | None) -> str:
