@@ -378,9 +378,9 @@ class LedgerReader(LedgerEngine):
             attrs="s.attrs" if attrs else "NULL", last=last, metrics=",".join("?" * len(metrics)))
         cursor = self._conn.execute(sql, (*(last_of or ()), *metrics))
         while rows := cursor.fetchmany(10_000):
-            for sid, instance, metric, attrs, width, first, last_hour in rows:
+            for sid, instance, metric, text, width, first, last_hour in rows:
                 if first is not None:
-                    yield sid, instance, metric, attrs, width or 0, first, first if last_hour is None else last_hour
+                    yield sid, instance, metric, text, width or 0, first, first if last_hour is None else last_hour
 
     def series_attrs(self, ids: Sequence[int]) -> dict[int, str]:
         """The canonical attributes JSON of these series (a series' attributes never change)."""
