@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import struct
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -297,10 +297,14 @@ class MetricsBuilder:
         return self._max_id
 
     def build(
-        self, rows: ExportRows, health: SelfHealthReading | None, now_ns: int, gauges: Sequence[pb.Metric] = ()
+        self, rows: ExportRows, health: SelfHealthReading | None, now_ns: int, gauges: Sequence[pb.Metric] = (),
+        *, instances: Collection[str] | None = None,
     ) -> Export:
         """Every series' current total, the self-health metrics and ``gauges`` (the money signals, already
-        encoded by ``signals.py``), as ready-to-send OTLP requests."""
+        encoded by ``signals.py``), as ready-to-send OTLP requests.
+
+        ``instances`` (replicas on a shared ledger): only the series of these provider instances, the ones this
+        replica holds the leases of; each instance's series are sent by its holder alone (docs/ha.md)."""
         names = rows.names
         self._describe(rows.new_series, names)
 
@@ -318,6 +322,8 @@ class MetricsBuilder:
         for sid, total, adjusted, start in rows.totals:
             view = views[sid] if sid < known else None
             if view is None:  # created after the totals were read: described, but sent next time
+                continue
+            if instances is not None and view.instance not in instances:
                 continue
             if view.tenancy_key is not None and names_get(view.tenancy_key) != view.tenancy_name:
                 self._attach(view, names_get(view.tenancy_key))  # a project was renamed
@@ -351,7 +357,7 @@ class MetricsBuilder:
                     slot[1] = min(slot[1], start)
         for sid, value in rows.levels.items():  # gauges: several instances' levels of one set add up
             view = views[sid] if sid < known else None
-            if view is None or view.level is None:
+            if view is None or view.level is None or (instances is not None and view.instance not in instances):
                 continue
             slot = shared.get(view.level)
             if slot is None:
