@@ -131,6 +131,9 @@ class ReplicaCoordinator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[], None]] = []
+        #: (instance, epoch) of leases this replica released itself (fair share): a write fenced off under one
+        #: of them was handed over on purpose, not a pause
+        self._released: set[tuple[str, int]] = set()
 
     # -- reading the state (any thread) ------------------------------------------------------------------
     def held(self) -> dict[str, HeldLease]:
@@ -160,6 +163,11 @@ class ReplicaCoordinator:
         with self._lock:
             if self._held.pop(name, None) is not None:
                 self._notify()
+
+    def released(self, name: str, epoch: int) -> bool:
+        """True when this replica gave ``name``'s tenure ``epoch`` up itself (to the fair share, or leaving)."""
+        with self._lock:
+            return (name, epoch) in self._released
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """``listener()`` is called (on the coordinator's thread) after every round and every ``forget``."""
@@ -253,6 +261,9 @@ class ReplicaCoordinator:
             self._failing = None
         for name in assignment.acquired:
             log.info("replica %s: took %s (epoch %d)", self.replica, name, assignment.held[name].epoch)
+        with self._lock:
+            before = {n: h.epoch for n, h in self._held.items()}
+            self._released.update((n, before[n]) for n in assignment.released if n in before)
         for name in assignment.released:
             log.info("replica %s: released %s to the fair share (%d each over %d replicas)",
                      self.replica, name, assignment.share, len(assignment.live))

@@ -363,6 +363,11 @@ class Receiver:
             return True
         if not isinstance(exc, StaleLeaseError):
             return False
+        self.replicas.forget(name)
+        if self.replicas.released(name, lease.epoch):  # handed over to the fair share while this poll ran
+            log.info("%s: released to another replica during the poll (fair share); its records are dropped, "
+                     "the new holder reads them", name, extra={"instance": name, "epoch": lease.epoch})
+            return True
         n = self.health.stale_write(name)
         log.warning("%s: %s (this replica was paused or cut off past its lease; %d so far); the poll's records are "
                     "dropped, the current holder re-reads them", name, exc, n,
