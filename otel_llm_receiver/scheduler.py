@@ -359,6 +359,11 @@ class Receiver:
         assert self.replicas is not None
         self._restored.discard(name)
         self._restored_epoch.pop(name, None)
+        if isinstance(exc, _LeaseLapsed) and self.replicas.released(name, lease.epoch):
+            self.replicas.forget(name)
+            log.info("%s: released to another replica during the poll (fair share); its records are dropped, "
+                     "the new holder reads them", name, extra={"instance": name, "epoch": lease.epoch})
+            return True
         if isinstance(exc, _LeaseLapsed):
             log.warning("%s: lease epoch %d lapsed during the poll; its records are dropped (never applied), the "
                         "next holder re-reads them", name, lease.epoch,

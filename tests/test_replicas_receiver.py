@@ -14,8 +14,10 @@ from typing import TypeVar
 
 import pytest
 
+from otel_llm_receiver.builder import MetricsBuilder, make_resource
 from otel_llm_receiver.config import Config, parse_config
 from otel_llm_receiver.emitter import build_exporter
+from otel_llm_receiver.ledger import ExportRows
 from otel_llm_receiver.replicas import ReplicaCoordinator
 from otel_llm_receiver.scheduler import Receiver
 from tests.support.otlp_sink import OTLPSink
@@ -131,3 +133,20 @@ def test_an_export_sends_only_held_instances_and_gauges_only_from_the_leader(
         assert any(name.startswith("llm.budget.") for name in sink.metric_names())
     finally:
         other.stop()
+
+
+def test_a_series_committed_below_the_described_ids_is_described_at_the_next_export() -> None:
+    """Replicas insert series concurrently on PostgreSQL: ids come from a sequence, so series 2 can commit after
+    series 3 was read and described. The builder must not skip it for good: it asks for it again."""
+    builder = MetricsBuilder(make_resource("ledger-id"))
+    attrs = '{"gen_ai.token.type":"input","llm.tenant":"%s"}'
+    first = ExportRows([(1, 10, 0, 5), (3, 30, 0, 5)], [(1, "demo/a", "llm.usage.tokens", attrs % "a"),
+                                                         (3, "demo/b", "llm.usage.tokens", attrs % "c")], {})
+    assert builder.build(first, None, 100).points == 2 and builder.known_series == 3
+    late = ExportRows([(1, 10, 0, 5), (2, 20, 0, 5), (3, 30, 0, 5)], [], {})  # 2 committed late, not read
+    assert builder.build(late, None, 200).points == 2
+    assert builder.known_series == 1  # the next read starts below the hole
+    again = ExportRows([(1, 10, 0, 5), (2, 20, 0, 5), (3, 30, 0, 5)],
+                       [(2, "demo/a", "llm.usage.tokens", attrs % "b"), (3, "demo/b", "llm.usage.tokens", attrs % "c")],
+                       {})
+    assert builder.build(again, None, 300).points == 3 and builder.known_series == 3
