@@ -8,12 +8,16 @@ The other replica is a bare ``ReplicaCoordinator`` (its own connection), enough 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
+import psycopg
 import pytest
 
+from otel_llm_receiver import cli
 from otel_llm_receiver.builder import MetricsBuilder, make_resource
 from otel_llm_receiver.config import Config, parse_config
 from otel_llm_receiver.emitter import build_exporter
@@ -150,3 +154,40 @@ def test_a_series_committed_below_the_described_ids_is_described_at_the_next_exp
                        [(2, "demo/a", "llm.usage.tokens", attrs % "b"), (3, "demo/b", "llm.usage.tokens", attrs % "c")],
                        {})
     assert builder.build(again, None, 300).points == 3 and builder.known_series == 3
+
+
+def test_run_once_report_focus_and_history_on_a_postgresql_ledger(
+    pg_database: Database, sink: OTLPSink, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`run --once` with backend postgresql polls what its round gives it (alone: everything) and leaves; the
+    readers (`report`, `focus`, `history`) read the same PostgreSQL ledger."""
+    path = tmp_path / "config.yaml"
+    path.write_text(f"""
+storage: {{backend: postgresql, dsn: "${{env:LEDGER_DSN}}", lease_duration: 5s}}
+health: {{endpoint: ""}}
+exporters: {{otlphttp: {{endpoint: {sink.http_endpoint}, timeout: 2s}}}}
+providers:
+  demo/a: {{backfill: 2h, seed: 1, tenant: a}}
+  demo/b: {{backfill: 2h, seed: 2, tenant: b}}
+pricing: {{genai_prices: false}}
+""")
+    env = {"LEDGER_DSN": pg_database.dsn}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        assert cli.main(["run", "--once", "--config", str(path)]) == 0
+        assert {dict(a).get("llm.tenant") for a in sink.number_points("llm.usage.tokens")} == {"a", "b"}
+        capsys.readouterr()
+        assert cli.main(["report", "--config", str(path), "--format", "json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report and pg_database.password not in json.dumps(report)
+        assert cli.main(["focus", "--config", str(path), "--since", "2d", "--out", "-", "--format", "csv"]) == 0
+        rows = capsys.readouterr().out.splitlines()
+        assert len(rows) > 1 and "BilledCost" in rows[0]
+        out = tmp_path / "history.om"
+        assert cli.main(["history", "--config", str(path), "--out", str(out)]) == 0
+        assert "llm_usage_tokens" in out.read_text() or "llm.usage.tokens" in out.read_text()
+    with psycopg.connect(pg_database.dsn, autocommit=True) as conn:  # every run left: no lease is held
+        held = conn.execute("SELECT count(*) FROM leases WHERE holder IS NOT NULL"
+                            " AND expires_at > clock_timestamp()").fetchone()
+        assert held == (0,)
