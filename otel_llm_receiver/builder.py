@@ -276,6 +276,9 @@ class MetricsBuilder:
     #: by ledger series id (ids are dense: SQLite's rowids, never deleted): 8 bytes a series, not a dict entry
     _views: list[_View | None] = field(default_factory=list)
     _max_id: int = 0
+    #: the lowest series id the last export's totals had but no description of: a shared PostgreSQL ledger's
+    #: ids come from a sequence, so a replica's transaction can commit lower ids after higher ones were read
+    _hole: int | None = None
     _groups: dict[str, dict[bytes, _Group]] = field(default_factory=dict)  # metric -> head -> group
     _pairs: dict[tuple[str, str], bytes] = field(default_factory=dict)  # encoded attribute, framed
     _strings: dict[Any, Any] = field(default_factory=dict)  # one copy of each instance, metric, tenancy key
@@ -295,8 +298,10 @@ class MetricsBuilder:
 
     @property
     def known_series(self) -> int:
-        """The highest ledger series id already described to the builder (for ``Ledger.export_rows``)."""
-        return self._max_id
+        """The ledger series ids up to this one are described to the builder (for ``Ledger.export_rows``): the
+        highest described, or below the lowest id an export found undescribed (a series committed after higher
+        ids were read, on PostgreSQL), so the next read describes it."""
+        return self._max_id if self._hole is None else min(self._max_id, self._hole - 1)
 
     def build(
         self, rows: ExportRows | None, health: SelfHealthReading | None, now_ns: int,
@@ -329,6 +334,7 @@ class MetricsBuilder:
         """The ledger series' points, per metric: totals, adjustments and levels (of ``instances`` if given)."""
         names = rows.names
         self._describe(rows.new_series, names)
+        self._hole = None
 
         # Value and start time per wire series, per metric. Most wire series have one ledger series: their
         # totals go straight into the metric's columns; the others (``feeders`` > 1) are added up first.
@@ -344,6 +350,8 @@ class MetricsBuilder:
         for sid, total, adjusted, start in rows.totals:
             view = views[sid] if sid < known else None
             if view is None:  # created after the totals were read: described, but sent next time
+                if sid < known and (self._hole is None or sid < self._hole):
+                    self._hole = sid  # committed after higher ids were described: read again next export
                 continue
             if instances is not None and view.instance not in instances:
                 continue

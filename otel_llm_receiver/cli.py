@@ -458,9 +458,13 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
     async def backfill() -> list[str]:
         try:
-            outcomes = await asyncio.gather(*(receiver.poll(p.name) for p in receiver.provider_configs))
+            names = [p.name for p in receiver.provider_configs]
+            if receiver.replicas is not None:  # a shared ledger: backfill what this process is given a lease of
+                await asyncio.to_thread(receiver.replicas.start)
+                names = [n for n in names if n in receiver.replicas.held()]
+            outcomes = await asyncio.gather(*(receiver.poll(n) for n in names))
         finally:
-            await receiver.aclose()
+            await receiver.aclose()  # and leaves: the running replicas take the instances back at once
         return [o.instance for o in outcomes if not o.ok]
 
     failed = asyncio.run(backfill())

@@ -44,6 +44,7 @@ __all__ = [
     "ReplicaCoordinator",
     "lease_duration",
     "replica_id",
+    "writer_dsn",
 ]
 
 #: The replica's id, when the platform gives one (the Kubernetes manifests set it from the pod name).
@@ -80,6 +81,28 @@ def lease_duration(configured: float, environ: dict[str, str] | None = None) -> 
     log.warning("lease_duration %.3gs from %s (a test hook; storage.lease_duration %.3gs ignored)",
                 seconds, LEASE_DURATION_ENV, configured)
     return seconds
+
+
+def writer_dsn(dsn: str, duration: float) -> str:
+    """``dsn`` for the replica's ledger connections, with ``idle_in_transaction_session_timeout`` set to the lease
+    duration.
+
+    Why: an apply holds its lease row locked (``leases.fence``) until it commits, and a takeover waits for that
+    lock. A replica paused mid-transaction (SIGSTOP, a GC pause, a partition) would hold the lock, and so its
+    instances, for as long as it is paused; with this timeout the server ends such a transaction (and its lock)
+    once it has been idle for a lease duration, so the others take over as they would from a dead replica. A
+    live apply is never idle that long between its statements. The DSN's own ``options`` are kept.
+    """
+    from .config_storage import parse_dsn
+
+    try:
+        from psycopg.conninfo import make_conninfo
+    except ImportError:  # pragma: no cover - the postgresql extra brings psycopg
+        return dsn
+    keywords = parse_dsn(dsn)
+    setting = f"-c idle_in_transaction_session_timeout={max(1, round(duration * 1000))}"
+    options = f"{keywords['options']} {setting}" if keywords.get("options") else setting
+    return make_conninfo(dsn.strip(), options=options)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from .money import money_stack
 from .progress import POLL_PROGRESS, PollProgress, ProgressState, is_backfill
 from .providers import create_provider, provider_class
 from .providers.base import DAY, Provider
-from .replicas import ReplicaCoordinator, lease_duration, replica_id
+from .replicas import ReplicaCoordinator, lease_duration, replica_id, writer_dsn
 from .retry import POLL_DEADLINE, backoff_delay, retry_after_cap
 from .selfhealth import SelfHealth
 from .signals import SignalsReading, gauge_metrics
@@ -143,15 +143,19 @@ class Receiver:
         #: this one polls (docs/ha.md); None on SQLite (one replica, every instance).
         self.replicas: ReplicaCoordinator | None = None
         name = "otel-llm-receiver"
-        if config.storage.backend == "postgresql":
-            assert config.storage.dsn is not None  # the config refuses postgresql without a dsn
+        storage = config.storage
+        if storage.backend == "postgresql":
+            assert storage.dsn is not None  # the config refuses postgresql without a dsn
             replica = replica_id()
             name = f"otel-llm-receiver {replica}"[:63]
+            duration = lease_duration(storage.lease_duration)
             self.replicas = ReplicaCoordinator(
-                config.storage.dsn, [p.name for p in config.providers if p.enabled],
-                lease_duration(config.storage.lease_duration), replica=replica)
+                storage.dsn, [p.name for p in config.providers if p.enabled], duration, replica=replica)
+            # A transaction left open by a paused replica must not hold its lease rows past the lease.
+            storage = replace(storage, dsn=writer_dsn(storage.dsn, duration))
         self._application_name = name
-        self.ledger = open_ledger(config.storage, application_name=name)
+        self._storage = storage
+        self.ledger = open_ledger(storage, application_name=name)
         money = money_stack(config)
         # Estimated cost is priced inside each apply; a changed catalog re-schedules every series once here.
         self.prices = money.prices
@@ -358,6 +362,11 @@ class Receiver:
         assert self.replicas is not None
         self._restored.discard(name)
         self._restored_epoch.pop(name, None)
+        if isinstance(exc, _LeaseLapsed) and self.replicas.released(name, lease.epoch):
+            self.replicas.forget(name)
+            log.info("%s: released to another replica during the poll (fair share); its records are dropped, "
+                     "the new holder reads them", name, extra={"instance": name, "epoch": lease.epoch})
+            return True
         if isinstance(exc, _LeaseLapsed):
             log.warning("%s: lease epoch %d lapsed during the poll; its records are dropped (never applied), the "
                         "next holder re-reads them", name, lease.epoch,
@@ -524,7 +533,7 @@ class Receiver:
         """Build one export from a fresh ledger snapshot and send it (to all exporters, in parallel)."""
         with self._export_lock:
             if self._reader is None:
-                self._reader = open_ledger(self.config.storage, readonly=True,
+                self._reader = open_ledger(self._storage, readonly=True,
                                            application_name=self._application_name)
             try:
                 # Replicas: each instance's series are sent by its holder, ledger-wide gauges by the leader only.
@@ -602,7 +611,7 @@ class Receiver:
                 final_after = focus.final_after or max(
                     [float(provider_class(p.type).REVISION_HORIZON) for p in self.provider_configs] or [2.0 * DAY])
                 self._focus = FocusWriter(
-                    open_ledger(self.config.storage, readonly=True, application_name=self._application_name), Path(focus.path), version=focus.version,
+                    open_ledger(self._storage, readonly=True, application_name=self._application_name), Path(focus.path), version=focus.version,
                     fmt=focus.format, final_after=final_after,
                     context=lambda ledger: context_for(self.config, ledger, self.prices),
                 )

@@ -23,7 +23,13 @@ import pytest
 from otel_llm_receiver.ledger.postgres import leases
 from otel_llm_receiver.ledger.postgres.connect import connect
 from otel_llm_receiver.ledger.postgres.schema import migrate
-from otel_llm_receiver.replicas import LEASE_DURATION_ENV, ReplicaCoordinator, lease_duration, replica_id
+from otel_llm_receiver.replicas import (
+    LEASE_DURATION_ENV,
+    ReplicaCoordinator,
+    lease_duration,
+    replica_id,
+    writer_dsn,
+)
 from tests.support.postgres import Database, PostgresCluster
 
 REPO = Path(__file__).resolve().parent.parent
@@ -204,3 +210,27 @@ def test_a_lost_database_is_one_line_and_the_leases_age_out_locally(
     wait_for(lambda: len(c.held()) == 6, what="the leases taken again once the database is back")
     assert any("answers again" in r.getMessage() for r in caplog.records)
     assert c.state()["database_error"] is None
+
+
+def test_a_transaction_a_paused_holder_left_open_does_not_hold_its_instance(ledger_dsn: str) -> None:
+    """A replica paused mid-apply keeps its fence's row lock: with ``writer_dsn`` the server ends the idle
+    transaction after the lease duration, so another replica takes the instance over (as from a dead one)."""
+    dsn = writer_dsn(ledger_dsn, DURATION)
+    assert "idle_in_transaction_session_timeout=2000" in dsn
+    writer = connect(dsn)  # not autocommit: the apply's transaction
+    lease = leases.acquire(writer, "openai/p0", "paused", DURATION)
+    assert lease is not None
+    writer.commit()
+    leases.fence(writer, lease.name, lease.epoch, "paused")  # the apply began ... and the replica stopped
+    try:
+        with connect(ledger_dsn, autocommit=True) as other:
+            taken = wait_for(lambda: leases.acquire(other, "openai/p0", "other", 60.0), DURATION * 4,
+                             "the paused transaction to end and the lease to be taken")
+            assert taken.epoch == lease.epoch + 1
+    finally:
+        writer.close()
+
+
+def test_writer_dsn_keeps_the_dsns_own_options() -> None:
+    dsn = writer_dsn("postgresql://u:pw@h:5432/db?options=-c%20search_path%3Dledger", 30.0)
+    assert "search_path=ledger" in dsn and "idle_in_transaction_session_timeout=30000" in dsn and "pw" in dsn

@@ -59,7 +59,8 @@ def seed_fake(fake: FakeOpenAI, now: int, *, seed: int) -> int:
     return usage_start
 
 
-def write_config(path: Path, fakes: Sequence[FakeOpenAI], sink: OTLPSink, *, interval: str = "1s") -> Path:
+def write_config(path: Path, fakes: Sequence[FakeOpenAI], sink: OTLPSink, *, interval: str = "1s",
+                 lease: str | None = None) -> Path:
     """One config for every replica: instance ``openai/pN`` polls ``fakes[N]`` (a fake of its own, so a test can
     stall one instance's requests), tenant ``tN``."""
     instances = "\n".join(f"""  {name}:
@@ -72,7 +73,7 @@ def write_config(path: Path, fakes: Sequence[FakeOpenAI], sink: OTLPSink, *, int
 export_interval: 1s
 storage:
   backend: postgresql
-  dsn: ${{env:LEDGER_DSN}}
+  dsn: ${{env:LEDGER_DSN}}{f"{chr(10)}  lease_duration: {lease}" if lease else ""}
 health: {{endpoint: ""}}
 exporters:
   otlphttp: {{endpoint: {sink.http_endpoint}, timeout: 2s}}
@@ -99,14 +100,17 @@ class World:
     dsn: str
     config: Path
     server: ForkServer
-    lease_duration: float
+    #: seconds through the test hook (below the config's 5s minimum); None: the config's storage.lease_duration
+    lease_duration: float | None
     replicas: dict[str, Replica] = field(default_factory=dict)
     _count: int = 0
 
     def env(self, name: str) -> dict[str, str]:
-        return {"OPENAI_ADMIN_KEY": ADMIN_KEY, "LEDGER_DSN": self.dsn, "LOG_FORMAT": "json",
-                "OTEL_LLM_RECEIVER_REPLICA_ID": name,
-                "OTEL_LLM_RECEIVER_TEST_LEASE_DURATION": str(self.lease_duration)}
+        env = {"OPENAI_ADMIN_KEY": ADMIN_KEY, "LEDGER_DSN": self.dsn, "LOG_FORMAT": "json",
+               "OTEL_LLM_RECEIVER_REPLICA_ID": name}
+        if self.lease_duration is not None:
+            env["OTEL_LLM_RECEIVER_TEST_LEASE_DURATION"] = str(self.lease_duration)
+        return env
 
     def start(self, name: str) -> Replica:
         self._count += 1
