@@ -19,9 +19,15 @@ from pathlib import Path
 import pytest
 
 from otel_llm_receiver.config import Config, load_config, parse_config
-from otel_llm_receiver.focus import FocusWriter, WritePass, context_for
 from otel_llm_receiver.config_storage import StorageConfig
-from otel_llm_receiver.ledger import METRIC_COST, METRIC_COST_ESTIMATED, METRIC_COST_NON_USD, Ledger, open_ledger
+from otel_llm_receiver.focus import FocusWriter, WritePass, context_for
+from otel_llm_receiver.ledger import (
+    METRIC_COST,
+    METRIC_COST_ESTIMATED,
+    METRIC_COST_NON_USD,
+    Ledger,
+    open_ledger,
+)
 from otel_llm_receiver.model import PollResult, UsageRecord
 from otel_llm_receiver.pricing import PriceBook
 from otel_llm_receiver.scheduler import Receiver
