@@ -284,6 +284,7 @@ class MetricsBuilder:
     _enabled: dict[str, bool] = field(default_factory=dict)  # is_enabled, per metric
     _metric_facts: dict[str, tuple[bool, ValueKind, bool, bool, dict[bytes, _Group]]] = field(default_factory=dict)
     _fragments: dict[str, bytes] = field(default_factory=dict)  # ``key":"value`` of canonical JSON -> encoded
+    _columns: tuple[_Column, ...] | None = None  # the last build's series points (reused while nothing changed)
 
     def is_enabled(self, name: str) -> bool:
         on = self._enabled.get(name)
@@ -297,10 +298,30 @@ class MetricsBuilder:
         return self._max_id
 
     def build(
-        self, rows: ExportRows, health: SelfHealthReading | None, now_ns: int, gauges: Sequence[pb.Metric] = ()
+        self, rows: ExportRows | None, health: SelfHealthReading | None, now_ns: int,
+        gauges: Sequence[pb.Metric] = (),
     ) -> Export:
         """Every series' current total, the self-health metrics and ``gauges`` (the money signals, already
-        encoded by ``signals.py``), as ready-to-send OTLP requests."""
+        encoded by ``signals.py``), as ready-to-send OTLP requests.
+
+        ``rows`` None: the ledger has not changed since the last build (the caller compared its generation), so
+        its series' points are the last build's (their columns are never changed once built), sent with this
+        export's time."""
+        if rows is None:
+            if self._columns is None:
+                raise ValueError("no previous build to reuse: read the ledger's rows")
+            columns = self._columns
+        else:
+            columns = self._columns = self._series_columns(rows)
+        extra = self._self_health(health, now_ns) if health is not None else []
+        extra += [g for g in gauges if self.is_enabled(g.name)]
+        return Export(
+            columns, tuple(m.SerializeToString() for m in extra), sum(_points(m) for m in extra), now_ns,
+            self.max_points_per_request, self._resource_envelope(),
+        )
+
+    def _series_columns(self, rows: ExportRows) -> tuple[_Column, ...]:
+        """The ledger series' points, per metric: totals, adjustments and levels."""
         names = rows.names
         self._describe(rows.new_series, names)
 
@@ -366,15 +387,9 @@ class MetricsBuilder:
             column.value(value)
             column.start(start)
 
-        extra = self._self_health(health, now_ns) if health is not None else []
-        extra += [g for g in gauges if self.is_enabled(g.name)]
-        columns = tuple(
+        return tuple(
             _Column(self._metric_header(name), name in LEVEL_METRICS, p.groups, p.values, p.starts)
             for name, p in points.items()
-        )
-        return Export(
-            columns, tuple(m.SerializeToString() for m in extra), sum(_points(m) for m in extra), now_ns,
-            self.max_points_per_request, self._resource_envelope(),
         )
 
     # -- attributes, encoded once -----------------------------------------------------------------------

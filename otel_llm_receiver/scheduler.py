@@ -162,6 +162,8 @@ class Receiver:
         self.signals = money.signals
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ledger-writer")
         self._reader: Ledger | None = None
+        #: The ledger generation the builder's last points were read at (``Ledger.generation``).
+        self._export_generation: tuple[tuple[str, str], ...] | None = None
         self._export_lock = threading.Lock()
         self._rollups_pruned_at = float("-inf")
         self.last_export_ok: bool | None = None
@@ -412,13 +414,18 @@ class Receiver:
             if self._reader is None:
                 self._reader = Ledger(self.config.storage.path, readonly=True)
             try:
-                rows = self._reader.export_rows(self.builder.known_series)
+                # Read before the rows: an unchanged generation means the last build's points are current.
+                generation = self._reader.generation()
+                unchanged = generation == self._export_generation
+                rows = None if unchanged else self._reader.export_rows(self.builder.known_series)
                 now_ns = time.time_ns()
                 gauges = self._signal_gauges(self._reader, now_ns)
                 data = self.builder.build(rows, self.health.reading(), now_ns, gauges)
+                self._export_generation = generation
             except BaseException:
                 self._reader.close()  # the next export reads through a fresh connection (no stale cache)
                 self._reader = None
+                self._export_generation = None
                 raise
         if not len(self.emitter):
             return True

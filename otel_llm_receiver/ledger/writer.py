@@ -43,6 +43,7 @@ from ..series import (
     check_measure,
 )
 from .engine import Connection, LedgerEngine
+from .schema import SQL_BUMP_GENERATION, generation_key
 
 if TYPE_CHECKING:
     from .postgres.leases import Lease
@@ -578,6 +579,7 @@ class LedgerWriter(LedgerEngine):
                     tx.execute(SQL_FORGET_PRICING_FINGERPRINT, (META_PRICING,))
                 else:
                     tx.execute(SQL_SET_PRICING_FINGERPRINT, (META_PRICING, fingerprint))
+                tx.execute(SQL_BUMP_GENERATION, (generation_key(None),))
                 self._series_ids.clear()
             self.pricing_rebuilds += 1
             self._pricing_fingerprint = fingerprint
@@ -797,6 +799,7 @@ class LedgerWriter(LedgerEngine):
                 tx.execute(SQL_PRUNE_BUCKETS, {"before": prune_before, "instance": instance})
                 tx.execute(SQL_PRUNE_REFINED, {"before": prune_before, "instance": instance})
                 tx.execute(SQL_SET_HORIZON, (instance, prune_before))
+            tx.execute(SQL_BUMP_GENERATION, (generation_key(instance),))  # readers: something may have changed
         return stats
 
     def _apply_range(
@@ -876,7 +879,10 @@ class LedgerWriter(LedgerEngine):
     def prune_rollups(self, before: int) -> int:
         """Drop hourly rollups older than ``before`` (storage.retention); returns rows removed."""
         with self._lock, self._transaction() as tx:
-            return int(tx.execute(SQL_PRUNE_ROLLUPS, (before,)).rowcount)
+            removed = int(tx.execute(SQL_PRUNE_ROLLUPS, (before,)).rowcount)
+            if removed:
+                tx.execute(SQL_BUMP_GENERATION, (generation_key(None),))
+            return removed
 
     def _ids_for(
         self, tx: Connection, instance: str, *, refresh: bool = False
