@@ -189,7 +189,8 @@ _UPSERT_SET = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _KEYWORDS: Final = frozenset({"case", "when", "then", "else", "end", "and", "or", "not", "null", "is", "in",
-                              "excluded", "true", "false", "distinct", "from", "where"})
+                              "excluded", "true", "false", "distinct", "from", "where", "as", "cast", "bigint",
+                              "integer", "text", "int", "like", "between", "select", "exists", "greatest", "least"})
 
 
 def _qualify_upsert_set(sql: str) -> str:
