@@ -180,6 +180,22 @@ SELECT series_id, hour_start,
        min(bucket_width), max(bucket_width)
 FROM incoming WHERE slow = 0
 GROUP BY series_id, hour_start"""
+# The same, one row per changed point (no GROUP BY sort), where no bucket is shorter than an hour: two points
+# of a series then rarely share an hour, and the consumers of ``deltas`` (sums per series, rollup upserts that
+# add, pricing summed per target) take repeated (series, hour) rows as they are. A steady-state poll re-reads
+# hourly buckets, so this is the usual case.
+SQL_HAS_SUB_HOUR_CHANGED = "SELECT EXISTS (SELECT 1 FROM incoming WHERE bucket_width < 3600)"
+SQL_FILL_DELTAS_CHANGED_PER_POINT = """
+INSERT INTO deltas
+SELECT series_id, hour_start,
+       CASE WHEN value > coalesce(prior, 0) THEN value - coalesce(prior, 0) ELSE 0 END,
+       CASE WHEN value < coalesce(prior, 0) THEN coalesce(prior, 0) - value ELSE 0 END,
+       value - coalesce(prior, 0),
+       CASE WHEN prior IS NULL THEN 1 ELSE 0 END,
+       CASE WHEN prior < value THEN 1 ELSE 0 END,
+       CASE WHEN prior > value THEN 1 ELSE 0 END,
+       bucket_width, bucket_width
+FROM incoming WHERE slow = 0"""
 SQL_COUNT_OUTCOMES = "SELECT coalesce(sum(n_new), 0), coalesce(sum(n_grown), 0), coalesce(sum(n_shrunk), 0) FROM deltas"
 # The series' bucket width is recorded on the way (0 = mixed widths: its later points get the overlap check).
 SQL_APPLY_TOTALS = """
@@ -200,27 +216,36 @@ INSERT INTO rollups (series_id, hour_start, value)
 SELECT series_id, hour_start, net FROM deltas WHERE net <> 0
 ON CONFLICT (series_id, hour_start) DO UPDATE SET value = value + excluded.value"""
 # Ranges of series created by this poll skip ``incoming``: no prior values, nothing slow, every point new, so
-# the checks, the deltas (fewer aggregates) and the bucket inserts read ``staged`` itself.
+# the checks, the totals, rollups, priced deltas and the bucket inserts read ``staged`` itself.
 SQL_FIND_INVALID_NEW = """
 SELECT s.metric, s.attrs, i.bucket_start, i.bucket_width, i.value
 FROM staged AS i JOIN series AS s ON s.id = i.series_id
 WHERE i.series_id >= :lo AND i.series_id <= :last AND (i.bucket_width <= 0 OR i.bucket_start < 0 OR i.value < 0)
 LIMIT 1"""
-SQL_FILL_DELTAS_NEW = """
-INSERT INTO deltas
-SELECT series_id, bucket_start - bucket_start % 3600 AS hour, sum(value), 0, sum(value), count(*), 0, 0,
-       min(bucket_width), max(bucket_width)
-FROM staged WHERE series_id >= :lo AND series_id <= :last
-GROUP BY series_id, hour"""
-# Where no bucket is shorter than an hour, two points of a series rarely share an hour, and the consumers of
-# ``deltas`` (sums per series, rollup upserts that add, pricing grouped per target and hour) take repeated
-# (series, hour) rows as they are: one row per point, no sort for a GROUP BY.
-SQL_HAS_SUB_HOUR = """
-SELECT EXISTS (SELECT 1 FROM staged WHERE series_id >= :lo AND series_id <= :last AND bucket_width < 3600)"""
-SQL_FILL_DELTAS_PER_POINT = """
-INSERT INTO deltas
-SELECT series_id, bucket_start - bucket_start % 3600, value, 0, value, 1, 0, 0, bucket_width, bucket_width
-FROM staged WHERE series_id >= :lo AND series_id <= :last"""
+# A range of new series needs no ``deltas``: its totals (grouped in the key order of ``staged``, no sort), rollups
+# and priced deltas read ``staged`` itself (every point is new: its growth is its value). Where two points of
+# a series share an hour (sub-hour buckets), the rollup upsert adds them. ``bucket_width`` as in
+# ``SQL_APPLY_TOTALS`` (a new series has none yet).
+SQL_APPLY_TOTALS_NEW = """
+UPDATE series SET
+    total = total + d.grow,
+    updated_ns = :now,
+    bucket_width = CASE WHEN d.min_width <> d.max_width THEN 0 ELSE d.min_width END
+FROM (SELECT series_id, sum(value) AS grow, min(bucket_width) AS min_width, max(bucket_width) AS max_width
+      FROM staged WHERE series_id >= :lo AND series_id <= :last GROUP BY series_id) AS d
+WHERE series.id = d.series_id"""
+SQL_APPLY_ROLLUPS_NEW = """
+INSERT INTO rollups (series_id, hour_start, value)
+SELECT series_id, bucket_start - bucket_start % 3600, value
+FROM staged WHERE series_id >= :lo AND series_id <= :last AND value <> 0
+ON CONFLICT (series_id, hour_start) DO UPDATE SET value = value + excluded.value"""
+SQL_FILL_PRICED_NEW = """
+INSERT INTO priced
+SELECT p.target_id, s.bucket_start - s.bucket_start % 3600, s.value * p.price, 0, s.value * p.price, p.scale
+FROM staged AS s JOIN pricing AS p
+  ON p.series_id = s.series_id AND p.valid_from <= s.bucket_start - s.bucket_start % 3600
+ AND s.bucket_start - s.bucket_start % 3600 < p.valid_until
+WHERE s.series_id >= :lo AND s.series_id <= :last"""
 SQL_APPLY_BUCKETS_NEW = """
 INSERT INTO buckets (series_id, bucket_start, bucket_width, value)
 SELECT series_id, bucket_start, bucket_width, value
@@ -663,10 +688,14 @@ class LedgerWriter(LedgerEngine):
             tx.execute(SQL_CLEAR_WANTED)
         return found
 
-    def _apply_priced(self, tx: Connection, instance: str, now_ns: int) -> None:
-        """Turn the ``deltas`` just applied into deltas of their priced series (estimated cost, unpriced)."""
+    def _apply_priced(
+        self, tx: Connection, instance: str, now_ns: int, *, fill: str = SQL_FILL_PRICED,
+        span: Mapping[str, int] | None = None,
+    ) -> None:
+        """Turn the deltas just applied (``deltas``, or a new range's ``staged`` points: ``fill`` and ``span``)
+        into deltas of their priced series (estimated cost, unpriced)."""
         tx.execute(SQL_CLEAR_PRICED)
-        tx.execute(SQL_FILL_PRICED)
+        tx.execute(fill, span or {})
         if tx.execute(SQL_PRICED_OVERFLOW).fetchone()[0]:
             raise LedgerError(
                 f"{instance}: an estimated-cost delta exceeds 64-bit pico-units (over 9.2 million USD in one "
@@ -808,7 +837,8 @@ class LedgerWriter(LedgerEngine):
         if tx.execute(SQL_FILL_BOUNDS, span).rowcount:
             tx.execute(SQL_MARK_SLOW)
         tx.execute(SQL_CLEAR_DELTAS)
-        tx.execute(SQL_FILL_DELTAS)
+        sub_hour = tx.execute(SQL_HAS_SUB_HOUR_CHANGED).fetchone()[0]
+        tx.execute(SQL_FILL_DELTAS if sub_hour else SQL_FILL_DELTAS_CHANGED_PER_POINT)
         counts = tx.execute(SQL_COUNT_OUTCOMES).fetchone()
         for outcome, count in zip(("new", "grown", "shrunk"), counts, strict=True):
             if count:
@@ -846,18 +876,13 @@ class LedgerWriter(LedgerEngine):
         bad = tx.execute(SQL_FIND_INVALID_NEW, span).fetchone()
         if bad is not None:
             raise _invalid_point(instance, bad)
-        tx.execute(SQL_CLEAR_DELTAS)
-        sub_hour = tx.execute(SQL_HAS_SUB_HOUR, span).fetchone()[0]
-        tx.execute(SQL_FILL_DELTAS_NEW if sub_hour else SQL_FILL_DELTAS_PER_POINT, span)
-        changed = int(tx.execute(SQL_COUNT_OUTCOMES).fetchone()[0])
+        changed = int(tx.execute(SQL_APPLY_BUCKETS_NEW, span).rowcount)
         if not changed:
             return 0
         stats.outcomes["new"] += changed
-        tx.execute(SQL_APPLY_TOTALS, {"now": now_ns})
-        tx.execute(SQL_APPLY_ROLLUPS)
-        tx.execute(SQL_APPLY_BUCKETS_NEW, span)
-        self._apply_priced(tx, instance, now_ns)
-        tx.execute(SQL_CLEAR_DELTAS)
+        tx.execute(SQL_APPLY_TOTALS_NEW, {**span, "now": now_ns})
+        tx.execute(SQL_APPLY_ROLLUPS_NEW, span)
+        self._apply_priced(tx, instance, now_ns, fill=SQL_FILL_PRICED_NEW, span=span)
         return changed
 
     def prune_rollups(self, before: int) -> int:
