@@ -31,9 +31,14 @@ from .names import (
 PICOS_PER_NANO: Final = 1000
 
 
+#: ``json.dumps(attrs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``, built once: ``dumps`` with
+#: these arguments makes a new encoder on every call, half the cost of encoding a small attribute set.
+_CANONICAL: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_attrs(attrs: dict[str, str]) -> str:
     """The series identity of an attribute set: compact JSON with sorted keys (stable across versions)."""
-    return json.dumps(attrs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(attrs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Final
+from typing import Any, Final, TypeAlias
 
 from ..errors import LedgerError
 from ..model import PollResult, to_nanos
@@ -384,8 +384,10 @@ class ApplyStats:
 
 
 Point = tuple[int, int, int, int]  # (series id, bucket start, bucket width, value)
-# A usage identity's series ids (None: not in the ledger yet) with their keys, per token type, then requests.
-_UsageEntry = tuple[tuple[tuple[str, int | None, SeriesKey], ...], int | None, SeriesKey]
+# A usage identity's series, each as a ``[series id or None (not in the ledger, no point yet), key]`` slot: by
+# token type, and requests. A slot gets its new series' id with the first point that creates it.
+_Slot: TypeAlias = list[Any]  # [int | None, SeriesKey]: mutable, so a new id is found once
+_UsageEntry = tuple[dict[str, _Slot], _Slot]
 
 
 class PointPlanner:
@@ -421,7 +423,7 @@ class PointPlanner:
 
     def _usage_entry(self, ident: UsageIdent) -> _UsageEntry:
         keys, ids = self.keys.usage(ident), self.ids
-        return (tuple((t, ids.get(key), key) for t, key in keys.tokens), ids.get(keys.requests), keys.requests)
+        return ({t: [ids.get(key), key] for t, key in keys.tokens}, [ids.get(keys.requests), keys.requests])
 
     def slices(self, result: PollResult) -> Iterator[list[Point]]:
         """The points of ``result``, ``slice_points`` (or a few more) at a time; the last slice may be short."""
@@ -457,20 +459,25 @@ class PointPlanner:
                 continue
             width, tokens = r.bucket_width, r.tokens
             creates_zero = not r.sparse  # a sparse record's zeros create no series (see UsageRecord)
-            for token_type, sid, key in entry[0]:
-                value = tokens.get(token_type)
-                if value is not None:
-                    if sid is not None:
-                        append((sid, start, width, value))
-                    elif value or creates_zero:
-                        append((new_id(key), start, width, value))
+            slots = entry[0]
+            for token_type, value in tokens.items():
+                slot = slots.get(token_type)
+                if slot is None:  # not one of TOKEN_TYPES: no series
+                    continue
+                sid = slot[0]
+                if sid is None:
+                    if not (value or creates_zero):
+                        continue
+                    sid = slot[0] = new_id(slot[1])
+                append((sid, start, width, value))
             requests = r.requests
             if requests is not None:
-                sid = entry[1]
+                slot = entry[1]
+                sid = slot[0]
+                if sid is None and (requests or creates_zero):
+                    sid = slot[0] = new_id(slot[1])
                 if sid is not None:
                     append((sid, start, width, requests))
-                elif requests or creates_zero:
-                    append((new_id(entry[2]), start, width, requests))
             if measures:
                 for metric, value in measures.items():
                     key = self.keys.measure(ident, metric)
