@@ -180,22 +180,45 @@ SELECT series_id, hour_start,
        min(bucket_width), max(bucket_width)
 FROM incoming WHERE slow = 0
 GROUP BY series_id, hour_start"""
-# The same, one row per changed point (no GROUP BY sort), where no bucket is shorter than an hour: two points
-# of a series then rarely share an hour, and the consumers of ``deltas`` (sums per series, rollup upserts that
-# add, pricing summed per target) take repeated (series, hour) rows as they are. A steady-state poll re-reads
-# hourly buckets, so this is the usual case.
+# Where no bucket is shorter than an hour, two points of a series rarely share an hour: the totals, rollups and
+# priced deltas then read ``incoming`` itself, point by point in its key order (the totals grouped per series
+# without a sort, rollup upserts adding repeated (series, hour) rows), with no ``deltas`` table in between. A
+# steady-state poll re-reads hourly buckets, so this is the usual case; sub-hour buckets take ``deltas``.
 SQL_HAS_SUB_HOUR_CHANGED = "SELECT EXISTS (SELECT 1 FROM incoming WHERE bucket_width < 3600)"
-SQL_FILL_DELTAS_CHANGED_PER_POINT = """
-INSERT INTO deltas
-SELECT series_id, hour_start,
-       CASE WHEN value > coalesce(prior, 0) THEN value - coalesce(prior, 0) ELSE 0 END,
-       CASE WHEN value < coalesce(prior, 0) THEN coalesce(prior, 0) - value ELSE 0 END,
-       value - coalesce(prior, 0),
-       CASE WHEN prior IS NULL THEN 1 ELSE 0 END,
-       CASE WHEN prior < value THEN 1 ELSE 0 END,
-       CASE WHEN prior > value THEN 1 ELSE 0 END,
-       bucket_width, bucket_width
+SQL_COUNT_OUTCOMES_CHANGED = """
+SELECT coalesce(sum(CASE WHEN prior IS NULL THEN 1 ELSE 0 END), 0),
+       coalesce(sum(CASE WHEN prior < value THEN 1 ELSE 0 END), 0),
+       coalesce(sum(CASE WHEN prior > value THEN 1 ELSE 0 END), 0)
 FROM incoming WHERE slow = 0"""
+SQL_APPLY_TOTALS_CHANGED = """
+UPDATE series SET
+    total = total + d.grow,
+    adjustments = adjustments + d.shrink,
+    updated_ns = :now,
+    bucket_width = CASE WHEN d.min_width <> d.max_width THEN 0
+                        WHEN series.bucket_width IS NULL THEN d.min_width
+                        WHEN series.bucket_width = d.min_width THEN d.min_width
+                        ELSE 0 END
+FROM (SELECT series_id,
+             sum(CASE WHEN value > coalesce(prior, 0) THEN value - coalesce(prior, 0) ELSE 0 END) AS grow,
+             sum(CASE WHEN value < coalesce(prior, 0) THEN coalesce(prior, 0) - value ELSE 0 END) AS shrink,
+             min(bucket_width) AS min_width, max(bucket_width) AS max_width
+      FROM incoming WHERE slow = 0 GROUP BY series_id) AS d
+WHERE series.id = d.series_id"""
+SQL_APPLY_ROLLUPS_CHANGED = """
+INSERT INTO rollups (series_id, hour_start, value)
+SELECT series_id, hour_start, value - coalesce(prior, 0)
+FROM incoming WHERE slow = 0 AND value <> coalesce(prior, 0)
+ON CONFLICT (series_id, hour_start) DO UPDATE SET value = value + excluded.value"""
+SQL_FILL_PRICED_CHANGED = """
+INSERT INTO priced
+SELECT p.target_id, i.hour_start,
+       CASE WHEN i.value > coalesce(i.prior, 0) THEN i.value - coalesce(i.prior, 0) ELSE 0 END * p.price,
+       CASE WHEN i.value < coalesce(i.prior, 0) THEN coalesce(i.prior, 0) - i.value ELSE 0 END * p.price,
+       (i.value - coalesce(i.prior, 0)) * p.price, p.scale
+FROM incoming AS i JOIN pricing AS p
+  ON p.series_id = i.series_id AND p.valid_from <= i.hour_start AND i.hour_start < p.valid_until
+WHERE i.slow = 0"""
 SQL_COUNT_OUTCOMES = "SELECT coalesce(sum(n_new), 0), coalesce(sum(n_grown), 0), coalesce(sum(n_shrunk), 0) FROM deltas"
 # The series' bucket width is recorded on the way (0 = mixed widths: its later points get the overlap check).
 SQL_APPLY_TOTALS = """
@@ -553,6 +576,9 @@ class LedgerWriter(LedgerEngine):
         self._pricing_fingerprint: str | None = None
         #: How many times ``set_pricer`` rebuilt the schedules (0 when every start found them current).
         self.pricing_rebuilds = 0
+        #: False: every range takes the general path (prior values looked up, deltas grouped per series and
+        #: hour), never the shortcuts for ranges of new series and for hourly buckets. The tests compare the two.
+        self.fast_paths = True
 
     def pruned_before(self, instance: str) -> int:
         """Buckets of ``instance`` starting before this were pruned: records for them are rejected."""
@@ -832,7 +858,7 @@ class LedgerWriter(LedgerEngine):
         largest before it), so no point has a prior value to look up.
         """
         span = {"lo": lo, "last": last}
-        if all_new:
+        if all_new and self.fast_paths:
             return self._apply_new_range(tx, instance, span, now_ns, stats)
         changed = int(tx.execute(SQL_KEEP_CHANGED, span).rowcount)
         if not changed:
@@ -844,9 +870,12 @@ class LedgerWriter(LedgerEngine):
         if tx.execute(SQL_FILL_BOUNDS, span).rowcount:
             tx.execute(SQL_MARK_SLOW)
         tx.execute(SQL_CLEAR_DELTAS)
-        sub_hour = tx.execute(SQL_HAS_SUB_HOUR_CHANGED).fetchone()[0]
-        tx.execute(SQL_FILL_DELTAS if sub_hour else SQL_FILL_DELTAS_CHANGED_PER_POINT)
-        counts = tx.execute(SQL_COUNT_OUTCOMES).fetchone()
+        per_point = self.fast_paths and not tx.execute(SQL_HAS_SUB_HOUR_CHANGED).fetchone()[0]
+        if per_point:
+            counts = tx.execute(SQL_COUNT_OUTCOMES_CHANGED).fetchone()
+        else:
+            tx.execute(SQL_FILL_DELTAS)
+            counts = tx.execute(SQL_COUNT_OUTCOMES).fetchone()
         for outcome, count in zip(("new", "grown", "shrunk"), counts, strict=True):
             if count:
                 stats.outcomes[outcome] += count
@@ -855,10 +884,16 @@ class LedgerWriter(LedgerEngine):
                 (metric, attrs, n, amount) for metric, attrs, n, amount in tx.execute(SQL_SHRUNK)
                 if metric not in LEVEL_METRICS  # a level going down is news, not a correction
             )
-        tx.execute(SQL_APPLY_TOTALS, {"now": now_ns})
-        tx.execute(SQL_APPLY_ROLLUPS)
-        tx.execute(SQL_APPLY_BUCKETS)
-        self._apply_priced(tx, instance, now_ns)
+        if per_point:
+            tx.execute(SQL_APPLY_TOTALS_CHANGED, {"now": now_ns})
+            tx.execute(SQL_APPLY_ROLLUPS_CHANGED)
+            tx.execute(SQL_APPLY_BUCKETS)
+            self._apply_priced(tx, instance, now_ns, fill=SQL_FILL_PRICED_CHANGED)
+        else:
+            tx.execute(SQL_APPLY_TOTALS, {"now": now_ns})
+            tx.execute(SQL_APPLY_ROLLUPS)
+            tx.execute(SQL_APPLY_BUCKETS)
+            self._apply_priced(tx, instance, now_ns)
         slow = tx.execute(SQL_SLOW_POINTS).fetchall()
         if slow:
             slow_deltas: list[tuple[int, int, int, int, int]] = []
