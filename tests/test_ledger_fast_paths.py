@@ -49,7 +49,7 @@ def _random_poll(rng: random.Random, poll: int) -> list[UsageRecord]:
         width = rng.choice(widths)
         start = MAR + rng.randint(-8, 8) * H
         start -= start % width
-        tokens = {t: rng.choice([0, rng.randint(1, 5_000), rng.randint(1, 5_000_000)])
+        tokens: dict[str, int] = {t: rng.choice([0, rng.randint(1, 5_000), rng.randint(1, 5_000_000)])
                   for t in rng.sample(TOKEN_TYPES, rng.randint(1, 4))}
         out.append(UsageRecord(
             provider, model, "chat", f"t{rng.randint(1, 2 + poll)}", start, width, tokens,
