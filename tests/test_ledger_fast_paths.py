@@ -125,3 +125,4 @@ def test_the_planner_gives_each_record_its_points_and_new_ids_in_first_seen_orde
     assert Counter((key_of[sid], s, w, v) for sid, s, w, v in points) == _plain_points(records, SeriesKeys())
     first_seen = list(dict.fromkeys(key_of[sid] for sid, _, _, _ in points))
     assert first_seen == list(planner.new_ids)
+    assert planner.min_width == min(H, *(r.bucket_width for r in records)) == 1800  # sub-hour: grouped paths

@@ -53,6 +53,7 @@ STAGE_ROWS: Final = 250
 #: About this many staged points are applied at a time, in ranges of whole series (SQLite's working set).
 RANGE_POINTS: Final = 50_000
 MAX_ID: Final = 2**63 - 1
+HOUR: Final = 3600
 MIN_ID: Final = -(2**63)
 
 SQL_SERIES_OF_INSTANCE = "SELECT id, metric, attrs FROM series WHERE instance = ?"
@@ -184,7 +185,6 @@ GROUP BY series_id, hour_start"""
 # priced deltas then read ``incoming`` itself, point by point in its key order (the totals grouped per series
 # without a sort, rollup upserts adding repeated (series, hour) rows), with no ``deltas`` table in between. A
 # steady-state poll re-reads hourly buckets, so this is the usual case; sub-hour buckets take ``deltas``.
-SQL_HAS_SUB_HOUR_CHANGED = "SELECT EXISTS (SELECT 1 FROM incoming WHERE bucket_width < 3600)"
 SQL_COUNT_OUTCOMES_CHANGED = """
 SELECT coalesce(sum(CASE WHEN prior IS NULL THEN 1 ELSE 0 END), 0),
        coalesce(sum(CASE WHEN prior < value THEN 1 ELSE 0 END), 0),
@@ -245,7 +245,15 @@ SELECT s.metric, s.attrs, i.bucket_start, i.bucket_width, i.value
 FROM staged AS i JOIN series AS s ON s.id = i.series_id
 WHERE i.series_id >= :lo AND i.series_id <= :last AND (i.bucket_width <= 0 OR i.bucket_start < 0 OR i.value < 0)
 LIMIT 1"""
-# A range of new series needs no ``deltas``: its totals (grouped in the key order of ``staged``, no sort), rollups
+# With sub-hour buckets (the demo's minutes), a new range's points are first summed per (series, hour): a
+# fraction of the rows for the rollups and the pricing.
+SQL_FILL_DELTAS_NEW = """
+INSERT INTO deltas
+SELECT series_id, bucket_start - bucket_start % 3600 AS hour, sum(value), 0, sum(value), count(*), 0, 0,
+       min(bucket_width), max(bucket_width)
+FROM staged WHERE series_id >= :lo AND series_id <= :last
+GROUP BY series_id, hour"""
+# Otherwise a range of new series needs no ``deltas``: its totals (grouped in the key order of ``staged``, no sort), rollups
 # and priced deltas read ``staged`` itself (every point is new: its growth is its value). Where two points of
 # a series share an hour (sub-hour buckets), the rollup upsert adds them. ``bucket_width`` as in
 # ``SQL_APPLY_TOTALS`` (a new series has none yet).
@@ -437,6 +445,8 @@ class PointPlanner:
         self.new_ids: dict[SeriesKey, int] = {}
         #: Points before the pruned horizon (already counted, no longer revisable).
         self.rejected = 0
+        #: The narrowest bucket of the poll: none shorter than an hour lets the apply take its per-point paths.
+        self.min_width = HOUR
 
     def _new_id(self, key: SeriesKey) -> int:
         sid = self.new_ids.get(key)
@@ -453,7 +463,7 @@ class PointPlanner:
         rows: list[Point] = []
         append = rows.append
         limit = self.slice_points
-        horizon, tenant, ids, new_id = self.horizon, self.tenant, self.ids, self._new_id
+        horizon, tenant, ids, new_id, min_width = self.horizon, self.tenant, self.ids, self._new_id, self.min_width
         entries: dict[UsageIdent, _UsageEntry] = {}
         # Providers share one dimensions dict among the records of a group: sort each distinct dict once. (The
         # records hold the dicts alive meanwhile, so their ids are stable keys; bounded, in case they do not.)
@@ -481,6 +491,8 @@ class PointPlanner:
                 self.rejected += len(r.tokens) + (r.requests is not None) + len(measures)
                 continue
             width, tokens = r.bucket_width, r.tokens
+            if width < min_width:
+                min_width = self.min_width = width
             creates_zero = not r.sparse  # a sparse record's zeros create no series (see UsageRecord)
             slots = entry[0]
             for token_type, value in tokens.items():
@@ -522,6 +534,8 @@ class PointPlanner:
                 ckey = self.keys.cost(cident)
                 centry = cost_entries[cident] = (ids.get(ckey), ckey)
             start, width = c.bucket_start, c.bucket_width
+            if width < min_width:
+                min_width = self.min_width = width
             if start < horizon:
                 self.rejected += 1 + (c.quantity is not None)
                 continue
@@ -818,7 +832,8 @@ class LedgerWriter(LedgerEngine):
                 if lo <= max_id < 2**62 and (nxt is None or nxt > max_id + 1):
                     nxt = max_id + 1  # ranges of new series only need no look-up of prior values
                 last = MAX_ID if nxt is None else nxt - 1
-                changed += self._apply_range(tx, instance, lo, last, lo > max_id, now_ns, stats, shrunk)
+                changed += self._apply_range(
+                    tx, instance, lo, last, lo > max_id, planner.min_width >= HOUR, now_ns, stats, shrunk)
                 lo = nxt
             if distinct > changed:
                 stats.outcomes["unchanged"] += distinct - changed
@@ -849,17 +864,18 @@ class LedgerWriter(LedgerEngine):
         return stats
 
     def _apply_range(
-        self, tx: Connection, instance: str, lo: int, last: int, all_new: bool, now_ns: int, stats: ApplyStats,
-        shrunk: list[tuple[str, str, int, int]],
+        self, tx: Connection, instance: str, lo: int, last: int, all_new: bool, per_point: bool, now_ns: int,
+        stats: ApplyStats, shrunk: list[tuple[str, str, int, int]],
     ) -> int:
         """Apply the staged points of series ``lo..last``; returns how many changed (incl. new and slow ones).
 
         ``all_new``: every series of the range was created by this poll (its ids are above the ledger's
-        largest before it), so no point has a prior value to look up.
+        largest before it), so no point has a prior value to look up. ``per_point``: no bucket of the poll
+        is shorter than an hour (two points of a series rarely share an hour): no sums per (series, hour).
         """
         span = {"lo": lo, "last": last}
         if all_new and self.fast_paths:
-            return self._apply_new_range(tx, instance, span, now_ns, stats)
+            return self._apply_new_range(tx, instance, span, now_ns, stats, per_point)
         changed = int(tx.execute(SQL_KEEP_CHANGED, span).rowcount)
         if not changed:
             return 0
@@ -870,7 +886,7 @@ class LedgerWriter(LedgerEngine):
         if tx.execute(SQL_FILL_BOUNDS, span).rowcount:
             tx.execute(SQL_MARK_SLOW)
         tx.execute(SQL_CLEAR_DELTAS)
-        per_point = self.fast_paths and not tx.execute(SQL_HAS_SUB_HOUR_CHANGED).fetchone()[0]
+        per_point = per_point and self.fast_paths
         if per_point:
             counts = tx.execute(SQL_COUNT_OUTCOMES_CHANGED).fetchone()
         else:
@@ -913,8 +929,12 @@ class LedgerWriter(LedgerEngine):
 
     def _apply_new_range(
         self, tx: Connection, instance: str, span: Mapping[str, int], now_ns: int, stats: ApplyStats,
+        per_point: bool,
     ) -> int:
-        """Apply a range of series this poll created, straight from ``staged``: every point is new."""
+        """Apply a range of series this poll created, straight from ``staged``: every point is new.
+
+        ``per_point``: no bucket of the poll is shorter than an hour, so no (series, hour) sums are needed.
+        """
         bad = tx.execute(SQL_FIND_INVALID_NEW, span).fetchone()
         if bad is not None:
             raise _invalid_point(instance, bad)
@@ -922,9 +942,17 @@ class LedgerWriter(LedgerEngine):
         if not changed:
             return 0
         stats.outcomes["new"] += changed
-        tx.execute(SQL_APPLY_TOTALS_NEW, {**span, "now": now_ns})
-        tx.execute(SQL_APPLY_ROLLUPS_NEW, span)
-        self._apply_priced(tx, instance, now_ns, fill=SQL_FILL_PRICED_NEW, span=span)
+        if per_point:
+            tx.execute(SQL_APPLY_TOTALS_NEW, {**span, "now": now_ns})
+            tx.execute(SQL_APPLY_ROLLUPS_NEW, span)
+            self._apply_priced(tx, instance, now_ns, fill=SQL_FILL_PRICED_NEW, span=span)
+        else:
+            tx.execute(SQL_CLEAR_DELTAS)
+            tx.execute(SQL_FILL_DELTAS_NEW, span)
+            tx.execute(SQL_APPLY_TOTALS, {"now": now_ns})
+            tx.execute(SQL_APPLY_ROLLUPS)
+            self._apply_priced(tx, instance, now_ns)
+            tx.execute(SQL_CLEAR_DELTAS)
         return changed
 
     def prune_rollups(self, before: int) -> int:
