@@ -16,7 +16,11 @@ Cases, each in a new process that builds the receiver untimed (config, price boo
 * ``first``: the first export after start, ``Receiver.export_now()``: open the ledger's read connection, read
   every total, compute the money signals (budgets, anomalies, coverage, reconciliation, prices), build, and send
   over OTLP/gRPC, waiting for every reply;
-* ``later``: the same receiver's second export (the first one untimed);
+* ``later``: the same receiver's second export (the first one untimed), nothing having landed in between: the
+  ledger's generation is unchanged, so the export re-sends the last points and the signals reuse their sums;
+* ``changed``: the same, but a poll lands between the two exports (one instance's current hour for 1% of the keys,
+  applied untimed by the child's receiver): the ledger's generation moved, so the totals and the signals' rollups
+  are read again (the series' attributes are not: they never change);
 * ``bare`` (only with ``--cases``): the first export with the money signals left out, to show the export path's
   own time and memory apart from the signals';
 * ``anchor``: the official ``OTLPMetricExporter`` (gRPC, the same 5,000-point batches) encoding and sending the
@@ -51,7 +55,7 @@ MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o3-mini", "o4-min
 SERIES_PER_KEY = 5  # input, output, requests, estimated cost of input and of output
 HOUR = 3600
 DAY = 86400
-CASES = ("first", "later", "anchor")
+CASES = ("first", "later", "changed", "anchor")
 HEAD = ["ledger", "case", "points/export", "wall s", "cpu s", "signals cpu s", "cpu s w/o signals", "peak MiB",
         "anchor cpu / cpu w/o signals"]
 
@@ -110,8 +114,10 @@ def child(case: str, path: str, endpoint: str) -> None:
             return
         if case == "bare":  # the export path alone: the money signals left out (not what the receiver does)
             receiver._signal_gauges = lambda reader, now_ns: []
-        if case == "later":
+        if case in ("later", "changed"):
             assert receiver.export_now(wait=True), "the first export failed"
+        if case == "changed":
+            _land_a_poll(receiver)
         # What the export read, for the parent's check: series (usage points) and all points sent.
         points = _points_of(receiver)
         signals = _time_signals(receiver)
@@ -123,6 +129,22 @@ def child(case: str, path: str, endpoint: str) -> None:
         import asyncio
 
         asyncio.run(receiver.aclose())
+
+
+def _land_a_poll(receiver: Any) -> None:
+    """A steady-state poll of one instance between two exports: the current hour of 1% of the keys (the same
+    values every run, so repeated runs leave the ledger as the first one left it)."""
+    from otel_llm_receiver.model import PollResult, UsageRecord
+
+    series = receiver.ledger.counts()["series"]
+    keys = max(1, series // SERIES_PER_KEY // 100)
+    hour = int(time.time()) // HOUR * HOUR
+    records = [
+        UsageRecord("openai", MODELS[k % len(MODELS)], "chat", f"proj_{k // len(MODELS):06d}", hour, HOUR,
+                    {"input": 100 + k, "output": 10 + k}, requests=1)
+        for k in range(keys)
+    ]
+    receiver.ledger.apply("openai/bench", PollResult(usage=records), tenant="bench")
 
 
 def _time_signals(receiver: Any) -> list[float]:
@@ -256,7 +278,7 @@ def main() -> None:
                     continue
                 sink.clear()
                 f = measure(case, script, [case, str(path), sink.grpc_endpoint], args.repeat)
-                exports = f.runs * (2 if case == "later" else 1)
+                exports = f.runs * (2 if case in ("later", "changed") else 1)
                 usage = sum(sink.point_count(m) for m in sink.metric_names() if m.startswith("llm.usage."))
                 level = sum(sink.point_count(m) for m in ("llm.usage.storage",) if m in sink.metric_names())
                 series = int(f.extra["series"])

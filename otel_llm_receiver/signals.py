@@ -191,13 +191,34 @@ class Signals:
         self._match_labels = tuple(sorted({k for b in self.budget_configs for k in b.match.labels}))
         self._match_memo: dict[tuple[Any, ...], int] = {}
         self._last_groups: tuple[list[_Series], dict[tuple[str, str, str, str], list[_Series]]] = ([], {})
+        # What holds only while the ledger is unchanged (``Ledger.generation``): the series with their rollups'
+        # extent (by metrics asked), the money cells by the hour grid of the windows, and anomaly scores by hour.
+        self._generation: tuple[tuple[str, str], ...] | None = None
+        self._series_of: dict[tuple[str, ...], list[_Series]] = {}
+        self._cells_of: dict[tuple[tuple[int, int], ...], tuple[list[_Cell], dict[tuple[str, str], _Series]]] = {}
         declared = frozenset(CATALOG.metrics["llm.pricing.token_price"].attributes)
         self._price_attrs = declared or PRICE_GAUGE_ATTRIBUTES
 
     # -- reading -----------------------------------------------------------------------------------------
+    def _fresh(self, ledger: Ledger) -> None:
+        """Forget what the ledger's last change may have made stale (read before the data: see
+        ``Ledger.generation``). Unchanged, the series, cells and scores computed since are reused."""
+        generation = ledger.generation()
+        if generation != self._generation:
+            if dict(generation).get("service.instance.id") != dict(self._generation or ()).get("service.instance.id"):
+                self._known, self._names = {}, {}  # another ledger: its series ids mean other series
+            self._generation = generation
+            self._series_of.clear()
+            self._cells_of.clear()
+            self._scores.clear()
+
     def _series(self, ledger: Ledger, metrics: Sequence[str]) -> list[_Series]:
         """The series of ``metrics`` with rollups, in id order (reported cost in other currencies included:
-        ``usd`` says). Attributes are parsed only for series not seen before, or whose tenancy name changed."""
+        ``usd`` says). Attributes are parsed only for series not seen before, or whose tenancy name changed;
+        nothing is read while the ledger's generation is the one of the last read (``_fresh``)."""
+        cached = self._series_of.get(tuple(metrics))
+        if cached is not None:
+            return cached
         names = ledger.names()
         if names != self._names:
             changed = {
@@ -209,15 +230,32 @@ class Signals:
                 self._match_memo.clear()
             self._names = names
         known = self._known
-        out = []
-        for sid, instance, metric, text, width, first, last in ledger.rollup_series_rows(metrics, (METRIC_COST,)):
+        # Series ids are never reused (series are never deleted), so a known id needs no attributes: they are
+        # read with the rows only when nothing is known yet, else only for the ids not seen before.
+        with_attrs = not known
+        out: list[_Series | None] = []
+        unseen: list[tuple[int, int, str, str, int, int, int]] = []  # (position in out, sid, instance, ...)
+        for sid, instance, metric, text, width, first, last in ledger.rollup_series_rows(
+                metrics, (METRIC_COST,), attrs=with_attrs):
             s = known.get(sid)
-            digest = hash(text)
-            if s is None or s.digest != digest or s.metric != metric or s.instance != instance:
-                s = known[sid] = self._derive(sid, instance, metric, text, digest, names)
+            if s is None or s.metric != metric or s.instance != instance:
+                if text is None:
+                    unseen.append((len(out), sid, instance, metric, width, first, last))
+                    out.append(None)
+                    continue
+                s = known[sid] = self._derive(sid, instance, metric, text, hash(text), names)
             s.width, s.first, s.last = width, first, last
             out.append(s)
-        return out
+        if unseen:
+            texts = ledger.series_attrs([u[1] for u in unseen])
+            for at, sid, instance, metric, width, first, last in unseen:
+                text = texts[sid]
+                s = known[sid] = self._derive(sid, instance, metric, text, hash(text), names)
+                s.width, s.first, s.last = width, first, last
+                out[at] = s
+        series = [s for s in out if s is not None]  # every None was filled in above
+        self._series_of[tuple(metrics)] = series
+        return series
 
     def _derive(
         self, sid: int, instance: str, metric: str, text: str, digest: int, names: Mapping[tuple[str, str, str], str]
@@ -259,6 +297,7 @@ class Signals:
     def read(
         self, ledger: Ledger, now: int, *, anomaly_hour: int | None = None, peak_days: int = 0
     ) -> SignalsReading:
+        self._fresh(ledger)
         every = self._series(ledger, (*MONEY_METRICS, METRIC_TOKENS))
         if len(self._known) > len(every):  # series pruned away (or seen only by other reads): forget them
             self._known = {s.sid: s for s in every}
@@ -289,7 +328,13 @@ class Signals:
         windows.update(periods.values())
         order = sorted(windows)
         index = {w: i for i, w in enumerate(order)}
-        cells, first_of_key = self._cells(money, *ledger.rollup_segment_sums(order, MONEY_METRICS))
+        # Rollups start on whole hours, so a window's sum depends only on its edges rounded up to the hour: the
+        # cells are kept by that grid while the ledger is unchanged (a later export in the same hour reads none).
+        grid = tuple((-(-a // HOUR) * HOUR, -(-b // HOUR) * HOUR) for a, b in order)
+        found = self._cells_of.get(grid)
+        if found is None:
+            found = self._cells_of[grid] = self._cells(money, *ledger.rollup_segment_sums(grid, MONEY_METRICS))
+        cells, first_of_key = found
 
         def spend(chosen: Sequence[_Cell], window: tuple[int, int], source: str) -> Decimal:
             a, b = window
@@ -465,10 +510,11 @@ class Signals:
     def anomalies_between(self, ledger: Ledger, start: int, end: int) -> list[Anomaly]:
         """Scores of every complete hour in ``[start, end)`` (for ``report`` and the demo's "peak this week").
 
-        Hours that ended more than a day ago are settled: their scores are cached for this object's life.
+        Scores are kept by hour while the ledger's generation is unchanged (late data for an old hour changes it,
+        and with it that hour's score).
         """
+        self._fresh(ledger)
         out: list[Anomaly] = []
-        settled = end - DAY
         series: list[_Series] | None = None
         for hour in range(start - start % HOUR, end, HOUR):
             cached = self._scores.get(hour)
@@ -476,8 +522,6 @@ class Signals:
                 if series is None:
                     series = self._series(ledger, (METRIC_COST_ESTIMATED, METRIC_TOKENS))
                 cached = self.anomalies(ledger, hour, series)
-                if hour < settled:
-                    self._scores[hour] = cached
             out += cached
         return out
 
@@ -505,7 +549,15 @@ class Signals:
         when none has one (a young ledger), no rollup is read at all.
         """
         if series is None:
+            self._fresh(ledger)
             series = self._series(ledger, (METRIC_COST_ESTIMATED, METRIC_TOKENS))
+        cached = self._scores.get(hour)
+        if cached is not None:  # scored since the ledger last changed
+            return list(cached)
+        scores = self._scores[hour] = self._anomalies(ledger, hour, series)
+        return list(scores)
+
+    def _anomalies(self, ledger: Ledger, hour: int, series: Sequence[_Series]) -> list[Anomaly]:
         groups = self._groups(series)
         pasts: dict[int, list[int]] = {}
         scored = []

@@ -21,7 +21,7 @@ from typing import NamedTuple
 from ..errors import LedgerError
 from ..names import LEVEL_METRICS
 from .engine import EngineError, LedgerEngine
-from .schema import SQL_GET_META
+from .schema import SQL_GENERATIONS, SQL_GET_META
 
 SQL_GET_CURSOR = "SELECT value FROM cursors WHERE instance = ? AND source = ?"
 SQL_GET_CURSORS = "SELECT source, value FROM cursors WHERE instance = ?"
@@ -57,9 +57,12 @@ SELECT s.id, s.instance, s.metric, s.attrs, s.bucket_width,
        (SELECT max(hour_start) FROM rollups WHERE series_id = s.id)
 FROM series AS s WHERE s.metric IN ({metrics})"""
 SQL_ROLLUP_SERIES_ROWS = """
-SELECT s.id, s.instance, s.metric, s.attrs, s.bucket_width,
+SELECT s.id, s.instance, s.metric, {attrs}, s.bucket_width,
        (SELECT min(hour_start) FROM rollups WHERE series_id = s.id), {last}
 FROM series AS s WHERE s.metric IN ({metrics}) ORDER BY s.id"""
+SQL_SERIES_ATTRS_OF = "SELECT id, attrs FROM series WHERE id IN ({ids})"
+#: Ids per ``SQL_SERIES_ATTRS_OF`` statement (well under SQLite's and PostgreSQL's parameter limits).
+ATTRS_PAGE = 500
 SQL_ROLLUP_SEGMENT_SUMS = """
 SELECT s.id, {segments} FROM series AS s WHERE s.metric IN ({metrics})"""
 SQL_ROLLUP_VALUES_AT = """
@@ -186,6 +189,21 @@ class LedgerReader(LedgerEngine):
         if row is None:
             raise LedgerError(f"ledger {self.path} has no service.instance.id (not initialised)")
         return str(row[0])
+
+    def generation(self) -> tuple[tuple[str, str], ...]:
+        """A token that changes whenever a transaction changes what readers see (every apply, prune and
+        pricing rebuild bumps it in the same transaction; ``schema.SQL_BUMP_GENERATION``).
+
+        Read it before the data it guards: data read afterwards is at least as new as the token, so a cache
+        keyed by it can be early (recomputed once more than needed), never stale. Per provider instance
+        (``("generation/openai/prod", "12")``), so a caller may also tell which instances changed; with the
+        ledger's ``service.instance.id``, so tokens of two ledgers never compare equal.
+        """
+        try:
+            with self._lock:
+                return tuple((str(k), str(v)) for k, v in self._conn.execute(SQL_GENERATIONS))
+        except EngineError as exc:
+            raise LedgerError(f"ledger {self.path}: cannot read the generation: {exc}") from exc
 
     def cursor(self, instance: str, source: str = "poll") -> str | None:
         row = self._conn.execute(SQL_GET_CURSOR, (instance, source)).fetchone()
@@ -343,24 +361,35 @@ class LedgerReader(LedgerEngine):
         return out
 
     def rollup_series_rows(
-        self, metrics: Sequence[str], last_of: Sequence[str] | None = None
-    ) -> Iterator[tuple[int, str, str, str, int, int, int]]:
+        self, metrics: Sequence[str], last_of: Sequence[str] | None = None, *, attrs: bool = True
+    ) -> Iterator[tuple[int, str, str, str | None, int, int, int]]:
         """``rollup_series`` unparsed: ``(id, instance, metric, attrs JSON, bucket width, first, last hour)``.
 
         For callers that keep what they derive from a series' attributes by id (the money signals): they parse
-        a series' JSON once per process, not once per export. With ``last_of``, only series of those metrics
-        get their last hour read (one index probe fewer for each other series, whose "last" is their first).
-        Rows come in id order, read a page at a time.
+        a series' JSON once per process, not once per export; with ``attrs=False`` the JSON is not read at all
+        (None), and ``series_attrs`` reads it for the ids the caller has not seen. With ``last_of``, only series
+        of those metrics get their last hour read (one index probe fewer for each other series, whose "last" is
+        their first). Rows come in id order, read a page at a time.
         """
         last = "(SELECT max(hour_start) FROM rollups WHERE series_id = s.id)"
         if last_of is not None:
             last = f"CASE WHEN s.metric IN ({','.join('?' * len(last_of))}) THEN {last} END"
-        sql = SQL_ROLLUP_SERIES_ROWS.format(last=last, metrics=",".join("?" * len(metrics)))
+        sql = SQL_ROLLUP_SERIES_ROWS.format(
+            attrs="s.attrs" if attrs else "NULL", last=last, metrics=",".join("?" * len(metrics)))
         cursor = self._conn.execute(sql, (*(last_of or ()), *metrics))
         while rows := cursor.fetchmany(10_000):
-            for sid, instance, metric, attrs, width, first, last_hour in rows:
+            for sid, instance, metric, text, width, first, last_hour in rows:
                 if first is not None:
-                    yield sid, instance, metric, attrs, width or 0, first, first if last_hour is None else last_hour
+                    yield sid, instance, metric, text, width or 0, first, first if last_hour is None else last_hour
+
+    def series_attrs(self, ids: Sequence[int]) -> dict[int, str]:
+        """The canonical attributes JSON of these series (a series' attributes never change)."""
+        out: dict[int, str] = {}
+        for lo in range(0, len(ids), ATTRS_PAGE):
+            page = ids[lo:lo + ATTRS_PAGE]
+            sql = SQL_SERIES_ATTRS_OF.format(ids=",".join("?" * len(page)))
+            out.update(self._conn.execute(sql, tuple(page)))
+        return out
 
     def rollup_values_rows(
         self, hours: Sequence[int], metrics: Sequence[str]

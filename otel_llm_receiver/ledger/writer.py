@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from ..errors import LedgerError
 from ..model import PollResult, to_nanos
@@ -43,6 +43,10 @@ from ..series import (
     check_measure,
 )
 from .engine import Connection, LedgerEngine
+from .schema import SQL_BUMP_GENERATION, generation_key
+
+if TYPE_CHECKING:
+    from .postgres.leases import Lease
 
 log = logging.getLogger("otel_llm_receiver.ledger")
 
@@ -186,9 +190,8 @@ GROUP BY series_id, hour_start"""
 # without a sort, rollup upserts adding repeated (series, hour) rows), with no ``deltas`` table in between. A
 # steady-state poll re-reads hourly buckets, so this is the usual case; sub-hour buckets take ``deltas``.
 SQL_COUNT_OUTCOMES_CHANGED = """
-SELECT coalesce(sum(CASE WHEN prior IS NULL THEN 1 ELSE 0 END), 0),
-       coalesce(sum(CASE WHEN prior < value THEN 1 ELSE 0 END), 0),
-       coalesce(sum(CASE WHEN prior > value THEN 1 ELSE 0 END), 0)
+SELECT coalesce(sum(prior IS NULL), 0), coalesce(sum(prior IS NOT NULL AND prior < value), 0),
+       coalesce(sum(prior IS NOT NULL AND prior > value), 0)
 FROM incoming WHERE slow = 0"""
 SQL_APPLY_TOTALS_CHANGED = """
 UPDATE series SET
@@ -200,8 +203,7 @@ UPDATE series SET
                         WHEN series.bucket_width = d.min_width THEN d.min_width
                         ELSE 0 END
 FROM (SELECT series_id,
-             sum(CASE WHEN value > coalesce(prior, 0) THEN value - coalesce(prior, 0) ELSE 0 END) AS grow,
-             sum(CASE WHEN value < coalesce(prior, 0) THEN coalesce(prior, 0) - value ELSE 0 END) AS shrink,
+             sum(max(value - coalesce(prior, 0), 0)) AS grow, sum(max(coalesce(prior, 0) - value, 0)) AS shrink,
              min(bucket_width) AS min_width, max(bucket_width) AS max_width
       FROM incoming WHERE slow = 0 GROUP BY series_id) AS d
 WHERE series.id = d.series_id"""
@@ -213,8 +215,7 @@ ON CONFLICT (series_id, hour_start) DO UPDATE SET value = value + excluded.value
 SQL_FILL_PRICED_CHANGED = """
 INSERT INTO priced
 SELECT p.target_id, i.hour_start,
-       CASE WHEN i.value > coalesce(i.prior, 0) THEN i.value - coalesce(i.prior, 0) ELSE 0 END * p.price,
-       CASE WHEN i.value < coalesce(i.prior, 0) THEN coalesce(i.prior, 0) - i.value ELSE 0 END * p.price,
+       max(i.value - coalesce(i.prior, 0), 0) * p.price, max(coalesce(i.prior, 0) - i.value, 0) * p.price,
        (i.value - coalesce(i.prior, 0)) * p.price, p.scale
 FROM incoming AS i JOIN pricing AS p
   ON p.series_id = i.series_id AND p.valid_from <= i.hour_start AND i.hour_start < p.valid_until
@@ -594,6 +595,10 @@ class LedgerWriter(LedgerEngine):
         #: hour), never the shortcuts for ranges of new series and for hourly buckets. The tests compare the two.
         self.fast_paths = True
 
+    def _stage(self, tx: Connection, rows: Sequence[Point]) -> None:
+        """Add a slice of points to ``staged`` (the engine may stage another way: PostgreSQL uses COPY)."""
+        stage(tx, rows)
+
     def pruned_before(self, instance: str) -> int:
         """Buckets of ``instance`` starting before this were pruned: records for them are rejected."""
         row = self._conn.execute(SQL_GET_HORIZON, (instance,)).fetchone()
@@ -643,6 +648,7 @@ class LedgerWriter(LedgerEngine):
                     tx.execute(SQL_FORGET_PRICING_FINGERPRINT, (META_PRICING,))
                 else:
                     tx.execute(SQL_SET_PRICING_FINGERPRINT, (META_PRICING, fingerprint))
+                tx.execute(SQL_BUMP_GENERATION, (generation_key(None),))
                 self._series_ids.clear()
             self.pricing_rebuilds += 1
             self._pricing_fingerprint = fingerprint
@@ -763,6 +769,7 @@ class LedgerWriter(LedgerEngine):
         cursor: str | None = None,
         prune_before: int | None = None,
         now_ns: int | None = None,
+        fence: Lease | None = None,
     ) -> ApplyStats:
         """Apply one poll's records, names and cursor in one transaction; return what each point did.
 
@@ -770,13 +777,16 @@ class LedgerWriter(LedgerEngine):
         ``prune_before`` (Unix seconds) drops bucket rows that start before it, once the provider can no
         longer revise them; records for such buckets arriving later are rejected, so they are never counted
         twice.
+
+        ``fence`` (PostgreSQL only, refused on SQLite with ``ValueError``): the writer's lease on ``instance``,
+        checked first inside the transaction; a stale one raises ``StaleLeaseError`` and nothing is applied.
         """
         if self.readonly:
             raise LedgerError(f"ledger {self.path} is open read-only")
         now_ns = time.time_ns() if now_ns is None else now_ns
         with self._lock:
             try:
-                return self._apply(instance, result, tenant, cursor, prune_before, now_ns)
+                return self._apply(instance, result, tenant, cursor, prune_before, now_ns, fence)
             except BaseException:
                 # Series created by a rolled-back poll do not exist: forget the ids cached for them.
                 self._series_ids.pop(instance, None)
@@ -784,10 +794,11 @@ class LedgerWriter(LedgerEngine):
 
     def _apply(
         self, instance: str, result: PollResult, tenant: str, cursor: str | None, prune_before: int | None,
-        now_ns: int,
+        now_ns: int, fence: Lease | None = None,
     ) -> ApplyStats:
         stats = ApplyStats()
         with self._transaction() as tx:
+            self._fence(tx, instance, fence)
             for create in (SQL_CREATE_STAGED, SQL_CREATE_INCOMING, SQL_CREATE_BOUNDS, SQL_CREATE_DELTAS,
                            SQL_CREATE_PRICED):
                 tx.execute(create)
@@ -797,10 +808,11 @@ class LedgerWriter(LedgerEngine):
             horizon = self.pruned_before(instance)
             max_id = int(tx.execute(SQL_MAX_SERIES_ID).fetchone()[0])
             # New series get max + 1, max + 2, ...; next to the largest possible id, placeholders below zero.
-            planner = (PointPlanner(self._keys, ids, tenant, horizon, max_id + 1) if max_id < 2**62
+            planner = (PointPlanner(self._keys, ids, tenant, horizon, self._next_series_id(tx, max_id))
+                       if max_id < 2**62
                        else PointPlanner(self._keys, ids, tenant, horizon, -1, id_step=-1))
             for rows in planner.slices(result):
-                stage(tx, rows)
+                self._stage(tx, rows)
             if planner.rejected:
                 stats.outcomes["rejected"] = planner.rejected
                 log.info(
@@ -861,6 +873,7 @@ class LedgerWriter(LedgerEngine):
                 tx.execute(SQL_PRUNE_BUCKETS, {"before": prune_before, "instance": instance})
                 tx.execute(SQL_PRUNE_REFINED, {"before": prune_before, "instance": instance})
                 tx.execute(SQL_SET_HORIZON, (instance, prune_before))
+            tx.execute(SQL_BUMP_GENERATION, (generation_key(instance),))  # readers: something may have changed
         return stats
 
     def _apply_range(
@@ -958,7 +971,10 @@ class LedgerWriter(LedgerEngine):
     def prune_rollups(self, before: int) -> int:
         """Drop hourly rollups older than ``before`` (storage.retention); returns rows removed."""
         with self._lock, self._transaction() as tx:
-            return int(tx.execute(SQL_PRUNE_ROLLUPS, (before,)).rowcount)
+            removed = int(tx.execute(SQL_PRUNE_ROLLUPS, (before,)).rowcount)
+            if removed:
+                tx.execute(SQL_BUMP_GENERATION, (generation_key(None),))
+            return removed
 
     def _ids_for(
         self, tx: Connection, instance: str, *, refresh: bool = False
