@@ -140,6 +140,7 @@ def main() -> None:
                     f"{f.wall:.3f}", f"{f.cpu:.3f}", f"{f.extra.get('server_cpu', 0.0):.2f}", f"{f.rss_mib:.0f}",
                     f"{points / f.wall:,.0f}", f"{base.wall / f.wall:.0%}", f"{base_total / total:.0%}" if total else "-",
                 ])
+            print(f"org {size:,} rows done", flush=True)  # the table follows when every size is done
     print(table(out, ["shape", "case", "points", "wall s", "cpu s", "server cpu s", "peak MiB", "points/wall s",
                       "of copy (wall)", "of copy (total cpu)"]))
     print("goal: pg apply >= 30% of the pg copy baseline. Server CPU is read from /proc in clock ticks (10 ms). "

@@ -19,8 +19,15 @@ from pathlib import Path
 import pytest
 
 from otel_llm_receiver.config import Config, load_config, parse_config
+from otel_llm_receiver.config_storage import StorageConfig
 from otel_llm_receiver.focus import FocusWriter, WritePass, context_for
-from otel_llm_receiver.ledger import METRIC_COST, METRIC_COST_ESTIMATED, METRIC_COST_NON_USD, Ledger
+from otel_llm_receiver.ledger import (
+    METRIC_COST,
+    METRIC_COST_ESTIMATED,
+    METRIC_COST_NON_USD,
+    Ledger,
+    open_ledger,
+)
 from otel_llm_receiver.model import PollResult, UsageRecord
 from otel_llm_receiver.pricing import PriceBook
 from otel_llm_receiver.scheduler import Receiver
@@ -37,7 +44,7 @@ def write_pass(config: Config, directory: Path, now: int, *, fmt: str = "parquet
                final_after: float = 30 * D) -> WritePass:
     """One pass of a writer with its own read-only ledger connection (as ``run`` has)."""
     prices = PriceBook(config.pricing.entries, use_genai_prices=False)
-    with Ledger(config.storage.path, readonly=True) as ledger:
+    with open_ledger(config.storage, readonly=True) as ledger:
         focus = FocusWriter(ledger, directory, version=version, fmt=fmt, final_after=final_after,
                             context=lambda reader: context_for(config, reader, prices))
         return focus.write_pass(now)
@@ -56,7 +63,7 @@ def ledger_totals(config: Config, day: int) -> dict[tuple[str, str], Decimal]:
     """The same, from the ledger's rollups: reported cost by currency, and the estimated cost of the instances
     that reported nothing that day."""
     out: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
-    with Ledger(config.storage.path, readonly=True) as ledger:
+    with open_ledger(config.storage, readonly=True) as ledger:
         sums = ledger.rollup_sums_between(day, day + D, [METRIC_COST, METRIC_COST_NON_USD, METRIC_COST_ESTIMATED])
     reported = {i for i, m, _, _ in sums if m != METRIC_COST_ESTIMATED}
     for instance, metric, attrs, value in sums:
@@ -75,7 +82,14 @@ def snapshot(directory: Path) -> dict[str, tuple[int, bytes]]:
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
+def config(tmp_path: Path, ledger_store: StorageConfig) -> Config:
+    """The FOCUS world's ledger on each engine (the writer's passes read it as ``run`` does)."""
+    return world.build(tmp_path, storage=ledger_store)
+
+
+@pytest.fixture
+def sqlite_config(tmp_path: Path) -> Config:
+    """The world on SQLite only: for a child process that loads the config file (its storage.path)."""
     return world.build(tmp_path)
 
 
@@ -131,7 +145,7 @@ def test_late_usage_rewrites_its_own_day_only(config: Config, tmp_path: Path) ->
     late = UsageRecord(provider=w.provider, model=w.model, operation="chat", tenancy_id=w.tenancy,
                        bucket_start=world.DAYS[2] + 5 * 3600, bucket_width=3600,
                        tokens={t: n * 2 for t, n in w.tokens.items()}, requests=10, dimensions=dict(w.dims))
-    with Ledger(config.storage.path) as ledger:
+    with open_ledger(config.storage) as ledger:
         ledger.set_pricer(PriceBook(config.pricing.entries, use_genai_prices=False))
         ledger.apply(w.instance, PollResult(usage=[late]))
     result = write_pass(config, out, world.NOW + 60, fmt="csv")
@@ -165,7 +179,9 @@ def test_final_days_are_never_rewritten_and_a_version_change_rewrites_the_rest(c
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_a_crash_during_a_rewrite_leaves_the_previous_file_intact(config: Config, tmp_path: Path, fmt: str) -> None:
+def test_a_crash_during_a_rewrite_leaves_the_previous_file_intact(sqlite_config: Config, tmp_path: Path,
+                                                                  fmt: str) -> None:
+    config = sqlite_config
     out = tmp_path / "focus"
     day = world.DAYS[1]
     write_pass(config, out, world.NOW, fmt=fmt)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from otel_llm_receiver.config_storage import StorageConfig
 from otel_llm_receiver.errors import LedgerError
 from otel_llm_receiver.ledger import (
     METRIC_COST,
@@ -18,6 +19,7 @@ from otel_llm_receiver.ledger import (
     METRIC_TOKENS,
     SCHEMA_VERSION,
     Ledger,
+    open_ledger,
 )
 from otel_llm_receiver.model import CostRecord, PollResult, UsageRecord, from_nanos
 from tests.support.ledger_reads import rollup_totals_since
@@ -211,13 +213,12 @@ def test_instances_are_separate(ledger: Ledger) -> None:
     assert tenants == {"org-a": 1, "org-b": 2}
 
 
-def test_totals_and_start_times_survive_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.db"
-    with Ledger(path) as led:
+def test_totals_and_start_times_survive_reopening(ledger_store: StorageConfig) -> None:
+    with open_ledger(ledger_store) as led:
         led.apply("demo", PollResult(usage=[usage(0, inp=10)]))
         before = led.snapshot().series
         instance_id = led.instance_id
-    with Ledger(path) as led:
+    with open_ledger(ledger_store) as led:
         led.apply("demo", PollResult(usage=[usage(0, inp=10), usage(H, inp=1)]))
         after = {s.id: s for s in led.snapshot().series}
         assert led.instance_id == instance_id
@@ -371,36 +372,34 @@ def test_cached_series_ids_never_outlive_a_rolled_back_poll(ledger: Ledger) -> N
     assert by_model["first"][0] != by_model["second"][0]
 
 
-def test_cached_series_ids_stay_right_after_pruning_and_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.db"
-    with Ledger(path) as led:
+def test_cached_series_ids_stay_right_after_pruning_and_reopening(ledger_store: StorageConfig) -> None:
+    with open_ledger(ledger_store) as led:
         led.apply("demo", PollResult(usage=[usage(0, inp=5), usage(D, inp=6)]))
         led.apply("demo", PollResult(usage=[usage(D, inp=6), usage(D + H, inp=1)]), prune_before=D)
         assert led.counts()["buckets"] == 4  # input and output of the two hours of day 2
         led.apply("demo", PollResult(usage=[usage(D + H, inp=4), usage(D + 2 * H, inp=2)]))
         ids = {s.attrs: s.id for s in led.snapshot().series}
-    with Ledger(path) as led:  # a new writer: ids read from the file, the same series continue
+    with open_ledger(ledger_store) as led:  # a new writer: ids read from the ledger, the same series continue
         led.apply("demo", PollResult(usage=[usage(D + 2 * H, inp=3), usage(0, inp=50)]))
         assert {s.attrs: s.id for s in led.snapshot().series} == ids
         assert totals(led)[(METRIC_TOKENS, "input")] == (5 + 6 + 4 + 3, 0)
 
 
-def test_a_poll_larger_than_one_range_is_applied_exactly(tmp_path: Path) -> None:
+def test_a_poll_larger_than_one_range_is_applied_exactly(tmp_path: Path, ledger_store: StorageConfig) -> None:
     """Points are staged in slices and applied in ranges of whole series: a poll spanning many of each, with
     parts of one bucket far apart in the poll, counts exactly what one small poll would."""
     from otel_llm_receiver.ledger import writer
 
     records = [usage(h * H, inp=h + m, out=1, model=f"m{m}") for h in range(60) for m in range(40)]
     parts = [usage(0, inp=1000, model=f"m{m}") for m in range(40)]  # a second part of bucket 0 of each series
-    small, large = tmp_path / "small.db", tmp_path / "large.db"
-    with Ledger(small) as led:
+    with Ledger(tmp_path / "small.db") as led:  # SQLite, one slice and range: the expected totals
         led.apply("demo", PollResult(usage=records + parts))
         led.apply("demo", PollResult(usage=[usage(59 * H, inp=1, model="m3")]))  # a shrink
         expected = totals(led)
     old = (writer.SLICE_POINTS, writer.RANGE_POINTS, writer.STAGE_ROWS)
     writer.SLICE_POINTS, writer.RANGE_POINTS, writer.STAGE_ROWS = 97, 50, 7
     try:
-        with Ledger(large) as led:
+        with open_ledger(ledger_store) as led:  # each engine, many slices and ranges
             first = led.apply("demo", PollResult(usage=records + parts))
             second = led.apply("demo", PollResult(usage=[usage(59 * H, inp=1, model="m3")]))
             assert totals(led) == expected

@@ -28,7 +28,7 @@ _TEMPLATE_VALUES = {
 
 def ledger_statements() -> Iterator[tuple[str, str]]:
     """(name, SQLite statement) of every SQL constant the writer and reader run on the ledger's tables."""
-    for module in (writer, reader):
+    for module in (writer, reader, schema):
         for name, value in vars(module).items():
             if not name.startswith("SQL_"):
                 continue
@@ -41,9 +41,6 @@ def ledger_statements() -> Iterator[tuple[str, str]]:
                 yield label, sql.format(**_TEMPLATE_VALUES) if "{" in sql else sql
     yield "writer._stage_sql(1)", writer._stage_sql(1)
     yield f"writer._stage_sql({writer.STAGE_ROWS})", writer._stage_sql(writer.STAGE_ROWS)
-    yield "schema.SQL_GET_META", schema.SQL_GET_META
-    yield "schema.SQL_BUMP_GENERATION", schema.SQL_BUMP_GENERATION
-    yield "schema.SQL_GENERATIONS", schema.SQL_GENERATIONS
     yield "reader.rollup_range", "SELECT min(hour_start), max(hour_start) FROM rollups"
     yield "writer.set_pricer", "DELETE FROM pricing"
 

@@ -125,3 +125,40 @@ def test_report_problems_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert capsys.readouterr().err == "report: --to must be after --from\n"
     assert main(["report", "--storage", str(tmp_path / "none" / "l.db")]) == 1
     assert capsys.readouterr().err.startswith("report: no ledger at")
+
+
+def test_the_report_reads_the_same_numbers_on_postgresql(config_path: Path, postgres_cluster: object,
+                                                         pg_ledger_template: str) -> None:
+    """The same records in a PostgreSQL ledger: the report built from it is the SQLite one's, number for
+    number, and both equal the numbers computed here (the report's readers on both engines)."""
+    from dataclasses import replace
+
+    from otel_llm_receiver.config_storage import StorageConfig
+    from otel_llm_receiver.ledger import open_ledger
+    from otel_llm_receiver.money import money_stack
+    from otel_llm_receiver.report import build_report, render
+
+    cluster = postgres_cluster
+    database = cluster.create_database(template=pg_ledger_template)  # type: ignore[attr-defined]
+    try:
+        config = load_config(config_path)
+        pg = StorageConfig(backend="postgresql", dsn=database.dsn)
+        with Ledger(config.storage.path, readonly=True) as source, open_ledger(pg) as target:
+            target.set_pricer(PriceBook(config.pricing.entries, use_genai_prices=False))
+            usage = [UsageRecord(provider="acme", model=model, operation="chat", tenancy_id=tenancy,
+                                 bucket_start=NOW - h * H, bucket_width=H, tokens={"input": inp, "output": out})
+                     for h in range(1, 73) for tenancy, model, inp, out in TRAFFIC]
+            costs = [CostRecord(provider="acme", tenancy_id="proj-a", bucket_start=REPORTED_DAY, bucket_width=D,
+                                amount=REPORTED, model="gpt-x")]
+            target.apply("acme", PollResult(usage=usage, costs=costs))
+            docs = []
+            for ledger, storage in ((source, config.storage), (target, pg)):
+                money = money_stack(replace(config, storage=storage))
+                report = build_report(ledger, NOW - 72 * H, NOW, NOW, money.signals, money.labels)
+                docs.append(json.loads(render(report, "json")))
+        assert docs[0] == docs[1]
+        rows = {(r["tenancy_id"], r["model"]): r for r in docs[1]["spend"]}
+        assert {k: (r["tokens"], Decimal(r["estimated_usd"])) for k, r in rows.items()} == expected_rows(72)
+        assert Decimal(rows[("proj-a", "gpt-x")]["reported_usd"]) == REPORTED
+    finally:
+        cluster.drop_database(database.name)  # type: ignore[attr-defined]

@@ -21,12 +21,13 @@ Prices come from ``pricing.overrides`` only (``genai_prices: false``), so every 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
 from otel_llm_receiver.config import Config, load_config
-from otel_llm_receiver.ledger import Ledger
+from otel_llm_receiver.config_storage import StorageConfig
+from otel_llm_receiver.ledger import open_ledger
 from otel_llm_receiver.model import CostRecord, PollResult, UsageRecord
 from otel_llm_receiver.pricing import PriceBook
 
@@ -139,8 +140,10 @@ def estimated_cost(w: Workload, start: int, end: int) -> Decimal:
                Decimal(0)) / 1_000_000
 
 
-def build(tmp_path: Path, *, restated: dict[tuple[str, int], Decimal] | None = None) -> Config:
-    """Write the config and fill the ledger; returns the config."""
+def build(tmp_path: Path, *, restated: dict[tuple[str, int], Decimal] | None = None,
+          storage: StorageConfig | None = None) -> Config:
+    """Write the config and fill the ledger; returns the config. ``storage``: another ledger than the config
+    file's SQLite path (a PostgreSQL one: the FOCUS readers on both engines)."""
     lines = []
     for model, prices in PRICES.items():
         body = ", ".join(f'{t}: "{p}"' for t, p in prices.items())
@@ -148,7 +151,9 @@ def build(tmp_path: Path, *, restated: dict[tuple[str, int], Decimal] | None = N
     path = tmp_path / "config.yaml"
     path.write_text(CONFIG.format(ledger=tmp_path / "ledger.db", overrides="\n".join(lines)))
     config = load_config(path)
-    with Ledger(config.storage.path) as ledger:
+    if storage is not None:
+        config = replace(config, storage=storage)
+    with open_ledger(config.storage) as ledger:
         ledger.set_pricer(PriceBook(config.pricing.entries, use_genai_prices=False))
         for w in WORKLOADS:
             usage = [UsageRecord(provider=w.provider, model=w.model, operation="chat", tenancy_id=w.tenancy,
@@ -167,7 +172,7 @@ def restate(config: Config, instance: str, day: int, factor: Decimal) -> Decimal
     records = reported_costs(w, day)
     scaled = [CostRecord(**{**{f: getattr(c, f) for f in c.__dataclass_fields__},
                             "amount": (c.amount * factor).quantize(Decimal("0.01"))}) for c in records]
-    with Ledger(config.storage.path) as ledger:
+    with open_ledger(config.storage) as ledger:
         ledger.set_pricer(PriceBook(config.pricing.entries, use_genai_prices=False))
         ledger.apply(instance, PollResult(costs=scaled))
     return sum((c.amount for c in scaled), Decimal(0))
