@@ -11,7 +11,8 @@ Markers: ``slow`` marks the tests that take more than ~20 s on their own (fault 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -20,6 +21,8 @@ from tests.fakes.azure import FakeAzure
 from tests.support.otlp_sink import OTLPSink
 
 if TYPE_CHECKING:
+    from otel_llm_receiver.config_storage import StorageConfig
+    from otel_llm_receiver.ledger import Ledger
     from tests.support.postgres import Database, PostgresCluster
 
 
@@ -69,3 +72,65 @@ def pg_database(postgres_cluster: PostgresCluster) -> Iterator[Database]:
     finally:
         postgres_cluster.start()
         postgres_cluster.drop_database(database.name)
+
+
+# -- the ledger on every engine (issue 21): the same tests, the same expected values ------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_ledger_template(postgres_cluster: PostgresCluster) -> str:
+    """A database migrated once per session: each PostgreSQL ledger test clones it (CREATE DATABASE ...
+    TEMPLATE copies files: milliseconds, where migrating a fresh database takes ~100 ms of DDL)."""
+    from otel_llm_receiver.ledger.postgres import connect as pg_connect
+    from otel_llm_receiver.ledger.postgres import schema as pg_schema
+
+    postgres_cluster.start()
+    database = postgres_cluster.create_database("ledger_template")
+    with pg_connect.connect(database.socket_dsn, autocommit=True) as conn:
+        pg_schema.migrate(conn)
+    return database.name
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_backend(request: pytest.FixtureRequest) -> str:
+    """The engine a ledger test runs on: every such test runs on both."""
+    return str(request.param)
+
+
+@pytest.fixture
+def ledger_store(
+    ledger_backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[StorageConfig]:
+    """A fresh, empty ledger store on ``ledger_backend``: a file path or a database cloned from the migrated
+    template. ``open_ledger(ledger_store)`` opens it (as often as a test likes)."""
+    from otel_llm_receiver.config_storage import StorageConfig
+
+    if ledger_backend == "sqlite":
+        yield StorageConfig(path=str(tmp_path / "ledger.db"))
+        return
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    template: str = request.getfixturevalue("pg_ledger_template")
+    cluster.start()
+    database = cluster.create_database(template=template)
+    try:
+        yield StorageConfig(backend="postgresql", dsn=database.dsn)
+    finally:
+        cluster.start()
+        cluster.drop_database(database.name)
+
+
+@pytest.fixture
+def make_ledger(ledger_store: StorageConfig) -> Iterator[Callable[..., Ledger]]:
+    """``make_ledger(readonly=False)``: a ledger on the test's store (both engines); closed after the test."""
+    from otel_llm_receiver.ledger import open_ledger
+
+    opened: list[Ledger] = []
+
+    def make(*, readonly: bool = False) -> Ledger:
+        ledger = open_ledger(ledger_store, readonly=readonly)
+        opened.append(ledger)
+        return ledger
+
+    yield make
+    for ledger in opened:
+        ledger.close()

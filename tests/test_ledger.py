@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -44,9 +45,9 @@ def totals(ledger: Ledger) -> dict[tuple[str, str], tuple[int, int]]:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    with Ledger(tmp_path / "ledger.db") as led:
-        yield led  # type: ignore[misc]
+def ledger(make_ledger: Callable[..., Ledger]) -> Ledger:
+    """A fresh ledger on each engine (tests/conftest.py: ``ledger_backend``)."""
+    return make_ledger()
 
 
 def test_overlapping_windows_count_each_bucket_once(ledger: Ledger) -> None:
@@ -131,6 +132,24 @@ def test_money_is_exact_over_a_year_of_cents(ledger: Ledger) -> None:
     assert from_nanos(series.total) == Decimal("3.65")
     # Float accumulation would not be exact here; integer nano-units are.
     assert sum([0.01] * 365) != 3.65
+
+
+def test_money_near_2_to_the_62_stays_exact(ledger: Ledger) -> None:
+    """Nano-units near 2**62 (4.6 billion USD) in buckets, totals, rollups and sums: 64-bit integers on both
+    engines, never a float (a double has 53 bits: these values would lose their last digits)."""
+    big = 2**62 - 123_456_789
+    costs = [CostRecord("demo", "t1", 0, D, from_nanos(big)), CostRecord("demo", "t1", D, D, from_nanos(7))]
+    ledger.apply("demo", PollResult(costs=costs))
+    grown = [CostRecord("demo", "t1", D, D, from_nanos(big + 11))]
+    ledger.apply("demo", PollResult(costs=grown))
+    ledger.apply("demo", PollResult(costs=[CostRecord("demo", "t1", 0, D, from_nanos(big - 5))]))  # a shrink
+    (series,) = [s for s in ledger.snapshot().series if s.metric == METRIC_COST]
+    assert (series.total, series.adjustments) == (2 * big + 11, 5)
+    assert int(float(series.total)) != series.total  # the point: a double could not hold these totals
+    (summed,) = ledger.rollup_sums_between(0, 2 * D, [METRIC_COST])  # nano-units: cost is not a pico metric
+    assert summed.value == (big - 5) + (big + 11)
+    assert [s.value for s in ledger.bucket_sums_between(0, 2 * D)] == [2 * big + 6]
+    assert rollup_totals_since(ledger, 0)[0].value == summed.value
 
 
 def test_costs_in_other_currencies_are_separate_series(ledger: Ledger) -> None:
@@ -313,9 +332,11 @@ def test_a_width_change_is_found_by_the_series_own_widths_not_the_widest_in_the_
     assert totals(ledger)[(METRIC_TOKENS, "input")][1] == 0  # nothing shrank on the way
 
 
-def test_no_apply_statement_scans_the_buckets_or_refined_tables(ledger: Ledger) -> None:
+def test_no_apply_statement_scans_the_buckets_or_refined_tables(tmp_path: Path) -> None:
     """Every statement a poll runs (new series, re-reads, growth, a width change, pruning) reads ``buckets``
-    and ``refined`` by key, so an apply costs the same in a ledger of any size (EXPLAIN QUERY PLAN)."""
+    and ``refined`` by key, so an apply costs the same in a ledger of any size (EXPLAIN QUERY PLAN).
+    SQLite only: its plans are what the statements are tuned for (PostgreSQL plans by statistics)."""
+    ledger = Ledger(tmp_path / "ledger.db")
     statements: list[str] = []
     ledger._conn.set_trace_callback(statements.append)
     ledger.apply("demo", PollResult(usage=[usage(h * H, inp=h + 1) for h in range(48)]))
@@ -387,3 +408,19 @@ def test_a_poll_larger_than_one_range_is_applied_exactly(tmp_path: Path) -> None
         writer.SLICE_POINTS, writer.RANGE_POINTS, writer.STAGE_ROWS = old
     assert first.outcomes == {"new": 40 * 60 * 2} and second.outcomes == {"shrunk": 2}  # input and output
     assert expected[(METRIC_TOKENS, "input")] == (sum(h + m for h in range(60) for m in range(40)) + 40_000, 61)
+
+
+def test_awkward_text_round_trips_exactly(ledger: Ledger) -> None:
+    """Quotes, backslashes, braces, commas, tabs, newlines and non-ASCII in ids, names and cursors come back
+    exactly (PostgreSQL: they travel in array literals and COPY text, which have escapes of their own)."""
+    awkward = ['q"uote', "back\\slash", "{br,ace}", "tab\tnew\nline", "ünï", "NULL", ""]
+    records = [usage(0, inp=i + 1, tenancy=t) for i, t in enumerate(awkward)]
+    names = {("tenancy", t): f"name of {t}" for t in awkward}
+    cursors = {f"src{i}": t for i, t in enumerate(awkward)}
+    ledger.apply("demo", PollResult(usage=records, names=names, cursors=cursors))
+    ledger.apply("demo", PollResult(usage=records, names=names))  # found again: no second series
+    inputs = {json.loads(s.attrs)["llm.tenancy.id"]: s.total for s in ledger.snapshot().series
+              if s.metric == METRIC_TOKENS and json.loads(s.attrs)["gen_ai.token.type"] == "input"}
+    assert inputs == {t: i + 1 for i, t in enumerate(awkward)}
+    assert ledger.names() == {("demo", k, i): n for (k, i), n in names.items()}
+    assert ledger.cursors("demo") == cursors

@@ -1,4 +1,4 @@
-"""A start with an unchanged price book keeps the ledger's pricing schedules (issue 20: start-up); a changed
+"""On both engines (``ledger_store``): a start with an unchanged price book keeps the ledger's pricing schedules (issue 20: start-up); a changed
 one rebuilds them, a page of series at a time, and the new prices apply to the next deltas."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from otel_llm_receiver.ledger import Ledger
+from otel_llm_receiver.config_storage import StorageConfig
+from otel_llm_receiver.ledger import Ledger, open_ledger
 from otel_llm_receiver.ledger import writer as ledger_writer
 from otel_llm_receiver.model import PollResult, UsageRecord
 from tests.test_pricing import ACME, book_from, estimated_picos, picos
@@ -27,22 +28,21 @@ def schedules(ledger: Ledger) -> list[tuple[int, ...]]:
         "SELECT series_id, valid_from, valid_until, target_id, price, scale FROM pricing ORDER BY 1, 2")]
 
 
-def test_an_unchanged_price_book_keeps_the_schedules_and_a_changed_one_rebuilds_them(tmp_path: Path) -> None:
-    path = tmp_path / "l.db"
-    with Ledger(path) as ledger:
+def test_an_unchanged_price_book_keeps_the_schedules_and_a_changed_one_rebuilds_them(ledger_store: StorageConfig) -> None:
+    with open_ledger(ledger_store) as ledger:
         assert ledger.set_pricer(book_from([ACME])) == 0  # nothing to price yet, but the book is recorded
         assert ledger.pricing_rebuilds == 1
         ledger.apply("acme", PollResult(usage=[usage(JAN, {"input": 1_000_000, "output": 10})]))
         built = schedules(ledger)
         assert len(built) == 2
-    with Ledger(path) as ledger:  # restarted, same overrides: no rebuild, the very same rows
+    with open_ledger(ledger_store) as ledger:  # restarted, same overrides: no rebuild, the very same rows
         assert ledger.set_pricer(book_from([ACME])) == 0
         assert ledger.pricing_rebuilds == 0
         assert schedules(ledger) == built
         ledger.apply("acme", PollResult(usage=[usage(JAN, {"input": 2_000_000, "output": 10})]))
         assert estimated_picos(ledger)["input"] == picos("1.25", 2_000_000)
     dearer = {**ACME, "prices": {**ACME["prices"], "input": "2.5"}}  # type: ignore[dict-item]
-    with Ledger(path) as ledger:  # restarted with a changed override: rebuilt, the next delta at the new price
+    with open_ledger(ledger_store) as ledger:  # restarted with a changed override: rebuilt, the next delta at the new price
         assert ledger.set_pricer(book_from([dearer])) == 2
         assert ledger.pricing_rebuilds == 1
         assert schedules(ledger) != built
@@ -50,7 +50,7 @@ def test_an_unchanged_price_book_keeps_the_schedules_and_a_changed_one_rebuilds_
         assert estimated_picos(ledger)["input"] == picos("1.25", 2_000_000) + picos("2.5", 1_000_000)
 
 
-def test_a_changed_catalog_file_rebuilds(tmp_path: Path) -> None:
+def test_a_changed_catalog_file_rebuilds(tmp_path: Path, ledger_store: StorageConfig) -> None:
     from otel_llm_receiver.config import parse_config
     from otel_llm_receiver.pricing import PriceBook
 
@@ -62,42 +62,39 @@ def test_a_changed_catalog_file_rebuilds(tmp_path: Path) -> None:
                                "pricing": {"catalog_file": str(catalog), "genai_prices": False}})
         return PriceBook(config.pricing.entries, use_genai_prices=False)
 
-    path = tmp_path / "l.db"
-    with Ledger(path) as ledger:
+    with open_ledger(ledger_store) as ledger:
         ledger.set_pricer(book("1"))
         ledger.apply("acme", PollResult(usage=[usage(JAN, {"input": 1_000_000})]))
-    with Ledger(path) as ledger:
+    with open_ledger(ledger_store) as ledger:
         ledger.set_pricer(book("1"))
         assert ledger.pricing_rebuilds == 0
-    with Ledger(path) as ledger:
+    with open_ledger(ledger_store) as ledger:
         ledger.set_pricer(book("4"))
         assert ledger.pricing_rebuilds == 1
         ledger.apply("acme", PollResult(usage=[usage(JAN, {"input": 2_000_000})]))
         assert estimated_picos(ledger) == {"input": picos("1", 1_000_000) + picos("4", 1_000_000)}
 
 
-def test_series_created_without_a_pricer_are_priced_by_the_next_start(tmp_path: Path) -> None:
-    path = tmp_path / "l.db"
-    with Ledger(path) as ledger:
+def test_series_created_without_a_pricer_are_priced_by_the_next_start(ledger_store: StorageConfig) -> None:
+    with open_ledger(ledger_store) as ledger:
         ledger.set_pricer(book_from([ACME]))
-    with Ledger(path) as ledger:  # a tool that writes without prices (no set_pricer)
+    with open_ledger(ledger_store) as ledger:  # a tool that writes without prices (no set_pricer)
         ledger.apply("acme", PollResult(usage=[usage(JAN, {"input": 1_000_000})]))
         assert schedules(ledger) == []
-    with Ledger(path) as ledger:  # same book as recorded, but a series lacks its schedule: rebuilt
+    with open_ledger(ledger_store) as ledger:  # same book as recorded, but a series lacks its schedule: rebuilt
         assert ledger.set_pricer(book_from([ACME])) == 1
         assert len(schedules(ledger)) == 1
 
 
-def test_a_rebuild_reads_the_series_in_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "l.db"
+def test_a_rebuild_reads_the_series_in_pages(ledger_store: StorageConfig, monkeypatch: pytest.MonkeyPatch) -> None:
     records = [usage(JAN, {"input": 1_000 + i}, model=f"acme-{i}") for i in range(7)]
-    with Ledger(path) as ledger:
+    with open_ledger(ledger_store) as ledger:
         ledger.set_pricer(book_from([ACME]))
         ledger.apply("acme", PollResult(usage=records))
         built = schedules(ledger)
     monkeypatch.setattr(ledger_writer, "PRICING_PAGE", 2)  # 7 series: 4 pages
     dearer = {**ACME, "prices": {"input": "2.5"}}
-    with Ledger(path) as ledger:
+    with open_ledger(ledger_store) as ledger:
         assert ledger.set_pricer(book_from([dearer])) == 7
         rebuilt = schedules(ledger)
         assert [r[:4] for r in rebuilt] == [r[:4] for r in built]  # same series and targets, new price
@@ -122,12 +119,12 @@ def test_run_once_on_an_unchanged_ledger_loads_no_price_data_and_exports_the_sam
     assert prices[0][0] == prices[1][0] == prices[2][0]
 
 
-def test_an_estimated_cost_beyond_64_bits_is_refused_and_nothing_is_applied(tmp_path: Path) -> None:
+def test_an_estimated_cost_beyond_64_bits_is_refused_and_nothing_is_applied(ledger_store: StorageConfig) -> None:
     from otel_llm_receiver.errors import LedgerError
     from otel_llm_receiver.ledger import METRIC_TOKENS
     from tests.support.ledger_reads import exact_totals
 
-    with Ledger(tmp_path / "l.db") as ledger:
+    with open_ledger(ledger_store) as ledger:
         ledger.set_pricer(book_from([{"provider": "acme", "model": "acme-*", "prices": {"input": "9000000"}}]))
         with pytest.raises(LedgerError, match="64-bit"):  # 2M tokens x 9 USD: 1.8e19 pico-USD
             ledger.apply("acme", PollResult(usage=[usage(JAN, {"input": 2_000_000})]))

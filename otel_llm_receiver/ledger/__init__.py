@@ -18,6 +18,9 @@ fractional), are stored as integer nano-units (see ``model.to_nanos``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ..errors import LedgerError
 from ..names import (
     CURRENCY_ATTR,
     LEVEL_METRICS,
@@ -54,6 +57,9 @@ from .reader import (
 )
 from .schema import LEGACY_CURRENCY_ATTR, MIGRATIONS, SCHEMA_VERSION
 from .writer import UNPRICEABLE_METRICS, ApplyStats, LedgerWriter
+
+if TYPE_CHECKING:
+    from ..config_storage import StorageConfig
 
 __all__ = [
     "CURRENCY_ATTR",
@@ -94,6 +100,7 @@ __all__ = [
     "SeriesTotal",
     "Snapshot",
     "canonical_attrs",
+    "open_ledger",
 ]
 
 
@@ -103,3 +110,21 @@ class Ledger(LedgerWriter, LedgerReader):
     The scheduler owns the only writer; the emitter and the terminal summary open their own readers, which
     WAL lets run beside the writer without blocking it.
     """
+
+
+def open_ledger(storage: StorageConfig, *, readonly: bool = False, application_name: str | None = None) -> Ledger:
+    """The ledger ``storage`` names: the SQLite file at ``storage.path`` (``backend: sqlite``) or the shared
+    PostgreSQL database at ``storage.dsn`` (``backend: postgresql``). Same API either way; callers above the
+    ledger never ask which. ``readonly``: a reader (no writer lock on SQLite, no migration on PostgreSQL).
+    ``application_name`` (PostgreSQL): how this connection shows in ``pg_stat_activity`` (e.g. the replica).
+    """
+    if storage.backend == "postgresql":
+        if not storage.dsn:
+            raise LedgerError("storage.backend postgresql needs storage.dsn")
+        from .postgres.engine import PostgresLedger  # psycopg only when PostgreSQL is configured
+
+        return PostgresLedger(storage.dsn, readonly=readonly,
+                              application_name=application_name or "otel-llm-receiver")
+    if storage.backend != "sqlite":
+        raise LedgerError(f"unknown storage.backend {storage.backend!r} (sqlite or postgresql)")
+    return Ledger(storage.path, readonly=readonly)

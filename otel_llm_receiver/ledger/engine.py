@@ -14,12 +14,15 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Self, TypeAlias
+from typing import TYPE_CHECKING, Self, TypeAlias
 
 from ..errors import LedgerError
 from .check import create_atomically
 from .lock import WriterLock
 from .schema import migrate, newest_version
+
+if TYPE_CHECKING:
+    from .postgres.leases import Lease
 
 #: The connection type every ledger module is written against.
 Connection: TypeAlias = sqlite3.Connection
@@ -52,12 +55,14 @@ class LedgerEngine:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
-        self.path = Path(path)
+        #: Where the ledger is, for messages: the file (SQLite) or ``user@host:port/dbname`` (PostgreSQL).
+        self.path: Path | str = Path(path)
+        self._file = Path(path)
         self.readonly = readonly
         self._writer_lock: WriterLock | None = None
         self._lock = threading.Lock()
         if readonly:
-            _check_ledger_file(self.path)
+            _check_ledger_file(self._file)
         try:
             self._connect(readonly)
         except BaseException:
@@ -100,12 +105,12 @@ class LedgerEngine:
         """Open (a writer: lock, create if missing, migrate) or attach read-only; every failure a LedgerError."""
         try:
             if not readonly:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._writer_lock = WriterLock(self.path)  # before creating or opening: one writer at a time
-                if not self.path.exists():  # built beside, linked into place: never an empty file at path
-                    create_atomically(self.path, self._initialise)
+                self._file.parent.mkdir(parents=True, exist_ok=True)
+                self._writer_lock = WriterLock(self._file)  # before creating or opening: one writer at a time
+                if not self._file.exists():  # built beside, linked into place: never an empty file at path
+                    create_atomically(self._file, self._initialise)
             self._conn = sqlite3.connect(
-                str(self.path), isolation_level=None, timeout=30.0, check_same_thread=False
+                str(self._file), isolation_level=None, timeout=30.0, check_same_thread=False
             )
             self._conn.execute("PRAGMA busy_timeout = 30000")
             if not readonly:
@@ -146,7 +151,7 @@ class LedgerEngine:
         self._migrate()
 
     def _migrate(self) -> None:
-        migrate(self._conn, self.path, self._transaction, lambda: str(uuid.uuid4()))
+        migrate(self._conn, self._file, self._transaction, lambda: str(uuid.uuid4()))
 
     @contextmanager
     def _read_transaction(self, what: str) -> Iterator[Connection]:
@@ -166,3 +171,19 @@ class LedgerEngine:
     def schema_version(self) -> int:
         row = self._conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
         return int(row[0] or 0)
+
+    # -- hooks where the engines differ (the PostgreSQL engine overrides them) ------------------------------
+    def _fence(self, tx: Connection, instance: str, lease: Lease | None) -> None:
+        """First statement of an apply's transaction: check the writer still holds ``instance``'s lease.
+
+        SQLite has one writer (the file lock), so there is nothing to fence: a lease is refused, not ignored.
+        """
+        if lease is not None:
+            raise ValueError(
+                f"ledger {self.path}: a lease fence is for the shared PostgreSQL ledger; SQLite has one writer"
+            )
+
+    def _next_series_id(self, tx: Connection, max_id: int) -> int:
+        """The id the next series inserted in this transaction will get (the writer plans with it; a wrong
+        guess costs a remap, never a wrong total). SQLite: ``INTEGER PRIMARY KEY`` rows get max + 1, ...."""
+        return max_id + 1

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ..errors import LedgerError
 from ..model import PollResult, to_nanos
@@ -44,6 +44,9 @@ from ..series import (
 )
 from .engine import Connection, LedgerEngine
 from .schema import SQL_BUMP_GENERATION, generation_key
+
+if TYPE_CHECKING:
+    from .postgres.leases import Lease
 
 log = logging.getLogger("otel_llm_receiver.ledger")
 
@@ -523,6 +526,10 @@ class LedgerWriter(LedgerEngine):
         #: How many times ``set_pricer`` rebuilt the schedules (0 when every start found them current).
         self.pricing_rebuilds = 0
 
+    def _stage(self, tx: Connection, rows: Sequence[Point]) -> None:
+        """Add a slice of points to ``staged`` (the engine may stage another way: PostgreSQL uses COPY)."""
+        stage(tx, rows)
+
     def pruned_before(self, instance: str) -> int:
         """Buckets of ``instance`` starting before this were pruned: records for them are rejected."""
         row = self._conn.execute(SQL_GET_HORIZON, (instance,)).fetchone()
@@ -689,6 +696,7 @@ class LedgerWriter(LedgerEngine):
         cursor: str | None = None,
         prune_before: int | None = None,
         now_ns: int | None = None,
+        fence: Lease | None = None,
     ) -> ApplyStats:
         """Apply one poll's records, names and cursor in one transaction; return what each point did.
 
@@ -696,13 +704,16 @@ class LedgerWriter(LedgerEngine):
         ``prune_before`` (Unix seconds) drops bucket rows that start before it, once the provider can no
         longer revise them; records for such buckets arriving later are rejected, so they are never counted
         twice.
+
+        ``fence`` (PostgreSQL only, refused on SQLite with ``ValueError``): the writer's lease on ``instance``,
+        checked first inside the transaction; a stale one raises ``StaleLeaseError`` and nothing is applied.
         """
         if self.readonly:
             raise LedgerError(f"ledger {self.path} is open read-only")
         now_ns = time.time_ns() if now_ns is None else now_ns
         with self._lock:
             try:
-                return self._apply(instance, result, tenant, cursor, prune_before, now_ns)
+                return self._apply(instance, result, tenant, cursor, prune_before, now_ns, fence)
             except BaseException:
                 # Series created by a rolled-back poll do not exist: forget the ids cached for them.
                 self._series_ids.pop(instance, None)
@@ -710,10 +721,11 @@ class LedgerWriter(LedgerEngine):
 
     def _apply(
         self, instance: str, result: PollResult, tenant: str, cursor: str | None, prune_before: int | None,
-        now_ns: int,
+        now_ns: int, fence: Lease | None = None,
     ) -> ApplyStats:
         stats = ApplyStats()
         with self._transaction() as tx:
+            self._fence(tx, instance, fence)
             for create in (SQL_CREATE_STAGED, SQL_CREATE_INCOMING, SQL_CREATE_BOUNDS, SQL_CREATE_DELTAS,
                            SQL_CREATE_PRICED):
                 tx.execute(create)
@@ -723,10 +735,11 @@ class LedgerWriter(LedgerEngine):
             horizon = self.pruned_before(instance)
             max_id = int(tx.execute(SQL_MAX_SERIES_ID).fetchone()[0])
             # New series get max + 1, max + 2, ...; next to the largest possible id, placeholders below zero.
-            planner = (PointPlanner(self._keys, ids, tenant, horizon, max_id + 1) if max_id < 2**62
+            planner = (PointPlanner(self._keys, ids, tenant, horizon, self._next_series_id(tx, max_id))
+                       if max_id < 2**62
                        else PointPlanner(self._keys, ids, tenant, horizon, -1, id_step=-1))
             for rows in planner.slices(result):
-                stage(tx, rows)
+                self._stage(tx, rows)
             if planner.rejected:
                 stats.outcomes["rejected"] = planner.rejected
                 log.info(

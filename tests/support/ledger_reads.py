@@ -30,6 +30,12 @@ class ExactTotal(NamedTuple):
 
 
 def _rows(ledger: Ledger, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    dsn = getattr(ledger, "_dsn", None)
+    if dsn is not None:  # PostgreSQL: a connection of its own, the statement's placeholders in psycopg's form
+        import psycopg
+
+        with psycopg.connect(dsn) as conn:
+            return conn.execute(sql.replace("?", "%s"), args).fetchall()
     with sqlite3.connect(f"file:{ledger.path}?mode=ro", uri=True) as db:
         rows = db.execute(sql, args).fetchall()
     db.close()

@@ -276,12 +276,13 @@ class PostgresCluster:
         """An autocommit superuser connection to the ``postgres`` database (over the socket)."""
         return psycopg.connect(self._socket_conninfo("postgres"), autocommit=True)
 
-    def create_database(self, prefix: str = "t") -> Database:
-        """A fresh, empty database (a copy of template0's twin, template1): milliseconds, not an initdb."""
+    def create_database(self, prefix: str = "t", *, template: str | None = None) -> Database:
+        """A fresh database (a copy of template1, empty, or of ``template``, e.g. a migrated ledger):
+        milliseconds, not an initdb. The template must have no open connection."""
         self._counter += 1
         name = f"{prefix}_{os.getpid()}_{self._counter}"
         with self.admin() as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         return Database(name=name, dsn=self.dsn(name), socket_dsn=self._socket_conninfo(name),
                         password=self.password)
 
