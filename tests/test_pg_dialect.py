@@ -21,6 +21,7 @@ from tests.support.postgres import Database
 # reader.py's templates, filled as the reader fills them (placeholders for the metric names and hours).
 _TEMPLATE_VALUES = {
     "metrics": "?,?", "hours": "?,?", "last": "(SELECT max(hour_start) FROM rollups WHERE series_id = s.id)",
+    "attrs": "s.attrs", "ids": "?,?",
     "segments": "(SELECT coalesce(sum(value), 0) FROM rollups WHERE series_id = s.id AND hour_start >= 0 "
                 "AND hour_start < 3600)",
 }
