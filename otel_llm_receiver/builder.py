@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import struct
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -276,6 +276,9 @@ class MetricsBuilder:
     #: by ledger series id (ids are dense: SQLite's rowids, never deleted): 8 bytes a series, not a dict entry
     _views: list[_View | None] = field(default_factory=list)
     _max_id: int = 0
+    #: the lowest series id the last export's totals had but no description of: a shared PostgreSQL ledger's
+    #: ids come from a sequence, so a replica's transaction can commit lower ids after higher ones were read
+    _hole: int | None = None
     _groups: dict[str, dict[bytes, _Group]] = field(default_factory=dict)  # metric -> head -> group
     _pairs: dict[tuple[str, str], bytes] = field(default_factory=dict)  # encoded attribute, framed
     _strings: dict[Any, Any] = field(default_factory=dict)  # one copy of each instance, metric, tenancy key
@@ -285,6 +288,7 @@ class MetricsBuilder:
     _metric_facts: dict[str, tuple[bool, ValueKind, bool, bool, dict[bytes, _Group]]] = field(default_factory=dict)
     _fragments: dict[str, bytes] = field(default_factory=dict)  # ``key":"value`` of canonical JSON -> encoded
     _columns: tuple[_Column, ...] | None = None  # the last build's series points (reused while nothing changed)
+    _columns_held: frozenset[str] | None = None  # ... and the instances they were built for (None: all)
 
     def is_enabled(self, name: str) -> bool:
         on = self._enabled.get(name)
@@ -294,25 +298,31 @@ class MetricsBuilder:
 
     @property
     def known_series(self) -> int:
-        """The highest ledger series id already described to the builder (for ``Ledger.export_rows``)."""
-        return self._max_id
+        """The ledger series ids up to this one are described to the builder (for ``Ledger.export_rows``): the
+        highest described, or below the lowest id an export found undescribed (a series committed after higher
+        ids were read, on PostgreSQL), so the next read describes it."""
+        return self._max_id if self._hole is None else min(self._max_id, self._hole - 1)
 
     def build(
         self, rows: ExportRows | None, health: SelfHealthReading | None, now_ns: int,
-        gauges: Sequence[pb.Metric] = (),
+        gauges: Sequence[pb.Metric] = (), *, instances: Collection[str] | None = None,
     ) -> Export:
         """Every series' current total, the self-health metrics and ``gauges`` (the money signals, already
         encoded by ``signals.py``), as ready-to-send OTLP requests.
 
         ``rows`` None: the ledger has not changed since the last build (the caller compared its generation), so
         its series' points are the last build's (their columns are never changed once built), sent with this
-        export's time."""
+        export's time. ``instances`` (replicas on a shared ledger): only the series of these provider
+        instances, the ones this replica holds the leases of; each instance's series are sent by its holder
+        alone (docs/ha.md). The last build is reused only for the same instances."""
+        held = None if instances is None else frozenset(instances)
         if rows is None:
-            if self._columns is None:
-                raise ValueError("no previous build to reuse: read the ledger's rows")
+            if self._columns is None or held != self._columns_held:
+                raise ValueError("no previous build of these instances to reuse: read the ledger's rows")
             columns = self._columns
         else:
-            columns = self._columns = self._series_columns(rows)
+            columns = self._columns = self._series_columns(rows, held)
+            self._columns_held = held
         extra = self._self_health(health, now_ns) if health is not None else []
         extra += [g for g in gauges if self.is_enabled(g.name)]
         return Export(
@@ -320,10 +330,11 @@ class MetricsBuilder:
             self.max_points_per_request, self._resource_envelope(),
         )
 
-    def _series_columns(self, rows: ExportRows) -> tuple[_Column, ...]:
-        """The ledger series' points, per metric: totals, adjustments and levels."""
+    def _series_columns(self, rows: ExportRows, instances: frozenset[str] | None) -> tuple[_Column, ...]:
+        """The ledger series' points, per metric: totals, adjustments and levels (of ``instances`` if given)."""
         names = rows.names
         self._describe(rows.new_series, names)
+        self._hole = None
 
         # Value and start time per wire series, per metric. Most wire series have one ledger series: their
         # totals go straight into the metric's columns; the others (``feeders`` > 1) are added up first.
@@ -339,6 +350,10 @@ class MetricsBuilder:
         for sid, total, adjusted, start in rows.totals:
             view = views[sid] if sid < known else None
             if view is None:  # created after the totals were read: described, but sent next time
+                if sid < known and (self._hole is None or sid < self._hole):
+                    self._hole = sid  # committed after higher ids were described: read again next export
+                continue
+            if instances is not None and view.instance not in instances:
                 continue
             if view.tenancy_key is not None and names_get(view.tenancy_key) != view.tenancy_name:
                 self._attach(view, names_get(view.tenancy_key))  # a project was renamed
@@ -372,7 +387,7 @@ class MetricsBuilder:
                     slot[1] = min(slot[1], start)
         for sid, value in rows.levels.items():  # gauges: several instances' levels of one set add up
             view = views[sid] if sid < known else None
-            if view is None or view.level is None:
+            if view is None or view.level is None or (instances is not None and view.instance not in instances):
                 continue
             slot = shared.get(view.level)
             if slot is None:

@@ -227,7 +227,8 @@ def _serve(
     from .scheduler import Receiver
 
     try:
-        check_ledger(config.storage.path)  # a damaged ledger is refused here, in one line, before anything runs
+        if config.storage.backend == "sqlite":  # a damaged ledger is refused here, in one line, before anything runs
+            check_ledger(config.storage.path)
         receiver = Receiver(config, exporters=exporters)
     except ReceiverError as exc:
         log.error("cannot start: %s", exc)
@@ -314,11 +315,11 @@ async def _summary_loop(receiver: Receiver, stop: asyncio.Event, every: float) -
 
 
 def _print_summary(receiver: Receiver, progress: Sequence[ProgressState] = ()) -> None:
-    from .ledger import Ledger
+    from .ledger import open_ledger
     from .summary import render_summary
 
     now = int(time.time())
-    with Ledger(receiver.config.storage.path, readonly=True) as reader:
+    with open_ledger(receiver.config.storage, readonly=True) as reader:
         table = render_summary(reader, now, receiver.signals.read(reader, now, peak_days=7), progress)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     health = receiver.health.statuses()
@@ -401,7 +402,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .config import parse_config
     from .durations import parse_window
     from .errors import LedgerError
-    from .ledger import Ledger
+    from .ledger import open_ledger
     from .ledger.check import check_ledger
     from .money import money_stack
     from .report import build_report, render
@@ -422,8 +423,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     money = money_stack(config)
     signals, labels = money.signals, money.labels
     try:
-        check_ledger(config.storage.path)
-        with Ledger(config.storage.path, readonly=True) as ledger:
+        if config.storage.backend == "sqlite":
+            check_ledger(config.storage.path)
+        with open_ledger(config.storage, readonly=True) as ledger:
             report = build_report(ledger, start, end, now, signals, labels)
     except LedgerError as exc:
         print(f"report: {exc}", file=sys.stderr)
@@ -447,7 +449,8 @@ def _cmd_history(args: argparse.Namespace) -> int:
         print(f"history: {args.out} exists; nothing to do", flush=True)
         return EXIT_OK
     try:
-        check_ledger(config.storage.path)
+        if config.storage.backend == "sqlite":
+            check_ledger(config.storage.path)
         receiver = Receiver(config, exporters=[])
     except ReceiverError as exc:
         print(f"history: {exc}", file=sys.stderr)
@@ -455,9 +458,13 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
     async def backfill() -> list[str]:
         try:
-            outcomes = await asyncio.gather(*(receiver.poll(p.name) for p in receiver.provider_configs))
+            names = [p.name for p in receiver.provider_configs]
+            if receiver.replicas is not None:  # a shared ledger: backfill what this process is given a lease of
+                await asyncio.to_thread(receiver.replicas.start)
+                names = [n for n in names if n in receiver.replicas.held()]
+            outcomes = await asyncio.gather(*(receiver.poll(n) for n in names))
         finally:
-            await receiver.aclose()
+            await receiver.aclose()  # and leaves: the running replicas take the instances back at once
         return [o.instance for o in outcomes if not o.ok]
 
     failed = asyncio.run(backfill())

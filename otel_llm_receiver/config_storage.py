@@ -76,7 +76,7 @@ URI_SCHEMES: Final = ("postgresql", "postgres")
 _SECRET_KEYWORDS: Final = frozenset({"password", "sslpassword"})
 #: False until the ledger's writer and reader run on PostgreSQL (issue 21, the port after this groundwork): until
 #: then `run` keeps its SQLite ledger at storage.path, and a config asking for postgresql is warned so.
-POSTGRESQL_WIRED: Final = False
+POSTGRESQL_WIRED: Final = True
 _KEYWORD: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HOST_PORT: Final = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]]*)(?::([0-9]*))?")
 

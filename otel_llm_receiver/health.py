@@ -23,9 +23,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl
 
+from .config_storage import StorageConfig, redact_dsn
 from .emitter import ExporterState
 from .errors import LedgerError
-from .ledger import Ledger
+from .ledger import open_ledger
 from .logs import redact
 from .selfhealth import SelfHealth
 
@@ -35,22 +36,33 @@ log = logging.getLogger(__name__)
 def health_document(
     health: SelfHealth,
     exporters: Sequence[ExporterState],
-    ledger_path: str | os.PathLike[str],
+    storage: StorageConfig | str | os.PathLike[str],
     *,
     export_failure_window: float,
     now: float,
+    replica: Mapping[str, Any] | None = None,
 ) -> tuple[bool, dict[str, object]]:
     """(healthy, document) for ``GET /health`` and ``GET /ready``: every instance polling, the ledger
     readable, no loop failing, and every exporter with a successful export within ``export_failure_window``
-    (counted from the start before the first one)."""
+    (counted from the start before the first one).
+
+    ``replica`` (replicas on a shared PostgreSQL ledger: ``ReplicaCoordinator.state()``): the document adds
+    ``replica`` (this replica's id), ``leases`` (the instances it holds, with epoch and expiry) and ``leader``
+    (who leads, and whether it is this replica); only the instances it holds count for its health (the others
+    are polled by other replicas and show ``"held": false``)."""
+    if not isinstance(storage, StorageConfig):
+        storage = StorageConfig(path=str(storage))
+    leases: Mapping[str, Any] | None = None if replica is None else replica.get("leases", {})
     instances: dict[str, object] = {}
     healthy = True
     statuses = health.statuses()
     for st in statuses:
-        ok = health.healthy(st.name)
+        held = leases is None or st.name in leases
+        ok = health.healthy(st.name) if held else True
         healthy = healthy and ok
         instances[st.name] = {
             "healthy": ok,
+            **({} if leases is None else {"held": held}),
             "interval_s": st.interval,
             "polls": st.polls,
             "last_success_unix": st.last_success_unix,
@@ -66,9 +78,11 @@ def health_document(
             **({"source_lag_s": {src: max(0.0, now - end) for src, end in sorted(st.source_ends.items())}}
                if st.source_ends else {}),
         }
-    ledger: dict[str, object] = {"path": str(ledger_path)}
+    ledger: dict[str, object] = (
+        {"path": storage.path} if storage.backend == "sqlite"
+        else {"backend": "postgresql", "dsn": redact_dsn(storage.dsn)})
     try:
-        with Ledger(ledger_path, readonly=True) as reader:
+        with open_ledger(storage, readonly=True, application_name="otel-llm-receiver health") as reader:
             ledger.update(reader.counts(), schema_version=reader.schema_version, ok=True)
     except (LedgerError, OSError) as exc:
         ledger.update(ok=False, error=str(exc))
@@ -87,7 +101,12 @@ def health_document(
         healthy = healthy and not loop.consecutive_errors
         loops[name] = {"errors": loop.errors, "consecutive_errors": loop.consecutive_errors,
                        "last_error": loop.last_error, "last_error_unix": loop.last_error_unix}
+    doc: dict[str, object] = {}
+    if replica is not None:
+        doc = {"replica": replica.get("replica"), "leases": dict(leases or {}), "leader": replica.get("leader"),
+               "replicas": {k: v for k, v in replica.items() if k not in ("replica", "leases", "leader")}}
     return healthy, {
+        **doc,
         "status": "ok" if healthy else "unhealthy",
         # Sources failing while their instance's others land (a cost API refused, usage kept): not unhealthy
         # on their own (only a failing usage source is), but listed so they are seen.

@@ -34,7 +34,7 @@ from .attribution import Attributor
 from .builder import MetricsBuilder, make_resource
 from .catalog import CATALOG
 from .config import Config
-from .ledger import LEVEL_METRICS, PICOS_PER_NANO, ROLLUP_PICO_METRICS, ExportRows, Ledger
+from .ledger import LEVEL_METRICS, PICOS_PER_NANO, ROLLUP_PICO_METRICS, ExportRows, Ledger, open_ledger
 from .pricing import PriceBook
 from .signals import Signals, gauge_metrics
 
@@ -177,7 +177,7 @@ def ledger_history(config: Config, ledger: Ledger, now: int) -> History:
 
 def write_history(config: Config, path: str, now: int) -> int:
     """Write the ledger's history to ``path`` (atomically: a half-written file is never left); the sample count."""
-    with Ledger(config.storage.path, readonly=True) as ledger:
+    with open_ledger(config.storage, readonly=True) as ledger:
         history = ledger_history(config, ledger, now)
     tmp = f"{path}.tmp"
     samples = 0

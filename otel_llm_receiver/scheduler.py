@@ -29,13 +29,14 @@ from .emitter import BatchExporter, Emitter, build_exporter
 from .errors import LedgerError, ProviderError
 from .focus import FocusWriter, WritePass, context_for
 from .health import health_document
-from .ledger import ApplyStats, Ledger
+from .ledger import ApplyStats, Ledger, open_ledger
 from .logs import redact
 from .model import USAGE, PollResult, SourceFailure, Window, first_window_start
 from .money import money_stack
 from .progress import POLL_PROGRESS, PollProgress, ProgressState, is_backfill
 from .providers import create_provider, provider_class
 from .providers.base import DAY, Provider
+from .replicas import ReplicaCoordinator, lease_duration, replica_id, writer_dsn
 from .retry import POLL_DEADLINE, backoff_delay, retry_after_cap
 from .selfhealth import SelfHealth
 from .signals import SignalsReading, gauge_metrics
@@ -138,7 +139,23 @@ class Receiver:
         #: instance -> the progress of its backfill in flight (none for a steady-state poll)
         self.progress: dict[str, PollProgress] = {}
         self._progress_timers: dict[str, asyncio.Task[None]] = {}
-        self.ledger = Ledger(config.storage.path)
+        #: With ``storage.backend: postgresql`` replicas share the ledger: the coordinator says which instances
+        #: this one polls (docs/ha.md); None on SQLite (one replica, every instance).
+        self.replicas: ReplicaCoordinator | None = None
+        name = "otel-llm-receiver"
+        storage = config.storage
+        if storage.backend == "postgresql":
+            assert storage.dsn is not None  # the config refuses postgresql without a dsn
+            replica = replica_id()
+            name = f"otel-llm-receiver {replica}"[:63]
+            duration = lease_duration(storage.lease_duration)
+            self.replicas = ReplicaCoordinator(
+                storage.dsn, [p.name for p in config.providers if p.enabled], duration, replica=replica)
+            # A transaction left open by a paused replica must not hold its lease rows past the lease.
+            storage = replace(storage, dsn=writer_dsn(storage.dsn, duration))
+        self._application_name = name
+        self._storage = storage
+        self.ledger = open_ledger(storage, application_name=name)
         money = money_stack(config)
         # Estimated cost is priced inside each apply; a changed catalog re-schedules every series once here.
         self.prices = money.prices
@@ -149,6 +166,11 @@ class Receiver:
             self.health.register(p.name, p.collection_interval)
         self.providers: dict[str, Provider] = {}
         self._restored: set[str] = set()  # instances whose saved cursors were handed back
+        #: instance -> the lease epoch its cursors were restored under: a new tenure re-reads them (another
+        #: replica may have moved them meanwhile)
+        self._restored_epoch: dict[str, int] = {}
+        #: instance -> set when the coordinator's leases change (its poll loop waits on it while not held)
+        self._lease_events: dict[str, asyncio.Event] = {}
         #: instance -> monotonic time before which no poll may start (a Retry-After the API sent, capped)
         self._not_before: dict[str, float] = {}
         if exporters is None:
@@ -164,6 +186,7 @@ class Receiver:
         self._reader: Ledger | None = None
         #: The ledger generation the builder's last points were read at (``Ledger.generation``).
         self._export_generation: tuple[tuple[str, str], ...] | None = None
+        self._export_held: frozenset[str] | None = None  # the instances that generation's export was built for
         self._export_lock = threading.Lock()
         self._rollups_pruned_at = float("-inf")
         self.last_export_ok: bool | None = None
@@ -197,6 +220,14 @@ class Receiver:
         wait = self._not_before.pop(name, 0.0) - time.monotonic()
         if wait > 0:  # the API's Retry-After has not passed yet: never send a request before it
             await asyncio.sleep(wait)
+        lease = None
+        if self.replicas is not None:
+            lease = self.replicas.lease(name)
+            if lease is None:  # not ours (or it may have lapsed): never poll it
+                return PollOutcome(name, False, "not_held")
+            if self._restored_epoch.get(name) != lease.epoch:  # a new tenure: the shared cursors may have moved
+                self._restored.discard(name)
+                self._restored_epoch[name] = lease.epoch
         try:
             provider = self._provider(name)
             if name not in self._restored:
@@ -216,6 +247,8 @@ class Receiver:
                 chunk = PollChunk(window, part, index, len(parts)) if len(parts) > 1 else None
                 if tracker is not None:
                     tracker.chunk(index, len(parts))
+                if lease is not None and self._lease_lapsed(name, lease):
+                    raise _LeaseLapsed(name)
                 result = await self._fetch(name, provider, part, chunk, deadline, tracker)
                 stopped = USAGE in result.failed_sources  # usage did not land: the poll ends with this chunk
                 final = stopped or chunk is None or chunk.last
@@ -242,6 +275,7 @@ class Receiver:
                 stats: ApplyStats = await loop.run_in_executor(self._writer, partial(
                     self.ledger.apply, name, applied, tenant=cfg.tenant, cursor=cursor_value,
                     prune_before=prune_horizon(provider, window) if final else None,
+                    fence=lease,
                 ))
                 polled.add(result, stats)
                 del result, applied  # the chunk landed: its records are not kept while the next one is read
@@ -255,6 +289,8 @@ class Receiver:
         except Exception as exc:
             self._stop_progress(name)
             self._count_requests(name, provider)
+            if lease is not None and self._lost_lease(name, lease, exc, time.monotonic() - t0):
+                return PollOutcome(name, False, "stale_lease")
             # Whatever cursors the provider moved in memory were not committed: hand the saved ones back.
             self._restored.discard(name)
             error_type, message, retry_after = _classify(exc)
@@ -309,6 +345,48 @@ class Receiver:
         first = failed_sources.get(first_source) if first_source is not None else None
         return PollOutcome(name, False, first.error_type if first else None,
                            waits.get(first_source) if first_source is not None else None, failed_sources=failed)
+
+    def _lease_lapsed(self, name: str, lease: Any) -> bool:
+        """True when this replica no longer holds ``lease`` (the coordinator lost it, or its local expiry passed)."""
+        assert self.replicas is not None
+        held = self.replicas.lease(name)
+        return held is None or held.epoch != lease.epoch
+
+    def _lost_lease(self, name: str, lease: Any, exc: BaseException, elapsed: float) -> bool:
+        """A poll that ended because its lease is gone: the fence rejected its write (a ``StaleLeaseError``:
+        counted in ``llm.receiver.stale_writes``, one line) or the lease lapsed before a chunk was read. Its records
+        were never applied; the instance is now another replica's, which reads on from the shared cursor. False for
+        any other failure (a provider's or the database's: the usual failed poll)."""
+        from .ledger.postgres.leases import StaleLeaseError
+
+        assert self.replicas is not None
+        self._restored.discard(name)
+        self._restored_epoch.pop(name, None)
+        if isinstance(exc, _LeaseLapsed) and self.replicas.released(name, lease.epoch):
+            self.replicas.forget(name)
+            log.info("%s: released to another replica during the poll (fair share); its records are dropped, "
+                     "the new holder reads them", name, extra={"instance": name, "epoch": lease.epoch})
+            return True
+        if isinstance(exc, _LeaseLapsed):
+            log.warning("%s: lease epoch %d lapsed during the poll; its records are dropped (never applied), the "
+                        "next holder re-reads them", name, lease.epoch,
+                        extra={"instance": name, "epoch": lease.epoch, "duration_s": round(elapsed, 3)})
+            self.replicas.forget(name)
+            return True
+        if not isinstance(exc, StaleLeaseError):
+            return False
+        self.replicas.forget(name)
+        if self.replicas.released(name, lease.epoch):  # handed over to the fair share while this poll ran
+            log.info("%s: released to another replica during the poll (fair share); its records are dropped, "
+                     "the new holder reads them", name, extra={"instance": name, "epoch": lease.epoch})
+            return True
+        n = self.health.stale_write(name)
+        log.warning("%s: %s (this replica was paused or cut off past its lease; %d so far); the poll's records are "
+                    "dropped, the current holder re-reads them", name, exc, n,
+                    extra={"instance": name, "epoch": lease.epoch, "error_type": "stale_lease",
+                           "duration_s": round(elapsed, 3)})
+        self.replicas.forget(name)
+        return True
 
     async def _fetch(self, name: str, provider: Provider, window: Window, chunk: PollChunk | None,
                      deadline: float, tracker: PollProgress | None) -> PollResult:
@@ -380,10 +458,47 @@ class Receiver:
         if removed:
             log.info("pruned %d hourly rollups older than storage.retention", removed)
 
+    def _watch_leases(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wake the poll loops waiting for a lease whenever the coordinator's round (or a ``forget``) ran."""
+        assert self.replicas is not None
+        for p in self.provider_configs:
+            self._lease_events.setdefault(p.name, asyncio.Event())
+
+        def changed() -> None:
+            for event in self._lease_events.values():
+                loop.call_soon_threadsafe(event.set)
+
+        self.replicas.add_listener(changed)
+
+    async def _wait_held(self, name: str, stop: asyncio.Event) -> bool:
+        """Wait until this replica holds ``name``'s lease (at once on SQLite); False when stopping first."""
+        replicas = self.replicas
+        if replicas is None:
+            return not stop.is_set()
+        event = self._lease_events.setdefault(name, asyncio.Event())
+        waited = False
+        while not stop.is_set():
+            event.clear()
+            if replicas.lease(name) is not None:
+                if waited:
+                    log.info("%s: lease held (epoch %d); polling starts", name, replicas.held()[name].epoch)
+                return True
+            waited = True
+            # A round (or a forget) sets the event; the timeout covers a lease that ages out between rounds.
+            waits = [asyncio.create_task(event.wait()), asyncio.create_task(stop.wait())]
+            try:
+                await asyncio.wait(waits, timeout=replicas.round_interval, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in waits:
+                    task.cancel()
+        return False
+
     async def _poll_loop(self, name: str, stop: asyncio.Event) -> None:
         cfg = next(p for p in self.provider_configs if p.name == name)
         failures = 0
         while not stop.is_set():
+            if not await self._wait_held(name, stop):
+                return
             try:
                 outcome = await self.poll(name)
             except asyncio.CancelledError:
@@ -393,8 +508,14 @@ class Receiver:
                 outcome = PollOutcome(name, False, "bad_response")
             else:
                 self._loop_succeeded("poll")
+            if outcome.error_type in ("not_held", "stale_lease"):
+                failures = 0
+                continue  # another replica's now: wait for the lease again
             self._first_polls.add(name)
-            if len(self._first_polls) == len(self.provider_configs):
+            # Replicas: the first round is that of the instances this replica holds.
+            expected = (set(self.replicas.held()) if self.replicas is not None
+                        else {p.name for p in self.provider_configs})
+            if expected <= self._first_polls:
                 self.first_round.set()
             interval = cfg.collection_interval
             if outcome.ok:
@@ -412,16 +533,21 @@ class Receiver:
         """Build one export from a fresh ledger snapshot and send it (to all exporters, in parallel)."""
         with self._export_lock:
             if self._reader is None:
-                self._reader = Ledger(self.config.storage.path, readonly=True)
+                self._reader = open_ledger(self._storage, readonly=True,
+                                           application_name=self._application_name)
             try:
-                # Read before the rows: an unchanged generation means the last build's points are current.
+                # Replicas: each instance's series are sent by its holder, ledger-wide gauges by the leader only.
+                held = None if self.replicas is None else frozenset(self.replicas.held())
+                leads = self.replicas is None or self.replicas.is_leader
+                # Read before the rows: an unchanged generation (and the same instances held) means the last
+                # build's points are current.
                 generation = self._reader.generation()
-                unchanged = generation == self._export_generation
+                unchanged = generation == self._export_generation and held == self._export_held
                 rows = None if unchanged else self._reader.export_rows(self.builder.known_series)
                 now_ns = time.time_ns()
-                gauges = self._signal_gauges(self._reader, now_ns)
-                data = self.builder.build(rows, self.health.reading(), now_ns, gauges)
-                self._export_generation = generation
+                gauges = self._signal_gauges(self._reader, now_ns) if leads else []
+                data = self.builder.build(rows, self.health.reading(), now_ns, gauges, instances=held)
+                self._export_generation, self._export_held = generation, held
             except BaseException:
                 self._reader.close()  # the next export reads through a fresh connection (no stale cache)
                 self._reader = None
@@ -485,7 +611,7 @@ class Receiver:
                 final_after = focus.final_after or max(
                     [float(provider_class(p.type).REVISION_HORIZON) for p in self.provider_configs] or [2.0 * DAY])
                 self._focus = FocusWriter(
-                    Ledger(self.config.storage.path, readonly=True), Path(focus.path), version=focus.version,
+                    open_ledger(self._storage, readonly=True, application_name=self._application_name), Path(focus.path), version=focus.version,
                     fmt=focus.format, final_after=final_after,
                     context=lambda ledger: context_for(self.config, ledger, self.prices),
                 )
@@ -518,9 +644,18 @@ class Receiver:
     # -- running -------------------------------------------------------------------------------------------
     async def run_once(self) -> int:
         """One poll of every instance, one export (and one FOCUS pass): 0 when all succeeded, 1 otherwise."""
-        outcomes = await asyncio.gather(*(self.poll(p.name) for p in self.provider_configs))
-        exported = await asyncio.to_thread(self.export_now, wait=True)
-        await asyncio.to_thread(self._write_focus_logged)
+        names = [p.name for p in self.provider_configs]
+        if self.replicas is not None:  # one round: poll what this replica is given, then leave
+            await asyncio.to_thread(self.replicas.start)
+            names = [n for n in names if n in self.replicas.held()]
+            log.info("run --once: replica %s polls %s", self.replicas.replica, ", ".join(names) or "nothing")
+        try:
+            outcomes = await asyncio.gather(*(self.poll(n) for n in names))
+            exported = await asyncio.to_thread(self.export_now, wait=True)
+            await asyncio.to_thread(self._write_focus_logged)
+        finally:
+            if self.replicas is not None:
+                await asyncio.to_thread(self.replicas.stop)
         failed = [o.instance for o in outcomes if not o.ok]
         failed += [f"{o.instance} ({', '.join(o.failed_sources)})" for o in outcomes if o.ok and o.failed_sources]
         if failed:
@@ -533,6 +668,12 @@ class Receiver:
     async def run_forever(self, stop: asyncio.Event) -> int:
         """Poll and export until ``stop`` is set; then let the poll in flight land or abandon it, export once
         more, and return 0."""
+        if self.replicas is not None:
+            self._watch_leases(asyncio.get_running_loop())
+            await asyncio.to_thread(self.replicas.start)
+            log.info("replica %s: %d of %d instances held (%s), %s", self.replicas.replica,
+                     len(self.replicas.held()), len(self.provider_configs), ", ".join(self.replicas.held()) or "none",
+                     "leader" if self.replicas.is_leader else "not the leader")
         tasks = [asyncio.create_task(self._poll_loop(p.name, stop), name=p.name) for p in self.provider_configs]
         exporter = asyncio.create_task(self._export_loop(stop), name="export")
         if self.config.focus is not None and self.config.focus.path:
@@ -546,17 +687,22 @@ class Receiver:
         await asyncio.to_thread(self._writer.shutdown, wait=True)
         ok = await asyncio.to_thread(self.export_now, wait=True)
         await asyncio.to_thread(self._write_focus_logged)  # the day files catch up with the last polls
+        if self.replicas is not None:  # hand the instances over now, not after lease_duration
+            await asyncio.to_thread(self.replicas.stop)
         log.info("stopped; final export %s", "succeeded" if ok else "failed")
         return 0
 
     def health_report(self) -> tuple[bool, dict[str, object]]:
         """(healthy, document) for ``GET /health`` and ``GET /ready`` (``health.health_document``)."""
         return health_document(
-            self.health, self.emitter.states, self.config.storage.path,
+            self.health, self.emitter.states, self.config.storage,
             export_failure_window=self.config.export_failure_window, now=self.clock(),
+            replica=None if self.replicas is None else self.replicas.state(),
         )
 
     async def aclose(self) -> None:
+        if self.replicas is not None:
+            await asyncio.to_thread(self.replicas.stop)  # a no-op when run_forever stopped it already
         for provider in self.providers.values():
             try:
                 await provider.aclose()
@@ -569,6 +715,10 @@ class Receiver:
         if self._focus is not None:
             self._focus.ledger.close()
         self.ledger.close()
+
+
+class _LeaseLapsed(Exception):
+    """Raised inside a poll when its lease lapsed before the next chunk was read: the poll stops there."""
 
 
 def _capped_retry_after(name: str, retry_after: float, interval: float) -> float:

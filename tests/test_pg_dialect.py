@@ -20,8 +20,7 @@ from tests.support.postgres import Database
 
 # reader.py's templates, filled as the reader fills them (placeholders for the metric names and hours).
 _TEMPLATE_VALUES = {
-    "metrics": "?,?", "hours": "?,?", "last": "(SELECT max(hour_start) FROM rollups WHERE series_id = s.id)",
-    "attrs": "s.attrs", "ids": "?,?",
+    "metrics": "?,?", "hours": "?,?", "attrs": "s.attrs", "ids": "?,?", "last": "(SELECT max(hour_start) FROM rollups WHERE series_id = s.id)",
     "segments": "(SELECT coalesce(sum(value), 0) FROM rollups WHERE series_id = s.id AND hour_start >= 0 "
                 "AND hour_start < 3600)",
 }
@@ -43,6 +42,8 @@ def ledger_statements() -> Iterator[tuple[str, str]]:
     yield "writer._stage_sql(1)", writer._stage_sql(1)
     yield f"writer._stage_sql({writer.STAGE_ROWS})", writer._stage_sql(writer.STAGE_ROWS)
     yield "schema.SQL_GET_META", schema.SQL_GET_META
+    yield "schema.SQL_BUMP_GENERATION", schema.SQL_BUMP_GENERATION
+    yield "schema.SQL_GENERATIONS", schema.SQL_GENERATIONS
     yield "reader.rollup_range", "SELECT min(hour_start), max(hour_start) FROM rollups"
     yield "writer.set_pricer", "DELETE FROM pricing"
 

@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config, parse_config
     from ..durations import parse_window
-    from ..ledger import Ledger
+    from ..ledger import open_ledger
     from ..ledger.check import check_ledger
     from .export import context_for, export
     from .formats import FocusError
@@ -79,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     out = sys.stdout if args.out == "-" else Path(args.out)
     try:
-        check_ledger(config.storage.path)  # a damaged ledger: one line saying what to do, never a traceback
-        with Ledger(config.storage.path, readonly=True) as ledger, _collector_paused():
+        if config.storage.backend == "sqlite":  # a damaged ledger: one line saying what to do, never a traceback
+            check_ledger(config.storage.path)
+        with open_ledger(config.storage, readonly=True) as ledger, _collector_paused():
             count = export(ledger, start, end, version=version, fmt=fmt, out=out, ctx=context_for(config, ledger))
     except BrokenPipeError:
         raise  # the reader went away (`| head`): cli.main leaves quietly

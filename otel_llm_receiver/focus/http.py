@@ -16,7 +16,7 @@ from typing import Final
 
 from ..config import Config
 from ..durations import parse_moment
-from ..ledger import Ledger
+from ..ledger import open_ledger
 from ..pricing import PriceBook
 from .export import context_for, iter_rows
 from .formats import CsvWriter, json_object
@@ -67,7 +67,7 @@ def _stream(config: Config, prices: PriceBook | None, fmt: str, version: str, st
             ) -> Iterator[bytes]:
     cols = columns(version)
     buf = io.StringIO()
-    with Ledger(config.storage.path, readonly=True) as ledger:
+    with open_ledger(config.storage, readonly=True) as ledger:
         rows = iter_rows(ledger, start, end, context_for(config, ledger, prices))
         if fmt == "csv":
             writer = CsvWriter(buf, cols)

@@ -189,7 +189,9 @@ _UPSERT_SET = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _KEYWORDS: Final = frozenset({"case", "when", "then", "else", "end", "and", "or", "not", "null", "is", "in",
-                              "excluded", "true", "false", "distinct", "from", "where"})
+                              "excluded", "true", "false", "distinct", "from", "where", "as", "between", "like",
+                              # the type names of CAST(x AS type) (translated INTEGER included)
+                              "bigint", "integer", "text", "numeric", "real", "double", "precision"})
 
 
 def _qualify_upsert_set(sql: str) -> str:

@@ -1,0 +1,353 @@
+"""The replica coordinator: which provider instances this replica polls, and whether it leads (issue 21).
+
+Why a module of its own, on its own thread and connection: with ``storage.backend: postgresql`` any number of
+replicas share one ledger, and each instance must be polled by exactly one of them (docs/ha.md). Every
+``lease_duration / 3`` a round heartbeats, runs ``leases.balance()`` over the config's instances (renew what it
+holds, shed surplus over the fair share, take free or lapsed ones) and ``leases.lead()`` for ``@leader``. The
+round has its own PostgreSQL connection so a renewal never queues behind an apply, and its own thread so a busy
+event loop never delays it.
+
+Never poll an instance whose lease may have lapsed: each lease's expiry is also estimated on the local
+monotonic clock, from the moment the round's request was *sent* (so the estimate is never later than the
+database's own expiry); ``held()`` leaves out any lease past that estimate. A lost database connection is
+one log line; the round retries at its next turn, and the leases simply age out locally meanwhile. The
+database's clock stays the judge of who holds what (``leases.fence()`` in every apply).
+
+On a clean stop ``stop()`` calls ``leases.leave()``: the others take this replica's instances at their next
+round instead of after ``lease_duration``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from .errors import LedgerError
+
+if TYPE_CHECKING:
+    from .ledger.postgres.leases import Lease
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "LEASE_DURATION_ENV",
+    "REPLICA_ID_ENV",
+    "HeldLease",
+    "ReplicaCoordinator",
+    "lease_duration",
+    "replica_id",
+    "writer_dsn",
+]
+
+#: The replica's id, when the platform gives one (the Kubernetes manifests set it from the pod name).
+REPLICA_ID_ENV: Final = "OTEL_LLM_RECEIVER_REPLICA_ID"
+#: Test hook: a lease duration below the config's 5s minimum, so failover scenarios stay short. Never documented
+#: for users; a replica that runs with it logs so at start.
+LEASE_DURATION_ENV: Final = "OTEL_LLM_RECEIVER_TEST_LEASE_DURATION"
+#: Rounds per lease duration: a lease survives two missed rounds.
+ROUNDS_PER_LEASE: Final = 3
+
+
+def replica_id(environ: dict[str, str] | None = None) -> str:
+    """This process's id among the replicas: ``$OTEL_LLM_RECEIVER_REPLICA_ID`` (or the pod name in
+    ``$POD_NAME`` / ``$HOSTNAME`` under Kubernetes) with the pid and a random suffix, so a restarted process
+    is never mistaken for its predecessor (whose leases must lapse or be released first)."""
+    env = os.environ if environ is None else environ
+    base = (env.get(REPLICA_ID_ENV) or env.get("POD_NAME") or socket.gethostname() or "replica").strip()
+    return f"{base[:60]}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def lease_duration(configured: float, environ: dict[str, str] | None = None) -> float:
+    """The lease duration to run with: the config's, unless the test hook ``$OTEL_LLM_RECEIVER_TEST_LEASE_DURATION``
+    sets a (shorter) one."""
+    env = os.environ if environ is None else environ
+    raw = env.get(LEASE_DURATION_ENV, "").strip()
+    if not raw:
+        return configured
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise LedgerError(f"{LEASE_DURATION_ENV}={raw!r}: not a number of seconds") from None
+    if not 0.3 <= seconds <= 600:
+        raise LedgerError(f"{LEASE_DURATION_ENV}={raw!r}: must be 0.3 to 600 seconds")
+    log.warning("lease_duration %.3gs from %s (a test hook; storage.lease_duration %.3gs ignored)",
+                seconds, LEASE_DURATION_ENV, configured)
+    return seconds
+
+
+def writer_dsn(dsn: str, duration: float) -> str:
+    """``dsn`` for the replica's ledger connections, with ``idle_in_transaction_session_timeout`` set to the lease
+    duration.
+
+    Why: an apply holds its lease row locked (``leases.fence``) until it commits, and a takeover waits for that
+    lock. A replica paused mid-transaction (SIGSTOP, a GC pause, a partition) would hold the lock, and so its
+    instances, for as long as it is paused; with this timeout the server ends such a transaction (and its lock)
+    once it has been idle for a lease duration, so the others take over as they would from a dead replica. A
+    live apply is never idle that long between its statements. The DSN's own ``options`` are kept.
+    """
+    from .config_storage import parse_dsn
+
+    try:
+        from psycopg.conninfo import make_conninfo
+    except ImportError:  # pragma: no cover - the postgresql extra brings psycopg
+        return dsn
+    keywords = parse_dsn(dsn)
+    setting = f"-c idle_in_transaction_session_timeout={max(1, round(duration * 1000))}"
+    options = f"{keywords['options']} {setting}" if keywords.get("options") else setting
+    return make_conninfo(dsn.strip(), options=options)
+
+
+@dataclass(frozen=True)
+class HeldLease:
+    """A lease this replica holds: ``lease`` for fencing applies, ``local_expiry`` on ``time.monotonic()``."""
+
+    lease: Lease
+    local_expiry: float
+
+    @property
+    def epoch(self) -> int:
+        return self.lease.epoch
+
+    @property
+    def expires_at(self) -> datetime:
+        return self.lease.expires_at
+
+
+class ReplicaCoordinator:
+    """Runs the lease rounds of one replica on a thread of its own; read its state from any thread."""
+
+    def __init__(
+        self,
+        dsn: str,
+        instances: Iterable[str],
+        duration: float,
+        *,
+        replica: str | None = None,
+        round_interval: float | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.dsn = dsn
+        self.instances = tuple(sorted(set(instances)))
+        self.duration = duration
+        self.replica = replica or replica_id()
+        self.round_interval = round_interval if round_interval is not None else duration / ROUNDS_PER_LEASE
+        self._monotonic = monotonic
+        self._lock = threading.RLock()  # listeners run under it and may read the state
+        self._changed = threading.Condition(self._lock)
+        self._held: dict[str, HeldLease] = {}
+        self._leader: HeldLease | None = None
+        self._leader_holder: str | None = None
+        self._live: tuple[str, ...] = ()
+        self._share = 0
+        self._rounds = 0
+        self._generation = 0
+        self._conn: Any = None
+        self._failing: str | None = None  # the one-line reason of the current database outage, if any
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._listeners: list[Callable[[], None]] = []
+        #: (instance, epoch) of leases this replica released itself (fair share): a write fenced off under one
+        #: of them was handed over on purpose, not a pause
+        self._released: set[tuple[str, int]] = set()
+
+    # -- reading the state (any thread) ------------------------------------------------------------------
+    def held(self) -> dict[str, HeldLease]:
+        """The instances this replica may poll now: held at the last round and not past their local expiry."""
+        now = self._monotonic()
+        with self._lock:
+            return {n: h for n, h in self._held.items() if h.local_expiry > now}
+
+    def lease(self, name: str) -> Lease | None:
+        """The ``leases.Lease`` to fence an apply of ``name`` with, or None when this replica must not poll it."""
+        held = self.held().get(name)
+        return None if held is None else held.lease
+
+    @property
+    def is_leader(self) -> bool:
+        with self._lock:
+            return self._leader is not None and self._leader.local_expiry > self._monotonic()
+
+    @property
+    def rounds(self) -> int:
+        with self._lock:
+            return self._rounds
+
+    def forget(self, name: str) -> None:
+        """Drop ``name`` now (an apply found its lease stale): no poll starts under it; the next round may
+        take it again with a new epoch if it is free."""
+        with self._lock:
+            if self._held.pop(name, None) is not None:
+                self._notify()
+
+    def released(self, name: str, epoch: int) -> bool:
+        """True when this replica gave ``name``'s tenure ``epoch`` up itself (to the fair share, or leaving)."""
+        with self._lock:
+            return (name, epoch) in self._released
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """``listener()`` is called (on the coordinator's thread) after every round and every ``forget``."""
+        self._listeners.append(listener)
+
+    def wait_for_round(self, after: int, timeout: float) -> int:
+        """Block until more than ``after`` rounds ran (or ``timeout``); the number of rounds so far."""
+        deadline = self._monotonic() + timeout
+        with self._changed:
+            while self._rounds <= after:
+                left = deadline - self._monotonic()
+                if left <= 0 or not self._changed.wait(left):
+                    break
+            return self._rounds
+
+    def state(self) -> dict[str, object]:
+        """``/health``'s view: this replica, the leases it holds (epoch, expiry on the database's clock) and the
+        leader."""
+        held = self.held()
+        with self._lock:
+            return {
+                "replica": self.replica,
+                "leases": {name: {"epoch": h.epoch, "expires_at": h.expires_at.isoformat()}
+                           for name, h in sorted(held.items())},
+                "leader": {"replica": self._leader_holder,
+                           "self": self._leader is not None and self._leader.local_expiry > self._monotonic()},
+                "live_replicas": list(self._live),
+                "fair_share": self._share,
+                "lease_duration_s": self.duration,
+                "database_error": self._failing,
+            }
+
+    # -- running -----------------------------------------------------------------------------------------
+    def start(self) -> ReplicaCoordinator:
+        """Run the first round now (so polling can start at once), then rounds on a thread until ``stop``."""
+        self.run_round()
+        self._thread = threading.Thread(target=self._run, name="replica-leases", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.round_interval):
+            self.run_round()
+
+    def stop(self, *, leave: bool = True) -> None:
+        """Stop the rounds; with ``leave`` release every lease and the heartbeat so others take over now."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(30.0, self.duration))
+            self._thread = None
+        if leave:
+            self._leave()
+        with self._lock:
+            self._held.clear()
+            self._leader = None
+            self._notify()
+        self._close()
+
+    def _leave(self) -> None:
+        from .ledger.postgres import leases
+
+        try:
+            conn = self._connection()
+            leases.leave(conn, self.replica)
+            log.info("replica %s left: its leases are released for the others", self.replica)
+        except Exception as exc:
+            log.warning("replica %s could not release its leases (they lapse after %gs): %s",
+                        self.replica, self.duration, _one_line(exc))
+
+    def run_round(self) -> None:
+        """One round: heartbeat, balance, lead. Never raises: a database failure is one log line per outage."""
+        from .ledger.postgres import leases
+
+        sent = self._monotonic()
+        try:
+            conn = self._connection()
+            with self._lock:
+                leader = self._leader.lease if self._leader is not None else None
+            assignment = leases.balance(conn, self.replica, self.instances, self.duration)
+            sent_lead = self._monotonic()
+            leader = leases.lead(conn, self.replica, self.duration, leader)
+            current = leases.current(conn, leases.LEADER)
+        except Exception as exc:
+            self._failed(exc)
+            with self._lock:
+                self._rounds += 1
+                self._notify()
+            return
+        if self._failing is not None:
+            log.info("replica %s: the ledger database answers again; leases renewed", self.replica)
+            self._failing = None
+        for name in assignment.acquired:
+            log.info("replica %s: took %s (epoch %d)", self.replica, name, assignment.held[name].epoch)
+        with self._lock:
+            before = {n: h.epoch for n, h in self._held.items()}
+            self._released.update((n, before[n]) for n in assignment.released if n in before)
+        for name in assignment.released:
+            log.info("replica %s: released %s to the fair share (%d each over %d replicas)",
+                     self.replica, name, assignment.share, len(assignment.live))
+        for name in assignment.lost:
+            log.warning("replica %s: lost the lease of %s (it lapsed or was taken); polling it stops",
+                        self.replica, name)
+        with self._lock:
+            self._held = {name: HeldLease(lease, sent + self.duration) for name, lease in assignment.held.items()}
+            was_leader = self._leader is not None
+            self._leader = None if leader is None else HeldLease(leader, sent_lead + self.duration)
+            self._leader_holder = current.holder if current is not None and current.live else None
+            self._live = assignment.live
+            self._share = assignment.share
+            self._rounds += 1
+            self._notify()
+        if (leader is not None) != was_leader:
+            log.info("replica %s %s the leader (ledger-wide gauges)", self.replica,
+                     "is now" if leader is not None else "is no longer")
+
+    def _notify(self) -> None:
+        """Under the lock: wake ``wait_for_round`` and call the listeners."""
+        self._generation += 1
+        self._changed.notify_all()
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception as exc:  # a listener's bug must not stop the rounds
+                log.debug("replica listener failed: %s", exc)
+
+    def _connection(self) -> Any:
+        if self._conn is None or self._conn.closed:
+            from .ledger.postgres.connect import Timeouts, connect
+
+            # Every statement of a round must answer well within a round: a stuck one fails the round.
+            timeout = max(1.0, self.round_interval)
+            self._conn = connect(self.dsn, application_name=f"otel-llm-receiver {self.replica}"[:63],
+                                 timeouts=Timeouts(connect=max(2.0, self.round_interval), statement=timeout,
+                                                   lock=timeout),
+                                 autocommit=True)
+        return self._conn
+
+    def _failed(self, exc: BaseException) -> None:
+        reason = _one_line(exc)
+        if self._failing is None:
+            log.warning("replica %s: lease round failed, retrying every %.3gs; leases held lapse %gs after "
+                        "their last renewal: %s", self.replica, self.round_interval, self.duration, reason)
+        self._failing = reason
+        self._close()
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception as exc:  # a broken connection may fail to close: it is gone either way
+                log.debug("closing the lease connection: %s", exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line, the DSN's password never in it (PostgresConnectError already redacts)."""
+    from .logs import redact
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return redact(f"{type(exc).__name__}: {text}" if not isinstance(exc, LedgerError) else text)
