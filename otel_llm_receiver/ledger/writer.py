@@ -43,7 +43,7 @@ from ..series import (
     check_measure,
 )
 from .engine import Connection, LedgerEngine
-from .schema import SQL_BUMP_GENERATION, generation_key
+from .schema import SQL_BUMP_GENERATION, new_generation
 
 if TYPE_CHECKING:
     from .postgres.leases import Lease
@@ -648,7 +648,7 @@ class LedgerWriter(LedgerEngine):
                     tx.execute(SQL_FORGET_PRICING_FINGERPRINT, (META_PRICING,))
                 else:
                     tx.execute(SQL_SET_PRICING_FINGERPRINT, (META_PRICING, fingerprint))
-                tx.execute(SQL_BUMP_GENERATION, (generation_key(None),))
+                tx.execute(SQL_BUMP_GENERATION, new_generation(None))
                 self._series_ids.clear()
             self.pricing_rebuilds += 1
             self._pricing_fingerprint = fingerprint
@@ -873,7 +873,7 @@ class LedgerWriter(LedgerEngine):
                 tx.execute(SQL_PRUNE_BUCKETS, {"before": prune_before, "instance": instance})
                 tx.execute(SQL_PRUNE_REFINED, {"before": prune_before, "instance": instance})
                 tx.execute(SQL_SET_HORIZON, (instance, prune_before))
-            tx.execute(SQL_BUMP_GENERATION, (generation_key(instance),))  # readers: something may have changed
+            tx.execute(SQL_BUMP_GENERATION, new_generation(instance))  # readers: something may have changed
         return stats
 
     def _apply_range(
@@ -973,7 +973,7 @@ class LedgerWriter(LedgerEngine):
         with self._lock, self._transaction() as tx:
             removed = int(tx.execute(SQL_PRUNE_ROLLUPS, (before,)).rowcount)
             if removed:
-                tx.execute(SQL_BUMP_GENERATION, (generation_key(None),))
+                tx.execute(SQL_BUMP_GENERATION, new_generation(None))
             return removed
 
     def _ids_for(
