@@ -13,8 +13,10 @@ the price data are loaded:
   240k objects) lives as long as the process, so later full collections no longer walk it;
 * the young generation's threshold is raised from 700 to ``YOUNG_THRESHOLD`` allocations: reference cycles (the
   only garbage the collector is for: asyncio tasks, exceptions and their tracebacks) are still found, a little
-  later, and what they hold until then is bounded by that many objects (a few MB). Everything else is freed by
-  reference counting as before, so memory stays bounded (``benchmarks/backfill_memory.py``: < 300 MiB).
+  later. Everything else is freed by reference counting as before, so memory stays bounded
+  (``benchmarks/backfill_memory.py``: 131 MiB for a 7-day backfill, as before). The one cost: a cycle that holds
+  much (a failed poll's traceback, whose frames hold a page) may outlive its poll until the next 50k
+  allocations, that is, into the next poll; a chunk (``chunks.py``) bounds what a page holds.
 
 Once per process: a second call (a test calling ``cli.main`` twice) changes nothing, so objects made since are
 never frozen.
