@@ -179,7 +179,7 @@ def _additive_upsert(sql: str) -> str:
                        for c in columns)
     return (
         f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} FROM ({source}) AS src ({', '.join(columns)})"
-        f" GROUP BY {', '.join(keys)} ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {value} = {table}.{value}"
+        f" GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)} ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {value} = {table}.{value}"
         f" + excluded.{value}"
     )
 

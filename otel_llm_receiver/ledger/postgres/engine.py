@@ -56,7 +56,7 @@ SQL_COPY_STAGE_IN = "COPY staged_in (series_id, bucket_start, bucket_width, valu
 SQL_SUM_STAGE_IN = """
 INSERT INTO staged (series_id, bucket_start, bucket_width, value)
 SELECT series_id, bucket_start, bucket_width, CAST(sum(value) AS BIGINT) FROM staged_in
-GROUP BY series_id, bucket_start, bucket_width
+GROUP BY series_id, bucket_start, bucket_width ORDER BY series_id, bucket_start, bucket_width
 ON CONFLICT (series_id, bucket_start, bucket_width) DO UPDATE SET value = staged.value + excluded.value"""
 # The first slice of a poll (``staged`` empty: the writer clears it first) needs no conflict handling, which
 # costs a speculative insertion per row.
@@ -64,7 +64,7 @@ SQL_STAGED_EMPTY = "SELECT NOT EXISTS (SELECT 1 FROM staged)"
 SQL_SUM_STAGE_IN_FIRST = """
 INSERT INTO staged (series_id, bucket_start, bucket_width, value)
 SELECT series_id, bucket_start, bucket_width, CAST(sum(value) AS BIGINT) FROM staged_in
-GROUP BY series_id, bucket_start, bucket_width"""
+GROUP BY series_id, bucket_start, bucket_width ORDER BY series_id, bucket_start, bucket_width"""
 SQL_CLEAR_STAGE_IN = "TRUNCATE staged_in"
 SQL_ANALYZE_STAGED = "ANALYZE staged"
 _LOST: Final = (pg_errors.AdminShutdown, pg_errors.CrashShutdown, pg_errors.CannotConnectNow)
