@@ -53,6 +53,9 @@ SQL_STAGE_IN = """
 CREATE TEMP TABLE IF NOT EXISTS staged_in (
     series_id BIGINT NOT NULL, bucket_start BIGINT NOT NULL, bucket_width BIGINT NOT NULL, value BIGINT NOT NULL)"""
 SQL_COPY_STAGE_IN = "COPY staged_in (series_id, bucket_start, bucket_width, value) FROM STDIN"
+# In key order (ORDER BY): a hash aggregate's output is in hash order, and 300k inserts in random order into
+# staged's primary key cost 2.3 s of backend CPU against 1.1 s sorted; staged's heap then lies in key order too,
+# so the writer's range reads of it insert into buckets (and deltas, rollups) in order as well.
 SQL_SUM_STAGE_IN = """
 INSERT INTO staged (series_id, bucket_start, bucket_width, value)
 SELECT series_id, bucket_start, bucket_width, CAST(sum(value) AS BIGINT) FROM staged_in
