@@ -87,6 +87,7 @@ def child(days: int, endpoint: str, tenancies: int) -> None:
                    "max_response_bytes": 1 << 30, "timeout": "120s", "collection_interval": "1h"}
         config = parse_config({"storage": {"path": str(Path(tmp) / "ledger.db")}, "providers": {NAME: section}})
         receiver = Receiver(config, exporters=[], clock=lambda: float(NOW))
+        harness.settle_as_run()  # start-up done: the collector's settings of `run` (heap.py), when it has them
         rows = -(-(NOW - (NOW - NOW % DAY - days * DAY)) // HOUR) * tenancies * len(MODELS)
         try:
             with harness.timed({"api_rows": float(rows)}) as extra:

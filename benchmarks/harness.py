@@ -187,3 +187,15 @@ def median_figure(name: str, runs: Sequence[Run]) -> Figure:
         statistics.median(r.rss_mib for r in runs),
         {k: statistics.median(r.extra.get(k, 0.0) for r in runs) for k in sorted(keys)},
     )
+
+
+def settle_as_run() -> bool:
+    """In a child, once its start-up is done: what ``run`` does there (``heap.settle``, the garbage collector's
+    settings for polling), when the measured code has it; False for code from before it (which ran with
+    CPython's defaults). A child that times a poll calls it, so the poll runs as in the receiver."""
+    try:
+        from otel_llm_receiver.heap import settle
+    except ImportError:
+        return False
+    settle()
+    return True

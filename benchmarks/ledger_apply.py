@@ -1,6 +1,7 @@
 """Ledger apply throughput and memory, against a same-key SQLite anchor, on the demo and a large organisation.
 
-Run by hand: ``python benchmarks/ledger_apply.py [--sizes 10000,100000,1000000] [--large] [--repeat 3]``.
+Run by hand: ``python benchmarks/ledger_apply.py [--sizes 10000,100000,1000000] [--large] [--repeat 3]
+[--cases apply,steady]``.
 It prints one table. Every figure is the median of ``--repeat`` (>= 3) runs, each in a fresh child process
 (``harness.py``): wall and CPU seconds of the timed part, and the child's peak RSS (inputs included).
 
@@ -14,7 +15,9 @@ Cases, on the same points (one per token type, request count and other measure o
 * ``anchor``: ``executemany`` into a bare table with the ledger's primary key (``series_id, bucket_start``,
   WITHOUT ROWID), one transaction, the ledger's PRAGMAs: the floor cost of writing these rows at all;
 * ``apply``: ``Ledger.apply`` of the records to an empty ledger, with pricing on (as the receiver runs);
-* ``reapply``: the same records again, all unchanged (the overlap every steady-state poll re-reads).
+* ``reapply``: the same records again, all unchanged (the overlap every steady-state poll re-reads);
+* ``steady``: the same buckets again with every value grown (a running receiver's poll of buckets that fill in:
+  every point looks up its prior value, and adds to totals, rollups and estimated cost).
 Goal (issue 20): apply >= 50% of the anchor's rate at 10k, 100k and 1M rows; any backfill under 300 MiB.
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sqlite3
 import sys
 import tempfile
@@ -39,9 +43,10 @@ MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o3-mini", "o4-min
 TENANCIES = 139  # x 6 models = 834 API rows an hour, 2,502 series
 HOUR = 3600
 START = 1_767_225_600  # 2026-01-01T00:00Z
+CASES = ("anchor", "apply", "reapply", "steady")
 
 
-def org_records(rows: int) -> list[UsageRecord]:
+def org_records(rows: int, grow: int = 0) -> list[UsageRecord]:
     from otel_llm_receiver.model import UsageRecord
 
     out: list[UsageRecord] = []
@@ -50,7 +55,8 @@ def org_records(rows: int) -> list[UsageRecord]:
         hour, k = divmod(i, keys)
         out.append(UsageRecord(
             "openai", MODELS[k % len(MODELS)], "chat", f"proj_{k // len(MODELS):04d}", START + hour * HOUR, HOUR,
-            {"input": 1000 + (i * 7919) % 50_000, "output": 100 + (i * 104_729) % 5_000}, requests=1 + i % 40,
+            {"input": 1000 + (i * 7919) % 50_000 + grow, "output": 100 + (i * 104_729) % 5_000 + grow},
+            requests=1 + i % 40 + grow,
         ))
     return out
 
@@ -108,8 +114,11 @@ def child(case: str, shape: str, size: int) -> None:
                                            "gen_ai.token.type": "input"})  # the price data, loaded untimed
         with Ledger(Path(tmp) / "ledger.db") as ledger:
             ledger.set_pricer(book)
-            if case == "reapply":
+            if case in ("reapply", "steady"):
                 ledger.apply("bench", result)
+            if case == "steady":
+                result = PollResult(usage=org_records(size, grow=1) if shape == "org" else [
+                    dataclasses.replace(r, tokens={t: v + 1 for t, v in r.tokens.items()}) for r in records])
             with timed({"records": len(records)}) as out:
                 stats = ledger.apply("bench", result)
             out["points"] = stats.points
@@ -120,6 +129,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000", help="org-shape API rows, comma separated")
     parser.add_argument("--large", action="store_true", help="also the 90-day organisation (1.8M rows)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (>= 3); medians are printed")
+    parser.add_argument("--cases", default=",".join(CASES), help="cases to run, comma separated (anchor always)")
     parser.add_argument("--child", nargs=3, metavar=("CASE", "SHAPE", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -135,7 +145,7 @@ def main() -> None:
     rows = []
     for shape, size in shapes:
         figures = {case: measure(case, script, [case, shape, str(size)], args.repeat)
-                   for case in ("anchor", "apply", "reapply")}
+                   for case in dict.fromkeys(["anchor", *[c for c in args.cases.split(",") if c in CASES]])}
         anchor = figures["anchor"]
         points = anchor.extra["points"]
         for case, f in figures.items():

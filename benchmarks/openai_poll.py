@@ -26,6 +26,8 @@ Cases, on the same pages:
 * ``apply``: ``Ledger.apply`` of that result to an empty ledger, priced by the receiver's own money stack
   (``money.money_stack(config).prices`` set with ``set_pricer``, the price data loaded untimed);
 * ``whole``: fetch + apply, the receiver's poll.
+The child sets up as ``run`` does before its first poll (``harness.settle_as_run``: the garbage collector's
+settings of ``heap.py``, when the measured code has them), then times.
 ``fetch``, ``apply`` and ``whole`` are timed in the same child runs. Requests made are compared with the minimum
 the API's page limits allow (168 hourly buckets a page, 180 days of costs, 100 projects).
 Goal (issue 20): whole >= 30,000 API rows/s.
@@ -186,6 +188,7 @@ def child_receiver(endpoint: str, days: int) -> None:
 
     with tempfile.TemporaryDirectory() as tmp, Ledger(Path(tmp) / "ledger.db") as ledger:
         ledger.set_pricer(prices)
+        settled = harness.settle_as_run()  # start-up done: the collector's settings of `run` (heap.py)
         collector = GcTime()
         with harness.timed() as extra:
             w0, c0 = time.perf_counter(), time.process_time()
@@ -196,7 +199,8 @@ def child_receiver(endpoint: str, days: int) -> None:
             extra.update(fetch_wall=w1 - w0, fetch_cpu=c1 - c0, apply_wall=w2 - w1, apply_cpu=c2 - c1,
                          fetch_gc=g1, apply_gc=collector.seconds - g1,
                          records=len(out[0].usage) + len(out[0].costs), points=stats.points,
-                         series=stats.series_created, requests=sum(provider.api_requests.values()))
+                         series=stats.series_created, requests=sum(provider.api_requests.values()),
+                         settled=float(settled))
 
 
 def child_anchor(endpoint: str, requests_file: str) -> None:
@@ -274,7 +278,8 @@ def run_shape(label: str, shape: Shape, repeat: int) -> list[list[str]]:
         line("anchor", anchor.wall, anchor.cpu, f"{anchor.rss_mib:.0f}",
              f"GET + json.loads; json.loads {anchor.extra['decode_cpu']:.2f} CPU-s"),
         line("fetch", e["fetch_wall"], e["fetch_cpu"], "", f"{int(e['requests'])} requests, "
-             f"{int(e['records']):,} records; GC {e['fetch_gc']:.2f} CPU-s"),
+             f"{int(e['records']):,} records; GC {e['fetch_gc']:.2f} CPU-s"
+             + ("" if e.get("settled") else " (CPython's default GC settings)")),
         line("apply", e["apply_wall"], e["apply_cpu"], "",
              f"pricing on; {int(e['points']):,} points, {int(e['series']):,} series; GC {e['apply_gc']:.2f} CPU-s"),
         line("whole", whole_wall, whole_cpu, f"{poll.rss_mib:.0f}", "fetch + apply"),

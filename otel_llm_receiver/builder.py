@@ -303,6 +303,11 @@ class MetricsBuilder:
         ids were read, on PostgreSQL), so the next read describes it."""
         return self._max_id if self._hole is None else min(self._max_id, self._hole - 1)
 
+    @property
+    def missing_series(self) -> bool:
+        """The last build met a series it had no description of (see ``known_series``): read the rows again."""
+        return self._hole is not None
+
     def build(
         self, rows: ExportRows | None, health: SelfHealthReading | None, now_ns: int,
         gauges: Sequence[pb.Metric] = (), *, instances: Collection[str] | None = None,

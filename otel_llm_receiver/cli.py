@@ -223,6 +223,7 @@ def _serve(
     import asyncio
 
     from .health import HealthServer
+    from .heap import settle
     from .ledger.check import check_ledger
     from .scheduler import Receiver
 
@@ -248,6 +249,7 @@ def _serve(
                 log.error("cannot start: %s", message)
                 return EXIT_FAILURE
             log.warning("%s; continuing without /health", message)
+    settle()  # start-up is done: the collector's settings for polling (heap.py)
     try:
         return asyncio.run(_main(receiver, once=once, duration=duration, summary_every=summary_every))
     finally:
@@ -438,6 +440,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
     """Backfill the ledger ``run`` will continue, then write its history up to now (docs/deployment.md)."""
     import asyncio
 
+    from .heap import settle
     from .history import write_history
     from .ledger.check import check_ledger
     from .scheduler import Receiver
@@ -467,6 +470,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
             await receiver.aclose()  # and leaves: the running replicas take the instances back at once
         return [o.instance for o in outcomes if not o.ok]
 
+    settle()  # start-up is done: the collector's settings for polling (heap.py)
     failed = asyncio.run(backfill())
     if failed:
         print(f"history: the backfill failed for {', '.join(failed)}; nothing written", file=sys.stderr)

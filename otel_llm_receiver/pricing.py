@@ -148,7 +148,7 @@ class PriceBook:
         self.use_genai_prices = use_genai_prices
         self._models: dict[tuple[str, str], Any] = {}
         self._warned: set[tuple[str, str]] = set()
-        self._schedules: dict[tuple[object, ...], list[tuple[int, int, Price | None]]] = {}
+        self._plans: dict[tuple[object, ...], list[tuple[int, int, bool, int]]] = {}
         # The attributes a price can depend on: the ones genai-prices variants read, and every ``when`` key.
         self._relevant = frozenset(PRICE_GAUGE_ATTRIBUTES) | {k for e in self.entries for k in e.when}
         #: The price gauges' prices over time, by gauge key (JSON): kept in the ledger beside the schedules
@@ -286,7 +286,11 @@ class PriceBook:
         return sorted(times)
 
     def schedule(self, metric: str, attrs: dict[str, str]) -> list[PricingPeriod]:
-        """The ledger's pricing periods for a usage series (``ledger.SeriesPricer``)."""
+        """The ledger's pricing periods for a usage series (``ledger.SeriesPricer``).
+
+        The periods' prices and bounds depend only on what a price can depend on (``_plan``, memoised), so a
+        poll creating thousands of series resolves each distinct (model, unit, pricing attributes) once.
+        """
         provider = attrs.get("gen_ai.provider.name", "")
         model = attrs.get("gen_ai.request.model", "")
         if metric == METRIC_TOKENS:
@@ -297,39 +301,47 @@ class PriceBook:
             unit = metric  # another billed unit (e.g. tool requests), priced per unit by an entry
         else:
             return []
-        periods: list[PricingPeriod] = []
-        unpriced = {"gen_ai.provider.name": provider, "gen_ai.request.model": model}
-        for start, until, price in self._prices_over_time(metric, provider, model, unit, attrs):
-            if price is not None:
-                period = PricingPeriod(start, until, METRIC_COST_ESTIMATED, dict(attrs), price.picos, PICOS_PER_NANO)
-            elif metric == METRIC_TOKENS:
-                self._warn_unpriced(provider, model)
-                period = PricingPeriod(start, until, METRIC_UNPRICED, unpriced, 1, 1)
-            else:
-                continue  # most models bill no per-request price: nothing to count
-            last = periods[-1] if periods else None
-            if last is not None and (last.valid_until, last.target_metric, last.target_attrs, last.price) == (
-                    start, period.target_metric, period.target_attrs, period.price):
-                periods[-1] = PricingPeriod(last.valid_from, until, last.target_metric, last.target_attrs,
-                                            last.price, last.scale)
-            else:
-                periods.append(period)
-        return periods
-
-    def _prices_over_time(
-        self, metric: str, provider: str, model: str, unit: str, attrs: Mapping[str, str]
-    ) -> list[tuple[int, int, Price | None]]:
-        """(from, until, price) over all time; cached by what a price can depend on, so that scheduling
-        100,000 series costs one resolution per distinct (model, unit, pricing attributes)."""
         relevant = tuple(sorted((k, v) for k, v in attrs.items() if k in self._relevant))
         key = (metric, provider, model, unit, relevant)
-        found = self._schedules.get(key)
-        if found is None:
-            edges = self.boundaries(provider, model)
-            found = [(start, until, self.price(provider, model, unit, attrs, start))
-                     for start, until in zip(edges, [*edges[1:], FAR_FUTURE], strict=True)]
-            self._schedules[key] = found
-        return found
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._plan(metric, provider, model, unit, attrs)
+        if not plan:
+            return []
+        estimated = dict(attrs)  # one copy shared by this series' periods (frozen dataclasses, read-only)
+        unpriced = {"gen_ai.provider.name": provider, "gen_ai.request.model": model}
+        return [PricingPeriod(start, until, METRIC_COST_ESTIMATED, estimated, price, PICOS_PER_NANO)
+                if priced else PricingPeriod(start, until, METRIC_UNPRICED, unpriced, 1, 1)
+                for start, until, priced, price in plan]
+
+    def _plan(
+        self, metric: str, provider: str, model: str, unit: str, attrs: Mapping[str, str]
+    ) -> list[tuple[int, int, bool, int]]:
+        """(from, until, priced, pico-price) over all time, adjacent periods of the same target and price
+        merged: estimated cost where a price is known, unpriced tokens where none is (requests: nothing)."""
+        plan: list[tuple[int, int, bool, int]] = []
+        for start, until, price in self._prices_over_time(provider, model, unit, attrs):
+            if price is not None:
+                period = (start, until, True, price.picos)
+            elif metric == METRIC_TOKENS:
+                self._warn_unpriced(provider, model)
+                period = (start, until, False, 1)
+            else:
+                continue  # most models bill no per-request price: nothing to count
+            last = plan[-1] if plan else None
+            if last is not None and (last[1], last[2], last[3]) == (start, period[2], period[3]):
+                plan[-1] = (last[0], until, last[2], last[3])
+            else:
+                plan.append(period)
+        return plan
+
+    def _prices_over_time(
+        self, provider: str, model: str, unit: str, attrs: Mapping[str, str]
+    ) -> list[tuple[int, int, Price | None]]:
+        """(from, until, price) over all time, between the price data's boundaries."""
+        edges = self.boundaries(provider, model)
+        return [(start, until, self.price(provider, model, unit, attrs, start))
+                for start, until in zip(edges, [*edges[1:], FAR_FUTURE], strict=True)]
 
     def _warn_unpriced(self, provider: str, model: str) -> None:
         if (provider, model) not in self._warned:

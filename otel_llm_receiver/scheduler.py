@@ -542,7 +542,8 @@ class Receiver:
                 # Read before the rows: an unchanged generation (and the same instances held) means the last
                 # build's points are current.
                 generation = self._reader.generation()
-                unchanged = generation == self._export_generation and held == self._export_held
+                unchanged = (generation == self._export_generation and held == self._export_held
+                             and not self.builder.missing_series)
                 rows = None if unchanged else self._reader.export_rows(self.builder.known_series)
                 now_ns = time.time_ns()
                 gauges = self._signal_gauges(self._reader, now_ns) if leads else []

@@ -9,9 +9,13 @@ At scale (issue 20: 100,000 to 1,000,000 series) the per-series Python work is k
 attributes imply (team, budget matches, anomaly group, price attributes) is derived once per process and kept by
 series id (attributes never change; a renamed tenancy re-derives its series); money series that no signal tells
 apart are added up as integers per ``_Cell`` before any ``Decimal``; anomaly groups without a baseline read no
-rollups. Nothing that depends on time or on rollups is kept between reads, so moving time (a new hour, day or
-month with no new data) is handled exactly as before; tests/test_signals_fast.py compares every reading with the
-straightforward series-by-series computation (tests/support/signals_reference.py) on randomized ledgers.
+rollups. What depends on rollups (the series' extent, the money cells' window sums, anomaly scores) is kept only
+while the ledger's generation (``Ledger.generation``, bumped by every apply and prune in its transaction) is the
+one it was read at, and the window sums by the hour grid of their edges (rollups start on whole hours): an export
+with nothing new in the same hour reads no rollup, and late data for any hour is seen by the next read. A known
+series' attributes are not read again (series ids are never reused). tests/test_signals_fast.py compares every
+reading with the straightforward series-by-series computation (tests/support/signals_reference.py) on randomized
+ledgers, as time moves and as data lands between reads.
 
 Spend sources (``budgets[].source``): ``estimated`` (``llm.usage.cost.estimated``), ``reported``
 (``llm.usage.cost``, USD only) and ``best``: per provider instance and tenancy, reported cost up to the end of
@@ -26,7 +30,7 @@ import fnmatch
 import json
 import operator
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -112,7 +116,6 @@ class _Series:
     sid: int
     instance: str
     metric: str
-    digest: int  # hash of the attributes' JSON: an id that SQLite reuses for another series is noticed
     usd: bool  # False for reported cost in another currency: budgets are USD
     provider: str
     tenant: str
@@ -243,14 +246,14 @@ class Signals:
                     unseen.append((len(out), sid, instance, metric, width, first, last))
                     out.append(None)
                     continue
-                s = known[sid] = self._derive(sid, instance, metric, text, hash(text), names)
+                s = known[sid] = self._derive(sid, instance, metric, text, names)
             s.width, s.first, s.last = width, first, last
             out.append(s)
         if unseen:
             texts = ledger.series_attrs([u[1] for u in unseen])
             for at, sid, instance, metric, width, first, last in unseen:
                 text = texts[sid]
-                s = known[sid] = self._derive(sid, instance, metric, text, hash(text), names)
+                s = known[sid] = self._derive(sid, instance, metric, text, names)
                 s.width, s.first, s.last = width, first, last
                 out[at] = s
         series = [s for s in out if s is not None]  # every None was filled in above
@@ -258,7 +261,7 @@ class Signals:
         return series
 
     def _derive(
-        self, sid: int, instance: str, metric: str, text: str, digest: int, names: Mapping[tuple[str, str, str], str]
+        self, sid: int, instance: str, metric: str, text: str, names: Mapping[tuple[str, str, str], str]
     ) -> _Series:
         shared = self._shared
         attrs: dict[str, str] = json.loads(text)
@@ -276,9 +279,10 @@ class Signals:
             key_attrs = tuple(sorted((k, v) for k, v in attrs.items() if k in self._price_attrs))
             price_key = shared.setdefault(key_attrs, key_attrs)
         s = _Series(
-            sid, instance, shared.setdefault(metric, metric), digest,
+            sid, instance, shared.setdefault(metric, metric),
             not (metric == METRIC_COST and CURRENCY_ATTR in attrs),
-            shared.setdefault(provider, provider), shared.setdefault(t := attrs.get("llm.tenant", ""), t), model,
+            shared.setdefault(provider, provider), shared.setdefault(t := attrs.get("llm.tenant", ""), t),
+            shared.setdefault(model, model),
             shared.setdefault(k := (instance, tenancy_id), k),
             shared.setdefault(g := (provider, model or "", tenancy_id, signal), g), price_key, name,
             shared.setdefault(team, team), 0,
@@ -333,7 +337,7 @@ class Signals:
         grid = tuple((-(-a // HOUR) * HOUR, -(-b // HOUR) * HOUR) for a, b in order)
         found = self._cells_of.get(grid)
         if found is None:
-            found = self._cells_of[grid] = self._cells(money, *ledger.rollup_segment_sums(grid, MONEY_METRICS))
+            found = self._cells_of[grid] = self._cells(money, *ledger.rollup_segment_rows(grid, MONEY_METRICS))
         cells, first_of_key = found
 
         def spend(chosen: Sequence[_Cell], window: tuple[int, int], source: str) -> Decimal:
@@ -389,26 +393,30 @@ class Signals:
 
     @staticmethod
     def _cells(
-        money: Sequence[_Series], spans: Sequence[tuple[int, int]], segments: Mapping[int, Sequence[int]]
+        money: Sequence[_Series], spans: Sequence[tuple[int, int]], segments: Iterable[Sequence[int]]
     ) -> tuple[list[_Cell], dict[tuple[str, str], _Series]]:
         """The money series' window sums added up per cell (in the order cells are first seen), and the first
         series of each (instance, tenancy): what names a reconciliation.
 
-        ``segments`` are the series' sums over disjoint time segments and ``spans`` each window's range of them
-        (``Ledger.rollup_segment_sums``): a cell adds its members' segments, then each window once."""
+        ``segments`` are rows ``(series id, *sums)`` of the series' sums over disjoint time segments and
+        ``spans`` each window's range of them (``Ledger.rollup_segment_rows``): a cell adds its members'
+        segments as the rows stream in (rows of series not in ``money`` are left out), then each window once."""
         cells: dict[tuple[Any, ...], _Cell] = {}
         first_of_key: dict[tuple[str, str], _Series] = {}
         width = max((j for _, j in spans), default=0)
+        cell_of: dict[int, _Cell] = {}
         for s in money:
             ck = s.cell
             c = cells.get(ck)
             if c is None:
                 c = cells[ck] = _Cell(s.key, s.metric, s.provider, s.tenant, s.team, s.matches, s.unit, [0] * width)
                 first_of_key.setdefault(s.key, s)
-            values = segments.get(s.sid)
-            if values is not None:
-                c.present = True
-                c.sums = list(map(operator.add, c.sums, values))
+            cell_of[s.sid] = c
+        for sid, *values in segments:
+            member = cell_of.get(sid)
+            if member is not None and any(values):
+                member.present = True
+                member.sums = list(map(operator.add, member.sums, values))
         for c in cells.values():
             c.sums = [sum(c.sums[i:j]) for i, j in spans]
         return list(cells.values()), first_of_key

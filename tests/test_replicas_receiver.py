@@ -149,11 +149,12 @@ def test_a_series_committed_below_the_described_ids_is_described_at_the_next_exp
     assert builder.build(first, None, 100).points == 2 and builder.known_series == 3
     late = ExportRows([(1, 10, 0, 5), (2, 20, 0, 5), (3, 30, 0, 5)], [], {})  # 2 committed late, not read
     assert builder.build(late, None, 200).points == 2
-    assert builder.known_series == 1  # the next read starts below the hole
+    assert builder.known_series == 1 and builder.missing_series  # the next read starts below the hole
     again = ExportRows([(1, 10, 0, 5), (2, 20, 0, 5), (3, 30, 0, 5)],
                        [(2, "demo/a", "llm.usage.tokens", attrs % "b"), (3, "demo/b", "llm.usage.tokens", attrs % "c")],
                        {})
     assert builder.build(again, None, 300).points == 3 and builder.known_series == 3
+    assert not builder.missing_series
 
 
 def test_run_once_report_focus_and_history_on_a_postgresql_ledger(

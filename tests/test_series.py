@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from decimal import Decimal
 
 import pytest
@@ -106,3 +107,30 @@ def test_series_keys_are_encoded_once_per_identity() -> None:
     first = keys.usage(ident)
     assert keys.usage(usage_ident(usage(H, dimensions={"a": "1", "b": "2"}), "default")) is first
     assert len(keys.usage_keys) == 1
+
+
+def test_token_series_keys_are_the_canonical_json_of_their_attributes() -> None:
+    """``SeriesKeys.usage`` encodes the base attributes once and splices each token type in: the text must be
+    exactly ``canonical_attrs`` of the full attribute set, or a poll would create a second series. Random
+    dimension names and values (fixed seed) sort before, between and after ``gen_ai.token.type``, with quotes,
+    backslashes, control characters and non-ASCII text; a dimension named like the token type takes the
+    plain path."""
+    rng = random.Random(20)
+    alphabet = ['a', 'z', 'g', '.', '_', '"', '\\', '\n', '\x01', 'é', '日', '😀', ' ', '{', ':', ',', 'gen_ai.t']
+    for _ in range(500):
+        dims = {"".join(rng.choices(alphabet, k=rng.randint(1, 6))): "".join(rng.choices(alphabet, k=rng.randint(0, 6)))
+                for _ in range(rng.randint(0, 5))}
+        if rng.random() < 0.05:
+            dims["gen_ai.token.type"] = "x"
+        record = usage(0, dimensions=dims, model=rng.choice(["m", ""]), tenancy_id=rng.choice(["t", "ü\"t"]))
+        ident = usage_ident(record, "default")
+        keys = SeriesKeys().usage(ident)
+        base = {"gen_ai.provider.name": record.provider, "llm.tenancy.id": record.tenancy_id,
+                "llm.tenant": "default", **dims}
+        if record.model:
+            base["gen_ai.request.model"] = record.model
+        base["gen_ai.operation.name"] = record.operation
+        assert keys.requests == (METRIC_REQUESTS, canonical_attrs(base))
+        assert [attrs for _, (_, attrs) in keys.tokens] == [
+            canonical_attrs({**base, "gen_ai.token.type": t}) for t, _ in keys.tokens]
+        assert [t for t, _ in keys.tokens] == ["input", "cache_read", "cache_write", "output"]

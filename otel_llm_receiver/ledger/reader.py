@@ -327,11 +327,24 @@ class LedgerReader(LedgerEngine):
         sum, its sums over the disjoint segments that the windows' edges cut time into, and for each window
         the ``[i, j)`` range of segments it covers. Callers that add many series together (the money signals)
         add their segments first and each window once at the end."""
+        spans, rows = self.rollup_segment_rows(windows, metrics)
+        out: dict[int, tuple[int, ...]] = {}
+        for sid, *row in rows:
+            if any(row):
+                out[int(sid)] = tuple(row)
+        return spans, out
+
+    def rollup_segment_rows(
+        self, windows: Sequence[tuple[int, int]], metrics: Sequence[str]
+    ) -> tuple[list[tuple[int, int]], Iterator[tuple[int, ...]]]:
+        """``rollup_segment_sums`` as rows ``(series id, *segment sums)`` read a page at a time (zero rows
+        included), for a caller that folds them as they come: at 1M series the dict of every series' sums
+        would hold ~100 MB at once."""
         if not windows or not metrics:
-            return [], {}
+            return [], iter(())
         edges = sorted({t for w in windows for t in w})
         if len(edges) < 2:
-            return [], {}
+            return [], iter(())
         segments = ", ".join(
             f"(SELECT coalesce(sum(value), 0) FROM rollups WHERE series_id = s.id "
             f"AND hour_start >= {int(a)} AND hour_start < {int(b)})"
@@ -340,11 +353,8 @@ class LedgerReader(LedgerEngine):
         sql = SQL_ROLLUP_SEGMENT_SUMS.format(segments=segments, metrics=",".join("?" * len(metrics)))
         position = {t: i for i, t in enumerate(edges)}
         spans = [(position[a], position[b]) for a, b in windows]
-        out: dict[int, tuple[int, ...]] = {}
-        for sid, *row in self._conn.execute(sql, tuple(metrics)):
-            if any(row):
-                out[int(sid)] = tuple(row)
-        return spans, out
+        rows: Iterator[tuple[int, ...]] = iter(self._conn.execute(sql, tuple(metrics)))  # streamed by SQLite
+        return spans, rows
 
     def rollup_values_at(self, hours: Sequence[int], metrics: Sequence[str]) -> list[SeriesHourValue]:
         """The rollups of ``metrics`` at exactly these hours, by series id (point lookups)."""

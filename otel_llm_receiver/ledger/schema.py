@@ -172,18 +172,20 @@ SQL_PUT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO
 # same transaction, so a reader that finds every generation unchanged knows no total, rollup or name changed and
 # can keep what it derived from them (the exports, the money signals). One row per provider instance: replicas
 # sharing a ledger never update the same row from two applies at once.
+# The value counts the bumps (a TEXT column, so cast both ways; the PostgreSQL dialect names the target table).
 META_GENERATION = "generation"
 SQL_BUMP_GENERATION = """
 INSERT INTO meta (key, value) VALUES (?, '1')
-ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS TEXT)"""
+ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT)"""
 # With the ledger's own id (``service.instance.id``): a token read from another ledger never equals this one's.
 SQL_GENERATIONS = """
 SELECT key, value FROM meta WHERE substr(key, 1, 10) = 'generation' OR key = 'service.instance.id' ORDER BY key"""
 
 
-def generation_key(instance: str | None) -> str:
-    """The ``meta`` key of one instance's generation (``None``: the ledger-wide one)."""
-    return META_GENERATION if instance is None else f"{META_GENERATION}/{instance}"
+def new_generation(instance: str | None) -> tuple[str]:
+    """``SQL_BUMP_GENERATION``'s parameter: the ``meta`` key of one instance's generation (``None``: the
+    ledger-wide one)."""
+    return (META_GENERATION if instance is None else f"{META_GENERATION}/{instance}",)
 
 
 def _split_sql(script: str) -> list[str]:

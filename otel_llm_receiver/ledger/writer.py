@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from ..errors import LedgerError
 from ..model import PollResult, to_nanos
@@ -43,7 +43,7 @@ from ..series import (
     check_measure,
 )
 from .engine import Connection, LedgerEngine
-from .schema import SQL_BUMP_GENERATION, generation_key
+from .schema import SQL_BUMP_GENERATION, new_generation
 
 if TYPE_CHECKING:
     from .postgres.leases import Lease
@@ -57,6 +57,7 @@ STAGE_ROWS: Final = 250
 #: About this many staged points are applied at a time, in ranges of whole series (SQLite's working set).
 RANGE_POINTS: Final = 50_000
 MAX_ID: Final = 2**63 - 1
+HOUR: Final = 3600
 MIN_ID: Final = -(2**63)
 
 SQL_SERIES_OF_INSTANCE = "SELECT id, metric, attrs FROM series WHERE instance = ?"
@@ -184,6 +185,41 @@ SELECT series_id, hour_start,
        min(bucket_width), max(bucket_width)
 FROM incoming WHERE slow = 0
 GROUP BY series_id, hour_start"""
+# Where no bucket is shorter than an hour, two points of a series rarely share an hour: the totals, rollups and
+# priced deltas then read ``incoming`` itself, point by point in its key order (the totals grouped per series
+# without a sort, rollup upserts adding repeated (series, hour) rows), with no ``deltas`` table in between. A
+# steady-state poll re-reads hourly buckets, so this is the usual case; sub-hour buckets take ``deltas``.
+SQL_COUNT_OUTCOMES_CHANGED = """
+SELECT coalesce(sum(prior IS NULL), 0), coalesce(sum(prior IS NOT NULL AND prior < value), 0),
+       coalesce(sum(prior IS NOT NULL AND prior > value), 0)
+FROM incoming WHERE slow = 0"""
+SQL_APPLY_TOTALS_CHANGED = """
+UPDATE series SET
+    total = total + d.grow,
+    adjustments = adjustments + d.shrink,
+    updated_ns = :now,
+    bucket_width = CASE WHEN d.min_width <> d.max_width THEN 0
+                        WHEN series.bucket_width IS NULL THEN d.min_width
+                        WHEN series.bucket_width = d.min_width THEN d.min_width
+                        ELSE 0 END
+FROM (SELECT series_id,
+             sum(max(value - coalesce(prior, 0), 0)) AS grow, sum(max(coalesce(prior, 0) - value, 0)) AS shrink,
+             min(bucket_width) AS min_width, max(bucket_width) AS max_width
+      FROM incoming WHERE slow = 0 GROUP BY series_id) AS d
+WHERE series.id = d.series_id"""
+SQL_APPLY_ROLLUPS_CHANGED = """
+INSERT INTO rollups (series_id, hour_start, value)
+SELECT series_id, hour_start, value - coalesce(prior, 0)
+FROM incoming WHERE slow = 0 AND value <> coalesce(prior, 0)
+ON CONFLICT (series_id, hour_start) DO UPDATE SET value = value + excluded.value"""
+SQL_FILL_PRICED_CHANGED = """
+INSERT INTO priced
+SELECT p.target_id, i.hour_start,
+       max(i.value - coalesce(i.prior, 0), 0) * p.price, max(coalesce(i.prior, 0) - i.value, 0) * p.price,
+       (i.value - coalesce(i.prior, 0)) * p.price, p.scale
+FROM incoming AS i JOIN pricing AS p
+  ON p.series_id = i.series_id AND p.valid_from <= i.hour_start AND i.hour_start < p.valid_until
+WHERE i.slow = 0"""
 SQL_COUNT_OUTCOMES = "SELECT coalesce(sum(n_new), 0), coalesce(sum(n_grown), 0), coalesce(sum(n_shrunk), 0) FROM deltas"
 # The series' bucket width is recorded on the way (0 = mixed widths: its later points get the overlap check).
 SQL_APPLY_TOTALS = """
@@ -204,27 +240,44 @@ INSERT INTO rollups (series_id, hour_start, value)
 SELECT series_id, hour_start, net FROM deltas WHERE net <> 0
 ON CONFLICT (series_id, hour_start) DO UPDATE SET value = value + excluded.value"""
 # Ranges of series created by this poll skip ``incoming``: no prior values, nothing slow, every point new, so
-# the checks, the deltas (fewer aggregates) and the bucket inserts read ``staged`` itself.
+# the checks, the totals, rollups, priced deltas and the bucket inserts read ``staged`` itself.
 SQL_FIND_INVALID_NEW = """
 SELECT s.metric, s.attrs, i.bucket_start, i.bucket_width, i.value
 FROM staged AS i JOIN series AS s ON s.id = i.series_id
 WHERE i.series_id >= :lo AND i.series_id <= :last AND (i.bucket_width <= 0 OR i.bucket_start < 0 OR i.value < 0)
 LIMIT 1"""
+# With sub-hour buckets (the demo's minutes), a new range's points are first summed per (series, hour): a
+# fraction of the rows for the rollups and the pricing.
 SQL_FILL_DELTAS_NEW = """
 INSERT INTO deltas
 SELECT series_id, bucket_start - bucket_start % 3600 AS hour, sum(value), 0, sum(value), count(*), 0, 0,
        min(bucket_width), max(bucket_width)
 FROM staged WHERE series_id >= :lo AND series_id <= :last
 GROUP BY series_id, hour"""
-# Where no bucket is shorter than an hour, two points of a series rarely share an hour, and the consumers of
-# ``deltas`` (sums per series, rollup upserts that add, pricing grouped per target and hour) take repeated
-# (series, hour) rows as they are: one row per point, no sort for a GROUP BY.
-SQL_HAS_SUB_HOUR = """
-SELECT EXISTS (SELECT 1 FROM staged WHERE series_id >= :lo AND series_id <= :last AND bucket_width < 3600)"""
-SQL_FILL_DELTAS_PER_POINT = """
-INSERT INTO deltas
-SELECT series_id, bucket_start - bucket_start % 3600, value, 0, value, 1, 0, 0, bucket_width, bucket_width
-FROM staged WHERE series_id >= :lo AND series_id <= :last"""
+# Otherwise a range of new series needs no ``deltas``: its totals (grouped in the key order of ``staged``, no sort), rollups
+# and priced deltas read ``staged`` itself (every point is new: its growth is its value). Where two points of
+# a series share an hour (sub-hour buckets), the rollup upsert adds them. ``bucket_width`` as in
+# ``SQL_APPLY_TOTALS`` (a new series has none yet).
+SQL_APPLY_TOTALS_NEW = """
+UPDATE series SET
+    total = total + d.grow,
+    updated_ns = :now,
+    bucket_width = CASE WHEN d.min_width <> d.max_width THEN 0 ELSE d.min_width END
+FROM (SELECT series_id, sum(value) AS grow, min(bucket_width) AS min_width, max(bucket_width) AS max_width
+      FROM staged WHERE series_id >= :lo AND series_id <= :last GROUP BY series_id) AS d
+WHERE series.id = d.series_id"""
+SQL_APPLY_ROLLUPS_NEW = """
+INSERT INTO rollups (series_id, hour_start, value)
+SELECT series_id, bucket_start - bucket_start % 3600, value
+FROM staged WHERE series_id >= :lo AND series_id <= :last AND value <> 0
+ON CONFLICT (series_id, hour_start) DO UPDATE SET value = value + excluded.value"""
+SQL_FILL_PRICED_NEW = """
+INSERT INTO priced
+SELECT p.target_id, s.bucket_start - s.bucket_start % 3600, s.value * p.price, 0, s.value * p.price, p.scale
+FROM staged AS s JOIN pricing AS p
+  ON p.series_id = s.series_id AND p.valid_from <= s.bucket_start - s.bucket_start % 3600
+ AND s.bucket_start - s.bucket_start % 3600 < p.valid_until
+WHERE s.series_id >= :lo AND s.series_id <= :last"""
 SQL_APPLY_BUCKETS_NEW = """
 INSERT INTO buckets (series_id, bucket_start, bucket_width, value)
 SELECT series_id, bucket_start, bucket_width, value
@@ -363,8 +416,10 @@ class ApplyStats:
 
 
 Point = tuple[int, int, int, int]  # (series id, bucket start, bucket width, value)
-# A usage identity's series ids (None: not in the ledger yet) with their keys, per token type, then requests.
-_UsageEntry = tuple[tuple[tuple[str, int | None, SeriesKey], ...], int | None, SeriesKey]
+# A usage identity's series, each as a ``[series id or None (not in the ledger, no point yet), key]`` slot: by
+# token type, and requests. A slot gets its new series' id with the first point that creates it.
+_Slot: TypeAlias = list[Any]  # [int | None, SeriesKey]: mutable, so a new id is found once
+_UsageEntry = tuple[dict[str, _Slot], _Slot]
 
 
 class PointPlanner:
@@ -391,6 +446,8 @@ class PointPlanner:
         self.new_ids: dict[SeriesKey, int] = {}
         #: Points before the pruned horizon (already counted, no longer revisable).
         self.rejected = 0
+        #: The narrowest bucket of the poll: none shorter than an hour lets the apply take its per-point paths.
+        self.min_width = HOUR
 
     def _new_id(self, key: SeriesKey) -> int:
         sid = self.new_ids.get(key)
@@ -400,14 +457,14 @@ class PointPlanner:
 
     def _usage_entry(self, ident: UsageIdent) -> _UsageEntry:
         keys, ids = self.keys.usage(ident), self.ids
-        return (tuple((t, ids.get(key), key) for t, key in keys.tokens), ids.get(keys.requests), keys.requests)
+        return ({t: [ids.get(key), key] for t, key in keys.tokens}, [ids.get(keys.requests), keys.requests])
 
     def slices(self, result: PollResult) -> Iterator[list[Point]]:
         """The points of ``result``, ``slice_points`` (or a few more) at a time; the last slice may be short."""
         rows: list[Point] = []
         append = rows.append
         limit = self.slice_points
-        horizon, tenant, ids, new_id = self.horizon, self.tenant, self.ids, self._new_id
+        horizon, tenant, ids, new_id, min_width = self.horizon, self.tenant, self.ids, self._new_id, self.min_width
         entries: dict[UsageIdent, _UsageEntry] = {}
         # Providers share one dimensions dict among the records of a group: sort each distinct dict once. (The
         # records hold the dicts alive meanwhile, so their ids are stable keys; bounded, in case they do not.)
@@ -435,21 +492,28 @@ class PointPlanner:
                 self.rejected += len(r.tokens) + (r.requests is not None) + len(measures)
                 continue
             width, tokens = r.bucket_width, r.tokens
+            if width < min_width:
+                min_width = self.min_width = width
             creates_zero = not r.sparse  # a sparse record's zeros create no series (see UsageRecord)
-            for token_type, sid, key in entry[0]:
-                value = tokens.get(token_type)
-                if value is not None:
-                    if sid is not None:
-                        append((sid, start, width, value))
-                    elif value or creates_zero:
-                        append((new_id(key), start, width, value))
+            slots = entry[0]
+            for token_type, value in tokens.items():
+                slot = slots.get(token_type)
+                if slot is None:  # not one of TOKEN_TYPES: no series
+                    continue
+                sid = slot[0]
+                if sid is None:
+                    if not (value or creates_zero):
+                        continue
+                    sid = slot[0] = new_id(slot[1])
+                append((sid, start, width, value))
             requests = r.requests
             if requests is not None:
-                sid = entry[1]
+                slot = entry[1]
+                sid = slot[0]
+                if sid is None and (requests or creates_zero):
+                    sid = slot[0] = new_id(slot[1])
                 if sid is not None:
                     append((sid, start, width, requests))
-                elif requests or creates_zero:
-                    append((new_id(entry[2]), start, width, requests))
             if measures:
                 for metric, value in measures.items():
                     key = self.keys.measure(ident, metric)
@@ -471,6 +535,8 @@ class PointPlanner:
                 ckey = self.keys.cost(cident)
                 centry = cost_entries[cident] = (ids.get(ckey), ckey)
             start, width = c.bucket_start, c.bucket_width
+            if width < min_width:
+                min_width = self.min_width = width
             if start < horizon:
                 self.rejected += 1 + (c.quantity is not None)
                 continue
@@ -525,6 +591,9 @@ class LedgerWriter(LedgerEngine):
         self._pricing_fingerprint: str | None = None
         #: How many times ``set_pricer`` rebuilt the schedules (0 when every start found them current).
         self.pricing_rebuilds = 0
+        #: False: every range takes the general path (prior values looked up, deltas grouped per series and
+        #: hour), never the shortcuts for ranges of new series and for hourly buckets. The tests compare the two.
+        self.fast_paths = True
 
     def _stage(self, tx: Connection, rows: Sequence[Point]) -> None:
         """Add a slice of points to ``staged`` (the engine may stage another way: PostgreSQL uses COPY)."""
@@ -579,7 +648,7 @@ class LedgerWriter(LedgerEngine):
                     tx.execute(SQL_FORGET_PRICING_FINGERPRINT, (META_PRICING,))
                 else:
                     tx.execute(SQL_SET_PRICING_FINGERPRINT, (META_PRICING, fingerprint))
-                tx.execute(SQL_BUMP_GENERATION, (generation_key(None),))
+                tx.execute(SQL_BUMP_GENERATION, new_generation(None))
                 self._series_ids.clear()
             self.pricing_rebuilds += 1
             self._pricing_fingerprint = fingerprint
@@ -672,10 +741,14 @@ class LedgerWriter(LedgerEngine):
             tx.execute(SQL_CLEAR_WANTED)
         return found
 
-    def _apply_priced(self, tx: Connection, instance: str, now_ns: int) -> None:
-        """Turn the ``deltas`` just applied into deltas of their priced series (estimated cost, unpriced)."""
+    def _apply_priced(
+        self, tx: Connection, instance: str, now_ns: int, *, fill: str = SQL_FILL_PRICED,
+        span: Mapping[str, int] | None = None,
+    ) -> None:
+        """Turn the deltas just applied (``deltas``, or a new range's ``staged`` points: ``fill`` and ``span``)
+        into deltas of their priced series (estimated cost, unpriced)."""
         tx.execute(SQL_CLEAR_PRICED)
-        tx.execute(SQL_FILL_PRICED)
+        tx.execute(fill, span or {})
         if tx.execute(SQL_PRICED_OVERFLOW).fetchone()[0]:
             raise LedgerError(
                 f"{instance}: an estimated-cost delta exceeds 64-bit pico-units (over 9.2 million USD in one "
@@ -771,7 +844,8 @@ class LedgerWriter(LedgerEngine):
                 if lo <= max_id < 2**62 and (nxt is None or nxt > max_id + 1):
                     nxt = max_id + 1  # ranges of new series only need no look-up of prior values
                 last = MAX_ID if nxt is None else nxt - 1
-                changed += self._apply_range(tx, instance, lo, last, lo > max_id, now_ns, stats, shrunk)
+                changed += self._apply_range(
+                    tx, instance, lo, last, lo > max_id, planner.min_width >= HOUR, now_ns, stats, shrunk)
                 lo = nxt
             if distinct > changed:
                 stats.outcomes["unchanged"] += distinct - changed
@@ -799,21 +873,22 @@ class LedgerWriter(LedgerEngine):
                 tx.execute(SQL_PRUNE_BUCKETS, {"before": prune_before, "instance": instance})
                 tx.execute(SQL_PRUNE_REFINED, {"before": prune_before, "instance": instance})
                 tx.execute(SQL_SET_HORIZON, (instance, prune_before))
-            tx.execute(SQL_BUMP_GENERATION, (generation_key(instance),))  # readers: something may have changed
+            tx.execute(SQL_BUMP_GENERATION, new_generation(instance))  # readers: something may have changed
         return stats
 
     def _apply_range(
-        self, tx: Connection, instance: str, lo: int, last: int, all_new: bool, now_ns: int, stats: ApplyStats,
-        shrunk: list[tuple[str, str, int, int]],
+        self, tx: Connection, instance: str, lo: int, last: int, all_new: bool, per_point: bool, now_ns: int,
+        stats: ApplyStats, shrunk: list[tuple[str, str, int, int]],
     ) -> int:
         """Apply the staged points of series ``lo..last``; returns how many changed (incl. new and slow ones).
 
         ``all_new``: every series of the range was created by this poll (its ids are above the ledger's
-        largest before it), so no point has a prior value to look up.
+        largest before it), so no point has a prior value to look up. ``per_point``: no bucket of the poll
+        is shorter than an hour (two points of a series rarely share an hour): no sums per (series, hour).
         """
         span = {"lo": lo, "last": last}
-        if all_new:
-            return self._apply_new_range(tx, instance, span, now_ns, stats)
+        if all_new and self.fast_paths:
+            return self._apply_new_range(tx, instance, span, now_ns, stats, per_point)
         changed = int(tx.execute(SQL_KEEP_CHANGED, span).rowcount)
         if not changed:
             return 0
@@ -824,8 +899,12 @@ class LedgerWriter(LedgerEngine):
         if tx.execute(SQL_FILL_BOUNDS, span).rowcount:
             tx.execute(SQL_MARK_SLOW)
         tx.execute(SQL_CLEAR_DELTAS)
-        tx.execute(SQL_FILL_DELTAS)
-        counts = tx.execute(SQL_COUNT_OUTCOMES).fetchone()
+        per_point = per_point and self.fast_paths
+        if per_point:
+            counts = tx.execute(SQL_COUNT_OUTCOMES_CHANGED).fetchone()
+        else:
+            tx.execute(SQL_FILL_DELTAS)
+            counts = tx.execute(SQL_COUNT_OUTCOMES).fetchone()
         for outcome, count in zip(("new", "grown", "shrunk"), counts, strict=True):
             if count:
                 stats.outcomes[outcome] += count
@@ -834,10 +913,16 @@ class LedgerWriter(LedgerEngine):
                 (metric, attrs, n, amount) for metric, attrs, n, amount in tx.execute(SQL_SHRUNK)
                 if metric not in LEVEL_METRICS  # a level going down is news, not a correction
             )
-        tx.execute(SQL_APPLY_TOTALS, {"now": now_ns})
-        tx.execute(SQL_APPLY_ROLLUPS)
-        tx.execute(SQL_APPLY_BUCKETS)
-        self._apply_priced(tx, instance, now_ns)
+        if per_point:
+            tx.execute(SQL_APPLY_TOTALS_CHANGED, {"now": now_ns})
+            tx.execute(SQL_APPLY_ROLLUPS_CHANGED)
+            tx.execute(SQL_APPLY_BUCKETS)
+            self._apply_priced(tx, instance, now_ns, fill=SQL_FILL_PRICED_CHANGED)
+        else:
+            tx.execute(SQL_APPLY_TOTALS, {"now": now_ns})
+            tx.execute(SQL_APPLY_ROLLUPS)
+            tx.execute(SQL_APPLY_BUCKETS)
+            self._apply_priced(tx, instance, now_ns)
         slow = tx.execute(SQL_SLOW_POINTS).fetchall()
         if slow:
             slow_deltas: list[tuple[int, int, int, int, int]] = []
@@ -857,23 +942,30 @@ class LedgerWriter(LedgerEngine):
 
     def _apply_new_range(
         self, tx: Connection, instance: str, span: Mapping[str, int], now_ns: int, stats: ApplyStats,
+        per_point: bool,
     ) -> int:
-        """Apply a range of series this poll created, straight from ``staged``: every point is new."""
+        """Apply a range of series this poll created, straight from ``staged``: every point is new.
+
+        ``per_point``: no bucket of the poll is shorter than an hour, so no (series, hour) sums are needed.
+        """
         bad = tx.execute(SQL_FIND_INVALID_NEW, span).fetchone()
         if bad is not None:
             raise _invalid_point(instance, bad)
-        tx.execute(SQL_CLEAR_DELTAS)
-        sub_hour = tx.execute(SQL_HAS_SUB_HOUR, span).fetchone()[0]
-        tx.execute(SQL_FILL_DELTAS_NEW if sub_hour else SQL_FILL_DELTAS_PER_POINT, span)
-        changed = int(tx.execute(SQL_COUNT_OUTCOMES).fetchone()[0])
+        changed = int(tx.execute(SQL_APPLY_BUCKETS_NEW, span).rowcount)
         if not changed:
             return 0
         stats.outcomes["new"] += changed
-        tx.execute(SQL_APPLY_TOTALS, {"now": now_ns})
-        tx.execute(SQL_APPLY_ROLLUPS)
-        tx.execute(SQL_APPLY_BUCKETS_NEW, span)
-        self._apply_priced(tx, instance, now_ns)
-        tx.execute(SQL_CLEAR_DELTAS)
+        if per_point:
+            tx.execute(SQL_APPLY_TOTALS_NEW, {**span, "now": now_ns})
+            tx.execute(SQL_APPLY_ROLLUPS_NEW, span)
+            self._apply_priced(tx, instance, now_ns, fill=SQL_FILL_PRICED_NEW, span=span)
+        else:
+            tx.execute(SQL_CLEAR_DELTAS)
+            tx.execute(SQL_FILL_DELTAS_NEW, span)
+            tx.execute(SQL_APPLY_TOTALS, {"now": now_ns})
+            tx.execute(SQL_APPLY_ROLLUPS)
+            self._apply_priced(tx, instance, now_ns)
+            tx.execute(SQL_CLEAR_DELTAS)
         return changed
 
     def prune_rollups(self, before: int) -> int:
@@ -881,7 +973,7 @@ class LedgerWriter(LedgerEngine):
         with self._lock, self._transaction() as tx:
             removed = int(tx.execute(SQL_PRUNE_ROLLUPS, (before,)).rowcount)
             if removed:
-                tx.execute(SQL_BUMP_GENERATION, (generation_key(None),))
+                tx.execute(SQL_BUMP_GENERATION, new_generation(None))
             return removed
 
     def _ids_for(

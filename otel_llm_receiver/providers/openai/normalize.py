@@ -22,10 +22,9 @@ from types import MappingProxyType
 from typing import Any
 
 from ...errors import ResponseShapeError
-from ...model import MAX_COUNT, CostRecord, UsageRecord
+from ...model import MAX_COUNT, CostRecord, UsageRecord, usage_record
 from ..descriptors import genai_name
 from .fields import count, decimal, flag, mapping, text
-from .records import new_usage_record
 
 PROVIDER = genai_name("openai")
 #: ``llm.tenancy.id`` when a row carries no project id although grouped by project (never seen; kept apart).
@@ -293,20 +292,20 @@ def completions_fast(
         if cache_write is not None:
             text["cache_write"] = cache_write
     model, tenancy, by_modality = group.model, group.tenancy, group.by_modality
-    records = [new_usage_record(PROVIDER, model, "chat", tenancy, start, width, text, None, tenant,
-                           by_modality["text"], _NO_MEASURES, False)]
+    records = [usage_record(PROVIDER, model, "chat", tenancy, start, width, text, None, tenant,
+                               by_modality["text"], _NO_MEASURES, False)]
     if a_in is not None or a_cached is not None or a_out is not None:
         audio = ({"input": a_in or 0, "output": a_out or 0, "cache_read": a_cached or 0} if with_cached
                  else {"input": a_in or 0, "output": a_out or 0})
-        records.append(new_usage_record(PROVIDER, model, "chat", tenancy, start, width, audio, None, tenant,
-                                   by_modality["audio"], _NO_MEASURES, True))
+        records.append(usage_record(PROVIDER, model, "chat", tenancy, start, width, audio, None, tenant,
+                                    by_modality["audio"], _NO_MEASURES, True))
     if i_in is not None or i_cached is not None or i_out is not None:
         image = ({"input": i_in or 0, "output": i_out or 0, "cache_read": i_cached or 0} if with_cached
                  else {"input": i_in or 0, "output": i_out or 0})
-        records.append(new_usage_record(PROVIDER, model, "chat", tenancy, start, width, image, None, tenant,
-                                   by_modality["image"], _NO_MEASURES, True))
-    records.append(new_usage_record(PROVIDER, model, "chat", tenancy, start, width, _NO_TOKENS, requests, tenant,
-                               group.dims, _NO_MEASURES, False))
+        records.append(usage_record(PROVIDER, model, "chat", tenancy, start, width, image, None, tenant,
+                                    by_modality["image"], _NO_MEASURES, True))
+    records.append(usage_record(PROVIDER, model, "chat", tenancy, start, width, _NO_TOKENS, requests, tenant,
+                                group.dims, _NO_MEASURES, False))
     return records
 
 
@@ -327,8 +326,8 @@ def input_tokens(operation: str) -> Mapper:
         if not (type(tokens) is int and type(requests) is int and 0 <= tokens <= MAX_COUNT
                 and 0 <= requests <= MAX_COUNT):
             return None
-        return [new_usage_record(PROVIDER, group.model, operation, group.tenancy, start, width, {"input": tokens},
-                            requests, tenant, group.dims, _NO_MEASURES, False)]
+        return [usage_record(PROVIDER, group.model, operation, group.tenancy, start, width, {"input": tokens},
+                             requests, tenant, group.dims, _NO_MEASURES, False)]
 
     return Mapper(normalize, fast)
 
@@ -354,9 +353,9 @@ def measure(
         values: tuple[Any, ...] = tuple(map(row.get, required))
         if not _plain_counts(values, len(values)):
             return None
-        return [new_usage_record(PROVIDER, group.model, operation, group.tenancy, start, width, _NO_TOKENS,
-                            values[1] if with_requests else None, tenant, _tool_dims(group, tool),
-                            {metric: values[0]}, False)]
+        return [usage_record(PROVIDER, group.model, operation, group.tenancy, start, width, _NO_TOKENS,
+                             values[1] if with_requests else None, tenant, _tool_dims(group, tool),
+                             {metric: values[0]}, False)]
 
     return Mapper(normalize, fast)
 

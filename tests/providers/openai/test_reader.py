@@ -11,7 +11,6 @@ provider notes), placed after rows of the same group so that the fast path is th
 from __future__ import annotations
 
 import copy
-import pickle
 import random
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -20,7 +19,6 @@ import pytest
 
 from otel_llm_receiver.errors import ResponseShapeError
 from otel_llm_receiver.model import MAX_COUNT, UsageRecord
-from otel_llm_receiver.providers.openai import records
 from otel_llm_receiver.providers.openai.endpoints import ENDPOINTS_BY_NAME, UsageEndpoint
 from otel_llm_receiver.providers.openai.fields import mapping
 from otel_llm_receiver.providers.openai.keys import RowKeys
@@ -100,17 +98,6 @@ def counting(mapper: Mapper) -> tuple[Mapper, list[int]]:
         return mapper.row(*args)
 
     return Mapper(row, mapper.fast), calls
-
-
-# -- the record constructor ------------------------------------------------------------------------------------------
-def test_records_built_through_their_slots_equal_the_constructors() -> None:
-    assert records.FAST, "model.UsageRecord changed: records.new_usage_record fell back to the constructor"
-    args = ("openai", "gpt-4o", "chat", "proj_a", START, HOUR, {"input": 3}, 2, "acme", {"llm.batch": "true"},
-            {"llm.usage.images": 1}, True)
-    built, constructed = records.new_usage_record(*args), UsageRecord(*args)
-    assert type(built) is UsageRecord
-    assert built == constructed and repr(built) == repr(constructed)
-    assert pickle.loads(pickle.dumps(built)) == constructed
 
 
 # -- equivalence on chosen rows --------------------------------------------------------------------------------------

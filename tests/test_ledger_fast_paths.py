@@ -1,0 +1,133 @@
+"""The apply's shortcuts count exactly what its general path counts, on randomized polls (fixed seeds).
+
+Why: ranges of series a poll creates go from ``staged`` straight to buckets, totals, rollups and pricing, and
+changed hourly points from ``incoming`` straight to them, skipping the ``deltas`` table the general path groups
+per series and hour. ``LedgerWriter.fast_paths = False`` makes every range take the general path (here on
+SQLite; the shortcuts run on both engines); both ledgers get the same polls and must end with the same series totals (and sub-unit remainders), buckets, refined
+regions, rollups and pricing schedules, and report the same outcomes for every poll. The planner's points are
+also compared with a plain record-by-record mapping through ``SeriesKeys``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from otel_llm_receiver.config import parse_config
+from otel_llm_receiver.ledger import Ledger
+from otel_llm_receiver.ledger.writer import PointPlanner
+from otel_llm_receiver.model import TOKEN_TYPES, PollResult, UsageRecord
+from otel_llm_receiver.pricing import PriceBook
+from otel_llm_receiver.series import SeriesKey, SeriesKeys, usage_ident
+
+H = 3600
+MAR = int(dt.datetime(2026, 3, 1, tzinfo=dt.UTC).timestamp())
+NOW_NS = (MAR + 30 * 86400) * 10**9
+
+
+def _book() -> PriceBook:
+    """Priced acme models with a price change at MAR (two periods per series), and an unpriced provider."""
+    config = parse_config({"providers": {"demo": {}}, "pricing": {"genai_prices": False, "overrides": [
+        {"provider": "acme", "model": "acme-*", "prices": {"input": "2", "output": "8", "cache_read": "0.5"}},
+        {"provider": "acme", "model": "acme-*", "effective_from": "2026-03-01",
+         "prices": {"input": "1", "output": "7.5", "cache_read": "0.25"}},
+    ]}})
+    return PriceBook(config.pricing.entries, use_genai_prices=False)
+
+
+def _random_poll(rng: random.Random, poll: int) -> list[UsageRecord]:
+    """Records over a dozen hours around MAR: new and known series, parts of one bucket, grown, shrunk and
+    unchanged buckets, zeros (sparse or not), and in some polls sub-hour or wider buckets (width changes)."""
+    widths = [H] * 6 + ([1800, 7200] if poll % 3 == 2 else [])
+    out: list[UsageRecord] = []
+    for _ in range(rng.randint(5, 60)):
+        provider, model = rng.choice([("acme", "acme-1"), ("acme", "acme-2"), ("zeta", "z-1")])
+        width = rng.choice(widths)
+        start = MAR + rng.randint(-8, 8) * H
+        start -= start % width
+        tokens: dict[str, int] = {t: rng.choice([0, rng.randint(1, 5_000), rng.randint(1, 5_000_000)])
+                  for t in rng.sample(TOKEN_TYPES, rng.randint(1, 4))}
+        out.append(UsageRecord(
+            provider, model, "chat", f"t{rng.randint(1, 2 + poll)}", start, width, tokens,
+            requests=rng.choice([None, 0, rng.randint(1, 50)]), sparse=rng.random() < 0.2,
+        ))
+        if rng.random() < 0.1:  # a second part of the same bucket
+            out.append(UsageRecord(provider, model, "chat", out[-1].tenancy_id, start, width,
+                                   {"input": rng.randint(0, 100)}))
+    return out
+
+
+def _contents(ledger: Ledger) -> dict[str, object]:
+    """Everything an apply writes, by series key (not id), rollups without rows that add up to zero."""
+    conn = ledger._conn
+    keys = {sid: (metric, attrs) for sid, metric, attrs in conn.execute("SELECT id, metric, attrs FROM series")}
+    return {
+        "series": {(m, a): rest for m, a, *rest in conn.execute(
+            "SELECT metric, attrs, total, adjustments, sub_total, sub_adjustments, bucket_width, start_time_ns, "
+            "updated_ns FROM series")},
+        "buckets": {(keys[s], b, w): v for s, b, w, v in conn.execute("SELECT * FROM buckets")},
+        "refined": {(keys[s], b, w): v for s, b, w, v in conn.execute("SELECT * FROM refined")},
+        "rollups": {(keys[s], h): v for s, h, v in conn.execute("SELECT * FROM rollups") if v != 0},
+        "pricing": {(keys[s], f): (u, keys[t], p, sc) for s, f, u, t, p, sc in conn.execute("SELECT * FROM pricing")},
+    }
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_the_shortcuts_count_what_the_general_path_counts(
+    tmp_path: Path, seed: int, make_ledger: Callable[..., Ledger]
+) -> None:
+    """The shortcuts on each engine, against the general path on SQLite."""
+    rng = random.Random(seed)
+    fast = make_ledger()
+    with Ledger(tmp_path / "general.db") as general:
+        general.fast_paths = False
+        for ledger in (fast, general):
+            ledger.set_pricer(_book(), now_ns=NOW_NS)
+        outcomes: Counter[str] = Counter()
+        for poll in range(8):
+            result = PollResult(usage=_random_poll(rng, poll))
+            prune = MAR - 6 * H if poll == 6 else None
+            a = fast.apply("acme", result, now_ns=NOW_NS + poll, prune_before=prune)
+            b = general.apply("acme", result, now_ns=NOW_NS + poll, prune_before=prune)
+            assert (a.outcomes, a.series_created) == (b.outcomes, b.series_created)
+            assert _contents(fast) == _contents(general)
+            outcomes += a.outcomes
+    # The polls did exercise what the shortcuts skip: new series, growth, shrinks, untouched re-reads.
+    assert {"new", "grown", "shrunk", "unchanged"} <= set(outcomes)
+
+
+def _plain_points(records: list[UsageRecord], keys: SeriesKeys) -> Counter[tuple[SeriesKey, int, int, int]]:
+    """Each record's points by series key, the obvious way: every token type, then requests; a sparse record's
+    zero makes a point only for a series that already has one (here: an earlier point of this poll)."""
+    seen: set[SeriesKey] = set()
+    out: Counter[tuple[SeriesKey, int, int, int]] = Counter()
+    for r in records:
+        usage_keys = keys.usage(usage_ident(r, "default"))
+        found = [(key, r.tokens[t]) for t, key in usage_keys.tokens if t in r.tokens]
+        if r.requests is not None:
+            found.append((usage_keys.requests, r.requests))
+        for key, value in found:
+            if value or not r.sparse or key in seen:
+                seen.add(key)
+                out[(key, r.bucket_start, r.bucket_width, value)] += 1
+    return out
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_the_planner_gives_each_record_its_points_and_new_ids_in_first_seen_order(seed: int) -> None:
+    rng = random.Random(seed)
+    records = [r for poll in range(3) for r in _random_poll(rng, poll)]
+    keys = SeriesKeys()
+    planner = PointPlanner(keys, {}, "default", 0, 1000, slice_points=17)
+    points = [p for rows in planner.slices(PollResult(usage=records)) for p in rows]
+    key_of = {sid: key for key, sid in planner.new_ids.items()}
+    assert sorted(planner.new_ids.values()) == list(range(1000, 1000 + len(planner.new_ids)))
+    assert Counter((key_of[sid], s, w, v) for sid, s, w, v in points) == _plain_points(records, SeriesKeys())
+    first_seen = list(dict.fromkeys(key_of[sid] for sid, _, _, _ in points))
+    assert first_seen == list(planner.new_ids)
+    assert planner.min_width == min(H, *(r.bucket_width for r in records)) == 1800  # sub-hour: grouped paths
