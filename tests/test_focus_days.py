@@ -4,13 +4,15 @@ The ledger is filled by the real scheduler code (``Receiver.poll``: ``poll_windo
 ledger) with the ``demo`` command's own configuration (``DEMO_CONFIG``: a 336h backfill), at a clock reading of
 16:28 UTC, the time of day that exposed a partial first day. The file is written by the real ``focus`` command and
 read back with a plain CSV reader. Expected token counts come from the demo's pure functions
-(``bucket_as_of``), not from the ledger or the export.
+(``bucket_as_of``), not from the ledger or the export. Each test runs on SQLite and on PostgreSQL (issue 21),
+with the same expected values.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,13 +21,15 @@ import yaml
 
 from otel_llm_receiver.cli import DEMO_CONFIG, main
 from otel_llm_receiver.config import parse_config
+from otel_llm_receiver.config_storage import StorageConfig
 from otel_llm_receiver.focus.formats import timestamp
-from otel_llm_receiver.ledger import Ledger
+from otel_llm_receiver.ledger import open_ledger
 from otel_llm_receiver.model import Window, first_window_start
 from otel_llm_receiver.providers.demo import WORKLOADS, DemoProvider, bucket_as_of
 from otel_llm_receiver.scheduler import Receiver
 
 from .support.focus_conformance import check, read_back
+from .support.ledger_stores import poll_held, shared_store, storage_section
 
 DAY = 86_400
 #: A Wednesday, 16:28 UTC.
@@ -34,9 +38,9 @@ SEED = 42
 MANDATORY_ON_USAGE = ("ConsumedQuantity", "ConsumedUnit", "PricingQuantity", "PricingUnit", "ListUnitPrice")
 
 
-def demo_config(tmp: Path) -> Path:
+def demo_config(tmp: Path, store: StorageConfig, env: pytest.MonkeyPatch, variable: str = "LEDGER_DSN") -> Path:
     raw = yaml.safe_load(DEMO_CONFIG)
-    raw["storage"]["path"] = str(tmp / "ledger.db")
+    raw["storage"] = storage_section(store, env, variable)
     assert raw["providers"]["demo"] == {"backfill": "336h", "seed": SEED}  # the default run, unchanged
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -50,7 +54,7 @@ def first_poll(config_path: Path) -> None:
     async def go() -> None:
         receiver = Receiver(config, exporters=[], clock=lambda: float(NOW))
         try:
-            outcome = await receiver.poll("demo")
+            outcome = await poll_held(receiver, "demo")
             assert outcome.ok, outcome
         finally:
             await receiver.aclose()
@@ -64,12 +68,15 @@ def export(config: Path, out: Path, since: str = "17d") -> tuple[list[str], list
     return read_back(out, "csv")
 
 
-@pytest.fixture(scope="module")
-def demo_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], list[dict[str, str | None]]]:
+# The demo's backfill on PostgreSQL takes about a minute on a loaded 2-CPU machine: in the slow suite.
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def demo_export(request: pytest.FixtureRequest,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[str], list[dict[str, str | None]]]]:
     tmp = tmp_path_factory.mktemp("demo-focus")
-    config = demo_config(tmp)
-    first_poll(config)
-    return export(config, tmp / "focus.csv")
+    with shared_store(request.param, request, tmp) as store, pytest.MonkeyPatch.context() as env:
+        config = demo_config(tmp, store, env, "DEMO_LEDGER_DSN")
+        first_poll(config)
+        yield export(config, tmp / "focus.csv")
 
 
 def whole_day_tokens(day: int) -> dict[tuple[str, str], int]:
@@ -128,13 +135,14 @@ def test_the_first_day_of_tokens_is_whole(demo_export: tuple[list[str], list[dic
     assert all(r["x_CoverageStart"] is None for r in rows)
 
 
-def test_a_day_whose_usage_starts_mid_day_is_marked(tmp_path: Path) -> None:
+def test_a_day_whose_usage_starts_mid_day_is_marked(tmp_path: Path, ledger_store: StorageConfig,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A ledger whose usage starts at 16:28 (an older version's backfill): that day's token rows say so."""
-    config = demo_config(tmp_path)
+    config = demo_config(tmp_path, ledger_store, monkeypatch)
     day = NOW - 2 * DAY - (NOW - 2 * DAY) % DAY
     provider = DemoProvider(parse_config(yaml.safe_load(config.read_text())).providers[0])
     result = asyncio.run(provider.fetch(Window(day + 16 * 3600 + 28 * 60, NOW)))
-    with Ledger(tmp_path / "ledger.db") as ledger:
+    with open_ledger(ledger_store) as ledger:
         ledger.apply("demo", result)
     _, rows = export(config, tmp_path / "focus.csv", since="3d")
     marked = {(r["ChargePeriodStart"], r["x_CoverageStart"]) for r in rows if r["x_CoverageStart"] is not None}

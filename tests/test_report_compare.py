@@ -2,7 +2,9 @@
 unpriced models shown as such (16.13), and one tenancy vocabulary in the JSON (16.14).
 
 Two ledgers: a small one whose every number is computed here, and the demo provider's 14-day backfill at a fixed
-clock, whose reported cost per day and tokens per minute come from the demo's own pure functions.
+clock, whose reported cost per day and tokens per minute come from the demo's own pure functions. Each runs on
+SQLite and on PostgreSQL (issue 21: the readers give the same figures on both engines), opened as users open it:
+through the config file's ``storage`` section.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import csv
 import io
 import json
 import re
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,14 +23,17 @@ import pytest
 import yaml
 
 from otel_llm_receiver.cli import DEMO_CONFIG, main
-from otel_llm_receiver.config import Config, load_config, parse_config
-from otel_llm_receiver.ledger import Ledger
+from otel_llm_receiver.config import Config, load_config
+from otel_llm_receiver.config_storage import StorageConfig
+from otel_llm_receiver.ledger import open_ledger
 from otel_llm_receiver.model import CostRecord, PollResult, UsageRecord, first_window_start
 from otel_llm_receiver.pricing import PriceBook
 from otel_llm_receiver.providers.demo import WORKLOADS, daily_cost, full_bucket
 from otel_llm_receiver.scheduler import Receiver
 from otel_llm_receiver.signals import day_label
 from otel_llm_receiver.summary import render_summary
+
+from .support.ledger_stores import poll_held, shared_store, storage_section
 
 H = 3600
 D = 86400
@@ -43,10 +49,10 @@ COMPARED = [TODAY - 2 * D, TODAY - D]  # whole days with reported cost and usage
 
 
 @pytest.fixture
-def config_path(tmp_path: Path) -> Path:
+def config_path(tmp_path: Path, ledger_store: StorageConfig, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(f"""
-storage: {{path: {tmp_path / "ledger.db"}}}
+storage: {json.dumps(storage_section(ledger_store, monkeypatch))}
 providers:
   demo: {{enabled: false}}
 pricing:
@@ -62,7 +68,7 @@ pricing:
     ]
     costs = [CostRecord(provider="acme", tenancy_id="proj-a", bucket_start=day, bucket_width=D, amount=amount,
                         model="gpt-x") for day, amount in REPORTED.items()]
-    with Ledger(config.storage.path) as ledger:
+    with open_ledger(config.storage) as ledger:
         ledger.set_pricer(PriceBook(config.pricing.entries, use_genai_prices=False))
         ledger.apply("acme", PollResult(usage=usage, costs=costs, names={("tenancy", "proj-a"): "Alpha Project"}))
     return path
@@ -122,7 +128,7 @@ def test_unpriced_model_is_not_shown_as_free(config_path: Path, capsys: pytest.C
                   if r["model"] == "mystery-1"]
     assert (csv_row["estimated_usd"], csv_row["unpriced"]) == ("", "true")
     # The demo's terminal summary says the same.
-    with Ledger(load_config(config_path).storage.path, readonly=True) as reader:
+    with open_ledger(load_config(config_path).storage, readonly=True) as reader:
         summary = render_summary(reader, NOW)
     assert re.search(r"mystery-1 .*\s0\.00\s+unpriced$", summary, re.M), summary
     assert not re.search(r"gpt-x .*unpriced", summary), summary
@@ -143,19 +149,29 @@ DEMO_NOW = calendar.timegm((2026, 12, 2, 16, 28, 0))  # a Wednesday, mid-day: no
 SEED = 42
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    """The ``demo`` command's configuration and 14-day backfill, polled once at ``DEMO_NOW``."""
-    raw = yaml.safe_load(DEMO_CONFIG)
-    raw["storage"]["path"] = str(tmp_path_factory.mktemp("demo") / "demo.db")
-    raw["exporters"] = {}
-    config = parse_config(raw)
-    receiver = Receiver(config, exporters=[], clock=lambda: float(DEMO_NOW))
-    try:
-        assert asyncio.run(receiver.poll("demo")).ok
-    finally:
-        receiver.ledger.close()
-    return config
+# The demo's backfill on PostgreSQL takes about a minute on a loaded 2-CPU machine: in the slow suite.
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def demo_files(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The ``demo`` command's configuration (as a file) and 14-day backfill, polled once at ``DEMO_NOW`` by the
+    scheduler, on each engine."""
+    directory = tmp_path_factory.mktemp("demo")
+    with shared_store(request.param, request, directory) as store, pytest.MonkeyPatch.context() as env:
+        raw = yaml.safe_load(DEMO_CONFIG)
+        raw["storage"] = storage_section(store, env, "DEMO_LEDGER_DSN")
+        raw["exporters"] = {}
+        path = directory / "config.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        receiver = Receiver(load_config(path), exporters=[], clock=lambda: float(DEMO_NOW))
+        try:
+            assert asyncio.run(poll_held(receiver, "demo")).ok
+        finally:
+            receiver.ledger.close()
+        yield path
+
+
+@pytest.fixture
+def demo(demo_files: Path) -> Config:
+    return load_config(demo_files)
 
 
 def demo_estimate(config: Config, tenancy: str, model: str, days: list[int]) -> Decimal:
@@ -177,8 +193,9 @@ def demo_estimate(config: Config, tenancy: str, model: str, days: list[int]) -> 
     return Decimal(picos) / 10**12
 
 
-def test_demo_report_compares_the_same_days(demo: Config, capsys: pytest.CaptureFixture[str]) -> None:
-    doc = json.loads(report(capsys, "--storage", demo.storage.path, "--since", "7d", "--now", str(DEMO_NOW),
+def test_demo_report_compares_the_same_days(demo: Config, demo_files: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    doc = json.loads(report(capsys, "--config", str(demo_files), "--since", "7d", "--now", str(DEMO_NOW),
                             "--format", "json"))
     today = DEMO_NOW // D * D
     days = list(range(today - 6 * D, today, D))  # the window's whole days; today's cost has not arrived yet
@@ -205,7 +222,7 @@ def test_demo_report_compares_the_same_days(demo: Config, capsys: pytest.Capture
 
 
 def test_demo_summary_compares_the_same_days(demo: Config) -> None:
-    with Ledger(demo.storage.path, readonly=True) as reader:
+    with open_ledger(demo.storage, readonly=True) as reader:
         out = render_summary(reader, DEMO_NOW)
     # The 14-day backfill starts at 00:00 UTC (model.first_window_start): its first day is whole; cost has
     # arrived up to yesterday.

@@ -22,7 +22,8 @@ What changes (outside string literals and quoted names):
 * ``INTEGER`` -> ``BIGINT`` (SQLite's INTEGER is 64-bit, PostgreSQL's 32), ``WITHOUT ROWID`` dropped;
 * an additive upsert (``ON CONFLICT (k) DO UPDATE SET value = value + excluded.value``) sums its source per key
   first: SQLite applies repeated keys of one statement one after the other, PostgreSQL refuses to update a row
-  twice in one statement.
+  twice in one statement; its rows come in key order (``ORDER BY`` the key): the rows of a hash aggregate arrive
+  in hash order, and inserting them into a large primary key in that order cost ~35% more backend CPU.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def _additive_upsert(sql: str) -> str:
                        for c in columns)
     return (
         f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} FROM ({source}) AS src ({', '.join(columns)})"
-        f" GROUP BY {', '.join(keys)} ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {value} = {table}.{value}"
+        f" GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)} ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {value} = {table}.{value}"
         f" + excluded.{value}"
     )
 

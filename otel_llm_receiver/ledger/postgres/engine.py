@@ -53,10 +53,13 @@ SQL_STAGE_IN = """
 CREATE TEMP TABLE IF NOT EXISTS staged_in (
     series_id BIGINT NOT NULL, bucket_start BIGINT NOT NULL, bucket_width BIGINT NOT NULL, value BIGINT NOT NULL)"""
 SQL_COPY_STAGE_IN = "COPY staged_in (series_id, bucket_start, bucket_width, value) FROM STDIN"
+# In key order (ORDER BY): a hash aggregate's output is in hash order, and 300k inserts in random order into
+# staged's primary key cost 2.3 s of backend CPU against 1.1 s sorted; staged's heap then lies in key order too,
+# so the writer's range reads of it insert into buckets (and deltas, rollups) in order as well.
 SQL_SUM_STAGE_IN = """
 INSERT INTO staged (series_id, bucket_start, bucket_width, value)
 SELECT series_id, bucket_start, bucket_width, CAST(sum(value) AS BIGINT) FROM staged_in
-GROUP BY series_id, bucket_start, bucket_width
+GROUP BY series_id, bucket_start, bucket_width ORDER BY series_id, bucket_start, bucket_width
 ON CONFLICT (series_id, bucket_start, bucket_width) DO UPDATE SET value = staged.value + excluded.value"""
 # The first slice of a poll (``staged`` empty: the writer clears it first) needs no conflict handling, which
 # costs a speculative insertion per row.
@@ -64,7 +67,7 @@ SQL_STAGED_EMPTY = "SELECT NOT EXISTS (SELECT 1 FROM staged)"
 SQL_SUM_STAGE_IN_FIRST = """
 INSERT INTO staged (series_id, bucket_start, bucket_width, value)
 SELECT series_id, bucket_start, bucket_width, CAST(sum(value) AS BIGINT) FROM staged_in
-GROUP BY series_id, bucket_start, bucket_width"""
+GROUP BY series_id, bucket_start, bucket_width ORDER BY series_id, bucket_start, bucket_width"""
 SQL_CLEAR_STAGE_IN = "TRUNCATE staged_in"
 SQL_ANALYZE_STAGED = "ANALYZE staged"
 _LOST: Final = (pg_errors.AdminShutdown, pg_errors.CrashShutdown, pg_errors.CannotConnectNow)
@@ -245,7 +248,12 @@ class PgAdapter:
     def _flush_staging(self) -> None:
         self.staging = False
         row = self.execute(SQL_STAGED_EMPTY).fetchone()
+        # Sort then aggregate: staged_in has no statistics, so the planner guesses 10% distinct keys and picks a
+        # hash aggregate and a sort of its output; a poll's keys are mostly distinct, and one sort of the input
+        # costs less (100k records: 0.85 s of backend CPU, not 1.1 s). Scoped to this statement.
+        self.execute("SET LOCAL enable_hashagg = off")
         self.execute(SQL_SUM_STAGE_IN_FIRST if row is not None and row[0] else SQL_SUM_STAGE_IN)
+        self.execute("SET LOCAL enable_hashagg = on")
         self.execute(SQL_CLEAR_STAGE_IN)
         self.execute(SQL_ANALYZE_STAGED)  # temp tables get no autovacuum statistics: plan the ranges right
 
