@@ -273,6 +273,9 @@ class MetricsBuilder:
     enabled: Mapping[str, bool] = field(default_factory=dict)  # metric -> enabled (default: the catalog's)
     attributor: Attributor = field(default_factory=lambda: Attributor(()))  # llm.team on usage and cost series
     max_points_per_request: int = MAX_POINTS_PER_REQUEST
+    #: added to every llm.receiver.* point: ``llm.receiver.replica`` on a shared PostgreSQL ledger, where every
+    #: replica exports under the ledger's resource but its self-health counters are its own (empty on SQLite)
+    self_health_attributes: Mapping[str, str] = field(default_factory=dict)
     #: by ledger series id (ids are dense: SQLite's rowids, never deleted): 8 bytes a series, not a dict entry
     _views: list[_View | None] = field(default_factory=list)
     _max_id: int = 0
@@ -614,9 +617,11 @@ class MetricsBuilder:
 
     def _self_health(self, h: SelfHealthReading, now_ns: int) -> list[pb.Metric]:
         start = h.started_ns
+        own = dict(self.self_health_attributes)
 
         def number(attrs: Mapping[str, str], value: int | float) -> pb.NumberDataPoint:
-            p = pb.NumberDataPoint(attributes=_key_values(attrs), start_time_unix_nano=start, time_unix_nano=now_ns)
+            p = pb.NumberDataPoint(attributes=_key_values({**attrs, **own}), start_time_unix_nano=start,
+                                   time_unix_nano=now_ns)
             if isinstance(value, int):
                 p.as_int = value
             else:
@@ -631,7 +636,7 @@ class MetricsBuilder:
         records = [number({"llm.source": src, "llm.outcome": o}, n) for (src, o), n in sorted(h.records.items())]
         durations = [
             pb.HistogramDataPoint(
-                attributes=_key_values({"llm.source": src}), start_time_unix_nano=start, time_unix_nano=now_ns,
+                attributes=_key_values({"llm.source": src, **own}), start_time_unix_nano=start, time_unix_nano=now_ns,
                 count=d.count, sum=d.sum, bucket_counts=list(d.bucket_counts), explicit_bounds=list(d.bounds),
                 min=d.min, max=d.max,
             )

@@ -36,7 +36,7 @@ from .money import money_stack
 from .progress import POLL_PROGRESS, PollProgress, ProgressState, is_backfill
 from .providers import create_provider, provider_class
 from .providers.base import DAY, Provider
-from .replicas import ReplicaCoordinator, lease_duration, replica_id, writer_dsn
+from .replicas import ReplicaCoordinator, lease_duration, replica_id, replica_label, writer_dsn
 from .retry import POLL_DEADLINE, backoff_delay, retry_after_cap
 from .selfhealth import SelfHealth
 from .signals import SignalsReading, gauge_metrics
@@ -180,6 +180,9 @@ class Receiver:
         self.builder = MetricsBuilder(
             make_resource(self.ledger.instance_id), labels=money.labels, enabled=config.metrics,
             attributor=self.attributor,
+            # Replicas share the resource; their self-health counters are their own series (docs/ha.md).
+            self_health_attributes=({} if self.replicas is None
+                                    else {"llm.receiver.replica": replica_label(self.replicas.replica)}),
         )
         self.signals = money.signals
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ledger-writer")
