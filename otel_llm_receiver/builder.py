@@ -331,7 +331,7 @@ class MetricsBuilder:
         else:
             columns = self._columns = self._series_columns(rows, held)
             self._columns_held = held
-        extra = self._self_health(health, now_ns) if health is not None else []
+        extra = self._self_health(health, now_ns, held) if health is not None else []
         extra += [g for g in gauges if self.is_enabled(g.name)]
         return Export(
             columns, tuple(m.SerializeToString() for m in extra), sum(_points(m) for m in extra), now_ns,
@@ -615,7 +615,11 @@ class MetricsBuilder:
             self._envelope = (rm.SerializeToString(), sm.SerializeToString())
         return self._envelope
 
-    def _self_health(self, h: SelfHealthReading, now_ns: int) -> list[pb.Metric]:
+    def _self_health(self, h: SelfHealthReading, now_ns: int, held: frozenset[str] | None = None) -> list[pb.Metric]:
+        """This process's llm.receiver.* metrics. With ``held`` (replicas), the per-instance gauges (last success,
+        data lag) only of the instances this replica holds: a replica that handed an instance over stops
+        reporting its frozen last success and ever-growing lag, which ``max by (llm_source)`` would pick over
+        the holder's. Counters stay: they are this replica's history, summed across replicas."""
         start = h.started_ns
         own = dict(self.self_health_attributes)
 
@@ -642,10 +646,12 @@ class MetricsBuilder:
             )
             for src, d in sorted(h.durations.items())
         ]
-        last = [number({"llm.source": s}, float(v)) for s, v in sorted(h.last_success.items())]
-        lag = [number({"llm.source": s}, float(v)) for s, v in sorted(h.data_lag.items())]
+        last = [number({"llm.source": s}, float(v)) for s, v in sorted(h.last_success.items())
+                if held is None or s in held]
+        lag = [number({"llm.source": s}, float(v)) for s, v in sorted(h.data_lag.items())
+               if held is None or s in held]
         lag += [number({"llm.source": s, "llm.data.source": src}, float(v))
-                for (s, src), v in sorted(h.source_lag.items())]
+                for (s, src), v in sorted(h.source_lag.items()) if held is None or s in held]
         api = [number({"llm.source": src, "llm.api.operation": op}, n) for (src, op), n in sorted(h.api_requests.items())]
         loops = [number({"llm.loop": loop}, n) for loop, n in sorted(h.loop_errors.items())]
         unmatched = [number({"llm.source": s, "llm.data.source": src}, n)

@@ -73,43 +73,46 @@ def two_replicas(pg_database: Database, sink: OTLPSink, no_platform_name: None) 
 def test_two_replicas_self_health_series_differ_by_replica_and_never_collide(
     two_replicas: tuple[Receiver, Receiver], sink: OTLPSink,
 ) -> None:
-    receivers = two_replicas
-    coordinators = [r.replicas for r in receivers]
-    assert coordinators[0] is not None and coordinators[1] is not None
-    for c in coordinators:
-        assert c is not None
-        c.round_interval = 0.2
-        c.start()
-    wait_for(lambda: all(c is not None and len(c.held()) == 1 for c in coordinators), what="one instance each")
-    for r, c in zip(receivers, coordinators, strict=True):
-        assert c is not None
-        mine = next(iter(c.held()))
-        outcome = asyncio.run(r.poll(mine))
-        assert outcome.ok, outcome
-        assert r.export_now(wait=True)
+    first, second = two_replicas
+    a, b = first.replicas, second.replicas
+    assert a is not None and b is not None
+    a.round_interval = b.round_interval = 0.2
+    # The first replica holds and polls both instances, then the second joins and takes one over.
+    a.start()
+    wait_for(lambda: set(a.held()) == set(INSTANCES), what="the first replica holds both")
+    for name in INSTANCES:
+        assert asyncio.run(first.poll(name)).ok
+    b.start()
+    wait_for(lambda: len(a.held()) == 1 and len(b.held()) == 1, what="one instance each")
+    kept, taken = next(iter(a.held())), next(iter(b.held()))
+    assert asyncio.run(second.poll(taken)).ok
+    assert first.export_now(wait=True)
+    assert second.export_now(wait=True)
 
-    labels = {replica_label(c.replica) for c in coordinators if c is not None}
-    assert len(labels) == 2
-    starts = {replica_label(c.replica): r.health.started_ns
-              for r, c in zip(receivers, coordinators, strict=True) if c is not None}
-    polls = sink.number_points("llm.receiver.polls")
-    by_replica: dict[str, set[str]] = {}
-    for attrs, point in polls.items():
-        a = dict(attrs)
-        replica = a[ATTR_LLM_RECEIVER_REPLICA]  # every self-health point names its replica
-        assert point.start_time_unix_nano == starts[replica]
-        by_replica.setdefault(replica, set()).add(a["llm.source"])
-    # Each replica's counters are its own series (the instance it polled), none shared with the other.
-    assert set(by_replica) == labels
-    assert all(len(sources) == 1 for sources in by_replica.values())
-    assert by_replica[labels.pop()] != by_replica[labels.pop()]
-    for name in ("llm.receiver.records", "llm.receiver.last_success"):
-        assert {dict(a)[ATTR_LLM_RECEIVER_REPLICA] for a in sink.number_points(name)} == set(starts)
+    la, lb = replica_label(a.replica), replica_label(b.replica)
+    assert la != lb
+    starts = {la: first.health.started_ns, lb: second.health.started_ns}
+    assert starts[la] != starts[lb]
+    polled: dict[str, set[str]] = {}
+    for attrs, point in sink.number_points("llm.receiver.polls").items():
+        labels = dict(attrs)
+        replica = labels[ATTR_LLM_RECEIVER_REPLICA]  # every self-health point names its replica
+        assert point.start_time_unix_nano == starts[replica]  # its own process's counter, never the other's
+        polled.setdefault(replica, set()).add(labels["llm.source"])
+    # Both replicas polled the instance that moved: two series that differ by the replica, not one that jumps.
+    assert polled == {la: set(INSTANCES), lb: {taken}}
+    for name in ("llm.receiver.records",):
+        assert {dict(x)[ATTR_LLM_RECEIVER_REPLICA] for x in sink.number_points(name)} == {la, lb}
     durations = sink.histogram_points("llm.receiver.poll.duration")
-    assert {dict(a)[ATTR_LLM_RECEIVER_REPLICA] for a in durations} == set(starts)
+    assert {dict(x)[ATTR_LLM_RECEIVER_REPLICA] for x in durations} == {la, lb}
+    # Gauges come from the holder only: the first replica no longer reports the instance it handed over.
+    for name in ("llm.receiver.last_success", "llm.receiver.data.lag"):
+        sources = {(dict(x)[ATTR_LLM_RECEIVER_REPLICA], dict(x)["llm.source"]) for x in sink.number_points(name)}
+        assert {s for r, s in sources if r == la} == {kept}, name
+        assert {s for r, s in sources if r == lb} == {taken}, name
     # The usage series stay one resource's, without the replica.
-    assert sink.number_points("llm.usage.tokens")
-    assert not any(ATTR_LLM_RECEIVER_REPLICA in dict(a) for a in sink.number_points("llm.usage.tokens"))
+    usage = sink.number_points("llm.usage.tokens")
+    assert usage and not any(ATTR_LLM_RECEIVER_REPLICA in dict(x) for x in usage)
 
 
 def test_a_sqlite_receivers_self_health_has_no_replica_attribute(tmp_path: Path, sink: OTLPSink) -> None:
