@@ -103,8 +103,7 @@ def test_the_shortcuts_count_what_the_general_path_counts(
 
 def _plain_points(records: list[UsageRecord], keys: SeriesKeys) -> Counter[tuple[SeriesKey, int, int, int]]:
     """Each record's points by series key, the obvious way: every token type, then requests; a sparse record's
-    zero makes a point only for a series that already has one (here: an earlier point of this poll)."""
-    seen: set[SeriesKey] = set()
+    zero makes a point only for a series the ledger has (here: none, not even one an earlier point created)."""
     out: Counter[tuple[SeriesKey, int, int, int]] = Counter()
     for r in records:
         usage_keys = keys.usage(usage_ident(r, "default"))
@@ -112,8 +111,7 @@ def _plain_points(records: list[UsageRecord], keys: SeriesKeys) -> Counter[tuple
         if r.requests is not None:
             found.append((usage_keys.requests, r.requests))
         for key, value in found:
-            if value or not r.sparse or key in seen:
-                seen.add(key)
+            if value or not r.sparse:
                 out[(key, r.bucket_start, r.bucket_width, value)] += 1
     return out
 

@@ -416,9 +416,9 @@ class ApplyStats:
 
 
 Point = tuple[int, int, int, int]  # (series id, bucket start, bucket width, value)
-# A usage identity's series, each as a ``[series id or None (not in the ledger, no point yet), key]`` slot: by
-# token type, and requests. A slot gets its new series' id with the first point that creates it.
-_Slot: TypeAlias = list[Any]  # [int | None, SeriesKey]: mutable, so a new id is found once
+# A usage identity's series, each as a ``[ledger id or None, key, new id or None]`` slot: by token type, and
+# requests. A series not in the ledger gets its new id with the first point that creates it.
+_Slot: TypeAlias = list[Any]  # [int | None, SeriesKey, int | None]: mutable, so a new id is found once
 _UsageEntry = tuple[dict[str, _Slot], _Slot]
 
 
@@ -457,7 +457,7 @@ class PointPlanner:
 
     def _usage_entry(self, ident: UsageIdent) -> _UsageEntry:
         keys, ids = self.keys.usage(ident), self.ids
-        return ({t: [ids.get(key), key] for t, key in keys.tokens}, [ids.get(keys.requests), keys.requests])
+        return ({t: [ids.get(key), key, None] for t, key in keys.tokens}, [ids.get(keys.requests), keys.requests, None])
 
     def slices(self, result: PollResult) -> Iterator[list[Point]]:
         """The points of ``result``, ``slice_points`` (or a few more) at a time; the last slice may be short."""
@@ -501,17 +501,21 @@ class PointPlanner:
                 if slot is None:  # not one of TOKEN_TYPES: no series
                     continue
                 sid = slot[0]
-                if sid is None:
+                if sid is None:  # new: a sparse zero creates nothing, even after a value created it
                     if not (value or creates_zero):
                         continue
-                    sid = slot[0] = new_id(slot[1])
+                    sid = slot[2]
+                    if sid is None:
+                        sid = slot[2] = new_id(slot[1])
                 append((sid, start, width, value))
             requests = r.requests
             if requests is not None:
                 slot = entry[1]
                 sid = slot[0]
                 if sid is None and (requests or creates_zero):
-                    sid = slot[0] = new_id(slot[1])
+                    sid = slot[2]
+                    if sid is None:
+                        sid = slot[2] = new_id(slot[1])
                 if sid is not None:
                     append((sid, start, width, requests))
             if measures:
