@@ -273,6 +273,9 @@ class MetricsBuilder:
     enabled: Mapping[str, bool] = field(default_factory=dict)  # metric -> enabled (default: the catalog's)
     attributor: Attributor = field(default_factory=lambda: Attributor(()))  # llm.team on usage and cost series
     max_points_per_request: int = MAX_POINTS_PER_REQUEST
+    #: added to every llm.receiver.* point: ``llm.receiver.replica`` on a shared PostgreSQL ledger, where every
+    #: replica exports under the ledger's resource but its self-health counters are its own (empty on SQLite)
+    self_health_attributes: Mapping[str, str] = field(default_factory=dict)
     #: by ledger series id (ids are dense: SQLite's rowids, never deleted): 8 bytes a series, not a dict entry
     _views: list[_View | None] = field(default_factory=list)
     _max_id: int = 0
@@ -328,7 +331,7 @@ class MetricsBuilder:
         else:
             columns = self._columns = self._series_columns(rows, held)
             self._columns_held = held
-        extra = self._self_health(health, now_ns) if health is not None else []
+        extra = self._self_health(health, now_ns, held) if health is not None else []
         extra += [g for g in gauges if self.is_enabled(g.name)]
         return Export(
             columns, tuple(m.SerializeToString() for m in extra), sum(_points(m) for m in extra), now_ns,
@@ -612,11 +615,17 @@ class MetricsBuilder:
             self._envelope = (rm.SerializeToString(), sm.SerializeToString())
         return self._envelope
 
-    def _self_health(self, h: SelfHealthReading, now_ns: int) -> list[pb.Metric]:
+    def _self_health(self, h: SelfHealthReading, now_ns: int, held: frozenset[str] | None = None) -> list[pb.Metric]:
+        """This process's llm.receiver.* metrics. With ``held`` (replicas), the per-instance gauges (last success,
+        data lag) only of the instances this replica holds: a replica that handed an instance over stops
+        reporting its frozen last success and ever-growing lag, which ``max by (llm_source)`` would pick over
+        the holder's. Counters stay: they are this replica's history, summed across replicas."""
         start = h.started_ns
+        own = dict(self.self_health_attributes)
 
         def number(attrs: Mapping[str, str], value: int | float) -> pb.NumberDataPoint:
-            p = pb.NumberDataPoint(attributes=_key_values(attrs), start_time_unix_nano=start, time_unix_nano=now_ns)
+            p = pb.NumberDataPoint(attributes=_key_values({**attrs, **own}), start_time_unix_nano=start,
+                                   time_unix_nano=now_ns)
             if isinstance(value, int):
                 p.as_int = value
             else:
@@ -631,16 +640,18 @@ class MetricsBuilder:
         records = [number({"llm.source": src, "llm.outcome": o}, n) for (src, o), n in sorted(h.records.items())]
         durations = [
             pb.HistogramDataPoint(
-                attributes=_key_values({"llm.source": src}), start_time_unix_nano=start, time_unix_nano=now_ns,
+                attributes=_key_values({"llm.source": src, **own}), start_time_unix_nano=start, time_unix_nano=now_ns,
                 count=d.count, sum=d.sum, bucket_counts=list(d.bucket_counts), explicit_bounds=list(d.bounds),
                 min=d.min, max=d.max,
             )
             for src, d in sorted(h.durations.items())
         ]
-        last = [number({"llm.source": s}, float(v)) for s, v in sorted(h.last_success.items())]
-        lag = [number({"llm.source": s}, float(v)) for s, v in sorted(h.data_lag.items())]
+        last = [number({"llm.source": s}, float(v)) for s, v in sorted(h.last_success.items())
+                if held is None or s in held]
+        lag = [number({"llm.source": s}, float(v)) for s, v in sorted(h.data_lag.items())
+               if held is None or s in held]
         lag += [number({"llm.source": s, "llm.data.source": src}, float(v))
-                for (s, src), v in sorted(h.source_lag.items())]
+                for (s, src), v in sorted(h.source_lag.items()) if held is None or s in held]
         api = [number({"llm.source": src, "llm.api.operation": op}, n) for (src, op), n in sorted(h.api_requests.items())]
         loops = [number({"llm.loop": loop}, n) for loop, n in sorted(h.loop_errors.items())]
         unmatched = [number({"llm.source": s, "llm.data.source": src}, n)

@@ -41,6 +41,7 @@ def health_document(
     export_failure_window: float,
     now: float,
     replica: Mapping[str, Any] | None = None,
+    ledger_reading: Callable[[], Mapping[str, object]] | None = None,
 ) -> tuple[bool, dict[str, object]]:
     """(healthy, document) for ``GET /health`` and ``GET /ready``: every instance polling, the ledger
     readable, no loop failing, and every exporter with a successful export within ``export_failure_window``
@@ -49,7 +50,10 @@ def health_document(
     ``replica`` (replicas on a shared PostgreSQL ledger: ``ReplicaCoordinator.state()``): the document adds
     ``replica`` (this replica's id), ``leases`` (the instances it holds, with epoch and expiry) and ``leader``
     (who leads, and whether it is this replica); only the instances it holds count for its health (the others
-    are polled by other replicas and show ``"held": false``)."""
+    are polled by other replicas and show ``"held": false``).
+
+    ``ledger_reading`` (``HealthLedger.read``): the ledger's sizes through a kept connection; without it the
+    ledger is opened for this one document (SQLite: a file open, cheap)."""
     if not isinstance(storage, StorageConfig):
         storage = StorageConfig(path=str(storage))
     leases: Mapping[str, Any] | None = None if replica is None else replica.get("leases", {})
@@ -82,8 +86,11 @@ def health_document(
         {"path": storage.path} if storage.backend == "sqlite"
         else {"backend": "postgresql", "dsn": redact_dsn(storage.dsn)})
     try:
-        with open_ledger(storage, readonly=True, application_name="otel-llm-receiver health") as reader:
-            ledger.update(reader.counts(), schema_version=reader.schema_version, ok=True)
+        if ledger_reading is not None:
+            ledger.update(ledger_reading(), ok=True)
+        else:
+            with open_ledger(storage, readonly=True, application_name="otel-llm-receiver health") as reader:
+                ledger.update(reader.counts(), schema_version=reader.schema_version, ok=True)
     except (LedgerError, OSError) as exc:
         ledger.update(ok=False, error=str(exc))
         healthy = False

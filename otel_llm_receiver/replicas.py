@@ -25,7 +25,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -44,6 +44,7 @@ __all__ = [
     "ReplicaCoordinator",
     "lease_duration",
     "replica_id",
+    "replica_label",
     "writer_dsn",
 ]
 
@@ -63,6 +64,19 @@ def replica_id(environ: dict[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     base = (env.get(REPLICA_ID_ENV) or env.get("POD_NAME") or socket.gethostname() or "replica").strip()
     return f"{base[:60]}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def replica_label(replica: str, environ: Mapping[str, str] | None = None) -> str:
+    """The ``llm.receiver.replica`` value of this process's self-health series on a shared ledger.
+
+    The name the platform gave (``$OTEL_LLM_RECEIVER_REPLICA_ID``, else ``$POD_NAME``) when there is one: unique
+    among the live replicas and the same across restarts of one pod, so a restart continues that replica's
+    series (a counter reset Prometheus handles) instead of adding new ones. Without it, the full replica id
+    ``replica`` (host-pid-random): always unique, but new series at every start (docs/ha.md).
+    """
+    env = os.environ if environ is None else environ
+    base = (env.get(REPLICA_ID_ENV) or env.get("POD_NAME") or "").strip()
+    return base[:60] if base else replica
 
 
 def lease_duration(configured: float, environ: dict[str, str] | None = None) -> float:

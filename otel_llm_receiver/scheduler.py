@@ -29,6 +29,7 @@ from .emitter import BatchExporter, Emitter, build_exporter
 from .errors import LedgerError, ProviderError
 from .focus import FocusWriter, WritePass, context_for
 from .health import health_document
+from .health_ledger import HealthLedger
 from .ledger import ApplyStats, Ledger, open_ledger
 from .logs import redact
 from .model import USAGE, PollResult, SourceFailure, Window, first_window_start
@@ -36,7 +37,7 @@ from .money import money_stack
 from .progress import POLL_PROGRESS, PollProgress, ProgressState, is_backfill
 from .providers import create_provider, provider_class
 from .providers.base import DAY, Provider
-from .replicas import ReplicaCoordinator, lease_duration, replica_id, writer_dsn
+from .replicas import ReplicaCoordinator, lease_duration, replica_id, replica_label, writer_dsn
 from .retry import POLL_DEADLINE, backoff_delay, retry_after_cap
 from .selfhealth import SelfHealth
 from .signals import SignalsReading, gauge_metrics
@@ -154,6 +155,8 @@ class Receiver:
             # A transaction left open by a paused replica must not hold its lease rows past the lease.
             storage = replace(storage, dsn=writer_dsn(storage.dsn, duration))
         self._application_name = name
+        #: /health's one kept PostgreSQL connection (None on SQLite, where opening the file per request is cheap)
+        self._health_ledger = HealthLedger(config.storage) if self.replicas is not None else None
         self._storage = storage
         self.ledger = open_ledger(storage, application_name=name)
         money = money_stack(config)
@@ -180,6 +183,9 @@ class Receiver:
         self.builder = MetricsBuilder(
             make_resource(self.ledger.instance_id), labels=money.labels, enabled=config.metrics,
             attributor=self.attributor,
+            # Replicas share the resource; their self-health counters are their own series (docs/ha.md).
+            self_health_attributes=({} if self.replicas is None
+                                    else {"llm.receiver.replica": replica_label(self.replicas.replica)}),
         )
         self.signals = money.signals
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ledger-writer")
@@ -699,6 +705,7 @@ class Receiver:
             self.health, self.emitter.states, self.config.storage,
             export_failure_window=self.config.export_failure_window, now=self.clock(),
             replica=None if self.replicas is None else self.replicas.state(),
+            ledger_reading=None if self._health_ledger is None else self._health_ledger.read,
         )
 
     async def aclose(self) -> None:
@@ -715,6 +722,8 @@ class Receiver:
             self._reader.close()
         if self._focus is not None:
             self._focus.ledger.close()
+        if self._health_ledger is not None:
+            self._health_ledger.close()
         self.ledger.close()
 
 

@@ -13,6 +13,7 @@ import yaml
 
 from otel_llm_receiver.config import Config, parse_config
 from otel_llm_receiver.config_storage import MAX_LEASE_DURATION, MIN_LEASE_DURATION, dsn_problem, parse_dsn
+from otel_llm_receiver.replicas import REPLICA_ID_ENV, replica_id, replica_label
 from tests.test_deploy import K8S, SECRET, host_of, k8s_objects, one, port_of, receiver_container
 
 OBJECTS = k8s_objects("ha")
@@ -29,10 +30,22 @@ def _secret_env() -> dict[str, str]:
     for e in RECEIVER["env"]:
         if "value" in e:
             env[e["name"]] = e["value"]
+        elif "fieldRef" in e["valueFrom"]:
+            assert e["valueFrom"]["fieldRef"] == {"fieldPath": "metadata.name"}, e
+            env[e["name"]] = "otel-llm-receiver-7d9f8-abcde"  # the pod's name
         else:
             ref = e["valueFrom"]["secretKeyRef"]
             env[e["name"]] = secrets[ref["name"]][ref["key"]]
     return env
+
+
+def test_the_replica_is_named_after_its_pod() -> None:
+    """Lease ids and the self-health series' ``llm.receiver.replica`` come from the pod name (docs/ha.md)."""
+    (replica_env,) = [e for e in RECEIVER["env"] if e["name"] == REPLICA_ID_ENV]
+    assert replica_env["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    env = _secret_env()
+    assert replica_label(replica_id(env), env) == "otel-llm-receiver-7d9f8-abcde"
+    assert replica_id(env).startswith("otel-llm-receiver-7d9f8-abcde-")
 
 
 def receiver_config() -> Config:

@@ -256,6 +256,7 @@ def test_a_paused_holders_late_write_is_rejected(world: World, fakes: list[FakeO
     assert {r.get("instance") for r in stale} <= orphans, stale
     assert "write rejected" in stale[0]["message"] and stale[0].get("level", "").lower().startswith("warn")
     wait_for(lambda: any(p.value >= 1 and dict(a).get("llm.source") == stalled
+                         and dict(a).get("llm.receiver.replica") == "r0"  # r0's own counter, its own series
                          for a, p in sink.number_points("llm.receiver.stale_writes").items()), 30,
              "llm.receiver.stale_writes exported")
     wait_for(lambda: balanced(world, 2), 30, "r0 to rejoin and take its share again")
