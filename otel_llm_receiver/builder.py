@@ -322,7 +322,7 @@ class MetricsBuilder:
         its series' points are the last build's (their columns are never changed once built), sent with this
         export's time. ``instances`` (replicas on a shared ledger): only the series of these provider
         instances, the ones this replica holds the leases of; each instance's series are sent by its holder
-        alone (docs/ha.md). The last build is reused only for the same instances."""
+        alone (docs/deployment.md, high availability). The last build is reused only for the same instances."""
         held = None if instances is None else frozenset(instances)
         if rows is None:
             if self._columns is None or held != self._columns_held:

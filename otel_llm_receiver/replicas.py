@@ -1,7 +1,7 @@
 """The replica coordinator: which provider instances this replica polls, and whether it leads (issue 21).
 
 Why a module of its own, on its own thread and connection: with ``storage.backend: postgresql`` any number of
-replicas share one ledger, and each instance must be polled by exactly one of them (docs/ha.md). Every
+replicas share one ledger, and each instance must be polled by exactly one of them (docs/deployment.md, high availability). Every
 ``lease_duration / 3`` a round heartbeats, runs ``leases.balance()`` over the config's instances (renew what it
 holds, shed surplus over the fair share, take free or lapsed ones) and ``leases.lead()`` for ``@leader``. The
 round has its own PostgreSQL connection so a renewal never queues behind an apply, and its own thread so a busy
@@ -72,7 +72,7 @@ def replica_label(replica: str, environ: Mapping[str, str] | None = None) -> str
     The name the platform gave (``$OTEL_LLM_RECEIVER_REPLICA_ID``, else ``$POD_NAME``) when there is one: unique
     among the live replicas and the same across restarts of one pod, so a restart continues that replica's
     series (a counter reset Prometheus handles) instead of adding new ones. Without it, the full replica id
-    ``replica`` (host-pid-random): always unique, but new series at every start (docs/ha.md).
+    ``replica`` (host-pid-random): always unique, but new series at every start (docs/deployment.md, high availability).
     """
     env = os.environ if environ is None else environ
     base = (env.get(REPLICA_ID_ENV) or env.get("POD_NAME") or "").strip()

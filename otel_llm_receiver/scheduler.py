@@ -141,7 +141,7 @@ class Receiver:
         self.progress: dict[str, PollProgress] = {}
         self._progress_timers: dict[str, asyncio.Task[None]] = {}
         #: With ``storage.backend: postgresql`` replicas share the ledger: the coordinator says which instances
-        #: this one polls (docs/ha.md); None on SQLite (one replica, every instance).
+        #: this one polls (docs/deployment.md, high availability); None on SQLite (one replica, every instance).
         self.replicas: ReplicaCoordinator | None = None
         name = "otel-llm-receiver"
         storage = config.storage
@@ -183,7 +183,7 @@ class Receiver:
         self.builder = MetricsBuilder(
             make_resource(self.ledger.instance_id), labels=money.labels, enabled=config.metrics,
             attributor=self.attributor,
-            # Replicas share the resource; their self-health counters are their own series (docs/ha.md).
+            # Replicas share the resource; their self-health counters are their own series (docs/deployment.md, high availability).
             self_health_attributes=({} if self.replicas is None
                                     else {"llm.receiver.replica": replica_label(self.replicas.replica)}),
         )

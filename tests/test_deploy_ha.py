@@ -40,7 +40,7 @@ def _secret_env() -> dict[str, str]:
 
 
 def test_the_replica_is_named_after_its_pod() -> None:
-    """Lease ids and the self-health series' ``llm.receiver.replica`` come from the pod name (docs/ha.md)."""
+    """Lease ids and the self-health series' ``llm.receiver.replica`` come from the pod name (docs/deployment.md, high availability)."""
     (replica_env,) = [e for e in RECEIVER["env"] if e["name"] == REPLICA_ID_ENV]
     assert replica_env["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     env = _secret_env()
