@@ -74,9 +74,6 @@ LIBPQ_KEYWORDS: Final = frozenset({
 SSLMODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 URI_SCHEMES: Final = ("postgresql", "postgres")
 _SECRET_KEYWORDS: Final = frozenset({"password", "sslpassword"})
-#: False until the ledger's writer and reader run on PostgreSQL (issue 21, the port after this groundwork): until
-#: then `run` keeps its SQLite ledger at storage.path, and a config asking for postgresql is warned so.
-POSTGRESQL_WIRED: Final = True
 _KEYWORD: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HOST_PORT: Final = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]]*)(?::([0-9]*))?")
 
@@ -311,10 +308,7 @@ def parse_storage(parser: Parser, raw: Any) -> StorageConfig:
     if config.backend == "postgresql":
         if "dsn" not in given:
             parser.problem("storage.dsn", "required with backend postgresql (postgresql://user@host:5432/dbname)")
-        if not POSTGRESQL_WIRED:
-            parser.warn("storage.backend", "postgresql is not used by `run` in this build yet (issue 21); the ledger"
-                        " stays the SQLite file at storage.path")
-        elif "path" in given:
+        if "path" in given:
             parser.warn("storage.path", "ignored with backend postgresql (the ledger is the database storage.dsn names)")
     else:
         for key in ("dsn", "lease_duration"):

@@ -16,7 +16,6 @@ import pytest
 from otel_llm_receiver.config import Config, Option, Secret, load_config
 from otel_llm_receiver.config_storage import (
     DEFAULT_LEASE_DURATION,
-    POSTGRESQL_WIRED,
     StorageConfig,
     dsn_password,
     dsn_problem,
@@ -27,9 +26,6 @@ from otel_llm_receiver.errors import ConfigError
 
 PASSWORD = "pw-test-Q7x9"  # a made-up password, only ever in these tests
 SCHEMAS: dict[str, dict[str, Option]] = {"demo": {"seed": Option("int", 42)}}
-#: Until the writer port (issue 21), a config asking for PostgreSQL is told that `run` still uses SQLite.
-INTERIM = ("storage.backend: postgresql is not used by `run` in this build yet (issue 21); the ledger stays the"
-           " SQLite file at storage.path")
 ENV = {"LEDGER_DSN": f"postgresql://ledger:{PASSWORD}@db.internal:5432/llm_ledger?sslmode=require"}
 
 
@@ -70,7 +66,7 @@ def test_postgresql_with_a_dsn_from_the_environment(tmp_path: Path) -> None:
     assert ("storage: postgresql postgresql://ledger:<redacted>@db.internal:5432/llm_ledger?sslmode=require,"
             " lease_duration 45s, retention 30d") in described
     assert PASSWORD not in described and PASSWORD not in repr(config)
-    assert config.warnings == (() if POSTGRESQL_WIRED else (INTERIM,))
+    assert config.warnings == ()  # a complete PostgreSQL section is used as it is
 
 
 def test_a_key_value_dsn_without_password(tmp_path: Path) -> None:
@@ -142,9 +138,9 @@ def test_sqlite_settings_beside_postgresql_ones_are_warned_ignored(tmp_path: Pat
         "storage.lease_duration: ignored with backend sqlite (set storage.backend: postgresql)",
     )
     pg = load(tmp_path, "backend: postgresql\ndsn: ${env:LEDGER_DSN}\npath: ./ledger.db")
-    assert pg.warnings == ((INTERIM,) if not POSTGRESQL_WIRED else (
+    assert pg.warnings == (
         "storage.path: ignored with backend postgresql (the ledger is the database storage.dsn names)",
-    ))
+    )
 
 
 # -- the DSN grammar -----------------------------------------------------------------------------------------

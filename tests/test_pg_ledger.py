@@ -1,4 +1,4 @@
-"""The PostgreSQL ledger's groundwork against a real server (issue 21): the test cluster itself, connecting
+"""The PostgreSQL ledger's foundations against a real server (issue 21): the test cluster itself, connecting
 (timeouts, one-line errors, the password never shown) and the schema (the SQLite schema's twin, exact integers,
 migrations that replicas racing on a fresh database run once, a newer schema refused).
 """
