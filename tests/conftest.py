@@ -74,6 +74,17 @@ def pg_database(postgres_cluster: PostgresCluster) -> Iterator[Database]:
         postgres_cluster.drop_database(database.name)
 
 
+@pytest.fixture
+def ledger_dsn(pg_database: Database) -> str:
+    """The DSN of a fresh database migrated to the ledger's schema (leases, replicas and the ledger's tables)."""
+    from otel_llm_receiver.ledger.postgres.connect import connect
+    from otel_llm_receiver.ledger.postgres.schema import migrate
+
+    with connect(pg_database.dsn) as conn:
+        migrate(conn)
+    return pg_database.dsn
+
+
 # -- the ledger on every engine (issue 21): the same tests, the same expected values ------------------------------
 
 

@@ -6,10 +6,8 @@ request: many requests, from several threads at once, show one ``otel-llm-receiv
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
 import psycopg
 import pytest
@@ -18,19 +16,7 @@ from otel_llm_receiver.config import parse_config
 from otel_llm_receiver.health_ledger import APPLICATION_NAME
 from otel_llm_receiver.scheduler import Receiver
 from tests.support.postgres import Database
-
-T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
+from tests.support.waiting import wait_for
 
 
 def health_backends(dsn: str) -> list[int]:

@@ -15,9 +15,8 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import psycopg
 import pytest
@@ -25,33 +24,13 @@ import pytest
 from otel_llm_receiver.ledger.postgres import leases
 from otel_llm_receiver.ledger.postgres.connect import PgConnection, connect
 from otel_llm_receiver.ledger.postgres.leases import LEADER, Lease, StaleLeaseError
-from otel_llm_receiver.ledger.postgres.schema import migrate
-from tests.support.postgres import Database, PostgresCluster
+from tests.support.postgres import PostgresCluster
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 SHORT = 1.0  # seconds: a lease that lapses within a test
 LONG = 60.0  # seconds: a lease that does not lapse within a test
 INSTANCES = [f"openai/p{i}" for i in range(6)]
-T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
-    """Poll ``condition`` until truthy, bounded by ``timeout``; the 20 ms between polls is not synchronisation."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-@pytest.fixture
-def ledger_dsn(pg_database: Database) -> str:
-    with connect(pg_database.dsn) as conn:
-        migrate(conn)
-    return pg_database.dsn
 
 
 @pytest.fixture

@@ -31,20 +31,11 @@ from tests.support.postgres import (
     find_bin_dir,
     free_port,
 )
+from tests.support.waiting import wait_for as _wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _wait_for(condition, timeout: float = 20.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    """Poll ``condition`` until it is truthy (bounded); the polling interval is not synchronisation."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 # -- the test cluster ----------------------------------------------------------------------------------------

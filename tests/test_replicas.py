@@ -14,15 +14,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from otel_llm_receiver.ledger.postgres import leases
 from otel_llm_receiver.ledger.postgres.connect import connect
-from otel_llm_receiver.ledger.postgres.schema import migrate
 from otel_llm_receiver.replicas import (
     LEASE_DURATION_ENV,
     ReplicaCoordinator,
@@ -30,31 +28,12 @@ from otel_llm_receiver.replicas import (
     replica_id,
     writer_dsn,
 )
-from tests.support.postgres import Database, PostgresCluster
+from tests.support.postgres import PostgresCluster
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 INSTANCES = [f"openai/p{i}" for i in range(6)]
 DURATION = 2.0  # seconds: short enough for a takeover within a test
-T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
-    """Poll ``condition`` until truthy, bounded by ``timeout``; the 20 ms between polls is not synchronisation."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-@pytest.fixture
-def ledger_dsn(pg_database: Database) -> str:
-    with connect(pg_database.dsn) as conn:
-        migrate(conn)
-    return pg_database.dsn
 
 
 @pytest.fixture

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import psycopg
 import pytest
@@ -26,20 +24,9 @@ from otel_llm_receiver.replicas import ReplicaCoordinator
 from otel_llm_receiver.scheduler import Receiver
 from tests.support.otlp_sink import OTLPSink
 from tests.support.postgres import Database
+from tests.support.waiting import wait_for
 
 INSTANCES = ("demo/a", "demo/b")
-T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def _config(dsn: str, sink: OTLPSink) -> Config:

@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 
@@ -32,19 +31,6 @@ HOUR = 3600
 DAY = 86400
 INSTANCES = tuple(f"openai/p{i}" for i in range(6))
 LEADER = "@leader"
-T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T], timeout: float, what: str) -> T:
-    """Poll ``condition`` until truthy, bounded by ``timeout``; the 50 ms between polls is not synchronisation."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def seed_fake(fake: FakeOpenAI, now: int, *, seed: int) -> int:

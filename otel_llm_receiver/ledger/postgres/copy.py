@@ -121,15 +121,6 @@ def pending_migrations(applied: list[int]) -> list[tuple[int, str, pg_schema.Mig
     return [m for m in pg_schema.MIGRATIONS if m[0] not in applied]
 
 
-def _split(script: str) -> list[str]:
-    statements = []
-    for chunk in script.split(";"):
-        lines = [line for line in chunk.splitlines() if not line.strip().startswith("--")]
-        if "".join(lines).strip():
-            statements.append("\n".join(lines).strip())
-    return statements
-
-
 @contextmanager
 def _source(path: Path) -> Iterator[sqlite3.Connection]:
     """The SQLite ledger, opened read-only at the SQLite level, inside one read transaction.
@@ -280,7 +271,7 @@ def copy_ledger(source: str | os.PathLike[str], dsn: str) -> CopyResult:
                     if callable(step):
                         step(pg)
                     else:
-                        for statement in _split(step):
+                        for statement in pg_schema.split_sql(step):
                             pg.execute(statement.encode("utf-8"))
                     pg.execute(pg_schema.SQL_RECORD_MIGRATION, (version, name, time.time_ns()))
                     migrated.append(version)

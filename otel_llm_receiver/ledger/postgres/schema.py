@@ -168,7 +168,7 @@ def newest_version() -> int:
     return max(v for v, _, _ in MIGRATIONS)
 
 
-def _split_sql(script: str) -> list[str]:
+def split_sql(script: str) -> list[str]:
     """Statements of a migration script (no statement in our schema has ';' inside a literal)."""
     statements = []
     for chunk in script.split(";"):
@@ -224,7 +224,7 @@ def migrate(conn: PgConnection) -> MigrationResult:
             if callable(step):
                 step(conn)
             else:
-                for statement in _split_sql(step):
+                for statement in split_sql(step):
                     conn.execute(statement.encode("utf-8"))
             conn.execute(SQL_RECORD_MIGRATION, (version, name, time.time_ns()))
             mine.append(version)

@@ -1,0 +1,23 @@
+"""Waiting for a condition in tests: polled with a bound, never a sleep standing in for synchronisation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
+    """Poll ``condition`` until truthy and return its value; fail after ``timeout`` seconds naming ``what``.
+
+    The 20 ms between polls only spaces the checks: the test waits for the condition, never for the time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
