@@ -193,7 +193,9 @@ SQL_COUNT_OUTCOMES_CHANGED = """
 SELECT coalesce(sum(prior IS NULL), 0), coalesce(sum(prior IS NOT NULL AND prior < value), 0),
        coalesce(sum(prior IS NOT NULL AND prior > value), 0)
 FROM incoming WHERE slow = 0"""
-SQL_APPLY_TOTALS_CHANGED = """
+# The series' totals from per-series growth, shrink and bucket widths (``{source}``, one row per series); the
+# series' bucket width is recorded on the way (0 = mixed widths: its later points get the overlap check).
+_APPLY_TOTALS_FROM = """
 UPDATE series SET
     total = total + d.grow,
     adjustments = adjustments + d.shrink,
@@ -202,11 +204,12 @@ UPDATE series SET
                         WHEN series.bucket_width IS NULL THEN d.min_width
                         WHEN series.bucket_width = d.min_width THEN d.min_width
                         ELSE 0 END
-FROM (SELECT series_id,
+FROM ({source}) AS d
+WHERE series.id = d.series_id"""
+SQL_APPLY_TOTALS_CHANGED = _APPLY_TOTALS_FROM.format(source="""SELECT series_id,
              sum(max(value - coalesce(prior, 0), 0)) AS grow, sum(max(coalesce(prior, 0) - value, 0)) AS shrink,
              min(bucket_width) AS min_width, max(bucket_width) AS max_width
-      FROM incoming WHERE slow = 0 GROUP BY series_id) AS d
-WHERE series.id = d.series_id"""
+      FROM incoming WHERE slow = 0 GROUP BY series_id""")
 SQL_APPLY_ROLLUPS_CHANGED = """
 INSERT INTO rollups (series_id, hour_start, value)
 SELECT series_id, hour_start, value - coalesce(prior, 0)
@@ -221,20 +224,9 @@ FROM incoming AS i JOIN pricing AS p
   ON p.series_id = i.series_id AND p.valid_from <= i.hour_start AND i.hour_start < p.valid_until
 WHERE i.slow = 0"""
 SQL_COUNT_OUTCOMES = "SELECT coalesce(sum(n_new), 0), coalesce(sum(n_grown), 0), coalesce(sum(n_shrunk), 0) FROM deltas"
-# The series' bucket width is recorded on the way (0 = mixed widths: its later points get the overlap check).
-SQL_APPLY_TOTALS = """
-UPDATE series SET
-    total = total + d.grow,
-    adjustments = adjustments + d.shrink,
-    updated_ns = :now,
-    bucket_width = CASE WHEN d.min_width <> d.max_width THEN 0
-                        WHEN series.bucket_width IS NULL THEN d.min_width
-                        WHEN series.bucket_width = d.min_width THEN d.min_width
-                        ELSE 0 END
-FROM (SELECT series_id, sum(grow) AS grow, sum(shrink) AS shrink,
+SQL_APPLY_TOTALS = _APPLY_TOTALS_FROM.format(source="""SELECT series_id, sum(grow) AS grow, sum(shrink) AS shrink,
              min(min_width) AS min_width, max(max_width) AS max_width
-      FROM deltas GROUP BY series_id) AS d
-WHERE series.id = d.series_id"""
+      FROM deltas GROUP BY series_id""")
 SQL_APPLY_ROLLUPS = """
 INSERT INTO rollups (series_id, hour_start, value)
 SELECT series_id, hour_start, net FROM deltas WHERE net <> 0
