@@ -40,9 +40,9 @@ from tests.support.replica_world import (
     exact,
     seed_fake,
     truth,
-    wait_for,
     write_config,
 )
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 LEASE = 1.5
