@@ -388,7 +388,7 @@ def test_cached_series_ids_stay_right_after_pruning_and_reopening(ledger_store: 
 def test_a_poll_larger_than_one_range_is_applied_exactly(tmp_path: Path, ledger_store: StorageConfig) -> None:
     """Points are staged in slices and applied in ranges of whole series: a poll spanning many of each, with
     parts of one bucket far apart in the poll, counts exactly what one small poll would."""
-    from otel_llm_receiver.ledger import writer
+    from otel_llm_receiver.ledger import planner, writer
 
     records = [usage(h * H, inp=h + m, out=1, model=f"m{m}") for h in range(60) for m in range(40)]
     parts = [usage(0, inp=1000, model=f"m{m}") for m in range(40)]  # a second part of bucket 0 of each series
@@ -396,15 +396,15 @@ def test_a_poll_larger_than_one_range_is_applied_exactly(tmp_path: Path, ledger_
         led.apply("demo", PollResult(usage=records + parts))
         led.apply("demo", PollResult(usage=[usage(59 * H, inp=1, model="m3")]))  # a shrink
         expected = totals(led)
-    old = (writer.SLICE_POINTS, writer.RANGE_POINTS, writer.STAGE_ROWS)
-    writer.SLICE_POINTS, writer.RANGE_POINTS, writer.STAGE_ROWS = 97, 50, 7
+    old = (planner.SLICE_POINTS, writer.RANGE_POINTS, writer.STAGE_ROWS)
+    planner.SLICE_POINTS, writer.RANGE_POINTS, writer.STAGE_ROWS = 97, 50, 7
     try:
         with open_ledger(ledger_store) as led:  # each engine, many slices and ranges
             first = led.apply("demo", PollResult(usage=records + parts))
             second = led.apply("demo", PollResult(usage=[usage(59 * H, inp=1, model="m3")]))
             assert totals(led) == expected
     finally:
-        writer.SLICE_POINTS, writer.RANGE_POINTS, writer.STAGE_ROWS = old
+        planner.SLICE_POINTS, writer.RANGE_POINTS, writer.STAGE_ROWS = old
     assert first.outcomes == {"new": 40 * 60 * 2} and second.outcomes == {"shrunk": 2}  # input and output
     assert expected[(METRIC_TOKENS, "input")] == (sum(h + m for h in range(60) for m in range(40)) + 40_000, 61)
 

@@ -20,7 +20,7 @@ import pytest
 
 from otel_llm_receiver.config import parse_config
 from otel_llm_receiver.ledger import Ledger
-from otel_llm_receiver.ledger.writer import PointPlanner
+from otel_llm_receiver.ledger.planner import PointPlanner
 from otel_llm_receiver.model import TOKEN_TYPES, PollResult, UsageRecord
 from otel_llm_receiver.pricing import PriceBook
 from otel_llm_receiver.series import SeriesKey, SeriesKeys, usage_ident

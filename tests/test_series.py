@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from otel_llm_receiver.ledger.writer import PointPlanner
+from otel_llm_receiver.ledger.planner import PointPlanner
 from otel_llm_receiver.model import CostRecord, PollResult, UsageRecord
 from otel_llm_receiver.names import (
     METRIC_BILLED_QUANTITY,
