@@ -168,6 +168,7 @@ class ReplicaCoordinator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[], None]] = []
+        self._tenure_listeners: list[Callable[[str, int], None]] = []
         #: (instance, epoch) of leases this replica released itself (fair share): a write fenced off under one
         #: of them was handed over on purpose, not a pause
         self._released: set[tuple[str, int]] = set()
@@ -209,6 +210,12 @@ class ReplicaCoordinator:
     def add_listener(self, listener: Callable[[], None]) -> None:
         """``listener()`` is called (on the coordinator's thread) after every round and every ``forget``."""
         self._listeners.append(listener)
+
+    def add_tenure_listener(self, listener: Callable[[str, int], None]) -> None:
+        """``listener(name, epoch)`` is called (on the coordinator's thread) for every tenure this replica begins:
+        an instance taken (failover, fair share) or retaken after its lease lapsed. It runs before the round's
+        leases become visible to ``held()``, so whoever sees the instance held sees the listener's effect too."""
+        self._tenure_listeners.append(listener)
 
     def wait_for_round(self, after: int, timeout: float) -> int:
         """Block until more than ``after`` rounds ran (or ``timeout``); the number of rounds so far."""
@@ -301,6 +308,13 @@ class ReplicaCoordinator:
         with self._lock:
             before = {n: h.epoch for n, h in self._held.items()}
             self._released.update((n, before[n]) for n in assignment.released if n in before)
+            for name, lease in assignment.held.items():
+                if before.get(name) != lease.epoch:  # a new tenure: before held() shows it
+                    for tenure_listener in self._tenure_listeners:
+                        try:
+                            tenure_listener(name, lease.epoch)
+                        except Exception as exc:  # a listener's bug must not stop the rounds
+                            log.debug("replica tenure listener failed: %s", exc)
         for name in assignment.released:
             log.info("replica %s: released %s to the fair share (%d each over %d replicas)",
                      self.replica, name, assignment.share, len(assignment.live))

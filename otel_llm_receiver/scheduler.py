@@ -167,6 +167,10 @@ class Receiver:
         self.provider_configs = [p for p in config.providers if p.enabled]
         for p in self.provider_configs:
             self.health.register(p.name, p.collection_interval)
+        if self.replicas is not None:
+            # A takeover starts the instance's health afresh: its start-up grace counts from the lease, not from
+            # this process's start (a failover must not fail this replica's /ready).
+            self.replicas.add_tenure_listener(lambda name, _epoch: self.health.tenure_started(name))
         self.providers: dict[str, Provider] = {}
         self._restored: set[str] = set()  # instances whose saved cursors were handed back
         #: instance -> the lease epoch its cursors were restored under: a new tenure re-reads them (another
