@@ -147,6 +147,10 @@ class Receiver:
         storage = config.storage
         if storage.backend == "postgresql":
             assert storage.dsn is not None  # the config refuses postgresql without a dsn
+            from .ledger.postgres.pooler import require_session_connections
+
+            # Refused in one line before anything runs: a pooler in transaction mode would lose session state.
+            require_session_connections(storage.dsn)
             replica = replica_id()
             name = f"otel-llm-receiver {replica}"[:63]
             duration = lease_duration(storage.lease_duration)
