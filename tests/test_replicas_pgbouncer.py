@@ -20,6 +20,7 @@ import pytest
 
 from otel_llm_receiver import cli
 from otel_llm_receiver.config import parse_config
+from otel_llm_receiver.connect import check_connect
 from otel_llm_receiver.errors import LedgerError
 from otel_llm_receiver.ledger.postgres.connect import Timeouts, connect
 from otel_llm_receiver.ledger.postgres.pooler import sessions_pinned
@@ -171,3 +172,22 @@ def test_two_replicas_through_pgbouncer_in_session_mode_count_exactly_through_a_
     assert logs and not any(pg_database.password in str(r) for r in logs)
     assert not [r for r in logs if "unsupported startup parameter" in str(r.get("message", ""))]
     assert pg_database.password not in session_bouncer.log()
+
+
+def test_check_connect_fails_a_pooler_in_transaction_mode_and_passes_session_mode(
+    postgres_cluster: PostgresCluster, pg_database: Database, session_bouncer: PgBouncer,
+) -> None:
+    for bouncer, ok in ((session_bouncer, True), (PgBouncer(postgres_cluster, pool_mode="transaction").start(), False)):
+        try:
+            config = parse_config({"storage": {"backend": "postgresql", "dsn": bouncer.dsn(pg_database.name)},
+                                   "providers": {"demo": {"enabled": False}}})
+            lines: list[str] = []
+            assert check_connect(config, lines.append) is ok
+            assert len(lines) == 1 and pg_database.password not in lines[0]
+            if ok:
+                assert lines[0].startswith("ok  storage postgresql: ") and "reachable" in lines[0]
+            else:
+                assert lines[0].startswith("FAIL storage postgresql: config: ") and "pool_mode = session" in lines[0]
+        finally:
+            if bouncer is not session_bouncer:
+                bouncer.stop()
