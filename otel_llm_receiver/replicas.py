@@ -265,8 +265,8 @@ class ReplicaCoordinator:
         now = self._monotonic()
         with self._lock:
             if self._polling.get(name):
-                since = self._pending.setdefault(name, now)
-                if now - since < self.duration:
+                since = self._pending.get(name)  # pending from an earlier round's deferral (set after balance)
+                if since is None or now - since < self.duration:
                     return False
                 log.warning("replica %s: releasing %s to the fair share although its poll has been in flight for "
                             "%.3gs (lease_duration); that poll's write will be fenced off", self.replica, name,
@@ -410,6 +410,8 @@ class ReplicaCoordinator:
             self._releasing.clear()
             for name in [n for n in self._pending if n not in assignment.deferred]:  # no longer surplus
                 del self._pending[name]
+            for name in assignment.deferred:  # from now on no poll of it starts; the one in flight ends it
+                self._pending.setdefault(name, sent)
             was_leader = self._leader is not None
             self._leader = None if leader is None else HeldLease(leader, sent_lead + self.duration)
             self._leader_holder = current.holder if current is not None and current.live else None

@@ -84,13 +84,15 @@ def fakes() -> Iterator[list[FakeOpenAI]]:
             f.api.close()
 
 
-def _config(dsn: str, sink: OTLPSink, fakes: list[FakeOpenAI]) -> Config:
+def _config(dsn: str, sink: OTLPSink, fakes: list[FakeOpenAI], *, chunked: bool) -> Config:
+    """Steady polls of one chunk each, or (``chunked``) a two-day backfill read a day at a time."""
+    chunking = {"backfill": "48h", "backfill_chunk": "1d"} if chunked else {"backfill_chunk": "7d"}
     return parse_config({
         "storage": {"backend": "postgresql", "dsn": dsn},
         "health": {"endpoint": ""},
         "exporters": {"otlphttp": {"endpoint": sink.http_endpoint, "timeout": "2s"}},
         "providers": {name: {"admin_key": ADMIN_KEY, "tenant": f"t{i}", "endpoint": fakes[i].base_url,
-                             "retry_initial_interval": "10ms", "backfill_chunk": "7d"}
+                             "retry_initial_interval": "10ms", **chunking}
                       for i, name in enumerate(INSTANCES)},
         "pricing": {"genai_prices": False},
     })
@@ -106,10 +108,15 @@ def loop() -> Iterator[Loop]:
 
 
 @pytest.fixture
+def chunked() -> bool:
+    return False
+
+
+@pytest.fixture
 def receivers(pg_database: Database, sink: OTLPSink, fakes: list[FakeOpenAI], monkeypatch: pytest.MonkeyPatch,
-              loop: Loop) -> Iterator[tuple[Receiver, Receiver]]:
+              loop: Loop, chunked: bool) -> Iterator[tuple[Receiver, Receiver]]:
     monkeypatch.setenv(LEASE_DURATION_ENV, str(LEASE))
-    config = _config(pg_database.dsn, sink, fakes)
+    config = _config(pg_database.dsn, sink, fakes, chunked=chunked)
     made = [Receiver(config, exporters=[(cfg, build_exporter(cfg)) for cfg in config.exporters]) for _ in "ab"]
     for r in made:
         assert r.replicas is not None
@@ -233,3 +240,46 @@ def test_a_poll_still_in_flight_after_a_lease_duration_is_handed_over_and_its_wr
     assert any("released to another replica during the poll" in r.getMessage() for r in caplog.records)
     assert loop.run(second.poll(moved)).ok
     assert exact(pg_database.dsn, expected)
+
+
+@pytest.mark.parametrize("chunked", [True])
+def test_a_chunked_poll_being_handed_over_stops_after_its_chunk_in_flight_and_the_other_completes(
+    receivers: tuple[Receiver, Receiver], fakes: list[FakeOpenAI], pg_database: Database,
+    caplog: pytest.LogCaptureFixture, loop: Loop,
+) -> None:
+    """Two backfills in flight (three chunks each), one instance must go: only the one handed over stops, after
+    the chunk in flight (applied, not wasted); the other backfill completes. The new holder reads on."""
+    caplog.set_level(logging.INFO, logger="otel_llm_receiver")
+    first, second = receivers
+    a, b = first.replicas, second.replicas
+    assert a is not None and b is not None
+    now = int(time.time())
+    usage_start = 0
+    for f in fakes:
+        usage_start = seed_fake(f, now, seed=SEED)
+    expected = {i: truth(f, usage_start) for i, f in zip(INSTANCES, fakes, strict=True)}
+    a.start()
+    wait_for(lambda: set(a.held()) == set(INSTANCES), what="the first replica holds both")
+    gates = [Gate(f) for f in fakes]
+    thread, outcomes = _polls_in_flight(first, loop)
+    try:
+        for gate in gates:
+            assert gate.reached.wait(30), "the backfills to reach the fake"
+        b.start()
+        wait_for(lambda: any(a.handing_over(n) for n in INSTANCES), 30, "one instance pending release")
+        going = [n for n in INSTANCES if a.handing_over(n)]
+        assert len(going) == 1 and set(a.held()) == set(INSTANCES)  # only as many as the share is over
+    finally:
+        for gate in gates:
+            gate.open()
+        thread.join(60)
+    by_name = {o.instance: o for o in outcomes}
+    kept = next(n for n in INSTANCES if n not in going)
+    assert by_name[kept].ok, by_name
+    assert by_name[going[0]].error_type == "stale_lease", by_name  # stopped between chunks, nothing rejected
+    handed = [r.getMessage() for r in caplog.records if "after 1 chunks of the poll" in r.getMessage()]
+    assert handed and going[0] in handed[0]
+    wait_for(lambda: set(b.held()) == set(going) and set(a.held()) == {kept}, 30, "the handover")
+    assert loop.run(second.poll(going[0])).ok
+    assert exact(pg_database.dsn, expected)
+    assert first.health.reading().stale_writes == {}

@@ -265,7 +265,8 @@ class Assignment:
     acquired: tuple[str, ...] = ()
     released: tuple[str, ...] = ()
     lost: tuple[str, ...] = ()
-    #: surplus kept (renewed) this round because ``may_release`` said not yet (a poll of it is in flight)
+    #: surplus kept (renewed) this round because ``may_release`` said not yet (a poll of it is in flight): as
+    #: many as the share is still over, least preferred first
     deferred: tuple[str, ...] = ()
 
 
@@ -303,15 +304,16 @@ def balance(conn: PgConnection, replica: str, instances: Iterable[str], duration
         else:
             held[name] = renewed
     released: list[str] = []
-    deferred: list[str] = []
+    refused: list[str] = []
     for name in sorted(held, key=lambda n: _preference(replica, n)):  # the least preferred goes first
         if len(held) <= share:
             break
         if may_release is not None and not may_release(name):
-            deferred.append(name)
+            refused.append(name)
             continue
         release(conn, held.pop(name))
         released.append(name)
+    deferred = refused[:max(0, len(held) - share)]  # the surplus left, least preferred first
     acquired: list[str] = []
     if len(held) < share:
         free = [n for n in names if n not in held and (
