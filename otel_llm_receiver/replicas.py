@@ -13,6 +13,16 @@ database's own expiry); ``held()`` leaves out any lease past that estimate. A lo
 one log line; the round retries at its next turn, and the leases simply age out locally meanwhile. The
 database's clock stays the judge of who holds what (``leases.fence()`` in every apply).
 
+A dead (or paused) holder's leases lapse ``lease_duration`` after its last renewal, and the others notice at
+their next round: on the regular tick alone that is up to a round after the lapse. So each round also reads
+when the other replicas' leases lapse (seconds left on the database's clock, ``Assignment.foreign_expiries``)
+and, when the earliest comes before the next tick, the next round runs right then (plus ``expiry_margin``):
+a healthy holder renews long before, so only a dead or paused one's leases, and the leader lease, lead to
+such a round. Leases that lapse close together (one holder's, renewed in one round) make one batch and one
+round; rounds never come closer than ``min_gap``, so leases lapsing at scattered times cost a bounded number
+of rounds, never a busy loop. The clocks are never mixed: the database's seconds-left is added to the local
+monotonic time the answer arrived (a little late, never early).
+
 On a clean stop ``stop()`` calls ``leases.leave()``: the others take this replica's instances at their next
 round instead of after ``lease_duration``.
 
@@ -62,6 +72,25 @@ REPLICA_ID_ENV: Final = "OTEL_LLM_RECEIVER_REPLICA_ID"
 LEASE_DURATION_ENV: Final = "OTEL_LLM_RECEIVER_TEST_LEASE_DURATION"
 #: Rounds per lease duration: a lease survives two missed rounds.
 ROUNDS_PER_LEASE: Final = 3
+
+
+def expiry_margin(duration: float) -> float:
+    """How long after a foreign lease lapses (by the database's clock) the takeover round runs: a fiftieth of
+    the lease, 50 ms to 0.5 s. It absorbs the database clock's small steps and the round's own latency; waking
+    too early only costs one more round (the lease is still live, and the next one is scheduled again)."""
+    return min(0.5, max(0.05, duration / 50))
+
+
+def takeover_at(received: float, expiries: Iterable[float], batch: float, margin: float) -> float | None:
+    """When (on the clock of ``received``, the moment the leases were read) to run the takeover round for the
+    soonest batch of ``expiries`` (seconds until each foreign lease lapses; past ones are left out, those are
+    free already or another replica's to take): the last expiry within ``batch`` of the soonest, plus
+    ``margin``. None when no foreign lease is live."""
+    ahead = sorted(e for e in expiries if e >= 0)
+    if not ahead:
+        return None
+    last = max(e for e in ahead if e <= ahead[0] + batch)
+    return received + last + margin
 
 
 def replica_id(environ: dict[str, str] | None = None) -> str:
@@ -184,6 +213,10 @@ class ReplicaCoordinator:
         self._pending: dict[str, float] = {}
         self._releasing: set[str] = set()  # said yes to ``balance()``'s release this round: no poll may start
         self._wake = threading.Event()  # runs a round now (a poll of a pending instance ended)
+        #: when (monotonic) the last round ended, and when the next takeover round is due (a foreign lease lapses)
+        self._round_ended = self._monotonic()
+        self._takeover: float | None = None
+        self.expiry_margin = expiry_margin(duration)
 
     # -- reading the state (any thread) ------------------------------------------------------------------
     def held(self) -> dict[str, HeldLease]:
@@ -323,12 +356,29 @@ class ReplicaCoordinator:
         self._thread.start()
         return self
 
+    @property
+    def min_gap(self) -> float:
+        """The shortest time between two rounds (a fifth of the regular one): also the batch of foreign lease
+        expiries one takeover round covers, so lapses scattered in time cost at most five rounds per tick."""
+        return self.round_interval / 5
+
+    def next_round_in(self) -> float:
+        """Seconds until the next round: the regular tick (``round_interval`` after the last round ended), or the
+        takeover round at the soonest foreign lease's lapse when that comes first (``min_gap`` at the least)."""
+        with self._lock:
+            due = self._round_ended + self.round_interval
+            if self._takeover is not None:
+                due = min(due, max(self._takeover, self._round_ended + self.min_gap))
+            return max(0.0, due - self._monotonic())
+
     def _run(self) -> None:
         while True:
-            self._wake.wait(self.round_interval)
+            woken = self._wake.wait(self.next_round_in())
             self._wake.clear()
             if self._stop.is_set():
                 return
+            if not woken and self.next_round_in() > 0:  # a wait cut short, or rescheduled meanwhile
+                continue
             self.run_round()
 
     def stop(self, *, leave: bool = True) -> None:
@@ -371,9 +421,12 @@ class ReplicaCoordinator:
             sent_lead = self._monotonic()
             leader = leases.lead(conn, self.replica, self.duration, leader)
             current = leases.current(conn, leases.LEADER)
+            received = self._monotonic()
         except Exception as exc:
             self._failed(exc)
             with self._lock:
+                self._takeover = None
+                self._round_ended = self._monotonic()
                 # Instances this round said it would release may be released already: none is polled again
                 # before a round confirms it is still held.
                 for name in self._releasing:
@@ -417,6 +470,12 @@ class ReplicaCoordinator:
             self._leader_holder = current.holder if current is not None and current.live else None
             self._live = assignment.live
             self._share = assignment.share
+            foreign = list(assignment.foreign_expiries)
+            if current is not None and current.live and current.holder not in (None, self.replica):
+                foreign.append(current.remaining)
+            # ``received`` is after the leases were read: the takeover errs late (by the round's own time), never early
+            self._takeover = takeover_at(received, foreign, self.min_gap, self.expiry_margin)
+            self._round_ended = self._monotonic()
             self._rounds += 1
             self._notify()
         if (leader is not None) != was_leader:

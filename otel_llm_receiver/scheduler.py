@@ -182,6 +182,9 @@ class Receiver:
         self._restored_epoch: dict[str, int] = {}
         #: instance -> set when the coordinator's leases change (its poll loop waits on it while not held)
         self._lease_events: dict[str, asyncio.Event] = {}
+        #: instance -> set when this replica begins a tenure of it (a takeover): its poll loop, if it is waiting
+        #: out a collection interval, polls at once from the shared cursor instead
+        self._tenure_events: dict[str, asyncio.Event] = {}
         #: instance -> monotonic time before which no poll may start (a Retry-After the API sent, capped)
         self._not_before: dict[str, float] = {}
         if exporters is None:
@@ -493,11 +496,34 @@ class Receiver:
         for p in self.provider_configs:
             self._lease_events.setdefault(p.name, asyncio.Event())
 
+        for p in self.provider_configs:
+            self._tenure_events.setdefault(p.name, asyncio.Event())
+
         def changed() -> None:
             for event in self._lease_events.values():
                 loop.call_soon_threadsafe(event.set)
 
+        def tenure(name: str, _epoch: int) -> None:
+            event = self._tenure_events.get(name)
+            if event is not None:
+                loop.call_soon_threadsafe(event.set)
+
         self.replicas.add_listener(changed)
+        self.replicas.add_tenure_listener(tenure)
+
+    async def _pause(self, name: str, stop: asyncio.Event, seconds: float) -> bool:
+        """Wait ``seconds`` between two polls of ``name``, cut short when this replica takes ``name`` over (a new
+        tenure: its first poll is due now, not a collection interval later); True when stopping."""
+        tenure = self._tenure_events.get(name)
+        if tenure is None:
+            return await wait_for_stop(stop, seconds)
+        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(tenure.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        return stop.is_set()
 
     async def _wait_held(self, name: str, stop: asyncio.Event) -> bool:
         """Wait until this replica holds ``name``'s lease (at once on SQLite); False when stopping first."""
@@ -528,6 +554,9 @@ class Receiver:
         while not stop.is_set():
             if not await self._wait_held(name, stop):
                 return
+            tenure = self._tenure_events.get(name)
+            if tenure is not None:  # a tenure begun from here on cuts the pause after this poll short
+                tenure.clear()
             try:
                 outcome = await self.poll(name)
             except asyncio.CancelledError:
@@ -555,7 +584,7 @@ class Receiver:
                 delay = backoff_delay(
                     failures, base=min(5.0, interval), cap=interval, retry_after=outcome.retry_after
                 )
-            await wait_for_stop(stop, delay)
+            await self._pause(name, stop, delay)
 
     # -- exporting -----------------------------------------------------------------------------------------
     def export_now(self, *, wait: bool = True) -> bool:

@@ -24,8 +24,10 @@ from otel_llm_receiver.ledger.postgres.connect import connect
 from otel_llm_receiver.replicas import (
     LEASE_DURATION_ENV,
     ReplicaCoordinator,
+    expiry_margin,
     lease_duration,
     replica_id,
+    takeover_at,
     writer_dsn,
 )
 from tests.support.postgres import PostgresCluster
@@ -213,3 +215,92 @@ def test_a_transaction_a_paused_holder_left_open_does_not_hold_its_instance(ledg
 def test_writer_dsn_keeps_the_dsns_own_options() -> None:
     dsn = writer_dsn("postgresql://u:pw@h:5432/db?options=-c%20search_path%3Dledger", 30.0)
     assert "search_path=ledger" in dsn and "idle_in_transaction_session_timeout=30000" in dsn and "pw" in dsn
+
+
+_FROZEN_HOLDER = textwrap.dedent("""
+    import sys
+    from otel_llm_receiver.replicas import ReplicaCoordinator
+    c = ReplicaCoordinator(sys.argv[1], sys.argv[3].split(","), float(sys.argv[2]), replica="doomed",
+                           round_interval=float(sys.argv[4])).start()
+    print("started", flush=True)
+    sys.stdin.readline()  # the test's cue: no more regular rounds ...
+    c.stop(leave=False)
+    c.run_round()  # ... but this one: the last renewal, at a moment the test chose
+    print(" ".join(sorted(c.held())), "leader" if c.is_leader else "-", flush=True)
+    sys.stdin.read()  # hold until killed
+""")
+
+
+def test_a_dead_holders_leases_are_taken_as_they_lapse_not_a_round_later(
+    ledger_dsn: str, coordinators: list[ReplicaCoordinator],
+) -> None:
+    """The survivor's regular rounds are 2.5s apart (lengthened from a third of the 3s lease) and the holder's
+    last renewal comes just after one of them: its leases lapse 0.5s after the survivor's next round, so on the
+    regular tick alone they would be taken a round later, about 2s after the lapse. Measured on the database's
+    clock: the new tenure's ``acquired_at`` against the old lease's ``expires_at``."""
+    lease, tick = 3.0, 2.5
+    names = INSTANCES[:4]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    holder = subprocess.Popen([sys.executable, "-c", _FROZEN_HOLDER, ledger_dsn, str(lease), ",".join(names), "0.5"],
+                              cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdin is not None and holder.stdout is not None
+        assert holder.stdout.readline().strip() == "started"
+        wait_for(lambda: len(holders(ledger_dsn)) == 4, what="the holder alone taking all four")
+        survivor = ReplicaCoordinator(ledger_dsn, names, lease, replica="survivor", round_interval=tick)
+        coordinators.append(survivor.start())
+        wait_for(lambda: len(survivor.held()) == 2 and len(holders(ledger_dsn)) == 4,
+                 timeout=20, what="two instances each")
+        rounds = survivor.wait_for_round(survivor.rounds, 2 * tick + 5)  # a survivor round just ended ...
+        holder.stdin.write("last\n")  # ... and the holder renews for the last time now
+        holder.stdin.flush()
+        last = holder.stdout.readline().split()
+        orphans = set(last) - {"leader", "-"}
+        assert len(orphans) == 2 and "leader" in last, last
+        with connect(ledger_dsn, autocommit=True) as conn:
+            lapses = {str(n): e for n, e in conn.execute("SELECT name, expires_at FROM leases WHERE holder = 'doomed'")}
+        assert set(lapses) == orphans | {leases.LEADER}
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+        wait_for(lambda: len(survivor.held()) == 4 and survivor.is_leader, timeout=lease + 3 * tick + 5,
+                 what="the survivor to take the dead holder's instances and the lead")
+        took = survivor.rounds - rounds
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        for pipe in (holder.stdin, holder.stdout):
+            if pipe is not None:
+                pipe.close()
+    with connect(ledger_dsn, autocommit=True) as conn:
+        tenures = {str(n): (h, a) for n, h, a in conn.execute(
+            "SELECT name, holder, acquired_at FROM leases WHERE name = ANY(%s)", (list(lapses),))}
+    for name, expired in lapses.items():
+        holder_now, acquired = tenures[name]
+        assert holder_now == "survivor"
+        late = (acquired - expired).total_seconds()
+        # Never before the lapse; well within the 2s a regular round later would take (margin: load).
+        assert 0 <= late < 1.2, f"{name} taken {late:.3f}s after its lease lapsed"
+    # Bounded cost: the regular rounds (two or three in that time), one takeover round for the lapse the last
+    # renewal moved on, one for the lapse itself; never a round per poll of the clock.
+    assert took <= 6, f"{took} rounds"
+
+
+def test_takeover_rounds_batch_close_expiries_and_ignore_lapsed_ones() -> None:
+    assert takeover_at(100.0, [], batch=0.5, margin=0.1) is None
+    assert takeover_at(100.0, [-1.0, -0.01], batch=0.5, margin=0.1) is None  # lapsed: free, or another's to take
+    assert takeover_at(100.0, [2.0, 2.3, 2.4, 9.0], batch=0.5, margin=0.1) == pytest.approx(102.5)  # one batch
+    assert takeover_at(100.0, [9.0, 2.0], batch=0.5, margin=0.1) == pytest.approx(102.1)
+    assert expiry_margin(30.0) == 0.5 and expiry_margin(3.0) == 0.06 and expiry_margin(0.5) == 0.05
+
+
+def test_healthy_peers_cost_no_extra_rounds(ledger_dsn: str, coordinators: list[ReplicaCoordinator]) -> None:
+    """Peers that renew on time never lapse: no takeover round is due, each replica runs its regular ticks."""
+    cs = [start(coordinators, ledger_dsn, f"r{i}", duration=3.0) for i in range(3)]
+    for c in cs:
+        c.round_interval = 0.3
+    wait_for(lambda: partitioned(cs, [2, 2, 2]), what="2-2-2")
+    before = [c.rounds for c in cs]
+    wait_for(lambda: cs[0].rounds >= before[0] + 10, what="ten rounds of r0")
+    ran = [c.rounds - b for c, b in zip(cs, before, strict=True)]
+    assert all(r <= 12 for r in ran), ran  # ten ticks each (give or take the start), no takeover rounds

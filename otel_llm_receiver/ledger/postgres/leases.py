@@ -16,7 +16,9 @@ Fair share: live replicas (a heartbeat within ``lease_duration``) each hold at m
 and takes free instances up to its share, so when a replica joins the others shed instances to it within one
 round each, and when one leaves (or dies) its instances are taken after its leases lapse. Each replica prefers
 instances by rendezvous hashing of (replica, instance), so replicas racing for free instances mostly ask for
-different ones. ``balance()`` must run more often than ``lease_duration`` (e.g. every third of it).
+different ones. ``balance()`` must run more often than ``lease_duration`` (e.g. every third of it); it also
+returns when the other replicas' leases lapse (``Assignment.foreign_expiries``, on the database's clock), so a
+replica can run its next round right when a dead holder's leases lapse instead of up to a round later.
 
 The ``@leader`` lease (a name no provider instance can have: instance names are ``[A-Za-z0-9_./-]``) elects the
 replica that exports the ledger-wide gauges.
@@ -85,9 +87,15 @@ SQL_RELEASE = (
     " WHERE name = %s AND holder = %s AND epoch = %s RETURNING name"
 )
 SQL_FENCE = "SELECT holder, epoch, expires_at > clock_timestamp() FROM leases WHERE name = %s FOR SHARE"
-SQL_CURRENT = "SELECT holder, epoch, expires_at, expires_at > clock_timestamp() FROM leases WHERE name = %s"
+# The seconds left (negative: lapsed) come from the database's clock, in the statement that reads the row: a
+# replica schedules its takeover round from them on its own monotonic clock, never comparing wall clocks.
+SQL_CURRENT = (
+    "SELECT holder, epoch, expires_at, expires_at > clock_timestamp(),"
+    " EXTRACT(EPOCH FROM expires_at) - EXTRACT(EPOCH FROM clock_timestamp()) FROM leases WHERE name = %s"
+)
 SQL_STATES = (
-    "SELECT name, holder, epoch, expires_at, expires_at > clock_timestamp() FROM leases WHERE name = ANY(%s)"
+    "SELECT name, holder, epoch, expires_at, expires_at > clock_timestamp(),"
+    " EXTRACT(EPOCH FROM expires_at) - EXTRACT(EPOCH FROM clock_timestamp()) FROM leases WHERE name = ANY(%s)"
 )
 SQL_HEARTBEAT = """
 INSERT INTO replicas (id, heartbeat, started_at) VALUES (%s, clock_timestamp(), clock_timestamp())
@@ -111,13 +119,15 @@ class Lease:
 
 @dataclass(frozen=True)
 class LeaseState:
-    """A lease row as read (``live``: not expired by the database's clock)."""
+    """A lease row as read (``live``: not expired by the database's clock; ``remaining``: seconds until it
+    lapses, by the database's clock when read, negative once lapsed)."""
 
     name: str
     holder: str | None
     epoch: int
     expires_at: datetime
     live: bool
+    remaining: float = 0.0
 
 
 class StaleLeaseError(LedgerError):
@@ -191,7 +201,8 @@ def current(conn: PgConnection, name: str) -> LeaseState | None:
         row = conn.execute(SQL_CURRENT, (name,)).fetchone()
     if row is None:
         return None
-    return LeaseState(name=name, holder=row[0], epoch=int(row[1]), expires_at=row[2], live=bool(row[3]))
+    return LeaseState(name=name, holder=row[0], epoch=int(row[1]), expires_at=row[2], live=bool(row[3]),
+                      remaining=_seconds(row[4]))
 
 
 def expire_now(conn: PgConnection, name: str) -> None:
@@ -268,13 +279,24 @@ class Assignment:
     #: surplus kept (renewed) this round because ``may_release`` said not yet (a poll of it is in flight): as
     #: many as the share is still over, least preferred first
     deferred: tuple[str, ...] = ()
+    #: seconds (the database's clock, when the round read the leases) until each lease another replica holds
+    #: lapses, soonest first: its holder renews it before then unless it died or was paused, so a takeover
+    #: round is due at its expiry (``ReplicaCoordinator`` schedules one), not a whole round later
+    foreign_expiries: tuple[float, ...] = ()
 
 
 def _states(conn: PgConnection, names: list[str]) -> dict[str, LeaseState]:
     with conn.transaction():
         rows = conn.execute(SQL_STATES, (names,)).fetchall()
-    return {str(r[0]): LeaseState(name=str(r[0]), holder=r[1], epoch=int(r[2]), expires_at=r[3], live=bool(r[4]))
+    return {str(r[0]): LeaseState(name=str(r[0]), holder=r[1], epoch=int(r[2]), expires_at=r[3], live=bool(r[4]),
+                                  remaining=_seconds(r[5]))
             for r in rows}
+
+
+def _seconds(value: object) -> float:
+    """``EXTRACT(EPOCH ...)`` as seconds: a ``Decimal`` (PostgreSQL 14 on) or a float; ``-Infinity`` for a row
+    never taken (``expires_at = '-infinity'``: subtracting timestamps would fail on it, epochs do not)."""
+    return float(value) if value is not None else -math.inf  # type: ignore[arg-type]
 
 
 def balance(conn: PgConnection, replica: str, instances: Iterable[str], duration: float, *,
@@ -325,9 +347,11 @@ def balance(conn: PgConnection, replica: str, instances: Iterable[str], duration
             if lease is not None:
                 held[name] = lease
                 acquired.append(name)
+    foreign = sorted(s.remaining for n, s in states.items()
+                     if n not in held and s.holder is not None and s.holder != replica and s.live)
     return Assignment(replica=replica, share=share, live=live, held=MappingProxyType(dict(sorted(held.items()))),
                       acquired=tuple(acquired), released=tuple(sorted(released)), lost=tuple(lost),
-                      deferred=tuple(sorted(deferred)))
+                      deferred=tuple(sorted(deferred)), foreign_expiries=tuple(foreign))
 
 
 def lead(conn: PgConnection, replica: str, duration: float, lease: Lease | None = None) -> Lease | None:
