@@ -9,9 +9,14 @@ the time until every one of its instances has a poll applied by the survivor (th
 in the ledger, written in the same transaction as the poll's records). Medians of ``--repeat`` (>= 3) runs.
 
 The lease duration is the config's (default 30s; ``--lease`` below 5s uses the test hook); the goal is
-``lease_duration + one collection_interval``: the lease must lapse, then the survivor's next round (every third of
-the lease) takes the instance and its poll loop starts at once. Wall-clock figures: the machine's load moves
-them by the length of one round at most.
+``lease_duration + one collection_interval``. The killed replica's leases lapse ``lease_duration`` after its last
+renewal (renewals come every third of it, so 2/3 to all of ``lease_duration`` after the kill); the survivor runs a
+round right as they lapse (it read their expiry on the database's clock at its previous round), takes the
+instances and polls them at once. So the figure is between about 2/3 and all of ``lease_duration``, plus one
+poll. Wall-clock figures: the machine's load moves them by a poll's length.
+
+``BENCH_CODE=/path/to/checkout`` measures that checkout's receiver: the replicas are forked from a server started
+in it.
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ def main() -> int:
     figures: list[float] = []
     with tempfile.TemporaryDirectory(prefix="failover-") as tmp, running_cluster() as cluster, OTLPSink() as sink:
         fakes = [FakeOpenAI(page_buckets=8) for _ in INSTANCES]
-        server = ForkServer(Path(__file__).resolve().parent.parent)
+        server = ForkServer(CODE)  # the replicas run the measured checkout's code
         try:
             now = int(time.time())
             for fake in fakes:
