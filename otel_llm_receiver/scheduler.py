@@ -491,12 +491,11 @@ class Receiver:
             log.info("pruned %d hourly rollups older than storage.retention", removed)
 
     def _watch_leases(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wake the poll loops waiting for a lease whenever the coordinator's round (or a ``forget``) ran."""
+        """Wake the poll loops waiting for a lease whenever the coordinator's round (or a ``forget``) ran, and the
+        one of an instance this replica just took (a new tenure) even while it waits out its interval."""
         assert self.replicas is not None
         for p in self.provider_configs:
             self._lease_events.setdefault(p.name, asyncio.Event())
-
-        for p in self.provider_configs:
             self._tenure_events.setdefault(p.name, asyncio.Event())
 
         def changed() -> None:
