@@ -19,8 +19,8 @@ when the other replicas' leases lapse (seconds left on the database's clock, ``A
 and, when the earliest comes before the next tick, the next round runs right then (plus ``expiry_margin``):
 a healthy holder renews long before, so only a dead or paused one's leases, and the leader lease, lead to
 such a round. Leases that lapse close together (one holder's, renewed in one round) make one batch and one
-round; rounds never come closer than ``min_gap``, so leases lapsing at scattered times cost a bounded number
-of rounds, never a busy loop. The clocks are never mixed: the database's seconds-left is added to the local
+round (``expiry_batch``); a takeover round comes at least ``min_gap`` after the round before, so leases lapsing
+at scattered times cost a bounded number of rounds, never a busy loop. The clocks are never mixed: the database's seconds-left is added to the local
 monotonic time the answer arrived (a little late, never early).
 
 On a clean stop ``stop()`` calls ``leases.leave()``: the others take this replica's instances at their next
@@ -358,9 +358,16 @@ class ReplicaCoordinator:
 
     @property
     def min_gap(self) -> float:
-        """The shortest time between two rounds (a fifth of the regular one): also the batch of foreign lease
-        expiries one takeover round covers, so lapses scattered in time cost at most five rounds per tick."""
-        return self.round_interval / 5
+        """The shortest time between a round and a takeover round (``expiry_margin``): a takeover round that came
+        too early (the lease still live: a step of the database's clock) is retried no sooner, never in a loop."""
+        return self.expiry_margin
+
+    @property
+    def expiry_batch(self) -> float:
+        """Foreign leases lapsing within this (a tenth of the regular round) of the soonest are taken by one
+        takeover round: one dead holder's leases, renewed in one of its rounds, lapse together. Batches are at
+        least this far apart, so leases lapsing at scattered times cost at most ten takeover rounds per tick."""
+        return self.round_interval / 10
 
     def next_round_in(self) -> float:
         """Seconds until the next round: the regular tick (``round_interval`` after the last round ended), or the
@@ -474,7 +481,7 @@ class ReplicaCoordinator:
             if current is not None and current.live and current.holder not in (None, self.replica):
                 foreign.append(current.remaining)
             # ``received`` is after the leases were read: the takeover errs late (by the round's own time), never early
-            self._takeover = takeover_at(received, foreign, self.min_gap, self.expiry_margin)
+            self._takeover = takeover_at(received, foreign, self.expiry_batch, self.expiry_margin)
             self._round_ended = self._monotonic()
             self._rounds += 1
             self._notify()
