@@ -7,7 +7,7 @@ run a fresh database with two ``otel-llm-receiver run`` replicas (forked from a 
 tests do) sharing six instances, 3 each. Once both poll, the holder of three is killed with SIGKILL; the figure is
 the time until every one of its instances has a poll applied by the survivor (the poll cursor's ``updated_ns``
 in the ledger, written in the same transaction as the poll's records). Medians of ``--repeat`` (>= 3) runs; the kill lands at a
-random point of a lease round (seeded). Beside it, what the survivor adds to the lapse: from the last of the
+random point of a lease round, and the two replicas start a random part of a round apart (seeded). Beside it, what the survivor adds to the lapse: from the last of the
 killed replica's leases lapsing to the survivor taking them (the database's clock), and to its first polls.
 
 The lease duration is the config's (default 30s; ``--lease`` below 5s uses the test hook); the goal is
@@ -55,15 +55,17 @@ class Run:
     lapse_to_polls: float
 
 
-def one_run(world: World, lease: float, interval: float, phase: float) -> Run:
-    """Start two replicas, wait until they share the six instances and poll them, wait ``phase`` seconds, kill the
-    holder of three: the seconds until the survivor has polled each of them.
+def one_run(world: World, lease: float, interval: float, offset: float, phase: float) -> Run:
+    """Start two replicas ``offset`` seconds apart, wait until they share the six instances and poll them, wait
+    ``phase`` seconds, kill the holder of three: the seconds until the survivor has polled each of them.
 
-    Why ``phase``: both replicas start together, so their lease rounds tick almost in step, and "as soon as they
-    share" falls right after the killed replica's renewal. A pause drawn from one round sets where in the round
-    the kill lands (and so when its leases lapse), as a kill in production would."""
-    for name in ("a", "b"):
-        world.start(name)
+    Why ``offset`` and ``phase`` (each drawn from one lease round): replicas started together tick their lease
+    rounds almost in step, so the survivor's regular round would always come right after the killed replica's
+    leases lapse; in production replicas start at unrelated times. And "as soon as they share" falls right after
+    a renewal; the pause sets where in the round the kill lands (and so when its leases lapse)."""
+    world.start("a")
+    time.sleep(offset)  # the scenario: the replicas' rounds out of step (not a synchronisation)
+    world.start("b")
     settle = 3 * lease + 4 * interval + 60
 
     def shared() -> bool:
@@ -119,7 +121,7 @@ def main() -> int:
                                       lease=None if hooked else args.lease)
                 world = World(root, database.dsn, config, server, lease if hooked else None)
                 try:
-                    one = one_run(world, lease, interval, rng.uniform(0, lease / 3))
+                    one = one_run(world, lease, interval, rng.uniform(0, lease / 3), rng.uniform(0, lease / 3))
                 finally:
                     world.kill_all()
                 runs.append(one)
