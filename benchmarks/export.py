@@ -12,7 +12,9 @@ Ledgers (made once per size, untimed, by the measured code, and reused by every 
   cost of input and output): five series per key, so N series. Signals have real rollups to read.
 * ``demo``: the demo provider's 7-day backfill, priced (what ``otel-llm-receiver demo`` exports).
 
-Cases, each in a new process that builds the receiver untimed (config, price book, exporter: its start), then:
+Cases, each in a new process that builds the receiver untimed (config, price book, exporter: its start) and then
+sets up as ``run`` does once its start is done (``harness.settle_as_run``: the garbage collector's settings,
+``heap.py``), then:
 * ``first``: the first export after start, ``Receiver.export_now()``: open the ledger's read connection, read
   every total, compute the money signals (budgets, anomalies, coverage, reconciliation, prices), build, and send
   over OTLP/gRPC, waiting for every reply;
@@ -49,7 +51,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import machine, measure, table, timed
+from benchmarks.harness import machine, measure, settle_as_run, table, timed
 
 MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o3-mini", "o4-mini")
 SERIES_PER_KEY = 5  # input, output, requests, estimated cost of input and of output
@@ -108,6 +110,7 @@ def child(case: str, path: str, endpoint: str) -> None:
 
     logging.disable(logging.WARNING)
     receiver = Receiver(_config(path, endpoint))
+    settle_as_run()  # start-up done: the collector's settings of `run` (heap.py), as before its first export
     try:
         if case == "anchor":
             anchor(receiver, endpoint)
