@@ -106,7 +106,7 @@ def _expected(ledger: Ledger, labels: Mapping[str, Mapping[str, str]], attributo
             if s.level is not None:
                 add((s.metric, frozenset(attrs.items())), s.level, 0, "gauge")
             continue
-        kind = "money" if s.metric in NANO_METRICS else CATALOG.metrics[s.metric].value_type
+        kind: str = "money" if s.metric in NANO_METRICS else CATALOG.metrics[s.metric].value_type
         add((s.metric, frozenset(attrs.items())), s.total, s.start_time_ns, kind)
         if s.adjustments and on("llm.usage.adjustments"):
             measure = MEASURE_OF_METRIC.get(s.metric, s.metric)
@@ -115,7 +115,7 @@ def _expected(ledger: Ledger, labels: Mapping[str, Mapping[str, str]], attributo
                 "money" if kind == "money" else "double")
     out: dict[Key, tuple[Any, ...]] = {}
     for key, (value, start) in sums.items():
-        kind = kinds[key]
+        kind = str(kinds[key])
         wire: int | float = value / NANOS_PER_UNIT if kind == "money" else float(value) if kind == "double" else value
         if kind == "gauge":
             out[key] = ("gauge", value, 0, NOW, None, None)
