@@ -28,7 +28,8 @@ sets up as ``run`` does once its start is done (``harness.settle_as_run``: the g
 * ``anchor``: the official ``OTLPMetricExporter`` (gRPC, the same 5,000-point batches) encoding and sending the
   same points: the child builds the receiver's first export untimed, decodes it into the SDK's ``MetricsData``
   (the exporter's input: the same metrics, attributes, values and start times), then times
-  ``OTLPMetricExporter.export(metrics_data)``, i.e. the SDK's OTLP encoder plus its send. This is what the
+  ``OTLPMetricExporter.export(metrics_data)``, i.e. the SDK's OTLP encoder plus its send, compressed as the
+  receiver's exporter compresses (its config's ``compression``: gzip, the Collector's default). This is what the
   receiver would cost if it handed its points to the official exporter as the SDK does, without the data
   collection that an SDK ``MeterProvider`` adds on top (so the anchor is the exporter's floor, not a strawman).
 
@@ -177,6 +178,7 @@ def _points_of(receiver: Any) -> dict[str, float]:
 
 def anchor(receiver: Any, endpoint: str) -> None:
     """The official exporter's encode + send of the points the receiver's first export sends."""
+    import grpc
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
     from otel_llm_receiver.ledger import Ledger
@@ -188,7 +190,10 @@ def anchor(receiver: Any, endpoint: str) -> None:
         series = reader.counts()["series"]
     metrics_data, points = _sdk_metrics_data(data, receiver.builder.resource)
     del data, rows
-    exporter = OTLPMetricExporter(endpoint=endpoint, insecure=True, timeout=120, max_export_batch_size=5_000)
+    # The same wire settings as the receiver's exporter: its config's compression (the Collector's default, gzip).
+    compression = grpc.Compression.Gzip if receiver.config.exporters[0].compression == "gzip" else None
+    exporter = OTLPMetricExporter(endpoint=endpoint, insecure=True, timeout=120, max_export_batch_size=5_000,
+                                  compression=compression)
     with timed({"series": float(series), "sent": float(points)}):
         result = exporter.export(metrics_data)
     exporter.shutdown()
