@@ -327,15 +327,17 @@ class _Halves:
                 return None
             return encode(sorted({**{k: v for k, v in early.items()}, **dict(pairs)}.items()))
 
-        def suffix(text: str) -> tuple[bytes, bytes] | None:
+        def suffix(text: str) -> bytes | tuple[bytes, bytes] | None:
             pairs = _side(text, "}", ',"', '"}')
             if pairs is None or any(k == _NAME_KEY for k, _ in pairs):
                 return None
             merged = sorted({**late, **dict(pairs)}.items())
-            return encode(p for p in merged if p[0] < _NAME_KEY), encode(p for p in merged if p[0] > _NAME_KEY)
+            between = encode(p for p in merged if p[0] < _NAME_KEY)
+            rest = encode(p for p in merged if p[0] > _NAME_KEY)
+            return (between, rest) if between else rest  # bytes: nothing between the tenancy's id and name
 
         self.prefixes: _Cache[bytes | None] = _Cache(prefix)
-        self.suffixes: _Cache[tuple[bytes, bytes] | None] = _Cache(suffix)
+        self.suffixes: _Cache[bytes | tuple[bytes, bytes] | None] = _Cache(suffix)
 
 
 def _side(text: str, empty: str, opening: str, closing: str) -> list[tuple[str, str]] | None:
@@ -406,6 +408,7 @@ class MetricsBuilder:
     _tenancy_names: list[str | None] = field(default_factory=list)  # the name its series' heads carry
     _id_pairs: list[bytes] = field(default_factory=list)  # per tenancy: its llm.tenancy.id, encoded
     _name_pairs: list[bytes] = field(default_factory=list)  # per tenancy: its llm.tenancy.name, encoded (or b"")
+    _tenancy_blocks: list[bytes] = field(default_factory=list)  # per tenancy: its id and name pairs together
     _halves: list[_Halves] = field(default_factory=list)  # per instance: the texts around tenancy ids, encoded
     _adjustment_sets: dict[int, tuple[bytes, ValueKind]] = field(default_factory=dict)  # series id -> its own
     _epoch: int = 0  # moves whenever a description changes (a new series, a rename): layouts are stale
@@ -624,8 +627,8 @@ class MetricsBuilder:
         set_index, set_metrics, sets = self._set_index, self._set_metrics, self._sets
         id_pairs, name_pairs = self._id_pairs, self._name_pairs
         rules = bool(self.attributor)
-        find, join, frames = str.find, b"".join, _FRAMES
-        cut, cut_size = _TENANCY_FRAGMENT, len(_TENANCY_FRAGMENT)
+        partition, join, frames, blocks = str.partition, b"".join, _FRAMES, self._tenancy_blocks
+        cut = _TENANCY_FRAGMENT
         collisions: set[tuple[int, int]] = set()
         described, top, size = 0, self._max_id, len(metric_of)
         last_instance = last_metric = None
@@ -644,23 +647,25 @@ class MetricsBuilder:
                 last_instance, last_metric = instance, metric
             head: bytes | None = None
             t = -1
-            at = -1 if general else find(text, cut)
-            if at > 0:  # the common shape: cut around the tenancy id, both sides' encodings cached per instance
-                start = at + cut_size
-                end = find(text, '"', start)
-                tenancy = text[start:end]
+            prefix, cut_found, rest = ("", "", "") if general else partition(text, cut)
+            fast = bool(cut_found and prefix)
+            if fast:  # the common shape: cut around the tenancy id, both sides' encodings cached per instance
+                tenancy, _, suffix = partition(rest, '"')
                 t = tenancy_ids.get(tenancy, -1)
                 if t < 0:
                     t = self._tenancy(i, tenancy, names)
-                before = prefixes[text[:at]]
-                after = suffixes[text[end + 1:]]
+                before = prefixes[prefix]
+                after = suffixes[suffix]
                 if before is None or after is None or "\\" in tenancy:
-                    at = -1  # not canonical JSON without escapes: the paths below
+                    fast = False  # not canonical JSON without escapes: the paths below
                 elif enabled:
-                    attrs = join((before, id_pairs[t], after[0], name_pairs[t], after[1]))
+                    if isinstance(after, tuple):  # keys between the tenancy's id and its name
+                        attrs = join((before, id_pairs[t], after[0], name_pairs[t], after[1]))
+                    else:
+                        attrs = before + blocks[t] + after
                     n = len(attrs) + _TAIL_SIZE
                     head = (frames[n] if n < _FRAMED else _TAG_DATA_POINT + _varint(n)) + attrs
-            if at <= 0:
+            if not fast:
                 frags = None if general else _simple_fragments(text)
                 if frags is None:
                     t, head = self._describe_parsed(i, facts, json.loads(text), names)
@@ -773,6 +778,7 @@ class MetricsBuilder:
             self._tenancy_names.append(names.get(key))
             self._id_pairs.append(self._pair(("llm.tenancy.id", tenancy)))
             self._name_pairs.append(b"")
+            self._tenancy_blocks.append(b"")
             self._name_pair(t)
         return t
 
@@ -780,6 +786,7 @@ class MetricsBuilder:
         """The encoded ``llm.tenancy.name`` a tenancy's series carry: its name, else a label's, else none."""
         name = self._tenancy_names[t] or self.labels.get(self._tenancies[t][0], {}).get("llm.tenancy.name")
         self._name_pairs[t] = self._pair(("llm.tenancy.name", name)) if name else b""
+        self._tenancy_blocks[t] = self._id_pairs[t] + self._name_pairs[t]
 
     def _grow(self, size: int) -> None:
         """Make room for series ids below ``size`` (and some more: ids arrive in order, a page at a time)."""
