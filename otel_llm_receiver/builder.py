@@ -287,8 +287,13 @@ _T = TypeVar("_T")
 _ID_KEY, _NAME_KEY = "llm.tenancy.id", "llm.tenancy.name"
 
 
+#: Entries a ``_Cache`` keeps: the sides around tenancy ids repeat (models, token types), but a per-user attribute
+#: would make them as many as the series; past this the cache starts again rather than hold a copy of each text.
+_CACHE_LIMIT = 1 << 16
+
+
 class _Cache(dict[str, _T]):
-    """A dict that makes a missing value on first lookup (``__missing__``): hits stay one C call."""
+    """A dict that makes a missing value on first lookup (``__missing__``): hits stay one C call. Bounded."""
 
     __slots__ = ("_make",)
 
@@ -297,6 +302,8 @@ class _Cache(dict[str, _T]):
         self._make = make
 
     def __missing__(self, key: str) -> _T:
+        if len(self) >= _CACHE_LIMIT:
+            self.clear()
         value = self[key] = self._make(key)
         return value
 
