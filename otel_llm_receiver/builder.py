@@ -417,7 +417,8 @@ class MetricsBuilder:
     _name_pairs: list[bytes] = field(default_factory=list)  # per tenancy: its llm.tenancy.name, encoded (or b"")
     _tenancy_blocks: list[bytes] = field(default_factory=list)  # per tenancy: its id and name pairs together
     _halves: list[_Halves] = field(default_factory=list)  # per instance: the texts around tenancy ids, encoded
-    _adjustment_sets: dict[int, tuple[bytes, ValueKind]] = field(default_factory=dict)  # series id -> its own
+    #: series id -> the head of its ``llm.usage.adjustments`` series and its value kind (made on its first shrink)
+    _adjustment_sets: dict[int, tuple[bytes, ValueKind]] = field(default_factory=dict)
     _epoch: int = 0  # moves whenever a description changes (a new series, a rename): layouts are stale
     _layout: _Layout | None = None
     # -- encoding caches ---------------------------------------------------------------------------------------
