@@ -167,6 +167,13 @@ class GcTime:
             self.seconds += time.process_time() - self._start
 
 
+def records(result: Any) -> int:
+    """Usage and cost records of a poll, usage handed over column-wise (``usage_columns``) counted row by row
+    (code from before the columns has ``usage`` only)."""
+    usage = getattr(result, "usage_count", None)
+    return int(len(result.usage) if usage is None else usage) + len(result.costs)
+
+
 def child_receiver(endpoint: str, days: int) -> None:
     """fetch, then apply with pricing on (the money stack of ``run``), each timed apart, on an empty ledger."""
     from otel_llm_receiver.ledger import Ledger
@@ -214,7 +221,7 @@ def child_receiver(endpoint: str, days: int) -> None:
             w2, c2 = time.perf_counter(), time.process_time()
             extra.update(fetch_wall=w1 - w0, fetch_cpu=c1 - c0, apply_wall=w2 - w1, apply_cpu=c2 - c1,
                          fetch_gc=g1, apply_gc=collector.seconds - g1,
-                         records=len(out[0].usage) + len(out[0].costs), points=stats.points,
+                         records=records(out[0]), points=stats.points,
                          series=stats.series_created, requests=sum(provider.api_requests.values()),
                          settled=float(settled))
 
