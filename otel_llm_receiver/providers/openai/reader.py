@@ -21,6 +21,7 @@ message) is exactly what the row-by-row read gives.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from itertools import chain, repeat
 from operator import itemgetter
@@ -65,14 +66,15 @@ class UsageReader:
         self._numbers: dict[tuple[Any, ...], int] = {}
         self._group_list: list[Group] = []
         self._fields_of = _getter(self._fields)
-        #: rows read bucket-wide, per layout and group number: (bucket start, *output values) each
-        self._rows: dict[Layout, dict[int, list[tuple[int, ...]]]] = {}
+        #: rows read bucket-wide, per layout: their group numbers, bucket starts and output columns, bucket after
+        #: bucket (``blocks`` sorts them into groups)
+        self._rows: dict[Layout, tuple[list[int], list[int], list[list[int]]]] = {}
 
     def bucket(self, start: int, results: Sequence[Any], where: str, out: list[UsageRecord]) -> None:
         """Append the records of one bucket's ``results`` (JSON path ``where``) to ``out``; a repeated bucket, a
         repeated row key or any malformed row raises ``ResponseShapeError`` naming its path."""
         seen = self.keys.bucket(start, where)
-        if self._columns(start, results, seen):
+        if self._columns(start, results, where, seen):
             return
         expected, key_of, whole, groups = self.result_object, self._key_of, self._whole, self._groups
         fast, width, tenant = self.mapper.fast, self.width, self.tenant
@@ -94,9 +96,9 @@ class UsageReader:
                         continue
             self._reference(row, start, where, j, out)
 
-    def _columns(self, start: int, results: Sequence[Any], seen: set[tuple[Any, ...]]) -> bool:
-        """Read a whole bucket column-wise, when every row is of a known group and plainly valid (True); else
-        change nothing and return False, for the bucket to be read row by row."""
+    def _columns(self, start: int, results: Sequence[Any], where: str, seen: set[tuple[Any, ...]]) -> bool:
+        """Read a whole bucket column-wise, when every row is plainly valid (True); else return False, for the
+        bucket to be read row by row, having changed nothing but remembered the valid groups of new rows."""
         n = len(results)
         if not n:
             return True
@@ -112,22 +114,47 @@ class UsageReader:
             numbers = list(map(self._numbers.get, values))
         except (KeyError, TypeError):
             return False
-        if None in numbers:  # a group not seen yet: its first row goes through the reference mapping
+        if None in numbers and not self._new_groups(start, results, where, values, numbers):
             return False
         mapped = self.mapper.columns(results)
         if mapped is None:
             return False
         layout, columns = mapped
         seen.update(keys)
-        by_group = self._rows.get(layout)
-        if by_group is None:
-            by_group = self._rows[layout] = {}
-        for number, row in zip(cast(list[int], numbers), zip(repeat(start), *columns), strict=False):
-            found = by_group.get(number)
-            if found is None:
-                by_group[number] = [row]
-            else:
-                found.append(row)
+        rows = self._rows.get(layout)
+        if rows is None:
+            rows = self._rows[layout] = ([], [], [[] for _ in columns])
+        rows[0].extend(cast(list[int], numbers))
+        rows[1].extend(repeat(start, n))
+        for found, column in zip(rows[2], columns, strict=True):
+            found.extend(column)
+        return True
+
+    def _new_groups(
+        self, start: int, results: Sequence[Any], where: str, values: list[tuple[Any, ...]],
+        numbers: list[int | None],
+    ) -> bool:
+        """Validate and remember the groups of the rows of ``results`` whose group is new (their ``numbers``, None,
+        are filled in); False when one is not valid (nothing else is changed: the rows are then read one by one,
+        and the reference names the first bad field in the order it reads them).
+
+        What the reference mapping validates of a new group's row is its group fields (``group_of``) and counts:
+        the counts are checked with the others' (``Mapper.columns``), the group fields here.
+        """
+        for index, number in enumerate(numbers):
+            if number is None:
+                key = values[index]
+                found = self._numbers.get(key)  # a group new in an earlier row of this bucket (not grouped by it)
+                if found is None:
+                    at = Row(start, self.width, self.group_set, where, index, self.tenant)
+                    try:
+                        group = group_of(results[index], at, self.notes)
+                    except ResponseShapeError:
+                        return False
+                    self._groups[key] = group
+                    found = self._numbers[key] = len(self._group_list)
+                    self._group_list.append(group)
+                numbers[index] = found
         return True
 
     def blocks(self) -> list[UsageColumns]:
@@ -135,11 +162,17 @@ class UsageReader:
         the reader forgets them."""
         out: list[UsageColumns] = []
         width, tenant = self.width, self.tenant
-        for layout, by_group in self._rows.items():
-            for number, rows in by_group.items():
-                group = self._group_list[number]
-                columns = list(zip(*rows, strict=True))
-                starts, at = columns[0], 1
+        for layout, (numbers, all_starts, all_columns) in self._rows.items():
+            # The rows in group order (a stable sort: bucket order within a group), every column moved alike
+            # by one C-level ``itemgetter``; then each group's rows are one slice of each column.
+            order = sorted(range(len(numbers)), key=numbers.__getitem__)
+            take = itemgetter(*order) if len(order) > 1 else lambda column: (column[0],)
+            by_group, ordered = take(all_starts), [take(column) for column in all_columns]
+            low = 0
+            for number, count in sorted(Counter(numbers).items()):
+                group, high = self._group_list[number], low + count
+                starts, columns, at = by_group[low:high], [column[low:high] for column in ordered], 0
+                low = high
                 for part in layout:
                     tokens = dict(zip(part.tokens, columns[at:at + len(part.tokens)], strict=True))
                     at += len(part.tokens)

@@ -129,11 +129,33 @@ def test_valid_rows_give_the_reference_records_and_take_the_fast_path(row: dict[
     assert len(records_) == 12 * (4 if row is FULL else 3)
     mapper, calls = counting(COMPLETIONS.mapper)
     out, blocks, _ = read(mapper, COMPLETIONS.result_object, GROUPED, buckets)
-    assert calls[0] == 3  # the first row of each group; the 9 others took the fast path
-    # the first bucket (every group new) row by row; the three others whole, as one block per group and record
-    assert {r.bucket_start for r in out} == {START}
+    # every bucket read whole (the first one's groups validated on the way), as one block per group and record
+    assert calls[0] == 0 and out == []
     assert len(blocks) == 3 * (4 if row is FULL else 3)
-    assert {tuple(b.starts) for b in blocks} == {(START + HOUR, START + 2 * HOUR, START + 3 * HOUR)}
+    assert {tuple(b.starts) for b in blocks} == {tuple(START + h * HOUR for h in range(4))}
+
+
+def test_a_bucket_that_mixes_null_and_counts_in_a_field_is_read_row_by_row_on_the_fast_path() -> None:
+    buckets = rows_of(FULL, groups=3, hours=4)
+    buckets[2][1][1].update(input_audio_tokens=None, input_cached_audio_tokens=None, output_audio_tokens=None)
+    assert_same(COMPLETIONS, GROUPED, buckets)
+    mapper, calls = counting(COMPLETIONS.mapper)
+    out, blocks, _ = read(mapper, COMPLETIONS.result_object, GROUPED, buckets)
+    assert calls[0] == 0  # every group known by then: Mapper.fast, not the reference
+    assert {r.bucket_start for r in out} == {START + 2 * HOUR} and len(out) == 3 * 4 - 1  # no audio for one row
+    assert {tuple(b.starts) for b in blocks} == {(START, START + HOUR, START + 3 * HOUR)}
+
+
+@pytest.mark.parametrize("bad", [{"batch": "yes"}, {"input_tokens": -1}, {"input_uncached_tokens": 1}])
+def test_a_new_group_met_in_a_later_bucket_is_read_as_the_reference_reads_it(bad: dict[str, Any]) -> None:
+    # its group fields pass the bucket-wide type check (a string is a group value) and are validated on the way
+    buckets = rows_of(FULL, groups=3, hours=3)
+    buckets[1][1].insert(1, dict(FULL, project_id="proj_new", **bad))
+    found = assert_same(COMPLETIONS, GROUPED, buckets)
+    if "input_uncached_tokens" in bad:  # accepted, and noted
+        assert found[1] == (1, 0)
+    else:
+        assert isinstance(found, str) and found.startswith("rejected: completions page 1.data[1].results[1].")
 
 
 @pytest.mark.parametrize(("change", "noted"), [
