@@ -74,7 +74,7 @@ class UsageReader:
         """Append the records of one bucket's ``results`` (JSON path ``where``) to ``out``; a repeated bucket, a
         repeated row key or any malformed row raises ``ResponseShapeError`` naming its path."""
         seen = self.keys.bucket(start, where)
-        if self._columns(start, results, where, seen):
+        if self._columns(start, results, where):
             return
         expected, key_of, whole, groups = self.result_object, self._key_of, self._whole, self._groups
         fast, width, tenant = self.mapper.fast, self.width, self.tenant
@@ -96,7 +96,7 @@ class UsageReader:
                         continue
             self._reference(row, start, where, j, out)
 
-    def _columns(self, start: int, results: Sequence[Any], where: str, seen: set[tuple[Any, ...]]) -> bool:
+    def _columns(self, start: int, results: Sequence[Any], where: str) -> bool:
         """Read a whole bucket column-wise, when every row is plainly valid (True); else return False, for the
         bucket to be read row by row, having changed nothing but remembered the valid groups of new rows."""
         n = len(results)
@@ -120,7 +120,8 @@ class UsageReader:
         if mapped is None:
             return False
         layout, columns = mapped
-        seen.update(keys)
+        # The keys stay out of the bucket's ``RowKeys`` set: they were just found unique, and no other row is read
+        # into this bucket (a repeated bucket is refused by ``RowKeys.bucket``); keeping them would only hold memory.
         rows = self._rows.get(layout)
         if rows is None:
             rows = self._rows[layout] = ([], [], [[] for _ in columns])
