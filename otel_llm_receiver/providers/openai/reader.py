@@ -10,13 +10,14 @@ counts plain integers in range (``Mapper.fast``). Any row that fails one of thos
 of every group, goes through the reference mapping (``Mapper.row`` and ``RowKeys.row``), which accepts or rejects
 it exactly as before and names the bad field.
 
-Most buckets go faster still: when every row of a bucket belongs to a group already seen, and every count in it is
-plainly valid, the bucket is read whole (``UsageReader._columns``): its envelope, keys and counts checked by C-level
-passes over the bucket (``set(map(type, ...))``, ``min``, ``max``, ``itemgetter``), its records' values computed
-column by column (``Mapper.columns``), and each row's values kept with its group's others, to be handed over as
-``UsageColumns`` blocks (``UsageReader.blocks``): no record object, no Python code per field. A bucket that fails
-any of those checks is read row by row as above, from its first row, so what is accepted, noted or rejected (and the
-message) is exactly what the row-by-row read gives.
+Most buckets go faster still: when every count of a bucket is plainly valid and every row's group is valid (the
+groups not seen yet are validated on the way, ``group_of``), the bucket is read whole (``UsageReader._columns``): its
+envelope, keys and counts checked by C-level passes over the bucket (``set(map(type, ...))``, ``min``, ``max``,
+``itemgetter``), its records' values computed column by column (``Mapper.columns``), and each row's values kept
+with its group's others, to be handed over as ``UsageColumns`` blocks (``UsageReader.blocks``): no record object,
+no Python code per field. A bucket that fails any of those checks is read row by row as above, from its first row,
+so what is accepted, noted or rejected (and the message) is exactly what the row-by-row read gives. Measured on the
+hourly backfill of ``benchmarks/openai_poll.py`` (169k API rows): 13.5 us an API row row by row, 3.8 read whole.
 """
 
 from __future__ import annotations
