@@ -1,7 +1,7 @@
 """The money signals, read from the ledger: budgets, anomaly scores, attribution coverage, reconciliation and
 token prices, as one ``SignalsReading`` (for the terminal) and as OTLP gauges (for the emitter).
 
-Everything here reads the ledger's hourly rollups with a few aggregate queries (``Ledger.rollup_series_rows``,
+Everything here reads the ledger's hourly rollups with a few aggregate queries (``Ledger.rollup_series_pages``,
 ``rollup_segment_sums``, ``rollup_values_rows``) and never calls a provider, so a restart mid-month loses nothing
 and ``report`` works with no network. Money is exact ``Decimal`` until it becomes a gauge's double.
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import json
-import operator
+from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +60,7 @@ MONEY_METRICS = (METRIC_COST_ESTIMATED, METRIC_COST)
 #: The periods of ``llm.cost.period_to_date``: the UTC day and calendar month, as the dashboards' "today" and
 #: "this month" mean them.
 PERIODS: tuple[Period, ...] = ("day", "month")
+_ABSENT = object()  # an attribute not set (not the same as any value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +108,11 @@ class SignalsReading:
 
 
 @dataclass(slots=True, eq=False)
-class _Series:
-    """A series of the money signals: what they need of its attributes, derived once per process (a series'
-    attributes never change; its tenancy's name may, see ``Signals._series``), and its rollups' extent
-    (``width``, ``first``, ``last``), read at every export. Only these few fields are kept, not the attribute
-    dict, so that a million series stay small."""
+class _Facts:
+    """What the money signals need of a series' attributes, shared by every series whose attributes imply the
+    same (derived once per process and distinct set of facts, see ``Signals._derive``; a series keeps only the
+    index of its facts in an array, so a million series cost a few bytes each, not an object each)."""
 
-    sid: int
     instance: str
     metric: str
     usd: bool  # False for reported cost in another currency: budgets are USD
@@ -122,21 +121,23 @@ class _Series:
     model: str | None
     key: tuple[str, str]  # provider instance and tenancy: where reported and estimated meet
     group: tuple[str, str, str, str]  # the anomaly score's (provider, model, tenancy, signal)
-    price_key: tuple[tuple[str, str], ...] | None  # token series: the price gauge's attributes
     tenancy_name: str | None
     team: str
     matches: int  # bit i set: ``budget_configs[i]`` matches the series
-    cell: tuple[Any, ...] = ()  # what puts it in a ``_Cell``: key, metric, provider, tenant, team, matches
-    width: int = 0
-    first: int = 0
-    last: int = 0  # read for reported cost only (``_reported_until``): the first hour for other series
+    cell: tuple[Any, ...]  # what puts it in a ``_Cell``: key, metric, provider, tenant, team, matches
+    unit: Decimal
 
-    @property
-    def unit(self) -> Decimal:
-        return PICO if self.metric == METRIC_COST_ESTIMATED else NANO
 
-    def money(self, value: int) -> Decimal:
-        return Decimal(value) * self.unit
+@dataclass(slots=True, eq=False)
+class _SeriesSet:
+    """The series of some metrics that have rollups, in id order, as parallel arrays: id, facts index, first
+    rollup hour, price key index (token series, else -1); and reported cost's ``(facts index, width, last)``."""
+
+    sids: array[int] = field(default_factory=lambda: array("q"))
+    facts: array[int] = field(default_factory=lambda: array("l"))
+    firsts: array[int] = field(default_factory=lambda: array("q"))
+    prices: array[int] = field(default_factory=lambda: array("l"))
+    reported: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True, eq=False)
@@ -155,7 +156,8 @@ class _Cell:
     team: str
     matches: int
     unit: Decimal
-    sums: list[int]
+    rows: list[Sequence[int]]  # while summing: the members' rows ``(series id, *segment sums)``
+    sums: list[int] = field(default_factory=list)
     present: bool = False  # some member has rollups in one of the windows (else it adds nothing, not even 0)
 
     def money(self, i: int) -> Decimal:
@@ -188,17 +190,31 @@ class Signals:
         self.prices = prices
         self.labels = labels or {}
         self._scores: dict[int, list[Anomaly]] = {}
-        self._known: dict[int, _Series] = {}
         self._names: dict[tuple[str, str, str], str] = {}
         self._shared: dict[Any, Any] = {}  # one copy of each repeated string and tuple
-        self._match_labels = tuple(sorted({k for b in self.budget_configs for k in b.match.labels}))
-        self._match_memo: dict[tuple[Any, ...], int] = {}
-        self._last_groups: tuple[list[_Series], dict[tuple[str, str, str, str], list[_Series]]] = ([], {})
+        # Attribute keys whose values decide a team or a budget match (beside provider, tenant, tenancy, model).
+        self._label_keys = tuple(sorted(
+            {k for b in self.budget_configs for k in b.match.labels} | {k for r in self.attributor.rules for k in r.labels}))
+        # Per series id: the index of its facts (-1: not derived yet) and of its price key (-1: none).
+        self._fact_at: array[int] = array("l")
+        self._price_at: array[int] = array("l")
+        self._facts: list[_Facts] = []
+        self._fact_memo: dict[tuple[Any, ...], int] = {}
+        self._price_keys: list[tuple[tuple[str, str], ...]] = []
+        self._price_memo: dict[tuple[tuple[str, str], ...], int] = {}
+        # Team and budget matches by what decides them (``_attribution``): the model and the tenancy only when
+        # a rule or a budget names one.
+        rules, matches = self.attributor.rules, [b.match for b in self.budget_configs]
+        self._by_model = any(r.model is not None for r in rules) or any(m.model is not None for m in matches)
+        self._by_tenancy = (any(r.tenancy is not None or r.tenancy_regex is not None for r in rules)
+                            or any(m.tenancy is not None for m in matches))
+        self._attribution_memo: dict[tuple[Any, ...], tuple[str, int]] = {}
+        self._last_groups: tuple[_SeriesSet | None, dict[tuple[str, str, str, str], tuple[list[int], int]]] = (None, {})
         # What holds only while the ledger is unchanged (``Ledger.generation``): the series with their rollups'
         # extent (by metrics asked), the money cells by the hour grid of the windows, and anomaly scores by hour.
         self._generation: tuple[tuple[str, str], ...] | None = None
-        self._series_of: dict[tuple[str, ...], list[_Series]] = {}
-        self._cells_of: dict[tuple[tuple[int, int], ...], tuple[list[_Cell], dict[tuple[str, str], _Series]]] = {}
+        self._series_of: dict[tuple[str, ...], _SeriesSet] = {}
+        self._cells_of: dict[tuple[tuple[int, int], ...], tuple[list[_Cell], dict[tuple[str, str], _Facts]]] = {}
         declared = frozenset(CATALOG.metrics["llm.pricing.token_price"].attributes)
         self._price_attrs = declared or PRICE_GAUGE_ATTRIBUTES
 
@@ -209,16 +225,24 @@ class Signals:
         generation = ledger.generation()
         if generation != self._generation:
             if dict(generation).get("service.instance.id") != dict(self._generation or ()).get("service.instance.id"):
-                self._known, self._names = {}, {}  # another ledger: its series ids mean other series
+                self._forget_facts()  # another ledger: its series ids mean other series
+                self._names = {}
             self._generation = generation
             self._series_of.clear()
             self._cells_of.clear()
             self._scores.clear()
 
-    def _series(self, ledger: Ledger, metrics: Sequence[str]) -> list[_Series]:
+    def _forget_facts(self) -> None:
+        self._fact_at, self._price_at = array("l"), array("l")
+        self._facts, self._fact_memo = [], {}
+        self._price_keys, self._price_memo = [], {}
+        self._attribution_memo = {}
+        self._last_groups = (None, {})
+
+    def _series(self, ledger: Ledger, metrics: Sequence[str]) -> _SeriesSet:
         """The series of ``metrics`` with rollups, in id order (reported cost in other currencies included:
-        ``usd`` says). Attributes are parsed only for series not seen before, or whose tenancy name changed;
-        nothing is read while the ledger's generation is the one of the last read (``_fresh``)."""
+        their facts say ``usd``). Attributes are parsed only for series not seen before, or whose tenancy name
+        changed; nothing is read while the ledger's generation is the one of the last read (``_fresh``)."""
         cached = self._series_of.get(tuple(metrics))
         if cached is not None:
             return cached
@@ -228,86 +252,128 @@ class Signals:
                 (i, d) for (i, k, d) in names.keys() | self._names.keys()
                 if k == "tenancy" and names.get((i, k, d)) != self._names.get((i, k, d))
             }
-            if changed:
-                self._known = {sid: s for sid, s in self._known.items() if s.key not in changed}
-                self._match_memo.clear()
+            if changed:  # their series' team, matches and tenancy name change: derived again below
+                stale = {f for f, facts in enumerate(self._facts) if facts.key in changed}
+                if stale:
+                    fact_at = self._fact_at
+                    for sid, f in enumerate(fact_at):
+                        if f in stale:
+                            fact_at[sid] = -1
+                self._fact_memo = {k: f for k, f in self._fact_memo.items() if f not in stale}
+                self._attribution_memo.clear()
             self._names = names
-        known = self._known
         # Series ids are never reused (series are never deleted), so a known id needs no attributes: they are
         # read with the rows only when nothing is known yet, else only for the ids not seen before.
-        with_attrs = not known
-        out: list[_Series | None] = []
-        unseen: list[tuple[int, int, str, str, int, int, int]] = []  # (position in out, sid, instance, ...)
-        for sid, instance, metric, text, width, first, last in ledger.rollup_series_rows(
-                metrics, (METRIC_COST,), attrs=with_attrs):
-            s = known.get(sid)
-            if s is None or s.metric != metric or s.instance != instance:
-                if text is None:
-                    unseen.append((len(out), sid, instance, metric, width, first, last))
-                    out.append(None)
-                    continue
-                s = known[sid] = self._derive(sid, instance, metric, text, names)
-            s.width, s.first, s.last = width, first, last
-            out.append(s)
+        fact_at = self._fact_at
+        out = _SeriesSet()
+        sids, facts, firsts = out.sids, out.facts, out.firsts
+        unseen: list[tuple[int, str, str, str | None]] = []  # (position in out, instance, metric, attrs JSON)
+        reported: list[tuple[int, int, int]] = []  # (position in out, width, last hour)
+        for page in ledger.rollup_series_pages(metrics, (METRIC_COST,), attrs=not self._facts):
+            known = len(fact_at)
+            for sid, instance, metric, text, width, first, last in page:
+                if first is None:
+                    continue  # no rollups (pruned away, or none yet)
+                f = fact_at[sid] if sid < known else -1
+                if f < 0:
+                    unseen.append((len(sids), instance, metric, text))
+                if metric == METRIC_COST:
+                    reported.append((len(sids), width or 0, first if last is None else last))
+                sids.append(sid)
+                facts.append(f)
+                firsts.append(first)
         if unseen:
-            texts = ledger.series_attrs([u[1] for u in unseen])
-            for at, sid, instance, metric, width, first, last in unseen:
-                text = texts[sid]
-                s = known[sid] = self._derive(sid, instance, metric, text, names)
-                s.width, s.first, s.last = width, first, last
-                out[at] = s
-        series = [s for s in out if s is not None]  # every None was filled in above
-        self._series_of[tuple(metrics)] = series
-        return series
+            texts = ledger.series_attrs([sids[at] for at, _, _, text in unseen if text is None])
+            for at, instance, metric, text in unseen:
+                sid = sids[at]
+                facts[at] = self._derive(sid, instance, metric, texts[sid] if text is None else text, names)
+        out.reported = [(facts[at], width, last) for at, width, last in reported]
+        price_at = self._price_at
+        out.prices = array("l", [price_at[sid] for sid in sids])  # every sid in ``out`` was derived: in range
+        self._series_of[tuple(metrics)] = out
+        return out
 
     def _derive(
         self, sid: int, instance: str, metric: str, text: str, names: Mapping[tuple[str, str, str], str]
-    ) -> _Series:
-        shared = self._shared
+    ) -> int:
+        """The index of the series' facts (and its price key's, kept by id), derived from its attributes; series
+        whose attributes imply the same facts share them (token types, the cost of each)."""
         attrs: dict[str, str] = json.loads(text)
+        fact_at, price_at = self._fact_at, self._price_at
+        if sid >= len(fact_at):
+            grow = sid + 1 - len(fact_at) + len(fact_at) // 4  # amortised: ids grow with the ledger
+            fact_at.extend(array("l", [-1]) * grow)
+            price_at.extend(array("l", [-1]) * grow)
+        if metric == METRIC_TOKENS:
+            key_attrs = tuple(sorted((k, v) for k, v in attrs.items() if k in self._price_attrs))
+            p = self._price_memo.get(key_attrs)
+            if p is None:
+                p = self._price_memo[key_attrs] = len(self._price_keys)
+                self._price_keys.append(key_attrs)
+            price_at[sid] = p
+        tenancy = attrs.get("llm.tenancy.id")
+        provider, tenant, model = attrs.get("gen_ai.provider.name"), attrs.get("llm.tenant"), attrs.get("gen_ai.request.model")
+        usd = not (metric == METRIC_COST and CURRENCY_ATTR in attrs)
+        # Every fact below depends on these few values only (and on the names and labels of the instance).
+        memo = (instance, metric, usd, provider, tenant, tenancy, model, attrs.get("llm.tenancy.name"),
+                tuple(attrs.get(k) for k in self._label_keys))  # None where absent: not the same as ""
+        f = self._fact_memo.get(memo)
+        if f is None:
+            f = self._fact_memo[memo] = len(self._facts)
+            self._facts.append(self._new_facts(instance, metric, usd, attrs, names))
+        fact_at[sid] = f
+        return f
+
+    def _new_facts(
+        self, instance: str, metric: str, usd: bool, attrs: Mapping[str, str],
+        names: Mapping[tuple[str, str, str], str],
+    ) -> _Facts:
+        shared = self._shared
         tenancy = attrs.get("llm.tenancy.id")
         name = names.get((instance, "tenancy", tenancy)) if tenancy else None
-        labels = self.labels.get(instance)
-        team = self.attributor.team(attrs, name, labels)
         provider = attrs.get("gen_ai.provider.name", "")
         model = attrs.get("gen_ai.request.model")
         tenancy_id = attrs.get("llm.tenancy.id", "")
-        instance = shared.setdefault(instance, instance)
+        tenant = attrs.get("llm.tenant", "")
         signal = "cost" if metric == METRIC_COST_ESTIMATED else "tokens"
-        price_key = None
-        if metric == METRIC_TOKENS:
-            key_attrs = tuple(sorted((k, v) for k, v in attrs.items() if k in self._price_attrs))
-            price_key = shared.setdefault(key_attrs, key_attrs)
-        s = _Series(
-            sid, instance, shared.setdefault(metric, metric),
-            not (metric == METRIC_COST and CURRENCY_ATTR in attrs),
-            shared.setdefault(provider, provider), shared.setdefault(t := attrs.get("llm.tenant", ""), t),
-            shared.setdefault(model, model),
+        team, matches = "", 0
+        if metric in MONEY_METRICS:  # team and budget matches: only money is counted per team and budget
+            team, matches = self._attribution(instance, attrs, name)
+        s = _Facts(
+            shared.setdefault(instance, instance), shared.setdefault(metric, metric), usd,
+            shared.setdefault(provider, provider), shared.setdefault(tenant, tenant), shared.setdefault(model, model),
             shared.setdefault(k := (instance, tenancy_id), k),
-            shared.setdefault(g := (provider, model or "", tenancy_id, signal), g), price_key, name,
-            shared.setdefault(team, team), 0,
+            shared.setdefault(g := (provider, model or "", tenancy_id, signal), g), name, team, matches, (),
+            PICO if metric == METRIC_COST_ESTIMATED else NANO,
         )
-        # Budget matches depend on these few fields only: many series (token types, cost of each) share them.
-        facts = (instance, attrs.get("gen_ai.provider.name"), attrs.get("llm.tenant"), tenancy, name, model, team,
-                 tuple(attrs.get(k) for k in self._match_labels))  # None where absent: not the same as ""
-        matches = self._match_memo.get(facts)
-        if matches is None:
-            matches = self._match_memo[facts] = sum(
-                1 << i for i, b in enumerate(self.budget_configs) if self._matches(b.match, s, attrs))
-        s.matches = matches
         s.cell = shared.setdefault(c := (s.key, s.metric, s.provider, s.tenant, s.team, s.matches), c)
         return s
+
+    def _attribution(self, instance: str, attrs: Mapping[str, str], name: str | None) -> tuple[str, int]:
+        """A money series' team and budget matches, kept per distinct value of what the rules and budgets look
+        at: the model and the tenancy only when some rule or budget names one (a tenancy's series then share)."""
+        a = attrs
+        memo = (
+            instance, a.get("gen_ai.provider.name"), a.get("llm.tenant"),
+            (a.get("llm.tenancy.id"), name, a.get("llm.tenancy.name")) if self._by_tenancy else None,
+            a.get("gen_ai.request.model", _ABSENT) if self._by_model else None,
+            tuple(a.get(k) for k in self._label_keys),  # None where absent: not the same as ""
+        )
+        found = self._attribution_memo.get(memo)
+        if found is None:
+            team = self.attributor.team(attrs, name, self.labels.get(instance))
+            matches = sum(1 << i for i, b in enumerate(self.budget_configs)
+                          if self._matches(b.match, instance, name, team, attrs))
+            found = self._attribution_memo[memo] = (self._shared.setdefault(team, team), matches)
+        return found
 
     def read(
         self, ledger: Ledger, now: int, *, anomaly_hour: int | None = None, peak_days: int = 0
     ) -> SignalsReading:
         self._fresh(ledger)
         every = self._series(ledger, (*MONEY_METRICS, METRIC_TOKENS))
-        if len(self._known) > len(every):  # series pruned away (or seen only by other reads): forget them
-            self._known = {s.sid: s for s in every}
-        money = [s for s in every if s.usd and s.metric in MONEY_METRICS]
         hour_end = (now - SETTLE) // HOUR * HOUR  # end of the newest complete hour
-        reported_until = self._reported_until(money, now)
+        reported_until = self._reported_until(every, now)
         base_windows: list[tuple[int, int]] = [(hour_end - DAY, hour_end)]
         plans = []
         for budget in self.budget_configs:
@@ -337,7 +403,7 @@ class Signals:
         grid = tuple((-(-a // HOUR) * HOUR, -(-b // HOUR) * HOUR) for a, b in order)
         found = self._cells_of.get(grid)
         if found is None:
-            found = self._cells_of[grid] = self._cells(money, *ledger.rollup_segment_rows(grid, MONEY_METRICS))
+            found = self._cells_of[grid] = self._cells(every, *ledger.rollup_segment_rows(grid, MONEY_METRICS))
         cells, first_of_key = found
 
         def spend(chosen: Sequence[_Cell], window: tuple[int, int], source: str) -> Decimal:
@@ -378,7 +444,8 @@ class Signals:
         hour = anomaly_hour if anomaly_hour is not None else hour_end - HOUR
         token_prices = []
         if self.prices is not None:
-            distinct = dict.fromkeys(s.price_key for s in every if s.price_key is not None)
+            keys = self._price_keys
+            distinct = dict.fromkeys(keys[p] for p in dict.fromkeys(every.prices) if p >= 0)
             token_prices = self.prices.token_prices(
                 (dict(k) for k in distinct), now, frozenset(CATALOG.metrics["llm.pricing.token_price"].attributes))
         peak = None
@@ -391,34 +458,44 @@ class Signals:
             reconciliation=recon, token_prices=token_prices, period_to_date=to_date, hour=hour, peak=peak,
         )
 
-    @staticmethod
     def _cells(
-        money: Sequence[_Series], spans: Sequence[tuple[int, int]], segments: Iterable[Sequence[int]]
-    ) -> tuple[list[_Cell], dict[tuple[str, str], _Series]]:
-        """The money series' window sums added up per cell (in the order cells are first seen), and the first
-        series of each (instance, tenancy): what names a reconciliation.
+        self, every: _SeriesSet, spans: Sequence[tuple[int, int]], segments: Iterable[Sequence[int]]
+    ) -> tuple[list[_Cell], dict[tuple[str, str], _Facts]]:
+        """The USD money series' window sums added up per cell (in the order cells are first seen, by series
+        id), and the facts of the first series of each (instance, tenancy): what names a reconciliation.
 
         ``segments`` are rows ``(series id, *sums)`` of the series' sums over disjoint time segments and
-        ``spans`` each window's range of them (``Ledger.rollup_segment_rows``): a cell adds its members'
-        segments as the rows stream in (rows of series not in ``money`` are left out), then each window once."""
+        ``spans`` each window's range of them (``Ledger.rollup_segment_rows``): each cell keeps its members'
+        non-zero rows as they stream in (rows of other series are left out) and adds each column once."""
         cells: dict[tuple[Any, ...], _Cell] = {}
-        first_of_key: dict[tuple[str, str], _Series] = {}
+        first_of_key: dict[tuple[str, str], _Facts] = {}
         width = max((j for _, j in spans), default=0)
-        cell_of: dict[int, _Cell] = {}
-        for s in money:
-            ck = s.cell
-            c = cells.get(ck)
-            if c is None:
-                c = cells[ck] = _Cell(s.key, s.metric, s.provider, s.tenant, s.team, s.matches, s.unit, [0] * width)
-                first_of_key.setdefault(s.key, s)
-            cell_of[s.sid] = c
-        for sid, *values in segments:
-            member = cell_of.get(sid)
-            if member is not None and any(values):
-                member.present = True
-                member.sums = list(map(operator.add, member.sums, values))
+        facts = self._facts
+        cell_of_fact: dict[int, _Cell | None] = {}
+        cell_at: dict[int, list[Sequence[int]]] = {}  # series id -> its cell's rows
+        for sid, f in zip(every.sids, every.facts, strict=True):
+            if f in cell_of_fact:
+                c = cell_of_fact[f]
+            else:
+                s = facts[f]
+                c = None
+                if s.usd and s.metric in MONEY_METRICS:
+                    c = cells.get(s.cell)
+                    if c is None:
+                        c = cells[s.cell] = _Cell(s.key, s.metric, s.provider, s.tenant, s.team, s.matches, s.unit, [])
+                        first_of_key.setdefault(s.key, s)
+                cell_of_fact[f] = c
+            if c is not None:
+                cell_at[sid] = c.rows
+        for row in segments:
+            rows = cell_at.get(row[0])
+            if rows is not None:
+                rows.append(row)
         for c in cells.values():
-            c.sums = [sum(c.sums[i:j]) for i, j in spans]
+            columns = [sum(col) for col in zip(*c.rows, strict=True)][1:] if c.rows else [0] * width
+            c.present = any(any(r[1:]) for r in c.rows)  # some member has rollups (a sum of 0 counts no cell)
+            c.rows = []
+            c.sums = [sum(columns[i:j]) for i, j in spans]
         return list(cells.values()), first_of_key
 
     def _period_to_date(self, cells: Sequence[_Cell], periods: Mapping[str, int]) -> list[tuple[dict[str, str], Decimal]]:
@@ -448,28 +525,28 @@ class Signals:
                 totals[key] = totals.get(key, Decimal(0)) + usd
         return [(dict(key), usd) for key, usd in sorted(totals.items())]
 
-    def _matches(self, match: BudgetMatch, s: _Series, a: Mapping[str, str]) -> bool:
+    def _matches(self, match: BudgetMatch, instance: str, name: str | None, team: str, a: Mapping[str, str]) -> bool:
         if match.model is not None and "gen_ai.request.model" not in a:
             return False
-        labels = self.labels.get(s.instance, {})
+        labels = self.labels.get(instance, {})
         return (
             _glob(match.provider, a.get("gen_ai.provider.name"))
             and _glob(match.tenant, a.get("llm.tenant"))
-            and _glob(match.tenancy, a.get("llm.tenancy.id"), s.tenancy_name)
+            and _glob(match.tenancy, a.get("llm.tenancy.id"), name)
             and _glob(match.model, a.get("gen_ai.request.model"))
-            and _glob(match.team, s.team)
+            and _glob(match.team, team)
             and all(labels.get(k, a.get(k)) == v for k, v in match.labels.items())
         )
 
-    @staticmethod
-    def _reported_until(money: Sequence[_Series], now: int) -> dict[tuple[str, str], int]:
-        """Per (instance, tenancy): the end of the newest complete reported bucket."""
+    def _reported_until(self, every: _SeriesSet, now: int) -> dict[tuple[str, str], int]:
+        """Per (instance, tenancy): the end of the newest complete reported (USD) bucket."""
         until: dict[tuple[str, str], int] = {}
-        for s in money:
-            if s.metric != METRIC_COST:
+        for f, width, last in every.reported:
+            s = self._facts[f]
+            if not s.usd:
                 continue
-            width = s.width or HOUR
-            end = s.last + width if s.last + width <= now else s.last
+            width = width or HOUR
+            end = last + width if last + width <= now else last
             until[s.key] = max(until.get(s.key, end), end)
         return until
 
@@ -497,7 +574,7 @@ class Signals:
 
     @staticmethod
     def _reconcile(
-        cells: Sequence[_Cell], first_of_key: Mapping[tuple[str, str], _Series], days: Mapping[tuple[str, str], int],
+        cells: Sequence[_Cell], first_of_key: Mapping[tuple[str, str], _Facts], days: Mapping[tuple[str, str], int],
         spend: Any,
     ) -> list[Reconciliation]:
         by_key: dict[tuple[str, str], list[_Cell]] = defaultdict(list)
@@ -523,7 +600,7 @@ class Signals:
         """
         self._fresh(ledger)
         out: list[Anomaly] = []
-        series: list[_Series] | None = None
+        series: _SeriesSet | None = None
         for hour in range(start - start % HOUR, end, HOUR):
             cached = self._scores.get(hour)
             if cached is None:
@@ -533,24 +610,33 @@ class Signals:
             out += cached
         return out
 
-    def _groups(self, series: Sequence[_Series]) -> dict[tuple[str, str, str, str], list[_Series]]:
-        """The anomaly groups' members, in series order; kept while the series are the same objects in the
-        same order (the usual export: no new series), since a series' group never changes."""
+    def _groups(self, series: _SeriesSet) -> dict[tuple[str, str, str, str], tuple[list[int], int]]:
+        """The anomaly groups: their members' ids (in id order) and the facts of the first, with the first hour
+        of the group's rollups as the list's last item. Kept while the series set is the same object (the ledger
+        unchanged), since a series' group never changes."""
         seen, groups = self._last_groups
-        if len(seen) == len(series) and seen == series:  # identity of each element (no __eq__): a C loop
+        if seen is series:
             return groups
+        facts = self._facts
         groups = {}
-        for s in series:
+        first_of: dict[tuple[str, str, str, str], int] = {}
+        for sid, f, first in zip(series.sids, series.facts, series.firsts, strict=True):
+            s = facts[f]
             if s.metric == METRIC_COST_ESTIMATED or s.metric == METRIC_TOKENS:
-                members = groups.get(s.group)
-                if members is None:
-                    groups[s.group] = [s]
+                found = groups.get(s.group)
+                if found is None:
+                    groups[s.group] = ([sid], f)
+                    first_of[s.group] = first
                 else:
-                    members.append(s)
-        self._last_groups = (list(series), groups)
+                    found[0].append(sid)
+                    if first < first_of[s.group]:
+                        first_of[s.group] = first
+        for group, (members, _) in groups.items():
+            members.append(first_of[group])
+        self._last_groups = (series, groups)
         return groups
 
-    def anomalies(self, ledger: Ledger, hour: int, series: Sequence[_Series] | None = None) -> list[Anomaly]:
+    def anomalies(self, ledger: Ledger, hour: int, series: _SeriesSet | None = None) -> list[Anomaly]:
         """Scores of ``hour`` for every (provider, model, tenancy), for cost and for tokens.
 
         Groups without a baseline yet (``anomalies.baseline_hours``) are left out before any rollup is read:
@@ -565,19 +651,19 @@ class Signals:
         scores = self._scores[hour] = self._anomalies(ledger, hour, series)
         return list(scores)
 
-    def _anomalies(self, ledger: Ledger, hour: int, series: Sequence[_Series]) -> list[Anomaly]:
+    def _anomalies(self, ledger: Ledger, hour: int, series: _SeriesSet) -> list[Anomaly]:
         groups = self._groups(series)
         pasts: dict[int, list[int]] = {}
         scored = []
-        for group, members in groups.items():
-            first = min(s.first for s in members)
+        for group, (members, f) in groups.items():
+            first = members[-1]
             if hour < first:
                 continue
             past = pasts.get(first)
             if past is None:
                 past = pasts[first] = anomalies.baseline_hours(hour, first)
             if past:
-                scored.append((group, members, past))
+                scored.append((group, members, f, past))
         if not scored:
             return []
         wanted = {hour} | {hour - k * anomalies.WEEK for k in range(1, anomalies.WEEKS + 1)}
@@ -585,9 +671,10 @@ class Signals:
         hours, values = ledger.rollup_values_rows(sorted(wanted), (METRIC_COST_ESTIMATED, METRIC_TOKENS))
         position = {h: i for i, h in enumerate(hours)}
         out = []
-        for (provider, model, tenancy, signal), members, past in sorted(scored, key=lambda g: g[0]):
-            rows = [values[s.sid] for s in members if s.sid in values]
-            scale = 1e-12 if members[0].metric == METRIC_COST_ESTIMATED else 1.0
+        for (provider, model, tenancy, signal), members, f, past in sorted(scored, key=lambda g: g[0]):
+            rows = [values[sid] for sid in members[:-1] if sid in values]
+            s = self._facts[f]
+            scale = 1e-12 if s.metric == METRIC_COST_ESTIMATED else 1.0
 
             def at(h: int, rows: list[tuple[int | None, ...]] = rows, scale: float = scale) -> float:
                 i = position[h]
@@ -598,7 +685,7 @@ class Signals:
             score = anomalies.robust_z(x, history)
             if score is None:
                 continue
-            out.append(Anomaly(provider, model, tenancy, members[0].tenancy_name, signal, hour, x,
+            out.append(Anomaly(provider, model, tenancy, s.tenancy_name, signal, hour, x,
                                sorted(history)[len(history) // 2], score))
         return out
 

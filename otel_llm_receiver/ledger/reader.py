@@ -370,16 +370,17 @@ class LedgerReader(LedgerEngine):
             out += [SeriesHourValue(int(sid), h, int(v)) for h, v in zip(hours, values, strict=True) if v is not None]
         return out
 
-    def rollup_series_rows(
+    def rollup_series_pages(
         self, metrics: Sequence[str], last_of: Sequence[str] | None = None, *, attrs: bool = True
-    ) -> Iterator[tuple[int, str, str, str | None, int, int, int]]:
-        """``rollup_series`` unparsed: ``(id, instance, metric, attrs JSON, bucket width, first, last hour)``.
+    ) -> Iterator[list[tuple[int, str, str, str | None, int | None, int | None, int | None]]]:
+        """Every series of ``metrics`` as raw rows ``(id, instance, metric, attrs JSON, bucket width, first hour,
+        last hour)`` in id order, a page at a time; first is None for a series without rollups.
 
         For callers that keep what they derive from a series' attributes by id (the money signals): they parse
         a series' JSON once per process, not once per export; with ``attrs=False`` the JSON is not read at all
         (None), and ``series_attrs`` reads it for the ids the caller has not seen. With ``last_of``, only series
-        of those metrics get their last hour read (one index probe fewer for each other series, whose "last" is
-        their first). Rows come in id order, read a page at a time.
+        of those metrics get their last hour read (one index probe fewer for each other series: None). Pages
+        of raw rows, not a row at a time: at 100,000 series a generator's step per row is a tenth of the read.
         """
         last = "(SELECT max(hour_start) FROM rollups WHERE series_id = s.id)"
         if last_of is not None:
@@ -388,9 +389,7 @@ class LedgerReader(LedgerEngine):
             attrs="s.attrs" if attrs else "NULL", last=last, metrics=",".join("?" * len(metrics)))
         cursor = self._conn.execute(sql, (*(last_of or ()), *metrics))
         while rows := cursor.fetchmany(10_000):
-            for sid, instance, metric, text, width, first, last_hour in rows:
-                if first is not None:
-                    yield sid, instance, metric, text, width or 0, first, first if last_hour is None else last_hour
+            yield rows
 
     def series_attrs(self, ids: Sequence[int]) -> dict[int, str]:
         """The canonical attributes JSON of these series (a series' attributes never change)."""
