@@ -25,6 +25,7 @@ and estimated cost alone where the provider reports no cost at all.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import fnmatch
 import json
@@ -42,6 +43,7 @@ from . import anomalies, budgets
 from .attribution import UNATTRIBUTED, Attributor
 from .catalog import CATALOG
 from .ledger import Ledger
+from .ledger.schema import META_GENERATION
 from .names import CURRENCY_ATTR, METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS
 from .pricing import PRICE_GAUGE_ATTRIBUTES, PriceBook
 from .signals_config import BudgetConfig, BudgetMatch, Period
@@ -57,6 +59,8 @@ RECONCILE_SETTLE = 2 * HOUR
 PICO = Decimal(10) ** -12
 NANO = Decimal(10) ** -9
 MONEY_METRICS = (METRIC_COST_ESTIMATED, METRIC_COST)
+#: The series the signals keep: money, and tokens (anomaly scores and price gauges).
+SERIES_METRICS = (*MONEY_METRICS, METRIC_TOKENS)
 #: The periods of ``llm.cost.period_to_date``: the UTC day and calendar month, as the dashboards' "today" and
 #: "this month" mean them.
 PERIODS: tuple[Period, ...] = ("day", "month")
@@ -130,14 +134,39 @@ class _Facts:
 
 @dataclass(slots=True, eq=False)
 class _SeriesSet:
-    """The series of some metrics that have rollups, in id order, as parallel arrays: id, facts index, first
-    rollup hour, price key index (token series, else -1); and reported cost's ``(facts index, width, last)``."""
+    """The money and token series that have rollups, in id order, as parallel arrays: id, facts index, first
+    rollup hour, price key index (token series, else -1); and by id, reported cost's ``(facts, width, last)``."""
 
     sids: array[int] = field(default_factory=lambda: array("q"))
     facts: array[int] = field(default_factory=lambda: array("l"))
     firsts: array[int] = field(default_factory=lambda: array("q"))
     prices: array[int] = field(default_factory=lambda: array("l"))
-    reported: list[tuple[int, int, int]] = field(default_factory=list)
+    reported: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+
+
+@dataclass(slots=True, eq=False)
+class _Group:
+    """An anomaly group: its members' ids (id order), the facts of the first, the first hour of its rollups."""
+
+    members: list[int]
+    facts: int
+    first: int
+
+
+@dataclass(slots=True, eq=False)
+class _Sums:
+    """The USD money series' sums over the segments of one hour grid, kept per series (one flat array, ``width``
+    values a series) and added up per cell, so that after a poll only the series that changed are read again
+    and their cells move by the difference."""
+
+    grid: tuple[tuple[int, int], ...]
+    spans: list[tuple[int, int]]
+    width: int
+    cells: list[_Cell]
+    first_of_key: dict[tuple[str, str], _Facts]
+    position: dict[int, int]  # series id -> its row in ``rows`` and its cell in ``cell_of``
+    cell_of: list[_Cell]
+    rows: array[int]
 
 
 @dataclass(slots=True, eq=False)
@@ -156,9 +185,14 @@ class _Cell:
     team: str
     matches: int
     unit: Decimal
-    rows: list[Sequence[int]]  # while summing: the members' rows ``(series id, *segment sums)``
-    sums: list[int] = field(default_factory=list)
-    present: bool = False  # some member has rollups in one of the windows (else it adds nothing, not even 0)
+    rows: list[Sequence[int]]  # while summing: the members' rows ``(*segment sums)``
+    columns: list[int] = field(default_factory=list)  # the members' sums per segment
+    nonzero: int = 0  # members with rollups in some segment (none: the cell adds nothing, not even 0)
+    sums: list[int] = field(default_factory=list)  # per window, for the reading at hand
+
+    @property
+    def present(self) -> bool:
+        return self.nonzero > 0
 
     def money(self, i: int) -> Decimal:
         return Decimal(self.sums[i]) * self.unit
@@ -209,12 +243,17 @@ class Signals:
         self._by_tenancy = (any(r.tenancy is not None or r.tenancy_regex is not None for r in rules)
                             or any(m.tenancy is not None for m in matches))
         self._attribution_memo: dict[tuple[Any, ...], tuple[str, int]] = {}
-        self._last_groups: tuple[_SeriesSet | None, dict[tuple[str, str, str, str], tuple[list[int], int]]] = (None, {})
+        self._last_groups: tuple[_SeriesSet | None, dict[tuple[str, str, str, str], _Group]] = (None, {})
         # What holds only while the ledger is unchanged (``Ledger.generation``): the series with their rollups'
         # extent (by metrics asked), the money cells by the hour grid of the windows, and anomaly scores by hour.
         self._generation: tuple[tuple[str, str], ...] | None = None
-        self._series_of: dict[tuple[str, ...], _SeriesSet] = {}
-        self._cells_of: dict[tuple[tuple[int, int], ...], tuple[list[_Cell], dict[tuple[str, str], _Facts]]] = {}
+        # The series and the money sums, kept across generations: a generation moved by polls only (not by a
+        # prune or a re-pricing, which move the ledger-wide one) means only the series whose ``updated_ns``
+        # moved are read again (``_catch_up``).
+        self._set: _SeriesSet | None = None
+        self._moved = False
+        self._updated_at: array[int] = array("q")  # by series id: updated_ns when last read (0: not read)
+        self._sums: _Sums | None = None
         declared = frozenset(CATALOG.metrics["llm.pricing.token_price"].attributes)
         self._price_attrs = declared or PRICE_GAUGE_ATTRIBUTES
 
@@ -224,28 +263,41 @@ class Signals:
         ``Ledger.generation``). Unchanged, the series, cells and scores computed since are reused."""
         generation = ledger.generation()
         if generation != self._generation:
-            if dict(generation).get("service.instance.id") != dict(self._generation or ()).get("service.instance.id"):
+            new, old = dict(generation), dict(self._generation or ())
+            if new.get("service.instance.id") != old.get("service.instance.id"):
                 self._forget_facts()  # another ledger: its series ids mean other series
                 self._names = {}
+            if new.get(META_GENERATION) != old.get(META_GENERATION) or self._generation is None:
+                self._set, self._sums = None, None  # pruned or re-priced: every series may have changed
+            else:
+                self._moved = True  # polls landed: the series they changed are read again (``_catch_up``)
             self._generation = generation
-            self._series_of.clear()
-            self._cells_of.clear()
             self._scores.clear()
 
     def _forget_facts(self) -> None:
-        self._fact_at, self._price_at = array("l"), array("l")
+        self._fact_at, self._price_at, self._updated_at = array("l"), array("l"), array("q")
+        self._set, self._sums = None, None
         self._facts, self._fact_memo = [], {}
         self._price_keys, self._price_memo = [], {}
         self._attribution_memo = {}
         self._last_groups = (None, {})
 
-    def _series(self, ledger: Ledger, metrics: Sequence[str]) -> _SeriesSet:
-        """The series of ``metrics`` with rollups, in id order (reported cost in other currencies included:
+    def _series(self, ledger: Ledger) -> _SeriesSet:
+        """The money and token series with rollups, in id order (reported cost in other currencies included:
         their facts say ``usd``). Attributes are parsed only for series not seen before, or whose tenancy name
-        changed; nothing is read while the ledger's generation is the one of the last read (``_fresh``)."""
-        cached = self._series_of.get(tuple(metrics))
-        if cached is not None:
-            return cached
+        changed; nothing is read while the ledger's generation is the one of the last read (``_fresh``), and
+        after polls only what changed (``_catch_up``)."""
+        if self._set is not None:
+            if not self._moved:
+                return self._set
+            self._moved = False
+            if self._catch_up(ledger, self._set):
+                return self._set
+        self._set, self._sums, self._moved = None, None, False
+        self._set = self._read_series(ledger)
+        return self._set
+
+    def _read_series(self, ledger: Ledger) -> _SeriesSet:
         names = ledger.names()
         if names != self._names:
             changed = {
@@ -264,14 +316,17 @@ class Signals:
             self._names = names
         # Series ids are never reused (series are never deleted), so a known id needs no attributes: they are
         # read with the rows only when nothing is known yet, else only for the ids not seen before.
-        fact_at = self._fact_at
+        fact_at, updated_at = self._fact_at, self._updated_at
         out = _SeriesSet()
         sids, facts, firsts = out.sids, out.facts, out.firsts
         unseen: list[tuple[int, str, str, str | None]] = []  # (position in out, instance, metric, attrs JSON)
         reported: list[tuple[int, int, int]] = []  # (position in out, width, last hour)
-        for page in ledger.rollup_series_pages(metrics, (METRIC_COST,), attrs=not self._facts):
+        for page in ledger.rollup_series_pages(SERIES_METRICS, (METRIC_COST,), attrs=not self._facts):
+            if page[-1][0] >= len(updated_at):  # ids in order: the page's last is its largest
+                updated_at.extend(array("q", [0]) * (page[-1][0] + 1 - len(updated_at) + len(updated_at) // 4))
             known = len(fact_at)
-            for sid, instance, metric, text, width, first, last in page:
+            for sid, instance, metric, text, width, first, last, updated in page:
+                updated_at[sid] = updated  # read with the extent: the sums, read later, are at least as new
                 if first is None:
                     continue  # no rollups (pruned away, or none yet)
                 f = fact_at[sid] if sid < known else -1
@@ -287,11 +342,55 @@ class Signals:
             for at, instance, metric, text in unseen:
                 sid = sids[at]
                 facts[at] = self._derive(sid, instance, metric, texts[sid] if text is None else text, names)
-        out.reported = [(facts[at], width, last) for at, width, last in reported]
+        out.reported = {sids[at]: (facts[at], width, last) for at, width, last in reported}
         price_at = self._price_at
         out.prices = array("l", [price_at[sid] for sid in sids])  # every sid in ``out`` was derived: in range
-        self._series_of[tuple(metrics)] = out
         return out
+
+    def _catch_up(self, ledger: Ledger, series: _SeriesSet) -> bool:
+        """Bring the kept series (extent, reported cost, anomaly groups' first hours) and money sums up to date
+        after polls, reading again only the series whose ``updated_ns`` moved; False when that is not enough (a
+        new series, one that gained its first rollups, a rename, an extent that shrank): read everything."""
+        if ledger.names() != self._names:
+            return False
+        updated_at = self._updated_at
+        known = len(updated_at)
+        changed: list[tuple[int, int]] = []
+        for page in ledger.series_updated(SERIES_METRICS):
+            for sid, updated in page:
+                if sid >= known or updated_at[sid] == 0:
+                    return False  # a new series: its facts are derived with everything else
+                if updated_at[sid] != updated:
+                    changed.append((sid, updated))
+        if not changed:
+            return True
+        sids = series.sids
+        position: dict[int, int] = {}
+        for sid, _ in changed:
+            at = bisect.bisect_left(sids, sid)
+            if at < len(sids) and sids[at] == sid:
+                position[sid] = at
+        rows = ledger.rollup_series_of(sorted(position), (METRIC_COST,))
+        if len(rows) != len(position) or len(position) != len(changed):
+            return False  # a series without rollups before (gained some) or none now
+        groups = self._last_groups[1] if self._last_groups[0] is series else None
+        for sid, _, metric, _, width, first, last, _ in rows:
+            at = position[sid]
+            if first is None or first > series.firsts[at]:
+                return False  # its rollups were pruned or cancelled out: read everything again
+            series.firsts[at] = first
+            f = series.facts[at]
+            if metric == METRIC_COST:
+                series.reported[sid] = (f, width or 0, first if last is None else last)
+            if groups is not None:
+                group = groups.get(self._facts[f].group)
+                if group is not None and first < group.first:
+                    group.first = first
+        if self._sums is not None:
+            self._sums_catch_up(ledger, self._sums, [sid for sid in position if sid in self._sums.position])
+        for sid, updated in changed:
+            updated_at[sid] = updated
+        return True
 
     def _derive(
         self, sid: int, instance: str, metric: str, text: str, names: Mapping[tuple[str, str, str], str]
@@ -371,7 +470,7 @@ class Signals:
         self, ledger: Ledger, now: int, *, anomaly_hour: int | None = None, peak_days: int = 0
     ) -> SignalsReading:
         self._fresh(ledger)
-        every = self._series(ledger, (*MONEY_METRICS, METRIC_TOKENS))
+        every = self._series(ledger)
         hour_end = (now - SETTLE) // HOUR * HOUR  # end of the newest complete hour
         reported_until = self._reported_until(every, now)
         base_windows: list[tuple[int, int]] = [(hour_end - DAY, hour_end)]
@@ -401,10 +500,12 @@ class Signals:
         # Rollups start on whole hours, so a window's sum depends only on its edges rounded up to the hour: the
         # cells are kept by that grid while the ledger is unchanged (a later export in the same hour reads none).
         grid = tuple((-(-a // HOUR) * HOUR, -(-b // HOUR) * HOUR) for a, b in order)
-        found = self._cells_of.get(grid)
-        if found is None:
-            found = self._cells_of[grid] = self._cells(every, *ledger.rollup_segment_rows(grid, MONEY_METRICS))
-        cells, first_of_key = found
+        sums = self._sums
+        if sums is None or sums.grid != grid:
+            sums = self._sums = self._read_sums(every, grid, *ledger.rollup_segment_rows(grid, MONEY_METRICS))
+        cells, first_of_key = sums.cells, sums.first_of_key
+        for c in cells:
+            c.sums = [sum(c.columns[i:j]) for i, j in sums.spans]
 
         def spend(chosen: Sequence[_Cell], window: tuple[int, int], source: str) -> Decimal:
             a, b = window
@@ -458,21 +559,24 @@ class Signals:
             reconciliation=recon, token_prices=token_prices, period_to_date=to_date, hour=hour, peak=peak,
         )
 
-    def _cells(
-        self, every: _SeriesSet, spans: Sequence[tuple[int, int]], segments: Iterable[Sequence[int]]
-    ) -> tuple[list[_Cell], dict[tuple[str, str], _Facts]]:
-        """The USD money series' window sums added up per cell (in the order cells are first seen, by series
-        id), and the facts of the first series of each (instance, tenancy): what names a reconciliation.
+    def _read_sums(
+        self, every: _SeriesSet, grid: tuple[tuple[int, int], ...], spans: list[tuple[int, int]],
+        segments: Iterable[Sequence[int]],
+    ) -> _Sums:
+        """The USD money series' sums over the segments of ``grid``, kept per series and added up per cell (in
+        the order cells are first seen, by series id), and the facts of the first series of each (instance,
+        tenancy): what names a reconciliation.
 
         ``segments`` are rows ``(series id, *sums)`` of the series' sums over disjoint time segments and
-        ``spans`` each window's range of them (``Ledger.rollup_segment_rows``): each cell keeps its members'
-        non-zero rows as they stream in (rows of other series are left out) and adds each column once."""
+        ``spans`` each window's range of them (``Ledger.rollup_segment_rows``); rows of other series (other
+        currencies, no rollups, created since the series were read) are left out."""
         cells: dict[tuple[Any, ...], _Cell] = {}
         first_of_key: dict[tuple[str, str], _Facts] = {}
         width = max((j for _, j in spans), default=0)
         facts = self._facts
         cell_of_fact: dict[int, _Cell | None] = {}
-        cell_at: dict[int, list[Sequence[int]]] = {}  # series id -> its cell's rows
+        position: dict[int, int] = {}
+        cell_of: list[_Cell] = []
         for sid, f in zip(every.sids, every.facts, strict=True):
             if f in cell_of_fact:
                 c = cell_of_fact[f]
@@ -486,17 +590,38 @@ class Signals:
                         first_of_key.setdefault(s.key, s)
                 cell_of_fact[f] = c
             if c is not None:
-                cell_at[sid] = c.rows
+                position[sid] = len(cell_of)
+                cell_of.append(c)
+        rows = array("q", bytes(8 * width * len(cell_of)))
         for row in segments:
-            rows = cell_at.get(row[0])
-            if rows is not None:
-                rows.append(row)
+            at = position.get(row[0])
+            if at is not None:
+                values = row[1:]
+                if any(values):
+                    rows[at * width:(at + 1) * width] = array("q", values)
+                    cell_of[at].rows.append(values)
         for c in cells.values():
-            columns = [sum(col) for col in zip(*c.rows, strict=True)][1:] if c.rows else [0] * width
-            c.present = any(any(r[1:]) for r in c.rows)  # some member has rollups (a sum of 0 counts no cell)
+            c.columns = [sum(col) for col in zip(*c.rows, strict=True)] if c.rows else [0] * width
+            c.nonzero = len(c.rows)
             c.rows = []
-            c.sums = [sum(columns[i:j]) for i, j in spans]
-        return list(cells.values()), first_of_key
+        return _Sums(grid, spans, width, list(cells.values()), first_of_key, position, cell_of, rows)
+
+    @staticmethod
+    def _sums_catch_up(ledger: Ledger, sums: _Sums, sids: Sequence[int]) -> None:
+        """Read again the sums of these (changed) series and move their cells by the difference."""
+        if not sids or not sums.width:
+            return
+        _, rows = ledger.rollup_segment_rows_of(sums.grid, sids)
+        width, kept = sums.width, sums.rows
+        for sid, *values in rows:
+            at = sums.position[sid]
+            old = kept[at * width:(at + 1) * width]
+            c = sums.cell_of[at]
+            columns = c.columns
+            for i in range(width):
+                columns[i] += values[i] - old[i]
+            c.nonzero += bool(any(values)) - bool(any(old))
+            kept[at * width:(at + 1) * width] = array("q", values)
 
     def _period_to_date(self, cells: Sequence[_Cell], periods: Mapping[str, int]) -> list[tuple[dict[str, str], Decimal]]:
         """Reported and estimated USD per period, provider, tenant (and team when rules exist).
@@ -541,7 +666,7 @@ class Signals:
     def _reported_until(self, every: _SeriesSet, now: int) -> dict[tuple[str, str], int]:
         """Per (instance, tenancy): the end of the newest complete reported (USD) bucket."""
         until: dict[tuple[str, str], int] = {}
-        for f, width, last in every.reported:
+        for f, width, last in every.reported.values():
             s = self._facts[f]
             if not s.usd:
                 continue
@@ -605,34 +730,29 @@ class Signals:
             cached = self._scores.get(hour)
             if cached is None:
                 if series is None:
-                    series = self._series(ledger, (METRIC_COST_ESTIMATED, METRIC_TOKENS))
+                    series = self._series(ledger)
                 cached = self.anomalies(ledger, hour, series)
             out += cached
         return out
 
-    def _groups(self, series: _SeriesSet) -> dict[tuple[str, str, str, str], tuple[list[int], int]]:
-        """The anomaly groups: their members' ids (in id order) and the facts of the first, with the first hour
-        of the group's rollups as the list's last item. Kept while the series set is the same object (the ledger
-        unchanged), since a series' group never changes."""
+    def _groups(self, series: _SeriesSet) -> dict[tuple[str, str, str, str], _Group]:
+        """The anomaly groups, kept while the series set is the same object (``_catch_up`` moves their first
+        hours), since a series' group never changes."""
         seen, groups = self._last_groups
         if seen is series:
             return groups
         facts = self._facts
         groups = {}
-        first_of: dict[tuple[str, str, str, str], int] = {}
         for sid, f, first in zip(series.sids, series.facts, series.firsts, strict=True):
             s = facts[f]
             if s.metric == METRIC_COST_ESTIMATED or s.metric == METRIC_TOKENS:
-                found = groups.get(s.group)
-                if found is None:
-                    groups[s.group] = ([sid], f)
-                    first_of[s.group] = first
+                group = groups.get(s.group)
+                if group is None:
+                    groups[s.group] = _Group([sid], f, first)
                 else:
-                    found[0].append(sid)
-                    if first < first_of[s.group]:
-                        first_of[s.group] = first
-        for group, (members, _) in groups.items():
-            members.append(first_of[group])
+                    group.members.append(sid)
+                    if first < group.first:
+                        group.first = first
         self._last_groups = (series, groups)
         return groups
 
@@ -644,7 +764,7 @@ class Signals:
         """
         if series is None:
             self._fresh(ledger)
-            series = self._series(ledger, (METRIC_COST_ESTIMATED, METRIC_TOKENS))
+            series = self._series(ledger)
         cached = self._scores.get(hour)
         if cached is not None:  # scored since the ledger last changed
             return list(cached)
@@ -655,15 +775,15 @@ class Signals:
         groups = self._groups(series)
         pasts: dict[int, list[int]] = {}
         scored = []
-        for group, (members, f) in groups.items():
-            first = members[-1]
+        for key, group in groups.items():
+            first = group.first
             if hour < first:
                 continue
             past = pasts.get(first)
             if past is None:
                 past = pasts[first] = anomalies.baseline_hours(hour, first)
             if past:
-                scored.append((group, members, f, past))
+                scored.append((key, group.members, group.facts, past))
         if not scored:
             return []
         wanted = {hour} | {hour - k * anomalies.WEEK for k in range(1, anomalies.WEEKS + 1)}
@@ -672,7 +792,7 @@ class Signals:
         position = {h: i for i, h in enumerate(hours)}
         out = []
         for (provider, model, tenancy, signal), members, f, past in sorted(scored, key=lambda g: g[0]):
-            rows = [values[sid] for sid in members[:-1] if sid in values]
+            rows = [values[sid] for sid in members if sid in values]
             s = self._facts[f]
             scale = 1e-12 if s.metric == METRIC_COST_ESTIMATED else 1.0
 

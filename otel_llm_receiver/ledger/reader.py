@@ -58,13 +58,20 @@ SELECT s.id, s.instance, s.metric, s.attrs, s.bucket_width,
 FROM series AS s WHERE s.metric IN ({metrics})"""
 SQL_ROLLUP_SERIES_ROWS = """
 SELECT s.id, s.instance, s.metric, {attrs}, s.bucket_width,
-       (SELECT min(hour_start) FROM rollups WHERE series_id = s.id), {last}
+       (SELECT min(hour_start) FROM rollups WHERE series_id = s.id), {last}, s.updated_ns
 FROM series AS s WHERE s.metric IN ({metrics}) ORDER BY s.id"""
+SQL_ROLLUP_SERIES_OF = """
+SELECT s.id, s.instance, s.metric, NULL, s.bucket_width,
+       (SELECT min(hour_start) FROM rollups WHERE series_id = s.id), {last}, s.updated_ns
+FROM series AS s WHERE s.id IN ({ids})"""
+SQL_SERIES_UPDATED = "SELECT id, updated_ns FROM series WHERE metric IN ({metrics})"
 SQL_SERIES_ATTRS_OF = "SELECT id, attrs FROM series WHERE id IN ({ids})"
 #: Ids per ``SQL_SERIES_ATTRS_OF`` statement (well under SQLite's and PostgreSQL's parameter limits).
 ATTRS_PAGE = 500
 SQL_ROLLUP_SEGMENT_SUMS = """
 SELECT s.id, {segments} FROM series AS s WHERE s.metric IN ({metrics})"""
+SQL_ROLLUP_SEGMENT_SUMS_OF = """
+SELECT s.id, {segments} FROM series AS s WHERE s.id IN ({ids})"""
 SQL_ROLLUP_VALUES_AT = """
 SELECT r.series_id, r.hour_start, r.value FROM rollups AS r
 WHERE r.hour_start IN ({hours}) AND r.series_id IN (SELECT id FROM series WHERE metric IN ({metrics}))"""
@@ -72,6 +79,21 @@ SQL_ROLLUP_HOURS = """
 SELECT s.instance, s.metric, s.attrs, r.hour_start, r.value
 FROM series AS s JOIN rollups AS r ON r.series_id = s.id
 WHERE r.hour_start IN ({hours}) AND s.metric IN ({metrics})"""
+
+
+def _segments(windows: Sequence[tuple[int, int]]) -> tuple[list[tuple[int, int]], str]:
+    """The disjoint segments the windows' edges cut time into, as correlated sums (one range walk of the
+    rollups' primary key each), and each window's ``[i, j)`` range of them."""
+    edges = sorted({t for w in windows for t in w})
+    if len(edges) < 2:
+        return [], ""
+    segments = ", ".join(
+        f"(SELECT coalesce(sum(value), 0) FROM rollups WHERE series_id = s.id "
+        f"AND hour_start >= {int(a)} AND hour_start < {int(b)})"
+        for a, b in itertools.pairwise(edges)
+    )
+    position = {t: i for i, t in enumerate(edges)}
+    return [(position[a], position[b]) for a, b in windows], segments
 
 
 # ------------------------------------------------------------------------------------------------- results
@@ -342,19 +364,50 @@ class LedgerReader(LedgerEngine):
         would hold ~100 MB at once."""
         if not windows or not metrics:
             return [], iter(())
-        edges = sorted({t for w in windows for t in w})
-        if len(edges) < 2:
+        spans, segments = _segments(windows)
+        if not segments:
             return [], iter(())
-        segments = ", ".join(
-            f"(SELECT coalesce(sum(value), 0) FROM rollups WHERE series_id = s.id "
-            f"AND hour_start >= {int(a)} AND hour_start < {int(b)})"
-            for a, b in itertools.pairwise(edges)
-        )
         sql = SQL_ROLLUP_SEGMENT_SUMS.format(segments=segments, metrics=",".join("?" * len(metrics)))
-        position = {t: i for i, t in enumerate(edges)}
-        spans = [(position[a], position[b]) for a, b in windows]
         rows: Iterator[tuple[int, ...]] = iter(self._conn.execute(sql, tuple(metrics)))  # streamed by SQLite
         return spans, rows
+
+    def rollup_segment_rows_of(
+        self, windows: Sequence[tuple[int, int]], ids: Sequence[int]
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, ...]]]:
+        """``rollup_segment_rows`` of these series only (a reader that keeps every series' sums and reads again
+        only those of the series that changed, ``series_updated``)."""
+        spans, segments = _segments(windows)
+        out: list[tuple[int, ...]] = []
+        if not segments:
+            return spans, out
+        for lo in range(0, len(ids), ATTRS_PAGE):
+            page = ids[lo:lo + ATTRS_PAGE]
+            sql = SQL_ROLLUP_SEGMENT_SUMS_OF.format(segments=segments, ids=",".join("?" * len(page)))
+            out += self._conn.execute(sql, tuple(page))
+        return spans, out
+
+    def series_updated(self, metrics: Sequence[str]) -> Iterator[list[tuple[int, int]]]:
+        """``(id, updated_ns)`` of every series of ``metrics``, a page at a time, in no particular order. Every
+        change of a series' buckets (and so of its rollups) sets its ``updated_ns`` in the same transaction, so a
+        reader that kept what it read of a series with the ``updated_ns`` read before needs to read again only
+        the series whose ``updated_ns`` moved (and the ledger-wide changes: pruning, re-pricing, bump the
+        ledger-wide generation)."""
+        cursor = self._conn.execute(SQL_SERIES_UPDATED.format(metrics=",".join("?" * len(metrics))), tuple(metrics))
+        while rows := cursor.fetchmany(10_000):
+            yield rows
+
+    def rollup_series_of(
+        self, ids: Sequence[int], last_of: Sequence[str]
+    ) -> list[tuple[int, str, str, None, int | None, int | None, int | None, int]]:
+        """``rollup_series_pages``' rows (without attributes) of these series only."""
+        last = ("CASE WHEN s.metric IN ({}) THEN (SELECT max(hour_start) FROM rollups WHERE series_id = s.id) END"
+                .format(",".join("?" * len(last_of))))
+        out: list[tuple[int, str, str, None, int | None, int | None, int | None, int]] = []
+        for lo in range(0, len(ids), ATTRS_PAGE):
+            page = ids[lo:lo + ATTRS_PAGE]
+            sql = SQL_ROLLUP_SERIES_OF.format(last=last, ids=",".join("?" * len(page)))
+            out += self._conn.execute(sql, (*last_of, *page))
+        return out
 
     def rollup_values_at(self, hours: Sequence[int], metrics: Sequence[str]) -> list[SeriesHourValue]:
         """The rollups of ``metrics`` at exactly these hours, by series id (point lookups)."""
@@ -372,9 +425,9 @@ class LedgerReader(LedgerEngine):
 
     def rollup_series_pages(
         self, metrics: Sequence[str], last_of: Sequence[str] | None = None, *, attrs: bool = True
-    ) -> Iterator[list[tuple[int, str, str, str | None, int | None, int | None, int | None]]]:
+    ) -> Iterator[list[tuple[int, str, str, str | None, int | None, int | None, int | None, int]]]:
         """Every series of ``metrics`` as raw rows ``(id, instance, metric, attrs JSON, bucket width, first hour,
-        last hour)`` in id order, a page at a time; first is None for a series without rollups.
+        last hour, updated_ns)`` in id order, a page at a time; first is None for a series without rollups.
 
         For callers that keep what they derive from a series' attributes by id (the money signals): they parse
         a series' JSON once per process, not once per export; with ``attrs=False`` the JSON is not read at all
