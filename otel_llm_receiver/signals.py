@@ -257,6 +257,7 @@ class Signals:
         self._by_tenancy = (any(r.tenancy is not None or r.tenancy_regex is not None for r in rules)
                             or any(m.tenancy is not None for m in matches))
         self._attribution_memo: dict[tuple[Any, ...], tuple[str, int]] = {}
+        self._base_memo: dict[tuple[Any, ...], _Facts] = {}  # what the series of a tenancy share
         self._last_groups: tuple[_SeriesSet | None, dict[tuple[str, str, str, str], _Group]] = (None, {})
         # What holds only while the ledger is unchanged (``Ledger.generation``): the series with their rollups'
         # extent (by metrics asked), the money cells by the hour grid of the windows, and anomaly scores by hour.
@@ -296,7 +297,7 @@ class Signals:
         self._set, self._sums = None, None
         self._facts, self._fact_memo = [], {}
         self._price_keys, self._price_memo = [], {}
-        self._attribution_memo = {}
+        self._attribution_memo, self._base_memo = {}, {}
         self._last_groups = (None, {})
 
     def _series(self, ledger: Ledger) -> _SeriesSet:
@@ -330,6 +331,7 @@ class Signals:
                             fact_at[sid] = -1
                 self._fact_memo = {k: f for k, f in self._fact_memo.items() if f not in stale}
                 self._attribution_memo.clear()
+                self._base_memo.clear()
             self._names = names
         # Series ids are never reused (series are never deleted), so a known id needs no attributes: they are
         # read with the rows only when nothing is known yet, else only for the ids not seen before.
@@ -442,6 +444,25 @@ class Signals:
         return f
 
     def _new_facts(
+        self, instance: str, metric: str, usd: bool, attrs: dict[str, str],
+        names: Mapping[tuple[str, str, str], str],
+    ) -> _Facts:
+        """The facts of a series: its model's anomaly group on top of what the series of its tenancy share (the
+        cell: instance, tenancy and name, team, budget matches), kept by ``_base_facts``."""
+        get = attrs.get
+        money = metric in MONEY_METRICS
+        key = (instance, metric, usd, get("gen_ai.provider.name"), get("llm.tenant"), get("llm.tenancy.id"),
+               get("llm.tenancy.name"), get("gen_ai.request.model", _ABSENT) if money and self._by_model else None,
+               *map(get, self._label_keys))
+        base = self._base_memo.get(key)
+        if base is None:
+            base = self._base_memo[key] = self._base_facts(instance, metric, usd, attrs, names)
+        model = get("gen_ai.request.model")
+        group = (base.provider, model or "", base.key[1], "cost" if metric == METRIC_COST_ESTIMATED else "tokens")
+        return _Facts(base.instance, base.metric, usd, base.provider, base.tenant, model, base.key, group,
+                      base.tenancy_name, base.team, base.matches, base.cell, base.unit)
+
+    def _base_facts(
         self, instance: str, metric: str, usd: bool, attrs: Mapping[str, str],
         names: Mapping[tuple[str, str, str], str],
     ) -> _Facts:
@@ -449,18 +470,15 @@ class Signals:
         tenancy = attrs.get("llm.tenancy.id")
         name = names.get((instance, "tenancy", tenancy)) if tenancy else None
         provider = attrs.get("gen_ai.provider.name", "")
-        model = attrs.get("gen_ai.request.model")
         tenancy_id = attrs.get("llm.tenancy.id", "")
         tenant = attrs.get("llm.tenant", "")
-        signal = "cost" if metric == METRIC_COST_ESTIMATED else "tokens"
         team, matches = "", 0
         if metric in MONEY_METRICS:  # team and budget matches: only money is counted per team and budget
             team, matches = self._attribution(instance, attrs, name)
         s = _Facts(
             shared.setdefault(instance, instance), shared.setdefault(metric, metric), usd,
-            shared.setdefault(provider, provider), shared.setdefault(tenant, tenant), shared.setdefault(model, model),
-            shared.setdefault(k := (instance, tenancy_id), k),
-            shared.setdefault(g := (provider, model or "", tenancy_id, signal), g), name, team, matches, (),
+            shared.setdefault(provider, provider), shared.setdefault(tenant, tenant), None,
+            shared.setdefault(k := (instance, tenancy_id), k), ("", "", "", ""), name, team, matches, (),
             PICO if metric == METRIC_COST_ESTIMATED else NANO,
         )
         s.cell = shared.setdefault(c := (s.key, s.metric, s.provider, s.tenant, s.team, s.matches), c)
