@@ -26,12 +26,15 @@ and estimated cost alone where the provider reports no cost at all.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import datetime as dt
 import fnmatch
+import gc
+import itertools
 import json
 from array import array
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -200,6 +203,24 @@ class _Cell:
         return Decimal(self.sums[i]) * self.unit
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while the signals are computed (and back on after, if it was on).
+
+    Why: a first reading allocates a few containers per series (parsed attribute sets, rows, keys), none of them
+    in a cycle, and at 100,000 series the collector's full passes over the whole heap that these allocations
+    trigger cost about as much as the reading itself. Reference counting still frees everything; any cycle made
+    meanwhile is collected at the next pass after. Threads that pause it at the same time are fine: whichever
+    found it on turns it back on."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _parse(texts: list[str]) -> list[dict[str, str]]:
     """Attribute sets (canonical JSON objects) parsed as one JSON array: a tenth of a million ``json.loads``
     calls cost as much as the parsing itself."""
@@ -267,7 +288,9 @@ class Signals:
         # moved are read again (``_catch_up``).
         self._set: _SeriesSet | None = None
         self._moved = False
-        self._updated_at: array[int] = array("q")  # by series id: updated_ns when last read (0: not read)
+        # Every series of SERIES_METRICS (with rollups or not), in id order, and its updated_ns when last read.
+        self._all_sids: array[int] = array("q")
+        self._all_updated: array[int] = array("q")
         self._sums: _Sums | None = None
         declared = frozenset(CATALOG.metrics["llm.pricing.token_price"].attributes)
         self._price_attrs = declared or PRICE_GAUGE_ATTRIBUTES
@@ -293,7 +316,8 @@ class Signals:
             self._scores.clear()
 
     def _forget_facts(self) -> None:
-        self._fact_at, self._price_at, self._updated_at = array("l"), array("l"), array("q")
+        self._fact_at, self._price_at = array("l"), array("l")
+        self._all_sids, self._all_updated = array("q"), array("q")
         self._set, self._sums = None, None
         self._facts, self._fact_memo = [], {}
         self._price_keys, self._price_memo = [], {}
@@ -335,35 +359,40 @@ class Signals:
             self._names = names
         # Series ids are never reused (series are never deleted), so a known id needs no attributes: they are
         # read with the rows only when nothing is known yet, else only for the ids not seen before.
-        fact_at, updated_at = self._fact_at, self._updated_at
+        fact_at = self._fact_at
         out = _SeriesSet()
         sids, facts, firsts = out.sids, out.facts, out.firsts
-        unseen: list[tuple[int, str, str, str | None]] = []  # (position in out, instance, metric, attrs JSON)
+        derive = self._derive
         reported: list[tuple[int, int, int]] = []  # (position in out, width, last hour)
+        all_sids, all_updated = array("q"), array("q")
         for page in ledger.rollup_series_pages(SERIES_METRICS, (METRIC_COST,), attrs=not self._facts):
-            if page[-1][0] >= len(updated_at):  # ids in order: the page's last is its largest
-                updated_at.extend(array("q", [0]) * (page[-1][0] + 1 - len(updated_at) + len(updated_at) // 4))
+            # Column by column (C loops), as most series are known and have rollups.
+            ids, instances, metrics, texts, widths, page_firsts, lasts, updated = zip(*page, strict=True)
+            all_sids.extend(ids)
+            all_updated.extend(updated)  # read with the extent: the sums, read later, are at least as new
+            if None in page_firsts:  # some have no rollups (pruned away, or none yet)
+                keep = [first is not None for first in page_firsts]
+                rows = list(itertools.compress(range(len(ids)), keep))
+            else:
+                rows = list(range(len(ids)))
+            base = len(sids)
             known = len(fact_at)
-            for sid, instance, metric, text, width, first, last, updated in page:
-                updated_at[sid] = updated  # read with the extent: the sums, read later, are at least as new
-                if first is None:
-                    continue  # no rollups (pruned away, or none yet)
-                f = fact_at[sid] if sid < known else -1
-                if f < 0:
-                    unseen.append((len(sids), instance, metric, text))
-                if metric == METRIC_COST:
-                    reported.append((len(sids), width or 0, first if last is None else last))
-                sids.append(sid)
-                facts.append(f)
-                firsts.append(first)
-        if unseen:
-            texts = ledger.series_attrs([sids[at] for at, _, _, text in unseen if text is None])
-            derive = self._derive
-            for lo in range(0, len(unseen), _PARSE_PAGE):
-                chunk = unseen[lo:lo + _PARSE_PAGE]
-                parsed = _parse([texts[sids[at]] if text is None else text for at, _, _, text in chunk])
-                for (at, instance, metric, _), attrs in zip(chunk, parsed, strict=True):
-                    facts[at] = derive(sids[at], instance, metric, attrs, names)
+            page_facts = [fact_at[ids[i]] if ids[i] < known else -1 for i in rows]
+            sids.extend([ids[i] for i in rows])
+            firsts.extend([page_firsts[i] for i in rows])
+            if -1 in page_facts:  # series not seen before: their attributes parsed a page per call
+                todo = [at for at, f in enumerate(page_facts) if f < 0]
+                need = [ids[rows[at]] for at in todo if texts[rows[at]] is None]
+                stored = ledger.series_attrs(need) if need else {}
+                parsed = _parse([texts[i] if texts[i] is not None else stored[ids[i]] for i in map(rows.__getitem__, todo)])
+                for at, attrs in zip(todo, parsed, strict=True):
+                    i = rows[at]
+                    page_facts[at] = derive(ids[i], instances[i], metrics[i], attrs, names)
+            facts.extend(page_facts)
+            if METRIC_COST in metrics:
+                reported += [(base + at, widths[i] or 0, page_firsts[i] if lasts[i] is None else lasts[i])
+                             for at, i in enumerate(rows) if metrics[i] == METRIC_COST]
+        self._all_sids, self._all_updated = all_sids, all_updated
         out.reported = {sids[at]: (facts[at], width, last) for at, width, last in reported}
         price_at = self._price_at
         out.prices = array("l", [price_at[sid] for sid in sids])  # every sid in ``out`` was derived: in range
@@ -375,15 +404,15 @@ class Signals:
         new series, one that gained its first rollups, a rename, an extent that shrank): read everything."""
         if ledger.names() != self._names:
             return False
-        updated_at = self._updated_at
-        known = len(updated_at)
-        changed: list[tuple[int, int]] = []
+        all_sids, all_updated = array("q"), array("q")
         for page in ledger.series_updated(SERIES_METRICS):
-            for sid, updated in page:
-                if sid >= known or updated_at[sid] == 0:
-                    return False  # a new series: its facts are derived with everything else
-                if updated_at[sid] != updated:
-                    changed.append((sid, updated))
+            ids, updated = zip(*page, strict=True)
+            all_sids.extend(ids)
+            all_updated.extend(updated)
+        if all_sids != self._all_sids:
+            return False  # a new series: its facts are derived with everything else
+        old = self._all_updated
+        changed = [(all_sids[i], u) for i, (o, u) in enumerate(zip(old, all_updated, strict=True)) if o != u]
         if not changed:
             return True
         sids = series.sids
@@ -410,8 +439,7 @@ class Signals:
                     group.first = first
         if self._sums is not None:
             self._sums_catch_up(ledger, self._sums, [sid for sid in position if sid in self._sums.position])
-        for sid, updated in changed:
-            updated_at[sid] = updated
+        self._all_updated = all_updated
         return True
 
     def _derive(
@@ -505,6 +533,11 @@ class Signals:
     def read(
         self, ledger: Ledger, now: int, *, anomaly_hour: int | None = None, peak_days: int = 0
     ) -> SignalsReading:
+        """Every money signal at ``now``."""
+        with _collector_paused():
+            return self._read(ledger, now, anomaly_hour, peak_days)
+
+    def _read(self, ledger: Ledger, now: int, anomaly_hour: int | None, peak_days: int) -> SignalsReading:
         self._fresh(ledger)
         every = self._series(ledger)
         hour_end = (now - SETTLE) // HOUR * HOUR  # end of the newest complete hour
@@ -587,11 +620,11 @@ class Signals:
                 (dict(k) for k in distinct), now, frozenset(CATALOG.metrics["llm.pricing.token_price"].attributes))
         peak = None
         if peak_days:
-            week = self.anomalies_between(ledger, hour - peak_days * DAY + HOUR, hour + HOUR)
+            week = self._anomalies_between(ledger, hour - peak_days * DAY + HOUR, hour + HOUR)
             peak = max(week, key=lambda a: a.score, default=None)
         to_date = self._period_to_date(cells, {p: index[w] for p, w in periods.items()})
         return SignalsReading(
-            now=now, budgets=statuses, anomalies=self.anomalies(ledger, hour, every), coverage=coverage,
+            now=now, budgets=statuses, anomalies=self._anomalies_of(ledger, hour, every), coverage=coverage,
             reconciliation=recon, token_prices=token_prices, period_to_date=to_date, hour=hour, peak=peak,
         )
 
@@ -628,18 +661,19 @@ class Signals:
             if c is not None:
                 position[sid] = len(cell_of)
                 cell_of.append(c)
-        rows = array("q", bytes(8 * width * len(cell_of)))
+        zero = (0,) * (width + 1)
+        kept: list[Sequence[int]] = [zero] * len(cell_of)  # each series' row (series id, *sums), by position
         for row in segments:
             at = position.get(row[0])
             if at is not None:
-                values = row[1:]
-                if any(values):
-                    rows[at * width:(at + 1) * width] = array("q", values)
-                    cell_of[at].rows.append(values)
+                kept[at] = row
+                if row.count(0) < width:  # some segment is not 0 (the series id never is)
+                    cell_of[at].rows.append(row)
         for c in cells.values():
-            c.columns = [sum(col) for col in zip(*c.rows, strict=True)] if c.rows else [0] * width
+            c.columns = [sum(col) for col in zip(*c.rows, strict=True)][1:] if c.rows else [0] * width
             c.nonzero = len(c.rows)
             c.rows = []
+        rows = array("q", itertools.chain.from_iterable(kept))  # flat: ``width + 1`` values a series
         return _Sums(grid, spans, width, list(cells.values()), first_of_key, position, cell_of, rows)
 
     @staticmethod
@@ -649,15 +683,16 @@ class Signals:
             return
         _, rows = ledger.rollup_segment_rows_of(sums.grid, sids)
         width, kept = sums.width, sums.rows
-        for sid, *values in rows:
-            at = sums.position[sid]
-            old = kept[at * width:(at + 1) * width]
+        step = width + 1
+        for row in rows:
+            at = sums.position[row[0]]
+            old = kept[at * step:(at + 1) * step]
             c = sums.cell_of[at]
             columns = c.columns
             for i in range(width):
-                columns[i] += values[i] - old[i]
-            c.nonzero += bool(any(values)) - bool(any(old))
-            kept[at * width:(at + 1) * width] = array("q", values)
+                columns[i] += row[i + 1] - old[i + 1]
+            c.nonzero += (row.count(0) < width) - (old.count(0) < width)
+            kept[at * step:(at + 1) * step] = array("q", row)
 
     def _period_to_date(self, cells: Sequence[_Cell], periods: Mapping[str, int]) -> list[tuple[dict[str, str], Decimal]]:
         """Reported and estimated USD per period, provider, tenant (and team when rules exist).
@@ -759,6 +794,10 @@ class Signals:
         Scores are kept by hour while the ledger's generation is unchanged (late data for an old hour changes it,
         and with it that hour's score).
         """
+        with _collector_paused():
+            return self._anomalies_between(ledger, start, end)
+
+    def _anomalies_between(self, ledger: Ledger, start: int, end: int) -> list[Anomaly]:
         self._fresh(ledger)
         out: list[Anomaly] = []
         series: _SeriesSet | None = None
@@ -767,7 +806,7 @@ class Signals:
             if cached is None:
                 if series is None:
                     series = self._series(ledger)
-                cached = self.anomalies(ledger, hour, series)
+                cached = self._anomalies_of(ledger, hour, series)
             out += cached
         return out
 
@@ -777,18 +816,23 @@ class Signals:
         seen, groups = self._last_groups
         if seen is series:
             return groups
-        facts = self._facts
-        groups = {}
+        scored = (METRIC_COST_ESTIMATED, METRIC_TOKENS)
+        key_of = [s.group if s.metric in scored else None for s in self._facts]
+        members: dict[tuple[str, str, str, str], list[int]] = {}
+        heads: dict[tuple[str, str, str, str], tuple[int, int]] = {}  # facts of the first member, first hour
         for sid, f, first in zip(series.sids, series.facts, series.firsts, strict=True):
-            s = facts[f]
-            if s.metric == METRIC_COST_ESTIMATED or s.metric == METRIC_TOKENS:
-                group = groups.get(s.group)
-                if group is None:
-                    groups[s.group] = _Group([sid], f, first)
-                else:
-                    group.members.append(sid)
-                    if first < group.first:
-                        group.first = first
+            key = key_of[f]
+            if key is None:
+                continue
+            found = members.get(key)
+            if found is None:
+                members[key] = [sid]
+                heads[key] = (f, first)
+            else:
+                found.append(sid)
+                if first < heads[key][1]:
+                    heads[key] = (heads[key][0], first)
+        groups = {key: _Group(m, *heads[key]) for key, m in members.items()}
         self._last_groups = (series, groups)
         return groups
 
@@ -798,6 +842,10 @@ class Signals:
         Groups without a baseline yet (``anomalies.baseline_hours``) are left out before any rollup is read:
         when none has one (a young ledger), no rollup is read at all.
         """
+        with _collector_paused():
+            return self._anomalies_of(ledger, hour, series)
+
+    def _anomalies_of(self, ledger: Ledger, hour: int, series: _SeriesSet | None) -> list[Anomaly]:
         if series is None:
             self._fresh(ledger)
             series = self._series(ledger)

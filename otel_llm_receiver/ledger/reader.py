@@ -64,7 +64,7 @@ SQL_ROLLUP_SERIES_OF = """
 SELECT s.id, s.instance, s.metric, NULL, s.bucket_width,
        (SELECT min(hour_start) FROM rollups WHERE series_id = s.id), {last}, s.updated_ns
 FROM series AS s WHERE s.id IN ({ids})"""
-SQL_SERIES_UPDATED = "SELECT id, updated_ns FROM series WHERE metric IN ({metrics})"
+SQL_SERIES_UPDATED = "SELECT id, updated_ns FROM series WHERE metric IN ({metrics}) ORDER BY id"
 SQL_SERIES_ATTRS_OF = "SELECT id, attrs FROM series WHERE id IN ({ids})"
 #: Ids per ``SQL_SERIES_ATTRS_OF`` statement (well under SQLite's and PostgreSQL's parameter limits).
 ATTRS_PAGE = 500
@@ -387,7 +387,7 @@ class LedgerReader(LedgerEngine):
         return spans, out
 
     def series_updated(self, metrics: Sequence[str]) -> Iterator[list[tuple[int, int]]]:
-        """``(id, updated_ns)`` of every series of ``metrics``, a page at a time, in no particular order. Every
+        """``(id, updated_ns)`` of every series of ``metrics``, a page at a time, in id order. Every
         change of a series' buckets (and so of its rollups) sets its ``updated_ns`` in the same transaction, so a
         reader that kept what it read of a series with the ``updated_ns`` read before needs to read again only
         the series whose ``updated_ns`` moved (and the ledger-wide changes: pruning, re-pricing, bump the
