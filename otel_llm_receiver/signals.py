@@ -127,9 +127,7 @@ class _Facts:
     usd: bool  # False for reported cost in another currency: budgets are USD
     provider: str
     tenant: str
-    model: str | None
     key: tuple[str, str]  # provider instance and tenancy: where reported and estimated meet
-    group: tuple[str, str, str, str]  # the anomaly score's (provider, model, tenancy, signal)
     tenancy_name: str | None
     team: str
     matches: int  # bit i set: ``budget_configs[i]`` matches the series
@@ -278,8 +276,11 @@ class Signals:
         self._by_tenancy = (any(r.tenancy is not None or r.tenancy_regex is not None for r in rules)
                             or any(m.tenancy is not None for m in matches))
         self._attribution_memo: dict[tuple[Any, ...], tuple[str, int]] = {}
-        self._base_memo: dict[tuple[Any, ...], _Facts] = {}  # what the series of a tenancy share
-        self._last_groups: tuple[_SeriesSet | None, dict[tuple[str, str, str, str], _Group]] = (None, {})
+        # Per series id: its anomaly group (provider, model, tenancy; -1 for reported cost), by index.
+        self._group_at: array[int] = array("l")
+        self._group_keys: list[tuple[str, str, str]] = []
+        self._group_memo: dict[tuple[str, str, str], int] = {}
+        self._last_groups: tuple[_SeriesSet | None, dict[int, _Group]] = (None, {})
         # What holds only while the ledger is unchanged (``Ledger.generation``): the series with their rollups'
         # extent (by metrics asked), the money cells by the hour grid of the windows, and anomaly scores by hour.
         self._generation: tuple[tuple[str, str], ...] | None = None
@@ -295,8 +296,8 @@ class Signals:
         declared = frozenset(CATALOG.metrics["llm.pricing.token_price"].attributes)
         self._price_attrs = declared or PRICE_GAUGE_ATTRIBUTES
         self._price_order = tuple(sorted(self._price_attrs))
-        self._fact_order = ("gen_ai.provider.name", "llm.tenant", "llm.tenancy.id", "gen_ai.request.model",
-                            "llm.tenancy.name", *self._label_keys)
+        self._fact_order = ("gen_ai.provider.name", "llm.tenant", "llm.tenancy.id", "llm.tenancy.name",
+                            *self._label_keys)
 
     # -- reading -----------------------------------------------------------------------------------------
     def _fresh(self, ledger: Ledger) -> None:
@@ -321,7 +322,8 @@ class Signals:
         self._set, self._sums = None, None
         self._facts, self._fact_memo = [], {}
         self._price_keys, self._price_memo = [], {}
-        self._attribution_memo, self._base_memo = {}, {}
+        self._attribution_memo = {}
+        self._group_at, self._group_keys, self._group_memo = array("l"), [], {}
         self._last_groups = (None, {})
 
     def _series(self, ledger: Ledger) -> _SeriesSet:
@@ -355,7 +357,6 @@ class Signals:
                             fact_at[sid] = -1
                 self._fact_memo = {k: f for k, f in self._fact_memo.items() if f not in stale}
                 self._attribution_memo.clear()
-                self._base_memo.clear()
             self._names = names
         # Series ids are never reused (series are never deleted), so a known id needs no attributes: they are
         # read with the rows only when nothing is known yet, else only for the ids not seen before.
@@ -433,8 +434,8 @@ class Signals:
             f = series.facts[at]
             if metric == METRIC_COST:
                 series.reported[sid] = (f, width or 0, first if last is None else last)
-            if groups is not None:
-                group = groups.get(self._facts[f].group)
+            if groups is not None and metric != METRIC_COST:
+                group = groups.get(2 * self._group_at[sid] + (metric == METRIC_COST_ESTIMATED))
                 if group is not None and first < group.first:
                     group.first = first
         if self._sums is not None:
@@ -448,11 +449,12 @@ class Signals:
         """The index of the series' facts (and its price key's, kept by id), derived from its attributes; series
         whose attributes imply the same facts share them (token types, the cost of each)."""
         get = attrs.get
-        fact_at, price_at = self._fact_at, self._price_at
+        fact_at, price_at, group_at = self._fact_at, self._price_at, self._group_at
         if sid >= len(fact_at):
             grow = sid + 1 - len(fact_at) + len(fact_at) // 4  # amortised: ids grow with the ledger
             fact_at.extend(array("l", [-1]) * grow)
             price_at.extend(array("l", [-1]) * grow)
+            group_at.extend(array("l", [-1]) * grow)
         if metric == METRIC_TOKENS:
             values = tuple(map(get, self._price_order))  # the price attributes' values, None where absent
             p = self._price_memo.get(values)
@@ -460,10 +462,19 @@ class Signals:
                 p = self._price_memo[values] = len(self._price_keys)
                 self._price_keys.append(tuple(sorted((k, v) for k, v in attrs.items() if k in self._price_attrs)))
             price_at[sid] = p
+        if metric != METRIC_COST:  # the anomaly group: (provider, model, tenancy); its signal is the metric's
+            values = (get("gen_ai.provider.name") or "", get("gen_ai.request.model") or "", get("llm.tenancy.id") or "")
+            g = self._group_memo.get(values)
+            if g is None:
+                g = self._group_memo[values] = len(self._group_keys)
+                self._group_keys.append(values)
+            group_at[sid] = g
         usd = not (metric == METRIC_COST and CURRENCY_ATTR in attrs)
-        # Every fact below depends on these few values only (and on the names and labels of the instance); None
-        # where absent, not the same as "".
-        memo = (instance, metric, usd, *map(get, self._fact_order))
+        # Every fact depends on these few values only (and on the names and labels of the instance); None where
+        # absent, not the same as "". The model only when a rule or a budget names one: a tenancy's series share.
+        money = metric in MONEY_METRICS
+        memo = (instance, metric, usd, *map(get, self._fact_order),
+                get("gen_ai.request.model", _ABSENT) if money and self._by_model else None)
         f = self._fact_memo.get(memo)
         if f is None:
             f = self._fact_memo[memo] = len(self._facts)
@@ -472,25 +483,6 @@ class Signals:
         return f
 
     def _new_facts(
-        self, instance: str, metric: str, usd: bool, attrs: dict[str, str],
-        names: Mapping[tuple[str, str, str], str],
-    ) -> _Facts:
-        """The facts of a series: its model's anomaly group on top of what the series of its tenancy share (the
-        cell: instance, tenancy and name, team, budget matches), kept by ``_base_facts``."""
-        get = attrs.get
-        money = metric in MONEY_METRICS
-        key = (instance, metric, usd, get("gen_ai.provider.name"), get("llm.tenant"), get("llm.tenancy.id"),
-               get("llm.tenancy.name"), get("gen_ai.request.model", _ABSENT) if money and self._by_model else None,
-               *map(get, self._label_keys))
-        base = self._base_memo.get(key)
-        if base is None:
-            base = self._base_memo[key] = self._base_facts(instance, metric, usd, attrs, names)
-        model = get("gen_ai.request.model")
-        group = (base.provider, model or "", base.key[1], "cost" if metric == METRIC_COST_ESTIMATED else "tokens")
-        return _Facts(base.instance, base.metric, usd, base.provider, base.tenant, model, base.key, group,
-                      base.tenancy_name, base.team, base.matches, base.cell, base.unit)
-
-    def _base_facts(
         self, instance: str, metric: str, usd: bool, attrs: Mapping[str, str],
         names: Mapping[tuple[str, str, str], str],
     ) -> _Facts:
@@ -505,8 +497,8 @@ class Signals:
             team, matches = self._attribution(instance, attrs, name)
         s = _Facts(
             shared.setdefault(instance, instance), shared.setdefault(metric, metric), usd,
-            shared.setdefault(provider, provider), shared.setdefault(tenant, tenant), None,
-            shared.setdefault(k := (instance, tenancy_id), k), ("", "", "", ""), name, team, matches, (),
+            shared.setdefault(provider, provider), shared.setdefault(tenant, tenant),
+            shared.setdefault(k := (instance, tenancy_id), k), name, team, matches, (),
             PICO if metric == METRIC_COST_ESTIMATED else NANO,
         )
         s.cell = shared.setdefault(c := (s.key, s.metric, s.provider, s.tenant, s.team, s.matches), c)
@@ -810,20 +802,22 @@ class Signals:
             out += cached
         return out
 
-    def _groups(self, series: _SeriesSet) -> dict[tuple[str, str, str, str], _Group]:
-        """The anomaly groups, kept while the series set is the same object (``_catch_up`` moves their first
-        hours), since a series' group never changes."""
+    def _groups(self, series: _SeriesSet) -> dict[int, _Group]:
+        """The anomaly groups by code (twice the index of their (provider, model, tenancy), plus 1 for cost),
+        kept while the series set is the same object (``_catch_up`` moves their first hours), since a series'
+        group never changes."""
         seen, groups = self._last_groups
         if seen is series:
             return groups
-        scored = (METRIC_COST_ESTIMATED, METRIC_TOKENS)
-        key_of = [s.group if s.metric in scored else None for s in self._facts]
-        members: dict[tuple[str, str, str, str], list[int]] = {}
-        heads: dict[tuple[str, str, str, str], tuple[int, int]] = {}  # facts of the first member, first hour
+        cost = [int(s.metric == METRIC_COST_ESTIMATED) for s in self._facts]
+        group_at = self._group_at
+        members: dict[int, list[int]] = {}
+        heads: dict[int, tuple[int, int]] = {}  # facts of the first member, first hour
         for sid, f, first in zip(series.sids, series.facts, series.firsts, strict=True):
-            key = key_of[f]
-            if key is None:
-                continue
+            g = group_at[sid]
+            if g < 0:
+                continue  # reported cost: not scored
+            key = 2 * g + cost[f]
             found = members.get(key)
             if found is None:
                 members[key] = [sid]
@@ -859,7 +853,8 @@ class Signals:
         groups = self._groups(series)
         pasts: dict[int, list[int]] = {}
         scored = []
-        for key, group in groups.items():
+        keys = self._group_keys
+        for code, group in groups.items():
             first = group.first
             if hour < first:
                 continue
@@ -867,6 +862,7 @@ class Signals:
             if past is None:
                 past = pasts[first] = anomalies.baseline_hours(hour, first)
             if past:
+                key = (*keys[code >> 1], "cost" if code & 1 else "tokens")
                 scored.append((key, group.members, group.facts, past))
         if not scored:
             return []
