@@ -68,6 +68,8 @@ SERIES_METRICS = (*MONEY_METRICS, METRIC_TOKENS)
 #: "this month" mean them.
 PERIODS: tuple[Period, ...] = ("day", "month")
 _ABSENT = object()  # an attribute not set (not the same as any value)
+_NO_HOUR = 2**62  # the first hour of an anomaly group without members
+_FOLD = 256  # rows a cell gathers before adding them up (bounded memory at a million series)
 #: Attribute sets parsed per ``json.loads`` call: one JSON array a page costs half of one call a series.
 _PARSE_PAGE = 2_000
 
@@ -148,12 +150,12 @@ class _SeriesSet:
 
 
 @dataclass(slots=True, eq=False)
-class _Group:
-    """An anomaly group: its members' ids (id order), the facts of the first, the first hour of its rollups."""
+class _Groups:
+    """The anomaly groups by code (twice the index of their (provider, model, tenancy), plus 1 for cost): the
+    first hour of their rollups and the facts of their first member (-1: no member)."""
 
-    members: list[int]
-    facts: int
-    first: int
+    firsts: array[int]
+    heads: array[int]
 
 
 @dataclass(slots=True, eq=False)
@@ -167,7 +169,7 @@ class _Sums:
     width: int
     cells: list[_Cell]
     first_of_key: dict[tuple[str, str], _Facts]
-    position: dict[int, int]  # series id -> its row in ``rows`` and its cell in ``cell_of``
+    money: array[int]  # the series' ids, in id order: the position of a series' row and cell
     cell_of: list[_Cell]
     rows: array[int]
 
@@ -217,6 +219,21 @@ def _collector_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def _holds(ids: array[int], sid: int) -> bool:
+    """Whether the sorted ``ids`` hold ``sid``."""
+    at = bisect.bisect_left(ids, sid)
+    return at < len(ids) and ids[at] == sid
+
+
+def _fold(c: _Cell) -> None:
+    """Add the rows a cell gathered ``(series id, *segment sums)`` to its columns, and count them."""
+    if c.rows:
+        c.columns = [a + b for a, b in zip(c.columns, [sum(col) for col in zip(*c.rows, strict=True)][1:],
+                                           strict=True)]
+        c.nonzero += len(c.rows)
+        c.rows = []
 
 
 def _parse(texts: list[str]) -> list[dict[str, str]]:
@@ -280,7 +297,7 @@ class Signals:
         self._group_at: array[int] = array("l")
         self._group_keys: list[tuple[str, str, str]] = []
         self._group_memo: dict[tuple[str, str, str], int] = {}
-        self._last_groups: tuple[_SeriesSet | None, dict[int, _Group]] = (None, {})
+        self._last_groups: tuple[_SeriesSet | None, _Groups | None] = (None, None)
         # What holds only while the ledger is unchanged (``Ledger.generation``): the series with their rollups'
         # extent (by metrics asked), the money cells by the hour grid of the windows, and anomaly scores by hour.
         self._generation: tuple[tuple[str, str], ...] | None = None
@@ -324,7 +341,7 @@ class Signals:
         self._price_keys, self._price_memo = [], {}
         self._attribution_memo = {}
         self._group_at, self._group_keys, self._group_memo = array("l"), [], {}
-        self._last_groups = (None, {})
+        self._last_groups = (None, None)
 
     def _series(self, ledger: Ledger) -> _SeriesSet:
         """The money and token series with rollups, in id order (reported cost in other currencies included:
@@ -435,11 +452,11 @@ class Signals:
             if metric == METRIC_COST:
                 series.reported[sid] = (f, width or 0, first if last is None else last)
             if groups is not None and metric != METRIC_COST:
-                group = groups.get(2 * self._group_at[sid] + (metric == METRIC_COST_ESTIMATED))
-                if group is not None and first < group.first:
-                    group.first = first
+                code = 2 * self._group_at[sid] + (metric == METRIC_COST_ESTIMATED)
+                if first < groups.firsts[code]:
+                    groups.firsts[code] = first
         if self._sums is not None:
-            self._sums_catch_up(ledger, self._sums, [sid for sid in position if sid in self._sums.position])
+            self._sums_catch_up(ledger, self._sums, [sid for sid in position if _holds(self._sums.money, sid)])
         self._all_updated = all_updated
         return True
 
@@ -463,11 +480,14 @@ class Signals:
                 self._price_keys.append(tuple(sorted((k, v) for k, v in attrs.items() if k in self._price_attrs)))
             price_at[sid] = p
         if metric != METRIC_COST:  # the anomaly group: (provider, model, tenancy); its signal is the metric's
-            values = (get("gen_ai.provider.name") or "", get("gen_ai.request.model") or "", get("llm.tenancy.id") or "")
-            g = self._group_memo.get(values)
+            group = (get("gen_ai.provider.name") or "", get("gen_ai.request.model") or "", get("llm.tenancy.id") or "")
+            g = self._group_memo.get(group)
             if g is None:
-                g = self._group_memo[values] = len(self._group_keys)
-                self._group_keys.append(values)
+                shared = self._shared  # one copy of each provider, model and tenancy
+                group = (shared.setdefault(group[0], group[0]), shared.setdefault(group[1], group[1]),
+                         shared.setdefault(group[2], group[2]))
+                g = self._group_memo[group] = len(self._group_keys)
+                self._group_keys.append(group)
             group_at[sid] = g
         usd = not (metric == METRIC_COST and CURRENCY_ATTR in attrs)
         # Every fact depends on these few values only (and on the names and labels of the instance); None where
@@ -636,7 +656,7 @@ class Signals:
         width = max((j for _, j in spans), default=0)
         facts = self._facts
         cell_of_fact: dict[int, _Cell | None] = {}
-        position: dict[int, int] = {}
+        money = array("q")  # the USD money series' ids, in id order
         cell_of: list[_Cell] = []
         for sid, f in zip(every.sids, every.facts, strict=True):
             if f in cell_of_fact:
@@ -651,22 +671,31 @@ class Signals:
                         first_of_key.setdefault(s.key, s)
                 cell_of_fact[f] = c
             if c is not None:
-                position[sid] = len(cell_of)
+                money.append(sid)
                 cell_of.append(c)
-        zero = (0,) * (width + 1)
-        kept: list[Sequence[int]] = [zero] * len(cell_of)  # each series' row (series id, *sums), by position
-        for row in segments:
-            at = position.get(row[0])
-            if at is not None:
-                kept[at] = row
-                if row.count(0) < width:  # some segment is not 0 (the series id never is)
-                    cell_of[at].rows.append(row)
         for c in cells.values():
-            c.columns = [sum(col) for col in zip(*c.rows, strict=True)][1:] if c.rows else [0] * width
-            c.nonzero = len(c.rows)
-            c.rows = []
-        rows = array("q", itertools.chain.from_iterable(kept))  # flat: ``width + 1`` values a series
-        return _Sums(grid, spans, width, list(cells.values()), first_of_key, position, cell_of, rows)
+            c.columns = [0] * width
+        # Rows come in id order, as ``money``: a walk of both. Each series' row is kept (flat, ``width + 1``
+        # values a series, 0 where it has no row); a cell adds its members' rows a batch at a time.
+        zero = array("q", [0]) * (width + 1)
+        rows, at, end = array("q"), 0, len(money)
+        for row in segments:
+            sid = row[0]
+            while at < end and money[at] < sid:
+                rows += zero
+                at += 1
+            if at < end and money[at] == sid:
+                rows.extend(row)
+                if row.count(0) < width:  # some segment is not 0 (the series id never is)
+                    c = cell_of[at]
+                    c.rows.append(row)
+                    if len(c.rows) >= _FOLD:
+                        _fold(c)
+                at += 1
+        rows += zero * (end - at)
+        for c in cells.values():
+            _fold(c)
+        return _Sums(grid, spans, width, list(cells.values()), first_of_key, money, cell_of, rows)
 
     @staticmethod
     def _sums_catch_up(ledger: Ledger, sums: _Sums, sids: Sequence[int]) -> None:
@@ -677,7 +706,7 @@ class Signals:
         width, kept = sums.width, sums.rows
         step = width + 1
         for row in rows:
-            at = sums.position[row[0]]
+            at = bisect.bisect_left(sums.money, row[0])
             old = kept[at * step:(at + 1) * step]
             c = sums.cell_of[at]
             columns = c.columns
@@ -802,31 +831,27 @@ class Signals:
             out += cached
         return out
 
-    def _groups(self, series: _SeriesSet) -> dict[int, _Group]:
-        """The anomaly groups by code (twice the index of their (provider, model, tenancy), plus 1 for cost),
-        kept while the series set is the same object (``_catch_up`` moves their first hours), since a series'
-        group never changes."""
+    def _groups(self, series: _SeriesSet) -> _Groups:
+        """The anomaly groups' first hours and first members' facts, by code (twice the index of their
+        (provider, model, tenancy), plus 1 for cost); kept while the series set is the same object
+        (``_catch_up`` moves their first hours), since a series' group never changes."""
         seen, groups = self._last_groups
-        if seen is series:
+        if seen is series and groups is not None:
             return groups
         cost = [int(s.metric == METRIC_COST_ESTIMATED) for s in self._facts]
         group_at = self._group_at
-        members: dict[int, list[int]] = {}
-        heads: dict[int, tuple[int, int]] = {}  # facts of the first member, first hour
+        size = 2 * len(self._group_keys)
+        firsts, heads = array("q", [_NO_HOUR]) * size, array("l", [-1]) * size
         for sid, f, first in zip(series.sids, series.facts, series.firsts, strict=True):
             g = group_at[sid]
             if g < 0:
                 continue  # reported cost: not scored
-            key = 2 * g + cost[f]
-            found = members.get(key)
-            if found is None:
-                members[key] = [sid]
-                heads[key] = (f, first)
-            else:
-                found.append(sid)
-                if first < heads[key][1]:
-                    heads[key] = (heads[key][0], first)
-        groups = {key: _Group(m, *heads[key]) for key, m in members.items()}
+            code = 2 * g + cost[f]
+            if heads[code] < 0:
+                heads[code] = f
+            if first < firsts[code]:
+                firsts[code] = first
+        groups = _Groups(firsts, heads)
         self._last_groups = (series, groups)
         return groups
 
@@ -852,36 +877,48 @@ class Signals:
     def _anomalies(self, ledger: Ledger, hour: int, series: _SeriesSet) -> list[Anomaly]:
         groups = self._groups(series)
         pasts: dict[int, list[int]] = {}
-        scored = []
-        keys = self._group_keys
-        for code, group in groups.items():
-            first = group.first
-            if hour < first:
+        scored: dict[int, list[int]] = {}  # code -> past hours
+        for code, (first, head) in enumerate(zip(groups.firsts, groups.heads, strict=True)):
+            if head < 0 or hour < first:
                 continue
             past = pasts.get(first)
             if past is None:
                 past = pasts[first] = anomalies.baseline_hours(hour, first)
             if past:
-                key = (*keys[code >> 1], "cost" if code & 1 else "tokens")
-                scored.append((key, group.members, group.facts, past))
+                scored[code] = past
         if not scored:
             return []
         wanted = {hour} | {hour - k * anomalies.WEEK for k in range(1, anomalies.WEEKS + 1)}
         wanted |= {hour - k * anomalies.DAY for k in range(1, anomalies.DAYS + 1)}
-        hours, values = ledger.rollup_values_rows(sorted(wanted), (METRIC_COST_ESTIMATED, METRIC_TOKENS))
+        hours = sorted(wanted)
         position = {h: i for i, h in enumerate(hours)}
+        # Each scored group's integer sum at each hour, the series' rows streamed (never all held at once).
+        totals = {code: [0] * len(hours) for code in scored}
+        group_at, fact_at, facts, sids = self._group_at, self._fact_at, self._facts, series.sids
+        for page in ledger.rollup_values_pages(hours, (METRIC_COST_ESTIMATED, METRIC_TOKENS)):
+            for sid, *values in page:
+                if sid >= len(group_at) or group_at[sid] < 0:
+                    continue  # a series not read yet (created since): in the next reading
+                code = 2 * group_at[sid] + (facts[fact_at[sid]].metric == METRIC_COST_ESTIMATED)
+                total = totals.get(code)
+                if total is None:
+                    continue
+                at = bisect.bisect_left(sids, sid)
+                if at == len(sids) or sids[at] != sid:
+                    continue  # not in this reading's series (no rollups when they were read)
+                for i, v in enumerate(values):
+                    if v:
+                        total[i] += v
+        keys = self._group_keys
+        named = sorted(((*keys[code >> 1], "cost" if code & 1 else "tokens"), code) for code in scored)
         out = []
-        for (provider, model, tenancy, signal), members, f, past in sorted(scored, key=lambda g: g[0]):
-            rows = [values[sid] for sid in members if sid in values]
-            s = self._facts[f]
+        for (provider, model, tenancy, signal), code in named:
+            s = facts[groups.heads[code]]
             scale = 1e-12 if s.metric == METRIC_COST_ESTIMATED else 1.0
-
-            def at(h: int, rows: list[tuple[int | None, ...]] = rows, scale: float = scale) -> float:
-                i = position[h]
-                return float(sum(r[i] or 0 for r in rows)) * scale
-
-            history = [at(h) for h in past]
-            x = at(hour)
+            total = totals[code]
+            past = scored[code]
+            history = [float(total[position[h]]) * scale for h in past]
+            x = float(total[position[hour]]) * scale
             score = anomalies.robust_z(x, history)
             if score is None:
                 continue

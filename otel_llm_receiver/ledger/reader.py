@@ -16,7 +16,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..errors import LedgerError
 from ..names import LEVEL_METRICS
@@ -69,7 +69,7 @@ SQL_SERIES_ATTRS_OF = "SELECT id, attrs FROM series WHERE id IN ({ids})"
 #: Ids per ``SQL_SERIES_ATTRS_OF`` statement (well under SQLite's and PostgreSQL's parameter limits).
 ATTRS_PAGE = 500
 SQL_ROLLUP_SEGMENT_SUMS = """
-SELECT s.id, {segments} FROM series AS s WHERE s.metric IN ({metrics})"""
+SELECT s.id, {segments} FROM series AS s WHERE s.metric IN ({metrics}) ORDER BY s.id"""
 SQL_ROLLUP_SEGMENT_SUMS_OF = """
 SELECT s.id, {segments} FROM series AS s WHERE s.id IN ({ids})"""
 SQL_ROLLUP_VALUES_AT = """
@@ -359,8 +359,8 @@ class LedgerReader(LedgerEngine):
     def rollup_segment_rows(
         self, windows: Sequence[tuple[int, int]], metrics: Sequence[str]
     ) -> tuple[list[tuple[int, int]], Iterator[tuple[int, ...]]]:
-        """``rollup_segment_sums`` as rows ``(series id, *segment sums)`` read a page at a time (zero rows
-        included), for a caller that folds them as they come: at 1M series the dict of every series' sums
+        """``rollup_segment_sums`` as rows ``(series id, *segment sums)`` in id order, read a page at a time
+        (zero rows included), for a caller that folds them as they come: at 1M series the dict of every series' sums
         would hold ~100 MB at once."""
         if not windows or not metrics:
             return [], iter(())
@@ -473,6 +473,23 @@ class LedgerReader(LedgerEngine):
             if row != empty:
                 out[sid] = row
         return hours, out
+
+    def rollup_values_pages(
+        self, hours: Sequence[int], metrics: Sequence[str]
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """``rollup_values_rows`` as raw rows ``(series id, *values at the sorted distinct hours)`` (None where
+        none), a page at a time, every series of ``metrics`` included: for a caller that adds them up as they
+        come (at 1M series the dict of every series' values would hold hundreds of MB)."""
+        hours = sorted(set(hours))
+        if not hours or not metrics:
+            return
+        lookups = ", ".join(
+            f"(SELECT value FROM rollups WHERE series_id = s.id AND hour_start = {int(h)})" for h in hours
+        )
+        sql = SQL_ROLLUP_SEGMENT_SUMS.format(segments=lookups, metrics=",".join("?" * len(metrics)))
+        cursor = self._conn.execute(sql, tuple(metrics))
+        while rows := cursor.fetchmany(10_000):
+            yield rows
 
     def names(self) -> dict[tuple[str, str, str], str]:
         """Every resolved name: (instance, kind, id) -> name."""
