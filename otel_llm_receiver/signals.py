@@ -143,9 +143,9 @@ class _SeriesSet:
     rollup hour, price key index (token series, else -1); and by id, reported cost's ``(facts, width, last)``."""
 
     sids: array[int] = field(default_factory=lambda: array("q"))
-    facts: array[int] = field(default_factory=lambda: array("l"))
+    facts: array[int] = field(default_factory=lambda: array("i"))
     firsts: array[int] = field(default_factory=lambda: array("q"))
-    prices: array[int] = field(default_factory=lambda: array("l"))
+    prices: array[int] = field(default_factory=lambda: array("i"))
     reported: dict[int, tuple[int, int, int]] = field(default_factory=dict)
 
 
@@ -280,8 +280,8 @@ class Signals:
         self._label_keys = tuple(sorted(
             {k for b in self.budget_configs for k in b.match.labels} | {k for r in self.attributor.rules for k in r.labels}))
         # Per series id: the index of its facts (-1: not derived yet) and of its price key (-1: none).
-        self._fact_at: array[int] = array("l")
-        self._price_at: array[int] = array("l")
+        self._fact_at: array[int] = array("i")
+        self._price_at: array[int] = array("i")
         self._facts: list[_Facts] = []
         self._fact_memo: dict[tuple[Any, ...], int] = {}
         self._price_keys: list[tuple[tuple[str, str], ...]] = []
@@ -294,7 +294,7 @@ class Signals:
                             or any(m.tenancy is not None for m in matches))
         self._attribution_memo: dict[tuple[Any, ...], tuple[str, int]] = {}
         # Per series id: its anomaly group (provider, model, tenancy; -1 for reported cost), by index.
-        self._group_at: array[int] = array("l")
+        self._group_at: array[int] = array("i")
         self._group_keys: list[tuple[str, str, str]] = []
         self._group_memo: dict[tuple[str, str, str], int] = {}
         self._last_groups: tuple[_SeriesSet | None, _Groups | None] = (None, None)
@@ -334,13 +334,13 @@ class Signals:
             self._scores.clear()
 
     def _forget_facts(self) -> None:
-        self._fact_at, self._price_at = array("l"), array("l")
+        self._fact_at, self._price_at = array("i"), array("i")
         self._all_sids, self._all_updated = array("q"), array("q")
         self._set, self._sums = None, None
         self._facts, self._fact_memo = [], {}
         self._price_keys, self._price_memo = [], {}
         self._attribution_memo = {}
-        self._group_at, self._group_keys, self._group_memo = array("l"), [], {}
+        self._group_at, self._group_keys, self._group_memo = array("i"), [], {}
         self._last_groups = (None, None)
 
     def _series(self, ledger: Ledger) -> _SeriesSet:
@@ -413,7 +413,7 @@ class Signals:
         self._all_sids, self._all_updated = all_sids, all_updated
         out.reported = {sids[at]: (facts[at], width, last) for at, width, last in reported}
         price_at = self._price_at
-        out.prices = array("l", [price_at[sid] for sid in sids])  # every sid in ``out`` was derived: in range
+        out.prices = array("i", [price_at[sid] for sid in sids])  # every sid in ``out`` was derived: in range
         return out
 
     def _catch_up(self, ledger: Ledger, series: _SeriesSet) -> bool:
@@ -469,9 +469,9 @@ class Signals:
         fact_at, price_at, group_at = self._fact_at, self._price_at, self._group_at
         if sid >= len(fact_at):
             grow = sid + 1 - len(fact_at) + len(fact_at) // 4  # amortised: ids grow with the ledger
-            fact_at.extend(array("l", [-1]) * grow)
-            price_at.extend(array("l", [-1]) * grow)
-            group_at.extend(array("l", [-1]) * grow)
+            fact_at.extend(array("i", [-1]) * grow)
+            price_at.extend(array("i", [-1]) * grow)
+            group_at.extend(array("i", [-1]) * grow)
         if metric == METRIC_TOKENS:
             values = tuple(map(get, self._price_order))  # the price attributes' values, None where absent
             p = self._price_memo.get(values)
@@ -841,7 +841,7 @@ class Signals:
         cost = [int(s.metric == METRIC_COST_ESTIMATED) for s in self._facts]
         group_at = self._group_at
         size = 2 * len(self._group_keys)
-        firsts, heads = array("q", [_NO_HOUR]) * size, array("l", [-1]) * size
+        firsts, heads = array("q", [_NO_HOUR]) * size, array("i", [-1]) * size
         for sid, f, first in zip(series.sids, series.facts, series.firsts, strict=True):
             g = group_at[sid]
             if g < 0:
