@@ -2,20 +2,32 @@
 token prices, as one ``SignalsReading`` (for the terminal) and as OTLP gauges (for the emitter).
 
 Everything here reads the ledger's hourly rollups with a few aggregate queries (``Ledger.rollup_series_pages``,
-``rollup_segment_sums``, ``rollup_values_rows``) and never calls a provider, so a restart mid-month loses nothing
+``rollup_segment_rows``, ``rollup_values_pages``) and never calls a provider, so a restart mid-month loses nothing
 and ``report`` works with no network. Money is exact ``Decimal`` until it becomes a gauge's double.
 
-At scale (issue 20: 100,000 to 1,000,000 series) the per-series Python work is kept small: what a series'
-attributes imply (team, budget matches, anomaly group, price attributes) is derived once per process and kept by
-series id (attributes never change; a renamed tenancy re-derives its series); money series that no signal tells
-apart are added up as integers per ``_Cell`` before any ``Decimal``; anomaly groups without a baseline read no
-rollups. What depends on rollups (the series' extent, the money cells' window sums, anomaly scores) is kept only
-while the ledger's generation (``Ledger.generation``, bumped by every apply and prune in its transaction) is the
-one it was read at, and the window sums by the hour grid of their edges (rollups start on whole hours): an export
-with nothing new in the same hour reads no rollup, and late data for any hour is seen by the next read. A known
-series' attributes are not read again (series ids are never reused). tests/test_signals_fast.py compares every
-reading with the straightforward series-by-series computation (tests/support/signals_reference.py) on randomized
-ledgers, as time moves and as data lands between reads.
+At scale (issue 20: 100,000 to 1,000,000 series) the per-series Python work and memory are kept small:
+
+* what a series' attributes imply is derived once per process (attributes never change; a renamed tenancy
+  re-derives its series) and kept by series id as small integers in arrays: the index of its ``_Facts`` (what
+  the series of a tenancy share: cell, team, budget matches, tenancy name), of its anomaly group (provider,
+  model, tenancy) and of its price key. Attribute sets are parsed a page per ``json.loads`` call, and team and
+  budget matches are worked out once per distinct value of what the rules and budgets look at;
+* money series that no signal tells apart are added up as integers per ``_Cell`` before any ``Decimal``
+  (``_Sums``: per series, one flat array of its sums over the segments the windows' edges cut time into);
+  anomaly groups are two arrays by group (first hour, first member), scored from rows streamed from the ledger,
+  and groups without a baseline read no rollups;
+* what depends on rollups is kept while the ledger's generation (``Ledger.generation``, bumped in the
+  transaction of every apply, prune and re-pricing) is unchanged: an export with nothing new in the same hour
+  reads no rollup. After polls (instance generations moved, the ledger-wide one not), only the series whose
+  ``updated_ns`` moved (every change of a series' buckets sets it in the same transaction) are read again:
+  their extent, and their sums, by which their cells move (``_catch_up``). A new series, a rename, a prune or a
+  re-pricing reads everything again; a new hour grid (the hour turned) reads the sums again.
+* the cyclic garbage collector is paused while a reading is computed (``_collector_paused``): nothing made
+  here is in a cycle, and its full passes over the heap cost about as much as a first reading of 100,000 series.
+
+tests/test_signals_fast.py and tests/test_signals_engines.py (both engines) compare every reading with the
+straightforward series-by-series computation (tests/support/signals_reference.py) on randomized ledgers, as time
+moves and as data lands between reads (new series, late restatements, one instance moving, renames, prunes).
 
 Spend sources (``budgets[].source``): ``estimated`` (``llm.usage.cost.estimated``), ``reported``
 (``llm.usage.cost``, USD only) and ``best``: per provider instance and tenancy, reported cost up to the end of
