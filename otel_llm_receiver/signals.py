@@ -431,7 +431,12 @@ class Signals:
     def _catch_up(self, ledger: Ledger, series: _SeriesSet) -> bool:
         """Bring the kept series (extent, reported cost, anomaly groups' first hours) and money sums up to date
         after polls, reading again only the series whose ``updated_ns`` moved; False when that is not enough (a
-        new series, one that gained its first rollups, a rename, an extent that shrank): read everything."""
+        new series, one that gained its first rollups, a rename, an extent that shrank): read everything.
+
+        This rests on the writer setting a series' ``updated_ns`` in every transaction that changes its rollups
+        (the totals updates of every apply path do). One path does not: a bucket-width change whose new bucket
+        replaces overlapping ones of exactly the same total moves value between hours with no totals change;
+        such a move is read at the next full read of the sums (the hour grid turns every hour)."""
         if ledger.names() != self._names:
             return False
         all_sids, all_updated = array("q"), array("q")
