@@ -28,7 +28,9 @@ Cases, on the same pages:
 * ``whole``: fetch + apply, the receiver's poll.
 The child sets up as ``run`` does before its first poll (``harness.settle_as_run``: the garbage collector's
 settings of ``heap.py``, when the measured code has them), then times.
-``fetch``, ``apply`` and ``whole`` are timed in the same child runs. Requests made are compared with the minimum
+``fetch``, ``apply`` and ``whole`` are timed in the same child runs. ``OPENAI_POLL_PROFILE=/tmp/p`` makes each
+receiver child write cProfile stats of its fetch and its apply to ``/tmp/p.fetch`` and ``/tmp/p.apply`` (the
+figures are then the profiler's, not the receiver's: for finding where the time goes, not for quoting). Requests made are compared with the minimum
 the API's page limits allow (168 hourly buckets a page, 180 days of costs, 100 projects).
 Goal (issue 20): whole >= 30,000 API rows/s.
 """
@@ -37,9 +39,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import gc
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -163,6 +167,13 @@ class GcTime:
             self.seconds += time.process_time() - self._start
 
 
+def records(result: Any) -> int:
+    """Usage and cost records of a poll, usage handed over column-wise (``usage_columns``) counted row by row
+    (code from before the columns has ``usage`` only)."""
+    usage = getattr(result, "usage_count", None)
+    return int(len(result.usage) if usage is None else usage) + len(result.costs)
+
+
 def child_receiver(endpoint: str, days: int) -> None:
     """fetch, then apply with pricing on (the money stack of ``run``), each timed apart, on an empty ledger."""
     from otel_llm_receiver.ledger import Ledger
@@ -190,15 +201,27 @@ def child_receiver(endpoint: str, days: int) -> None:
         ledger.set_pricer(prices)
         settled = harness.settle_as_run()  # start-up done: the collector's settings of `run` (heap.py)
         collector = GcTime()
+        profile = os.environ.get("OPENAI_POLL_PROFILE")  # a path prefix: cProfile stats of each part there
+        profiler = cProfile.Profile() if profile else None
         with harness.timed() as extra:
             w0, c0 = time.perf_counter(), time.process_time()
+            if profiler is not None:
+                profiler.enable()
             asyncio.run(fetch())
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(f"{profile}.fetch")
+                profiler = cProfile.Profile()
+                profiler.enable()
             w1, c1, g1 = time.perf_counter(), time.process_time(), collector.seconds
             stats = ledger.apply(NAME, out[0])
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(f"{profile}.apply")
             w2, c2 = time.perf_counter(), time.process_time()
             extra.update(fetch_wall=w1 - w0, fetch_cpu=c1 - c0, apply_wall=w2 - w1, apply_cpu=c2 - c1,
                          fetch_gc=g1, apply_gc=collector.seconds - g1,
-                         records=len(out[0].usage) + len(out[0].costs), points=stats.points,
+                         records=records(out[0]), points=stats.points,
                          series=stats.series_created, requests=sum(provider.api_requests.values()),
                          settled=float(settled))
 

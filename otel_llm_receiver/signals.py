@@ -1,21 +1,33 @@
 """The money signals, read from the ledger: budgets, anomaly scores, attribution coverage, reconciliation and
 token prices, as one ``SignalsReading`` (for the terminal) and as OTLP gauges (for the emitter).
 
-Everything here reads the ledger's hourly rollups with a few aggregate queries (``Ledger.rollup_series_rows``,
-``rollup_segment_sums``, ``rollup_values_rows``) and never calls a provider, so a restart mid-month loses nothing
+Everything here reads the ledger's hourly rollups with a few aggregate queries (``Ledger.rollup_series_pages``,
+``rollup_segment_rows``, ``rollup_values_pages``) and never calls a provider, so a restart mid-month loses nothing
 and ``report`` works with no network. Money is exact ``Decimal`` until it becomes a gauge's double.
 
-At scale (issue 20: 100,000 to 1,000,000 series) the per-series Python work is kept small: what a series'
-attributes imply (team, budget matches, anomaly group, price attributes) is derived once per process and kept by
-series id (attributes never change; a renamed tenancy re-derives its series); money series that no signal tells
-apart are added up as integers per ``_Cell`` before any ``Decimal``; anomaly groups without a baseline read no
-rollups. What depends on rollups (the series' extent, the money cells' window sums, anomaly scores) is kept only
-while the ledger's generation (``Ledger.generation``, bumped by every apply and prune in its transaction) is the
-one it was read at, and the window sums by the hour grid of their edges (rollups start on whole hours): an export
-with nothing new in the same hour reads no rollup, and late data for any hour is seen by the next read. A known
-series' attributes are not read again (series ids are never reused). tests/test_signals_fast.py compares every
-reading with the straightforward series-by-series computation (tests/support/signals_reference.py) on randomized
-ledgers, as time moves and as data lands between reads.
+At scale (issue 20: 100,000 to 1,000,000 series) the per-series Python work and memory are kept small:
+
+* what a series' attributes imply is derived once per process (attributes never change; a renamed tenancy
+  re-derives its series) and kept by series id as small integers in arrays: the index of its ``_Facts`` (what
+  the series of a tenancy share: cell, team, budget matches, tenancy name), of its anomaly group (provider,
+  model, tenancy) and of its price key. Attribute sets are parsed a page per ``json.loads`` call, and team and
+  budget matches are worked out once per distinct value of what the rules and budgets look at;
+* money series that no signal tells apart are added up as integers per ``_Cell`` before any ``Decimal``
+  (``_Sums``: per series, one flat array of its sums over the segments the windows' edges cut time into);
+  anomaly groups are two arrays by group (first hour, first member), scored from rows streamed from the ledger,
+  and groups without a baseline read no rollups;
+* what depends on rollups is kept while the ledger's generation (``Ledger.generation``, bumped in the
+  transaction of every apply, prune and re-pricing) is unchanged: an export with nothing new in the same hour
+  reads no rollup. After polls (instance generations moved, the ledger-wide one not), only the series whose
+  ``updated_ns`` moved (every change of a series' buckets sets it in the same transaction) are read again:
+  their extent, and their sums, by which their cells move (``_catch_up``). A new series, a rename, a prune or a
+  re-pricing reads everything again; a new hour grid (the hour turned) reads the sums again.
+* the cyclic garbage collector is paused while a reading is computed (``_collector_paused``): nothing made
+  here is in a cycle, and its full passes over the heap cost about as much as a first reading of 100,000 series.
+
+tests/test_signals_fast.py and tests/test_signals_engines.py (both engines) compare every reading with the
+straightforward series-by-series computation (tests/support/signals_reference.py) on randomized ledgers, as time
+moves and as data lands between reads (new series, late restatements, one instance moving, renames, prunes).
 
 Spend sources (``budgets[].source``): ``estimated`` (``llm.usage.cost.estimated``), ``reported``
 (``llm.usage.cost``, USD only) and ``best``: per provider instance and tenancy, reported cost up to the end of
@@ -25,12 +37,16 @@ and estimated cost alone where the provider reports no cost at all.
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import datetime as dt
 import fnmatch
+import gc
+import itertools
 import json
-import operator
+from array import array
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -42,6 +58,7 @@ from . import anomalies, budgets
 from .attribution import UNATTRIBUTED, Attributor
 from .catalog import CATALOG
 from .ledger import Ledger
+from .ledger.schema import META_GENERATION
 from .names import CURRENCY_ATTR, METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS
 from .pricing import PRICE_GAUGE_ATTRIBUTES, PriceBook
 from .signals_config import BudgetConfig, BudgetMatch, Period
@@ -57,9 +74,16 @@ RECONCILE_SETTLE = 2 * HOUR
 PICO = Decimal(10) ** -12
 NANO = Decimal(10) ** -9
 MONEY_METRICS = (METRIC_COST_ESTIMATED, METRIC_COST)
+#: The series the signals keep: money, and tokens (anomaly scores and price gauges).
+SERIES_METRICS = (*MONEY_METRICS, METRIC_TOKENS)
 #: The periods of ``llm.cost.period_to_date``: the UTC day and calendar month, as the dashboards' "today" and
 #: "this month" mean them.
 PERIODS: tuple[Period, ...] = ("day", "month")
+_ABSENT = object()  # an attribute not set (not the same as any value)
+_NO_HOUR = 2**62  # the first hour of an anomaly group without members
+_FOLD = 256  # rows a cell gathers before adding them up (bounded memory at a million series)
+#: Attribute sets parsed per ``json.loads`` call: one JSON array a page costs half of one call a series.
+_PARSE_PAGE = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,36 +131,59 @@ class SignalsReading:
 
 
 @dataclass(slots=True, eq=False)
-class _Series:
-    """A series of the money signals: what they need of its attributes, derived once per process (a series'
-    attributes never change; its tenancy's name may, see ``Signals._series``), and its rollups' extent
-    (``width``, ``first``, ``last``), read at every export. Only these few fields are kept, not the attribute
-    dict, so that a million series stay small."""
+class _Facts:
+    """What the money signals need of a series' attributes, shared by every series whose attributes imply the
+    same (derived once per process and distinct set of facts, see ``Signals._derive``; a series keeps only the
+    index of its facts in an array, so a million series cost a few bytes each, not an object each)."""
 
-    sid: int
     instance: str
     metric: str
     usd: bool  # False for reported cost in another currency: budgets are USD
     provider: str
     tenant: str
-    model: str | None
     key: tuple[str, str]  # provider instance and tenancy: where reported and estimated meet
-    group: tuple[str, str, str, str]  # the anomaly score's (provider, model, tenancy, signal)
-    price_key: tuple[tuple[str, str], ...] | None  # token series: the price gauge's attributes
     tenancy_name: str | None
     team: str
     matches: int  # bit i set: ``budget_configs[i]`` matches the series
-    cell: tuple[Any, ...] = ()  # what puts it in a ``_Cell``: key, metric, provider, tenant, team, matches
-    width: int = 0
-    first: int = 0
-    last: int = 0  # read for reported cost only (``_reported_until``): the first hour for other series
+    cell: tuple[Any, ...]  # what puts it in a ``_Cell``: key, metric, provider, tenant, team, matches
+    unit: Decimal
 
-    @property
-    def unit(self) -> Decimal:
-        return PICO if self.metric == METRIC_COST_ESTIMATED else NANO
 
-    def money(self, value: int) -> Decimal:
-        return Decimal(value) * self.unit
+@dataclass(slots=True, eq=False)
+class _SeriesSet:
+    """The money and token series that have rollups, in id order, as parallel arrays: id, facts index, first
+    rollup hour, price key index (token series, else -1); and by id, reported cost's ``(facts, width, last)``."""
+
+    sids: array[int] = field(default_factory=lambda: array("q"))
+    facts: array[int] = field(default_factory=lambda: array("i"))
+    firsts: array[int] = field(default_factory=lambda: array("q"))
+    prices: array[int] = field(default_factory=lambda: array("i"))
+    reported: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+
+
+@dataclass(slots=True, eq=False)
+class _Groups:
+    """The anomaly groups by code (twice the index of their (provider, model, tenancy), plus 1 for cost): the
+    first hour of their rollups and the facts of their first member (-1: no member)."""
+
+    firsts: array[int]
+    heads: array[int]
+
+
+@dataclass(slots=True, eq=False)
+class _Sums:
+    """The USD money series' sums over the segments of one hour grid, kept per series (one flat array, ``width``
+    values a series) and added up per cell, so that after a poll only the series that changed are read again
+    and their cells move by the difference."""
+
+    grid: tuple[tuple[int, int], ...]
+    spans: list[tuple[int, int]]
+    width: int
+    cells: list[_Cell]
+    first_of_key: dict[tuple[str, str], _Facts]
+    money: array[int]  # the series' ids, in id order: the position of a series' row and cell
+    cell_of: list[_Cell]
+    rows: array[int]
 
 
 @dataclass(slots=True, eq=False)
@@ -155,11 +202,62 @@ class _Cell:
     team: str
     matches: int
     unit: Decimal
-    sums: list[int]
-    present: bool = False  # some member has rollups in one of the windows (else it adds nothing, not even 0)
+    rows: list[Sequence[int]]  # while summing: the members' rows ``(*segment sums)``
+    columns: list[int] = field(default_factory=list)  # the members' sums per segment
+    nonzero: int = 0  # members with rollups in some segment (none: the cell adds nothing, not even 0)
+    sums: list[int] = field(default_factory=list)  # per window, for the reading at hand
+
+    @property
+    def present(self) -> bool:
+        return self.nonzero > 0
 
     def money(self, i: int) -> Decimal:
         return Decimal(self.sums[i]) * self.unit
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while the signals are computed (and back on after, if it was on).
+
+    Why: a first reading allocates a few containers per series (parsed attribute sets, rows, keys), none of them
+    in a cycle, and at 100,000 series the collector's full passes over the whole heap that these allocations
+    trigger cost about as much as the reading itself. Reference counting still frees everything; any cycle made
+    meanwhile is collected at the next pass after. Threads that pause it at the same time are fine: whichever
+    found it on turns it back on."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _holds(ids: array[int], sid: int) -> bool:
+    """Whether the sorted ``ids`` hold ``sid``."""
+    at = bisect.bisect_left(ids, sid)
+    return at < len(ids) and ids[at] == sid
+
+
+def _fold(c: _Cell) -> None:
+    """Add the rows a cell gathered ``(series id, *segment sums)`` to its columns, and count them."""
+    if c.rows:
+        c.columns = [a + b for a, b in zip(c.columns, [sum(col) for col in zip(*c.rows, strict=True)][1:],
+                                           strict=True)]
+        c.nonzero += len(c.rows)
+        c.rows = []
+
+
+def _parse(texts: list[str]) -> list[dict[str, str]]:
+    """Attribute sets (canonical JSON objects) parsed as one JSON array: a tenth of a million ``json.loads``
+    calls cost as much as the parsing itself."""
+    try:
+        parsed: list[dict[str, str]] = json.loads("[" + ",".join(texts) + "]")
+    except ValueError:  # not one array after all (e.g. a text that is not a single JSON value): one by one
+        return [json.loads(t) for t in texts]
+    if len(parsed) != len(texts):  # a text holding several values, e.g. '{...},{...}'
+        return [json.loads(t) for t in texts]
+    return parsed
 
 
 def _glob(pattern: str | None, *values: str | None) -> bool:
@@ -188,19 +286,47 @@ class Signals:
         self.prices = prices
         self.labels = labels or {}
         self._scores: dict[int, list[Anomaly]] = {}
-        self._known: dict[int, _Series] = {}
         self._names: dict[tuple[str, str, str], str] = {}
         self._shared: dict[Any, Any] = {}  # one copy of each repeated string and tuple
-        self._match_labels = tuple(sorted({k for b in self.budget_configs for k in b.match.labels}))
-        self._match_memo: dict[tuple[Any, ...], int] = {}
-        self._last_groups: tuple[list[_Series], dict[tuple[str, str, str, str], list[_Series]]] = ([], {})
+        # Attribute keys whose values decide a team or a budget match (beside provider, tenant, tenancy, model).
+        self._label_keys = tuple(sorted(
+            {k for b in self.budget_configs for k in b.match.labels} | {k for r in self.attributor.rules for k in r.labels}))
+        # Per series id: the index of its facts (-1: not derived yet) and of its price key (-1: none).
+        self._fact_at: array[int] = array("i")
+        self._price_at: array[int] = array("i")
+        self._facts: list[_Facts] = []
+        self._fact_memo: dict[tuple[Any, ...], int] = {}
+        self._price_keys: list[tuple[tuple[str, str], ...]] = []
+        self._price_memo: dict[tuple[str | None, ...], int] = {}  # by the price attributes' values
+        # Team and budget matches by what decides them (``_attribution``): the model and the tenancy only when
+        # a rule or a budget names one.
+        rules, matches = self.attributor.rules, [b.match for b in self.budget_configs]
+        self._by_model = any(r.model is not None for r in rules) or any(m.model is not None for m in matches)
+        self._by_tenancy = (any(r.tenancy is not None or r.tenancy_regex is not None for r in rules)
+                            or any(m.tenancy is not None for m in matches))
+        self._attribution_memo: dict[tuple[Any, ...], tuple[str, int]] = {}
+        # Per series id: its anomaly group (provider, model, tenancy; -1 for reported cost), by index.
+        self._group_at: array[int] = array("i")
+        self._group_keys: list[tuple[str, str, str]] = []
+        self._group_memo: dict[tuple[str, str, str], int] = {}
+        self._last_groups: tuple[_SeriesSet | None, _Groups | None] = (None, None)
         # What holds only while the ledger is unchanged (``Ledger.generation``): the series with their rollups'
         # extent (by metrics asked), the money cells by the hour grid of the windows, and anomaly scores by hour.
         self._generation: tuple[tuple[str, str], ...] | None = None
-        self._series_of: dict[tuple[str, ...], list[_Series]] = {}
-        self._cells_of: dict[tuple[tuple[int, int], ...], tuple[list[_Cell], dict[tuple[str, str], _Series]]] = {}
+        # The series and the money sums, kept across generations: a generation moved by polls only (not by a
+        # prune or a re-pricing, which move the ledger-wide one) means only the series whose ``updated_ns``
+        # moved are read again (``_catch_up``).
+        self._set: _SeriesSet | None = None
+        self._moved = False
+        # Every series of SERIES_METRICS (with rollups or not), in id order, and its updated_ns when last read.
+        self._all_sids: array[int] = array("q")
+        self._all_updated: array[int] = array("q")
+        self._sums: _Sums | None = None
         declared = frozenset(CATALOG.metrics["llm.pricing.token_price"].attributes)
         self._price_attrs = declared or PRICE_GAUGE_ATTRIBUTES
+        self._price_order = tuple(sorted(self._price_attrs))
+        self._fact_order = ("gen_ai.provider.name", "llm.tenant", "llm.tenancy.id", "llm.tenancy.name",
+                            *self._label_keys)
 
     # -- reading -----------------------------------------------------------------------------------------
     def _fresh(self, ledger: Ledger) -> None:
@@ -208,106 +334,243 @@ class Signals:
         ``Ledger.generation``). Unchanged, the series, cells and scores computed since are reused."""
         generation = ledger.generation()
         if generation != self._generation:
-            if dict(generation).get("service.instance.id") != dict(self._generation or ()).get("service.instance.id"):
-                self._known, self._names = {}, {}  # another ledger: its series ids mean other series
+            new, old = dict(generation), dict(self._generation or ())
+            if new.get("service.instance.id") != old.get("service.instance.id"):
+                self._forget_facts()  # another ledger: its series ids mean other series
+                self._names = {}
+            if new.get(META_GENERATION) != old.get(META_GENERATION) or self._generation is None:
+                self._set, self._sums = None, None  # pruned or re-priced: every series may have changed
+            else:
+                self._moved = True  # polls landed: the series they changed are read again (``_catch_up``)
             self._generation = generation
-            self._series_of.clear()
-            self._cells_of.clear()
             self._scores.clear()
 
-    def _series(self, ledger: Ledger, metrics: Sequence[str]) -> list[_Series]:
-        """The series of ``metrics`` with rollups, in id order (reported cost in other currencies included:
-        ``usd`` says). Attributes are parsed only for series not seen before, or whose tenancy name changed;
-        nothing is read while the ledger's generation is the one of the last read (``_fresh``)."""
-        cached = self._series_of.get(tuple(metrics))
-        if cached is not None:
-            return cached
+    def _forget_facts(self) -> None:
+        self._fact_at, self._price_at = array("i"), array("i")
+        self._all_sids, self._all_updated = array("q"), array("q")
+        self._set, self._sums = None, None
+        self._facts, self._fact_memo = [], {}
+        self._price_keys, self._price_memo = [], {}
+        self._attribution_memo = {}
+        self._group_at, self._group_keys, self._group_memo = array("i"), [], {}
+        self._last_groups = (None, None)
+
+    def _series(self, ledger: Ledger) -> _SeriesSet:
+        """The money and token series with rollups, in id order (reported cost in other currencies included:
+        their facts say ``usd``). Attributes are parsed only for series not seen before, or whose tenancy name
+        changed; nothing is read while the ledger's generation is the one of the last read (``_fresh``), and
+        after polls only what changed (``_catch_up``)."""
+        if self._set is not None:
+            if not self._moved:
+                return self._set
+            self._moved = False
+            if self._catch_up(ledger, self._set):
+                return self._set
+        self._set, self._sums, self._moved = None, None, False
+        self._set = self._read_series(ledger)
+        return self._set
+
+    def _read_series(self, ledger: Ledger) -> _SeriesSet:
         names = ledger.names()
         if names != self._names:
             changed = {
                 (i, d) for (i, k, d) in names.keys() | self._names.keys()
                 if k == "tenancy" and names.get((i, k, d)) != self._names.get((i, k, d))
             }
-            if changed:
-                self._known = {sid: s for sid, s in self._known.items() if s.key not in changed}
-                self._match_memo.clear()
+            if changed:  # their series' team, matches and tenancy name change: derived again below
+                stale = {f for f, facts in enumerate(self._facts) if facts.key in changed}
+                if stale:
+                    fact_at = self._fact_at
+                    for sid, f in enumerate(fact_at):
+                        if f in stale:
+                            fact_at[sid] = -1
+                self._fact_memo = {k: f for k, f in self._fact_memo.items() if f not in stale}
+                self._attribution_memo.clear()
             self._names = names
-        known = self._known
         # Series ids are never reused (series are never deleted), so a known id needs no attributes: they are
         # read with the rows only when nothing is known yet, else only for the ids not seen before.
-        with_attrs = not known
-        out: list[_Series | None] = []
-        unseen: list[tuple[int, int, str, str, int, int, int]] = []  # (position in out, sid, instance, ...)
-        for sid, instance, metric, text, width, first, last in ledger.rollup_series_rows(
-                metrics, (METRIC_COST,), attrs=with_attrs):
-            s = known.get(sid)
-            if s is None or s.metric != metric or s.instance != instance:
-                if text is None:
-                    unseen.append((len(out), sid, instance, metric, width, first, last))
-                    out.append(None)
-                    continue
-                s = known[sid] = self._derive(sid, instance, metric, text, names)
-            s.width, s.first, s.last = width, first, last
-            out.append(s)
-        if unseen:
-            texts = ledger.series_attrs([u[1] for u in unseen])
-            for at, sid, instance, metric, width, first, last in unseen:
-                text = texts[sid]
-                s = known[sid] = self._derive(sid, instance, metric, text, names)
-                s.width, s.first, s.last = width, first, last
-                out[at] = s
-        series = [s for s in out if s is not None]  # every None was filled in above
-        self._series_of[tuple(metrics)] = series
-        return series
+        fact_at = self._fact_at
+        out = _SeriesSet()
+        sids, facts, firsts = out.sids, out.facts, out.firsts
+        derive = self._derive
+        reported: list[tuple[int, int, int]] = []  # (position in out, width, last hour)
+        all_sids, all_updated = array("q"), array("q")
+        for page in ledger.rollup_series_pages(SERIES_METRICS, (METRIC_COST,), attrs=not self._facts):
+            # Column by column (C loops), as most series are known and have rollups.
+            ids, instances, metrics, texts, widths, page_firsts, lasts, updated = zip(*page, strict=True)
+            all_sids.extend(ids)
+            all_updated.extend(updated)  # read with the extent: the sums, read later, are at least as new
+            if None in page_firsts:  # some have no rollups (pruned away, or none yet)
+                keep = [first is not None for first in page_firsts]
+                rows = list(itertools.compress(range(len(ids)), keep))
+            else:
+                rows = list(range(len(ids)))
+            base = len(sids)
+            known = len(fact_at)
+            page_facts = [fact_at[ids[i]] if ids[i] < known else -1 for i in rows]
+            sids.extend([ids[i] for i in rows])
+            firsts.extend([page_firsts[i] for i in rows])
+            if -1 in page_facts:  # series not seen before: their attributes parsed a page per call
+                todo = [at for at, f in enumerate(page_facts) if f < 0]
+                need = [ids[rows[at]] for at in todo if texts[rows[at]] is None]
+                stored = ledger.series_attrs(need) if need else {}
+                parsed = _parse([texts[i] if texts[i] is not None else stored[ids[i]] for i in map(rows.__getitem__, todo)])
+                for at, attrs in zip(todo, parsed, strict=True):
+                    i = rows[at]
+                    page_facts[at] = derive(ids[i], instances[i], metrics[i], attrs, names)
+            facts.extend(page_facts)
+            if METRIC_COST in metrics:
+                reported += [(base + at, widths[i] or 0, page_firsts[i] if lasts[i] is None else lasts[i])
+                             for at, i in enumerate(rows) if metrics[i] == METRIC_COST]
+        self._all_sids, self._all_updated = all_sids, all_updated
+        out.reported = {sids[at]: (facts[at], width, last) for at, width, last in reported}
+        price_at = self._price_at
+        out.prices = array("i", [price_at[sid] for sid in sids])  # every sid in ``out`` was derived: in range
+        return out
+
+    def _catch_up(self, ledger: Ledger, series: _SeriesSet) -> bool:
+        """Bring the kept series (extent, reported cost, anomaly groups' first hours) and money sums up to date
+        after polls, reading again only the series whose ``updated_ns`` moved; False when that is not enough (a
+        new series, one that gained its first rollups, a rename, an extent that shrank): read everything.
+
+        This rests on the writer setting a series' ``updated_ns`` in every transaction that changes its rollups
+        (the totals updates of every apply path do). One path does not: a bucket-width change whose new bucket
+        replaces overlapping ones of exactly the same total moves value between hours with no totals change;
+        such a move is read at the next full read of the sums (the hour grid turns every hour)."""
+        if ledger.names() != self._names:
+            return False
+        all_sids, all_updated = array("q"), array("q")
+        for page in ledger.series_updated(SERIES_METRICS):
+            ids, updated = zip(*page, strict=True)
+            all_sids.extend(ids)
+            all_updated.extend(updated)
+        if all_sids != self._all_sids:
+            return False  # a new series: its facts are derived with everything else
+        old = self._all_updated
+        changed = [(all_sids[i], u) for i, (o, u) in enumerate(zip(old, all_updated, strict=True)) if o != u]
+        if not changed:
+            return True
+        sids = series.sids
+        position: dict[int, int] = {}
+        for sid, _ in changed:
+            at = bisect.bisect_left(sids, sid)
+            if at < len(sids) and sids[at] == sid:
+                position[sid] = at
+        rows = ledger.rollup_series_of(sorted(position), (METRIC_COST,))
+        if len(rows) != len(position) or len(position) != len(changed):
+            return False  # a series without rollups before (gained some) or none now
+        groups = self._last_groups[1] if self._last_groups[0] is series else None
+        for sid, _, metric, _, width, first, last, _ in rows:
+            at = position[sid]
+            if first is None or first > series.firsts[at]:
+                return False  # its rollups were pruned or cancelled out: read everything again
+            series.firsts[at] = first
+            f = series.facts[at]
+            if metric == METRIC_COST:
+                series.reported[sid] = (f, width or 0, first if last is None else last)
+            if groups is not None and metric != METRIC_COST:
+                code = 2 * self._group_at[sid] + (metric == METRIC_COST_ESTIMATED)
+                if first < groups.firsts[code]:
+                    groups.firsts[code] = first
+        if self._sums is not None:
+            self._sums_catch_up(ledger, self._sums, [sid for sid in position if _holds(self._sums.money, sid)])
+        self._all_updated = all_updated
+        return True
 
     def _derive(
-        self, sid: int, instance: str, metric: str, text: str, names: Mapping[tuple[str, str, str], str]
-    ) -> _Series:
+        self, sid: int, instance: str, metric: str, attrs: dict[str, str], names: Mapping[tuple[str, str, str], str]
+    ) -> int:
+        """The index of the series' facts (and its price key's, kept by id), derived from its attributes; series
+        whose attributes imply the same facts share them (token types, the cost of each)."""
+        get = attrs.get
+        fact_at, price_at, group_at = self._fact_at, self._price_at, self._group_at
+        if sid >= len(fact_at):
+            grow = sid + 1 - len(fact_at) + len(fact_at) // 4  # amortised: ids grow with the ledger
+            fact_at.extend(array("i", [-1]) * grow)
+            price_at.extend(array("i", [-1]) * grow)
+            group_at.extend(array("i", [-1]) * grow)
+        if metric == METRIC_TOKENS:
+            values = tuple(map(get, self._price_order))  # the price attributes' values, None where absent
+            p = self._price_memo.get(values)
+            if p is None:
+                p = self._price_memo[values] = len(self._price_keys)
+                self._price_keys.append(tuple(sorted((k, v) for k, v in attrs.items() if k in self._price_attrs)))
+            price_at[sid] = p
+        if metric != METRIC_COST:  # the anomaly group: (provider, model, tenancy); its signal is the metric's
+            group = (get("gen_ai.provider.name") or "", get("gen_ai.request.model") or "", get("llm.tenancy.id") or "")
+            g = self._group_memo.get(group)
+            if g is None:
+                shared = self._shared  # one copy of each provider, model and tenancy
+                group = (shared.setdefault(group[0], group[0]), shared.setdefault(group[1], group[1]),
+                         shared.setdefault(group[2], group[2]))
+                g = self._group_memo[group] = len(self._group_keys)
+                self._group_keys.append(group)
+            group_at[sid] = g
+        usd = not (metric == METRIC_COST and CURRENCY_ATTR in attrs)
+        # Every fact depends on these few values only (and on the names and labels of the instance); None where
+        # absent, not the same as "". The model only when a rule or a budget names one: a tenancy's series share.
+        money = metric in MONEY_METRICS
+        memo = (instance, metric, usd, *map(get, self._fact_order),
+                get("gen_ai.request.model", _ABSENT) if money and self._by_model else None)
+        f = self._fact_memo.get(memo)
+        if f is None:
+            f = self._fact_memo[memo] = len(self._facts)
+            self._facts.append(self._new_facts(instance, metric, usd, attrs, names))
+        fact_at[sid] = f
+        return f
+
+    def _new_facts(
+        self, instance: str, metric: str, usd: bool, attrs: Mapping[str, str],
+        names: Mapping[tuple[str, str, str], str],
+    ) -> _Facts:
         shared = self._shared
-        attrs: dict[str, str] = json.loads(text)
         tenancy = attrs.get("llm.tenancy.id")
         name = names.get((instance, "tenancy", tenancy)) if tenancy else None
-        labels = self.labels.get(instance)
-        team = self.attributor.team(attrs, name, labels)
         provider = attrs.get("gen_ai.provider.name", "")
-        model = attrs.get("gen_ai.request.model")
         tenancy_id = attrs.get("llm.tenancy.id", "")
-        instance = shared.setdefault(instance, instance)
-        signal = "cost" if metric == METRIC_COST_ESTIMATED else "tokens"
-        price_key = None
-        if metric == METRIC_TOKENS:
-            key_attrs = tuple(sorted((k, v) for k, v in attrs.items() if k in self._price_attrs))
-            price_key = shared.setdefault(key_attrs, key_attrs)
-        s = _Series(
-            sid, instance, shared.setdefault(metric, metric),
-            not (metric == METRIC_COST and CURRENCY_ATTR in attrs),
-            shared.setdefault(provider, provider), shared.setdefault(t := attrs.get("llm.tenant", ""), t),
-            shared.setdefault(model, model),
-            shared.setdefault(k := (instance, tenancy_id), k),
-            shared.setdefault(g := (provider, model or "", tenancy_id, signal), g), price_key, name,
-            shared.setdefault(team, team), 0,
+        tenant = attrs.get("llm.tenant", "")
+        team, matches = "", 0
+        if metric in MONEY_METRICS:  # team and budget matches: only money is counted per team and budget
+            team, matches = self._attribution(instance, attrs, name)
+        s = _Facts(
+            shared.setdefault(instance, instance), shared.setdefault(metric, metric), usd,
+            shared.setdefault(provider, provider), shared.setdefault(tenant, tenant),
+            shared.setdefault(k := (instance, tenancy_id), k), name, team, matches, (),
+            PICO if metric == METRIC_COST_ESTIMATED else NANO,
         )
-        # Budget matches depend on these few fields only: many series (token types, cost of each) share them.
-        facts = (instance, attrs.get("gen_ai.provider.name"), attrs.get("llm.tenant"), tenancy, name, model, team,
-                 tuple(attrs.get(k) for k in self._match_labels))  # None where absent: not the same as ""
-        matches = self._match_memo.get(facts)
-        if matches is None:
-            matches = self._match_memo[facts] = sum(
-                1 << i for i, b in enumerate(self.budget_configs) if self._matches(b.match, s, attrs))
-        s.matches = matches
         s.cell = shared.setdefault(c := (s.key, s.metric, s.provider, s.tenant, s.team, s.matches), c)
         return s
+
+    def _attribution(self, instance: str, attrs: Mapping[str, str], name: str | None) -> tuple[str, int]:
+        """A money series' team and budget matches, kept per distinct value of what the rules and budgets look
+        at: the model and the tenancy only when some rule or budget names one (a tenancy's series then share)."""
+        a = attrs
+        memo = (
+            instance, a.get("gen_ai.provider.name"), a.get("llm.tenant"),
+            (a.get("llm.tenancy.id"), name, a.get("llm.tenancy.name")) if self._by_tenancy else None,
+            a.get("gen_ai.request.model", _ABSENT) if self._by_model else None,
+            tuple(a.get(k) for k in self._label_keys),  # None where absent: not the same as ""
+        )
+        found = self._attribution_memo.get(memo)
+        if found is None:
+            team = self.attributor.team(attrs, name, self.labels.get(instance))
+            matches = sum(1 << i for i, b in enumerate(self.budget_configs)
+                          if self._matches(b.match, instance, name, team, attrs))
+            found = self._attribution_memo[memo] = (self._shared.setdefault(team, team), matches)
+        return found
 
     def read(
         self, ledger: Ledger, now: int, *, anomaly_hour: int | None = None, peak_days: int = 0
     ) -> SignalsReading:
+        """Every money signal at ``now``."""
+        with _collector_paused():
+            return self._read(ledger, now, anomaly_hour, peak_days)
+
+    def _read(self, ledger: Ledger, now: int, anomaly_hour: int | None, peak_days: int) -> SignalsReading:
         self._fresh(ledger)
-        every = self._series(ledger, (*MONEY_METRICS, METRIC_TOKENS))
-        if len(self._known) > len(every):  # series pruned away (or seen only by other reads): forget them
-            self._known = {s.sid: s for s in every}
-        money = [s for s in every if s.usd and s.metric in MONEY_METRICS]
+        every = self._series(ledger)
         hour_end = (now - SETTLE) // HOUR * HOUR  # end of the newest complete hour
-        reported_until = self._reported_until(money, now)
+        reported_until = self._reported_until(every, now)
         base_windows: list[tuple[int, int]] = [(hour_end - DAY, hour_end)]
         plans = []
         for budget in self.budget_configs:
@@ -335,10 +598,12 @@ class Signals:
         # Rollups start on whole hours, so a window's sum depends only on its edges rounded up to the hour: the
         # cells are kept by that grid while the ledger is unchanged (a later export in the same hour reads none).
         grid = tuple((-(-a // HOUR) * HOUR, -(-b // HOUR) * HOUR) for a, b in order)
-        found = self._cells_of.get(grid)
-        if found is None:
-            found = self._cells_of[grid] = self._cells(money, *ledger.rollup_segment_rows(grid, MONEY_METRICS))
-        cells, first_of_key = found
+        sums = self._sums
+        if sums is None or sums.grid != grid:
+            sums = self._sums = self._read_sums(every, grid, *ledger.rollup_segment_rows(grid, MONEY_METRICS))
+        cells, first_of_key = sums.cells, sums.first_of_key
+        for c in cells:
+            c.sums = [sum(c.columns[i:j]) for i, j in sums.spans]
 
         def spend(chosen: Sequence[_Cell], window: tuple[int, int], source: str) -> Decimal:
             a, b = window
@@ -378,48 +643,94 @@ class Signals:
         hour = anomaly_hour if anomaly_hour is not None else hour_end - HOUR
         token_prices = []
         if self.prices is not None:
-            distinct = dict.fromkeys(s.price_key for s in every if s.price_key is not None)
+            keys = self._price_keys
+            distinct = dict.fromkeys(keys[p] for p in dict.fromkeys(every.prices) if p >= 0)
             token_prices = self.prices.token_prices(
                 (dict(k) for k in distinct), now, frozenset(CATALOG.metrics["llm.pricing.token_price"].attributes))
         peak = None
         if peak_days:
-            week = self.anomalies_between(ledger, hour - peak_days * DAY + HOUR, hour + HOUR)
+            week = self._anomalies_between(ledger, hour - peak_days * DAY + HOUR, hour + HOUR)
             peak = max(week, key=lambda a: a.score, default=None)
         to_date = self._period_to_date(cells, {p: index[w] for p, w in periods.items()})
         return SignalsReading(
-            now=now, budgets=statuses, anomalies=self.anomalies(ledger, hour, every), coverage=coverage,
+            now=now, budgets=statuses, anomalies=self._anomalies_of(ledger, hour, every), coverage=coverage,
             reconciliation=recon, token_prices=token_prices, period_to_date=to_date, hour=hour, peak=peak,
         )
 
-    @staticmethod
-    def _cells(
-        money: Sequence[_Series], spans: Sequence[tuple[int, int]], segments: Iterable[Sequence[int]]
-    ) -> tuple[list[_Cell], dict[tuple[str, str], _Series]]:
-        """The money series' window sums added up per cell (in the order cells are first seen), and the first
-        series of each (instance, tenancy): what names a reconciliation.
+    def _read_sums(
+        self, every: _SeriesSet, grid: tuple[tuple[int, int], ...], spans: list[tuple[int, int]],
+        segments: Iterable[Sequence[int]],
+    ) -> _Sums:
+        """The USD money series' sums over the segments of ``grid``, kept per series and added up per cell (in
+        the order cells are first seen, by series id), and the facts of the first series of each (instance,
+        tenancy): what names a reconciliation.
 
         ``segments`` are rows ``(series id, *sums)`` of the series' sums over disjoint time segments and
-        ``spans`` each window's range of them (``Ledger.rollup_segment_rows``): a cell adds its members'
-        segments as the rows stream in (rows of series not in ``money`` are left out), then each window once."""
+        ``spans`` each window's range of them (``Ledger.rollup_segment_rows``); rows of other series (other
+        currencies, no rollups, created since the series were read) are left out."""
         cells: dict[tuple[Any, ...], _Cell] = {}
-        first_of_key: dict[tuple[str, str], _Series] = {}
+        first_of_key: dict[tuple[str, str], _Facts] = {}
         width = max((j for _, j in spans), default=0)
-        cell_of: dict[int, _Cell] = {}
-        for s in money:
-            ck = s.cell
-            c = cells.get(ck)
-            if c is None:
-                c = cells[ck] = _Cell(s.key, s.metric, s.provider, s.tenant, s.team, s.matches, s.unit, [0] * width)
-                first_of_key.setdefault(s.key, s)
-            cell_of[s.sid] = c
-        for sid, *values in segments:
-            member = cell_of.get(sid)
-            if member is not None and any(values):
-                member.present = True
-                member.sums = list(map(operator.add, member.sums, values))
+        facts = self._facts
+        cell_of_fact: dict[int, _Cell | None] = {}
+        money = array("q")  # the USD money series' ids, in id order
+        cell_of: list[_Cell] = []
+        for sid, f in zip(every.sids, every.facts, strict=True):
+            if f in cell_of_fact:
+                c = cell_of_fact[f]
+            else:
+                s = facts[f]
+                c = None
+                if s.usd and s.metric in MONEY_METRICS:
+                    c = cells.get(s.cell)
+                    if c is None:
+                        c = cells[s.cell] = _Cell(s.key, s.metric, s.provider, s.tenant, s.team, s.matches, s.unit, [])
+                        first_of_key.setdefault(s.key, s)
+                cell_of_fact[f] = c
+            if c is not None:
+                money.append(sid)
+                cell_of.append(c)
         for c in cells.values():
-            c.sums = [sum(c.sums[i:j]) for i, j in spans]
-        return list(cells.values()), first_of_key
+            c.columns = [0] * width
+        # Rows come in id order, as ``money``: a walk of both. Each series' row is kept (flat, ``width + 1``
+        # values a series, 0 where it has no row); a cell adds its members' rows a batch at a time.
+        zero = array("q", [0]) * (width + 1)
+        rows, at, end = array("q"), 0, len(money)
+        for row in segments:
+            sid = row[0]
+            while at < end and money[at] < sid:
+                rows += zero
+                at += 1
+            if at < end and money[at] == sid:
+                rows.extend(row)
+                if row.count(0) < width:  # some segment is not 0 (the series id never is)
+                    c = cell_of[at]
+                    c.rows.append(row)
+                    if len(c.rows) >= _FOLD:
+                        _fold(c)
+                at += 1
+        rows += zero * (end - at)
+        for c in cells.values():
+            _fold(c)
+        return _Sums(grid, spans, width, list(cells.values()), first_of_key, money, cell_of, rows)
+
+    @staticmethod
+    def _sums_catch_up(ledger: Ledger, sums: _Sums, sids: Sequence[int]) -> None:
+        """Read again the sums of these (changed) series and move their cells by the difference."""
+        if not sids or not sums.width:
+            return
+        _, rows = ledger.rollup_segment_rows_of(sums.grid, sids)
+        width, kept = sums.width, sums.rows
+        step = width + 1
+        for row in rows:
+            at = bisect.bisect_left(sums.money, row[0])
+            old = kept[at * step:(at + 1) * step]
+            c = sums.cell_of[at]
+            columns = c.columns
+            for i in range(width):
+                columns[i] += row[i + 1] - old[i + 1]
+            c.nonzero += (row.count(0) < width) - (old.count(0) < width)
+            kept[at * step:(at + 1) * step] = array("q", row)
 
     def _period_to_date(self, cells: Sequence[_Cell], periods: Mapping[str, int]) -> list[tuple[dict[str, str], Decimal]]:
         """Reported and estimated USD per period, provider, tenant (and team when rules exist).
@@ -448,28 +759,28 @@ class Signals:
                 totals[key] = totals.get(key, Decimal(0)) + usd
         return [(dict(key), usd) for key, usd in sorted(totals.items())]
 
-    def _matches(self, match: BudgetMatch, s: _Series, a: Mapping[str, str]) -> bool:
+    def _matches(self, match: BudgetMatch, instance: str, name: str | None, team: str, a: Mapping[str, str]) -> bool:
         if match.model is not None and "gen_ai.request.model" not in a:
             return False
-        labels = self.labels.get(s.instance, {})
+        labels = self.labels.get(instance, {})
         return (
             _glob(match.provider, a.get("gen_ai.provider.name"))
             and _glob(match.tenant, a.get("llm.tenant"))
-            and _glob(match.tenancy, a.get("llm.tenancy.id"), s.tenancy_name)
+            and _glob(match.tenancy, a.get("llm.tenancy.id"), name)
             and _glob(match.model, a.get("gen_ai.request.model"))
-            and _glob(match.team, s.team)
+            and _glob(match.team, team)
             and all(labels.get(k, a.get(k)) == v for k, v in match.labels.items())
         )
 
-    @staticmethod
-    def _reported_until(money: Sequence[_Series], now: int) -> dict[tuple[str, str], int]:
-        """Per (instance, tenancy): the end of the newest complete reported bucket."""
+    def _reported_until(self, every: _SeriesSet, now: int) -> dict[tuple[str, str], int]:
+        """Per (instance, tenancy): the end of the newest complete reported (USD) bucket."""
         until: dict[tuple[str, str], int] = {}
-        for s in money:
-            if s.metric != METRIC_COST:
+        for f, width, last in every.reported.values():
+            s = self._facts[f]
+            if not s.usd:
                 continue
-            width = s.width or HOUR
-            end = s.last + width if s.last + width <= now else s.last
+            width = width or HOUR
+            end = last + width if last + width <= now else last
             until[s.key] = max(until.get(s.key, end), end)
         return until
 
@@ -497,7 +808,7 @@ class Signals:
 
     @staticmethod
     def _reconcile(
-        cells: Sequence[_Cell], first_of_key: Mapping[tuple[str, str], _Series], days: Mapping[tuple[str, str], int],
+        cells: Sequence[_Cell], first_of_key: Mapping[tuple[str, str], _Facts], days: Mapping[tuple[str, str], int],
         spend: Any,
     ) -> list[Reconciliation]:
         by_key: dict[tuple[str, str], list[_Cell]] = defaultdict(list)
@@ -521,84 +832,114 @@ class Signals:
         Scores are kept by hour while the ledger's generation is unchanged (late data for an old hour changes it,
         and with it that hour's score).
         """
+        with _collector_paused():
+            return self._anomalies_between(ledger, start, end)
+
+    def _anomalies_between(self, ledger: Ledger, start: int, end: int) -> list[Anomaly]:
         self._fresh(ledger)
         out: list[Anomaly] = []
-        series: list[_Series] | None = None
+        series: _SeriesSet | None = None
         for hour in range(start - start % HOUR, end, HOUR):
             cached = self._scores.get(hour)
             if cached is None:
                 if series is None:
-                    series = self._series(ledger, (METRIC_COST_ESTIMATED, METRIC_TOKENS))
-                cached = self.anomalies(ledger, hour, series)
+                    series = self._series(ledger)
+                cached = self._anomalies_of(ledger, hour, series)
             out += cached
         return out
 
-    def _groups(self, series: Sequence[_Series]) -> dict[tuple[str, str, str, str], list[_Series]]:
-        """The anomaly groups' members, in series order; kept while the series are the same objects in the
-        same order (the usual export: no new series), since a series' group never changes."""
+    def _groups(self, series: _SeriesSet) -> _Groups:
+        """The anomaly groups' first hours and first members' facts, by code (twice the index of their
+        (provider, model, tenancy), plus 1 for cost); kept while the series set is the same object
+        (``_catch_up`` moves their first hours), since a series' group never changes."""
         seen, groups = self._last_groups
-        if len(seen) == len(series) and seen == series:  # identity of each element (no __eq__): a C loop
+        if seen is series and groups is not None:
             return groups
-        groups = {}
-        for s in series:
-            if s.metric == METRIC_COST_ESTIMATED or s.metric == METRIC_TOKENS:
-                members = groups.get(s.group)
-                if members is None:
-                    groups[s.group] = [s]
-                else:
-                    members.append(s)
-        self._last_groups = (list(series), groups)
+        cost = [int(s.metric == METRIC_COST_ESTIMATED) for s in self._facts]
+        group_at = self._group_at
+        size = 2 * len(self._group_keys)
+        firsts, heads = array("q", [_NO_HOUR]) * size, array("i", [-1]) * size
+        for sid, f, first in zip(series.sids, series.facts, series.firsts, strict=True):
+            g = group_at[sid]
+            if g < 0:
+                continue  # reported cost: not scored
+            code = 2 * g + cost[f]
+            if heads[code] < 0:
+                heads[code] = f
+            if first < firsts[code]:
+                firsts[code] = first
+        groups = _Groups(firsts, heads)
+        self._last_groups = (series, groups)
         return groups
 
-    def anomalies(self, ledger: Ledger, hour: int, series: Sequence[_Series] | None = None) -> list[Anomaly]:
+    def anomalies(self, ledger: Ledger, hour: int, series: _SeriesSet | None = None) -> list[Anomaly]:
         """Scores of ``hour`` for every (provider, model, tenancy), for cost and for tokens.
 
         Groups without a baseline yet (``anomalies.baseline_hours``) are left out before any rollup is read:
         when none has one (a young ledger), no rollup is read at all.
         """
+        with _collector_paused():
+            return self._anomalies_of(ledger, hour, series)
+
+    def _anomalies_of(self, ledger: Ledger, hour: int, series: _SeriesSet | None) -> list[Anomaly]:
         if series is None:
             self._fresh(ledger)
-            series = self._series(ledger, (METRIC_COST_ESTIMATED, METRIC_TOKENS))
+            series = self._series(ledger)
         cached = self._scores.get(hour)
         if cached is not None:  # scored since the ledger last changed
             return list(cached)
         scores = self._scores[hour] = self._anomalies(ledger, hour, series)
         return list(scores)
 
-    def _anomalies(self, ledger: Ledger, hour: int, series: Sequence[_Series]) -> list[Anomaly]:
+    def _anomalies(self, ledger: Ledger, hour: int, series: _SeriesSet) -> list[Anomaly]:
         groups = self._groups(series)
         pasts: dict[int, list[int]] = {}
-        scored = []
-        for group, members in groups.items():
-            first = min(s.first for s in members)
-            if hour < first:
+        scored: dict[int, list[int]] = {}  # code -> past hours
+        for code, (first, head) in enumerate(zip(groups.firsts, groups.heads, strict=True)):
+            if head < 0 or hour < first:
                 continue
             past = pasts.get(first)
             if past is None:
                 past = pasts[first] = anomalies.baseline_hours(hour, first)
             if past:
-                scored.append((group, members, past))
+                scored[code] = past
         if not scored:
             return []
         wanted = {hour} | {hour - k * anomalies.WEEK for k in range(1, anomalies.WEEKS + 1)}
         wanted |= {hour - k * anomalies.DAY for k in range(1, anomalies.DAYS + 1)}
-        hours, values = ledger.rollup_values_rows(sorted(wanted), (METRIC_COST_ESTIMATED, METRIC_TOKENS))
+        hours = sorted(wanted)
         position = {h: i for i, h in enumerate(hours)}
+        # Each scored group's integer sum at each hour, the series' rows streamed (never all held at once).
+        totals = {code: [0] * len(hours) for code in scored}
+        group_at, fact_at, facts, sids = self._group_at, self._fact_at, self._facts, series.sids
+        for page in ledger.rollup_values_pages(hours, (METRIC_COST_ESTIMATED, METRIC_TOKENS)):
+            for sid, *values in page:
+                if sid >= len(group_at) or group_at[sid] < 0:
+                    continue  # a series not read yet (created since): in the next reading
+                code = 2 * group_at[sid] + (facts[fact_at[sid]].metric == METRIC_COST_ESTIMATED)
+                total = totals.get(code)
+                if total is None:
+                    continue
+                at = bisect.bisect_left(sids, sid)
+                if at == len(sids) or sids[at] != sid:
+                    continue  # not in this reading's series (no rollups when they were read)
+                for i, v in enumerate(values):
+                    if v:
+                        total[i] += v
+        keys = self._group_keys
+        named = sorted(((*keys[code >> 1], "cost" if code & 1 else "tokens"), code) for code in scored)
         out = []
-        for (provider, model, tenancy, signal), members, past in sorted(scored, key=lambda g: g[0]):
-            rows = [values[s.sid] for s in members if s.sid in values]
-            scale = 1e-12 if members[0].metric == METRIC_COST_ESTIMATED else 1.0
-
-            def at(h: int, rows: list[tuple[int | None, ...]] = rows, scale: float = scale) -> float:
-                i = position[h]
-                return float(sum(r[i] or 0 for r in rows)) * scale
-
-            history = [at(h) for h in past]
-            x = at(hour)
+        for (provider, model, tenancy, signal), code in named:
+            s = facts[groups.heads[code]]
+            scale = 1e-12 if s.metric == METRIC_COST_ESTIMATED else 1.0
+            total = totals[code]
+            past = scored[code]
+            history = [float(total[position[h]]) * scale for h in past]
+            x = float(total[position[hour]]) * scale
             score = anomalies.robust_z(x, history)
             if score is None:
                 continue
-            out.append(Anomaly(provider, model, tenancy, members[0].tenancy_name, signal, hour, x,
+            out.append(Anomaly(provider, model, tenancy, s.tenancy_name, signal, hour, x,
                                sorted(history)[len(history) // 2], score))
         return out
 

@@ -7,10 +7,11 @@ apart from ``writer`` because it is the Python half of an apply (per record), wh
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import compress, repeat
 from typing import Any, Final, TypeAlias
 
-from ..model import PollResult, to_nanos
+from ..model import PollResult, UsageColumns, to_nanos
 from ..series import CostIdent, SeriesKey, SeriesKeys, UsageIdent, check_measure
 
 #: Points the planner hands over at a time (Python's working set: a list of this many 4-tuples).
@@ -62,8 +63,41 @@ class PointPlanner:
         keys, ids = self.keys.usage(ident), self.ids
         return ({t: [ids.get(key), key, None] for t, key in keys.tokens}, [ids.get(keys.requests), keys.requests, None])
 
+    def _column(
+        self, rows: list[Point], slot: _Slot, starts: Sequence[int], width: int, column: Sequence[int],
+        creates_zero: bool,
+    ) -> None:
+        """The points of one column of a ``UsageColumns`` block into ``rows``: what its rows' records give, with
+        the series looked up once and the tuples made by ``zip`` (no Python code per point)."""
+        sid = slot[0]
+        if sid is None:
+            sid = slot[2]
+            if not creates_zero:  # new and sparse: its zeros are no points (nor, alone, a series)
+                if sid is None:
+                    if not any(column):
+                        return
+                    sid = slot[2] = self._new_id(slot[1])
+                rows += zip(repeat(sid), compress(starts, column), repeat(width), filter(None, column))
+                return
+            if sid is None:
+                sid = slot[2] = self._new_id(slot[1])
+        rows += zip(repeat(sid), starts, repeat(width), column)
+
+    def _within_horizon(self, block: UsageColumns) -> UsageColumns:
+        """``block`` without its rows before the pruned horizon, which are counted in ``rejected``."""
+        keep = [start >= self.horizon for start in block.starts]
+        per_row = len(block.tokens) + (block.requests is not None) + len(block.measures)
+        self.rejected += per_row * keep.count(False)
+        return UsageColumns(
+            block.provider, block.model, block.operation, block.tenancy_id, block.bucket_width,
+            list(compress(block.starts, keep)), {t: list(compress(c, keep)) for t, c in block.tokens.items()},
+            None if block.requests is None else list(compress(block.requests, keep)), block.tenant,
+            block.dimensions, {m: list(compress(c, keep)) for m, c in block.measures.items()}, block.sparse,
+        )
+
     def slices(self, result: PollResult) -> Iterator[list[Point]]:
-        """The points of ``result``, ``slice_points`` (or a few more) at a time; the last slice may be short."""
+        """The points of ``result``, ``slice_points`` (or a few more: a block of ``usage_columns`` is not cut) at a
+        time; the last slice may be short."""
         rows: list[Point] = []
         append = rows.append
         limit = self.slice_points
@@ -129,6 +163,39 @@ class PointPlanner:
                         append((sid, start, width, value))
                     elif value or creates_zero:
                         append((new_id(key), start, width, value))
+            if len(rows) >= limit:
+                yield rows
+                rows = []
+                append = rows.append
+        for block in result.usage_columns:
+            starts = block.starts
+            for metric in block.measures:
+                check_measure(metric)
+            if not starts:
+                continue
+            d = block.dimensions
+            ident = (block.provider, block.model, block.operation, block.tenancy_id, block.tenant or tenant,
+                     tuple(sorted(d.items())) if d else ())
+            entry = entries.get(ident)
+            if entry is None:
+                entry = entries[ident] = self._usage_entry(ident)
+            width = block.bucket_width
+            if width < min_width:
+                min_width = self.min_width = width
+            if min(starts) < horizon:
+                block = self._within_horizon(block)
+                starts = block.starts
+            creates_zero = not block.sparse
+            slots = entry[0]
+            for token_type, column in block.tokens.items():
+                slot = slots.get(token_type)
+                if slot is not None:  # else: not one of TOKEN_TYPES, no series
+                    self._column(rows, slot, starts, width, column, creates_zero)
+            if block.requests is not None:
+                self._column(rows, entry[1], starts, width, block.requests, creates_zero)
+            for metric, column in block.measures.items():
+                key = self.keys.measure(ident, metric)
+                self._column(rows, [ids.get(key), key, self.new_ids.get(key)], starts, width, column, creates_zero)
             if len(rows) >= limit:
                 yield rows
                 rows = []

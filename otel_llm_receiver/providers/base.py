@@ -131,7 +131,7 @@ class Provider(ABC):
             result = await self.fetch(Window(now - PROBE_WINDOW, now))
         except ProviderError as exc:
             return [ProbeResult(source, error=exc) for source in self.data_sources]
-        counts = {USAGE: len(result.usage), COST: len(result.costs)}
+        counts = {USAGE: result.usage_count, COST: len(result.costs)}
         out = []
         for source in self.data_sources:
             failure = result.failed_sources.get(source)

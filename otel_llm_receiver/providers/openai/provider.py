@@ -32,7 +32,7 @@ from ...chunks import reads_secondary, whole_window
 from ...config_parse import Option
 from ...config_providers import ProviderConfig
 from ...errors import ProviderError, ResponseShapeError
-from ...model import COST, USAGE, CostRecord, PollResult, SourceFailure, UsageRecord, Window
+from ...model import COST, USAGE, CostRecord, PollResult, SourceFailure, UsageColumns, UsageRecord, Window
 from ...progress import report_begin
 from ..base import DAY, HOUR, PROBE_WINDOW, ProbeResult, Provider, read_source
 from ..http import client_from_config
@@ -149,17 +149,18 @@ class OpenAIProvider(Provider):
                 COST, self._cost_source(self.cost_start(whole), whole.end, notes), failed))
         # usage and cost are separate sources, read side by side: a failure of one never blocks the other
         found = await asyncio.gather(*reads)
-        usage: list[UsageRecord] = found[0] or []
+        usage, blocks = found[0] or ([], [])
         costs: list[CostRecord] = (found[1] or []) if costs_now else []
         polled = [source for source, got in zip((USAGE, COST), found, strict=False) if got is not None]
         cursors = {COST: str(whole.end)} if COST in polled else {}
         if COST in polled:
             self._cost_read_until = whole.end
         self._log_notes(notes)
-        tenancies = {r.tenancy_id for r in usage} | {c.tenancy_id for c in costs}
+        tenancies = {r.tenancy_id for r in usage} | {b.tenancy_id for b in blocks} | {c.tenancy_id for c in costs}
         return PollResult(
             usage=usage,
             costs=costs,
+            usage_columns=blocks,
             names=await self._names_for(tenancies),
             complete_until=now - now % self.width,
             source_data_until={source: min(end, now) for source, end in self._source_ends.items()},
@@ -168,14 +169,18 @@ class OpenAIProvider(Provider):
             failed_sources=failed,
         )
 
-    async def _all_usage(self, start: int, end: int, notes: Notes) -> list[UsageRecord]:
-        """Every enabled usage type; one endpoint failing fails the usage source (the others are cancelled)."""
+    async def _all_usage(
+        self, start: int, end: int, notes: Notes
+    ) -> tuple[list[UsageRecord], list[UsageColumns]]:
+        """Every enabled usage type, as records and blocks (``_usage``); one endpoint failing fails the usage
+        source (the others are cancelled)."""
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(self._usage(e, start, end, notes)) for e in self.endpoints]
         except* Exception as failures:  # report the one that failed
             raise self._one_error(failures) from None
-        return [record for task in tasks for record in task.result()]
+        return ([record for task in tasks for record in task.result()[0]],
+                [block for task in tasks for block in task.result()[1]])
 
     async def _cost_source(self, start: int, end: int, notes: Notes) -> list[CostRecord]:
         try:
@@ -203,8 +208,11 @@ class OpenAIProvider(Provider):
                     raise ProviderError(str(exc) + _AUTH_HINT, provider=self.name, error_type="auth") from None
                 raise
 
-    async def _usage(self, endpoint: UsageEndpoint, start: int, end: int, notes: Notes) -> list[UsageRecord]:
-        """Every record of one usage type for buckets ``[start, end)``."""
+    async def _usage(
+        self, endpoint: UsageEndpoint, start: int, end: int, notes: Notes
+    ) -> tuple[list[UsageRecord], list[UsageColumns]]:
+        """Every record of one usage type for buckets ``[start, end)``: the rows read one by one as records, the
+        buckets read whole as ``UsageColumns`` blocks (``reader.UsageReader``)."""
         width = self.width
         grouped = group_by(endpoint, self.dimensions)
         n_buckets = -(-(end - start) // width)
@@ -220,7 +228,7 @@ class OpenAIProvider(Provider):
             async for bucket in buckets:
                 _check_bucket(bucket, start, width)
                 reader.bucket(bucket.start_time, bucket.results, bucket.path, records)
-        return records
+        return records, reader.blocks()
 
     async def _costs(self, start: int, end: int, notes: Notes) -> list[CostRecord]:
         """Daily cost records for ``[start, end)``, grouped by project and line item."""
@@ -305,7 +313,7 @@ class OpenAIProvider(Provider):
         start = now - PROBE_WINDOW
         notes = Notes()
         results = [
-            await self._probe_one(f"{USAGE}.{e.name}", self._usage(e, start - start % self.width, now, notes))
+            await self._probe_one(f"{USAGE}.{e.name}", self._usage_records(e, start - start % self.width, now, notes))
             for e in self.endpoints
         ]
         if self.costs:
@@ -314,6 +322,11 @@ class OpenAIProvider(Provider):
             names = await self._probe_one("projects", pages.project_names(self.client), what="listed")
             results.append(names)
         return results
+
+    async def _usage_records(self, endpoint: UsageEndpoint, start: int, end: int, notes: Notes) -> list[UsageRecord]:
+        """The records of one usage type (``_usage``'s blocks row by row): what a probe counts."""
+        records, blocks = await self._usage(endpoint, start, end, notes)
+        return records + [record for block in blocks for record in block.records()]
 
     async def _probe_one(self, source: str, read: Awaitable[Any], what: str = "read") -> ProbeResult:
         try:

@@ -2,7 +2,8 @@
 
 The reference is the per-row loop the provider ran before: each row through the validating mapping
 (``Mapper.row``) and the key check (``RowKeys.row``). For every row, valid or malformed, the fast reader must give
-the same records (equal, in the same order) and the same notes, or fail with the same ``ResponseShapeError``
+the same records (equal; compared in one canonical order, since the buckets it reads whole come out as
+``UsageColumns`` blocks, group by group) and the same notes, or fail with the same ``ResponseShapeError``
 message (which names the JSON path of the bad field). A seeded generator mixes valid rows with one mutation each
 (wrong types, negatives, counts past 2^53 - 1, missing or unhashable group fields, repeated keys, oddities the
 provider notes), placed after rows of the same group so that the fast path is the one that meets them.
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from otel_llm_receiver.errors import ResponseShapeError
-from otel_llm_receiver.model import MAX_COUNT, UsageRecord
+from otel_llm_receiver.model import MAX_COUNT, UsageColumns, UsageRecord
 from otel_llm_receiver.providers.openai.endpoints import ENDPOINTS_BY_NAME, UsageEndpoint
 from otel_llm_receiver.providers.openai.fields import mapping
 from otel_llm_receiver.providers.openai.keys import RowKeys
@@ -48,6 +49,12 @@ LIVE_2025: dict[str, Any] = {  # the live January 2025 output: several fields ab
 }
 
 
+def canonical(records: list[UsageRecord]) -> list[UsageRecord]:
+    """Records in one order whatever order they were read in: by bucket, then identity (unique per bucket)."""
+    return sorted(records, key=lambda r: (r.bucket_start, r.tenancy_id, r.model, r.operation,
+                                          sorted(r.dimensions.items()), r.sparse))
+
+
 def reference(mapper: Mapper, result_object: str, grouped: tuple[str, ...], buckets: Buckets
               ) -> tuple[list[UsageRecord], tuple[int, int]]:
     """The per-row loop the provider ran before the fast reader: every row through the validating mapping."""
@@ -62,16 +69,23 @@ def reference(mapper: Mapper, result_object: str, grouped: tuple[str, ...], buck
                 raise ResponseShapeError(f"{at.path}.object: expected {result_object!r}, got {found!r}")
             out.extend(mapper.row(row, at, notes))
             keys.row(start, row, at.path)
-    return out, (notes.uncached_disagrees, notes.modality_unsplit)
+    return canonical(out), (notes.uncached_disagrees, notes.modality_unsplit)
 
 
-def fast(mapper: Mapper, result_object: str, grouped: tuple[str, ...], buckets: Buckets
-         ) -> tuple[list[UsageRecord], tuple[int, int]]:
+def read(mapper: Mapper, result_object: str, grouped: tuple[str, ...], buckets: Buckets
+         ) -> tuple[list[UsageRecord], list[UsageColumns], tuple[int, int]]:
+    """What the reader hands over: records (rows read one by one), blocks (buckets read whole), notes."""
     notes, out = Notes(), []
     reader = UsageReader(mapper, result_object, grouped, HOUR, notes)
     for i, (start, results) in enumerate(buckets):
         reader.bucket(start, results, f"completions page 1.data[{i}]", out)
-    return out, (notes.uncached_disagrees, notes.modality_unsplit)
+    return out, reader.blocks(), (notes.uncached_disagrees, notes.modality_unsplit)
+
+
+def fast(mapper: Mapper, result_object: str, grouped: tuple[str, ...], buckets: Buckets
+         ) -> tuple[list[UsageRecord], tuple[int, int]]:
+    out, blocks, notes = read(mapper, result_object, grouped, buckets)
+    return canonical(out + [r for block in blocks for r in block.records()]), notes
 
 
 def outcome(read: Callable[..., Any], *args: Any) -> Any:
@@ -97,7 +111,7 @@ def counting(mapper: Mapper) -> tuple[Mapper, list[int]]:
         calls[0] += 1
         return mapper.row(*args)
 
-    return Mapper(row, mapper.fast), calls
+    return Mapper(row, mapper.fast, mapper.columns), calls
 
 
 # -- equivalence on chosen rows --------------------------------------------------------------------------------------
@@ -114,8 +128,34 @@ def test_valid_rows_give_the_reference_records_and_take_the_fast_path(row: dict[
     records_, _ = found
     assert len(records_) == 12 * (4 if row is FULL else 3)
     mapper, calls = counting(COMPLETIONS.mapper)
-    fast(mapper, COMPLETIONS.result_object, GROUPED, buckets)
-    assert calls[0] == 3  # the first row of each group; the 9 others took the fast path
+    out, blocks, _ = read(mapper, COMPLETIONS.result_object, GROUPED, buckets)
+    # every bucket read whole (the first one's groups validated on the way), as one block per group and record
+    assert calls[0] == 0 and out == []
+    assert len(blocks) == 3 * (4 if row is FULL else 3)
+    assert {tuple(b.starts) for b in blocks} == {tuple(START + h * HOUR for h in range(4))}
+
+
+def test_a_bucket_that_mixes_null_and_counts_in_a_field_is_read_row_by_row_on_the_fast_path() -> None:
+    buckets = rows_of(FULL, groups=3, hours=4)
+    buckets[2][1][1].update(input_audio_tokens=None, input_cached_audio_tokens=None, output_audio_tokens=None)
+    assert_same(COMPLETIONS, GROUPED, buckets)
+    mapper, calls = counting(COMPLETIONS.mapper)
+    out, blocks, _ = read(mapper, COMPLETIONS.result_object, GROUPED, buckets)
+    assert calls[0] == 0  # every group known by then: Mapper.fast, not the reference
+    assert {r.bucket_start for r in out} == {START + 2 * HOUR} and len(out) == 3 * 4 - 1  # no audio for one row
+    assert {tuple(b.starts) for b in blocks} == {(START, START + HOUR, START + 3 * HOUR)}
+
+
+@pytest.mark.parametrize("bad", [{"batch": "yes"}, {"input_tokens": -1}, {"input_uncached_tokens": 1}])
+def test_a_new_group_met_in_a_later_bucket_is_read_as_the_reference_reads_it(bad: dict[str, Any]) -> None:
+    # its group fields pass the bucket-wide type check (a string is a group value) and are validated on the way
+    buckets = rows_of(FULL, groups=3, hours=3)
+    buckets[1][1].insert(1, dict(FULL, project_id="proj_new", **bad))
+    found = assert_same(COMPLETIONS, GROUPED, buckets)
+    if "input_uncached_tokens" in bad:  # accepted, and noted
+        assert found[1] == (1, 0)
+    else:
+        assert isinstance(found, str) and found.startswith("rejected: completions page 1.data[1].results[1].")
 
 
 @pytest.mark.parametrize(("change", "noted"), [
