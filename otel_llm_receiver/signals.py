@@ -434,9 +434,8 @@ class Signals:
         new series, one that gained its first rollups, a rename, an extent that shrank): read everything.
 
         This rests on the writer setting a series' ``updated_ns`` in every transaction that changes its rollups
-        (the totals updates of every apply path do). One path does not: a bucket-width change whose new bucket
-        replaces overlapping ones of exactly the same total moves value between hours with no totals change;
-        such a move is read at the next full read of the sums (the hour grid turns every hour)."""
+        (every apply path does, a bucket-width change that moves value between hours without changing the total
+        included; tests/test_signals_engines.py has one)."""
         if ledger.names() != self._names:
             return False
         all_sids, all_updated = array("q"), array("q")

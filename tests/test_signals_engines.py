@@ -11,6 +11,7 @@ NULL handling and row order differ from SQLite's; the readings must be the same 
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from decimal import Decimal
@@ -19,6 +20,7 @@ from otel_llm_receiver.ledger import Ledger
 from otel_llm_receiver.model import CostRecord, PollResult, UsageRecord
 from otel_llm_receiver.pricing import PriceBook
 from otel_llm_receiver.signals import Signals
+from tests.support.ledger_reads import _rows
 from tests.support.signals_reference import ReferenceSignals
 from tests.test_signals_fast import END, INSTANCES, D, H, _apply, _keys, _same, _signals
 
@@ -38,6 +40,29 @@ def _restate(writer: Ledger, rng: random.Random, keys: list[tuple[str, str, str,
                         amount=Decimal(rng.randint(1, 900_000)) / 10_000)
              for t in sorted({t for p, t, _, _ in keys if p == "openai"})]
     writer.apply(INSTANCES["openai"], PollResult(usage=usage, costs=costs), tenant="acme")
+
+
+def _coarsen(writer: Ledger, keys: list[tuple[str, str, str, int]], start: int) -> None:
+    """A bucket-width change that moves value between hours and changes no total: each openai key's hourly
+    buckets of ``[start, start + 3h)`` re-reported as one 3-hour bucket of exactly their sum. The totals do not
+    move, the hourly rollups do (everything lands in the first hour), and a reading kept from before must see it."""
+    by_key: dict[tuple[str, str], dict[str, int]] = {}
+    for metric, attrs, value in _rows(
+        writer,
+        "SELECT s.metric, s.attrs, sum(b.value) FROM buckets AS b JOIN series AS s ON s.id = b.series_id "
+        "WHERE s.instance = ? AND s.metric = 'llm.usage.tokens' AND b.bucket_start >= ? AND b.bucket_start < ? "
+        "GROUP BY s.id, s.metric, s.attrs", (INSTANCES["openai"], start, start + 3 * H),
+    ):
+        a = json.loads(attrs)
+        assert metric == "llm.usage.tokens"
+        by_key.setdefault((a["llm.tenancy.id"], a["gen_ai.request.model"]), {})[a["gen_ai.token.type"]] = int(value)
+    assert by_key, "no hourly buckets to coarsen"
+    usage = [
+        UsageRecord(provider="openai", model=m, operation="chat", tenancy_id=t, bucket_start=start,
+                    bucket_width=3 * H, tokens=by_key[(t, m)])
+        for p, t, m, _ in keys if p == "openai" and (t, m) in by_key
+    ]
+    writer.apply(INSTANCES["openai"], PollResult(usage=usage), tenant="acme")
 
 
 def test_signals_equal_the_reference_on_both_engines_as_polls_land(make_ledger: Callable[..., Ledger]) -> None:
@@ -60,6 +85,8 @@ def test_signals_equal_the_reference_on_both_engines_as_polls_land(make_ledger: 
         lambda: _apply(writer, rng, END, END + 3 * H, keys + more),
         # a late restatement of a settled day (its reconciliation, anomaly baselines and budgets' spend move)
         lambda: _restate(writer, rng, keys, END - 3 * D),
+        # a bucket-width change in the hour of the last read: value moves between hours, no total moves
+        lambda: _coarsen(writer, keys, END),
         # one instance only: its current hour for a few keys (the other instance's generation does not move)
         lambda: writer.apply(INSTANCES["anthropic"], PollResult(usage=[
             UsageRecord(provider=p, model=m, operation="chat", tenancy_id=t, bucket_start=END + 3 * H,

@@ -295,6 +295,8 @@ SQL_PRICED_OVERFLOW = """
 SELECT count(*) FROM priced
 WHERE typeof(grow) <> 'integer' OR typeof(shrink) <> 'integer' OR typeof(net) <> 'integer'"""
 # Whole target units go to total, the rest stays in sub_total (and the same for adjustments).
+# A target whose rollups move between hours with no total change (a bucket-width change) is updated too:
+# its ``updated_ns`` tells readers that keep sums between polls (signals) to read it again.
 SQL_APPLY_PRICED_TOTALS = """
 UPDATE series SET
     total = total + (sub_total + g.grow) / g.scale,
@@ -302,9 +304,9 @@ UPDATE series SET
     adjustments = adjustments + (sub_adjustments + g.shrink) / g.scale,
     sub_adjustments = (sub_adjustments + g.shrink) % g.scale,
     updated_ns = :now
-FROM (SELECT target_id, sum(grow) AS grow, sum(shrink) AS shrink, max(scale) AS scale
+FROM (SELECT target_id, sum(grow) AS grow, sum(shrink) AS shrink, max(scale) AS scale, max(abs(net)) AS moved
       FROM priced GROUP BY target_id) AS g
-WHERE series.id = g.target_id AND (g.grow <> 0 OR g.shrink <> 0)"""
+WHERE series.id = g.target_id AND (g.grow <> 0 OR g.shrink <> 0 OR g.moved <> 0)"""
 SQL_APPLY_PRICED_ROLLUPS = """
 INSERT INTO rollups (series_id, hour_start, value)
 SELECT target_id, hour_start, net FROM priced WHERE net <> 0
@@ -914,8 +916,10 @@ class LedgerWriter(LedgerEngine):
             tx.execute(SQL_ADD_ROLLUP, (sid, start - start % 3600, delta))
             slow_deltas.append((sid, start - start % 3600, 0, 0, delta))
         grow, shrink = max(delta, 0), max(-delta, 0)
+        # Always: even a move that changes no total moved rollups between hours, and readers that keep sums
+        # between polls (signals) re-read exactly the series whose ``updated_ns`` moved.
+        tx.execute(SQL_ADD_TOTALS, (grow, shrink, now_ns, sid))
         if grow or shrink:
-            tx.execute(SQL_ADD_TOTALS, (grow, shrink, now_ns, sid))
             slow_deltas.append((sid, start - start % 3600, grow, shrink, 0))
         if shrink:
             log.warning("%s: series %d shrank by %d at bucket %d (bucket-width change)", instance, sid, shrink, start)
