@@ -271,36 +271,45 @@ SQL_INSERT_BUCKETS_NEW = """
 INSERT INTO buckets (series_id, bucket_start, bucket_width, value)
 SELECT series_id, bucket_start, bucket_width, value
 FROM staged WHERE series_id >= :lo AND series_id <= :last"""
-# What decides a new range's statements in one pass: the narrowest and widest bucket, whether every bucket
-# starts on the hour (then, all of one width, no two points of a series share an hour: its rollup is its
-# bucket, one row each), and the smallest start and value (none below zero, no point is invalid).
+# What decides a new range's statements, in one pass: the narrowest and widest bucket, whether every bucket
+# starts on the hour, and the smallest start and value (none below zero: no point is invalid).
 SQL_NEW_SHAPE = """
 SELECT min(bucket_width), max(bucket_width), max(bucket_start % 3600), min(bucket_start), min(value)
 FROM staged WHERE series_id >= :lo AND series_id <= :last"""
+# Where no two points of a series share an hour (one width, starts on the hour), each is its hour's rollup.
 SQL_INSERT_ROLLUPS_NEW = """
 INSERT INTO rollups (series_id, hour_start, value)
-SELECT series_id, bucket_start, value
+SELECT series_id, bucket_start - bucket_start % 3600, value
 FROM staged WHERE series_id >= :lo AND series_id <= :last AND value <> 0"""
-# Where each priced target of a new range's series was created by this poll (no rollups yet), is fed by one
-# series only and has no points of its own (``_exclusive_targets``), each point's priced delta is its target's
-# only one for that hour: totals summed per target, rollups written as they come (a start on the hour is its hour). Overflow fails the statement (``overflow_raises``).
+# A new range's priced deltas, each point's value times the price in force at its hour, go to the targets'
+# totals and rollups straight from ``staged``, no ``priced`` table between, where an overflowing product fails
+# the statement (``overflow_raises``; SQLite would make it a float unseen, and there the joins cost more than
+# the table: 0.04 s against 0.03 s for 10k records).
+_PRICED_NEW = """
+FROM staged AS s JOIN pricing AS p
+  ON p.series_id = s.series_id AND p.valid_from <= s.bucket_start - s.bucket_start % 3600
+ AND s.bucket_start - s.bucket_start % 3600 < p.valid_until
+WHERE s.series_id >= :lo AND s.series_id <= :last"""
 SQL_APPLY_PRICED_TOTALS_NEW = """
 UPDATE series SET
     total = total + (sub_total + g.grow) / g.scale,
     sub_total = (sub_total + g.grow) % g.scale,
     updated_ns = :now
-FROM (SELECT p.target_id, sum(s.value * p.price) AS grow, max(p.scale) AS scale
-      FROM staged AS s JOIN pricing AS p
-        ON p.series_id = s.series_id AND p.valid_from <= s.bucket_start AND s.bucket_start < p.valid_until
-      WHERE s.series_id >= :lo AND s.series_id <= :last
+FROM (SELECT p.target_id, sum(s.value * p.price) AS grow, max(p.scale) AS scale""" + _PRICED_NEW + """
       GROUP BY p.target_id) AS g
 WHERE series.id = g.target_id AND g.grow <> 0"""
+SQL_APPLY_PRICED_ROLLUPS_NEW = """
+INSERT INTO rollups (series_id, hour_start, value)
+SELECT p.target_id, s.bucket_start - s.bucket_start % 3600, s.value * p.price""" + _PRICED_NEW + """
+  AND s.value * p.price <> 0
+ON CONFLICT (series_id, hour_start) DO UPDATE SET value = value + excluded.value"""
+# Where each priced target of the range's series was created by this poll (no rollups yet), is fed by one series
+# only and has no points of its own (``_exclusive_targets``), and no two points of a series share an hour, no
+# two priced deltas meet in one target's hour: no upsert.
 SQL_INSERT_PRICED_ROLLUPS_NEW = """
 INSERT INTO rollups (series_id, hour_start, value)
-SELECT p.target_id, s.bucket_start, s.value * p.price
-FROM staged AS s JOIN pricing AS p
-  ON p.series_id = s.series_id AND p.valid_from <= s.bucket_start AND s.bucket_start < p.valid_until
-WHERE s.series_id >= :lo AND s.series_id <= :last AND s.value * p.price <> 0"""
+SELECT p.target_id, s.bucket_start - s.bucket_start % 3600, s.value * p.price""" + _PRICED_NEW + """
+  AND s.value * p.price <> 0"""
 SQL_APPLY_BUCKETS = """
 INSERT INTO buckets (series_id, bucket_start, bucket_width, value)
 SELECT series_id, bucket_start, bucket_width, value
@@ -883,29 +892,29 @@ class LedgerWriter(LedgerEngine):
 
         ``per_point``: no bucket of the poll is shorter than an hour, so no (series, hour) sums are needed.
         """
-        if self.plain_inserts:
-            shape = tx.execute(SQL_NEW_SHAPE, span).fetchone()
-            if shape[0] is None:
-                return 0
-            narrowest, widest, off_hour, first, least = (int(v) for v in shape)
-            if narrowest <= 0 or first < 0 or least < 0:
-                bad = tx.execute(SQL_FIND_INVALID_NEW, span).fetchone()
-                if bad is not None:
-                    raise _invalid_point(instance, bad)
-            if narrowest == widest and off_hour == 0:
-                return self._apply_new_hours(tx, instance, span, exclusive, now_ns, stats)
-        else:
+        shape = tx.execute(SQL_NEW_SHAPE, span).fetchone()
+        if shape[0] is None:
+            return 0
+        narrowest, widest, off_hour, first, least = (int(v) for v in shape)
+        if narrowest <= 0 or first < 0 or least < 0:
             bad = tx.execute(SQL_FIND_INVALID_NEW, span).fetchone()
             if bad is not None:
                 raise _invalid_point(instance, bad)
         changed = int(tx.execute(SQL_INSERT_BUCKETS_NEW, span).rowcount)
-        if not changed:
-            return 0
         stats.outcomes["new"] += changed
-        if per_point:
+        # One width and every start on the hour: no two points of a series share an hour, so each point is its
+        # hour's rollup (and its priced delta its target's, where the targets are ``exclusive``).
+        hours = narrowest == widest and off_hour == 0
+        if per_point or hours:
+            plain = hours and self.plain_inserts
             tx.execute(SQL_APPLY_TOTALS_NEW, {**span, "now": now_ns})
-            tx.execute(SQL_APPLY_ROLLUPS_NEW, span)
-            self._apply_priced(tx, instance, now_ns, fill=SQL_FILL_PRICED_NEW, span=span)
+            tx.execute(SQL_INSERT_ROLLUPS_NEW if plain else SQL_APPLY_ROLLUPS_NEW, span)
+            if self.overflow_raises:  # no priced delta is checked, so none is staged in ``priced`` first
+                tx.execute(SQL_APPLY_PRICED_TOTALS_NEW, {**span, "now": now_ns})
+                tx.execute(SQL_INSERT_PRICED_ROLLUPS_NEW if plain and exclusive else SQL_APPLY_PRICED_ROLLUPS_NEW,
+                           span)
+            else:
+                self._apply_priced(tx, instance, now_ns, fill=SQL_FILL_PRICED_NEW, span=span)
         else:
             tx.execute(SQL_CLEAR_DELTAS)
             tx.execute(SQL_FILL_DELTAS_NEW, span)
@@ -913,24 +922,6 @@ class LedgerWriter(LedgerEngine):
             tx.execute(SQL_APPLY_ROLLUPS)
             self._apply_priced(tx, instance, now_ns)
             tx.execute(SQL_CLEAR_DELTAS)
-        return changed
-
-    def _apply_new_hours(
-        self, tx: Connection, instance: str, span: Mapping[str, int], exclusive: bool, now_ns: int,
-        stats: ApplyStats,
-    ) -> int:
-        """``_apply_new_range`` where every bucket starts on the hour and all have one width (``plain_inserts``
-        engines): no two points of a series share an hour, so each point is its hour's rollup, inserted as it
-        is, and so is its priced delta when its targets are ``exclusive``."""
-        changed = int(tx.execute(SQL_INSERT_BUCKETS_NEW, span).rowcount)
-        stats.outcomes["new"] += changed
-        tx.execute(SQL_APPLY_TOTALS_NEW, {**span, "now": now_ns})
-        tx.execute(SQL_INSERT_ROLLUPS_NEW, span)
-        if exclusive:
-            tx.execute(SQL_APPLY_PRICED_TOTALS_NEW, {**span, "now": now_ns})
-            tx.execute(SQL_INSERT_PRICED_ROLLUPS_NEW, span)
-        else:
-            self._apply_priced(tx, instance, now_ns, fill=SQL_FILL_PRICED_NEW, span=span)
         return changed
 
     def prune_rollups(self, before: int) -> int:
