@@ -793,6 +793,10 @@ class LedgerWriter(LedgerEngine):
             tx.execute(SQL_BUMP_GENERATION, new_generation(instance))  # readers: something may have changed
         return stats
 
+    def _keep_changed(self, tx: Connection, span: Mapping[str, int]) -> int:
+        """Keep the range's changed points in ``incoming`` with their prior values; returns how many."""
+        return int(tx.execute(SQL_KEEP_CHANGED, span).rowcount)
+
     def _ranges(self, tx: Connection, max_id: int, known: bool, creates: bool) -> Iterator[tuple[int, int]]:
         """The ranges ``(lo, last)`` of whole series to apply one after the other, in id order: every step of
         ``_apply_range`` reads one series' points together, so applying range by range is the same as applying
@@ -833,7 +837,7 @@ class LedgerWriter(LedgerEngine):
         span = {"lo": lo, "last": last}
         if all_new:
             return self._apply_new_range(tx, instance, span, exclusive, now_ns, stats, per_point)
-        changed = int(tx.execute(SQL_KEEP_CHANGED, span).rowcount)
+        changed = self._keep_changed(tx, span)
         if not changed:
             return 0
         bad = tx.execute(SQL_FIND_INVALID).fetchone()

@@ -463,6 +463,18 @@ class PostgresLedger(Ledger, PostgresEngine):
     # with them. A poll of new series only never looks up, and skips it.
     _analyze_staged = SQL_ANALYZE_STAGED
 
+    def _keep_changed(self, tx: Connection, span: Mapping[str, int]) -> int:
+        """The look-up of prior values by the buckets' primary key, one probe per staged point, never a hash or
+        merge join: those read all of ``buckets`` (a steady poll of 60k points against 900k buckets: 0.9 s of
+        backend CPU, growing with the ledger; probed: flat). Scoped to this statement."""
+        tx.execute("SET LOCAL enable_hashjoin = off")
+        tx.execute("SET LOCAL enable_mergejoin = off")
+        try:
+            return super()._keep_changed(tx, span)
+        finally:
+            tx.execute("SET LOCAL enable_hashjoin = on")
+            tx.execute("SET LOCAL enable_mergejoin = on")
+
     def _stage(self, tx: Connection, rows: Sequence[tuple[int, int, int, int]]) -> None:
         """COPY the slice into an unindexed table; the adapter sums it per bucket into ``staged`` (parts of one
         bucket add up, as SQLite's staging upsert does) in one statement just before the next statement of the
