@@ -11,8 +11,13 @@ each statement once (``dialect.translate``). What truly differs lives in ``Postg
   of one instance never overlap, and series ids come from the identity sequence, never from ``max(id) + 1``
   (``_next_series_id`` only *predicts* them from the sequence; the writer remaps when another replica took
   ids in between, so ids never collide);
-* staging: one ``COPY`` per slice into an unindexed temp table, summed into ``staged`` by one statement,
-  instead of many multi-row INSERTs (round trips);
+* staging: one binary ``COPY`` per slice into an unindexed temp table, summed per bucket into ``staged`` (itself
+  unindexed, in key order) by one statement, instead of many multi-row INSERTs (round trips);
+* what the writer may rely on (``one_range``, ``plain_inserts``, ``overflow_raises``): a poll is applied in one
+  range (temp tables spill to disk: no working set to bound), points of new series are inserted without upserts
+  where no key can repeat (an upsert costs a speculative insertion per row), and BIGINT overflow fails the
+  statement; prior values are looked up one key probe per point (``_keep_changed``), never by reading all of
+  ``buckets``;
 * errors: every psycopg error becomes one ``LedgerError`` line naming ``user@host:port/dbname`` (never the
   password). A lost connection (server restarted, backend terminated) is ``PostgresConnectionLost``
   (retryable); the next call reconnects, so the scheduler's next poll succeeds;
