@@ -12,7 +12,9 @@ Ledgers (made once per size, untimed, by the measured code, and reused by every 
   cost of input and output): five series per key, so N series. Signals have real rollups to read.
 * ``demo``: the demo provider's 7-day backfill, priced (what ``otel-llm-receiver demo`` exports).
 
-Cases, each in a new process that builds the receiver untimed (config, price book, exporter: its start), then:
+Cases, each in a new process that builds the receiver untimed (config, price book, exporter: its start) and then
+sets up as ``run`` does once its start is done (``harness.settle_as_run``: the garbage collector's settings,
+``heap.py``), then:
 * ``first``: the first export after start, ``Receiver.export_now()``: open the ledger's read connection, read
   every total, compute the money signals (budgets, anomalies, coverage, reconciliation, prices), build, and send
   over OTLP/gRPC, waiting for every reply;
@@ -26,7 +28,8 @@ Cases, each in a new process that builds the receiver untimed (config, price boo
 * ``anchor``: the official ``OTLPMetricExporter`` (gRPC, the same 5,000-point batches) encoding and sending the
   same points: the child builds the receiver's first export untimed, decodes it into the SDK's ``MetricsData``
   (the exporter's input: the same metrics, attributes, values and start times), then times
-  ``OTLPMetricExporter.export(metrics_data)``, i.e. the SDK's OTLP encoder plus its send. This is what the
+  ``OTLPMetricExporter.export(metrics_data)``, i.e. the SDK's OTLP encoder plus its send, compressed as the
+  receiver's exporter compresses (its config's ``compression``: gzip, the Collector's default). This is what the
   receiver would cost if it handed its points to the official exporter as the SDK does, without the data
   collection that an SDK ``MeterProvider`` adds on top (so the anchor is the exporter's floor, not a strawman).
 
@@ -49,7 +52,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import machine, measure, table, timed
+from benchmarks.harness import machine, measure, settle_as_run, table, timed
 
 MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o3-mini", "o4-mini")
 SERIES_PER_KEY = 5  # input, output, requests, estimated cost of input and of output
@@ -108,6 +111,7 @@ def child(case: str, path: str, endpoint: str) -> None:
 
     logging.disable(logging.WARNING)
     receiver = Receiver(_config(path, endpoint))
+    settle_as_run()  # start-up done: the collector's settings of `run` (heap.py), as before its first export
     try:
         if case == "anchor":
             anchor(receiver, endpoint)
@@ -174,6 +178,7 @@ def _points_of(receiver: Any) -> dict[str, float]:
 
 def anchor(receiver: Any, endpoint: str) -> None:
     """The official exporter's encode + send of the points the receiver's first export sends."""
+    import grpc
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
     from otel_llm_receiver.ledger import Ledger
@@ -185,7 +190,10 @@ def anchor(receiver: Any, endpoint: str) -> None:
         series = reader.counts()["series"]
     metrics_data, points = _sdk_metrics_data(data, receiver.builder.resource)
     del data, rows
-    exporter = OTLPMetricExporter(endpoint=endpoint, insecure=True, timeout=120, max_export_batch_size=5_000)
+    # The same wire settings as the receiver's exporter: its config's compression (the Collector's default, gzip).
+    compression = grpc.Compression.Gzip if receiver.config.exporters[0].compression == "gzip" else None
+    exporter = OTLPMetricExporter(endpoint=endpoint, insecure=True, timeout=120, max_export_batch_size=5_000,
+                                  compression=compression)
     with timed({"series": float(series), "sent": float(points)}):
         result = exporter.export(metrics_data)
     exporter.shutdown()

@@ -31,7 +31,8 @@ from tests.fakes.openai import FakeOpenAI
 from tests.support.fork_server import ForkServer
 from tests.support.otlp_sink import OTLPSink
 from tests.support.postgres import running_cluster
-from tests.support.replica_world import INSTANCES, World, seed_fake, wait_for, write_config
+from tests.support.replica_world import INSTANCES, World, seed_fake, write_config
+from tests.support.waiting import wait_for
 
 
 def one_run(world: World, lease: float, interval: float) -> float:

@@ -9,9 +9,17 @@ value and the timestamp move. So each series' attributes are encoded once into p
 protobuf encodings are a valid encoding of the merged message, which is what makes this sound;
 ``tests/test_builder.py`` checks the result field by field against messages built the ordinary way.
 
-Memory is bounded by the series, not by the export: an export keeps its values in per-metric int64 columns and
-encodes its requests one at a time while they are sent (never all of them at once), and the ledger's totals are
-read into one flat int64 array (issue 20: 1M series).
+Memory is bounded by the series, and kept flat (issue 20: 1M series): what the builder remembers of a ledger
+series is a few bytes in arrays indexed by the series id (its metric, instance, tenancy and encoded attribute set),
+never a Python object per series; each distinct encoded attribute set is kept once (the estimated cost series
+carry the same set as their token series), and the objects the garbage collector walks do not grow with the
+series. An export keeps its values in per-metric columns and encodes its requests one at a time while they are
+sent (never all of them at once); the ledger's totals are read into one flat int64 array.
+
+Where the time goes (the same reason): the per-series work of an export runs in C where it can. Which ledger
+rows feed which wire series is worked out once (``_Layout``) and reused while the set of series read and their
+descriptions are unchanged; an export then takes each column's values out of the totals' array with ``map`` and
+encodes each request with ``struct`` over ``zip``/``chain``, with no Python statement per point.
 
 Counters are built here rather than through SDK instruments because only data objects can carry each series'
 persisted start time (invariant 3).
@@ -22,9 +30,11 @@ from __future__ import annotations
 import json
 import struct
 from array import array
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from itertools import chain, repeat
+from operator import add, truediv
+from typing import Any, Literal, TypeVar
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
@@ -36,6 +46,7 @@ from . import __version__
 from .attribution import COST_CENTER, TEAM, Attributor
 from .catalog import CATALOG, MetricDef
 from .ledger import ExportRows
+from .ledger.reader import TotalsColumns
 from .model import NANOS_PER_UNIT
 from .names import LEVEL_METRICS, MEASURE_OF_METRIC, NANO_METRICS
 from .selfhealth import SelfHealthReading
@@ -62,6 +73,8 @@ _TAG_FIELD_1 = b"\x0a"  # ExportMetricsServiceRequest.resource_metrics
 _TAG_FIELD_2 = b"\x12"  # ResourceMetrics.scope_metrics, ScopeMetrics.metrics
 # Sum.aggregation_temporality and Sum.is_monotonic, appended after the data points.
 _SUM_FIELDS = pb.Sum(aggregation_temporality=pb.AGGREGATION_TEMPORALITY_CUMULATIVE, is_monotonic=True).SerializeToString()
+#: Metrics a builder can tell apart: a metric's index is a bit of each attribute set's 64-bit mask.
+_MAX_METRICS = 63
 
 
 def make_resource(instance_id: str, extra: Mapping[str, str] | None = None) -> Resource:
@@ -93,13 +106,31 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class _Column:
-    """One metric's points in one export: its wire series, their values and start times (parallel)."""
+    """One metric's points in one export: each wire series' head, value and start time (parallel sequences).
+
+    ``kind`` says how a value goes on the wire: ``int`` as it is (``as_int``), ``double`` as ``float(value)``,
+    ``money`` as nano-units divided into whole units (``as_double``).
+    """
 
     header: bytes  # the encoded Metric's name, description and unit
     gauge: bool
-    groups: list[_Group]
-    values: array[int]  # ledger units: the wire value follows from each group's kind
-    starts: array[int]
+    kind: ValueKind
+    heads: Sequence[bytes]  # the data-point tag, its length and the encoded attributes: all but the tail
+    values: Sequence[int] | Sequence[float]
+    starts: Sequence[int]
+
+    def encode(self, lo: int, hi: int, now_ns: int) -> bytes:
+        """Points ``lo`` to ``hi`` encoded, one after the other (``struct`` over ``zip``: no Python per point)."""
+        values: Iterable[int] | Iterable[float] = self.values[lo:hi]
+        if self.kind == "int":
+            tails = map(_TAIL_INT.pack, repeat(_TAG_START), self.starts[lo:hi], repeat(_TAG_TIME), repeat(now_ns),
+                        repeat(_TAG_INT), values)
+        else:
+            # Money: nano-units divided as the exact integer quotient rounds (int / int), as before.
+            floats = map(truediv, values, repeat(NANOS_PER_UNIT)) if self.kind == "money" else map(float, values)
+            tails = map(_TAIL_DOUBLE.pack, repeat(_TAG_START), self.starts[lo:hi], repeat(_TAG_TIME),
+                        repeat(now_ns), repeat(_TAG_DOUBLE), floats)
+        return b"".join(chain.from_iterable(zip(self.heads[lo:hi], tails, strict=True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +152,7 @@ class Export:
 
     @property
     def points(self) -> int:
-        return sum(len(c.groups) for c in self.columns) + self.extra_points
+        return sum(len(c.heads) for c in self.columns) + self.extra_points
 
     @property
     def batches(self) -> tuple[Batch, ...]:
@@ -135,36 +166,22 @@ class Export:
     def iter_batches(self) -> Iterator[Batch]:
         """The requests, encoded one at a time; a metric may span several requests."""
         limit, now_ns = max(1, self.limit), self.now_ns
-        pack_int, pack_double = _TAIL_INT.pack, _TAIL_DOUBLE.pack
         metrics: list[bytes] = []  # encoded Metric messages of the request being filled
         points = 0
         sent = False
         for column in self.columns:
             data_tag, data_fields = (_TAG_METRIC_GAUGE, b"") if column.gauge else (_TAG_METRIC_SUM, _SUM_FIELDS)
-            groups, values, starts = column.groups, column.values, column.starts
-            done, remaining = 0, len(groups)
-            while remaining:
+            done, total = 0, len(column.heads)
+            while done < total:
                 if points >= limit:
                     yield self._batch(metrics, points)
                     sent = True
                     metrics, points = [], 0
-                take = min(limit - points, remaining)
-                framed: list[bytes] = []
-                append = framed.append
-                for i in range(done, done + take):
-                    group = groups[i]
-                    kind = group.kind
-                    append(group.head)
-                    if kind == "int":
-                        append(pack_int(_TAG_START, starts[i], _TAG_TIME, now_ns, _TAG_INT, values[i]))
-                    else:
-                        amount = values[i] / NANOS_PER_UNIT if kind == "money" else float(values[i])
-                        append(pack_double(_TAG_START, starts[i], _TAG_TIME, now_ns, _TAG_DOUBLE, amount))
-                body = b"".join(framed) + data_fields
+                take = min(limit - points, total - done)
+                body = column.encode(done, done + take, now_ns) + data_fields
                 metrics.append(column.header + data_tag + _varint(len(body)) + body)
                 points += take
                 done += take
-                remaining -= take
         for metric in self.extra:
             metrics.append(metric)
         points += self.extra_points
@@ -203,7 +220,7 @@ def _any_value(value: Any) -> AnyValue:
 
 
 def _decode_attributes(head: bytes) -> dict[str, str]:
-    """The attributes encoded in a group's head (tag, length, attributes), parsed back with protobuf."""
+    """The attributes encoded in a head (tag, length, attributes), parsed back with protobuf."""
     pos = 1
     while head[pos] & 0x80:  # skip the length varint
         pos += 1
@@ -215,42 +232,15 @@ def _key_values(attributes: Mapping[str, Any]) -> list[KeyValue]:
     return [KeyValue(key=k, value=_any_value(v)) for k, v in attributes.items()]
 
 
-class _Points:
-    """One metric's points as an export collects them (a ``_Column`` once the export is built)."""
-
-    __slots__ = ("group", "groups", "start", "starts", "value", "values")
-
-    def __init__(self) -> None:
-        self.groups: list[_Group] = []
-        self.values: array[int] = array("q")
-        self.starts: array[int] = array("q")
-        self.group, self.value, self.start = self.groups.append, self.values.append, self.starts.append
-
-
-@dataclass(slots=True, eq=False)  # identity hash: groups are dict keys, one object per wire series
-class _Group:
-    """One wire series: a metric and its final attribute set (several ledger series may feed it)."""
-
-    metric: str
-    kind: ValueKind  # how a ledger total goes on the wire
-    head: bytes  # the data-point tag, its length and the encoded attributes: all but the tail
-    feeders: int = 0  # ledger series sending their totals here: above 1, their totals are added up
-
-
-@dataclass(slots=True)
-class _View:
-    """What the builder remembers about one ledger series between exports (kept small: one per series)."""
-
-    instance: str
-    metric: str
-    tenancy_key: tuple[str, str, str] | None
-    tenancy_name: str | None
-    group: _Group | None  # None: the metric is disabled, or a level (see ``level``)
-    adjustment: _Group | None = None  # built on the first shrink only
-    level: _Group | None = None  # a level metric's (gauge) wire series: the newest bucket's value, not a total
+def _head(attrs: bytes) -> bytes:
+    """A data point's head: its tag and length (attributes and the fixed-size tail), then the attributes."""
+    return _TAG_DATA_POINT + _varint(len(attrs) + _TAIL_SIZE) + attrs
 
 
 _TENANCY_FRAGMENT = '"llm.tenancy.id":"'
+#: A data point's tag and length varint for the usual lengths, made once.
+_FRAMED = 4096
+_FRAMES = [_TAG_DATA_POINT + _varint(n) for n in range(_FRAMED)]
 
 
 def _simple_fragments(text: str) -> list[str] | None:
@@ -262,6 +252,129 @@ def _simple_fragments(text: str) -> list[str] | None:
     if text.count('"') != 4 * len(fragments):
         return None
     return fragments
+
+
+@dataclass(frozen=True, slots=True)
+class _MetricFacts:
+    """What describing and exporting a ledger series needs of its metric (one per metric, by index)."""
+
+    name: str
+    bit: int  # 1 << index: the metric's bit in an attribute set's mask
+    enabled: bool
+    kind: ValueKind
+    level: bool  # a level (gauge): the newest bucket's value, never a total
+    usage: bool  # llm.usage.*: gets the attribution rules' attributes
+
+
+class _Fragments(dict[str, bytes]):
+    """``key":"value`` fragment of canonical JSON -> its encoded attribute; a miss encodes it (``__missing__``),
+    so a series' fragments are looked up with one ``map`` in C."""
+
+    __slots__ = ("_pair",)
+
+    def __init__(self, pair: Any) -> None:
+        super().__init__()
+        self._pair = pair
+
+    def __missing__(self, fragment: str) -> bytes:
+        key, value = fragment.split('":"', 1)
+        encoded: bytes = self._pair((key, value))
+        self[fragment] = encoded
+        return encoded
+
+
+_T = TypeVar("_T")
+_ID_KEY, _NAME_KEY = "llm.tenancy.id", "llm.tenancy.name"
+
+
+#: Entries a ``_Cache`` keeps: the sides around tenancy ids repeat (models, token types), but a per-user attribute
+#: would make them as many as the series; past this the cache starts again rather than hold a copy of each text.
+_CACHE_LIMIT = 1 << 16
+
+
+class _Cache(dict[str, _T]):
+    """A dict that makes a missing value on first lookup (``__missing__``): hits stay one C call. Bounded."""
+
+    __slots__ = ("_make",)
+
+    def __init__(self, make: Callable[[str], _T]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, key: str) -> _T:
+        if len(self) >= _CACHE_LIMIT:
+            self.clear()
+        value = self[key] = self._make(key)
+        return value
+
+
+class _Halves:
+    """One instance's attribute texts cut around the tenancy id, encoded once each.
+
+    A canonical text is ``{"k":"v",...,`` (keys before ``llm.tenancy.id``), the tenancy id, then ``,..."}``
+    (keys after it). The two sides repeat across series (models, token types, operations), the ids across
+    metrics, so a series' head is five cached pieces joined: the text before, the id, the keys after it up to
+    ``llm.tenancy.name``, the name, the rest. The instance's labels are merged into the sides in key order (a
+    label never overrides an attribute of the series). None: a side this cut cannot take (escapes, or a text
+    that carries its own tenancy name): the series goes the general way.
+    """
+
+    __slots__ = ("prefixes", "suffixes")
+
+    def __init__(self, builder: MetricsBuilder, labels: Mapping[str, str]) -> None:
+        early = {k: v for k, v in labels.items() if k < _ID_KEY}
+        late = {k: v for k, v in labels.items() if k > _ID_KEY and k != _NAME_KEY}
+
+        def encode(pairs: Iterable[tuple[str, str]]) -> bytes:
+            return b"".join([builder._pairs.get(item) or builder._pair(item) for item in pairs])
+
+        def prefix(text: str) -> bytes | None:
+            pairs = _side(text, "{", '{"', '",')
+            if pairs is None:
+                return None
+            return encode(sorted({**{k: v for k, v in early.items()}, **dict(pairs)}.items()))
+
+        def suffix(text: str) -> bytes | tuple[bytes, bytes] | None:
+            pairs = _side(text, "}", ',"', '"}')
+            if pairs is None or any(k == _NAME_KEY for k, _ in pairs):
+                return None
+            merged = sorted({**late, **dict(pairs)}.items())
+            between = encode(p for p in merged if p[0] < _NAME_KEY)
+            rest = encode(p for p in merged if p[0] > _NAME_KEY)
+            return (between, rest) if between else rest  # bytes: nothing between the tenancy's id and name
+
+        self.prefixes: _Cache[bytes | None] = _Cache(prefix)
+        self.suffixes: _Cache[bytes | tuple[bytes, bytes] | None] = _Cache(suffix)
+
+
+def _side(text: str, empty: str, opening: str, closing: str) -> list[tuple[str, str]] | None:
+    """The ``(key, value)`` pairs of one side of a canonical text, or None if it is not escape-free JSON."""
+    if text == empty:
+        return []
+    if "\\" in text or not text.startswith(opening) or not text.endswith(closing) or len(text) < 7:
+        return None
+    fragments = text[2:-2].split('","')
+    if text.count('"') != 4 * len(fragments) or not all('":"' in f for f in fragments):
+        return None
+    return [(k, v) for k, v in (f.split('":"', 1) for f in fragments)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Which row of a totals read feeds which wire series: worked out once, reused while the rows read (their
+    ids), the instances held and the series' descriptions (``epoch``) are the same.
+
+    Per metric (first-seen order), the single-fed wire series: their heads, the flat-array index of each one's
+    total and its start time. Wire series fed by several ledger series (two instances with one attribute set)
+    are summed per export from ``shared``.
+    """
+
+    epoch: int
+    held: frozenset[str] | None
+    sids: array[int]  # the ids of the rows read, in their order
+    singles: tuple[tuple[int, list[bytes], array[int], array[int]], ...]  # metric, heads, total index, starts
+    shared: dict[tuple[int, int], list[int]]  # (metric, attribute set) -> flat-array indices of its rows' totals
+    hole: int | None  # the lowest id read but not described (see ``MetricsBuilder.known_series``)
 
 
 @dataclass
@@ -276,20 +389,44 @@ class MetricsBuilder:
     #: added to every llm.receiver.* point: ``llm.receiver.replica`` on a shared PostgreSQL ledger, where every
     #: replica exports under the ledger's resource but its self-health counters are its own (empty on SQLite)
     self_health_attributes: Mapping[str, str] = field(default_factory=dict)
-    #: by ledger series id (ids are dense: SQLite's rowids, never deleted): 8 bytes a series, not a dict entry
-    _views: list[_View | None] = field(default_factory=list)
+    # -- per ledger series, by id (ids are dense: SQLite's rowids, never deleted): a few bytes each ----------
+    #: its metric's index + 1 (0: not described yet)
+    _metric_of: bytearray = field(default_factory=bytearray)
+    #: its encoded attribute set's index in ``_sets`` (-1: none, its metric is disabled)
+    _set_of: array[int] = field(default_factory=lambda: array("i"))
+    _instance_of: array[int] = field(default_factory=lambda: array("I"))  # index in ``_instances``
+    _tenancy_of: array[int] = field(default_factory=lambda: array("i"))  # index in ``_tenancies`` (-1: none)
+    #: 1 where the series' wire series (metric, attribute set) has other ledger series feeding it too
+    _shared: bytearray = field(default_factory=bytearray)
     _max_id: int = 0
     #: the lowest series id the last export's totals had but no description of: a shared PostgreSQL ledger's
     #: ids come from a sequence, so a replica's transaction can commit lower ids after higher ones were read
     _hole: int | None = None
-    _groups: dict[str, dict[bytes, _Group]] = field(default_factory=dict)  # metric -> head -> group
+    # -- tables the per-series arrays index into ---------------------------------------------------------------
+    _sets: list[bytes] = field(default_factory=list)  # distinct encoded attribute sets (heads), once each
+    _set_index: dict[bytes, int] = field(default_factory=dict)
+    _set_metrics: array[int] = field(default_factory=lambda: array("Q"))  # per set: mask of metrics using it
+    _metrics: list[_MetricFacts] = field(default_factory=list)
+    _metric_index: dict[str, int] = field(default_factory=dict)  # name -> index + 1
+    _instances: list[str] = field(default_factory=list)
+    _instance_index: dict[str, int] = field(default_factory=dict)
+    _tenancies: list[tuple[str, str, Any]] = field(default_factory=list)  # (instance, "tenancy", id)
+    _tenancy_ids: list[dict[Any, int]] = field(default_factory=list)  # per instance: tenancy id -> index
+    _tenancy_names: list[str | None] = field(default_factory=list)  # the name its series' heads carry
+    _id_pairs: list[bytes] = field(default_factory=list)  # per tenancy: its llm.tenancy.id, encoded
+    _name_pairs: list[bytes] = field(default_factory=list)  # per tenancy: its llm.tenancy.name, encoded (or b"")
+    _tenancy_blocks: list[bytes] = field(default_factory=list)  # per tenancy: its id and name pairs together
+    _halves: list[_Halves] = field(default_factory=list)  # per instance: the texts around tenancy ids, encoded
+    #: series id -> the head of its ``llm.usage.adjustments`` series and its value kind (made on its first shrink)
+    _adjustment_sets: dict[int, tuple[bytes, ValueKind]] = field(default_factory=dict)
+    _epoch: int = 0  # moves whenever a description changes (a new series, a rename): layouts are stale
+    _layout: _Layout | None = None
+    # -- encoding caches ---------------------------------------------------------------------------------------
     _pairs: dict[tuple[str, str], bytes] = field(default_factory=dict)  # encoded attribute, framed
-    _strings: dict[Any, Any] = field(default_factory=dict)  # one copy of each instance, metric, tenancy key
+    _fragments: _Fragments | None = None  # ``key":"value`` of canonical JSON -> encoded
     _envelope: tuple[bytes, bytes] | None = None  # encoded ResourceMetrics and ScopeMetrics, without metrics
     _headers: dict[str, bytes] = field(default_factory=dict)  # metric -> its encoded name, description, unit
     _enabled: dict[str, bool] = field(default_factory=dict)  # is_enabled, per metric
-    _metric_facts: dict[str, tuple[bool, ValueKind, bool, bool, dict[bytes, _Group]]] = field(default_factory=dict)
-    _fragments: dict[str, bytes] = field(default_factory=dict)  # ``key":"value`` of canonical JSON -> encoded
     _columns: tuple[_Column, ...] | None = None  # the last build's series points (reused while nothing changed)
     _columns_held: frozenset[str] | None = None  # ... and the instances they were built for (None: all)
 
@@ -338,86 +475,154 @@ class MetricsBuilder:
             self.max_points_per_request, self._resource_envelope(),
         )
 
-    def _series_columns(self, rows: ExportRows, instances: frozenset[str] | None) -> tuple[_Column, ...]:
-        """The ledger series' points, per metric: totals, adjustments and levels (of ``instances`` if given)."""
+    # -- one export's points ----------------------------------------------------------------------------------
+    def _series_columns(self, rows: ExportRows, held: frozenset[str] | None) -> tuple[_Column, ...]:
+        """The ledger series' points, per metric: totals, adjustments and levels (of ``held`` if given)."""
         names = rows.names
+        self._rename(names)
         self._describe(rows.new_series, names)
-        self._hole = None
+        totals = rows.totals
+        flat = totals.flat if isinstance(totals, TotalsColumns) else array("q", chain.from_iterable(totals))
+        sids = flat[0::4]
+        layout = self._layout
+        if layout is None or layout.epoch != self._epoch or layout.held != held or layout.sids != sids:
+            layout = self._layout = self._plan(flat, sids, held)
+        self._hole = layout.hole
 
-        # Value and start time per wire series, per metric. Most wire series have one ledger series: their
-        # totals go straight into the metric's columns; the others (``feeders`` > 1) are added up first.
-        points: dict[str, _Points] = {}
-        shared: dict[_Group, list[int]] = {}
-        adjustments: dict[_Group, list[int]] = {}
-        adjustments_on = self.is_enabled("llm.usage.adjustments")
-        views = self._views
-        known = len(views)
-        names_get = names.get
-        current: _Points | None = None
-        current_metric = ""
-        for sid, total, adjusted, start in rows.totals:
-            view = views[sid] if sid < known else None
-            if view is None:  # created after the totals were read: described, but sent next time
-                if sid < known and (self._hole is None or sid < self._hole):
-                    self._hole = sid  # committed after higher ids were described: read again next export
+        # Per metric: the single-fed wire series straight from the flat array, then the summed ones.
+        take = flat.__getitem__
+        metrics, sets = self._metrics, self._sets
+        columns: dict[int, tuple[list[bytes], array[int], array[int]]] = {}
+        for m, heads, index, starts in layout.singles:
+            columns[m] = (heads, array("q", map(take, index)), starts)
+        extra: dict[int, tuple[list[bytes], list[int], list[int]]] = {}  # metric -> summed wire series
+        for (m, s), where in layout.shared.items():
+            column = extra.setdefault(m, ([], [], []))
+            column[0].append(sets[s])
+            column[1].append(sum(map(take, where)))
+            column[2].append(min(map(take, [i + 2 for i in where])))
+        self._levels(rows.levels, held, extra)
+        out = []
+        for m in dict.fromkeys([*columns, *extra]):
+            facts = metrics[m - 1]
+            heads, values, starts = columns.get(m, ([], array("q"), array("q")))
+            more = extra.get(m)
+            if more is not None:
+                heads, values, starts = heads + more[0], values + array("q", more[1]), starts + array("q", more[2])
+            out.append(_Column(self._metric_header(facts.name), facts.level, facts.kind, heads, values, starts))
+        adjustments = self._adjustments(flat, sids, held)
+        if adjustments is not None:
+            out.append(adjustments)
+        return tuple(out)
+
+    def _plan(self, flat: array[int], sids: array[int], held: frozenset[str] | None) -> _Layout:
+        """Work out which row feeds which wire series (see ``_Layout``); Python per row, once per layout."""
+        metric_of, set_of, shared, instance_of = self._metric_of, self._set_of, self._shared, self._instance_of
+        known, max_id = len(metric_of), self._max_id
+        keep = None if held is None else {i for i, name in enumerate(self._instances) if name in held}
+        skip = {i + 1 for i, f in enumerate(self._metrics) if f.level}  # levels come from ``rows.levels``
+        sets = self._sets
+        singles: dict[int, tuple[list[bytes], array[int], None]] = {}
+        summed: dict[tuple[int, int], list[int]] = {}
+        hole = None
+        last_m = 0
+        heads: list[bytes] | None = None
+        index: array[int] | None = None
+        for row, sid in enumerate(sids):
+            m = metric_of[sid] if sid < known else 0
+            if not m:  # created after the totals were read: described, but sent next time
+                if sid <= max_id and (hole is None or sid < hole):
+                    hole = sid  # committed after higher ids were described: read again next export
                 continue
-            if instances is not None and view.instance not in instances:
+            if keep is not None and instance_of[sid] not in keep:
                 continue
-            if view.tenancy_key is not None and names_get(view.tenancy_key) != view.tenancy_name:
-                self._attach(view, names_get(view.tenancy_key))  # a project was renamed
-            group = view.group
-            if group is None:
+            s = set_of[sid]
+            if s < 0 or m in skip:
                 continue
-            if group.feeders == 1:
-                if group.metric is not current_metric:
-                    current_metric = group.metric
-                    current = points.get(current_metric)
-                    if current is None:
-                        current = points[current_metric] = _Points()
-                assert current is not None
-                current.group(group)
-                current.value(total)
-                current.start(start)
-            else:  # two instances reporting the same attribute set: add them up
-                slot = shared.get(group)
-                if slot is None:
-                    shared[group] = [total, start]
-                else:
-                    slot[0] += total
-                    slot[1] = min(slot[1], start)
-            if adjusted and adjustments_on:
-                adj = view.adjustment or self._adjustment_group(view)
-                slot = adjustments.get(adj)
-                if slot is None:
-                    adjustments[adj] = [adjusted, start]
-                else:
-                    slot[0] += adjusted
-                    slot[1] = min(slot[1], start)
-        for sid, value in rows.levels.items():  # gauges: several instances' levels of one set add up
-            view = views[sid] if sid < known else None
-            if view is None or view.level is None or (instances is not None and view.instance not in instances):
+            if shared[sid]:  # two instances reporting the same attribute set: added up each export
+                summed.setdefault((m, s), []).append(4 * row + 1)
                 continue
-            slot = shared.get(view.level)
+            if m != last_m:
+                column = singles.get(m)
+                if column is None:
+                    column = singles[m] = ([], array("q"), None)
+                heads, index, _ = column
+                last_m = m
+            assert heads is not None and index is not None
+            heads.append(sets[s])
+            index.append(4 * row + 1)
+        # A series' start time never changes: read once per layout (two places after its total).
+        take = flat.__getitem__
+        planned = tuple((m, heads, index, array("q", map(take, map(add, index, repeat(2)))))
+                        for m, (heads, index, _) in singles.items())
+        return _Layout(self._epoch, held, sids, planned, summed, hole)
+
+    def _levels(self, levels: Mapping[int, int], held: frozenset[str] | None,
+                extra: dict[int, tuple[list[bytes], list[int], list[int]]]) -> None:
+        """Level series (gauges): the newest bucket's value; several instances' levels of one set add up."""
+        metric_of, known = self._metric_of, len(self._metric_of)
+        summed: dict[tuple[int, int], int] = {}
+        for sid, value in levels.items():
+            m = metric_of[sid] if sid < known else 0
+            if not m or not self._metrics[m - 1].level or self._set_of[sid] < 0:
+                continue
+            if held is not None and self._instances[self._instance_of[sid]] not in held:
+                continue
+            key = (m, self._set_of[sid])
+            summed[key] = summed.get(key, 0) + value
+        for (m, s), value in summed.items():
+            column = extra.setdefault(m, ([], [], []))
+            column[0].append(self._sets[s])
+            column[1].append(value)
+            column[2].append(0)
+
+    def _adjustments(self, flat: array[int], sids: array[int], held: frozenset[str] | None) -> _Column | None:
+        """``llm.usage.adjustments``: the shrinks, per wire series of a series with any (few: found in C)."""
+        if not self.is_enabled("llm.usage.adjustments"):
+            return None
+        adjusted = flat[2::4]
+        if adjusted.count(0) == len(adjusted):
+            return None
+        metric_of, set_of, known = self._metric_of, self._set_of, len(self._metric_of)
+        summed: dict[bytes, list[Any]] = {}
+        for row, amount in enumerate(adjusted):
+            if not amount:
+                continue
+            sid = sids[row]
+            m = metric_of[sid] if sid < known else 0
+            if not m or set_of[sid] < 0 or self._metrics[m - 1].level:
+                continue
+            if held is not None and self._instances[self._instance_of[sid]] not in held:
+                continue
+            head, kind = self._adjustment_set(sid)
+            start = flat[4 * row + 3]
+            slot = summed.get(head)
             if slot is None:
-                shared[view.level] = [value, 0]
+                summed[head] = [amount, start, kind]
             else:
-                slot[0] += value
-        for group, (value, start) in [*shared.items(), *adjustments.items()]:
-            column = points.get(group.metric)
-            if column is None:
-                column = points[group.metric] = _Points()
-            column.group(group)
-            column.value(value)
-            column.start(start)
+                slot[0] += amount
+                slot[1] = min(slot[1], start)
+        if not summed:
+            return None
+        # Adjustments are doubles on the wire; money ones are nano-units in the ledger like the money totals.
+        values = [v / NANOS_PER_UNIT if kind == "money" else float(v) for v, _, kind in summed.values()]
+        return _Column(self._metric_header("llm.usage.adjustments"), False, "double", list(summed), values,
+                       array("q", [start for _, start, _ in summed.values()]))
 
-        return tuple(
-            _Column(self._metric_header(name), name in LEVEL_METRICS, p.groups, p.values, p.starts)
-            for name, p in points.items()
-        )
+    def _adjustment_set(self, sid: int) -> tuple[bytes, ValueKind]:
+        """The head of a series' adjustment wire series (built on its first shrink) and how its values go out."""
+        found = self._adjustment_sets.get(sid)
+        if found is None:
+            facts = self._metrics[self._metric_of[sid] - 1]
+            measure = MEASURE_OF_METRIC.get(facts.name, facts.name)
+            attributes = {"llm.measure": measure, **_decode_attributes(self._sets[self._set_of[sid]])}
+            kind: ValueKind = "money" if facts.kind == "money" else "double"
+            found = self._adjustment_sets[sid] = (_head(self._encode(attributes)), kind)
+        return found
 
-    # -- attributes, encoded once -----------------------------------------------------------------------
+    # -- descriptions: attributes encoded once per series ---------------------------------------------------
     def _describe(self, new_series: Iterable[tuple[int, str, str, str]], names: Mapping[Any, str]) -> None:
-        """Remember the series not seen yet: their wire series, with the attributes encoded once.
+        """Remember the series not seen yet: their metric, instance, tenancy and encoded attribute set.
 
         This runs once per series, at start, so it decides how long the first export takes (issue 20). A
         series' attributes are canonical JSON (string values, keys sorted: ``series.canonical_attrs``); when the
@@ -426,89 +631,252 @@ class MetricsBuilder:
         labels and the tenancy name are merged in key order; anything else (escapes, non-string values, the
         attribution rules, which read the whole set) takes the general path: ``json.loads`` and a sorted dict.
         """
-        views = self._views
-        strings = self._strings.setdefault
-        names_get = names.get
-        labels_get = self.labels.get
+        metric_of, set_of, instance_of, tenancy_of = self._metric_of, self._set_of, self._instance_of, self._tenancy_of
+        set_index, set_metrics, sets = self._set_index, self._set_metrics, self._sets
+        id_pairs, name_pairs = self._id_pairs, self._name_pairs
         rules = bool(self.attributor)
-        fragments_get = self._fragments.get
-        fragment = self._fragment
-        facts_of = self._facts
+        partition, join, frames, blocks = str.partition, b"".join, _FRAMES, self._tenancy_blocks
+        cut = _TENANCY_FRAGMENT
+        collisions: set[tuple[int, int]] = set()
+        described, top, size = 0, self._max_id, len(metric_of)
+        last_instance = last_metric = None
         for sid, instance, metric, text in new_series:
-            if sid < len(views) and views[sid] is not None:
+            if sid < size and metric_of[sid]:
                 continue
-            instance = strings(instance, instance)
-            metric = strings(metric, metric)
-            enabled, kind, level, usage, groups = facts_of(metric)
-            frags = _simple_fragments(text)
-            if frags is None or (rules and usage and enabled):
-                view, head = self._describe_parsed(instance, metric, json.loads(text), names)
-            else:
-                tkey = tname = None
-                at = text.find(_TENANCY_FRAGMENT)
-                if at >= 0:
-                    at += len(_TENANCY_FRAGMENT)
-                    tkey = (instance, "tenancy", text[at:text.index('"', at)])
-                    tkey = strings(tkey, tkey)
-                    tname = names_get(tkey)
-                view = _View(instance, metric, tkey, tname, None)
-                head = None
-                if enabled:
-                    labels = labels_get(instance)
-                    encoded = [fragments_get(f) or fragment(f) for f in frags]
-                    if labels or tname:
-                        extra = {k: v for k, v in labels.items() if f'"{k}":"' not in text} if labels else {}
-                        if tname:
-                            extra["llm.tenancy.name"] = tname
-                        if '"llm.tenancy.name":"' in text:
-                            raw = json.loads(text)
-                            raw.update(extra)
-                            attrs = self._encode(raw)
-                        else:
-                            attrs = self._merge(frags, encoded, extra)
+            if metric != last_metric or instance != last_instance:  # rows come in runs of one instance and metric
+                m = self._metric_index.get(metric) or self._add_metric(metric)
+                facts = self._metrics[m - 1]
+                enabled, bit = facts.enabled, facts.bit
+                general = rules and facts.usage and enabled
+                found = self._instance_index.get(instance)
+                i = self._add_instance(instance) if found is None else found
+                tenancy_ids, halves = self._tenancy_ids[i], self._halves[i]
+                prefixes, suffixes = halves.prefixes, halves.suffixes
+                last_instance, last_metric = instance, metric
+            head: bytes | None = None
+            t = -1
+            prefix, cut_found, rest = ("", "", "") if general else partition(text, cut)
+            fast = bool(cut_found and prefix)
+            if fast:  # the common shape: cut around the tenancy id, both sides' encodings cached per instance
+                tenancy, _, suffix = partition(rest, '"')
+                t = tenancy_ids.get(tenancy, -1)
+                if t < 0:
+                    t = self._tenancy(i, tenancy, names)
+                before = prefixes[prefix]
+                after = suffixes[suffix]
+                if before is None or after is None or "\\" in tenancy:
+                    fast = False  # not canonical JSON without escapes: the paths below
+                elif enabled:
+                    if isinstance(after, tuple):  # keys between the tenancy's id and its name
+                        attrs = join((before, id_pairs[t], after[0], name_pairs[t], after[1]))
                     else:
-                        attrs = b"".join(encoded)
-                    head = _TAG_DATA_POINT + _varint(len(attrs) + _TAIL_SIZE) + attrs
-            if sid >= len(views):
-                views.extend([None] * (sid + 1 - len(views)))
-            views[sid] = view
-            if sid > self._max_id:
-                self._max_id = sid
-            if head is None:
-                continue
-            group = groups.get(head)
-            if group is None:
-                group = groups[head] = _Group(metric, kind, head)
-            if level:
-                view.level = group
+                        attrs = before + blocks[t] + after
+                    n = len(attrs) + _TAIL_SIZE
+                    head = (frames[n] if n < _FRAMED else _TAG_DATA_POINT + _varint(n)) + attrs
+            if not fast:
+                frags = None if general else _simple_fragments(text)
+                if frags is None:
+                    t, head = self._describe_parsed(i, facts, json.loads(text), names)
+                else:
+                    t, head = self._describe_fragments(i, facts, text, frags, names)
+            if sid >= size:
+                self._grow(sid + 1)
+                metric_of, set_of, instance_of, tenancy_of = (
+                    self._metric_of, self._set_of, self._instance_of, self._tenancy_of)
+                size = len(metric_of)
+            metric_of[sid] = m
+            instance_of[sid] = i
+            tenancy_of[sid] = t
+            if head is not None:
+                s = set_index.get(head)
+                if s is None:
+                    s = set_index[head] = len(sets)
+                    sets.append(head)
+                    set_metrics.append(bit)
+                elif set_metrics[s] & bit:
+                    collisions.add((m, s))
+                else:
+                    set_metrics[s] |= bit
+                set_of[sid] = s
+            if sid > top:
+                top = sid
+            described += 1
+        self._max_id = top
+        if collisions:
+            self._mark_shared(collisions)
+        if described:
+            self._epoch += 1
+
+    def _describe_fragments(
+        self, i: int, facts: _MetricFacts, text: str, frags: list[str], names: Mapping[Any, str]
+    ) -> tuple[int, bytes | None]:
+        """``_describe`` for canonical JSON without escapes and without a tenancy id (or with one that the cut
+        around it cannot take): each ``key":"value`` fragment encoded once (cached), labels and the tenancy name
+        merged in key order."""
+        t, tname = -1, None
+        at = text.find(_TENANCY_FRAGMENT)
+        if at >= 0:
+            at += len(_TENANCY_FRAGMENT)
+            t = self._tenancy(i, text[at:text.index('"', at)], names)
+            tname = self._tenancy_names[t]
+        if not facts.enabled:
+            return t, None
+        if self._fragments is None:
+            self._fragments = _Fragments(self._pair)
+        fragment = self._fragments.__getitem__
+        labels = self.labels.get(self._instances[i])
+        if labels or tname:
+            encoded = list(map(fragment, frags))
+            extra = {k: v for k, v in labels.items() if f'"{k}":"' not in text} if labels else {}
+            if tname:
+                extra["llm.tenancy.name"] = tname
+            if '"llm.tenancy.name":"' in text:
+                raw = json.loads(text)
+                raw.update(extra)
+                attrs = self._encode(raw)
             else:
-                view.group = group
-                group.feeders += 1
+                attrs = self._merge(frags, encoded, extra)
+        else:
+            attrs = b"".join(map(fragment, frags))
+        return t, _head(attrs)
 
     def _describe_parsed(
-        self, instance: str, metric: str, raw: dict[str, str], names: Mapping[Any, str]
-    ) -> tuple[_View, bytes | None]:
-        """The general path of ``_describe``: the view and the head of a series from its parsed attributes."""
-        enabled, _, _, usage, _ = self._facts(metric)
+        self, i: int, facts: _MetricFacts, raw: dict[str, Any], names: Mapping[Any, str]
+    ) -> tuple[int, bytes | None]:
+        """The general path of ``_describe``: a series' tenancy and head from its parsed attributes."""
         tenancy = raw.get("llm.tenancy.id")
-        tkey = tname = None
+        t, tname = -1, None
         if tenancy is not None:
-            tkey = (instance, "tenancy", tenancy)
-            tkey = self._strings.setdefault(tkey, tkey)
-            tname = names.get(tkey)
-        view = _View(instance, metric, tkey, tname, None)
-        if not enabled:
-            return view, None
-        labels = self.labels.get(instance)
+            t = self._tenancy(i, tenancy, names)
+            tname = self._tenancy_names[t]
+        if not facts.enabled:
+            return t, None
+        labels = self.labels.get(self._instances[i])
         attributes = {**labels, **raw} if labels else raw
         if tname:
             attributes["llm.tenancy.name"] = tname
-        if self.attributor and usage:
+        if self.attributor and facts.usage:
             attributes.update(self.attributor.attributes(attributes, tname, labels))
-        attrs = self._encode(attributes)
-        return view, _TAG_DATA_POINT + _varint(len(attrs) + _TAIL_SIZE) + attrs
+        return t, _head(self._encode(attributes))
 
-    def _encode(self, attributes: Mapping[str, str]) -> bytes:
+    def _add_metric(self, name: str) -> int:
+        """A metric met for the first time: its facts, and its index + 1 (0 means "not described")."""
+        if len(self._metrics) >= _MAX_METRICS:
+            raise ValueError(f"more than {_MAX_METRICS} metrics in the ledger's series")
+        kind = _value_kind(name)
+        self._metrics.append(_MetricFacts(name, 1 << len(self._metrics), self.is_enabled(name), kind,
+                                          name in LEVEL_METRICS, name.startswith("llm.usage.")))
+        m = self._metric_index[name] = len(self._metrics)
+        return m
+
+    def _add_instance(self, instance: str) -> int:
+        i = self._instance_index[instance] = len(self._instances)
+        self._instances.append(instance)
+        self._tenancy_ids.append({})
+        self._halves.append(_Halves(self, self.labels.get(instance) or {}))
+        return i
+
+    def _tenancy(self, i: int, tenancy: Any, names: Mapping[Any, str]) -> int:
+        """The index of an instance's tenancy; a new one carries the name it has now."""
+        t = self._tenancy_ids[i].get(tenancy)
+        if t is None:
+            key = (self._instances[i], "tenancy", tenancy)
+            t = self._tenancy_ids[i][tenancy] = len(self._tenancies)
+            self._tenancies.append(key)
+            self._tenancy_names.append(names.get(key))
+            self._id_pairs.append(self._pair(("llm.tenancy.id", tenancy)))
+            self._name_pairs.append(b"")
+            self._tenancy_blocks.append(b"")
+            self._name_pair(t)
+        return t
+
+    def _name_pair(self, t: int) -> None:
+        """The encoded ``llm.tenancy.name`` a tenancy's series carry: its name, else a label's, else none."""
+        name = self._tenancy_names[t] or self.labels.get(self._tenancies[t][0], {}).get("llm.tenancy.name")
+        self._name_pairs[t] = self._pair(("llm.tenancy.name", name)) if name else b""
+        self._tenancy_blocks[t] = self._id_pairs[t] + self._name_pairs[t]
+
+    def _grow(self, size: int) -> None:
+        """Make room for series ids below ``size`` (and some more: ids arrive in order, a page at a time)."""
+        more = max(size, len(self._metric_of) + len(self._metric_of) // 4 + 1024) - len(self._metric_of)
+        self._metric_of.extend(bytes(more))
+        self._shared.extend(bytes(more))
+        self._set_of.extend(array("i", [-1]) * more)
+        self._instance_of.extend(array("I", [0]) * more)
+        self._tenancy_of.extend(array("i", [-1]) * more)
+
+    def _mark_shared(self, collisions: set[tuple[int, int]]) -> None:
+        """Flag every series of the wire series (metric, attribute set) that several series feed: one pass."""
+        metric_of, shared = self._metric_of, self._shared
+        collided = {s for _, s in collisions}
+        for sid, s in enumerate(self._set_of):
+            if s in collided and (metric_of[sid], s) in collisions:
+                shared[sid] = 1
+
+    def _rename(self, names: Mapping[Any, str]) -> None:
+        """Re-encode the series of tenancies whose name changed since their heads were made (a project renamed).
+
+        Checked on every export with new rows, per tenancy (a C comparison when nothing changed); rare, so the
+        attribute sets are then rebuilt from scratch."""
+        if not self._tenancies:
+            return
+        now = list(map(names.get, self._tenancies))
+        if now == self._tenancy_names:
+            return
+        renamed = {t for t, (old, new) in enumerate(zip(self._tenancy_names, now, strict=True)) if old != new}
+        self._tenancy_names[:] = now
+        for t in renamed:
+            self._name_pair(t)
+        heads: dict[int, bytes] = {}
+        for sid, t in enumerate(self._tenancy_of):
+            if t not in renamed or self._set_of[sid] < 0:
+                continue
+            facts = self._metrics[self._metric_of[sid] - 1]
+            # The encoded attributes are the only copy kept (memory: none per series beyond the head).
+            attributes = _decode_attributes(self._sets[self._set_of[sid]])
+            for derived in ("llm.tenancy.name", TEAM, COST_CENTER):
+                attributes.pop(derived, None)
+            name = now[t]
+            if name:
+                attributes["llm.tenancy.name"] = name
+            if self.attributor and facts.usage:  # usage and cost series get a team
+                instance = self._instances[self._instance_of[sid]]
+                attributes.update(self.attributor.attributes(attributes, name, self.labels.get(instance)))
+            heads[sid] = _head(self._encode(attributes))
+            self._adjustment_sets.pop(sid, None)
+        self._reindex(heads)
+
+    def _reindex(self, replaced: Mapping[int, bytes]) -> None:
+        """The distinct attribute sets and who shares them, made again from every series (after renames)."""
+        old = self._sets
+        sets: list[bytes] = []
+        index: dict[bytes, int] = {}
+        masks: array[int] = array("Q")
+        set_of = array("i", [-1]) * len(self._metric_of)
+        collisions: set[tuple[int, int]] = set()
+        for sid, s in enumerate(self._set_of):
+            if s < 0:
+                continue
+            m = self._metric_of[sid]
+            bit = self._metrics[m - 1].bit
+            head = replaced.get(sid) or old[s]
+            n = index.get(head)
+            if n is None:
+                n = index[head] = len(sets)
+                sets.append(head)
+                masks.append(bit)
+            elif masks[n] & bit:
+                collisions.add((m, n))
+            else:
+                masks[n] |= bit
+            set_of[sid] = n
+        self._sets, self._set_index, self._set_metrics, self._set_of = sets, index, masks, set_of
+        self._shared = bytearray(len(self._metric_of))
+        if collisions:
+            self._mark_shared(collisions)
+        self._epoch += 1
+
+    def _encode(self, attributes: Mapping[str, Any]) -> bytes:
         """Attributes encoded in key order: equal sets encode to equal bytes."""
         pairs_get = self._pairs.get
         return b"".join([pairs_get(item) or self._pair(item) for item in sorted(attributes.items())])
@@ -521,77 +889,7 @@ class MetricsBuilder:
         items.sort()
         return b"".join([e for _, e in items])
 
-    def _fragment(self, fragment: str) -> bytes:
-        """One ``key":"value`` fragment of canonical JSON without escapes, encoded (cached)."""
-        key, value = fragment.split('":"', 1)
-        encoded = self._fragments[fragment] = self._pairs.get((key, value)) or self._pair((key, value))
-        return encoded
-
-    def _facts(self, metric: str) -> tuple[bool, ValueKind, bool, bool, dict[bytes, _Group]]:
-        """What describing a series needs of its metric: enabled, wire kind, level, usage, its wire series."""
-        facts = self._metric_facts.get(metric)
-        if facts is None:
-            groups = self._groups.setdefault(metric, {})
-            facts = self._metric_facts[metric] = (
-                self.is_enabled(metric), _value_kind(metric), metric in LEVEL_METRICS,
-                metric.startswith("llm.usage."), groups,
-            )
-        return facts
-
-    def _attach(self, view: _View, tenancy_name: str | None, raw: dict[str, str] | None = None) -> None:
-        """(Re)build the view's wire series; ``raw`` is given for a new series, else read back from the wire."""
-        if raw is None:  # a rename: the encoded attributes are the only copy kept (memory: one per series)
-            wire = view.group or view.level
-            if wire is None:
-                view.tenancy_name = tenancy_name
-                return
-            attributes = _decode_attributes(wire.head)
-            for derived in ("llm.tenancy.name", TEAM, COST_CENTER):
-                attributes.pop(derived, None)
-        else:
-            labels = self.labels.get(view.instance)
-            attributes = {**labels, **raw} if labels else raw
-        view.tenancy_name = tenancy_name
-        view.adjustment = None
-        if view.group is not None:
-            view.group.feeders -= 1
-        if not self.is_enabled(view.metric):
-            view.group = None
-            return
-        if tenancy_name:
-            attributes["llm.tenancy.name"] = tenancy_name
-        if self.attributor and view.metric.startswith("llm.usage."):  # usage and cost series get a team
-            attributes.update(self.attributor.attributes(attributes, tenancy_name, self.labels.get(view.instance)))
-        group = self._group(view.metric, attributes, _value_kind(view.metric))
-        if view.metric in LEVEL_METRICS:
-            view.group, view.level = None, group
-        else:
-            view.group = group
-            group.feeders += 1
-
-    def _adjustment_group(self, view: _View) -> _Group:
-        assert view.group is not None
-        measure = MEASURE_OF_METRIC.get(view.metric, view.metric)
-        attributes = {"llm.measure": measure, **_decode_attributes(view.group.head)}
-        # Adjustments are doubles on the wire; money ones are nano-units in the ledger like the money totals.
-        kind: ValueKind = "money" if _value_kind(view.metric) == "money" else "double"
-        group = view.adjustment = self._group("llm.usage.adjustments", attributes, kind)
-        return group
-
-    def _group(self, metric: str, attributes: dict[str, str], kind: ValueKind) -> _Group:
-        """The wire series for ``attributes``; equal attribute sets (sorted) encode to equal bytes."""
-        pairs_get = self._pairs.get
-        attrs = b"".join([pairs_get(item) or self._pair(item) for item in sorted(attributes.items())])
-        head = _TAG_DATA_POINT + _varint(len(attrs) + _TAIL_SIZE) + attrs
-        groups = self._groups.get(metric)
-        if groups is None:
-            groups = self._groups[metric] = {}
-        group = groups.get(head)
-        if group is None:
-            group = groups[head] = _Group(metric, kind, head)
-        return group
-
-    def _pair(self, item: tuple[str, str]) -> bytes:
+    def _pair(self, item: tuple[str, Any]) -> bytes:
         """One attribute, encoded as a framed ``NumberDataPoint.attributes`` entry (cached: values repeat)."""
         kv: bytes = KeyValue(key=item[0], value=_any_value(item[1])).SerializeToString()
         encoded = self._pairs[item] = _TAG_ATTRIBUTE + _varint(len(kv)) + kv

@@ -66,7 +66,7 @@ def health_document(
         healthy = healthy and ok
         instances[st.name] = {
             "healthy": ok,
-            **({} if leases is None else {"held": held}),
+            **({} if leases is None else {"held": held, "held_since_unix": st.tenure_unix if held else None}),
             "interval_s": st.interval,
             "polls": st.polls,
             "last_success_unix": st.last_success_unix,

@@ -15,6 +15,13 @@ database's clock stays the judge of who holds what (``leases.fence()`` in every 
 
 On a clean stop ``stop()`` calls ``leases.leave()``: the others take this replica's instances at their next
 round instead of after ``lease_duration``.
+
+A poll in flight is never handed over by the fair share: the scheduler brackets each poll with ``begin_poll`` /
+``end_poll``, and ``balance()`` releases surplus instances that are not being polled first. An instance whose
+poll is in flight is *pending release*: no new poll of it starts, the poll in flight finishes its chunk (a
+steady-state poll is one chunk) and commits, and a round runs as soon as it ends, which releases the instance.
+The wait is bounded by ``lease_duration``: a poll still in flight by then is handed over anyway, and the fence
+rejects its write (the safety net).
 """
 
 from __future__ import annotations
@@ -168,9 +175,15 @@ class ReplicaCoordinator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[], None]] = []
+        self._tenure_listeners: list[Callable[[str, int], None]] = []
         #: (instance, epoch) of leases this replica released itself (fair share): a write fenced off under one
         #: of them was handed over on purpose, not a pause
         self._released: set[tuple[str, int]] = set()
+        self._polling: dict[str, int] = {}  # instance -> polls of it in flight (begin_poll .. end_poll)
+        #: instance -> monotonic time the fair share first asked to release it while a poll of it was in flight
+        self._pending: dict[str, float] = {}
+        self._releasing: set[str] = set()  # said yes to ``balance()``'s release this round: no poll may start
+        self._wake = threading.Event()  # runs a round now (a poll of a pending instance ended)
 
     # -- reading the state (any thread) ------------------------------------------------------------------
     def held(self) -> dict[str, HeldLease]:
@@ -180,9 +193,48 @@ class ReplicaCoordinator:
             return {n: h for n, h in self._held.items() if h.local_expiry > now}
 
     def lease(self, name: str) -> Lease | None:
-        """The ``leases.Lease`` to fence an apply of ``name`` with, or None when this replica must not poll it."""
-        held = self.held().get(name)
-        return None if held is None else held.lease
+        """The ``leases.Lease`` to fence an apply of ``name`` with, or None when this replica must not poll it
+        (not held, or being handed over to the fair share)."""
+        with self._lock:
+            if name in self._pending or name in self._releasing:
+                return None
+            held = self.held().get(name)
+            return None if held is None else held.lease
+
+    def holds(self, name: str, epoch: int) -> bool:
+        """True while this replica holds ``name`` at ``epoch`` (not lapsed, not released): a poll in flight under
+        that epoch may go on."""
+        with self._lock:
+            if name in self._releasing:
+                return False
+            held = self.held().get(name)
+            return held is not None and held.epoch == epoch
+
+    def handing_over(self, name: str) -> bool:
+        """True when the fair share waits for the poll of ``name`` in flight to end (pending release)."""
+        with self._lock:
+            return name in self._pending
+
+    def begin_poll(self, name: str) -> Lease | None:
+        """``lease(name)``, and the poll that asks is in flight until ``end_poll(name)``: the fair share does not
+        release the instance under it (for up to ``lease_duration``). None: do not poll."""
+        with self._lock:
+            lease = self.lease(name)
+            if lease is not None:
+                self._polling[name] = self._polling.get(name, 0) + 1
+            return lease
+
+    def end_poll(self, name: str) -> None:
+        """The poll ``begin_poll(name)`` admitted ended (applied, failed or fenced off). When the fair share is
+        waiting for it, a round runs now and hands the instance over."""
+        with self._lock:
+            left = self._polling.get(name, 0) - 1
+            if left > 0:
+                self._polling[name] = left
+            else:
+                self._polling.pop(name, None)
+            if name in self._pending:
+                self._wake.set()
 
     @property
     def is_leader(self) -> bool:
@@ -202,13 +254,39 @@ class ReplicaCoordinator:
                 self._notify()
 
     def released(self, name: str, epoch: int) -> bool:
-        """True when this replica gave ``name``'s tenure ``epoch`` up itself (to the fair share, or leaving)."""
+        """True when this replica gave ``name``'s tenure ``epoch`` up itself (to the fair share, or leaving), or
+        is about to (pending release)."""
         with self._lock:
-            return (name, epoch) in self._released
+            return (name, epoch) in self._released or name in self._pending or name in self._releasing
+
+    def _may_release(self, name: str) -> bool:
+        """``balance()``'s question before it releases ``name`` to the fair share (on the round's thread): not
+        while a poll of it is in flight, for up to ``lease_duration``; yes marks it so no poll starts under it."""
+        now = self._monotonic()
+        with self._lock:
+            if self._polling.get(name):
+                since = self._pending.get(name)  # pending from an earlier round's deferral (set after balance)
+                if since is None or now - since < self.duration:
+                    return False
+                log.warning("replica %s: releasing %s to the fair share although its poll has been in flight for "
+                            "%.3gs (lease_duration); that poll's write will be fenced off", self.replica, name,
+                            now - since)
+            self._pending.pop(name, None)
+            self._releasing.add(name)
+            held = self._held.get(name)
+            if held is not None:
+                self._released.add((name, held.epoch))
+            return True
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """``listener()`` is called (on the coordinator's thread) after every round and every ``forget``."""
         self._listeners.append(listener)
+
+    def add_tenure_listener(self, listener: Callable[[str, int], None]) -> None:
+        """``listener(name, epoch)`` is called (on the coordinator's thread) for every tenure this replica begins:
+        an instance taken (failover, fair share) or retaken after its lease lapsed. It runs before the round's
+        leases become visible to ``held()``, so whoever sees the instance held sees the listener's effect too."""
+        self._tenure_listeners.append(listener)
 
     def wait_for_round(self, after: int, timeout: float) -> int:
         """Block until more than ``after`` rounds ran (or ``timeout``); the number of rounds so far."""
@@ -246,12 +324,17 @@ class ReplicaCoordinator:
         return self
 
     def _run(self) -> None:
-        while not self._stop.wait(self.round_interval):
+        while True:
+            self._wake.wait(self.round_interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             self.run_round()
 
     def stop(self, *, leave: bool = True) -> None:
         """Stop the rounds; with ``leave`` release every lease and the heartbeat so others take over now."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=max(30.0, self.duration))
             self._thread = None
@@ -283,13 +366,19 @@ class ReplicaCoordinator:
             conn = self._connection()
             with self._lock:
                 leader = self._leader.lease if self._leader is not None else None
-            assignment = leases.balance(conn, self.replica, self.instances, self.duration)
+            assignment = leases.balance(conn, self.replica, self.instances, self.duration,
+                                        may_release=self._may_release)
             sent_lead = self._monotonic()
             leader = leases.lead(conn, self.replica, self.duration, leader)
             current = leases.current(conn, leases.LEADER)
         except Exception as exc:
             self._failed(exc)
             with self._lock:
+                # Instances this round said it would release may be released already: none is polled again
+                # before a round confirms it is still held.
+                for name in self._releasing:
+                    self._held.pop(name, None)
+                self._releasing.clear()
                 self._rounds += 1
                 self._notify()
             return
@@ -301,14 +390,28 @@ class ReplicaCoordinator:
         with self._lock:
             before = {n: h.epoch for n, h in self._held.items()}
             self._released.update((n, before[n]) for n in assignment.released if n in before)
+            for name, lease in assignment.held.items():
+                if before.get(name) != lease.epoch:  # a new tenure: before held() shows it
+                    for tenure_listener in self._tenure_listeners:
+                        try:
+                            tenure_listener(name, lease.epoch)
+                        except Exception as exc:  # a listener's bug must not stop the rounds
+                            log.debug("replica tenure listener failed: %s", exc)
         for name in assignment.released:
             log.info("replica %s: released %s to the fair share (%d each over %d replicas)",
                      self.replica, name, assignment.share, len(assignment.live))
+        for name in assignment.deferred:
+            log.debug("replica %s: %s goes to the fair share once its poll in flight ends", self.replica, name)
         for name in assignment.lost:
             log.warning("replica %s: lost the lease of %s (it lapsed or was taken); polling it stops",
                         self.replica, name)
         with self._lock:
             self._held = {name: HeldLease(lease, sent + self.duration) for name, lease in assignment.held.items()}
+            self._releasing.clear()
+            for name in [n for n in self._pending if n not in assignment.deferred]:  # no longer surplus
+                del self._pending[name]
+            for name in assignment.deferred:  # from now on no poll of it starts; the one in flight ends it
+                self._pending.setdefault(name, sent)
             was_leader = self._leader is not None
             self._leader = None if leader is None else HeldLease(leader, sent_lead + self.duration)
             self._leader_holder = current.holder if current is not None and current.live else None

@@ -147,6 +147,10 @@ class Receiver:
         storage = config.storage
         if storage.backend == "postgresql":
             assert storage.dsn is not None  # the config refuses postgresql without a dsn
+            from .ledger.postgres.pooler import require_session_connections
+
+            # Refused in one line before anything runs: a pooler in transaction mode would lose session state.
+            require_session_connections(storage.dsn)
             replica = replica_id()
             name = f"otel-llm-receiver {replica}"[:63]
             duration = lease_duration(storage.lease_duration)
@@ -167,6 +171,10 @@ class Receiver:
         self.provider_configs = [p for p in config.providers if p.enabled]
         for p in self.provider_configs:
             self.health.register(p.name, p.collection_interval)
+        if self.replicas is not None:
+            # A takeover starts the instance's health afresh: its start-up grace counts from the lease, not from
+            # this process's start (a failover must not fail this replica's /ready).
+            self.replicas.add_tenure_listener(lambda name, _epoch: self.health.tenure_started(name))
         self.providers: dict[str, Provider] = {}
         self._restored: set[str] = set()  # instances whose saved cursors were handed back
         #: instance -> the lease epoch its cursors were restored under: a new tenure re-reads them (another
@@ -218,22 +226,30 @@ class Receiver:
         (``chunks.py``): each chunk is fetched, then applied in one transaction; only the last one moves the
         cursors. A steady-state poll is one chunk: one fetch, one transaction, as always.
         """
-        loop = asyncio.get_running_loop()
         t0 = time.monotonic()
-        cfg = next(p for p in self.provider_configs if p.name == name)
-        window: Window | None = None
-        provider: Provider | None = None
         wait = self._not_before.pop(name, 0.0) - time.monotonic()
         if wait > 0:  # the API's Retry-After has not passed yet: never send a request before it
             await asyncio.sleep(wait)
-        lease = None
-        if self.replicas is not None:
-            lease = self.replicas.lease(name)
-            if lease is None:  # not ours (or it may have lapsed): never poll it
-                return PollOutcome(name, False, "not_held")
+        if self.replicas is None:
+            return await self._poll(name, None, t0)
+        # In flight from here to the end: the fair share waits for it before handing the instance over.
+        lease = self.replicas.begin_poll(name)
+        if lease is None:  # not ours (or it may have lapsed, or is being handed over): never poll it
+            return PollOutcome(name, False, "not_held")
+        try:
             if self._restored_epoch.get(name) != lease.epoch:  # a new tenure: the shared cursors may have moved
                 self._restored.discard(name)
                 self._restored_epoch[name] = lease.epoch
+            return await self._poll(name, lease, t0)
+        finally:
+            self.replicas.end_poll(name)
+
+    async def _poll(self, name: str, lease: Any, t0: float) -> PollOutcome:
+        """``poll`` once it may start: under ``lease`` (replicas) or none (SQLite)."""
+        loop = asyncio.get_running_loop()
+        cfg = next(p for p in self.provider_configs if p.name == name)
+        window: Window | None = None
+        provider: Provider | None = None
         try:
             provider = self._provider(name)
             if name not in self._restored:
@@ -255,6 +271,8 @@ class Receiver:
                     tracker.chunk(index, len(parts))
                 if lease is not None and self._lease_lapsed(name, lease):
                     raise _LeaseLapsed(name)
+                if lease is not None and index > 0 and self.replicas is not None and self.replicas.handing_over(name):
+                    raise _LeaseLapsed(name, applied_chunks=index)  # the fair share waits: stop between chunks
                 result = await self._fetch(name, provider, part, chunk, deadline, tracker)
                 stopped = USAGE in result.failed_sources  # usage did not land: the poll ends with this chunk
                 final = stopped or chunk is None or chunk.last
@@ -353,10 +371,10 @@ class Receiver:
                            waits.get(first_source) if first_source is not None else None, failed_sources=failed)
 
     def _lease_lapsed(self, name: str, lease: Any) -> bool:
-        """True when this replica no longer holds ``lease`` (the coordinator lost it, or its local expiry passed)."""
+        """True when this replica no longer holds ``lease`` (the coordinator lost or released it, or its local
+        expiry passed)."""
         assert self.replicas is not None
-        held = self.replicas.lease(name)
-        return held is None or held.epoch != lease.epoch
+        return not self.replicas.holds(name, lease.epoch)
 
     def _lost_lease(self, name: str, lease: Any, exc: BaseException, elapsed: float) -> bool:
         """A poll that ended because its lease is gone: the fence rejected its write (a ``StaleLeaseError``:
@@ -368,6 +386,11 @@ class Receiver:
         assert self.replicas is not None
         self._restored.discard(name)
         self._restored_epoch.pop(name, None)
+        if isinstance(exc, _LeaseLapsed) and exc.applied_chunks:
+            log.info("%s: handed over to another replica (fair share) after %d chunks of the poll; they stay "
+                     "applied, the new holder reads on from the cursor", name, exc.applied_chunks,
+                     extra={"instance": name, "epoch": lease.epoch})
+            return True
         if isinstance(exc, _LeaseLapsed) and self.replicas.released(name, lease.epoch):
             self.replicas.forget(name)
             log.info("%s: released to another replica during the poll (fair share); its records are dropped, "
@@ -728,7 +751,12 @@ class Receiver:
 
 
 class _LeaseLapsed(Exception):
-    """Raised inside a poll when its lease lapsed before the next chunk was read: the poll stops there."""
+    """Raised inside a poll when its lease lapsed before the next chunk was read, or (``applied_chunks`` > 0)
+    when the fair share waits to hand the instance over after the chunks applied so far: the poll stops there."""
+
+    def __init__(self, name: str, *, applied_chunks: int = 0) -> None:
+        super().__init__(name)
+        self.applied_chunks = applied_chunks
 
 
 def _capped_retry_after(name: str, retry_after: float, interval: float) -> float:

@@ -61,6 +61,9 @@ class InstanceStatus:
     polls: int = 0
     source_ends: dict[str, int] = field(default_factory=dict)  # source -> how far its data reach
     failing_sources: dict[str, SourceStatus] = field(default_factory=dict)  # llm.data.source -> its failure
+    #: replicas on a shared ledger: when this replica's current tenure of the instance's lease began (its start-up
+    #: grace counts from here, not from the process start); None on SQLite (one replica holds everything)
+    tenure_unix: float | None = None
 
 
 @dataclass
@@ -176,6 +179,25 @@ class SelfHealth:
         st.failing_sources[source] = SourceStatus(
             error_type, message, before.since_unix if before else now, (before.consecutive_failures if before else 0) + 1)
 
+    def tenure_started(self, name: str) -> None:
+        """This replica took ``name``'s lease (a failover, a rebalance, or a lease retaken after it lapsed): the
+        instance's state is that of the new tenure, as if the instance had just been registered.
+
+        Why: the instance was polled by another replica (or by this one long ago) until now. Its start-up grace
+        must count from the takeover, not from the process start, or a healthy replica fails ``/ready`` during
+        every failover (and Kubernetes pulls it out of the Service); and its last success, data lag and failures
+        from an earlier tenure describe polls this replica no longer makes (an old ``llm.receiver.last_success``
+        would fire the "no success for an hour" alert). The process-local counters (polls, records, durations)
+        keep counting."""
+        with self._lock:
+            st = self.instances[name]
+            st.tenure_unix = self._clock()
+            st.last_success_unix = None
+            st.consecutive_failures = 0
+            st.newest_bucket_end = None
+            st.source_ends.clear()
+            st.failing_sources.clear()
+
     def api_requests(self, name: str, requests: Counter[str]) -> None:
         """Add a poll's API requests by operation (``Provider.api_requests``, drained by the caller)."""
         with self._lock:
@@ -247,12 +269,14 @@ class SelfHealth:
 
     def healthy(self, name: str) -> bool:
         """Succeeded within its last 3 intervals. Before the first success an instance gets 3 intervals
-        of grace to start up, unless it has already failed."""
+        of grace to start up, unless it has already failed; on a shared ledger the grace counts from this
+        replica's tenure of the instance's lease (``tenure_started``)."""
         now = self._clock()
         with self._lock:
             st = self.instances[name]
             if st.last_success_unix is None:
-                return st.consecutive_failures == 0 and now - self.started_unix <= 3 * st.interval
+                since = self.started_unix if st.tenure_unix is None else max(self.started_unix, st.tenure_unix)
+                return st.consecutive_failures == 0 and now - since <= 3 * st.interval
             return now - st.last_success_unix <= 3 * st.interval
 
     def statuses(self) -> list[InstanceStatus]:

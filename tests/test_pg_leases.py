@@ -236,6 +236,32 @@ def test_a_joining_replica_gets_its_share_and_a_leaving_one_hands_its_over(
     assert set(_holders(replicas["r1"]).values()) == {"r1", "r2"}
 
 
+def test_the_fair_share_releases_instances_not_being_polled_first_and_defers_only_the_surplus_left(
+    replicas: dict[str, PgConnection],
+) -> None:
+    """``may_release`` says no for instances with a poll in flight: others go instead; when every candidate is
+    busy, the release is deferred for as many as the share is still over (the busy ones renewed, not released)."""
+    assert _settle(replicas, ["r1"]) == {"r1": set(INSTANCES)}
+    leases.heartbeat(replicas["r2"], "r2")  # r2 is live: r1's share drops to 3
+    asked: list[str] = []
+    busy = set(INSTANCES[:4])
+
+    def may_release(name: str) -> bool:
+        asked.append(name)
+        return name not in busy
+
+    some_busy = leases.balance(replicas["r1"], "r1", INSTANCES, LONG, may_release=may_release)
+    # The two idle ones go; the share is still over by one, and the rest are busy: one of them is deferred.
+    assert set(some_busy.released) == set(INSTANCES[4:]) and len(some_busy.deferred) == 1
+    assert set(some_busy.deferred) <= busy and set(asked) == set(INSTANCES)
+    assert len(some_busy.held) == 4 and set(INSTANCES[4:]).isdisjoint(some_busy.held)
+    assert set(_holders(replicas["r1"]).values()) >= {"r1", None}
+    everything_busy = leases.balance(replicas["r1"], "r1", INSTANCES, LONG, may_release=lambda _name: False)
+    assert everything_busy.released == () and len(everything_busy.deferred) == 1  # over by one: defer one
+    assert len(everything_busy.held) == 4 and set(everything_busy.deferred) <= set(everything_busy.held)
+    assert all(lease.epoch == some_busy.held[n].epoch for n, lease in everything_busy.held.items())  # renewed
+
+
 def test_a_dead_replicas_instances_are_taken_after_its_leases_lapse(replicas: dict[str, PgConnection]) -> None:
     """r3 stops heartbeating (killed): once its heartbeat is older than lease_duration and its leases lapsed, r1
     and r2 (renewing all along) take its instances with the next epoch, 3 each."""

@@ -125,6 +125,11 @@ class TotalsColumns:
     def __init__(self, flat: array[int]) -> None:
         self._flat = flat
 
+    @property
+    def flat(self) -> array[int]:
+        """The rows, flat: ``id, total, adjustments, start_time_ns`` of each in turn (read-only)."""
+        return self._flat
+
     def __iter__(self) -> Iterator[tuple[int, int, int, int]]:
         values = iter(self._flat)
         return zip(values, values, values, values, strict=True)

@@ -135,11 +135,7 @@ class World:
     # -- reading the ledger ------------------------------------------------------------------------------------
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Rows of ``sql``; none while the replicas have not created the tables yet (they migrate at start)."""
-        try:
-            with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
-                return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
-        except psycopg.errors.UndefinedTable:
-            return []
+        return query(self.dsn, sql, params)
 
     def holders(self) -> dict[str, str]:
         """Live leases: instance -> the replica id holding it (ids are NAME-pid-suffix)."""
@@ -157,9 +153,7 @@ class World:
 
     def series(self) -> list[tuple[int, str, str, dict[str, str], int, int, int]]:
         """(id, instance, metric, attrs, start_time_ns, total, adjustments) of every series."""
-        return [(int(r[0]), str(r[1]), str(r[2]), json.loads(r[3]), int(r[4]), int(r[5]), int(r[6]))
-                for r in self.query("SELECT id, instance, metric, attrs, start_time_ns, total, adjustments"
-                                    " FROM series ORDER BY id")]
+        return series(self.dsn)
 
     def ledger_id(self) -> str:
         rows = self.query("SELECT value FROM meta WHERE key = 'service.instance.id'")
@@ -178,6 +172,22 @@ class World:
         return out
 
 
+def query(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` on the ledger at ``dsn`` through plain psycopg; none before the tables exist."""
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+            return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+    except psycopg.errors.UndefinedTable:
+        return []
+
+
+def series(dsn: str) -> list[tuple[int, str, str, dict[str, str], int, int, int]]:
+    """(id, instance, metric, attrs, start_time_ns, total, adjustments) of every series of the ledger."""
+    return [(int(r[0]), str(r[1]), str(r[2]), json.loads(r[3]), int(r[4]), int(r[5]), int(r[6]))
+            for r in query(dsn, "SELECT id, instance, metric, attrs, start_time_ns, total, adjustments"
+                                " FROM series ORDER BY id")]
+
+
 def truth(fake: FakeOpenAI, usage_start: int) -> dict[str, dict[tuple[str, ...], int]]:
     """What every instance must have counted: chat tokens, chat requests, reported USD cost in nano-dollars."""
     tokens = {k: v for k, v in fake.tokens(usage_start, 2**40).items() if v}
@@ -189,11 +199,14 @@ def truth(fake: FakeOpenAI, usage_start: int) -> dict[str, dict[tuple[str, ...],
     return {"tokens": tokens, "requests": requests, "cost": dict(cost)}
 
 
-def counted(world: World) -> dict[str, dict[str, dict[tuple[str, ...], int]]]:
-    """Per instance, what the ledger counted (``total - adjustments``), in the shapes ``truth`` gives."""
+def counted(world: World | str, instances: Sequence[str] = INSTANCES,
+            ) -> dict[str, dict[str, dict[tuple[str, ...], int]]]:
+    """Per instance, what the ledger (of ``world``, or at a DSN) counted (``total - adjustments``), in the shapes
+    ``truth`` gives."""
     out: dict[str, dict[str, dict[tuple[str, ...], int]]] = {
-        i: {"tokens": defaultdict(int), "requests": defaultdict(int), "cost": defaultdict(int)} for i in INSTANCES}
-    for _, instance, metric, a, _, total, adjustments in world.series():
+        i: {"tokens": defaultdict(int), "requests": defaultdict(int), "cost": defaultdict(int)} for i in instances}
+    rows = series(world) if isinstance(world, str) else world.series()
+    for _, instance, metric, a, _, total, adjustments in rows:
         value = total - adjustments
         if instance not in out:
             continue
@@ -206,7 +219,7 @@ def counted(world: World) -> dict[str, dict[str, dict[tuple[str, ...], int]]]:
     return {i: {k: {kk: vv for kk, vv in v.items() if vv} for k, v in d.items()} for i, d in out.items()}
 
 
-def exact(world: World, expected: Mapping[str, dict[str, dict[tuple[str, ...], int]]]) -> bool:
-    """Every instance's ledger totals equal ``expected[instance]`` (its fake's ``truth``)."""
-    got = counted(world)
-    return all(got[i] == expected[i] for i in INSTANCES)
+def exact(world: World | str, expected: Mapping[str, dict[str, dict[tuple[str, ...], int]]]) -> bool:
+    """Every instance of ``expected``: its ledger totals equal ``expected[instance]`` (its fake's ``truth``)."""
+    got = counted(world, tuple(expected))
+    return all(got[i] == expected[i] for i in expected)

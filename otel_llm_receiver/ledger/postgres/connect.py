@@ -7,12 +7,18 @@ a ``connect_timeout`` (an unreachable host must not hang a poll), a ``statement_
 one line what is wrong (unreachable, authentication, TLS, no such database, server starting or stopping) with
 the DSN's password redacted (DESIGN.md invariant 7).
 
+Settings (the timeouts, and any ``-c name=value`` of the DSN's own ``options``) are applied with one
+``set_config`` statement right after connecting, not as the ``options`` startup parameter: the effect is the same,
+and a connection pooler passes it, where PgBouncer refuses any connection that sends ``options``
+(``unsupported startup parameter``). An ``options`` value that is not only such settings is sent as it is.
+
 psycopg is an extra (``pip install 'otel-llm-receiver[postgresql]'``): importing this module without it raises
 one ``LedgerError`` saying so.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
 
@@ -21,7 +27,7 @@ from ...errors import LedgerError
 
 try:
     import psycopg
-    from psycopg.conninfo import make_conninfo
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
     from psycopg.pq import TransactionStatus
 except ImportError as e:  # pragma: no cover - the test extra installs psycopg
     raise LedgerError(
@@ -36,6 +42,8 @@ __all__ = [
     "TransactionStatus",
     "classify",
     "connect",
+    "scrub",
+    "settings_of",
     "target",
 ]
 
@@ -123,7 +131,7 @@ def _hint(kind: FailureKind) -> str:
     return "check storage.dsn"
 
 
-def _scrub(text: str, dsn: str) -> str:
+def scrub(text: str, dsn: str) -> str:
     for secret in dsn_password(dsn):
         text = text.replace(secret, "<redacted>")
     return text
@@ -145,6 +153,30 @@ def conninfo(dsn: str, *, application_name: str = DEFAULT_APPLICATION_NAME,
     return make_conninfo(dsn.strip(), **extra)
 
 
+_SETTING: Final = re.compile(r"^(?:-c|--)?([A-Za-z_][A-Za-z0-9_.]*)=(\S+)$")
+
+
+def settings_of(options: str) -> list[tuple[str, str]] | None:
+    """``options`` (``-c a=1 -c b=2``, ``-ca=1``, ``--a=1``) as (name, value) pairs; None when it holds anything
+    else (backslash-escaped spaces, other switches): then it is left to the server as a startup parameter."""
+    tokens = options.split()
+    settings: list[tuple[str, str]] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "-c" and i + 1 < len(tokens):
+            token = tokens[i + 1]
+            i += 1
+        elif not token.startswith(("-c", "--")) or "\\" in token:
+            return None
+        match = _SETTING.match(token[2:] if token.startswith("-c") and len(token) > 2 else token)
+        if match is None or "\\" in token:
+            return None
+        settings.append((match.group(1), match.group(2)))
+        i += 1
+    return settings
+
+
 def connect(
     dsn: str,
     *,
@@ -157,9 +189,27 @@ def connect(
         info = conninfo(dsn, application_name=application_name, timeouts=timeouts)
     except ValueError as e:
         raise PostgresConnectError(f"PostgreSQL DSN {redact_dsn(dsn)}: {e}", kind="other") from None
+    keywords = conninfo_to_dict(info)
+    settings = settings_of(str(keywords.get("options") or ""))
+    if settings is not None:  # SET after connecting: what a pooler passes (see the module's docstring)
+        keywords.pop("options", None)
+        info = make_conninfo("", **keywords)
     try:
-        return psycopg.connect(info, autocommit=autocommit)
+        conn = psycopg.connect(info, autocommit=autocommit)
     except psycopg.OperationalError as e:
         kind, reason = classify(e)
-        message = f"PostgreSQL ledger at {target(dsn)}: {_scrub(reason, dsn)} ({_hint(kind)})"
+        message = f"PostgreSQL ledger at {target(dsn)}: {scrub(reason, dsn)} ({_hint(kind)})"
         raise PostgresConnectError(message, kind=kind) from None
+    if settings:
+        try:
+            conn.execute("SELECT " + ", ".join(["set_config(%s, %s, false)"] * len(settings)),
+                         [part for setting in settings for part in setting])
+            if not autocommit:
+                conn.commit()
+        except psycopg.Error as e:
+            conn.close()
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise PostgresConnectError(
+                f"PostgreSQL ledger at {target(dsn)}: a setting of the connection failed: {scrub(reason, dsn)} "
+                "(check the options in storage.dsn)", kind="other") from None
+    return conn

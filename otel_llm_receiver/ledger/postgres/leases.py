@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -265,6 +265,9 @@ class Assignment:
     acquired: tuple[str, ...] = ()
     released: tuple[str, ...] = ()
     lost: tuple[str, ...] = ()
+    #: surplus kept (renewed) this round because ``may_release`` said not yet (a poll of it is in flight): as
+    #: many as the share is still over, least preferred first
+    deferred: tuple[str, ...] = ()
 
 
 def _states(conn: PgConnection, names: list[str]) -> dict[str, LeaseState]:
@@ -274,9 +277,14 @@ def _states(conn: PgConnection, names: list[str]) -> dict[str, LeaseState]:
             for r in rows}
 
 
-def balance(conn: PgConnection, replica: str, instances: Iterable[str], duration: float) -> Assignment:
+def balance(conn: PgConnection, replica: str, instances: Iterable[str], duration: float, *,
+            may_release: Callable[[str], bool] | None = None) -> Assignment:
     """One round for ``replica``: heartbeat, renew its leases, release its surplus over the fair share, take
-    free instances up to it. Run it every ``duration / 3`` or so; each replica converges within a round."""
+    free instances up to it. Run it every ``duration / 3`` or so; each replica converges within a round.
+
+    ``may_release(name)`` is asked before each surplus lease is released, least preferred first: False keeps
+    (renews) it for this round and the next candidate is asked instead, so a replica hands over instances it is
+    not polling right now (the caller bounds how long it may say no: ``ReplicaCoordinator``)."""
     names = sorted(set(instances))
     heartbeat(conn, replica)
     with conn.transaction():
@@ -296,11 +304,16 @@ def balance(conn: PgConnection, replica: str, instances: Iterable[str], duration
         else:
             held[name] = renewed
     released: list[str] = []
-    if len(held) > share:
-        keep = sorted(held, key=lambda n: _preference(replica, n), reverse=True)[:share]
-        for name in sorted(set(held) - set(keep)):
-            release(conn, held.pop(name))
-            released.append(name)
+    refused: list[str] = []
+    for name in sorted(held, key=lambda n: _preference(replica, n)):  # the least preferred goes first
+        if len(held) <= share:
+            break
+        if may_release is not None and not may_release(name):
+            refused.append(name)
+            continue
+        release(conn, held.pop(name))
+        released.append(name)
+    deferred = refused[:max(0, len(held) - share)]  # the surplus left, least preferred first
     acquired: list[str] = []
     if len(held) < share:
         free = [n for n in names if n not in held and (
@@ -313,7 +326,8 @@ def balance(conn: PgConnection, replica: str, instances: Iterable[str], duration
                 held[name] = lease
                 acquired.append(name)
     return Assignment(replica=replica, share=share, live=live, held=MappingProxyType(dict(sorted(held.items()))),
-                      acquired=tuple(acquired), released=tuple(released), lost=tuple(lost))
+                      acquired=tuple(acquired), released=tuple(sorted(released)), lost=tuple(lost),
+                      deferred=tuple(sorted(deferred)))
 
 
 def lead(conn: PgConnection, replica: str, duration: float, lease: Lease | None = None) -> Lease | None:

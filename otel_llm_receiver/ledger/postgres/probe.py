@@ -2,8 +2,9 @@
 
 Why read-only: ``check`` must leave nothing behind on a fresh host (connect.py), so this reads the schema version
 (``to_regclass`` and one SELECT, no migration lock, no table created) and says what ``run`` would do with it:
-current, older (migrated at start), none yet (created at start) or newer (refused). Every message names the
-target as ``user@host:port/dbname``, never the password.
+current, older (migrated at start), none yet (created at start) or newer (refused); and whether it is reached
+through a pooler in transaction mode (refused by ``run``: ``pooler.py``). Every message names the target as
+``user@host:port/dbname``, never the password.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from ...errors import ErrorType, LedgerError
-from .connect import PostgresConnectError, Timeouts, connect, target
+from .connect import PostgresConnectError, Timeouts, connect, scrub, target
+from .pooler import SESSION_POOLING_REQUIRED, sessions_pinned
 from .schema import newest_version, schema_version
 
 __all__ = ["SchemaProbe", "probe_schema"]
@@ -47,6 +49,13 @@ def probe_schema(dsn: str) -> SchemaProbe:
         return SchemaProbe(False, f"PostgreSQL ledger at {where}: cannot read the schema version: {reason}", "config")
     finally:
         conn.close()
+    try:
+        pinned = sessions_pinned(dsn, timeouts=PROBE_TIMEOUTS)
+    except Exception as e:  # connected once already: a failure here is the pooler's or the server's, one line
+        reason = " ".join(str(e).split()) or type(e).__name__
+        return SchemaProbe(False, f"PostgreSQL ledger at {where}: {scrub(reason, dsn)}", "config")
+    if not pinned:  # `run` refuses it: say so now
+        return SchemaProbe(False, f"PostgreSQL ledger at {where}: {SESSION_POOLING_REQUIRED}", "config")
     newest = newest_version()
     if version is None:
         return SchemaProbe(True, f"{where} reachable, no ledger schema yet (created at start)")

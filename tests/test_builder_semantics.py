@@ -1,0 +1,219 @@
+"""The builder's wire output equals the export's meaning, computed the plain way, on random ledgers.
+
+The builder takes shortcuts for speed (issue 20): attribute sets encoded from the text cut around the tenancy id,
+per-series state in arrays, a reused plan of which row feeds which wire series, a reused build while the
+generation is unchanged. This test states what an export means without any of them, from ``Ledger.snapshot()``
+and ``json.loads``: every enabled series of the held instances, its instance's labels under its own attributes,
+its tenancy's current name, the attribution rules' team on usage series; equal attribute sets of one metric added
+up with the earliest start time; shrinks as ``llm.usage.adjustments``; levels as gauges of the newest bucket;
+money in whole units. Each decoded point (name, attributes, value, start time, temporality, monotonicity) must
+match, with no point sent twice, on ledgers with several instances, through rounds of polls (new series, grown and
+shrunk buckets, renamed and newly named tenancies), for the builder that follows the rounds (the ``changed`` path)
+and for a fresh one (a full rebuild). Seeds are fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Iterator, Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+from otel_llm_receiver.attribution import Attributor
+from otel_llm_receiver.builder import MetricsBuilder, make_resource
+from otel_llm_receiver.catalog import CATALOG
+from otel_llm_receiver.config import parse_config
+from otel_llm_receiver.ledger import Ledger
+from otel_llm_receiver.model import NANOS_PER_UNIT, CostRecord, PollResult, UsageRecord
+from otel_llm_receiver.names import LEVEL_METRICS, MEASURE_OF_METRIC, NANO_METRICS
+
+NOW = 1_790_000_000_000_000_000
+HOUR = 3600
+INSTANCES = ("openai/a", "openai/b", "anthropic/c", "openai/d")  # a and d: equal sets, added up
+LABELS = {
+    "openai/b": {"deployment.environment": "prod", "gen_ai.request.model": "a label loses", "zz.last": "1"},
+    "anthropic/c": {"llm.tenancy.name": "from a label", "aa.first": "x"},
+}
+MODELS = ("gpt-4o", "gpt-4o-mini", "claude-opus-4", "модель-ü", 'we"ird\\model', "a,b:c")
+TENANCIES = ("proj_a", "proj_b", "proj_c", "lab-7", 'q"uote', "")
+STORAGE = "llm.usage.storage"
+RULES = [
+    {"tenancy": "proj_a", "model": "gpt-*", "team": "search", "cost_center": "CC-1"},
+    {"tenancy": "Project B", "team": "support"},
+    {"labels": {"deployment.environment": "prod"}, "team": "platform"},
+]
+
+Key = tuple[str, frozenset[tuple[str, Any]]]
+
+
+def _points(requests: Iterable[ExportMetricsServiceRequest]) -> dict[Key, tuple[Any, ...]]:
+    """Every point on the wire: (metric, attributes) -> (kind, value, start, time, temporality, monotonic)."""
+    out: dict[Key, tuple[Any, ...]] = {}
+    for request in requests:
+        (rm,) = request.resource_metrics
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                d = CATALOG.metrics[metric.name]
+                assert (metric.unit, metric.description) == (d.unit, d.description)
+                kind = metric.WhichOneof("data")
+                assert kind in ("sum", "gauge")
+                body = getattr(metric, kind)
+                for dp in body.data_points:
+                    key = (metric.name, frozenset((kv.key, kv.value.string_value) for kv in dp.attributes))
+                    assert key not in out, f"sent twice: {key}"
+                    value = dp.as_int if dp.WhichOneof("value") == "as_int" else dp.as_double
+                    temporality = body.aggregation_temporality if kind == "sum" else None
+                    monotonic = body.is_monotonic if kind == "sum" else None
+                    out[key] = (kind, value, dp.start_time_unix_nano, dp.time_unix_nano, temporality, monotonic)
+    return out
+
+
+def _expected(ledger: Ledger, labels: Mapping[str, Mapping[str, str]], attributor: Attributor,
+              enabled: Mapping[str, bool], held: frozenset[str] | None) -> dict[Key, tuple[Any, ...]]:
+    """What the export means, from a snapshot: see the module docstring."""
+    snapshot = ledger.snapshot()
+    sums: dict[Key, list[int]] = {}
+    kinds: dict[Key, str] = {}
+
+    def on(metric: str) -> bool:
+        return enabled.get(metric, CATALOG.metrics[metric].enabled)
+
+    def add(key: Key, value: int, start: int, kind: str) -> None:
+        slot = sums.get(key)
+        if slot is None:
+            sums[key], kinds[key] = [value, start], kind
+        else:
+            slot[0] += value
+            slot[1] = min(slot[1], start)
+
+    for s in snapshot.series:
+        if (held is not None and s.instance not in held) or not on(s.metric):
+            continue
+        raw = json.loads(s.attrs)
+        own = labels.get(s.instance, {})
+        attrs = {**own, **raw}
+        name = snapshot.names.get((s.instance, "tenancy", raw["llm.tenancy.id"])) if "llm.tenancy.id" in raw else None
+        if name:
+            attrs["llm.tenancy.name"] = name
+        if attributor and s.metric.startswith("llm.usage."):
+            attrs.update(attributor.attributes(attrs, name, own or None))
+        if s.metric in LEVEL_METRICS:
+            if s.level is not None:
+                add((s.metric, frozenset(attrs.items())), s.level, 0, "gauge")
+            continue
+        kind: str = "money" if s.metric in NANO_METRICS else CATALOG.metrics[s.metric].value_type
+        add((s.metric, frozenset(attrs.items())), s.total, s.start_time_ns, kind)
+        if s.adjustments and on("llm.usage.adjustments"):
+            measure = MEASURE_OF_METRIC.get(s.metric, s.metric)
+            adjusted = frozenset({"llm.measure": measure, **attrs}.items())
+            add(("llm.usage.adjustments", adjusted), s.adjustments, s.start_time_ns,
+                "money" if kind == "money" else "double")
+    out: dict[Key, tuple[Any, ...]] = {}
+    for key, (value, start) in sums.items():
+        kind = str(kinds[key])
+        wire: int | float = value / NANOS_PER_UNIT if kind == "money" else float(value) if kind == "double" else value
+        if kind == "gauge":
+            out[key] = ("gauge", value, 0, NOW, None, None)
+        else:
+            out[key] = ("sum", wire, start, NOW, 2, True)
+    return out
+
+
+def _poll(rng: random.Random, hour: int, instances: tuple[str, ...]) -> Iterator[tuple[str, PollResult]]:
+    """One round: each instance reports some of its buckets (new, grown or shrunk) and maybe some names."""
+    for instance in instances:
+        provider = instance.split("/")[0]
+        usage = [
+            UsageRecord(provider, rng.choice(MODELS), rng.choice(("chat", "embeddings")), rng.choice(TENANCIES),
+                        hour - HOUR * rng.randrange(3), HOUR,
+                        {t: rng.randrange(0, 5_000) for t in rng.sample(("input", "output", "cache_read"), 2)},
+                        requests=rng.choice((None, rng.randrange(1, 50))))
+            for _ in range(rng.randrange(3, 12))
+        ]
+        if rng.random() < 0.5:
+            usage.append(UsageRecord(provider, "vs", "vector_store", rng.choice(TENANCIES[:3]),
+                                     hour - HOUR * rng.randrange(3), HOUR, measures={STORAGE: rng.randrange(1, 9000)}))
+        costs = [
+            CostRecord(provider, rng.choice(TENANCIES), hour - HOUR * rng.randrange(3), HOUR,
+                       Decimal(rng.randrange(0, 10**7)) / 10**6, line_item=rng.choice(("gpt-4o, input", "storage")),
+                       quantity=rng.choice((None, Decimal(rng.randrange(1, 999)) / 4)), quantity_unit="tokens")
+            for _ in range(rng.randrange(0, 4))
+        ]
+        names = {("tenancy", t): rng.choice(("Project A", "Project B", "Lab ü", 'N"ame'))
+                 for t in rng.sample(TENANCIES, 2)} if rng.random() < 0.6 else {}
+        yield instance, PollResult(usage=usage, costs=costs, names=names)
+
+
+def _builder(rules: bool, enabled: Mapping[str, bool]) -> MetricsBuilder:
+    return MetricsBuilder(make_resource("inst"), labels=LABELS, enabled=enabled, attributor=_attributor(rules),
+                          max_points_per_request=7)
+
+
+def _attributor(rules: bool) -> Attributor:
+    if not rules:
+        return Attributor(())
+    return Attributor(parse_config({"providers": {"demo": {}}, "attribution": {"rules": RULES}}).attribution.rules)
+
+
+@pytest.mark.parametrize(("seed", "rules", "enabled", "instances"), [
+    (1, False, {}, INSTANCES),
+    (2, True, {}, INSTANCES),
+    (3, False, {"llm.usage.requests": False, "llm.usage.adjustments": False}, INSTANCES),
+    (4, False, {STORAGE: False, "llm.usage.cost": False}, INSTANCES),
+    (5, False, {}, INSTANCES[:3]),  # no two instances share a set: every wire series has one feeder
+])
+def test_exports_mean_what_the_ledger_holds_through_rounds_of_polls(
+    tmp_path: Path, seed: int, rules: bool, enabled: dict[str, bool], instances: tuple[str, ...]
+) -> None:
+    rng = random.Random(seed)
+    hour = NOW // 10**9 // HOUR * HOUR
+    followed = _builder(rules, enabled)  # follows the rounds: only new series described, the plan reused
+    replica = _builder(rules, enabled)  # a replica holding two of the instances
+    held = frozenset(INSTANCES[:2])
+    attributor = _attributor(rules)
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        for round_ in range(6):
+            for instance, result in _poll(rng, hour + HOUR * (round_ // 2), instances):
+                ledger.apply(instance, result, tenant="acme")
+            for builder in (followed, _builder(rules, enabled)):  # the changed path, a full rebuild
+                export = builder.build(ledger.export_rows(builder.known_series), None, NOW)
+                got = _points(export.requests())
+                assert got == _expected(ledger, LABELS, attributor, enabled, None), f"round {round_}"
+                assert export.points == len(got)
+                assert all(0 < b.points <= 7 for b in export.batches)
+            # unchanged: the last build's points again (rows None), with this export's time
+            again = _points(followed.build(None, None, NOW).requests())
+            assert again == got
+            subset = replica.build(ledger.export_rows(replica.known_series), None, NOW, instances=held)
+            assert _points(subset.requests()) == _expected(ledger, LABELS, attributor, enabled, held)
+        assert len(got) > 40  # the rounds made a ledger worth checking
+        series = ledger.snapshot().series
+        assert len({s.instance for s in series}) == len(instances)
+        assert any(s.adjustments for s in series)  # shrinks happened
+        twins = [(s.metric, s.attrs) for s in series if s.instance in ("openai/a", "openai/d")]
+        assert (len(twins) > len(set(twins))) == ("openai/d" in instances)  # and sums, where two instances share
+
+
+def test_two_instances_with_one_attribute_set_stay_one_point_as_series_come_and_names_change(tmp_path: Path) -> None:
+    """A wire series fed by several ledger series is summed; a second feeder arriving later, or a rename that
+    makes two sets equal, must not send the set twice."""
+    builder = MetricsBuilder(make_resource("x"))
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        def usage(tenancy: str, n: int) -> PollResult:
+            return PollResult(usage=[UsageRecord("openai", "gpt-4o", "chat", tenancy, 0, HOUR, {"input": n})])
+
+        ledger.apply("openai/a", usage("p", 10))
+        assert _points(builder.build(ledger.export_rows(builder.known_series), None, NOW).requests()) == \
+            _expected(ledger, {}, Attributor(()), {}, None)
+        ledger.apply("openai/b", usage("p", 32))  # the same set from a second instance: one point, 42
+        got = _points(builder.build(ledger.export_rows(builder.known_series), None, NOW).requests())
+        assert [v[1] for v in got.values()] == [42]
+        ledger.apply("openai/b", usage("q", 5))
+        got = _points(builder.build(ledger.export_rows(builder.known_series), None, NOW).requests())
+        assert sorted(v[1] for v in got.values()) == [5, 42]
+        assert got == _expected(ledger, {}, Attributor(()), {}, None)
