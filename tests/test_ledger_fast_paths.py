@@ -40,18 +40,28 @@ def _book() -> PriceBook:
     return PriceBook(config.pricing.entries, use_genai_prices=False)
 
 
-def _random_poll(rng: random.Random, poll: int) -> list[UsageRecord]:
+def _random_poll(rng: random.Random, poll: int, *, hourly: bool = False) -> list[UsageRecord]:
     """Records over a dozen hours around MAR: new and known series, parts of one bucket, grown, shrunk and
-    unchanged buckets, zeros (sparse or not), and in some polls sub-hour or wider buckets (width changes)."""
-    widths = [H] * 6 + ([1800, 7200] if poll % 3 == 2 else [])
+    unchanged buckets, zeros (sparse or not), and in some polls sub-hour or wider buckets (width changes).
+
+    ``hourly``: every bucket an hour on the hour and a new model in every poll. Each new acme series prices
+    into an estimated-cost series of its own, created with it; zeta series, in odd polls only, into an unpriced
+    series they share, as do acme's cache writes (no price): in odd polls only; in even ones every new series'
+    target is its own."""
+    widths = [H] * 6 + ([1800, 7200] if poll % 3 == 2 and not hourly else [])
+    models = [("acme", "acme-1"), ("acme", "acme-2"), ("zeta", "z-1")]
+    if hourly:
+        models = [("acme", "acme-1"), ("acme", "acme-2"), ("acme", f"acme-p{poll}")]
+        models += [("zeta", "z-1"), ("zeta", f"z-p{poll % 4}")] if poll % 2 else []
+    token_types = [t for t in TOKEN_TYPES if not hourly or poll % 2 or t != "cache_write"]
     out: list[UsageRecord] = []
     for _ in range(rng.randint(5, 60)):
-        provider, model = rng.choice([("acme", "acme-1"), ("acme", "acme-2"), ("zeta", "z-1")])
+        provider, model = rng.choice(models)
         width = rng.choice(widths)
         start = MAR + rng.randint(-8, 8) * H
         start -= start % width
         tokens: dict[str, int] = {t: rng.choice([0, rng.randint(1, 5_000), rng.randint(1, 5_000_000)])
-                  for t in rng.sample(TOKEN_TYPES, rng.randint(1, 4))}
+                  for t in rng.sample(token_types, rng.randint(1, len(token_types)))}
         out.append(UsageRecord(
             provider, model, "chat", f"t{rng.randint(1, 2 + poll)}", start, width, tokens,
             requests=rng.choice([None, 0, rng.randint(1, 50)]), sparse=rng.random() < 0.2,
@@ -77,11 +87,12 @@ def _contents(ledger: Ledger) -> dict[str, object]:
     }
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+@pytest.mark.parametrize(("seed", "hourly"), [(1, False), (2, False), (3, False), (4, False), (7, True), (8, True)])
 def test_the_shortcuts_count_what_the_general_path_counts(
-    tmp_path: Path, seed: int, make_ledger: Callable[..., Ledger]
+    tmp_path: Path, seed: int, hourly: bool, make_ledger: Callable[..., Ledger]
 ) -> None:
-    """The shortcuts on each engine, against the general path on SQLite."""
+    """The shortcuts on each engine, against the general path on SQLite. ``hourly`` polls take PostgreSQL's
+    plain inserts for new series (buckets, rollups and, where each target is the series' own, priced rollups)."""
     rng = random.Random(seed)
     fast = make_ledger()
     with Ledger(tmp_path / "general.db") as general:
@@ -90,7 +101,7 @@ def test_the_shortcuts_count_what_the_general_path_counts(
             ledger.set_pricer(_book(), now_ns=NOW_NS)
         outcomes: Counter[str] = Counter()
         for poll in range(8):
-            result = PollResult(usage=_random_poll(rng, poll))
+            result = PollResult(usage=_random_poll(rng, poll, hourly=hourly))
             prune = MAR - 6 * H if poll == 6 else None
             a = fast.apply("acme", result, now_ns=NOW_NS + poll, prune_before=prune)
             b = general.apply("acme", result, now_ns=NOW_NS + poll, prune_before=prune)

@@ -175,6 +175,37 @@ def test_replicas_applying_different_instances_at_once_never_share_a_series_id(
         assert wrong == (0,)
 
 
+# -- staging -------------------------------------------------------------------------------------------------------
+
+
+def test_points_staged_after_staged_was_read_are_summed_with_the_points_already_there(
+    opened: Callable[..., PostgresLedger],
+) -> None:
+    """``staged`` has no key on PostgreSQL (its points are summed per bucket on the way in): slices COPYed after
+    a statement read it are summed together with what it held, parts of one bucket adding up, each key once."""
+    ledger = opened()
+    with ledger._transaction() as tx:
+        tx.execute(ledger._create_staged)
+        tx.execute(ledger._clear_staged)
+        ledger._stage(tx, [(1, 0, H, 5), (2, 0, H, 1), (1, 0, H, 2)])
+        assert tx.execute("SELECT count(*) FROM staged").fetchone() == (2,)
+        ledger._stage(tx, [(1, 0, H, 7), (3, H, H, 2)])
+        ledger._stage(tx, [(2, 0, H, 10)])
+        rows = tx.execute("SELECT * FROM staged ORDER BY series_id, bucket_start").fetchall()
+        tx.execute(ledger._clear_staged)
+    assert rows == [(1, 0, H, 14), (2, 0, H, 11), (3, H, H, 2)]
+
+
+def test_a_value_beyond_64_bits_is_refused_in_one_line_before_anything_is_applied(
+    opened: Callable[..., PostgresLedger],
+) -> None:
+    ledger = opened()
+    ledger.apply("demo", PollResult(usage=[usage(0, inp=5)]))
+    with pytest.raises(LedgerError, match="exceeds 64-bit integers"):
+        ledger.apply("demo", PollResult(usage=[usage(0, inp=2**63), usage(H, inp=3)]))
+    assert input_totals(ledger) == {("demo", "m1", "t1"): 5}
+
+
 # -- a lost connection -----------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Self, TypeAlias
+from typing import TYPE_CHECKING, ClassVar, Self, TypeAlias
 
 from ..errors import LedgerError
 from .check import create_atomically
@@ -53,6 +53,17 @@ class LedgerEngine:
     A writer takes the single-writer lock, creates a missing ledger atomically and migrates it; a reader
     (``readonly``) attaches to an existing one with ``query_only``. One per thread: connections are not shared.
     """
+
+    # What the writer may rely on, per engine (the PostgreSQL engine sets all three):
+    #: Apply a poll in one range of the series it knows and one of the series it creates, not in ranges of
+    #: ``writer.RANGE_POINTS`` points: SQLite's temp tables live in memory (ranges bound that), PostgreSQL's
+    #: spill to disk, and its staging table has no index to read a range by.
+    one_range: ClassVar[bool] = False
+    #: An upsert costs a speculative insertion per row (and an additive one a sort of its source per key):
+    #: where the writer can show that no row conflicts and no key repeats, it writes plain INSERTs instead.
+    plain_inserts: ClassVar[bool] = False
+    #: Integer overflow fails the statement (PostgreSQL's BIGINT), so no check for products that became floats.
+    overflow_raises: ClassVar[bool] = False
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         #: Where the ledger is, for messages: the file (SQLite) or ``user@host:port/dbname`` (PostgreSQL).
