@@ -9,7 +9,10 @@ Shape: ``org`` of ledger_apply.py (834 API rows an hour, 2,502 series; ``N`` row
 
 Cases, on the same points:
 * ``pg copy``: ``COPY`` (text) of the points into a bare table with the ledger's bucket primary key, one
-  transaction: the floor cost of getting these rows into PostgreSQL at all (the baseline of the goal);
+  transaction: the floor cost of getting these rows into PostgreSQL at all;
+* ``pg copy binary``: the same in COPY's binary format (as the ledger stages its points), packed with ``struct``:
+  cheaper for the server to parse. The baseline of the goal is whichever of the two copies cost less total CPU
+  in the run (so the ratio never flatters the apply by picking the slower floor);
 * ``pg executemany``: psycopg's ``executemany`` (pipelined) of the same rows into the same table;
 * ``pg apply`` / ``pg reapply``: ``Ledger.apply`` on PostgreSQL of the records to an empty ledger, with pricing
   on, and the same records again (all unchanged: the overlap every steady-state poll re-reads);
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import struct
 import sys
 import tempfile
 from pathlib import Path
@@ -56,7 +60,7 @@ def child(case: str, size: int, dsn: str) -> None:
 
     records = org_records(size)
     result = PollResult(usage=records)
-    if case in ("pg copy", "pg executemany"):
+    if case in ("pg copy", "pg copy binary", "pg executemany"):
         rows, series = anchor_points(records)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(SQL_BARE)
@@ -67,6 +71,13 @@ def child(case: str, size: int, dsn: str) -> None:
                     if case == "pg copy":
                         data = "".join(f"{a}\t{b}\t{c}\t{d}\n" for a, b, c, d in rows).encode()
                         with cur.copy("COPY bare FROM STDIN") as copy:
+                            copy.write(data)
+                    elif case == "pg copy binary":  # header, rows of four 8-byte fields, trailer (COPY docs)
+                        row = struct.Struct(">h" + "iq" * 4)
+                        data = b"".join([b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0),
+                                         *(row.pack(4, 8, a, 8, b, 8, c, 8, d) for a, b, c, d in rows),
+                                         struct.pack(">h", -1)])
+                        with cur.copy("COPY bare FROM STDIN (FORMAT BINARY)") as copy:
                             copy.write(data)
                     else:
                         cur.executemany("INSERT INTO bare VALUES (%s, %s, %s, %s)", rows)
@@ -116,7 +127,7 @@ def main() -> None:
         print(f"PostgreSQL {cluster.bin_dir} on 127.0.0.1:{cluster.port} (fsync off, as in the tests)")
         for size in [int(n) for n in args.sizes.split(",") if n]:
             figures = {}
-            for case in ("pg copy", "pg executemany", "pg apply", "pg reapply", "sqlite apply"):
+            for case in ("pg copy", "pg copy binary", "pg executemany", "pg apply", "pg reapply", "sqlite apply"):
                 runs = []
                 for _ in range(max(3, args.repeat)):  # a fresh database per run
                     db = cluster.create_database("run", template=empty.name if "apply" not in case else template.name)
@@ -130,20 +141,22 @@ def main() -> None:
                     case, len(runs), statistics.median(r.wall for r in runs), statistics.median(r.cpu for r in runs),
                     statistics.median(r.rss_mib for r in runs),
                     {k: statistics.median(r.extra.get(k, 0.0) for r in runs) for k in sorted(keys)})
-            base = figures["pg copy"]
+            copies = [figures["pg copy"], figures["pg copy binary"]]
+            base = min(copies, key=lambda f: f.cpu + f.extra.get("server_cpu", 0.0))  # the stricter floor
             points = base.extra["points"]
             base_total = base.cpu + base.extra.get("server_cpu", 0.0)
             for case, f in figures.items():
                 total = f.cpu + f.extra.get("server_cpu", 0.0)
                 out.append([
-                    f"org {int(base.extra['records']):,} rows" if case == "pg copy" else "", case, f"{int(points):,}",
+                    f"org {int(base.extra['records']):,} rows" if case == "pg copy" else "",
+                    case + (" (baseline)" if f is base else ""), f"{int(points):,}",
                     f"{f.wall:.3f}", f"{f.cpu:.3f}", f"{f.extra.get('server_cpu', 0.0):.2f}", f"{f.rss_mib:.0f}",
                     f"{points / f.wall:,.0f}", f"{base.wall / f.wall:.0%}", f"{base_total / total:.0%}" if total else "-",
                 ])
             print(f"org {size:,} rows done", flush=True)  # the table follows when every size is done
     print(table(out, ["shape", "case", "points", "wall s", "cpu s", "server cpu s", "peak MiB", "points/wall s",
                       "of copy (wall)", "of copy (total cpu)"]))
-    print("goal: pg apply >= 30% of the pg copy baseline. Server CPU is read from /proc in clock ticks (10 ms). "
+    print("goal: pg apply >= 30% of the baseline (the cheaper copy). Server CPU is read from /proc in clock ticks (10 ms). "
           "The machine is shared: wall times move with other load.")
 
 
