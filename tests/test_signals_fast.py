@@ -218,3 +218,32 @@ def test_late_data_between_reads_at_the_same_time_is_seen(tmp_path: Path, seed: 
         _same(fast.read(ledger, now, peak_days=7), _signals(ReferenceSignals).read(ledger, now, peak_days=7))
         assert writer.prune_rollups(END - 20 * D) > 0
         _same(fast.read(ledger, now, peak_days=7), _signals(ReferenceSignals).read(ledger, now, peak_days=7))
+
+
+@pytest.mark.parametrize("by_token_type", [False, True])
+def test_series_that_differ_only_in_their_token_type(tmp_path: Path, by_token_type: bool) -> None:
+    """Series of one key that differ only in their token type share their parsed attributes and facts
+    (``Signals._derive``) unless a budget looks at the token type: then input and output cost are told apart
+    (a budget of input cost only), and the reading still equals the straightforward one."""
+    rng = random.Random(21)
+    keys = _keys(rng, 12)
+    path = tmp_path / "ledger.db"
+    with Ledger(path) as writer:
+        writer.set_pricer(PriceBook())
+        _apply(writer, rng, END - 3 * D, END, keys)
+    config = dict(CONFIG)
+    if by_token_type:
+        config["budgets"] = [*CONFIG["budgets"], {  # type: ignore[list-item]
+            "name": "inputs", "amount": 40, "period": "month", "source": "estimated",
+            "match": {"labels": {"gen_ai.token.type": "input"}}}]
+    parsed = parse_config(config)
+    labels = {p.name: dict(p.labels) for p in parsed.providers}
+    fast = Signals(parsed.budgets, Attributor(parsed.attribution.rules), PriceBook(), labels)
+    reference = ReferenceSignals(parsed.budgets, Attributor(parsed.attribution.rules), PriceBook(), labels)
+    with Ledger(path, readonly=True) as ledger:
+        reading = fast.read(ledger, END + H, peak_days=2)
+        _same(reading, reference.read(ledger, END + H, peak_days=2))
+    assert len({attrs["gen_ai.token.type"] for attrs, _ in reading.token_prices}) == 2  # input and output
+    if by_token_type:
+        spent = {b.name: b.spent for b in reading.budgets}
+        assert 0 < spent["inputs"] < spent["cc"]  # the input cost alone: less than all of the estimated cost
