@@ -147,7 +147,7 @@ class PriceBook:
                               key=lambda e: e.rank)
         self.use_genai_prices = use_genai_prices
         self._models: dict[tuple[str, str], Any] = {}
-        self._warned: set[tuple[str, str]] = set()
+        self._warned: set[tuple[str, str, str]] = set()
         self._plans: dict[tuple[object, ...], list[tuple[int, int, bool, int]]] = {}
         # The attributes a price can depend on: the ones genai-prices variants read, and every ``when`` key.
         self._relevant = frozenset(PRICE_GAUGE_ATTRIBUTES) | {k for e in self.entries for k in e.when}
@@ -324,7 +324,7 @@ class PriceBook:
             if price is not None:
                 period = (start, until, True, price.picos)
             elif metric == METRIC_TOKENS:
-                self._warn_unpriced(provider, model)
+                self._warn_unpriced(provider, model, unit)
                 period = (start, until, False, 1)
             else:
                 continue  # most models bill no per-request price: nothing to count
@@ -343,12 +343,14 @@ class PriceBook:
         return [(start, until, self.price(provider, model, unit, attrs, start))
                 for start, until in zip(edges, [*edges[1:], FAR_FUTURE], strict=True)]
 
-    def _warn_unpriced(self, provider: str, model: str) -> None:
-        if (provider, model) not in self._warned:
-            self._warned.add((provider, model))
+    def _warn_unpriced(self, provider: str, model: str, unit: str) -> None:
+        """Once per model and unit: a model priced for text but not for, say, audio tokens must not read as a
+        model with no price at all."""
+        if (provider, model, unit) not in self._warned:
+            self._warned.add((provider, model, unit))
             log.warning(
-                "no price for %s model %s: its tokens are counted in llm.pricing.unpriced_tokens, not priced at "
-                "zero (add a pricing.overrides entry, see docs/pricing.md)", provider, model,
+                "no price for %s model %s (%s): its tokens are counted in llm.pricing.unpriced_tokens, not priced at "
+                "zero (add a pricing.overrides entry, see docs/pricing.md)", provider, model, unit,
             )
 
     def token_prices(
