@@ -22,7 +22,7 @@ At scale (issue 20: 100,000 to 1,000,000 series) the per-series Python work and 
   ``updated_ns`` moved (every change of a series' buckets sets it in the same transaction) are read again:
   their extent, and their sums, by which their cells move (``_catch_up``). A new series, a rename, a prune or a
   re-pricing reads everything again; a new hour grid (the hour turned) reads the sums again.
-* the cyclic garbage collector is paused while a reading is computed (``_collector_paused``): nothing made
+* the cyclic garbage collector is paused while a reading is computed (``heap.collector_paused``): nothing made
   here is in a cycle, and its full passes over the heap cost about as much as a first reading of 100,000 series.
 
 tests/test_signals_fast.py and tests/test_signals_engines.py (both engines) compare every reading with the
@@ -38,15 +38,13 @@ and estimated cost alone where the provider reports no cost at all.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import datetime as dt
 import fnmatch
-import gc
 import itertools
 import json
 from array import array
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -57,6 +55,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
 from . import anomalies, budgets
 from .attribution import UNATTRIBUTED, Attributor
 from .catalog import CATALOG
+from .heap import collector_paused
 from .ledger import Ledger
 from .ledger.schema import META_GENERATION
 from .names import CURRENCY_ATTR, METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS
@@ -213,24 +212,6 @@ class _Cell:
 
     def money(self, i: int) -> Decimal:
         return Decimal(self.sums[i]) * self.unit
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while the signals are computed (and back on after, if it was on).
-
-    Why: a first reading allocates a few containers per series (parsed attribute sets, rows, keys), none of them
-    in a cycle, and at 100,000 series the collector's full passes over the whole heap that these allocations
-    trigger cost about as much as the reading itself. Reference counting still frees everything; any cycle made
-    meanwhile is collected at the next pass after. Threads that pause it at the same time are fine: whichever
-    found it on turns it back on."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _holds(ids: array[int], sid: int) -> bool:
@@ -562,7 +543,7 @@ class Signals:
         self, ledger: Ledger, now: int, *, anomaly_hour: int | None = None, peak_days: int = 0
     ) -> SignalsReading:
         """Every money signal at ``now``."""
-        with _collector_paused():
+        with collector_paused():
             return self._read(ledger, now, anomaly_hour, peak_days)
 
     def _read(self, ledger: Ledger, now: int, anomaly_hour: int | None, peak_days: int) -> SignalsReading:
@@ -831,7 +812,7 @@ class Signals:
         Scores are kept by hour while the ledger's generation is unchanged (late data for an old hour changes it,
         and with it that hour's score).
         """
-        with _collector_paused():
+        with collector_paused():
             return self._anomalies_between(ledger, start, end)
 
     def _anomalies_between(self, ledger: Ledger, start: int, end: int) -> list[Anomaly]:
@@ -877,7 +858,7 @@ class Signals:
         Groups without a baseline yet (``anomalies.baseline_hours``) are left out before any rollup is read:
         when none has one (a young ledger), no rollup is read at all.
         """
-        with _collector_paused():
+        with collector_paused():
             return self._anomalies_of(ledger, hour, series)
 
     def _anomalies_of(self, ledger: Ledger, hour: int, series: _SeriesSet | None) -> list[Anomaly]:

@@ -25,7 +25,7 @@ from otel_llm_receiver.ledger.postgres import leases
 from otel_llm_receiver.ledger.postgres.connect import PgConnection, connect
 from otel_llm_receiver.ledger.postgres.leases import LEADER, Lease, StaleLeaseError
 from tests.support.postgres import PostgresCluster
-from tests.support.waiting import wait_for
+from tests.support.waiting import reap, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 SHORT = 1.0  # seconds: a lease that lapses within a test
@@ -396,12 +396,7 @@ def test_a_holder_killed_with_sigkill_loses_its_lease_after_the_duration(ledger_
                              "the killed holder's lease to be taken")
             failover = time.monotonic() - killed
     finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.wait()
-        for pipe in (holder.stdin, holder.stdout):
-            if pipe is not None:
-                pipe.close()
+        reap(holder)
     assert taken.epoch == epoch + 1 and taken.holder == "survivor"
     assert failover <= SHORT * 2 + 5  # the lease duration, plus the polling and a loaded machine's slack
 

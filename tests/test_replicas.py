@@ -31,7 +31,7 @@ from otel_llm_receiver.replicas import (
     writer_dsn,
 )
 from tests.support.postgres import PostgresCluster
-from tests.support.waiting import wait_for
+from tests.support.waiting import reap, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 INSTANCES = [f"openai/p{i}" for i in range(6)]
@@ -155,12 +155,7 @@ def test_a_replica_killed_with_sigkill_hands_over_after_the_lease_duration(
         wait_for(lambda: partitioned(cs, [3, 3]), what="the survivors to take the killed replica's instances")
         failover = time.monotonic() - killed
     finally:
-        if doomed.poll() is None:
-            doomed.kill()
-            doomed.wait()
-        for pipe in (doomed.stdin, doomed.stdout):
-            if pipe is not None:
-                pipe.close()
+        reap(doomed)
     # Not before its leases lapsed (less the round it may have renewed just before dying), and not long after.
     assert DURATION * 0.5 < failover < DURATION + 2 * (DURATION / 3) + 2.0, f"failover {failover:.2f}s"
     assert "doomed" not in holders(ledger_dsn).values()
@@ -266,12 +261,7 @@ def test_a_dead_holders_leases_are_taken_as_they_lapse_not_a_round_later(
                  what="the survivor to take the dead holder's instances and the lead")
         took = survivor.rounds - rounds
     finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.wait()
-        for pipe in (holder.stdin, holder.stdout):
-            if pipe is not None:
-                pipe.close()
+        reap(holder)
     with connect(ledger_dsn, autocommit=True) as conn:
         tenures = {str(n): (h, a) for n, h, a in conn.execute(
             "SELECT name, holder, acquired_at FROM leases WHERE name = ANY(%s)", (list(lapses),))}

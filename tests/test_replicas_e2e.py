@@ -38,6 +38,7 @@ from tests.support.replica_world import (
     LEADER,
     World,
     exact,
+    openai_fakes,
     seed_fake,
     truth,
     write_config,
@@ -53,12 +54,8 @@ SEED = 2121
 @pytest.fixture
 def fakes() -> Iterator[list[FakeOpenAI]]:
     """One fake OpenAI organisation per instance, all seeded alike (the same ground truth)."""
-    made = [FakeOpenAI(page_buckets=8) for _ in INSTANCES]
-    try:
+    with openai_fakes(len(INSTANCES)) as made:
         yield made
-    finally:
-        for f in made:
-            f.api.close()
 
 
 def seed_all(fakes: list[FakeOpenAI]) -> tuple[int, dict[str, dict[str, dict[tuple[str, ...], int]]]]:

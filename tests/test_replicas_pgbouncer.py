@@ -30,7 +30,7 @@ from tests.support.fork_server import ForkServer
 from tests.support.otlp_sink import OTLPSink
 from tests.support.pgbouncer import PgBouncer
 from tests.support.postgres import Database, PostgresCluster
-from tests.support.replica_world import INSTANCES, World, exact, seed_fake, truth, write_config
+from tests.support.replica_world import INSTANCES, World, exact, openai_fakes, seed_fake, truth, write_config
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,12 +111,8 @@ pricing: {{genai_prices: false}}
 
 @pytest.fixture
 def fakes() -> Iterator[list[FakeOpenAI]]:
-    made = [FakeOpenAI(page_buckets=8) for _ in INSTANCES]
-    try:
+    with openai_fakes(len(INSTANCES)) as made:
         yield made
-    finally:
-        for f in made:
-            f.api.close()
 
 
 @pytest.fixture

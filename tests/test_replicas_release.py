@@ -27,7 +27,7 @@ from tests.fakes.api import Request, Response
 from tests.fakes.openai import ADMIN_KEY, FakeOpenAI
 from tests.support.otlp_sink import OTLPSink
 from tests.support.postgres import Database
-from tests.support.replica_world import exact, seed_fake, truth
+from tests.support.replica_world import exact, openai_fakes, seed_fake, truth
 from tests.support.waiting import wait_for
 
 INSTANCES = ("openai/p0", "openai/p1")
@@ -76,12 +76,8 @@ class Gate:
 
 @pytest.fixture
 def fakes() -> Iterator[list[FakeOpenAI]]:
-    made = [FakeOpenAI(page_buckets=8) for _ in INSTANCES]
-    try:
+    with openai_fakes(len(INSTANCES)) as made:
         yield made
-    finally:
-        for f in made:
-            f.api.close()
 
 
 def _config(dsn: str, sink: OTLPSink, fakes: list[FakeOpenAI], *, chunked: bool) -> Config:

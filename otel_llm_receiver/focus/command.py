@@ -10,14 +10,12 @@ to stdout instead).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ConfigError, LedgerError
+from ..heap import collector_paused
 from .schema import DEFAULT_VERSION, FORMATS, SUFFIX, VERSIONS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -81,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if config.storage.backend == "sqlite":  # a damaged ledger: one line saying what to do, never a traceback
             check_ledger(config.storage.path)
-        with open_ledger(config.storage, readonly=True) as ledger, _collector_paused():
+        with open_ledger(config.storage, readonly=True) as ledger, collector_paused():
             count = export(ledger, start, end, version=version, fmt=fmt, out=out, ctx=context_for(config, ledger))
     except BrokenPipeError:
         raise  # the reader went away (`| head`): cli.main leaves quietly
@@ -93,18 +91,3 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector off for the export (this command's whole work; no other thread runs).
-
-    An export allocates a few hundred thousand dicts, decimals and strings, none in a reference cycle: reference
-    counting frees each day's rows and each written batch. A collection finds nothing, yet each full one walks
-    every live object (a day's rows, a Parquet batch, the imported libraries): 10-15% of a 90-day export's CPU.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()

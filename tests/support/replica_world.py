@@ -11,11 +11,12 @@ code): the series table, the cursors and the lease rows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -31,6 +32,17 @@ HOUR = 3600
 DAY = 86400
 INSTANCES = tuple(f"openai/p{i}" for i in range(6))
 LEADER = "@leader"
+
+
+@contextlib.contextmanager
+def openai_fakes(count: int) -> Iterator[list[FakeOpenAI]]:
+    """``count`` fake OpenAI organisations (8 buckets a page, so polls page), closed after."""
+    made = [FakeOpenAI(page_buckets=8) for _ in range(count)]
+    try:
+        yield made
+    finally:
+        for f in made:
+            f.api.close()
 
 
 def seed_fake(fake: FakeOpenAI, now: int, *, seed: int) -> int:
