@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError, LedgerError
-from ..heap import collector_paused
 from .schema import DEFAULT_VERSION, FORMATS, SUFFIX, VERSIONS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -39,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config, parse_config
     from ..durations import parse_window
+    from ..heap import collector_paused
     from ..ledger import open_ledger
     from ..ledger.check import check_ledger
     from .export import context_for, export
