@@ -47,7 +47,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
@@ -150,16 +150,19 @@ class _Facts:
     unit: Decimal
 
 
-@dataclass(slots=True, eq=False)
-class _Template:
-    """What an attribute text implies apart from its tenancy id (``Signals._template``): its attributes with the
-    id "", its facts' class (the facts memo without the id), its price key's index (-1: not a token series) and
-    its anomaly group's provider and model (None: reported cost, not scored)."""
+class _Template(NamedTuple):
+    """What an attribute text implies apart from its tenancy id (``Signals._template``): its facts' class (the
+    facts memo without the id), its anomaly group's provider and model (None: reported cost, not scored), its
+    price key's index (-1: not a token series) and its attributes with the id "". A tuple: a series unpacks it."""
 
-    attrs: dict[str, str]
     facts: int
+    provider: str | None
+    model: str
     price: int
-    group: tuple[str, str] | None
+    attrs: dict[str, str]
+
+
+_UNSEEN = _Template(-1, None, "", -1, {})  # a text not cut before (``_derive_texts``)
 
 
 @dataclass(slots=True, eq=False)
@@ -509,7 +512,7 @@ class Signals:
         self._grow_ids(max(sids))
         fact_at, price_at, group_at = self._fact_at, self._price_at, self._group_at
         templates, cut_facts, group_memo = self._templates, self._cut_facts, self._group_memo
-        partition, missing = str.partition, _ABSENT
+        partition, missing = str.partition, _UNSEEN
         slow = []
         for at, (sid, instance, metric, text) in enumerate(zip(sids, instances, metrics, texts, strict=True)):
             before, found, rest = partition(text, _ID_CUT)
@@ -519,17 +522,17 @@ class Signals:
                 if t is missing:
                     t = self._template(instance, metric, before, after)
                 if t is not None and tenancy.isprintable():
-                    assert isinstance(t, _Template)
-                    f = cut_facts.get((t.facts, tenancy))
+                    fact_class, provider, model, price, attrs = t
+                    f = cut_facts.get((fact_class, tenancy))
                     if f is None:
-                        f = cut_facts[(t.facts, tenancy)] = self._fact_index(
-                            instance, metric, {**t.attrs, _ID_KEY: tenancy}, names)
+                        f = cut_facts[(fact_class, tenancy)] = self._fact_index(
+                            instance, metric, {**attrs, _ID_KEY: tenancy}, names)
                     fact_at[sid] = out[at] = f
-                    if t.group is not None:
-                        g = group_memo.get((*t.group, tenancy))
-                        group_at[sid] = g if g is not None else self._group_index(*t.group, tenancy)
-                    if t.price >= 0:
-                        price_at[sid] = t.price
+                    if provider is not None:
+                        g = group_memo.get((provider, model, tenancy))
+                        group_at[sid] = g if g is not None else self._group_index(provider, model, tenancy)
+                    if price >= 0:
+                        price_at[sid] = price
                     continue
             slow.append(at)
         if slow:
@@ -554,13 +557,14 @@ class Signals:
             slot = self._id_slot
             fact_class = self._fact_classes.setdefault(memo[:slot] + memo[slot + 1:], len(self._fact_classes))
             price = self._price_index(attrs) if metric == METRIC_TOKENS else -1
-            group: tuple[str, str] | None = None
+            provider: str | None = None
+            model = ""
             if metric != METRIC_COST:
                 shared = self._shared
-                provider: str = attrs.get("gen_ai.provider.name") or ""
-                model: str = attrs.get("gen_ai.request.model") or ""
-                group = (shared.setdefault(provider, provider), shared.setdefault(model, model))
-            t = _Template(attrs, fact_class, price, group)
+                provider = attrs.get("gen_ai.provider.name") or ""
+                model = str(attrs.get("gen_ai.request.model") or "")
+                provider, model = shared.setdefault(provider, provider), shared.setdefault(model, model)
+            t = _Template(fact_class, provider, model, price, attrs)
         self._templates[(instance, metric, before, after)] = t
         return t
 
