@@ -44,7 +44,7 @@ import itertools
 import json
 from array import array
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -62,7 +62,7 @@ from .names import CURRENCY_ATTR, METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOK
 from .pricing import PRICE_GAUGE_ATTRIBUTES, PriceBook
 from .signals_config import BudgetConfig, BudgetMatch, Period
 
-__all__ = ["Anomaly", "Reconciliation", "Signals", "SignalsReading", "gauge_metrics"]
+__all__ = ["Anomaly", "Describer", "Reconciliation", "Signals", "SignalsReading", "gauge_metrics"]
 
 HOUR = 3600
 DAY = 86400
@@ -75,6 +75,9 @@ NANO = Decimal(10) ** -9
 MONEY_METRICS = (METRIC_COST_ESTIMATED, METRIC_COST)
 #: The series the signals keep: money, and tokens (anomaly scores and price gauges).
 SERIES_METRICS = (*MONEY_METRICS, METRIC_TOKENS)
+_SERIES_METRICS = frozenset(SERIES_METRICS)
+#: Takes pages of series ``(id, instance, metric, attributes JSON)`` with the names (``MetricsBuilder.describe``).
+Describer = Callable[[Iterable[tuple[int, str, str, str]], Mapping[tuple[str, str, str], str]], None]
 #: The periods of ``llm.cost.period_to_date``: the UTC day and calendar month, as the dashboards' "today" and
 #: "this month" mean them.
 PERIODS: tuple[Period, ...] = ("day", "month")
@@ -360,7 +363,7 @@ class Signals:
         self._group_at, self._group_keys, self._group_memo = array("i"), [], {}
         self._last_groups = (None, None)
 
-    def _series(self, ledger: Ledger) -> _SeriesSet:
+    def _series(self, ledger: Ledger, describe: Describer | None = None) -> _SeriesSet:
         """The money and token series with rollups, in id order (reported cost in other currencies included:
         their facts say ``usd``). Attributes are parsed only for series not seen before, or whose tenancy name
         changed; nothing is read while the ledger's generation is the one of the last read (``_fresh``), and
@@ -372,10 +375,14 @@ class Signals:
             if self._catch_up(ledger, self._set):
                 return self._set
         self._set, self._sums, self._moved = None, None, False
-        self._set = self._read_series(ledger)
+        self._set = self._read_series(ledger, describe)
         return self._set
 
-    def _read_series(self, ledger: Ledger) -> _SeriesSet:
+    def _read_series(self, ledger: Ledger, describe: Describer | None = None) -> _SeriesSet:
+        """Every series of SERIES_METRICS, its extent and facts. With ``describe``, when the attributes are read
+        (the first reading), every series of any metric is read, and each page of them ``(id, instance, metric,
+        attributes)`` handed to ``describe`` with the names: one read of the series' attributes for the export's
+        builder too (``MetricsBuilder.describe``)."""
         names = ledger.names()
         if names != self._names:
             changed = {
@@ -401,11 +408,21 @@ class Signals:
         derive = self._derive_texts
         reported: list[tuple[int, int, int]] = []  # (position in out, width, last hour)
         all_sids, all_updated = array("q"), array("q")
-        for page in ledger.rollup_series_pages(SERIES_METRICS, (METRIC_COST,), attrs=not self._facts):
+        attrs = not self._facts
+        every = attrs and describe is not None
+        for page in ledger.rollup_series_pages(SERIES_METRICS, (METRIC_COST,), attrs=attrs, every=every):
             # Column by column (C loops), as most series are known and have rollups.
             ids, instances, metrics, texts, widths, page_firsts, lasts, updated = zip(*page, strict=True)
-            all_sids.extend(ids)
-            all_updated.extend(updated)  # read with the extent: the sums, read later, are at least as new
+            kept_ids, kept_updated = ids, updated
+            if every:
+                assert describe is not None
+                describe(zip(ids, instances, metrics, texts, strict=True), names)
+                mine = list(map(_SERIES_METRICS.__contains__, metrics))  # the others have no extent: not kept
+                if not all(mine):
+                    kept_ids = tuple(itertools.compress(ids, mine))
+                    kept_updated = tuple(itertools.compress(updated, mine))
+            all_sids.extend(kept_ids)
+            all_updated.extend(kept_updated)  # read with the extent: the sums, read later, are at least as new
             if None in page_firsts:  # some have no rollups (pruned away, or none yet)
                 keep = [first is not None for first in page_firsts]
                 rows = list(itertools.compress(range(len(ids)), keep))
@@ -664,15 +681,18 @@ class Signals:
         return found
 
     def read(
-        self, ledger: Ledger, now: int, *, anomaly_hour: int | None = None, peak_days: int = 0
+        self, ledger: Ledger, now: int, *, anomaly_hour: int | None = None, peak_days: int = 0,
+        describe: Describer | None = None,
     ) -> SignalsReading:
-        """Every money signal at ``now``."""
+        """Every money signal at ``now``. ``describe``: see ``_read_series`` (the export hands its builder's)."""
         with collector_paused():
-            return self._read(ledger, now, anomaly_hour, peak_days)
+            return self._read(ledger, now, anomaly_hour, peak_days, describe)
 
-    def _read(self, ledger: Ledger, now: int, anomaly_hour: int | None, peak_days: int) -> SignalsReading:
+    def _read(
+        self, ledger: Ledger, now: int, anomaly_hour: int | None, peak_days: int, describe: Describer | None = None,
+    ) -> SignalsReading:
         self._fresh(ledger)
-        every = self._series(ledger)
+        every = self._series(ledger, describe)
         hour_end = (now - SETTLE) // HOUR * HOUR  # end of the newest complete hour
         reported_until = self._reported_until(every, now)
         base_windows: list[tuple[int, int]] = [(hour_end - DAY, hour_end)]

@@ -60,6 +60,12 @@ SQL_ROLLUP_SERIES_ROWS = """
 SELECT s.id, s.instance, s.metric, {attrs}, s.bucket_width,
        (SELECT min(hour_start) FROM rollups WHERE series_id = s.id), {last}, s.updated_ns
 FROM series AS s WHERE s.metric IN ({metrics}) ORDER BY s.id"""
+#: ``SQL_ROLLUP_SERIES_ROWS`` of every series, the extent read only for those of the metrics asked.
+SQL_EVERY_SERIES_ROWS = """
+SELECT s.id, s.instance, s.metric, {attrs}, s.bucket_width,
+       CASE WHEN s.metric IN ({metrics}) THEN (SELECT min(hour_start) FROM rollups WHERE series_id = s.id) END,
+       {last}, s.updated_ns
+FROM series AS s ORDER BY s.id"""
 SQL_ROLLUP_SERIES_OF = """
 SELECT s.id, s.instance, s.metric, NULL, s.bucket_width,
        (SELECT min(hour_start) FROM rollups WHERE series_id = s.id), {last}, s.updated_ns
@@ -429,7 +435,8 @@ class LedgerReader(LedgerEngine):
         return out
 
     def rollup_series_pages(
-        self, metrics: Sequence[str], last_of: Sequence[str] | None = None, *, attrs: bool = True
+        self, metrics: Sequence[str], last_of: Sequence[str] | None = None, *, attrs: bool = True,
+        every: bool = False,
     ) -> Iterator[list[tuple[int, str, str, str | None, int | None, int | None, int | None, int]]]:
         """Every series of ``metrics`` as raw rows ``(id, instance, metric, attrs JSON, bucket width, first hour,
         last hour, updated_ns)`` in id order, a page at a time; first is None for a series without rollups.
@@ -439,13 +446,24 @@ class LedgerReader(LedgerEngine):
         (None), and ``series_attrs`` reads it for the ids the caller has not seen. With ``last_of``, only series
         of those metrics get their last hour read (one index probe fewer for each other series: None). Pages
         of raw rows, not a row at a time: at 100,000 series a generator's step per row is a tenth of the read.
+
+        With ``every``, the rows of every series, whatever its metric, those of other metrics without an extent
+        (first and last None): one read of every series' attributes for two readers of them (the first export
+        after start describes every series to the builder from the signals' read, issue 20).
         """
+        marks = ",".join("?" * len(metrics))
         last = "(SELECT max(hour_start) FROM rollups WHERE series_id = s.id)"
-        if last_of is not None:
-            last = f"CASE WHEN s.metric IN ({','.join('?' * len(last_of))}) THEN {last} END"
-        sql = SQL_ROLLUP_SERIES_ROWS.format(
-            attrs="s.attrs" if attrs else "NULL", last=last, metrics=",".join("?" * len(metrics)))
-        cursor = self._conn.execute(sql, (*(last_of or ()), *metrics))
+        last_marks = marks if last_of is None else ",".join("?" * len(last_of))
+        if last_of is not None or every:
+            last = f"CASE WHEN s.metric IN ({last_marks}) THEN {last} END"
+        last_args = tuple(metrics) if last_of is None and every else tuple(last_of or ())
+        if every:
+            sql = SQL_EVERY_SERIES_ROWS.format(attrs="s.attrs" if attrs else "NULL", last=last, metrics=marks)
+            args = (*metrics, *last_args)
+        else:
+            sql = SQL_ROLLUP_SERIES_ROWS.format(attrs="s.attrs" if attrs else "NULL", last=last, metrics=marks)
+            args = (*last_args, *metrics)
+        cursor = self._conn.execute(sql, args)
         while rows := cursor.fetchmany(10_000):
             yield rows
 
