@@ -2,7 +2,7 @@
 token prices, as one ``SignalsReading`` (for the terminal) and as OTLP gauges (for the emitter).
 
 Everything here reads the ledger's hourly rollups with a few aggregate queries (``Ledger.rollup_series_pages``,
-``rollup_segment_walk``, ``rollup_values_pages``) and never calls a provider, so a restart mid-month loses nothing
+``rollup_segment_rows``, ``rollup_values_pages``) and never calls a provider, so a restart mid-month loses nothing
 and ``report`` works with no network. Money is exact ``Decimal`` until it becomes a gauge's double.
 
 At scale (issue 20: 100,000 to 1,000,000 series) the per-series Python work and memory are kept small:
@@ -724,7 +724,7 @@ class Signals:
         grid = tuple((-(-a // HOUR) * HOUR, -(-b // HOUR) * HOUR) for a, b in order)
         sums = self._sums
         if sums is None or sums.grid != grid:
-            sums = self._sums = self._read_sums(every, grid, *ledger.rollup_segment_walk(grid, MONEY_METRICS))
+            sums = self._sums = self._read_sums(every, grid, *ledger.rollup_segment_rows(grid, MONEY_METRICS))
         cells, first_of_key = sums.cells, sums.first_of_key
         for c in cells:
             c.sums = [sum(c.columns[i:j]) for i, j in sums.spans]
@@ -790,7 +790,7 @@ class Signals:
         tenancy): what names a reconciliation.
 
         ``segments`` are rows ``(series id, *sums)`` of the series' sums over disjoint time segments and
-        ``spans`` each window's range of them (``Ledger.rollup_segment_walk``); rows of other series (other
+        ``spans`` each window's range of them (``Ledger.rollup_segment_rows``); rows of other series (other
         currencies, no rollups, created since the series were read) are left out."""
         cells: dict[tuple[Any, ...], _Cell] = {}
         first_of_key: dict[tuple[str, str], _Facts] = {}

@@ -76,12 +76,6 @@ SQL_SERIES_ATTRS_OF = "SELECT id, attrs FROM series WHERE id IN ({ids})"
 ATTRS_PAGE = 500
 SQL_ROLLUP_SEGMENT_SUMS = """
 SELECT s.id, {segments} FROM series AS s WHERE s.metric IN ({metrics}) ORDER BY s.id"""
-#: Every series' segment sums in one range walk of its rollups (``_segment_walk``): the series with none in
-#: the range have no row.
-SQL_ROLLUP_SEGMENT_WALK = """
-SELECT s.id, {sums} FROM series AS s
-JOIN rollups AS r ON r.series_id = s.id AND r.hour_start >= ? AND r.hour_start < ?
-WHERE s.metric IN ({metrics}) GROUP BY s.id ORDER BY s.id"""
 SQL_ROLLUP_SEGMENT_SUMS_OF = """
 SELECT s.id, {segments} FROM series AS s WHERE s.id IN ({ids})"""
 SQL_ROLLUP_VALUES_AT = """
@@ -106,21 +100,6 @@ def _segments(windows: Sequence[tuple[int, int]]) -> tuple[list[tuple[int, int]]
     )
     position = {t: i for i, t in enumerate(edges)}
     return [(position[a], position[b]) for a, b in windows], segments
-
-
-def _segment_walk(windows: Sequence[tuple[int, int]]) -> tuple[list[tuple[int, int]], str, tuple[int, int]]:
-    """``_segments`` as sums over one range walk of each series' rollups, from the first edge to the last: each
-    rollup row is read once, and each series costs one index probe, not one per segment (at 1M series the probes
-    were half of the read); and the range ``(first edge, last edge)``."""
-    edges = sorted({t for w in windows for t in w})
-    if len(edges) < 2:
-        return [], "", (0, 0)
-    sums = ", ".join(  # parenthesized: one value summed (the PostgreSQL dialect sums a bare condition as 0/1)
-        f"sum((CASE WHEN r.hour_start >= {int(a)} AND r.hour_start < {int(b)} THEN r.value ELSE 0 END))"
-        for a, b in itertools.pairwise(edges)
-    )
-    position = {t: i for i, t in enumerate(edges)}
-    return [(position[a], position[b]) for a, b in windows], sums, (int(edges[0]), int(edges[-1]))
 
 
 # ------------------------------------------------------------------------------------------------- results
@@ -401,23 +380,6 @@ class LedgerReader(LedgerEngine):
             return [], iter(())
         sql = SQL_ROLLUP_SEGMENT_SUMS.format(segments=segments, metrics=",".join("?" * len(metrics)))
         rows: Iterator[tuple[int, ...]] = iter(self._conn.execute(sql, tuple(metrics)))  # streamed by SQLite
-        return spans, rows
-
-    def rollup_segment_walk(
-        self, windows: Sequence[tuple[int, int]], metrics: Sequence[str]
-    ) -> tuple[list[tuple[int, int]], Iterator[tuple[int, ...]]]:
-        """``rollup_segment_rows`` in one range walk of each series' rollups from the first edge to the last
-        (``_segment_walk``), streamed; a series without rollups in that range has no row (its sums are all 0).
-        For a few windows over many series (the money signals: at 1M series, one index probe per segment and
-        series was half of their sums' read); ``rollup_segment_rows`` for many windows (a report's days), where
-        a range walk per segment reads less than the one walk evaluates."""
-        if not windows or not metrics:
-            return [], iter(())
-        spans, sums, (first, last) = _segment_walk(windows)
-        if not sums:
-            return [], iter(())
-        sql = SQL_ROLLUP_SEGMENT_WALK.format(sums=sums, metrics=",".join("?" * len(metrics)))
-        rows: Iterator[tuple[int, ...]] = iter(self._conn.execute(sql, (first, last, *metrics)))  # streamed
         return spans, rows
 
     def rollup_segment_rows_of(
