@@ -724,7 +724,11 @@ class Signals:
         grid = tuple((-(-a // HOUR) * HOUR, -(-b // HOUR) * HOUR) for a, b in order)
         sums = self._sums
         if sums is None or sums.grid != grid:
-            sums = self._sums = self._read_sums(every, grid, *ledger.rollup_segment_rows(grid, MONEY_METRICS))
+            # No series read has rollups before the first of their first hours: segments that end by then are 0
+            # (rows of series read later are left out; a series that gains older rollups is read again in full
+            # by ``_catch_up``, its ``updated_ns`` having moved).
+            since = min(every.firsts) if every.firsts else None
+            sums = self._sums = self._read_sums(every, grid, *ledger.rollup_segment_rows(grid, MONEY_METRICS, since=since))
         cells, first_of_key = sums.cells, sums.first_of_key
         for c in cells:
             c.sums = [sum(c.columns[i:j]) for i, j in sums.spans]

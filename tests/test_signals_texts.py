@@ -47,6 +47,7 @@ CONFIG_TEXTS = {
         {"name": "odd-ids", "amount": 90, "period": "month", "source": "estimated",
          "match": {"tenancy": "*quoted*"}},
         {"name": "unicode", "amount": 30, "period": "day", "source": "best", "match": {"tenancy": "Proj-ä*"}},
+        {"name": "quarter", "amount": 900, "period": "quarter", "source": "estimated"},
         {"name": "own-names", "amount": 60, "period": "month", "source": "estimated",
          "match": {"labels": {"llm.tenancy.name": "Own Name"}}},  # the series' own attribute
     ],
@@ -103,11 +104,20 @@ def test_facts_cut_from_the_text_equal_the_parsed_ones(make_ledger: Callable[...
         # new series of both kinds: a new model for every key, and new keys
         lambda: _poll(writer, rng, END, END + 2 * H, (*KEYS, ("proj-10", {}), ('new "one"', {})),
                       ("gpt-4.1",)),
+        # usage of an hour before any series' first rollup, inside the quarter's budget: the sums skip the
+        # segments before the first rollup they read (``since``), so the series must be read again in full
+        lambda: writer.apply("openai", PollResult(usage=[UsageRecord(
+            provider="openai", model="gpt-4o", operation="chat", tenancy_id="proj-01", bucket_start=END - 30 * D,
+            bucket_width=H, tokens={"input": 9_000_000, "output": 1})]), tenant="acme"),
     ]
+    readings = [first]
     for step, change in enumerate(steps):
         change()
-        at = now + (step + 1) * H
+        at = now + min(step + 1, 2) * H  # the last two in one hour: kept sums, the changed series read again
         reading = fast.read(reader, at, peak_days=3)
         _same(reading, _signals(ReferenceSignals).read(reader, at, peak_days=3))
-        assert reading != first
-    assert any(attrs.get("gen_ai.request.model") == "gpt-4.1" for attrs, _ in reading.token_prices)  # new series
+        assert reading != readings[-1]
+        readings.append(reading)
+    assert any(attrs.get("gen_ai.request.model") == "gpt-4.1" for attrs, _ in readings[2].token_prices)  # new
+    quarter = [{b.name: b.spent for b in r.budgets}["quarter"] for r in readings]
+    assert quarter[3] > quarter[2]  # the old hour is in the quarter's spend
