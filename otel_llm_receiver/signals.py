@@ -450,7 +450,7 @@ class Signals:
         self._all_sids, self._all_updated = all_sids, all_updated
         out.reported = {sids[at]: (facts[at], width, last) for at, width, last in reported}
         price_at = self._price_at
-        out.prices = array("i", [price_at[sid] for sid in sids])  # every sid in ``out`` was derived: in range
+        out.prices = array("i", map(price_at.__getitem__, sids))  # every sid in ``out`` was derived: in range
         return out
 
     def _catch_up(self, ledger: Ledger, series: _SeriesSet) -> bool:
