@@ -10,8 +10,12 @@ At scale (issue 20: 100,000 to 1,000,000 series) the per-series Python work and 
 * what a series' attributes imply is derived once per process (attributes never change; a renamed tenancy
   re-derives its series) and kept by series id as small integers in arrays: the index of its ``_Facts`` (what
   the series of a tenancy share: cell, team, budget matches, tenancy name), of its anomaly group (provider,
-  model, tenancy) and of its price key. Attribute sets are parsed a page per ``json.loads`` call, and team and
-  budget matches are worked out once per distinct value of what the rules and budgets look at;
+  model, tenancy) and of its price key. A canonical attribute text is cut around its tenancy id, and what the
+  rest implies is worked out once per distinct rest (``_derive_texts``: no JSON parse per series; texts the
+  cut cannot take are parsed a page per ``json.loads`` call), and team and budget matches are worked out once
+  per distinct value of what the rules and budgets look at. The first reading hands every series it reads to
+  the export's builder (``describe``), so at start the series' attributes are read once, not twice;
+* the money sums skip the segments that end before the first rollup of any series read (a young ledger);
 * money series that no signal tells apart are added up as integers per ``_Cell`` before any ``Decimal``
   (``_Sums``: per series, one flat array of its sums over the segments the windows' edges cut time into);
   anomaly groups are two arrays by group (first hour, first member), scored from rows streamed from the ledger,
@@ -433,7 +437,7 @@ class Signals:
             page_facts = [fact_at[ids[i]] if ids[i] < known else -1 for i in rows]
             sids.extend([ids[i] for i in rows])
             firsts.extend([page_firsts[i] for i in rows])
-            if -1 in page_facts:  # series not seen before: their attributes parsed a page per call
+            if -1 in page_facts:  # series not seen before: their facts derived from their attributes
                 todo = [at for at, f in enumerate(page_facts) if f < 0]
                 need = [ids[rows[at]] for at in todo if texts[rows[at]] is None]
                 stored = ledger.series_attrs(need) if need else {}
