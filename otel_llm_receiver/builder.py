@@ -420,6 +420,9 @@ class MetricsBuilder:
     #: series id -> the head of its ``llm.usage.adjustments`` series and its value kind (made on its first shrink)
     _adjustment_sets: dict[int, tuple[bytes, ValueKind]] = field(default_factory=dict)
     _epoch: int = 0  # moves whenever a description changes (a new series, a rename): layouts are stale
+    #: wire series (metric, attribute set) found fed by several series by ``describe`` and not marked yet
+    #: (``_mark_shared`` walks every series: once per build, not once per page described)
+    _collisions: set[tuple[int, int]] = field(default_factory=set)
     _layout: _Layout | None = None
     # -- encoding caches ---------------------------------------------------------------------------------------
     _pairs: dict[tuple[str, str], bytes] = field(default_factory=dict)  # encoded attribute, framed
@@ -621,7 +624,18 @@ class MetricsBuilder:
         return found
 
     # -- descriptions: attributes encoded once per series ---------------------------------------------------
-    def _describe(self, new_series: Iterable[tuple[int, str, str, str]], names: Mapping[Any, str]) -> None:
+    def describe(self, series: Iterable[tuple[int, str, str, str]], names: Mapping[Any, str]) -> None:
+        """Remember these series ``(id, instance, metric, canonical attributes JSON)`` ahead of a build, as a
+        build does with ``ExportRows.new_series``; ``known_series`` moves past them, so the next
+        ``Ledger.export_rows`` reads only the series after. Why: at start every series' attributes are read
+        once, by the money signals (``Signals.read(describe=...)``), and handed over here a page at a time,
+        instead of being read a second time for the builder (issue 20). ``names`` may be older or newer than
+        the build's: ``build`` renames what changed before it sends."""
+        self._describe(series, names, mark=False)
+
+    def _describe(
+        self, new_series: Iterable[tuple[int, str, str, str]], names: Mapping[Any, str], *, mark: bool = True,
+    ) -> None:
         """Remember the series not seen yet: their metric, instance, tenancy and encoded attribute set.
 
         This runs once per series, at start, so it decides how long the first export takes (issue 20). A
@@ -637,7 +651,7 @@ class MetricsBuilder:
         rules = bool(self.attributor)
         partition, join, frames, blocks = str.partition, b"".join, _FRAMES, self._tenancy_blocks
         cut = _TENANCY_FRAGMENT
-        collisions: set[tuple[int, int]] = set()
+        collisions = self._collisions
         described, top, size = 0, self._max_id, len(metric_of)
         last_instance = last_metric = None
         for sid, instance, metric, text in new_series:
@@ -702,8 +716,9 @@ class MetricsBuilder:
                 top = sid
             described += 1
         self._max_id = top
-        if collisions:
+        if collisions and mark:
             self._mark_shared(collisions)
+            collisions.clear()
         if described:
             self._epoch += 1
 
@@ -871,6 +886,7 @@ class MetricsBuilder:
                 masks[n] |= bit
             set_of[sid] = n
         self._sets, self._set_index, self._set_metrics, self._set_of = sets, index, masks, set_of
+        self._collisions.clear()  # found again below, with the new sets' indexes
         self._shared = bytearray(len(self._metric_of))
         if collisions:
             self._mark_shared(collisions)

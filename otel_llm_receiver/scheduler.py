@@ -601,9 +601,11 @@ class Receiver:
                 generation = self._reader.generation()
                 unchanged = (generation == self._export_generation and held == self._export_held
                              and not self.builder.missing_series)
-                rows = None if unchanged else self._reader.export_rows(self.builder.known_series)
                 now_ns = time.time_ns()
+                # The signals first: their first reading reads every series' attributes, and hands them to the
+                # builder (``MetricsBuilder.describe``), whose rows then need only the series created since.
                 gauges = self._signal_gauges(self._reader, now_ns) if leads else []
+                rows = None if unchanged else self._reader.export_rows(self.builder.known_series)
                 data = self.builder.build(rows, self.health.reading(), now_ns, gauges, instances=held)
                 self._export_generation, self._export_held = generation, held
             except BaseException:
@@ -621,7 +623,7 @@ class Receiver:
     def _signal_gauges(self, reader: Ledger, now_ns: int) -> list[Any]:
         """Budget, anomaly, coverage, reconciliation and price gauges; a failure costs only these gauges."""
         try:
-            reading = self.signals.read(reader, int(self.clock()))
+            reading = self.signals.read(reader, int(self.clock()), describe=self.builder.describe)
         except (LedgerError, ArithmeticError, ValueError) as exc:
             log.warning("money signals skipped this export: %s", exc)
             return []

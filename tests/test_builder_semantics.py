@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -217,3 +217,54 @@ def test_two_instances_with_one_attribute_set_stay_one_point_as_series_come_and_
         got = _points(builder.build(ledger.export_rows(builder.known_series), None, NOW).requests())
         assert sorted(v[1] for v in got.values()) == [5, 42]
         assert got == _expected(ledger, {}, Attributor(()), {}, None)
+
+
+def _landing(builder: MetricsBuilder, writer: Ledger, polls: Iterator[tuple[str, PollResult]]) -> tuple[
+        Callable[[Iterable[tuple[int, str, str, str]], Mapping[Any, str]], None], list[int]]:
+    """A ``describe`` for ``Signals.read`` that hands the series to ``builder`` and, after the first page, applies
+    ``polls`` (between the signals' read and the totals' read); and the builder's ``known_series`` then."""
+    landed: list[int] = []
+
+    def describe(series: Iterable[tuple[int, str, str, str]], names: Mapping[Any, str]) -> None:
+        builder.describe(series, names)
+        if not landed:
+            for instance, result in polls:
+                writer.apply(instance, result, tenant="acme")
+            landed.append(builder.known_series)
+
+    return describe, landed
+
+
+@pytest.mark.parametrize(("seed", "rules"), [(6, False), (7, True)])
+def test_series_described_from_the_signals_read_mean_the_same(tmp_path: Path, seed: int, rules: bool) -> None:
+    """The first export after start describes every series to the builder from the money signals' read
+    (``Signals.read(describe=builder.describe)``), then reads the totals and only the series after the ones
+    described. A poll landing between the two reads (new series, grown buckets, renamed tenancies) must be in
+    that export as in one made the plain way; and the builder must go on following the rounds as one that read
+    its own rows."""
+    from otel_llm_receiver.signals import Signals
+
+    rng = random.Random(seed)
+    hour = NOW // 10**9 // HOUR * HOUR
+    attributor = _attributor(rules)
+    path = tmp_path / "ledger.db"
+    with Ledger(path) as writer, Ledger(path, readonly=True) as reader:
+        for round_ in range(4):
+            for instance, result in _poll(rng, hour + HOUR * round_, INSTANCES):
+                writer.apply(instance, result, tenant="acme")
+            builder, signals = _builder(rules, {}), Signals()  # a fresh start: both read every series
+            landing = _poll(rng, hour + HOUR * (round_ + 1), INSTANCES)
+            if round_ % 2 == 0:  # names only in odd rounds: the kept sets are not rebuilt by a rename
+                landing = iter([(i, PollResult(usage=r.usage, costs=r.costs)) for i, r in landing])
+            describe, landed = _landing(builder, writer, landing)
+            signals.read(reader, NOW // 10**9, describe=describe)
+            assert landed and landed[0] > 0  # the series came from the signals' read
+            export = builder.build(reader.export_rows(builder.known_series), None, NOW)
+            assert reader.counts()["series"] > landed[0]  # the poll made series the signals did not read
+            got = _points(export.requests())
+            assert got == _expected(reader, LABELS, attributor, {}, None), f"round {round_}"
+            assert export.points == len(got)
+            for instance, result in _poll(rng, hour + HOUR * (round_ + 2), INSTANCES):  # and it follows on
+                writer.apply(instance, result, tenant="acme")
+            export = builder.build(reader.export_rows(builder.known_series), None, NOW)
+            assert _points(export.requests()) == _expected(reader, LABELS, attributor, {}, None)

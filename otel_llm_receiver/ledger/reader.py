@@ -55,11 +55,17 @@ SQL_ROLLUP_SERIES = """
 SELECT s.id, s.instance, s.metric, s.attrs, s.bucket_width,
        (SELECT min(hour_start) FROM rollups WHERE series_id = s.id),
        (SELECT max(hour_start) FROM rollups WHERE series_id = s.id)
-FROM series AS s WHERE s.metric IN ({metrics})"""
+FROM series AS s WHERE s.metric IN ({metrics}) ORDER BY s.id"""
 SQL_ROLLUP_SERIES_ROWS = """
 SELECT s.id, s.instance, s.metric, {attrs}, s.bucket_width,
        (SELECT min(hour_start) FROM rollups WHERE series_id = s.id), {last}, s.updated_ns
 FROM series AS s WHERE s.metric IN ({metrics}) ORDER BY s.id"""
+#: ``SQL_ROLLUP_SERIES_ROWS`` of every series, the extent read only for those of the metrics asked.
+SQL_EVERY_SERIES_ROWS = """
+SELECT s.id, s.instance, s.metric, {attrs}, s.bucket_width,
+       CASE WHEN s.metric IN ({metrics}) THEN (SELECT min(hour_start) FROM rollups WHERE series_id = s.id) END,
+       {last}, s.updated_ns
+FROM series AS s ORDER BY s.id"""
 SQL_ROLLUP_SERIES_OF = """
 SELECT s.id, s.instance, s.metric, NULL, s.bucket_width,
        (SELECT min(hour_start) FROM rollups WHERE series_id = s.id), {last}, s.updated_ns
@@ -81,13 +87,15 @@ FROM series AS s JOIN rollups AS r ON r.series_id = s.id
 WHERE r.hour_start IN ({hours}) AND s.metric IN ({metrics})"""
 
 
-def _segments(windows: Sequence[tuple[int, int]]) -> tuple[list[tuple[int, int]], str]:
+def _segments(windows: Sequence[tuple[int, int]], since: int | None = None) -> tuple[list[tuple[int, int]], str]:
     """The disjoint segments the windows' edges cut time into, as correlated sums (one range walk of the
-    rollups' primary key each), and each window's ``[i, j)`` range of them."""
+    rollups' primary key each), and each window's ``[i, j)`` range of them. A segment that ends at or before
+    ``since`` is 0 without a read (the caller knows its series have no rollups before ``since``)."""
     edges = sorted({t for w in windows for t in w})
     if len(edges) < 2:
         return [], ""
     segments = ", ".join(
+        "0" if since is not None and b <= since else
         f"(SELECT coalesce(sum(value), 0) FROM rollups WHERE series_id = s.id "
         f"AND hour_start >= {int(a)} AND hour_start < {int(b)})"
         for a, b in itertools.pairwise(edges)
@@ -325,8 +333,9 @@ class LedgerReader(LedgerEngine):
         ]
 
     def rollup_series(self, metrics: Sequence[str]) -> dict[int, RollupSeries]:
-        """Series of ``metrics`` that have rollups, by id. The first and last hours come from the rollups'
-        primary key (one index probe each)."""
+        """Series of ``metrics`` that have rollups, by id, in id order (on PostgreSQL a table's order moves as
+        rows are updated: what is made of them in this order must not). The first and last hours come from the
+        rollups' primary key (one index probe each)."""
         sql = SQL_ROLLUP_SERIES.format(metrics=",".join("?" * len(metrics)))
         return {
             int(sid): RollupSeries(instance, metric, json.loads(attrs), int(width or 0), int(first), int(last))
@@ -362,14 +371,18 @@ class LedgerReader(LedgerEngine):
         return spans, out
 
     def rollup_segment_rows(
-        self, windows: Sequence[tuple[int, int]], metrics: Sequence[str]
+        self, windows: Sequence[tuple[int, int]], metrics: Sequence[str], *, since: int | None = None,
     ) -> tuple[list[tuple[int, int]], Iterator[tuple[int, ...]]]:
         """``rollup_segment_sums`` as rows ``(series id, *segment sums)`` in id order, read a page at a time
         (zero rows included), for a caller that folds them as they come: at 1M series the dict of every series' sums
-        would hold ~100 MB at once."""
+        would hold ~100 MB at once.
+
+        ``since``: no series the caller keeps rows of has rollups before it (it read their first hours), so the
+        segments that end by then are 0 without an index probe per series (a young ledger's money signals: at 1M
+        series, half of the probes were of a month of hours before any rollup)."""
         if not windows or not metrics:
             return [], iter(())
-        spans, segments = _segments(windows)
+        spans, segments = _segments(windows, since)
         if not segments:
             return [], iter(())
         sql = SQL_ROLLUP_SEGMENT_SUMS.format(segments=segments, metrics=",".join("?" * len(metrics)))
@@ -429,7 +442,8 @@ class LedgerReader(LedgerEngine):
         return out
 
     def rollup_series_pages(
-        self, metrics: Sequence[str], last_of: Sequence[str] | None = None, *, attrs: bool = True
+        self, metrics: Sequence[str], last_of: Sequence[str] | None = None, *, attrs: bool = True,
+        every: bool = False,
     ) -> Iterator[list[tuple[int, str, str, str | None, int | None, int | None, int | None, int]]]:
         """Every series of ``metrics`` as raw rows ``(id, instance, metric, attrs JSON, bucket width, first hour,
         last hour, updated_ns)`` in id order, a page at a time; first is None for a series without rollups.
@@ -439,13 +453,24 @@ class LedgerReader(LedgerEngine):
         (None), and ``series_attrs`` reads it for the ids the caller has not seen. With ``last_of``, only series
         of those metrics get their last hour read (one index probe fewer for each other series: None). Pages
         of raw rows, not a row at a time: at 100,000 series a generator's step per row is a tenth of the read.
+
+        With ``every``, the rows of every series, whatever its metric, those of other metrics without an extent
+        (first and last None): one read of every series' attributes for two readers of them (the first export
+        after start describes every series to the builder from the signals' read, issue 20).
         """
+        marks = ",".join("?" * len(metrics))
         last = "(SELECT max(hour_start) FROM rollups WHERE series_id = s.id)"
-        if last_of is not None:
-            last = f"CASE WHEN s.metric IN ({','.join('?' * len(last_of))}) THEN {last} END"
-        sql = SQL_ROLLUP_SERIES_ROWS.format(
-            attrs="s.attrs" if attrs else "NULL", last=last, metrics=",".join("?" * len(metrics)))
-        cursor = self._conn.execute(sql, (*(last_of or ()), *metrics))
+        last_marks = marks if last_of is None else ",".join("?" * len(last_of))
+        if last_of is not None or every:
+            last = f"CASE WHEN s.metric IN ({last_marks}) THEN {last} END"
+        last_args = tuple(metrics) if last_of is None and every else tuple(last_of or ())
+        if every:
+            sql = SQL_EVERY_SERIES_ROWS.format(attrs="s.attrs" if attrs else "NULL", last=last, metrics=marks)
+            args = (*metrics, *last_args)
+        else:
+            sql = SQL_ROLLUP_SERIES_ROWS.format(attrs="s.attrs" if attrs else "NULL", last=last, metrics=marks)
+            args = (*last_args, *metrics)
+        cursor = self._conn.execute(sql, args)
         while rows := cursor.fetchmany(10_000):
             yield rows
 
