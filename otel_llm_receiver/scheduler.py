@@ -14,8 +14,9 @@ import random
 import sqlite3
 import threading
 import time
+from array import array
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -30,7 +31,7 @@ from .errors import LedgerError, ProviderError
 from .focus import FocusWriter, WritePass, context_for
 from .health import health_document
 from .health_ledger import HealthLedger
-from .ledger import ApplyStats, Ledger, open_ledger
+from .ledger import ApplyStats, ExportRows, Ledger, open_ledger
 from .logs import redact
 from .model import USAGE, PollResult, SourceFailure, Window, first_window_start
 from .money import money_stack
@@ -45,6 +46,41 @@ from .signals import SignalsReading, gauge_metrics
 log = logging.getLogger(__name__)
 
 JITTER = 0.1  # +-10% on every interval, so instances started together drift apart
+
+
+class FirstRead:
+    """The export's side of the signals' first reading (``signals.Describer``): each page of series it reads is
+    described to the builder, and their totals and levels kept, so the first export after start reads every
+    series once (issue 20: at 1,000,000 series a second read of the totals cost about 0.6 s).
+
+    The totals count only once the read got to its end (``complete``): a reading that fails partway leaves
+    ``rows`` None, and the export reads the totals itself (``Ledger.export_rows``) as on any later export."""
+
+    def __init__(self, builder: MetricsBuilder) -> None:
+        self.builder = builder
+        self._totals: array[int] = array("q")
+        self._levels: dict[int, int] = {}
+        self._names: dict[tuple[str, str, str], str] = {}
+        self._complete = False
+
+    def page(
+        self, series: Iterable[tuple[int, str, str, str]], names: Mapping[tuple[str, str, str], str],
+        totals: array[int], levels: Mapping[int, int],
+    ) -> None:
+        self.builder.describe(series, names)
+        self._totals.extend(totals)
+        self._levels.update(levels)
+        self._names = dict(names)
+
+    def complete(self) -> None:
+        self._complete = True
+
+    def rows(self) -> ExportRows | None:
+        """The totals of the whole read as ``Ledger.export_rows`` gives them (with the names the series were
+        described with), or None when the read did not complete (or did not happen: not the first reading)."""
+        if not self._complete:
+            return None
+        return Ledger.export_rows_of(self._totals, self._names, self._levels)
 
 
 async def wait_for_stop(stop: asyncio.Event, seconds: float) -> bool:
@@ -602,10 +638,12 @@ class Receiver:
                 unchanged = (generation == self._export_generation and held == self._export_held
                              and not self.builder.missing_series)
                 now_ns = time.time_ns()
-                # The signals first: their first reading reads every series' attributes, and hands them to the
-                # builder (``MetricsBuilder.describe``), whose rows then need only the series created since.
-                gauges = self._signal_gauges(self._reader, now_ns) if leads else []
-                rows = None if unchanged else self._reader.export_rows(self.builder.known_series)
+                # The signals first: their first reading reads every series, describes them to the builder and
+                # keeps their totals (``FirstRead``); else, or if it failed partway, the totals are read here.
+                first = FirstRead(self.builder)
+                gauges = self._signal_gauges(self._reader, now_ns, first) if leads else []
+                rows = None if unchanged else (first.rows() or self._reader.export_rows(self.builder.known_series))
+                del first
                 data = self.builder.build(rows, self.health.reading(), now_ns, gauges, instances=held)
                 self._export_generation, self._export_held = generation, held
             except BaseException:
@@ -620,10 +658,10 @@ class Receiver:
             self.last_export_ok = ok
         return ok
 
-    def _signal_gauges(self, reader: Ledger, now_ns: int) -> list[Any]:
+    def _signal_gauges(self, reader: Ledger, now_ns: int, first: FirstRead | None = None) -> list[Any]:
         """Budget, anomaly, coverage, reconciliation and price gauges; a failure costs only these gauges."""
         try:
-            reading = self.signals.read(reader, int(self.clock()), describe=self.builder.describe)
+            reading = self.signals.read(reader, int(self.clock()), describe=first)
         except (LedgerError, ArithmeticError, ValueError) as exc:
             log.warning("money signals skipped this export: %s", exc)
             return []

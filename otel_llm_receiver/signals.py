@@ -48,10 +48,10 @@ import itertools
 import json
 from array import array
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
@@ -80,8 +80,22 @@ MONEY_METRICS = (METRIC_COST_ESTIMATED, METRIC_COST)
 #: The series the signals keep: money, and tokens (anomaly scores and price gauges).
 SERIES_METRICS = (*MONEY_METRICS, METRIC_TOKENS)
 _SERIES_METRICS = frozenset(SERIES_METRICS)
-#: Takes pages of series ``(id, instance, metric, attributes JSON)`` with the names (``MetricsBuilder.describe``).
-Describer = Callable[[Iterable[tuple[int, str, str, str]], Mapping[tuple[str, str, str], str]], None]
+
+
+class Describer(Protocol):
+    """Who the first reading hands every series it reads to (the export: ``scheduler.FirstRead``), so that at
+    start the series are read once, not once for the signals and again for the export (issue 20)."""
+
+    def page(
+        self, series: Iterable[tuple[int, str, str, str]], names: Mapping[tuple[str, str, str], str],
+        totals: array[int], levels: Mapping[int, int],
+    ) -> None:
+        """One page of series ``(id, instance, metric, attributes JSON)`` with the names, and their totals
+        (flat ``id, total, adjustments, start_time_ns`` as ``TotalsColumns``) and levels (id -> value)."""
+
+    def complete(self) -> None:
+        """Every series was handed over: the pages are one whole read of the ledger's series."""
+
 #: The periods of ``llm.cost.period_to_date``: the UTC day and calendar month, as the dashboards' "today" and
 #: "this month" mean them.
 PERIODS: tuple[Period, ...] = ("day", "month")
@@ -385,8 +399,8 @@ class Signals:
     def _read_series(self, ledger: Ledger, describe: Describer | None = None) -> _SeriesSet:
         """Every series of SERIES_METRICS, its extent and facts. With ``describe``, when the attributes are read
         (the first reading), every series of any metric is read, and each page of them ``(id, instance, metric,
-        attributes)`` handed to ``describe`` with the names: one read of the series' attributes for the export's
-        builder too (``MetricsBuilder.describe``)."""
+        attributes)`` handed to ``describe`` with the names and their totals and levels, then ``complete`` once
+        the read got to its end: one read of the series for the export too (``scheduler.FirstRead``)."""
         names = ledger.names()
         if names != self._names:
             changed = {
@@ -416,11 +430,16 @@ class Signals:
         every = attrs and describe is not None
         for page in ledger.rollup_series_pages(SERIES_METRICS, (METRIC_COST,), attrs=attrs, every=every):
             # Column by column (C loops), as most series are known and have rollups.
-            ids, instances, metrics, texts, widths, page_firsts, lasts, updated = zip(*page, strict=True)
+            ids, instances, metrics, texts, widths, page_firsts, lasts, updated, *export = zip(*page, strict=True)
             kept_ids, kept_updated = ids, updated
             if every:
                 assert describe is not None
-                describe(zip(ids, instances, metrics, texts, strict=True), names)
+                totals, adjustments, starts, page_levels = export
+                levels = {} if page_levels.count(None) == len(ids) else {
+                    sid: v for sid, v in zip(ids, page_levels, strict=True) if v is not None}
+                describe.page(zip(ids, instances, metrics, texts, strict=True), names,
+                              array("q", itertools.chain.from_iterable(zip(ids, totals, adjustments, starts, strict=True))),
+                              levels)
                 mine = list(map(_SERIES_METRICS.__contains__, metrics))  # the others have no extent: not kept
                 if not all(mine):
                     kept_ids = tuple(itertools.compress(ids, mine))
@@ -451,6 +470,9 @@ class Signals:
             if METRIC_COST in metrics:
                 reported += [(base + at, widths[i] or 0, page_firsts[i] if lasts[i] is None else lasts[i])
                              for at, i in enumerate(rows) if metrics[i] == METRIC_COST]
+        if every:
+            assert describe is not None
+            describe.complete()
         self._all_sids, self._all_updated = all_sids, all_updated
         out.reported = {sids[at]: (facts[at], width, last) for at, width, last in reported}
         price_at = self._price_at

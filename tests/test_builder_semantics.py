@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,12 @@ from otel_llm_receiver.attribution import Attributor
 from otel_llm_receiver.builder import MetricsBuilder, make_resource
 from otel_llm_receiver.catalog import CATALOG
 from otel_llm_receiver.config import parse_config
+from otel_llm_receiver.errors import LedgerError
 from otel_llm_receiver.ledger import Ledger
 from otel_llm_receiver.model import NANOS_PER_UNIT, CostRecord, PollResult, UsageRecord
 from otel_llm_receiver.names import LEVEL_METRICS, MEASURE_OF_METRIC, NANO_METRICS
+from otel_llm_receiver.scheduler import FirstRead
+from otel_llm_receiver.signals import Signals
 
 NOW = 1_790_000_000_000_000_000
 HOUR = 3600
@@ -219,20 +222,31 @@ def test_two_instances_with_one_attribute_set_stay_one_point_as_series_come_and_
         assert got == _expected(ledger, {}, Attributor(()), {}, None)
 
 
+class _Landing:
+    """A ``Describer`` for ``Signals.read`` that hands the series to ``builder`` and, after the first page,
+    applies ``polls`` (between the signals' read and the totals' read); ``landed``: the builder's
+    ``known_series`` then. Its totals are left out: the export reads them (``Ledger.export_rows``)."""
+
+    def __init__(self, builder: MetricsBuilder, writer: Ledger, polls: Iterator[tuple[str, PollResult]]) -> None:
+        self.builder, self.writer, self.polls = builder, writer, polls
+        self.landed: list[int] = []
+
+    def page(self, series: Iterable[tuple[int, str, str, str]], names: Mapping[Any, str], totals: Any,
+             levels: Any) -> None:
+        self.builder.describe(series, names)
+        if not self.landed:
+            for instance, result in self.polls:
+                self.writer.apply(instance, result, tenant="acme")
+            self.landed.append(self.builder.known_series)
+
+    def complete(self) -> None:
+        pass
+
+
 def _landing(builder: MetricsBuilder, writer: Ledger, polls: Iterator[tuple[str, PollResult]]) -> tuple[
-        Callable[[Iterable[tuple[int, str, str, str]], Mapping[Any, str]], None], list[int]]:
-    """A ``describe`` for ``Signals.read`` that hands the series to ``builder`` and, after the first page, applies
-    ``polls`` (between the signals' read and the totals' read); and the builder's ``known_series`` then."""
-    landed: list[int] = []
-
-    def describe(series: Iterable[tuple[int, str, str, str]], names: Mapping[Any, str]) -> None:
-        builder.describe(series, names)
-        if not landed:
-            for instance, result in polls:
-                writer.apply(instance, result, tenant="acme")
-            landed.append(builder.known_series)
-
-    return describe, landed
+        _Landing, list[int]]:
+    landing = _Landing(builder, writer, polls)
+    return landing, landing.landed
 
 
 @pytest.mark.parametrize(("seed", "rules"), [(6, False), (7, True)])
@@ -268,3 +282,92 @@ def test_series_described_from_the_signals_read_mean_the_same(tmp_path: Path, se
                 writer.apply(instance, result, tenant="acme")
             export = builder.build(reader.export_rows(builder.known_series), None, NOW)
             assert _points(export.requests()) == _expected(reader, LABELS, attributor, {}, None)
+
+
+class _Between:
+    """A ``Describer`` around the export's own (``scheduler.FirstRead``): hands every page to it and, after the
+    first, remembers what the export means at the signals' read (``at_read``: nothing has landed since it began)
+    and then applies ``polls``, between the series' read and the build; or, with ``fail_on``, raises on that page
+    after handing it over (a read that fails partway)."""
+
+    def __init__(self, first: FirstRead, path: Path, writer: Ledger, polls: Iterator[tuple[str, PollResult]],
+                 rules: bool, fail_on: int | None = None) -> None:
+        self.first, self.path, self.writer, self.polls, self.rules = first, path, writer, polls, rules
+        self.fail_on = fail_on
+        self.pages = 0
+        self.at_read: dict[Key, tuple[Any, ...]] | None = None
+
+    def page(self, series: Iterable[tuple[int, str, str, str]], names: Mapping[Any, str], totals: Any,
+             levels: Any) -> None:
+        self.first.page(series, names, totals, levels)
+        self.pages += 1
+        if self.pages == self.fail_on:
+            raise LedgerError("the connection went away")  # as a read failing partway
+        if self.at_read is None:
+            with Ledger(self.path, readonly=True) as other:  # another connection: the data as it is now
+                self.at_read = _expected(other, LABELS, _attributor(self.rules), {}, None)
+            for instance, result in self.polls:
+                self.writer.apply(instance, result, tenant="acme")
+
+    def complete(self) -> None:
+        self.first.complete()
+
+
+@pytest.mark.parametrize(("seed", "rules"), [(8, False), (9, True)])
+def test_the_first_export_takes_the_totals_of_the_signals_read(tmp_path: Path, seed: int, rules: bool) -> None:
+    """The first export after start takes every series' total, adjustments, start time and level from the money
+    signals' one read of the series (``FirstRead``), not from a read of its own: it must mean what the ledger
+    held when that read began, even when a poll (new series, grown and shrunk buckets, names) lands before the
+    build; the next export, reading the totals itself, must then mean what the ledger holds."""
+    rng = random.Random(seed)
+    hour = NOW // 10**9 // HOUR * HOUR
+    path = tmp_path / "ledger.db"
+    with Ledger(path) as writer, Ledger(path, readonly=True) as reader:
+        for round_ in range(4):
+            for instance, result in _poll(rng, hour + HOUR * round_, INSTANCES):
+                writer.apply(instance, result, tenant="acme")
+            builder, signals = _builder(rules, {}), Signals()  # a fresh start
+            first = FirstRead(builder)
+            between = _Between(first, path, writer, _poll(rng, hour + HOUR * (round_ + 1), INSTANCES), rules)
+            signals.read(reader, NOW // 10**9, describe=between)
+            rows = first.rows()
+            assert rows is not None and between.at_read is not None
+            got = _points(builder.build(rows, None, NOW).requests())
+            assert got == between.at_read, f"round {round_}"
+            assert any(k[0] == STORAGE for k in got) or round_ == 0  # levels came from the read too
+            now = _expected(reader, LABELS, _attributor(rules), {}, None)
+            assert now != between.at_read  # the poll landed: the next export reads it
+            export = builder.build(reader.export_rows(builder.known_series), None, NOW)
+            assert _points(export.requests()) == now
+
+
+@pytest.mark.parametrize("fail_on", [1, 2])
+def test_a_signals_read_failing_partway_leaves_the_totals_to_the_export(tmp_path: Path, fail_on: int) -> None:
+    """A first reading that fails partway (here on the first or the second of two pages of series) hands over
+    no totals (``FirstRead.rows`` None): the export reads them itself, and sends every series with its total,
+    the ones described before the failure included; a reading that completes over two pages hands over all."""
+    path = tmp_path / "ledger.db"
+    hour = NOW // 10**9 // HOUR * HOUR
+    keys = 3_700  # three series a record: over 10,000 series, two pages of the signals' read
+    usage = [UsageRecord("openai", MODELS[k % 4], "chat", f"proj_{k // 4:05d}", hour - HOUR, HOUR,
+                         {"input": 1 + k, "output": 2 * k}, requests=1 + k % 7) for k in range(keys)]
+    with Ledger(path) as writer, Ledger(path, readonly=True) as reader:
+        writer.apply("openai/a", PollResult(usage=usage), tenant="acme")
+        writer.apply("openai/a", PollResult(usage=usage[:5]), tenant="acme")  # the same again: no change
+        assert reader.counts()["series"] > 10_000
+        expected = _expected(reader, LABELS, _attributor(False), {}, None)
+        builder = _builder(False, {})
+        first = FirstRead(builder)
+        with pytest.raises(LedgerError):
+            Signals().read(reader, NOW // 10**9, describe=_Between(first, path, writer, iter(()), False, fail_on))
+        assert first.rows() is None
+        described = reader.counts()["series"] if fail_on == 2 else 10_000  # the failing page handed over too
+        assert builder.known_series == described
+        got = _points(builder.build(reader.export_rows(builder.known_series), None, NOW).requests())
+        assert got == expected
+        whole, fresh = FirstRead(_builder(False, {})), _builder(False, {})
+        whole.builder = fresh
+        Signals().read(reader, NOW // 10**9, describe=whole)
+        rows = whole.rows()
+        assert rows is not None and len(list(rows.totals)) == reader.counts()["series"]
+        assert _points(fresh.build(rows, None, NOW).requests()) == expected

@@ -60,11 +60,15 @@ SQL_ROLLUP_SERIES_ROWS = """
 SELECT s.id, s.instance, s.metric, {attrs}, s.bucket_width,
        (SELECT min(hour_start) FROM rollups WHERE series_id = s.id), {last}, s.updated_ns
 FROM series AS s WHERE s.metric IN ({metrics}) ORDER BY s.id"""
-#: ``SQL_ROLLUP_SERIES_ROWS`` of every series, the extent read only for those of the metrics asked.
-SQL_EVERY_SERIES_ROWS = """
-SELECT s.id, s.instance, s.metric, {attrs}, s.bucket_width,
-       CASE WHEN s.metric IN ({metrics}) THEN (SELECT min(hour_start) FROM rollups WHERE series_id = s.id) END,
-       {last}, s.updated_ns
+#: ``SQL_ROLLUP_SERIES_ROWS`` of every series, the extent read only for those of the metrics asked; then what
+#: ``export_rows`` reads of each (total, adjustments, start time, and a level metric's newest bucket's value).
+SQL_EVERY_SERIES_ROWS = f"""
+SELECT s.id, s.instance, s.metric, {{attrs}}, s.bucket_width,
+       CASE WHEN s.metric IN ({{metrics}}) THEN (SELECT min(hour_start) FROM rollups WHERE series_id = s.id) END,
+       {{last}}, s.updated_ns, s.total, s.adjustments, s.start_time_ns,
+       CASE WHEN s.metric IN ({_LEVEL_LIST}) THEN
+           (SELECT b.value FROM buckets AS b WHERE b.series_id = s.id ORDER BY b.bucket_start DESC LIMIT 1)
+       END
 FROM series AS s ORDER BY s.id"""
 SQL_ROLLUP_SERIES_OF = """
 SELECT s.id, s.instance, s.metric, NULL, s.bucket_width,
@@ -274,6 +278,15 @@ class LedgerReader(LedgerEngine):
             levels = {sid: v for sid, v in conn.execute(SQL_EXPORT_LEVELS) if v is not None}
         return ExportRows(totals, self._series_after(known_series, page), names, levels)
 
+    @staticmethod
+    def export_rows_of(
+        totals: array[int], names: dict[tuple[str, str, str], str], levels: dict[int, int],
+    ) -> ExportRows:
+        """``export_rows`` from what one read of every series gave (``rollup_series_pages(every=True)``):
+        ``totals`` flat as ``TotalsColumns``, every series already described to the reader (no new series: one
+        created since is read by the next export, whose generation moved)."""
+        return ExportRows(TotalsColumns(totals), (), names, levels)
+
     def _series_after(self, after: int, page: int) -> Iterator[tuple[int, str, str, str]]:
         while True:
             with self._lock:
@@ -444,7 +457,7 @@ class LedgerReader(LedgerEngine):
     def rollup_series_pages(
         self, metrics: Sequence[str], last_of: Sequence[str] | None = None, *, attrs: bool = True,
         every: bool = False,
-    ) -> Iterator[list[tuple[int, str, str, str | None, int | None, int | None, int | None, int]]]:
+    ) -> Iterator[list[tuple[Any, ...]]]:
         """Every series of ``metrics`` as raw rows ``(id, instance, metric, attrs JSON, bucket width, first hour,
         last hour, updated_ns)`` in id order, a page at a time; first is None for a series without rollups.
 
@@ -455,8 +468,10 @@ class LedgerReader(LedgerEngine):
         of raw rows, not a row at a time: at 100,000 series a generator's step per row is a tenth of the read.
 
         With ``every``, the rows of every series, whatever its metric, those of other metrics without an extent
-        (first and last None): one read of every series' attributes for two readers of them (the first export
-        after start describes every series to the builder from the signals' read, issue 20).
+        (first and last None), each with four more columns: what ``export_rows`` reads of it (total,
+        adjustments, start time, and for a level metric its newest bucket's value, else None). One read of
+        every series for three readers (issue 20): the first export after start describes every series to the
+        builder and takes its totals from the signals' read (``scheduler.FirstRead``), all from one statement.
         """
         marks = ",".join("?" * len(metrics))
         last = "(SELECT max(hour_start) FROM rollups WHERE series_id = s.id)"
