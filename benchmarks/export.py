@@ -117,7 +117,7 @@ def child(case: str, path: str, endpoint: str) -> None:
             anchor(receiver, endpoint)
             return
         if case == "bare":  # the export path alone: the money signals left out (not what the receiver does)
-            receiver._signal_gauges = lambda reader, now_ns: []
+            receiver._signal_gauges = lambda reader, now_ns, *first: []
         if case in ("later", "changed"):
             assert receiver.export_now(wait=True), "the first export failed"
         if case == "changed":
@@ -161,11 +161,11 @@ def _time_signals(receiver: Any) -> list[float]:
     spent: list[float] = [0.0]
     described: list[float] = [0.0]
 
-    def timed_signals(reader: Any, now_ns: int) -> Any:
+    def timed_signals(reader: Any, now_ns: int, *first: Any) -> Any:
         described[0] = 0.0
         t0 = time.thread_time()
         try:
-            return compute(reader, now_ns)
+            return compute(reader, now_ns, *first)
         finally:
             spent.append(time.thread_time() - t0 - described[0])
 
