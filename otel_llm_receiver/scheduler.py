@@ -58,19 +58,21 @@ class FirstRead:
 
     def __init__(self, builder: MetricsBuilder) -> None:
         self.builder = builder
-        self._totals: array[int] = array("q")
+        self._columns: tuple[array[int], ...] = tuple(array("q") for _ in range(4))  # id, total, adj., start
         self._levels: dict[int, int] = {}
-        self._names: dict[tuple[str, str, str], str] = {}
+        self._names: Mapping[tuple[str, str, str], str] = {}
         self._complete = False
 
     def page(
         self, series: Iterable[tuple[int, str, str, str]], names: Mapping[tuple[str, str, str], str],
-        totals: array[int], levels: Mapping[int, int],
+        totals: tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int]], levels: Mapping[int, int],
     ) -> None:
         self.builder.describe(series, names)
-        self._totals.extend(totals)
-        self._levels.update(levels)
-        self._names = dict(names)
+        for kept, column in zip(self._columns, totals, strict=True):
+            kept.extend(column)  # column by column: C loops, no tuple a row
+        if levels:
+            self._levels.update(levels)
+        self._names = names  # the signals' (one dict for the whole read, never changed)
 
     def complete(self) -> None:
         self._complete = True
@@ -80,7 +82,10 @@ class FirstRead:
         described with), or None when the read did not complete (or did not happen: not the first reading)."""
         if not self._complete:
             return None
-        return Ledger.export_rows_of(self._totals, self._names, self._levels)
+        flat = array("q", bytes(8 * 4 * len(self._columns[0])))
+        for i, column in enumerate(self._columns):
+            flat[i::4] = column
+        return Ledger.export_rows_of(flat, dict(self._names), self._levels)
 
 
 async def wait_for_stop(stop: asyncio.Event, seconds: float) -> bool:

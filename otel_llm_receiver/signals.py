@@ -88,10 +88,10 @@ class Describer(Protocol):
 
     def page(
         self, series: Iterable[tuple[int, str, str, str]], names: Mapping[tuple[str, str, str], str],
-        totals: array[int], levels: Mapping[int, int],
+        totals: tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int]], levels: Mapping[int, int],
     ) -> None:
-        """One page of series ``(id, instance, metric, attributes JSON)`` with the names, and their totals
-        (flat ``id, total, adjustments, start_time_ns`` as ``TotalsColumns``) and levels (id -> value)."""
+        """One page of series ``(id, instance, metric, attributes JSON)`` with the names, and their totals (the
+        columns id, total, adjustments, start_time_ns) and levels (id -> value)."""
 
     def complete(self) -> None:
         """Every series was handed over: the pages are one whole read of the ledger's series."""
@@ -438,20 +438,36 @@ class Signals:
                 levels = {} if page_levels.count(None) == len(ids) else {
                     sid: v for sid, v in zip(ids, page_levels, strict=True) if v is not None}
                 describe.page(zip(ids, instances, metrics, texts, strict=True), names,
-                              array("q", itertools.chain.from_iterable(zip(ids, totals, adjustments, starts, strict=True))),
-                              levels)
+                              (ids, totals, adjustments, starts), levels)
                 mine = list(map(_SERIES_METRICS.__contains__, metrics))  # the others have no extent: not kept
                 if not all(mine):
                     kept_ids = tuple(itertools.compress(ids, mine))
                     kept_updated = tuple(itertools.compress(updated, mine))
             all_sids.extend(kept_ids)
             all_updated.extend(kept_updated)  # read with the extent: the sums, read later, are at least as new
+            keep: list[bool] | None = None
             if None in page_firsts:  # some have no rollups (pruned away, or none yet)
                 keep = [first is not None for first in page_firsts]
                 rows = list(itertools.compress(range(len(ids)), keep))
             else:
                 rows = list(range(len(ids)))
             base = len(sids)
+            if attrs:  # the first reading: no series known, each derived from the text read with it (C loops)
+                compress = itertools.compress
+                if keep is None:
+                    chosen_ids, chosen_firsts = ids, page_firsts
+                    columns = (instances, metrics, texts)
+                else:
+                    chosen_ids, chosen_firsts = tuple(compress(ids, keep)), tuple(compress(page_firsts, keep))
+                    columns = (tuple(compress(instances, keep)), tuple(compress(metrics, keep)),
+                               tuple(compress(texts, keep)))
+                sids.extend(chosen_ids)
+                firsts.extend(chosen_firsts)
+                facts.extend(derive(chosen_ids, *columns, names))
+                if METRIC_COST in metrics:
+                    reported += [(base + at, widths[i] or 0, page_firsts[i] if lasts[i] is None else lasts[i])
+                                 for at, i in enumerate(rows) if metrics[i] == METRIC_COST]
+                continue
             known = len(fact_at)
             page_facts = [fact_at[ids[i]] if ids[i] < known else -1 for i in rows]
             sids.extend([ids[i] for i in rows])
