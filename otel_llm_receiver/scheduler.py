@@ -58,7 +58,7 @@ class FirstRead:
 
     def __init__(self, builder: MetricsBuilder) -> None:
         self.builder = builder
-        self._columns: tuple[array[int], ...] = tuple(array("q") for _ in range(4))  # id, total, adj., start
+        self._totals: array[int] = array("q")  # flat, as ``TotalsColumns``
         self._levels: dict[int, int] = {}
         self._names: Mapping[tuple[str, str, str], str] = {}
         self._complete = False
@@ -68,8 +68,10 @@ class FirstRead:
         totals: tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int]], levels: Mapping[int, int],
     ) -> None:
         self.builder.describe(series, names)
-        for kept, column in zip(self._columns, totals, strict=True):
-            kept.extend(column)  # column by column: C loops, no tuple a row
+        flat, at = self._totals, len(self._totals)
+        flat.frombytes(bytes(8 * 4 * len(totals[0])))
+        for i, column in enumerate(totals):  # interleaved column by column: C loops, no tuple a row
+            flat[at + i::4] = array("q", column)
         if levels:
             self._levels.update(levels)
         self._names = names  # the signals' (one dict for the whole read, never changed)
@@ -82,10 +84,7 @@ class FirstRead:
         described with), or None when the read did not complete (or did not happen: not the first reading)."""
         if not self._complete:
             return None
-        flat = array("q", bytes(8 * 4 * len(self._columns[0])))
-        for i, column in enumerate(self._columns):
-            flat[i::4] = column
-        return Ledger.export_rows_of(flat, dict(self._names), self._levels)
+        return Ledger.export_rows_of(self._totals, dict(self._names), self._levels)
 
 
 async def wait_for_stop(stop: asyncio.Event, seconds: float) -> bool:
