@@ -62,7 +62,7 @@ from .catalog import CATALOG
 from .heap import collector_paused
 from .ledger import Ledger
 from .ledger.schema import META_GENERATION
-from .names import CURRENCY_ATTR, METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS
+from .names import CURRENCY_ATTR, LEVEL_METRICS, METRIC_COST, METRIC_COST_ESTIMATED, METRIC_TOKENS
 from .pricing import PRICE_GAUGE_ATTRIBUTES, PriceBook
 from .signals_config import BudgetConfig, BudgetMatch, Period
 
@@ -434,9 +434,9 @@ class Signals:
             kept_ids, kept_updated = ids, updated
             if every:
                 assert describe is not None
-                totals, adjustments, starts, page_levels = export
-                levels = {} if page_levels.count(None) == len(ids) else {
-                    sid: v for sid, v in zip(ids, page_levels, strict=True) if v is not None}
+                totals, adjustments, starts = export
+                levels = {} if LEVEL_METRICS.isdisjoint(metrics) else ledger.levels_of(
+                    [sid for sid, metric in zip(ids, metrics, strict=True) if metric in LEVEL_METRICS])
                 describe.page(zip(ids, instances, metrics, texts, strict=True), names,
                               (ids, totals, adjustments, starts), levels)
                 mine = list(map(_SERIES_METRICS.__contains__, metrics))  # the others have no extent: not kept
