@@ -46,6 +46,7 @@ import datetime as dt
 import fnmatch
 import itertools
 import json
+import operator
 from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -102,6 +103,7 @@ PERIODS: tuple[Period, ...] = ("day", "month")
 _ABSENT = object()  # an attribute not set (not the same as any value)
 _NO_HOUR = 2**62  # the first hour of an anomaly group without members
 _FOLD = 256  # rows a cell gathers before adding them up (bounded memory at a million series)
+_SUMS_CHUNK = 4_096  # rows of the money sums taken at a time (``_read_sums``)
 #: Attribute sets parsed per ``json.loads`` call: one JSON array a page costs half of one call a series.
 _PARSE_PAGE = 2_000
 _ID_KEY = "llm.tenancy.id"
@@ -842,43 +844,57 @@ class Signals:
         first_of_key: dict[tuple[str, str], _Facts] = {}
         width = max((j for _, j in spans), default=0)
         facts = self._facts
-        cell_of_fact: dict[int, _Cell | None] = {}
-        money = array("q")  # the USD money series' ids, in id order
-        cell_of: list[_Cell] = []
-        for sid, f in zip(every.sids, every.facts, strict=True):
-            if f in cell_of_fact:
-                c = cell_of_fact[f]
-            else:
-                s = facts[f]
-                c = None
-                if s.usd and s.metric in MONEY_METRICS:
-                    c = cells.get(s.cell)
-                    if c is None:
-                        c = cells[s.cell] = _Cell(s.key, s.metric, s.provider, s.tenant, s.team, s.matches, s.unit, [])
-                        first_of_key.setdefault(s.key, s)
+        # Each fact's cell (None: not USD money), the facts taken in the order of their first series (by id), so
+        # cells and ``first_of_key`` come in series order; then every series' cell in C loops.
+        cell_of_fact: list[_Cell | None] = [None] * len(facts)
+        for f in dict.fromkeys(every.facts):
+            s = facts[f]
+            if s.usd and s.metric in MONEY_METRICS:
+                c = cells.get(s.cell)
+                if c is None:
+                    c = cells[s.cell] = _Cell(s.key, s.metric, s.provider, s.tenant, s.team, s.matches, s.unit, [])
+                    first_of_key.setdefault(s.key, s)
                 cell_of_fact[f] = c
-            if c is not None:
-                money.append(sid)
-                cell_of.append(c)
+        chosen = list(map(cell_of_fact.__getitem__, every.facts))
+        keep = list(map(operator.is_not, chosen, itertools.repeat(None)))
+        money = array("q", itertools.compress(every.sids, keep))  # the USD money series' ids, in id order
+        cell_of: list[_Cell] = list(itertools.compress(chosen, keep))  # type: ignore[arg-type]
         for c in cells.values():
             c.columns = [0] * width
         # Rows come in id order, as ``money``: a walk of both. Each series' row is kept (flat, ``width + 1``
         # values a series, 0 where it has no row); a cell adds its members' rows a batch at a time.
+        # A chunk of rows that are exactly the next money series' (the common case: no gaps, no other series)
+        # takes C loops but for one step a row, its cell's; any other chunk is walked row by row.
         zero = array("q", [0]) * (width + 1)
         rows, at, end = array("q"), 0, len(money)
-        for row in segments:
-            sid = row[0]
-            while at < end and money[at] < sid:
-                rows += zero
-                at += 1
-            if at < end and money[at] == sid:
-                rows.extend(row)
-                if row.count(0) < width:  # some segment is not 0 (the series id never is)
-                    c = cell_of[at]
-                    c.rows.append(row)
+        segments = iter(segments)
+        first_id = operator.itemgetter(0)
+        while chunk := list(itertools.islice(segments, _SUMS_CHUNK)):
+            hi = at + len(chunk)
+            if hi <= end and money[at:hi] == array("q", map(first_id, chunk)):
+                rows.extend(itertools.chain.from_iterable(chunk))
+                touched = cell_of[at:hi]
+                for c, row in zip(touched, chunk, strict=True):
+                    if row.count(0) < width:  # some segment is not 0 (the series id never is)
+                        c.rows.append(row)
+                for c in set(touched):
                     if len(c.rows) >= _FOLD:
                         _fold(c)
-                at += 1
+                at = hi
+                continue
+            for row in chunk:
+                sid = row[0]
+                while at < end and money[at] < sid:
+                    rows += zero
+                    at += 1
+                if at < end and money[at] == sid:
+                    rows.extend(row)
+                    if row.count(0) < width:
+                        c = cell_of[at]
+                        c.rows.append(row)
+                        if len(c.rows) >= _FOLD:
+                            _fold(c)
+                    at += 1
         rows += zero * (end - at)
         for c in cells.values():
             _fold(c)
