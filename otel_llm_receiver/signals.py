@@ -13,9 +13,11 @@ At scale (issue 20: 100,000 to 1,000,000 series) the per-series Python work and 
   model, tenancy) and of its price key. A canonical attribute text is cut around its tenancy id, and what the
   rest implies is worked out once per distinct rest (``_derive_texts``: no JSON parse per series; texts the
   cut cannot take are parsed a page per ``json.loads`` call), and team and budget matches are worked out once
-  per distinct value of what the rules and budgets look at. The first reading hands every series it reads to
-  the export's builder (``describe``), so at start the series' attributes are read once, not twice;
-* the money sums skip the segments that end before the first rollup of any series read (a young ledger);
+  per distinct value of what the rules and budgets look at. The first reading hands every series it reads,
+  with its total and level, to the export (a ``Describer``: ``scheduler.FirstRead`` describes them to the
+  builder and keeps the totals), so at start the series are read once, not twice;
+* the money sums skip the segments that end before the first rollup of any series read (a young ledger), and
+  are gathered a chunk of rows at a time, in C loops where a chunk holds exactly the next money series' rows;
 * money series that no signal tells apart are added up as integers per ``_Cell`` before any ``Decimal``
   (``_Sums``: per series, one flat array of its sums over the segments the windows' edges cut time into);
   anomaly groups are two arrays by group (first hour, first member), scored from rows streamed from the ledger,
@@ -260,6 +262,11 @@ def _holds(ids: array[int], sid: int) -> bool:
     return at < len(ids) and ids[at] == sid
 
 
+def _kept(n: int, keep: list[bool] | None) -> list[int]:
+    """The positions of a page's ``n`` rows that ``keep`` keeps (None: every row)."""
+    return list(range(n)) if keep is None else list(itertools.compress(range(n), keep))
+
+
 def _fold(c: _Cell) -> None:
     """Add the rows a cell gathered ``(series id, *segment sums)`` to its columns, and count them."""
     if c.rows:
@@ -449,10 +456,7 @@ class Signals:
             all_updated.extend(kept_updated)  # read with the extent: the sums, read later, are at least as new
             keep: list[bool] | None = None
             if None in page_firsts:  # some have no rollups (pruned away, or none yet)
-                keep = [first is not None for first in page_firsts]
-                rows = list(itertools.compress(range(len(ids)), keep))
-            else:
-                rows = list(range(len(ids)))
+                keep = list(map(operator.is_not, page_firsts, itertools.repeat(None)))
             base = len(sids)
             if attrs:  # the first reading: no series known, each derived from the text read with it (C loops)
                 compress = itertools.compress
@@ -468,8 +472,9 @@ class Signals:
                 facts.extend(derive(chosen_ids, *columns, names))
                 if METRIC_COST in metrics:
                     reported += [(base + at, widths[i] or 0, page_firsts[i] if lasts[i] is None else lasts[i])
-                                 for at, i in enumerate(rows) if metrics[i] == METRIC_COST]
+                                 for at, i in enumerate(_kept(len(ids), keep)) if metrics[i] == METRIC_COST]
                 continue
+            rows = _kept(len(ids), keep)
             known = len(fact_at)
             page_facts = [fact_at[ids[i]] if ids[i] < known else -1 for i in rows]
             sids.extend([ids[i] for i in rows])
