@@ -3,7 +3,8 @@
 Why: on PostgreSQL a new range's estimated cost is one statement (``writer.SQL_INSERT_PRICED_NEW`` or
 ``SQL_APPLY_PRICED_NEW``: the join of ``staged`` with ``pricing`` made once, feeding the targets' rollups in a
 data-modifying CTE and their totals in the UPDATE around it), with ``pricing`` restricted to the range's series
-so the join is hashed. Each test applies the same polls to a PostgreSQL ledger (shortcuts on) and to an SQLite
+so the join is hashed; and a poll whose points all have keys of their own (``PointPlanner.distinct``) is
+sorted into ``staged`` without summing parts of one bucket. Each test applies the same polls to a PostgreSQL ledger (shortcuts on) and to an SQLite
 one on the general path (``fast_paths = False``) and compares everything an apply writes; a poll that fails (an
 invalid point, an estimated cost beyond 64 bits, the backend lost just before the commit) must leave nothing.
 """
@@ -20,7 +21,7 @@ from otel_llm_receiver.errors import LedgerError
 from otel_llm_receiver.ledger import Ledger
 from otel_llm_receiver.ledger.postgres.engine import PostgresConnectionLost, PostgresLedger
 from otel_llm_receiver.model import PollResult, UsageRecord
-from tests.test_ledger_fast_paths import MAR, NOW_NS, _book, _contents
+from tests.test_ledger_fast_paths import MAR, NOW_NS, _book, _contents, _planned
 
 H = 3600
 pytestmark = pytest.mark.parametrize("ledger_backend", ["postgresql"])
@@ -69,6 +70,8 @@ def test_new_series_with_estimated_cost_count_what_the_general_path_counts(
         for ledger in (fast, general):
             ledger.set_pricer(_book(), now_ns=NOW_NS)
         for n, poll in enumerate(_polls()):
+            # Staged sorted only where no two points share a key; the second poll has parts of one bucket.
+            assert _planned(poll)[0].distinct == (n != 1)
             a = fast.apply("acme", poll, now_ns=NOW_NS + n)
             b = general.apply("acme", poll, now_ns=NOW_NS + n)
             assert (a.outcomes, a.series_created) == (b.outcomes, b.series_created)
@@ -152,3 +155,27 @@ def test_a_backend_lost_after_the_estimated_cost_leaves_nothing_and_the_retry_co
             ledger.apply("acme", _polls()[0], cursor="c1", now_ns=NOW_NS)
         assert _contents(fast) == _contents(general) != before
         assert fast.cursor("acme") == "c1"
+
+
+def test_distinct_points_are_sorted_into_staged_and_any_others_summed(make_ledger: Callable[..., Ledger]) -> None:
+    """What the flush of the staged slices does: distinct points sorted into key order, parts of one bucket (or
+    points staged after ``staged`` was read, which may meet its keys) summed, each key once."""
+    ledger = make_ledger()
+    assert isinstance(ledger, PostgresLedger)
+    with ledger._transaction() as tx:
+        tx.execute(ledger._create_staged)
+        tx.execute(ledger._clear_staged)
+        ledger._stage(tx, [(2, H, H, 5), (1, H, H, 1)])
+        ledger._stage(tx, [(1, 0, H, 7), (2, 0, H, 3)])
+        ledger._staged_all(tx, distinct=True)
+        assert tx.execute("SELECT * FROM staged").fetchall() == [(1, 0, H, 7), (1, H, H, 1), (2, 0, H, 3),
+                                                                 (2, H, H, 5)]
+        ledger._stage(tx, [(1, 0, H, 10), (3, 0, H, 2)])
+        ledger._staged_all(tx, distinct=True)  # distinct among themselves, not with what ``staged`` holds
+        assert tx.execute("SELECT * FROM staged").fetchall() == [(1, 0, H, 17), (1, H, H, 1), (2, 0, H, 3),
+                                                                 (2, H, H, 5), (3, 0, H, 2)]
+        tx.execute(ledger._clear_staged)
+        ledger._stage(tx, [(4, 0, H, 1), (4, 0, H, 2)])
+        ledger._staged_all(tx, distinct=False)
+        assert tx.execute("SELECT * FROM staged").fetchall() == [(4, 0, H, 3)]
+        tx.execute(ledger._clear_staged)

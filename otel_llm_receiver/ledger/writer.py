@@ -513,6 +513,10 @@ class LedgerWriter(LedgerEngine):
         """Add a slice of points to ``staged`` (the engine may stage another way: PostgreSQL uses COPY)."""
         stage(tx, rows)
 
+    def _staged_all(self, tx: Connection, *, distinct: bool) -> None:
+        """Every slice of the poll is staged; ``distinct``: no two of its points share a key, so none needs
+        adding to another (``PointPlanner.distinct``). SQLite's staging upsert adds parts as they come: no use."""
+
     def pruned_before(self, instance: str) -> int:
         """Buckets of ``instance`` starting before this were pruned: records for them are rejected."""
         row = self._conn.execute(SQL_GET_HORIZON, (instance,)).fetchone()
@@ -730,6 +734,7 @@ class LedgerWriter(LedgerEngine):
                        else PointPlanner(self._keys, ids, tenant, horizon, -1, id_step=-1))
             for rows in planner.slices(result):
                 self._stage(tx, rows)
+            self._staged_all(tx, distinct=planner.distinct)
             if planner.rejected:
                 stats.outcomes["rejected"] = planner.rejected
                 log.info(
