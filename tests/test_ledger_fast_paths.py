@@ -188,3 +188,5 @@ def test_two_identities_of_one_series_or_an_identity_going_back_are_not_distinct
     assert _planned(PollResult(usage=[a], usage_columns=[block]))[0].distinct is False
     assert _planned(PollResult(usage_columns=[block]))[0].distinct
     assert not _planned(PollResult(usage_columns=[replace(block, starts=[MAR, MAR])]))[0].distinct
+    unchecked = PointPlanner(SeriesKeys(), {}, "default", 0, 1, check_distinct=False)  # SQLite: no use for it
+    assert list(unchecked.slices(PollResult(usage=[a, later]))) and not unchecked.distinct

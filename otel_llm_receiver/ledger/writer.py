@@ -506,6 +506,9 @@ class LedgerWriter(LedgerEngine):
     _create_staged: ClassVar[str] = SQL_CREATE_STAGED
     _clear_staged: ClassVar[str] = SQL_CLEAR_STAGED
     _remap_staged: ClassVar[tuple[str, ...]] = SQL_REMAP_STAGED
+    #: Whether the engine stages a poll whose points all have keys of their own more cheaply (PostgreSQL: no
+    #: per-bucket sum), so the planner checks for it (``PointPlanner.distinct``).
+    _stages_distinct: ClassVar[bool] = False
     #: Run before the first look-up of prior values (PostgreSQL: temp tables get no automatic statistics).
     _analyze_staged: ClassVar[str | None] = None
 
@@ -729,9 +732,11 @@ class LedgerWriter(LedgerEngine):
             horizon = self.pruned_before(instance)
             max_id = int(tx.execute(SQL_MAX_SERIES_ID).fetchone()[0])
             # New series get max + 1, max + 2, ...; next to the largest possible id, placeholders below zero.
-            planner = (PointPlanner(self._keys, ids, tenant, horizon, self._next_series_id(tx, max_id))
+            check = self._stages_distinct
+            planner = (PointPlanner(self._keys, ids, tenant, horizon, self._next_series_id(tx, max_id),
+                                    check_distinct=check)
                        if max_id < 2**62
-                       else PointPlanner(self._keys, ids, tenant, horizon, -1, id_step=-1))
+                       else PointPlanner(self._keys, ids, tenant, horizon, -1, id_step=-1, check_distinct=check))
             for rows in planner.slices(result):
                 self._stage(tx, rows)
             self._staged_all(tx, distinct=planner.distinct)

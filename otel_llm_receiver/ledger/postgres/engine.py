@@ -481,6 +481,7 @@ class PostgresLedger(Ledger, PostgresEngine):
     _create_staged = SQL_CREATE_STAGED
     _clear_staged = SQL_CLEAR_STAGED
     _remap_staged = SQL_REMAP_STAGED
+    _stages_distinct = True
     # Temp tables get no autovacuum statistics: the look-up of prior values (a join with buckets) is planned
     # with them. A poll of new series only never looks up, and skips it.
     _analyze_staged = SQL_ANALYZE_STAGED
