@@ -12,7 +12,8 @@ each statement once (``dialect.translate``). What truly differs lives in ``Postg
   (``_next_series_id`` only *predicts* them from the sequence; the writer remaps when another replica took
   ids in between, so ids never collide);
 * staging: one binary ``COPY`` per slice into an unindexed temp table, summed per bucket into ``staged`` (itself
-  unindexed, in key order) by one statement, instead of many multi-row INSERTs (round trips);
+  unindexed, in key order) by one statement, instead of many multi-row INSERTs (round trips); only sorted where
+  the planner knows no two points share a key (``PointPlanner.distinct``, the usual poll);
 * what the writer may rely on (``one_range``, ``plain_inserts``, ``overflow_raises``): a poll is applied in one
   range (temp tables spill to disk: no working set to bound), points of new series are inserted without upserts
   where no key can repeat (an upsert costs a speculative insertion per row), and BIGINT overflow fails the
