@@ -14,6 +14,7 @@ import datetime as dt
 import random
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ import pytest
 from otel_llm_receiver.config import parse_config
 from otel_llm_receiver.ledger import Ledger
 from otel_llm_receiver.ledger.planner import PointPlanner
-from otel_llm_receiver.model import TOKEN_TYPES, PollResult, UsageRecord
+from otel_llm_receiver.model import TOKEN_TYPES, PollResult, UsageColumns, UsageRecord
 from otel_llm_receiver.pricing import PriceBook
 from otel_llm_receiver.series import SeriesKey, SeriesKeys, usage_ident
 
@@ -140,3 +141,52 @@ def test_the_planner_gives_each_record_its_points_and_new_ids_in_first_seen_orde
     first_seen = list(dict.fromkeys(key_of[sid] for sid, _, _, _ in points))
     assert first_seen == list(planner.new_ids)
     assert planner.min_width == min(H, *(r.bucket_width for r in records)) == 1800  # sub-hour: grouped paths
+
+
+def _planned(result: PollResult) -> tuple[PointPlanner, list[tuple[int, int, int, int]]]:
+    planner = PointPlanner(SeriesKeys(), {}, "default", 0, 1, slice_points=23)
+    return planner, [p for rows in planner.slices(result) for p in rows]
+
+
+def _keys_distinct(points: list[tuple[int, int, int, int]]) -> bool:
+    return len({(sid, start, width) for sid, start, width, _ in points}) == len(points)
+
+
+@pytest.mark.parametrize("seed", [5, 6, 9])
+def test_the_planner_says_distinct_only_where_no_two_points_share_a_key(seed: int) -> None:
+    """``PointPlanner.distinct`` lets PostgreSQL stage a poll's points without summing parts of one bucket: it
+    must never be True for a poll where two points share a key (their parts would be counted as two buckets),
+    and it is True for the usual poll, each identity's records in increasing bucket starts."""
+    rng = random.Random(seed)
+    for poll in range(6):
+        records = _random_poll(rng, poll)
+        planner, points = _planned(PollResult(usage=records))
+        assert _keys_distinct(points) or not planner.distinct
+        # The same records, one per identity and start, in start order: as providers report them.
+        firsts = {(r.provider, r.model, r.tenancy_id, r.bucket_start): r for r in reversed(records)}
+        ordered = sorted(firsts.values(), key=lambda r: r.bucket_start)
+        planner, points = _planned(PollResult(usage=ordered))
+        assert planner.distinct and _keys_distinct(points)
+        # Column-wise, the same: a block per identity, rows in start order.
+        blocks = [UsageColumns(r.provider, r.model, r.operation, r.tenancy_id, r.bucket_width, [r.bucket_start],
+                               {t: [v] for t, v in r.tokens.items()}) for r in ordered]
+        planner, points = _planned(PollResult(usage_columns=blocks))
+        assert planner.distinct and _keys_distinct(points)
+
+
+def test_two_identities_of_one_series_or_an_identity_going_back_are_not_distinct() -> None:
+    """A dimension naming a series attribute makes two identities one series: their points of one bucket share a
+    key although neither identity repeats a start. A start at or before one the identity had may repeat a key."""
+    a = UsageRecord("acme", "m1", "chat", "t1", MAR, H, {"input": 5})
+    b = UsageRecord("acme", "", "chat", "t1", MAR, H, {"input": 7}, dimensions={"gen_ai.request.model": "m1"})
+    planner, points = _planned(PollResult(usage=[a, b]))
+    assert not _keys_distinct(points) and not planner.distinct
+    later = UsageRecord("acme", "m1", "chat", "t1", MAR + H, H, {"input": 1})
+    assert _planned(PollResult(usage=[a, later]))[0].distinct
+    assert not _planned(PollResult(usage=[later, a]))[0].distinct
+    block = UsageColumns("acme", "m1", "chat", "t1", H, [MAR - H, MAR], {"input": [1, 2]})
+    assert _planned(PollResult(usage=[a], usage_columns=[block]))[0].distinct is False
+    assert _planned(PollResult(usage_columns=[block]))[0].distinct
+    assert not _planned(PollResult(usage_columns=[replace(block, starts=[MAR, MAR])]))[0].distinct
+    unchecked = PointPlanner(SeriesKeys(), {}, "default", 0, 1, check_distinct=False)  # SQLite: no use for it
+    assert list(unchecked.slices(PollResult(usage=[a, later]))) and not unchecked.distinct

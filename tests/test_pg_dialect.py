@@ -15,7 +15,7 @@ from otel_llm_receiver.ledger import reader, schema, writer
 from otel_llm_receiver.ledger.postgres import connect as pg_connect
 from otel_llm_receiver.ledger.postgres import schema as pg_schema
 from otel_llm_receiver.ledger.postgres.dialect import UnsupportedSQL, translate
-from otel_llm_receiver.ledger.postgres.engine import SQL_STAGE_IN, SQL_SUM_STAGE_IN
+from otel_llm_receiver.ledger.postgres.engine import SQL_SORT_STAGE_IN, SQL_STAGE_IN, SQL_SUM_STAGE_IN
 from tests.support.postgres import Database
 
 # reader.py's templates, filled as the reader fills them (placeholders for the metric names and hours).
@@ -70,7 +70,8 @@ def test_every_ledger_statement_translates_and_postgresql_plans_it(pg_conn: pg_c
             pg_conn.execute(translate(sql))
         except (psycopg.Error, UnsupportedSQL) as exc:
             failures.append(f"{name}: {' '.join(str(exc).split())}")
-    for name, sql in [*others, ("engine.SQL_SUM_STAGE_IN", SQL_SUM_STAGE_IN)]:
+    for name, sql in [*others, ("engine.SQL_SUM_STAGE_IN", SQL_SUM_STAGE_IN),
+                      ("engine.SQL_SORT_STAGE_IN", SQL_SORT_STAGE_IN)]:
         try:
             translated = translate(sql)
             pg_conn.execute("EXPLAIN " + translated, _dummy(translated))  # planned, never run

@@ -12,7 +12,8 @@ each statement once (``dialect.translate``). What truly differs lives in ``Postg
   (``_next_series_id`` only *predicts* them from the sequence; the writer remaps when another replica took
   ids in between, so ids never collide);
 * staging: one binary ``COPY`` per slice into an unindexed temp table, summed per bucket into ``staged`` (itself
-  unindexed, in key order) by one statement, instead of many multi-row INSERTs (round trips);
+  unindexed, in key order) by one statement, instead of many multi-row INSERTs (round trips); only sorted where
+  the planner knows no two points share a key (``PointPlanner.distinct``, the usual poll);
 * what the writer may rely on (``one_range``, ``plain_inserts``, ``overflow_raises``): a poll is applied in one
   range (temp tables spill to disk: no working set to bound), points of new series are inserted without upserts
   where no key can repeat (an upsert costs a speculative insertion per row), and BIGINT overflow fails the
@@ -86,6 +87,13 @@ SQL_SUM_STAGE_IN = """
 INSERT INTO staged (series_id, bucket_start, bucket_width, value)
 SELECT series_id, bucket_start, bucket_width, CAST(sum(value) AS BIGINT) FROM staged_in
 GROUP BY series_id, bucket_start, bucket_width ORDER BY series_id, bucket_start, bucket_width"""
+# Where the planner knows no two points share a key (``PointPlanner.distinct``: each identity's records in
+# increasing bucket starts, as providers report them), only the order is needed: a sort without the aggregate
+# (100k records: 0.2-0.3 s of backend CPU less, the aggregate's per-group sums cost more than the sort).
+SQL_SORT_STAGE_IN = """
+INSERT INTO staged (series_id, bucket_start, bucket_width, value)
+SELECT series_id, bucket_start, bucket_width, value FROM staged_in
+ORDER BY series_id, bucket_start, bucket_width"""
 # Points staged again after ``staged`` was filled (no apply does: its slices are all COPYed before its next
 # statement) go back into ``staged_in`` with them, and are summed anew.
 SQL_STAGED_EMPTY = "SELECT NOT EXISTS (SELECT 1 FROM staged)"
@@ -199,6 +207,9 @@ class PgAdapter:
         self._temp_pending: set[str] = set()  # created by the transaction in flight
         #: Points were COPYed into ``staged_in`` and are summed into ``staged`` before the next statement.
         self.staging = False
+        #: No two points in ``staged_in`` share a key (the writer says so once every slice is COPYed): sorted
+        #: into ``staged`` without summing. Reset by every flush and rollback, so it never outlives one poll.
+        self.distinct = False
         self.connect()
 
     # -- connection lifecycle --------------------------------------------------------------------------------
@@ -250,6 +261,7 @@ class PgAdapter:
     def rollback(self) -> None:
         self._temp_pending.clear()
         self.staging = False
+        self.distinct = False
         raw = self._raw
         if raw is None or raw.closed:
             return
@@ -284,10 +296,16 @@ class PgAdapter:
 
     def _flush_staging(self) -> None:
         self.staging = False
+        distinct, self.distinct = self.distinct, False
         row = self.execute(SQL_STAGED_EMPTY).fetchone()
         if row is None or not row[0]:
             self.execute(SQL_RESTAGE)
             self.execute(SQL_CLEAR_STAGED)
+            distinct = False  # the points already there may share keys with the new ones
+        if distinct:
+            self.execute(SQL_SORT_STAGE_IN)
+            self.execute(SQL_CLEAR_STAGE_IN)
+            return
         # Sort then aggregate: staged_in has no statistics, so the planner guesses 10% distinct keys and picks a
         # hash aggregate and a sort of its output; a poll's keys are mostly distinct, and one sort of the input
         # costs less (100k records: 0.85 s of backend CPU, not 1.1 s). Scoped to this statement.
@@ -464,6 +482,7 @@ class PostgresLedger(Ledger, PostgresEngine):
     _create_staged = SQL_CREATE_STAGED
     _clear_staged = SQL_CLEAR_STAGED
     _remap_staged = SQL_REMAP_STAGED
+    _stages_distinct = True
     # Temp tables get no autovacuum statistics: the look-up of prior values (a join with buckets) is planned
     # with them. A poll of new series only never looks up, and skips it.
     _analyze_staged = SQL_ANALYZE_STAGED
@@ -479,6 +498,11 @@ class PostgresLedger(Ledger, PostgresEngine):
         finally:
             tx.execute("SET LOCAL enable_hashjoin = on")
             tx.execute("SET LOCAL enable_mergejoin = on")
+
+    def _staged_all(self, tx: Connection, *, distinct: bool) -> None:
+        """The poll's points are all COPYed; ``distinct`` ones are sorted into ``staged`` without summing."""
+        adapter: PgAdapter = tx  # type: ignore[assignment]
+        adapter.distinct = distinct and adapter.staging
 
     def _stage(self, tx: Connection, rows: Sequence[tuple[int, int, int, int]]) -> None:
         """COPY the slice into an unindexed table; the adapter sums it per bucket into ``staged`` (parts of one
